@@ -1,0 +1,1 @@
+"""Control plane of swaplab: CLI, campaign spec, planning, verdicts and reports."""

@@ -1,0 +1,251 @@
+"""Campaign files: the YAML a lab engineer writes, its model, and its validation.
+
+A campaign is validated completely before anything is touched (LAVA's habit): the model
+checks types and ranges, then the plan is checked against the lab (node count, RAM limits,
+memory that cannot fit). Every problem names the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from orchestrator.lab import Lab, load_lab
+from orchestrator.yamlpos import LocatedYaml, SpecError, SpecIssue, load_located
+from workers.kernel import KernelSource
+
+_MOUNT_OPTION = re.compile(r"^[a-z][a-z0-9_]*(=[A-Za-z0-9_.:-]+)?$")
+# Set by swaplab itself from the lab's NFS server; a campaign overriding them would break
+# the mount in ways that look like a kernel fault.
+_RESERVED_MOUNT_OPTIONS = {"vers", "nfsvers", "port", "addr", "clientaddr", "proto", "mountport"}
+SUPPORTED_NFS_VERSIONS = ("4.1", "4.2")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeSize(_Strict):
+    """The size a campaign asks for each VM node (within the inventory's limit)."""
+
+    ram_mib: int | None = Field(default=None, gt=0)
+    cpus: int | None = Field(default=None, gt=0, le=64)
+
+
+class NfsSpec(_Strict):
+    """NFS protocol version and extra client mount options."""
+
+    version: str = "4.1"
+    mount_options: list[str] = Field(default_factory=lambda: ["hard", "timeo=600"])
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_text(cls, value: Any) -> Any:
+        # YAML reads `version: 4.1` as a float; the campaign means the text "4.1".
+        return str(value) if isinstance(value, int | float) else value
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, value: str) -> str:
+        if value in ("3", "3.0"):
+            raise ValueError(
+                "NFSv3 needs rpcbind and a fixed mount port, which the ganesha backend does not run yet; use 4.1 or 4.2"
+            )
+        if value not in SUPPORTED_NFS_VERSIONS:
+            raise ValueError(f"unknown NFS version {value!r}; allowed: 4.1, 4.2")
+        return value
+
+    @field_validator("mount_options")
+    @classmethod
+    def _safe_options(cls, options: list[str]) -> list[str]:
+        for option in options:
+            if not _MOUNT_OPTION.match(option):
+                raise ValueError(f"mount option {option!r} must look like 'name' or 'name=value'")
+            if option.split("=", 1)[0] in _RESERVED_MOUNT_OPTIONS:
+                raise ValueError(
+                    f"mount option {option!r} is set by swaplab from the lab "
+                    f"(reserved: {', '.join(sorted(_RESERVED_MOUNT_OPTIONS))})"
+                )
+        return options
+
+
+class SwapSpec(_Strict):
+    """The swap file each node gets on the NFS export."""
+
+    size_mib: int = Field(gt=0, le=1 << 20)
+
+
+class WorkloadSpec(_Strict):
+    """Memory pressure: how much memory to touch, how often, for how long at most."""
+
+    name: str = Field(default="pressure", pattern=r"^[a-z][a-z0-9_-]{0,30}$")
+    mib: int | None = Field(default=None, gt=0)
+    ram_ratio: float | None = Field(default=None, gt=0, le=64)
+    passes: int = Field(default=1, ge=1, le=1000)
+    timeout_s: int = Field(default=600, gt=0, le=7 * 24 * 3600)
+    allow_oom: bool = False
+
+    @model_validator(mode="after")
+    def _one_size(self) -> WorkloadSpec:
+        if (self.mib is None) == (self.ram_ratio is None):
+            raise ValueError("give exactly one of 'mib' (MiB to touch) or 'ram_ratio' (x node RAM)")
+        return self
+
+    def touch_mib(self, ram_mib: int) -> int:
+        """MiB this workload touches on a node with ``ram_mib`` of RAM."""
+        return self.mib if self.mib is not None else round(self.ram_ratio * ram_mib)  # type: ignore[operator]
+
+
+class CampaignSpec(_Strict):
+    """A whole campaign file."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,40}$")
+    description: str = ""
+    lab: str = "../inventory/local.yml"
+    kernels: list[KernelSource] = Field(min_length=1)
+    nodes: int = Field(default=1, ge=1, le=1000)
+    node: NodeSize = Field(default_factory=NodeSize)
+    nfs: NfsSpec = Field(default_factory=NfsSpec)
+    swap: SwapSpec
+    workloads: list[WorkloadSpec] = Field(min_length=1)
+    repeats: int = Field(default=1, ge=1, le=1000)
+    boot_timeout_s: int = Field(default=240, gt=0, le=3600)
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """A validated campaign together with its lab and the sizes it resolved."""
+
+    path: Path
+    spec: CampaignSpec
+    lab: Lab
+    ram_mib: int
+    cpus: int
+
+    def planned_overcommit_mib(self, workload: WorkloadSpec) -> int:
+        """MiB the workload must push past RAM: what swap has to carry at least."""
+        return workload.touch_mib(self.ram_mib) - self.ram_mib
+
+
+def load_campaign(path: Path) -> Campaign:
+    """Parse and fully validate a campaign file (raises SpecError)."""
+    doc = load_located(path)
+    if not isinstance(doc.data, dict):
+        raise SpecError([doc.issue((), "a campaign file is a YAML mapping (name, lab, kernels ...)")])
+    try:
+        spec = CampaignSpec.model_validate(doc.data)
+    except ValidationError as err:
+        raise SpecError([_issue_from_pydantic(doc, error) for error in err.errors()]) from None
+    spec = _resolve_paths(spec, path.parent)
+    lab = _load_campaign_lab(doc, spec)
+    return _check_plan(doc, spec, lab)
+
+
+def _resolve_paths(spec: CampaignSpec, base: Path) -> CampaignSpec:
+    # Paths in a campaign are relative to the campaign file, wherever the CLI runs from.
+    kernels = [_kernel_relative_to(kernel, base) for kernel in spec.kernels]
+    return spec.model_copy(update={"kernels": kernels})
+
+
+def _kernel_relative_to(kernel: KernelSource, base: Path) -> KernelSource:
+    paths = {
+        name: (base / value).resolve()
+        for name in ("deb", "vmlinuz", "modules")
+        if isinstance(value := getattr(kernel, name, None), Path) and not value.is_absolute()
+    }
+    return kernel.model_copy(update=paths) if paths else kernel
+
+
+def _load_campaign_lab(doc: LocatedYaml, spec: CampaignSpec) -> Lab:
+    inventory = (doc.path.parent / spec.lab).resolve()
+    if not inventory.is_file():
+        raise SpecError([doc.issue(("lab",), f"inventory file {spec.lab!r} not found (looked at {inventory})")])
+    return load_lab(inventory)
+
+
+def _check_plan(doc: LocatedYaml, spec: CampaignSpec, lab: Lab) -> Campaign:
+    issues: list[SpecIssue] = []
+    if spec.nodes > len(lab.nodes):
+        issues.append(doc.issue(("nodes",), f"asks for {spec.nodes} nodes; lab {lab.name!r} has {len(lab.nodes)}"))
+    ram_limit = min(node.ram_mib for node in lab.nodes)
+    cpu_limit = min(node.cpus for node in lab.nodes)
+    ram = spec.node.ram_mib or ram_limit
+    cpus = spec.node.cpus or cpu_limit
+    if ram > ram_limit:
+        issues.append(doc.issue(("node", "ram_mib"), f"{ram} MiB is above the lab's node limit of {ram_limit} MiB"))
+    if cpus > cpu_limit:
+        issues.append(doc.issue(("node", "cpus"), f"{cpus} CPUs is above the lab's node limit of {cpu_limit}"))
+    for index, workload in enumerate(spec.workloads):
+        issues += _check_workload_fits(doc, spec, index, workload, ram)
+    if issues:
+        raise SpecError(issues)
+    return Campaign(doc.path, spec, lab, ram, cpus)
+
+
+def _check_workload_fits(
+    doc: LocatedYaml, spec: CampaignSpec, index: int, workload: WorkloadSpec, ram: int
+) -> list[SpecIssue]:
+    size_field = "mib" if workload.mib is not None else "ram_ratio"
+    loc = ("workloads", index, size_field)
+    touch = workload.touch_mib(ram)
+    overcommit = touch - ram
+    if overcommit <= 0:
+        return [
+            doc.issue(
+                loc,
+                f"touches {touch} MiB, which fits in the node's {ram} MiB of RAM: nothing would swap; touch more than RAM",
+            )
+        ]
+    if overcommit > spec.swap.size_mib and not workload.allow_oom:
+        return [
+            doc.issue(
+                ("swap", "size_mib"),
+                f"{spec.swap.size_mib} MiB of swap is smaller than the planned overcommit of "
+                f"workloads[{index}] ({touch} MiB touched - {ram} MiB RAM = {overcommit} MiB): it cannot fit "
+                "in RAM + swap; enlarge the swap, shrink the workload, or set 'allow_oom: true' on "
+                "the workload if the test wants the OOM killer",
+            )
+        ]
+    return []
+
+
+def _issue_from_pydantic(doc: LocatedYaml, error: Any) -> SpecIssue:
+    loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and "[" in part))
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        allowed = ", ".join(_allowed_keys(loc[:-1])) or "none"
+        return doc.issue(loc, f"unknown key; allowed here: {allowed}")
+    if kind == "missing":
+        return doc.issue(loc, "required field is missing")
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if "input" in error and kind not in ("model_type", "value_error"):
+        message += f" (got {error['input']!r})"
+    return doc.issue(loc, message)
+
+
+def _allowed_keys(loc: tuple[str | int, ...]) -> list[str]:
+    model: Any = CampaignSpec
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        model = _model_of(field.annotation)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None

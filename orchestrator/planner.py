@@ -1,0 +1,89 @@
+"""Planning: a campaign's matrix (kernels x workloads x repeats) expanded into runs,
+and each run into the JSON run specs of its nodes."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.campaign import Campaign, WorkloadSpec
+from workers.drivers.base import NodeConfig
+from workers.kernel import KernelSource
+from workers.runspec import NodeRef, NodeRunSpec, WorkloadRef
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One cell of the matrix: a kernel, a workload, a repeat number."""
+
+    run_id: str
+    kernel: KernelSource
+    workload: WorkloadSpec
+    repeat: int
+
+    def label(self) -> str:
+        """Short human name of the run."""
+        return f"{self.run_id} {self.kernel.label()} / {self.workload.name} #{self.repeat}"
+
+
+def new_campaign_id(name: str) -> str:
+    """A campaign id that sorts by time and never collides: ``smoke-20261127-101500-3fa2``."""
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def plan_runs(campaign: Campaign) -> list[RunPlan]:
+    """Every run of the campaign, in a stable order."""
+    spec = campaign.spec
+    runs: list[RunPlan] = []
+    for kernel in spec.kernels:
+        for workload in spec.workloads:
+            for repeat in range(1, spec.repeats + 1):
+                runs.append(RunPlan(f"r{len(runs) + 1:03d}", kernel, workload, repeat))
+    return runs
+
+
+def node_specs(
+    campaign: Campaign, campaign_id: str, run: RunPlan, node_names: list[str], result_dir: Path
+) -> list[NodeRunSpec]:
+    """The run specs of the nodes assigned to ``run``."""
+    spec = campaign.spec
+    lab = campaign.lab
+    return [
+        NodeRunSpec(
+            campaign=campaign_id,
+            run_id=run.run_id,
+            node=_node_ref(lab.node(name)),
+            ram_mib=campaign.ram_mib,
+            cpus=campaign.cpus,
+            kernel=run.kernel,
+            nfs_backend=lab.nfs_backend,
+            nfs_settings=lab.nfs_settings,
+            nfs_version=spec.nfs.version,
+            mount_options=spec.nfs.mount_options,
+            swap_mib=spec.swap.size_mib,
+            workload=WorkloadRef(
+                name=run.workload.name,
+                mib=run.workload.touch_mib(campaign.ram_mib),
+                passes=run.workload.passes,
+                timeout_s=run.workload.timeout_s,
+                seed=_seed(campaign_id, run.run_id, name),
+            ),
+            planned_overcommit_mib=campaign.planned_overcommit_mib(run.workload),
+            boot_timeout_s=spec.boot_timeout_s,
+            result_dir=str(result_dir / run.run_id / name),
+        )
+        for name in node_names
+    ]
+
+
+def _node_ref(node: NodeConfig) -> NodeRef:
+    return NodeRef.model_validate({key: getattr(node, key) for key in NodeRef.model_fields})
+
+
+def _seed(*parts: str) -> int:
+    # A different page pattern for every node of every run: a page that lands in the
+    # wrong place (another run's swap slot) cannot verify by accident.
+    return int.from_bytes(hashlib.sha256("/".join(parts).encode()).digest()[:6], "big")

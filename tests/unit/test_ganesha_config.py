@@ -1,0 +1,106 @@
+"""Pure parts of the ganesha backend: config text, swap file names, filesystem verdict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from workers.nfs import make_nfs_server
+from workers.nfs.base import NfsExport, NfsServerError
+from workers.nfs.ganesha import (
+    DEFAULT_PORT,
+    GaneshaServer,
+    filesystem_problem,
+    render_config,
+    validate_swap_name,
+)
+
+
+def _config(port: int = 12049, bind: str = "127.0.0.1") -> str:
+    return render_config(
+        port=port,
+        bind=bind,
+        export_dir=Path("/srv/swaplab/export"),
+        pseudo="/export",
+        recovery_root=Path("/srv/swaplab/ganesha/recovery"),
+    )
+
+
+def test_config_binds_loopback_on_its_own_port() -> None:
+    text = _config(port=12345)
+    assert "Bind_addr = 127.0.0.1;" in text
+    assert "NFS_Port = 12345;" in text
+    assert "0.0.0.0" not in text
+    assert "2049;" not in text.replace("12345", "")
+
+
+def test_config_is_nfsv4_only_without_side_protocols() -> None:
+    text = _config()
+    assert text.count("Protocols = 4;") == 2  # core and export
+    for off in ("Enable_NLM = false;", "Enable_RQUOTA = false;", "Enable_UDP = false;"):
+        assert off in text
+    assert "Graceless = true;" in text
+    assert "Lease_Lifetime = 30;" in text
+    assert "RecoveryBackend = fs;" in text
+    assert 'RecoveryRoot = "/srv/swaplab/ganesha/recovery";' in text
+
+
+def test_config_export_is_rw_no_root_squash_vfs() -> None:
+    text = _config()
+    assert 'Path = "/srv/swaplab/export";' in text
+    assert 'Pseudo = "/export";' in text
+    assert "Squash = No_Root_Squash;" in text
+    assert "Access_Type = RW;" in text
+    assert "Name = VFS;" in text
+    assert text.count("{") == text.count("}")
+
+
+@pytest.mark.parametrize("name", ["swap.node1", "swap-n_2", "a", "run42.node-3.swap"])
+def test_valid_swap_names(name: str) -> None:
+    validate_swap_name(name)
+
+
+@pytest.mark.parametrize("name", ["", "../etc", "a/b", "/abs", ".hidden", "..", "sp ace", "x\n", "a" * 129, "é"])
+def test_invalid_swap_names_are_refused(name: str) -> None:
+    with pytest.raises(NfsServerError, match="invalid swap file name"):
+        validate_swap_name(name)
+
+
+@pytest.mark.parametrize("f_type", [0xEF53, 0x58465342, 0x9123683E])
+def test_filesystems_with_file_handles_are_accepted(f_type: int) -> None:
+    assert filesystem_problem(Path("/x"), f_type) is None
+
+
+@pytest.mark.parametrize(("f_type", "fs"), [(0x01021994, "tmpfs"), (0x794C7630, "overlayfs"), (0x858458F6, "ramfs")])
+def test_filesystems_without_file_handles_are_refused(f_type: int, fs: str) -> None:
+    problem = filesystem_problem(Path("/run/exp"), f_type)
+    assert problem is not None
+    assert "/run/exp" in problem and fs in problem
+
+
+def test_unknown_filesystem_is_refused_with_its_magic() -> None:
+    problem = filesystem_problem(Path("/x"), 0x12345678)
+    assert problem is not None and "0x12345678" in problem
+
+
+def test_settings_defaults_and_export(tmp_path: Path) -> None:
+    server = make_nfs_server("ganesha", "lab1", {"export_dir": tmp_path / "e", "state_dir": tmp_path / "s"})
+    assert isinstance(server, GaneshaServer)
+    assert server.port == DEFAULT_PORT == 12049
+    assert server.bind == "127.0.0.1"
+    assert server.export() == NfsExport(server="10.0.2.2", port=12049, path="/export")
+    assert server.swap_file_path("swap.n1") == tmp_path / "e" / "swap.n1"
+
+
+def test_default_dirs_live_in_the_lab_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWAPLAB_CACHE", str(tmp_path))
+    server = GaneshaServer("lab1", {"port": 13049, "guest_address": "192.0.2.1"})
+    assert server.export_dir == tmp_path / "labs" / "lab1" / "export"
+    assert server.state_dir == tmp_path / "labs" / "lab1" / "ganesha"
+    assert server.export() == NfsExport(server="192.0.2.1", port=13049, path="/export")
+
+
+def test_wildcard_bind_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(NfsServerError, match=r"0\.0\.0\.0"):
+        GaneshaServer("lab1", {"bind": "0.0.0.0", "state_dir": tmp_path, "export_dir": tmp_path})

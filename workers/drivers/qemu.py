@@ -1,0 +1,235 @@
+"""QEMU (TCG) as a node driver: one diskless guest per node on this host.
+
+The guest boots ``-kernel``/``-initrd`` directly, writes its serial console to a file, and
+reaches the host through QEMU user networking (the host's 127.0.0.1 is 10.0.2.2 inside);
+its sshd is forwarded to 127.0.0.1:<ssh_port>. QEMU runs in its own session so a Ctrl-C
+in the CLI does not kill guests behind the orchestrator's back; its pid file lets a later
+process find and power off a guest left behind by a crashed worker.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from workers.drivers import register_driver
+from workers.drivers.base import BootSpec, DriverError, NodeConfig
+
+DEFAULT_BINARY = "qemu-system-x86_64"
+# KVM hangs or aborts with stock kernels on these hosts (see the local lab recipe).
+DEFAULT_ACCEL = "tcg"
+EARLY_EXIT_S = 1.0
+TERM_TIMEOUT_S = 5.0
+POLL_S = 0.05
+
+
+def _pid_alive(pid: int) -> bool:
+    """True when ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [os.fsdecode(a) for a in raw.split(b"\0") if a]
+
+
+def _port_free(port: int) -> bool:
+    """True when 127.0.0.1:``port`` can be listened on (as QEMU's hostfwd will)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Same option slirp sets, so a TIME_WAIT leftover does not count as taken.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+class QemuDriver:
+    """One node as a local QEMU guest."""
+
+    def __init__(self, node: NodeConfig, workdir: Path) -> None:
+        self.node = node
+        self.workdir = workdir
+        self.binary = str(node.options.get("qemu_binary", DEFAULT_BINARY))
+        self.accel = str(node.options.get("accel", DEFAULT_ACCEL))
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def vm_name(self) -> str:
+        return f"swaplab-{self.node.lab}-{self.node.name}"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.workdir / "qemu.pid"
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.workdir / "qemu.stderr"
+
+    def ssh_address(self) -> tuple[str, int]:
+        """Where the guest's forwarded sshd answers."""
+        return ("127.0.0.1", self.node.ssh_port)
+
+    def argv(self, boot: BootSpec, console_log: Path, binary: str) -> list[str]:
+        """The QEMU command line (an argv list, never a shell string)."""
+        fwd = f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.node.ssh_port}-:22"
+        return [
+            binary,
+            "-accel", self.accel,
+            "-name", self.vm_name,
+            "-m", f"{boot.ram_mib}M",
+            "-smp", str(boot.cpus),
+            "-display", "none",
+            "-no-reboot",
+            "-kernel", str(boot.kernel),
+            "-initrd", str(boot.initrd),
+            "-append", boot.cmdline,
+            "-serial", f"file:{console_log}",
+            "-monitor", "none",
+            "-netdev", fwd,
+            # romfile= skips the iPXE option ROM: we boot -kernel, not PXE.
+            "-device", "virtio-net-pci,netdev=n0,romfile=",
+            "-pidfile", str(self.pid_path),
+        ]  # fmt: skip
+
+    def power_on(self, boot: BootSpec, console_log: Path) -> None:
+        """Start the guest; DriverError if QEMU cannot start or exits at once."""
+        binary = self._check_can_start(boot, console_log)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        console_log.parent.mkdir(parents=True, exist_ok=True)
+        self.pid_path.unlink(missing_ok=True)
+        with self.stderr_path.open("wb") as err:
+            self._proc = subprocess.Popen(
+                self.argv(boot, console_log.absolute(), binary),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                start_new_session=True,
+            )  # fmt: skip
+        self._wait_past_early_exit()
+
+    def _check_can_start(self, boot: BootSpec, console_log: Path) -> str:
+        node, port = self.node.name, self.node.ssh_port
+        binary = shutil.which(self.binary)
+        if binary is None:
+            raise DriverError(f"node {node}: {self.binary} not found; install the Debian package qemu-system-x86")
+        if self.is_running():
+            raise DriverError(f"node {node}: already running (pid {self._pid()}); power off first")
+        for label, path in (("kernel", boot.kernel), ("initrd", boot.initrd)):
+            if not path.is_file():
+                raise DriverError(f"node {node}: {label} {path} does not exist")
+        if "," in str(console_log):
+            # QEMU's option parser would split -serial file:<path> at the comma.
+            raise DriverError(f"node {node}: console log path {console_log} contains ','")
+        if not _port_free(port):
+            raise DriverError(
+                f"node {node}: SSH port 127.0.0.1:{port} is already in use; give the node a free ssh_port"
+            )
+        return binary
+
+    def _wait_past_early_exit(self) -> None:
+        """Fail now if QEMU dies at once (bad kernel, option error, port race)."""
+        assert self._proc is not None
+        deadline = time.monotonic() + EARLY_EXIT_S
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise DriverError(f"node {self.node.name}: QEMU exited at start: {self.exit_reason()}")
+            time.sleep(POLL_S)
+
+    def _pid(self) -> int | None:
+        """The live QEMU of this node: our child, or the one named in the pid file."""
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc.pid
+        try:
+            pid = int(self.pid_path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if self._is_our_qemu(pid) else None
+
+    def _is_our_qemu(self, pid: int) -> bool:
+        """Guard against a recycled pid: only kill a QEMU with this node's name and pid file."""
+        if not _pid_alive(pid):
+            return False
+        args = _cmdline(pid)
+        pairs = set(itertools.pairwise(args))
+        return ("-name", self.vm_name) in pairs and ("-pidfile", str(self.pid_path)) in pairs
+
+    def is_running(self) -> bool:
+        """True while this node's QEMU process is alive."""
+        return self._pid() is not None
+
+    def exit_reason(self) -> str | None:
+        """Exit status and stderr tail once QEMU stopped; None while it runs."""
+        if self.is_running():
+            return None
+        if self._proc is None:
+            status = "not running (no QEMU process of this node found)"
+        elif (code := self._proc.returncode) is not None and code < 0:
+            status = f"killed by {_signal_name(-code)}"
+        else:
+            status = f"exit code {code}"
+        stderr = _tail(self.stderr_path)
+        return f"{status}; stderr: {stderr}" if stderr else status
+
+    def power_off(self) -> None:
+        """SIGTERM, SIGKILL after TERM_TIMEOUT_S; no-op when the guest is not running."""
+        pid = self._pid()
+        if pid is not None:
+            self._kill(pid)
+        if self._proc is not None:
+            self._proc.wait()  # reap our child so exit_reason sees its status
+        self.pid_path.unlink(missing_ok=True)
+
+    def _kill(self, pid: int) -> None:
+        for sig, timeout in ((signal.SIGTERM, TERM_TIMEOUT_S), (signal.SIGKILL, 5.0)):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                return
+            if self._wait_gone(pid, timeout):
+                return
+        raise DriverError(f"node {self.node.name}: QEMU pid {pid} survived SIGKILL")
+
+    def _wait_gone(self, pid: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            # Our own child stays a zombie until reaped: poll() reaps it.
+            if self._proc is not None and self._proc.pid == pid:
+                if self._proc.poll() is not None:
+                    return True
+            elif not _pid_alive(pid):
+                return True
+            time.sleep(POLL_S)
+        return False
+
+
+@register_driver("qemu")
+def _make_qemu(node: NodeConfig, workdir: Path) -> QemuDriver:
+    return QemuDriver(node, workdir)

@@ -1,0 +1,330 @@
+/*
+ * swaplab-node: the one static helper swaplab puts on every node (/usr/bin/swaplab-node).
+ *
+ *   swaplab-node clock                    CLOCK_REALTIME in ns, one line
+ *   swaplab-node sample [--interval-ms N] kernel counters every N ms until killed
+ *   swaplab-node hog --mib N [--passes P] [--start-at NS] [--seed S]
+ *                                         memory pressure, every page verified
+ *
+ * Output is a line protocol parsed by the orchestrator; stdout is flushed after every
+ * line (hog) or tick (sample) so nothing sits in a buffer when the node dies.
+ * Exit codes: 0 ok, 2 usage, 3 hog found corrupt pages, 1 other failure.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PAGE 4096u
+#define MIB (1024u * 1024u)
+#define PROGRESS_MIB 16u
+#define MAX_CORRUPT_LINES 10u
+
+static const char *const sample_files[] = {
+    "/proc/vmstat", "/proc/meminfo", "/proc/pressure/memory",
+    "/proc/net/rpc/nfs", "/proc/net/netstat",
+};
+
+/* /proc files are small (netstat ~3 KiB, meminfo ~1.5 KiB); one static buffer, no malloc. */
+static char file_buf[1 << 16];
+
+static int usage(const char *msg)
+{
+    fprintf(stderr, "swaplab-node: %s\n"
+                    "usage: swaplab-node clock\n"
+                    "       swaplab-node sample [--interval-ms N]\n"
+                    "       swaplab-node hog --mib N [--passes P] [--start-at NS] [--seed S]\n",
+            msg);
+    return 2;
+}
+
+static uint64_t now_ns(clockid_t clk)
+{
+    struct timespec ts;
+    clock_gettime(clk, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Strict unsigned parse: the whole string must be digits (no sign, no junk). */
+static int parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+    if (s == NULL || *s < '0' || *s > '9')
+        return -1;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno != 0 || *end != '\0')
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* Write all of buf; a closed stdout (EPIPE) means the reader is gone: stop quietly. */
+static void write_all(const char *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(STDOUT_FILENO, buf, len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            _exit(0);
+        }
+        buf += n;
+        len -= (size_t)n;
+    }
+}
+
+static void emit(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void emit(const char *fmt, ...)
+{
+    char line[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        write_all(line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+}
+
+/* ------------------------------------------------------------------ clock */
+
+static int cmd_clock(int argc, char **argv)
+{
+    (void)argv;
+    if (argc != 0)
+        return usage("clock takes no arguments");
+    emit("%llu\n", (unsigned long long)now_ns(CLOCK_REALTIME));
+    return 0;
+}
+
+/* ------------------------------------------------------------------ sample */
+
+static void emit_file(const char *path)
+{
+    emit("## %s\n", path);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return; /* absent (no PSI, no NFS client yet): header only, by contract */
+    size_t used = 0;
+    for (;;) {
+        ssize_t n = read(fd, file_buf + used, sizeof file_buf - 1 - used);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        used += (size_t)n;
+        if (used >= sizeof file_buf - 1)
+            break;
+    }
+    close(fd);
+    if (used > 0 && file_buf[used - 1] != '\n')
+        file_buf[used++] = '\n'; /* keep the next header on its own line */
+    write_all(file_buf, used);
+}
+
+static void set_oom_score_adj(const char *value, int loud)
+{
+    int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+    ssize_t len = (ssize_t)strlen(value);
+    if ((fd < 0 || write(fd, value, (size_t)len) != len) && loud)
+        perror("swaplab-node: oom_score_adj");
+    if (fd >= 0)
+        close(fd);
+}
+
+static void prepare_sampler(void)
+{
+    /* The sampler must keep reporting while the hog drives the node into swap: never
+     * page it out and never let the OOM killer pick it. */
+    if (mlockall(MCL_CURRENT | MCL_FUTURE) != 0)
+        perror("swaplab-node: mlockall");
+    set_oom_score_adj("-1000", 1);
+}
+
+static int cmd_sample(int argc, char **argv)
+{
+    uint64_t interval_ms = 1000;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--interval-ms") == 0 && i + 1 < argc) {
+            if (parse_u64(argv[++i], &interval_ms) != 0 || interval_ms == 0)
+                return usage("--interval-ms needs a positive integer");
+        } else {
+            return usage("unknown sample argument");
+        }
+    }
+    prepare_sampler();
+    struct timespec next;
+    clock_gettime(CLOCK_MONOTONIC, &next);
+    for (;;) {
+        emit("@@ %llu %llu\n", (unsigned long long)now_ns(CLOCK_REALTIME),
+             (unsigned long long)now_ns(CLOCK_MONOTONIC));
+        for (size_t f = 0; f < sizeof sample_files / sizeof sample_files[0]; f++)
+            emit_file(sample_files[f]);
+        emit("@@end\n");
+        /* Absolute deadlines: a slow tick does not push every later tick back. */
+        uint64_t ns = (uint64_t)next.tv_nsec + interval_ms * 1000000ull;
+        next.tv_sec += (time_t)(ns / 1000000000ull);
+        next.tv_nsec = (long)(ns % 1000000000ull);
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL) == EINTR)
+            ;
+    }
+}
+
+/* ------------------------------------------------------------------ hog */
+
+static uint64_t splitmix64(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* One seed per (seed, pass, page): a page swapped back from the wrong slot, from an older
+ * pass or from another offset cannot match. */
+static uint64_t page_seed(uint64_t seed, uint64_t pass, uint64_t page)
+{
+    uint64_t s = seed ^ 0x5157415041424C41ull; /* "SWAPLABA": seed 0 is not a weak state */
+    uint64_t h = splitmix64(&s);
+    s = h ^ (pass * 0xD6E8FEB86659FD93ull);
+    h = splitmix64(&s);
+    s = h ^ (page * 0xA0761D6478BD642Full);
+    return splitmix64(&s);
+}
+
+/* xorshift64* over the whole page: incompressible, never constant, never all zero. */
+static void fill_page(uint64_t *words, uint64_t state)
+{
+    if (state == 0)
+        state = 1;
+    for (unsigned i = 0; i < PAGE / 8; i++) {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        words[i] = state * 0x2545F4914F6CDD1Dull;
+    }
+}
+
+static int check_page(const uint64_t *words, uint64_t state)
+{
+    static uint64_t expect[PAGE / 8];
+    fill_page(expect, state);
+    return memcmp(words, expect, PAGE) == 0;
+}
+
+struct hog_args {
+    uint64_t mib, passes, seed, start_at;
+    int has_start;
+};
+
+static int parse_hog(int argc, char **argv, struct hog_args *a)
+{
+    a->mib = 0;
+    a->passes = 1;
+    a->seed = 1;
+    a->start_at = 0;
+    a->has_start = 0;
+    for (int i = 0; i < argc; i++) {
+        uint64_t *dst = NULL;
+        if (strcmp(argv[i], "--mib") == 0)
+            dst = &a->mib;
+        else if (strcmp(argv[i], "--passes") == 0)
+            dst = &a->passes;
+        else if (strcmp(argv[i], "--seed") == 0)
+            dst = &a->seed;
+        else if (strcmp(argv[i], "--start-at") == 0) {
+            dst = &a->start_at;
+            a->has_start = 1;
+        }
+        if (dst == NULL || i + 1 >= argc || parse_u64(argv[++i], dst) != 0)
+            return usage("bad hog argument");
+    }
+    if (a->mib == 0 || a->mib > (1ull << 20))
+        return usage("--mib N is required (1..1048576)");
+    if (a->passes == 0)
+        return usage("--passes must be at least 1");
+    return 0;
+}
+
+static void wait_until_realtime(uint64_t at_ns)
+{
+    struct timespec ts = {.tv_sec = (time_t)(at_ns / 1000000000ull),
+                          .tv_nsec = (long)(at_ns % 1000000000ull)};
+    while (clock_nanosleep(CLOCK_REALTIME, TIMER_ABSTIME, &ts, NULL) == EINTR)
+        ;
+}
+
+static void report_progress(const char *phase, uint64_t pass, uint64_t page, uint64_t pages)
+{
+    uint64_t done = page + 1;
+    if (done % (PROGRESS_MIB * MIB / PAGE) == 0 || done == pages)
+        emit("progress %s %llu %llu\n", phase, (unsigned long long)pass,
+             (unsigned long long)(done * PAGE / MIB));
+}
+
+static int cmd_hog(int argc, char **argv)
+{
+    struct hog_args a;
+    int rc = parse_hog(argc, argv, &a);
+    if (rc != 0)
+        return rc;
+    /* Commands started over SSH inherit sshd's -1000; the hog is the process the OOM
+     * killer should pick, so drop that protection (best effort: fails unprivileged). */
+    set_oom_score_adj("0", 0);
+    size_t bytes = (size_t)a.mib * MIB;
+    uint64_t pages = bytes / PAGE;
+    unsigned char *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                              -1, 0);
+    if (mem == MAP_FAILED) {
+        perror("swaplab-node: mmap");
+        return 1;
+    }
+    /* Wake-up time read in-process right after the barrier: no fork, no shell, no skew. */
+    if (a.has_start)
+        wait_until_realtime(a.start_at);
+    uint64_t t0 = now_ns(CLOCK_REALTIME);
+    emit("started %llu\n", (unsigned long long)t0);
+    uint64_t m0 = now_ns(CLOCK_MONOTONIC), checked = 0, bad = 0;
+    for (uint64_t p = 1; p <= a.passes; p++) {
+        for (uint64_t i = 0; i < pages; i++) {
+            fill_page((uint64_t *)(mem + i * PAGE), page_seed(a.seed, p, i));
+            report_progress("write", p, i, pages);
+        }
+        for (uint64_t i = 0; i < pages; i++) {
+            checked++;
+            if (!check_page((uint64_t *)(mem + i * PAGE), page_seed(a.seed, p, i))) {
+                if (bad++ < MAX_CORRUPT_LINES)
+                    emit("corrupt page=%llu pass=%llu\n", (unsigned long long)i,
+                         (unsigned long long)p);
+            }
+            report_progress("verify", p, i, pages);
+        }
+    }
+    emit("done mib=%llu passes=%llu pages=%llu bad=%llu elapsed_ns=%llu\n",
+         (unsigned long long)a.mib, (unsigned long long)a.passes, (unsigned long long)checked,
+         (unsigned long long)bad, (unsigned long long)(now_ns(CLOCK_MONOTONIC) - m0));
+    return bad == 0 ? 0 : 3;
+}
+
+int main(int argc, char **argv)
+{
+    /* A vanished reader must end us with EPIPE in write_all, not SIGPIPE mid-line. */
+    signal(SIGPIPE, SIG_IGN);
+    if (argc < 2)
+        return usage("missing subcommand");
+    if (strcmp(argv[1], "clock") == 0)
+        return cmd_clock(argc - 2, argv + 2);
+    if (strcmp(argv[1], "sample") == 0)
+        return cmd_sample(argc - 2, argv + 2);
+    if (strcmp(argv[1], "hog") == 0)
+        return cmd_hog(argc - 2, argv + 2);
+    return usage("unknown subcommand");
+}

@@ -1,0 +1,30 @@
+"""Where swaplab keeps what it generates: kernel cache, node images, keys, lab state.
+
+Everything lives under one user cache directory (``$SWAPLAB_CACHE``, default
+``$XDG_CACHE_HOME/swaplab`` or ``~/.cache/swaplab``) so a clean clone never carries
+generated files and two checkouts share the expensive kernel downloads.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_root() -> Path:
+    """The root of swaplab's cache; created on first use."""
+    explicit = os.environ.get("SWAPLAB_CACHE")
+    if explicit:
+        root = Path(explicit)
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        root = (Path(xdg) if xdg else Path.home() / ".cache") / "swaplab"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def cache_dir(*parts: str) -> Path:
+    """A sub-directory of the cache (``kernels``, ``images``, ``keys``, ``labs/<lab>`` ...)."""
+    path = cache_root().joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,158 @@
+"""Node counter samples: parsing what ``swaplab-node sample`` streams from a node.
+
+Each tick of the node-side sampler is the raw text of several /proc files between
+``@@ <realtime_ns> <monotonic_ns>`` and ``@@end``. This module turns ticks into flat
+records (base units, one key per counter) that go to samples.jsonl, progress lines and,
+later, the Prometheus exporter.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+PAGE_SIZE = 4096
+VMSTAT_COUNTERS = (
+    "pswpin",
+    "pswpout",
+    "pgmajfault",
+    "pgscan_direct",
+    "pgscan_kswapd",
+    "pgscan_direct_throttle",
+    "oom_kill",
+    "workingset_refault_anon",
+)
+_MEMINFO = {
+    "MemTotal": "mem_total_bytes",
+    "MemFree": "mem_free_bytes",
+    "MemAvailable": "mem_available_bytes",
+    "SwapTotal": "swap_total_bytes",
+    "SwapFree": "swap_free_bytes",
+}
+Record = dict[str, int | float]
+
+
+def parse_vmstat(text: str) -> Record:
+    """The counters swaplab tracks from /proc/vmstat; allocstall_* zones summed."""
+    values: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if value.strip().isdigit():
+            values[name] = int(value)
+    record: Record = {name: values[name] for name in VMSTAT_COUNTERS if name in values}
+    stalls = [value for name, value in values.items() if name.startswith("allocstall")]
+    if stalls:
+        record["allocstall"] = sum(stalls)
+    return record
+
+
+def parse_meminfo(text: str) -> Record:
+    """Memory and swap sizes from /proc/meminfo, in bytes."""
+    record: Record = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        if name in _MEMINFO and rest.split():
+            record[_MEMINFO[name]] = int(rest.split()[0]) * 1024
+    if "swap_total_bytes" in record and "swap_free_bytes" in record:
+        record["swap_used_bytes"] = record["swap_total_bytes"] - record["swap_free_bytes"]
+    return record
+
+
+def parse_psi(text: str) -> Record:
+    """/proc/pressure/memory: avg10 ratios and total stall time (seconds) for some/full."""
+    record: Record = {}
+    for line in text.splitlines():
+        kind, *fields = line.split()
+        pairs = dict(field.split("=", 1) for field in fields if "=" in field)
+        if kind in ("some", "full") and "avg10" in pairs and "total" in pairs:
+            record[f"psi_{kind}_avg10"] = float(pairs["avg10"]) / 100.0
+            record[f"psi_{kind}_seconds"] = int(pairs["total"]) / 1e6
+    return record
+
+
+def parse_rpc_nfs(text: str) -> Record:
+    """/proc/net/rpc/nfs: the client's RPC calls and retransmissions."""
+    for line in text.splitlines():
+        fields = line.split()
+        if fields[:1] == ["rpc"] and len(fields) >= 3:
+            return {"nfs_rpc_calls": int(fields[1]), "nfs_rpc_retrans": int(fields[2])}
+    return {}
+
+
+def parse_netstat(text: str) -> Record:
+    """/proc/net/netstat: TcpExt PFMemallocDrop (packets dropped for lack of reserves)."""
+    lines = text.splitlines()
+    for header, values in itertools.pairwise(lines):
+        if header.startswith("TcpExt:") and values.startswith("TcpExt:"):
+            table = dict(zip(header.split()[1:], values.split()[1:], strict=False))
+            if "PFMemallocDrop" in table:
+                return {"pfmemalloc_drop": int(table["PFMemallocDrop"])}
+    return {}
+
+
+_PARSERS = {
+    "/proc/vmstat": parse_vmstat,
+    "/proc/meminfo": parse_meminfo,
+    "/proc/pressure/memory": parse_psi,
+    "/proc/net/rpc/nfs": parse_rpc_nfs,
+    "/proc/net/netstat": parse_netstat,
+}
+
+
+def tick_record(realtime_ns: int, monotonic_ns: int, sections: dict[str, str]) -> Record:
+    """One flat record from one tick's raw sections."""
+    record: Record = {"node_time_ns": realtime_ns, "node_monotonic_ns": monotonic_ns}
+    for path, text in sections.items():
+        parser = _PARSERS.get(path)
+        if parser is not None:
+            record.update(parser(text))
+    return record
+
+
+class TickParser:
+    """Incremental parser: feed stdout text as it arrives, get complete records back."""
+
+    def __init__(self) -> None:
+        self._pending = ""
+        self._header: tuple[int, int] | None = None
+        self._sections: dict[str, list[str]] = {}
+        self._current: list[str] | None = None
+
+    def feed(self, text: str) -> list[Record]:
+        """Consume a chunk; return the records of every tick completed by it."""
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        return [record for line in lines if (record := self._line(line)) is not None]
+
+    def _line(self, line: str) -> Record | None:
+        if line.startswith("@@ "):
+            parts = line.split()
+            self._header = (int(parts[1]), int(parts[2])) if len(parts) == 3 else None
+            self._sections, self._current = {}, None
+        elif line == "@@end" and self._header is not None:
+            sections = {path: "\n".join(body) for path, body in self._sections.items()}
+            record = tick_record(*self._header, sections)
+            self._header = None
+            return record
+        elif line.startswith("## ") and self._header is not None:
+            self._current = self._sections.setdefault(line[3:].strip(), [])
+        elif self._current is not None:
+            self._current.append(line)
+        return None
+
+
+def parse_ticks(text: str) -> Iterator[Record]:
+    """Every complete record in a captured sampler output."""
+    yield from TickParser().feed(text + "\n")
+
+
+def swap_moved_bytes(first: Record, last: Record) -> tuple[int, int]:
+    """Bytes swapped out and in between two records (from pswpout/pswpin page counts)."""
+    out = int(last.get("pswpout", 0)) - int(first.get("pswpout", 0))
+    into = int(last.get("pswpin", 0)) - int(first.get("pswpin", 0))
+    return out * PAGE_SIZE, into * PAGE_SIZE
+
+
+def counter_increase(first: Record, last: Record, name: str) -> int:
+    """Increase of one counter between two records (0 when absent in both)."""
+    return int(last.get(name, 0)) - int(first.get(name, 0))

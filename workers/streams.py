@@ -1,0 +1,161 @@
+"""Readers for the two long-running node commands: the sampler and the workload.
+
+Both read a raw SSH channel. The sampler streams counter ticks for the whole run (a
+reader thread writes samples.jsonl as they arrive, so a node that dies mid-run still
+leaves its evidence); the workload reports its start instant, progress and outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import paramiko
+
+from workers.runspec import WorkloadOutcome
+from workers.samples import Record, TickParser
+
+_POLL_S = 0.2
+
+
+class SamplerStream:
+    """Consume ``swaplab-node sample`` output in a background thread."""
+
+    def __init__(self, channel: paramiko.Channel, path: Path) -> None:
+        self._channel = channel
+        self._file = path.open("a", encoding="utf-8")
+        self._parser = TickParser()
+        self._lock = threading.Condition()
+        self._first: Record | None = None
+        self._latest: Record | None = None
+        self.count = 0
+        self._thread = threading.Thread(target=self._read, name=f"sampler-{path.parent.name}", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = self._channel.recv(65536)
+            except (OSError, EOFError, paramiko.SSHException):
+                break
+            if not chunk:
+                break
+            received_ns = time.time_ns()
+            for record in self._parser.feed(chunk.decode("utf-8", errors="replace")):
+                record["host_time_ns"] = received_ns
+                self._add(record)
+
+    def _add(self, record: Record) -> None:
+        with self._lock:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+            self._first = self._first or record
+            self._latest = record
+            self.count += 1
+            self._lock.notify_all()
+
+    def first(self) -> Record | None:
+        """The first tick (taken after swapon, before the workload)."""
+        with self._lock:
+            return self._first
+
+    def latest(self) -> Record | None:
+        """The most recent tick."""
+        with self._lock:
+            return self._latest
+
+    def last_host_time(self) -> float | None:
+        """When the last tick arrived (host epoch seconds)."""
+        latest = self.latest()
+        return latest["host_time_ns"] / 1e9 if latest else None
+
+    def wait_for_first(self, timeout_s: float) -> bool:
+        """Wait until at least one tick arrived."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self.count > 0, timeout_s)
+
+    def wait_for_more(self, ticks: int, timeout_s: float) -> bool:
+        """Wait for ``ticks`` more ticks (so final counters cover the whole workload)."""
+        with self._lock:
+            target = self.count + ticks
+            return self._lock.wait_for(lambda: self.count >= target, timeout_s)
+
+    def close(self) -> None:
+        """Stop reading (idempotent); the file keeps every tick received."""
+        self._channel.close()
+        self._thread.join(timeout=3.0)
+        with self._lock:
+            if not self._file.closed:
+                self._file.close()
+
+
+class WorkloadStream:
+    """Run ``swaplab-node hog`` to completion, watching a deadline and a stop condition."""
+
+    def __init__(self, channel: paramiko.Channel, log: Path) -> None:
+        self._channel = channel
+        self._log = log.open("a", encoding="utf-8")
+        self._pending = ""
+        self.last_line = ""
+        self._outcome = WorkloadOutcome()
+
+    def wait(self, deadline: float, on_tick: Callable[[], None], stop: Callable[[], bool]) -> bool:
+        """Read until the command exits (True) or the deadline / stop condition hits (False)."""
+        next_tick = time.monotonic()
+        try:
+            while True:
+                self._drain()
+                if self._channel.exit_status_ready() and not self._channel.recv_ready():
+                    self._drain()
+                    return True
+                if time.monotonic() > deadline or stop():
+                    return False
+                if time.monotonic() >= next_tick:
+                    on_tick()
+                    next_tick = time.monotonic() + 1.0
+                time.sleep(_POLL_S)
+        finally:
+            self._log.close()
+
+    def _drain(self) -> None:
+        while self._channel.recv_ready():
+            self._pending += self._channel.recv(65536).decode("utf-8", errors="replace")
+        while self._channel.recv_stderr_ready():
+            self._log.write("stderr: " + self._channel.recv_stderr(65536).decode("utf-8", errors="replace"))
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            self._log.write(line + "\n")
+            parse_workload_line(line, self._outcome)
+            self.last_line = line.strip() or self.last_line
+        self._log.flush()
+
+    def outcome(self, start_at_host_ns: int, clock_offset_ns: int) -> WorkloadOutcome:
+        """What the workload reported, with its start translated to host time."""
+        outcome = self._outcome.model_copy()
+        outcome.start_at_host_ns = start_at_host_ns
+        outcome.last_line = self.last_line
+        if self._channel.exit_status_ready():
+            outcome.exit_status = self._channel.recv_exit_status()
+        if outcome.started_node_ns is not None:
+            outcome.started_host_ns = outcome.started_node_ns - clock_offset_ns
+        return outcome
+
+
+def parse_workload_line(line: str, outcome: WorkloadOutcome) -> None:
+    """Fold one line of ``swaplab-node hog`` output into ``outcome``."""
+    words = line.split()
+    if not words:
+        return
+    if words[0] == "started" and len(words) == 2 and words[1].isdigit():
+        outcome.started_node_ns = int(words[1])
+    elif words[0] == "corrupt":
+        outcome.corrupt.append(line.strip())
+    elif words[0] == "done":
+        fields = dict(word.split("=", 1) for word in words[1:] if "=" in word)
+        outcome.done = True
+        outcome.pages = int(fields.get("pages", 0))
+        outcome.bad_pages = int(fields.get("bad", 0))
+        outcome.elapsed_s = int(fields.get("elapsed_ns", 0)) / 1e9
