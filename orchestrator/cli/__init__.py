@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from orchestrator.cli.campaign_cmds import run, validate
@@ -12,6 +14,9 @@ from orchestrator.cli.nfs_cmds import nfs
 @click.version_option(package_name="swaplab")
 def main() -> None:
     """swaplab: test Linux kernels on diskless nodes that swap over NFS."""
+    # While a node boots, QEMU's port forward accepts TCP before sshd listens; paramiko
+    # logs each refused handshake as an error with a traceback. That is expected noise.
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 
 main.add_command(validate)

@@ -281,7 +281,9 @@ static int cmd_hog(int argc, char **argv)
     set_oom_score_adj("0", 0);
     size_t bytes = (size_t)a.mib * MIB;
     uint64_t pages = bytes / PAGE;
-    unsigned char *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+    /* MAP_NORESERVE: the heuristic overcommit check would refuse a mapping larger than
+       RAM + swap up front; a campaign that opted into OOM wants the OOM killer instead. */
+    unsigned char *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
                               -1, 0);
     if (mem == MAP_FAILED) {
         perror("swaplab-node: mmap");
