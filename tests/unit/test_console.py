@@ -1,0 +1,64 @@
+"""Console-event parsing: real logs captured from the local lab, plus kernel lines as the
+kernel prints them for the failures that the local lab cannot provoke on demand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.console import EventKind, classify_line, count_by_kind, last_kernel_time, parse_console
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "console"
+
+
+def fixture(kind: str) -> str:
+    [path] = sorted(FIXTURES.glob(f"{kind}-*.log"))
+    return path.read_text(errors="replace")
+
+
+def test_fixtures_carry_kernel_and_date_headers() -> None:
+    for path in FIXTURES.glob("*.log"):
+        head = path.read_text(errors="replace").splitlines()[:4]
+        assert head[1].startswith("# kernel: linux-image-")
+        assert head[3].startswith("# captured: 20")
+
+
+def test_passing_run_console_has_no_events() -> None:
+    text = fixture("pass")
+    assert "swaplab: ready" in text
+    assert [e for e in parse_console(text) if e.kind is not EventKind.NFS_OK] == []
+
+
+def test_oom_run_console_has_the_oom_kill_with_its_kernel_time() -> None:
+    kills = [e for e in parse_console(fixture("oom")) if e.kind is EventKind.OOM_KILL]
+    assert kills, "the OOM fixture must contain the OOM killer's line"
+    assert "Out of memory: Killed process" in kills[0].text
+    assert kills[0].kernel_time_s is not None and kills[0].line > 4
+
+
+@pytest.mark.parametrize(
+    ("line", "kind"),
+    [
+        ("[  242.613512] INFO: task kworker/u2:1:38 blocked for more than 120 seconds.", EventKind.HUNG_TASK),
+        ("[   12.000001] BUG: kernel NULL pointer dereference, address: 0000000000000008", EventKind.OOPS),
+        ("[   12.000002] Oops: 0000 [#1] PREEMPT SMP NOPTI", EventKind.OOPS),
+        ("[   12.000003] general protection fault, probably for non-canonical address 0xdead: 0000 [#1] SMP", EventKind.OOPS),
+        ("[   13.100000] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000009", EventKind.PANIC),
+        ("[  300.500000] nfs: server 10.0.2.2 not responding, still trying", EventKind.NFS_NOT_RESPONDING),
+        ("[  360.700000] nfs: server 10.0.2.2 OK", EventKind.NFS_OK),
+        ("[   88.000000] Write error -5 on dio swapfile (8388608)", EventKind.SWAP_WRITE_ERROR),
+        ("[   20.000000] swap activate: swapfile has holes", EventKind.SWAP_ACTIVATE_ERROR),
+        ("[   50.123456] Out of memory: Killed process 211 (swaplab-node) total-vm:459012kB", EventKind.OOM_KILL),
+        ("[    0.000000] Linux version 6.1.0-56-amd64 (debian-kernel@lists.debian.org)", None),
+        ("swaplab: ready hostname=node1 kver=6.1.0-56-amd64", None),
+    ],
+)
+def test_kernel_lines_are_classified(line: str, kind: EventKind | None) -> None:
+    assert classify_line(line) == kind
+
+
+def test_counts_and_last_kernel_time() -> None:
+    text = "[    1.500000] ok\n[    2.250000] nfs: server 10.0.2.2 not responding, timed out\nplain line"
+    assert count_by_kind(parse_console(text))["nfs_not_responding"] == 1
+    assert last_kernel_time(text) == 2.25
