@@ -7,7 +7,18 @@ import shutil
 
 import pytest
 
-E2E_TOOLS = ("qemu-system-x86_64", "ganesha.nfsd", "busybox", "dropbear", "dropbearkey", "mkswap", "gcc", "apt-get", "dpkg-deb", "depmod")
+E2E_TOOLS = (
+    "qemu-system-x86_64",
+    "ganesha.nfsd",
+    "busybox",
+    "dropbear",
+    "dropbearkey",
+    "mkswap",
+    "gcc",
+    "apt-get",
+    "dpkg-deb",
+    "depmod",
+)
 
 
 def require_tools(tools: tuple[str, ...] = E2E_TOOLS) -> None:

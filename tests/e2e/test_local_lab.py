@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,21 @@ REPO = Path(__file__).resolve().parents[2]
 MIB = 2**20
 
 
+SWAPLAB = Path(sys.executable).with_name("swaplab")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def lab_nfs_server_stopped_afterwards() -> Iterator[None]:
+    # The lab's NFS server outlives runs by design; the test suite leaves nothing running.
+    yield
+    subprocess.run([str(SWAPLAB), "nfs", "stop"], check=True, capture_output=True, timeout=60)
+
+
 def run_campaign(name: str, results: Path) -> tuple[int, dict[str, Any], str]:
     require_tools()
     env = {**os.environ, "SWAPLAB_RESULTS": str(results)}
-    swaplab = Path(sys.executable).with_name("swaplab")
     proc = subprocess.run(
-        [str(swaplab), "run", "--json", str(REPO / "campaigns" / f"{name}.yaml")],
+        [str(SWAPLAB), "run", "--json", str(REPO / "campaigns" / f"{name}.yaml")],
         capture_output=True,
         text=True,
         env=env,
@@ -94,7 +104,9 @@ def test_smoke_reports_phase_times_and_kernel(smoke: tuple[int, dict[str, Any], 
     node = only_node(smoke[1])
     assert {"boot", "mount", "workload"} <= set(node["phases_s"])
     assert node["kernel"]["package"].startswith("linux-image-6.")
-    assert node["kernel"]["kver"] in (Path(smoke[1]["result_dir"]) / "r001" / "node1" / "console.log").read_text(errors="replace")
+    assert node["kernel"]["kver"] in (Path(smoke[1]["result_dir"]) / "r001" / "node1" / "console.log").read_text(
+        errors="replace"
+    )
 
 
 def test_oom_campaign_fails_with_exit_code_1(oom: tuple[int, dict[str, Any], str]) -> None:

@@ -43,7 +43,10 @@ def test_oom_run_console_has_the_oom_kill_with_its_kernel_time() -> None:
         ("[  242.613512] INFO: task kworker/u2:1:38 blocked for more than 120 seconds.", EventKind.HUNG_TASK),
         ("[   12.000001] BUG: kernel NULL pointer dereference, address: 0000000000000008", EventKind.OOPS),
         ("[   12.000002] Oops: 0000 [#1] PREEMPT SMP NOPTI", EventKind.OOPS),
-        ("[   12.000003] general protection fault, probably for non-canonical address 0xdead: 0000 [#1] SMP", EventKind.OOPS),
+        (
+            "[   12.000003] general protection fault, probably for non-canonical address 0xdead: 0000 [#1] SMP",
+            EventKind.OOPS,
+        ),
         ("[   13.100000] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000009", EventKind.PANIC),
         ("[  300.500000] nfs: server 10.0.2.2 not responding, still trying", EventKind.NFS_NOT_RESPONDING),
         ("[  360.700000] nfs: server 10.0.2.2 OK", EventKind.NFS_OK),

@@ -75,7 +75,9 @@ def test_hang_is_a_kernel_fail_with_its_reason() -> None:
 
 def test_lab_failure_is_infra_error_and_not_a_kernel_fail() -> None:
     failure = Failure(cause="infra", phase="nfs", reason="ganesha did not start")
-    verdict = judge_node(result(failure=failure, samples=0, counters_first={}, counters_last={}, workload=WorkloadOutcome()), 128)
+    verdict = judge_node(
+        result(failure=failure, samples=0, counters_first={}, counters_last={}, workload=WorkloadOutcome()), 128
+    )
     assert verdict.verdict is Verdict.INFRA_ERROR
     assert not verdict.health_failed
     assert exit_code([verdict]) is ExitCode.BAD_INPUT_OR_INFRA
@@ -84,7 +86,17 @@ def test_lab_failure_is_infra_error_and_not_a_kernel_fail() -> None:
 def test_panic_at_boot_is_fail_even_when_qemu_stopped() -> None:
     failure = Failure(cause="kernel", phase="boot", reason="kernel crashed while booting")
     panic = "[    1.2] Kernel panic - not syncing: VFS: Unable to mount root fs"
-    verdict = judge_node(result(failure=failure, console_events=events(panic), samples=0, counters_first={}, counters_last={}, workload=WorkloadOutcome()), 128)
+    verdict = judge_node(
+        result(
+            failure=failure,
+            console_events=events(panic),
+            samples=0,
+            counters_first={},
+            counters_last={},
+            workload=WorkloadOutcome(),
+        ),
+        128,
+    )
     assert verdict.verdict is Verdict.FAIL
 
 
@@ -96,7 +108,9 @@ def test_workload_killed_without_evidence_is_still_not_a_pass() -> None:
 def test_mixed_results_exit_in_design_order() -> None:
     fail = judge_node(result(counters_last={"pswpout": 0, "pswpin": 0, "oom_kill": 1}), 128)
     invalid = judge_node(result(samples=0, counters_first={}, counters_last={}), 128)
-    infra = judge_node(result(failure=Failure(cause="infra", phase="boot", reason="qemu"), workload=WorkloadOutcome()), 128)
+    infra = judge_node(
+        result(failure=Failure(cause="infra", phase="boot", reason="qemu"), workload=WorkloadOutcome()), 128
+    )
     passed = judge_node(result(), 128)
     assert exit_code([passed, infra, invalid, fail]) is ExitCode.KERNEL_FAIL
     assert exit_code([passed, infra, invalid]) is ExitCode.INVALID
