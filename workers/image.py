@@ -36,10 +36,14 @@ Progress = Callable[[str], None]
 IMAGE_FORMAT = "swaplab-image-1"
 NODE_TOOLS = Path(__file__).resolve().parent / "node_tools"
 NODE_TOOL_SOURCE = NODE_TOOLS / "swaplab-node.c"
+MLOCKALL_SOURCE = NODE_TOOLS / "mlockall.c"
+# Where /init finds the library it LD_PRELOADs into dropbear (keep in sync with init.sh).
+MLOCKALL_IN_IMAGE = "lib/swaplab/libmlockall.so"
 INIT_SCRIPT = NODE_TOOLS / "init.sh"
 BUSYBOX = Path("/bin/busybox")
 DROPBEAR = Path("/usr/sbin/dropbear")
 _GCC_FLAGS = ("-O2", "-static", "-Wall", "-Wextra")
+_GCC_SHARED_FLAGS = ("-O2", "-shared", "-fPIC", "-Wall", "-Wextra")
 _LDD_PATH_RE = re.compile(r"(/\S+)\s+\(0x[0-9a-f]+\)")
 
 
@@ -118,20 +122,32 @@ def _dropbear_public(host_key: Path) -> str:
 
 def node_tool_binary() -> Path:
     """``swaplab-node`` compiled statically for this host, cached by source + flags."""
-    source = NODE_TOOL_SOURCE.read_bytes()
-    digest = hashlib.sha256(source + " ".join(_GCC_FLAGS).encode()).hexdigest()[:20]
-    target = cache_dir("tools") / f"swaplab-node-{digest}"
+    return _compiled(NODE_TOOL_SOURCE, _GCC_FLAGS, "swaplab-node")
+
+
+def mlockall_library() -> Path:
+    """``libmlockall.so`` (LD_PRELOADed into dropbear to keep it resident), cached likewise."""
+    return _compiled(MLOCKALL_SOURCE, _GCC_SHARED_FLAGS, "libmlockall", ".so", ("-lpthread",))
+
+
+def _compiled(
+    source_path: Path, flags: tuple[str, ...], stem: str, suffix: str = "", libs: tuple[str, ...] = ()
+) -> Path:
+    """``gcc flags -o <cache> source libs``, named by the hash of source and command line."""
+    source = source_path.read_bytes()
+    digest = hashlib.sha256(source + " ".join(flags + libs).encode()).hexdigest()[:20]
+    target = cache_dir("tools") / f"{stem}-{digest}{suffix}"
     if target.is_file():
         return target
     tmp = target.with_name(f".{target.name}.{os.getpid()}")
     proc = subprocess.run(
-        ["gcc", *_GCC_FLAGS, "-o", str(tmp), str(NODE_TOOL_SOURCE)],
+        ["gcc", *flags, "-o", str(tmp), str(source_path), *libs],
         capture_output=True,
         text=True,
         check=False,
     )
     if proc.returncode != 0:
-        raise ImageError(f"gcc failed on {NODE_TOOL_SOURCE}:\n{proc.stderr}")
+        raise ImageError(f"gcc failed on {source_path}:\n{proc.stderr}")
     tmp.replace(target)
     return target
 
@@ -266,11 +282,12 @@ def _skeleton() -> list[_Entry]:
 
 
 def _binaries() -> list[_Entry]:
-    """busybox, swaplab-node and dropbear with the shared libraries ``ldd`` names."""
+    """busybox, swaplab-node, dropbear with the shared libraries ``ldd`` names, libmlockall."""
     entries = [
         _Entry("bin/busybox", 0o100755, BUSYBOX.read_bytes()),
         _Entry("usr/bin/swaplab-node", 0o100755, node_tool_binary().read_bytes()),
         _Entry("usr/sbin/dropbear", 0o100755, DROPBEAR.read_bytes()),
+        _Entry(MLOCKALL_IN_IMAGE, 0o100755, mlockall_library().read_bytes()),
     ]
     for lib in shared_libraries(DROPBEAR):
         entries.append(_Entry(lib.lstrip("/"), 0o100755, Path(lib).resolve().read_bytes()))

@@ -35,9 +35,10 @@ from workers.paths import cache_dir
 
 Progress = Callable[[str], None]
 
-# What every node loads: NIC, NFS client (v3 and v4.x; 4.1/4.2 live inside nfsv4.ko on
+# What every node loads: NIC, an entropy source (dropbear blocks for randomness at the
+# first login without one), NFS client (v3 and v4.x; 4.1/4.2 live inside nfsv4.ko on
 # Debian), and AF_PACKET for udhcpc. Missing-but-builtin entries are simply skipped.
-NODE_MODULES: tuple[str, ...] = ("virtio_pci", "virtio_net", "af_packet", "nfsv3", "nfsv4")
+NODE_MODULES: tuple[str, ...] = ("virtio_pci", "virtio_net", "virtio_rng", "af_packet", "nfsv3", "nfsv4")
 
 # Debian package names are [a-z0-9][a-z0-9+.-]*; we further insist on a kernel image
 # package because the name ends up in apt's argv.

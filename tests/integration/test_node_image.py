@@ -81,6 +81,7 @@ def booted(image: NodeImage, tmp_path: Path) -> Iterator[Guest]:
         "-serial", f"file:{console}",
         "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
         "-device", "virtio-net-pci,netdev=n0,romfile=",
+        "-device", "virtio-rng-pci",
     ]  # fmt: skip
     started = time.monotonic()
     qemu = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -135,11 +136,12 @@ def test_initramfs_holds_what_a_node_needs(image: NodeImage) -> None:
     names = set(listing.split())
     for needed in [
         "init", "bin/sh", "bin/busybox", "dev/console", "usr/sbin/dropbear",
-        "usr/bin/swaplab-node", "etc/swaplab/modules", "root/.ssh/authorized_keys",
+        "usr/bin/swaplab-node", "lib/swaplab/libmlockall.so", "etc/swaplab/modules", "root/.ssh/authorized_keys",
         "etc/dropbear/dropbear_ed25519_host_key", "etc/passwd",
     ]:  # fmt: skip
         assert needed in names, needed
     assert any(n.endswith("/nfsv4.ko") for n in names)
+    assert any(n.endswith("/virtio-rng.ko") for n in names)
 
 
 def test_node_boots_and_answers_ssh_with_pinned_host_key(booted: Guest, image: NodeImage, keys: LabKeys) -> None:
@@ -190,3 +192,32 @@ def test_local_deb_with_merged_usr_and_compressed_modules_is_normalised(
     order = module_load_order(art.modules_dir, kver, ["virtio_pci"])
     assert [p.name for p in order] == ["virtio_ring.ko", "virtio.ko", "virtio_pci.ko"]
     assert fetch_kernel(KernelSource(deb=deb)) == art  # cached by the file's sha256
+
+
+def _vmlck_kib(status: str) -> int:
+    for line in status.splitlines():
+        if line.startswith("VmLck:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmLck line in:\n{status}")
+
+
+def test_dropbear_stays_resident_but_sessions_do_not(booted: Guest, keys: LabKeys) -> None:
+    """libmlockall locks dropbear's listener and connection child; the commands it runs are unlocked."""
+    text = _wait_for_console(booted.console, READY, booted.qemu)
+    assert "swaplab: ERROR" not in text
+    client = _ssh(booted.port, keys)
+    try:
+        listener = _exec(client, "cat /proc/$(cat /run/dropbear.pid)/status")
+        # The shell's parent is the per-connection dropbear child that forked it.
+        child = _exec(client, "cat /proc/$PPID/status")
+        shell = _exec(client, "cat /proc/$$/status")
+        env = _exec(client, 'echo "${LD_PRELOAD:-unset}"').strip()
+        rng = _exec(client, "cat /sys/class/misc/hw_random/rng_current").strip()
+    finally:
+        client.close()
+    assert "Name:\tdropbear" in listener and "Name:\tdropbear" in child
+    assert _vmlck_kib(listener) > 0
+    assert _vmlck_kib(child) > 0
+    assert _vmlck_kib(shell) == 0  # execve dropped the locks: the workload stays swappable
+    assert env == "unset"
+    assert rng.startswith("virtio_rng")

@@ -116,6 +116,7 @@ def test_guest_boots_forwards_ssh_and_powers_off(
     pid = int((workdir / "qemu.pid").read_text())
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     assert b"swaplab-itest-n1" in cmdline and b"tcg" in cmdline
+    assert b"virtio-rng-pci" in cmdline  # guest entropy: dropbear must not wait for the CRNG
     t0 = time.monotonic()
     driver.power_off()
     assert time.monotonic() - t0 < 6

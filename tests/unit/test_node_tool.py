@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
+import resource
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from workers.image import node_tool_binary
+from workers.image import mlockall_library, node_tool_binary
 
 SAMPLED = [
     "/proc/vmstat",
@@ -100,3 +103,52 @@ def test_start_at_wakes_on_time(tool: Path) -> None:
     assert out.returncode == 0
     started = int(out.stdout.splitlines()[0].split()[1])
     assert start_at <= started < start_at + 20_000_000
+
+
+# ---------------------------------------------------------------- libmlockall
+
+_LOCK_PROBE = """
+import os, sys
+def vmlck(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmLck:"):
+            return int(line.split()[1])
+    return -1
+print("parent", vmlck(os.getpid()), os.environ.get("LD_PRELOAD", "unset"))
+sys.stdout.flush()
+pid = os.fork()
+if pid == 0:
+    print("child", vmlck(os.getpid()))
+    sys.stdout.flush()
+    # After execve the locks (and MCL_FUTURE) are gone and LD_PRELOAD is not passed on.
+    os.execv("/bin/sh", ["sh", "-c", 'echo exec $(grep VmLck /proc/$$/status | tr -dc 0-9) "${LD_PRELOAD:-unset}"'])
+os.waitpid(pid, 0)
+"""
+
+
+def _may_lock_a_python() -> bool:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    return os.geteuid() == 0 or soft == resource.RLIM_INFINITY
+
+
+def test_mlockall_library_is_cached_and_shared() -> None:
+    lib = mlockall_library()
+    assert mlockall_library() == lib
+    assert lib.read_bytes()[:4] == b"\x7fELF"
+    assert lib.name.endswith(".so")
+
+
+@pytest.mark.skipif(not _may_lock_a_python(), reason="needs root or an unlimited RLIMIT_MEMLOCK")
+def test_mlockall_preload_locks_process_and_forked_children_but_not_exec() -> None:
+    lib = mlockall_library()
+    env = {"PATH": "/usr/bin:/bin", "LD_PRELOAD": str(lib)}
+    out = subprocess.run(
+        [sys.executable, "-c", _LOCK_PROBE], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    parent_kib, parent_env = lines["parent"].split()
+    assert int(parent_kib) > 0  # constructor locked the process
+    assert parent_env == "unset"  # and dropped LD_PRELOAD from its environment
+    assert int(lines["child"]) > 0  # locks are not inherited: the atfork handler relocked
+    exec_kib, exec_env = lines["exec"].split()
+    assert int(exec_kib) == 0 and exec_env == "unset"

@@ -118,6 +118,8 @@ class QemuDriver:
             "-netdev", fwd,
             # romfile= skips the iPXE option ROM: we boot -kernel, not PXE.
             "-device", "virtio-net-pci,netdev=n0,romfile=",
+            # Host entropy for the guest's CRNG: dropbear otherwise waited for it at first login.
+            "-device", "virtio-rng-pci",
             "-pidfile", str(self.pid_path),
         ]  # fmt: skip
 

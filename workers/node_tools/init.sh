@@ -102,7 +102,14 @@ bring_up_network() {
 start_sshd() {
     chmod 700 /root /root/.ssh 2>/dev/null
     chmod 600 /root/.ssh/authorized_keys /etc/dropbear/dropbear_ed25519_host_key 2>/dev/null
-    dropbear -r /etc/dropbear/dropbear_ed25519_host_key -p 22 -s -j -k \
+    # libmlockall keeps dropbear and the per-connection children it forks resident
+    # (mlockall in its constructor and again after fork): swapped-out sshd pages would stall
+    # every byte read from the node behind NFS page-ins. The library drops LD_PRELOAD from
+    # dropbear's environment, and dropbear (no -e) clears the environment of the commands it
+    # runs, so sessions and the workload are neither preloaded nor locked.
+    preload=/lib/swaplab/libmlockall.so
+    [ -f "$preload" ] || { fail "no $preload, dropbear will be swappable"; preload=""; }
+    LD_PRELOAD="$preload" dropbear -r /etc/dropbear/dropbear_ed25519_host_key -p 22 -s -j -k \
         -P /run/dropbear.pid -E 2>>/run/dropbear.log || { fail "dropbear did not start"; return; }
     n=0
     while [ ! -s /run/dropbear.pid ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
