@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from orchestrator.lab import Lab, load_lab
+from orchestrator.lab import Lab, lab_from_json, lab_to_json, load_lab
 from orchestrator.yamlpos import LocatedYaml, SpecError, SpecIssue, load_located
 from workers.kernel import KernelSource
 
@@ -249,3 +249,20 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
         if found is not None:
             return found
     return None
+
+
+def campaign_to_json(campaign: Campaign) -> dict[str, Any]:
+    """A validated campaign as plain JSON, lab included (what submit stores)."""
+    return {
+        "path": str(campaign.path),
+        "spec": campaign.spec.model_dump(mode="json"),
+        "lab": lab_to_json(campaign.lab),
+        "ram_mib": campaign.ram_mib,
+        "cpus": campaign.cpus,
+    }
+
+
+def campaign_from_json(data: dict[str, Any]) -> Campaign:
+    """Inverse of campaign_to_json (no re-validation: it was validated at submit)."""
+    spec = CampaignSpec.model_validate(data["spec"])
+    return Campaign(Path(data["path"]), spec, lab_from_json(data["lab"]), data["ram_mib"], data["cpus"])

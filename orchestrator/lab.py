@@ -125,3 +125,20 @@ def _node(doc: LocatedYaml, lab: str, name: str, merged: dict[str, Any]) -> Node
         ssh_port=int(merged["ansible_port"]),
         options=options,
     )
+
+
+def lab_to_json(lab: Lab) -> dict[str, Any]:
+    """A lab as plain JSON (stored with a submitted campaign: the file may change later)."""
+    return {
+        "name": lab.name,
+        "inventory": str(lab.inventory),
+        "nfs_backend": lab.nfs_backend,
+        "nfs_settings": lab.nfs_settings,
+        "nodes": [vars(node) for node in lab.nodes],
+    }
+
+
+def lab_from_json(data: dict[str, Any]) -> Lab:
+    """Inverse of lab_to_json."""
+    nodes = tuple(NodeConfig(**node) for node in data["nodes"])
+    return Lab(data["name"], Path(data["inventory"]), data["nfs_backend"], data["nfs_settings"], nodes)

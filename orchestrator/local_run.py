@@ -13,8 +13,8 @@ from typing import Any
 
 from orchestrator.campaign import Campaign
 from orchestrator.planner import RunPlan, node_specs, plan_runs
-from orchestrator.report import node_entry, write_result
-from orchestrator.verdict import NodeVerdict, Verdict, combine, exit_code, judge_node
+from orchestrator.report import campaign_exit_code, run_entry, write_result
+from orchestrator.verdict import Verdict, combine
 from workers.collab import EventCancel, LocalBarrier, Progress
 from workers.node_session import run_node_session
 from workers.runspec import NodeResult
@@ -29,14 +29,12 @@ def run_campaign_locally(
     result_dir.mkdir(parents=True, exist_ok=True)
     cancel = EventCancel()
     runs: list[dict[str, Any]] = []
-    verdicts: list[NodeVerdict] = []
     interrupted = False
     for plan in plan_runs(campaign):
         if cancel():
             break
-        entry, node_verdicts, interrupted = _run_one(campaign, campaign_id, plan, result_dir, progress, cancel)
+        entry, interrupted = _run_one(campaign, campaign_id, plan, result_dir, progress, cancel)
         runs.append(entry)
-        verdicts += node_verdicts
     result = {
         "campaign_id": campaign_id,
         "campaign": campaign.spec.name,
@@ -46,7 +44,7 @@ def run_campaign_locally(
         "finished_at": time.time(),
         "wall_s": round(time.time() - started, 1),
         "verdict": combine(Verdict(run["verdict"]) for run in runs).value if runs else Verdict.INVALID.value,
-        "exit_code": 130 if interrupted else int(exit_code(verdicts)),
+        "exit_code": 130 if interrupted else campaign_exit_code([run["exit_code"] for run in runs]),
         "result_dir": str(result_dir),
         "runs": runs,
     }
@@ -56,7 +54,7 @@ def run_campaign_locally(
 
 def _run_one(
     campaign: Campaign, campaign_id: str, plan: RunPlan, result_dir: Path, progress: Progress, cancel: EventCancel
-) -> tuple[dict[str, Any], list[NodeVerdict], bool]:
+) -> tuple[dict[str, Any], bool]:
     names = [node.name for node in campaign.lab.nodes[: campaign.spec.nodes]]
     specs = node_specs(campaign, campaign_id, plan, names, result_dir)
     barrier = LocalBarrier(len(specs))
@@ -73,25 +71,12 @@ def _run_one(
             cancel.event.set()
             wait(futures)
     results = [NodeResult.model_validate(f.result()) for f in futures]
-    overcommit = campaign.planned_overcommit_mib(plan.workload)
-    node_verdicts = [judge_node(r, overcommit) for r in results]
-    entry = {
+    meta = {
         "run_id": plan.run_id,
         "kernel": plan.kernel.label(),
         "workload": plan.workload.name,
         "repeat": plan.repeat,
         "started_at": started,
         "finished_at": time.time(),
-        "verdict": combine(v.verdict for v in node_verdicts).value,
-        "start_skew_ms": start_skew_ms(results),
-        "nodes": [node_entry(r, v) for r, v in zip(results, node_verdicts, strict=True)],
     }
-    return entry, node_verdicts, interrupted
-
-
-def start_skew_ms(results: list[NodeResult]) -> float | None:
-    """Spread of the nodes' workload start instants, in host time (clock offsets applied)."""
-    starts = [r.workload.started_host_ns for r in results if r.workload.started_host_ns is not None]
-    if len(starts) < 2:
-        return None
-    return (max(starts) - min(starts)) / 1e6
+    return run_entry(meta, results, campaign.planned_overcommit_mib(plan.workload)), interrupted

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
-from orchestrator.verdict import MIB, NodeVerdict
+from orchestrator.exitcode import ExitCode
+from orchestrator.verdict import MIB, NodeVerdict, combine, exit_code, judge_node
 from workers.runspec import NodeResult
 from workers.samples import swap_moved_bytes
 
@@ -21,6 +22,8 @@ def node_entry(result: NodeResult, verdict: NodeVerdict) -> dict[str, Any]:
         "swap_in_mib": round(into / MIB, 1),
         "swap_file_nonzero_pages": result.swap_file_nonzero_pages,
         "phases_s": result.phases,
+        "started_at": result.started_at,
+        "finished_at": result.finished_at,
         "clock_offset_ms": None if result.clock_offset_ns is None else result.clock_offset_ns / 1e6,
         "clock_uncertainty_ms": None if result.clock_uncertainty_ns is None else result.clock_uncertainty_ns / 1e6,
         "workload": result.workload.model_dump(mode="json"),
@@ -28,6 +31,41 @@ def node_entry(result: NodeResult, verdict: NodeVerdict) -> dict[str, Any]:
         "console_events": result.console_events,
         "files": result.files,
     }
+
+
+def run_entry(meta: dict[str, Any], results: list[NodeResult], planned_overcommit_mib: int) -> dict[str, Any]:
+    """Judge a run's nodes and build its part of result.json (``meta``: run_id, kernel ...)."""
+    verdicts = [judge_node(result, planned_overcommit_mib) for result in results]
+    return {
+        **meta,
+        "verdict": combine(v.verdict for v in verdicts).value,
+        "exit_code": int(exit_code(verdicts)),
+        "start_skew_ms": start_skew_ms(results),
+        "start_skew_uncertainty_ms": start_skew_uncertainty_ms(results),
+        "nodes": [node_entry(r, v) for r, v in zip(results, verdicts, strict=True)],
+    }
+
+
+def campaign_exit_code(run_codes: list[int]) -> int:
+    """Combine run exit codes: the first that applies of 1, 3, 4, 2, 0."""
+    order = [ExitCode.KERNEL_FAIL, ExitCode.CRITERIA_FAIL, ExitCode.INVALID, ExitCode.BAD_INPUT_OR_INFRA]
+    if not run_codes:
+        return int(ExitCode.INVALID)
+    return int(next((code for code in order if code in run_codes), ExitCode.PASS))
+
+
+def start_skew_ms(results: list[NodeResult]) -> float | None:
+    """Spread of the nodes' workload start instants, in host time (clock offsets applied)."""
+    starts = [r.workload.started_host_ns for r in results if r.workload.started_host_ns is not None]
+    if len(starts) < 2:
+        return None
+    return (max(starts) - min(starts)) / 1e6
+
+
+def start_skew_uncertainty_ms(results: list[NodeResult]) -> float | None:
+    """How far the corrected skew may be off: the two largest clock-offset uncertainties."""
+    errors = sorted((r.clock_uncertainty_ns for r in results if r.clock_uncertainty_ns is not None), reverse=True)
+    return sum(errors[:2]) / 1e6 if len(errors) >= 2 else None
 
 
 def write_result(path: Path, result: dict[str, Any]) -> None:

@@ -36,6 +36,9 @@ class Barrier(Protocol):
     def abort(self, node: str, reason: str) -> None:
         """Break the barrier: every node waiting (or arriving later) gets BarrierBroken."""
 
+    def broken(self) -> str | None:
+        """Why the barrier was broken, or None: nodes still booting stop early on it."""
+
 
 class CancelCheck(Protocol):
     """Asked between steps and while waiting: has someone cancelled this run?"""
@@ -96,6 +99,10 @@ class LocalBarrier:
             if not ready or self._start_at is None:
                 raise BarrierBroken(f"barrier timed out after {timeout_s:.0f} s")
             return self._start_at
+
+    def broken(self) -> str | None:
+        with self._cond:
+            return self._broken
 
     def abort(self, node: str, reason: str) -> None:
         with self._cond:

@@ -100,8 +100,7 @@ class NodeSession:
 
     @contextmanager
     def _phase(self, name: str, detail: str = "") -> Iterator[None]:
-        if self.cancel():
-            raise SessionFailure("cancelled", "cancelled by the user")
+        self._check_stop()
         self.phase_name = name
         self.progress.phase(self.name, name, detail)
         started = time.monotonic()
@@ -109,6 +108,16 @@ class NodeSession:
             yield
         finally:
             self.result.phases[name] = round(time.monotonic() - started, 3)
+
+    def _check_stop(self) -> None:
+        if self.cancel():
+            raise SessionFailure("cancelled", "cancelled")
+        broken = None if self.passed_barrier else self.barrier.broken()
+        if broken:
+            raise SessionFailure("aborted", f"run aborted before the start: {broken}")
+
+    def _keep_booting(self) -> bool:
+        return self._driver_running() and not self.cancel() and (self.barrier.broken() is None)
 
     # -- phases ------------------------------------------------------------------------
     def _prepare(self) -> None:
@@ -143,7 +152,8 @@ class NodeSession:
             raise SessionFailure("infra", f"NFS server: {err}") from err
 
     def _swap_name(self) -> str:
-        return f"swap.{self.spec.node.lab}.{self.name}.{self.spec.run_id}"
+        # Unique per campaign, run and node: runs of several campaigns share the export.
+        return f"swap.{self.spec.campaign}.{self.spec.run_id}.{self.name}"
 
     def _boot(self) -> None:
         assert self.image is not None and self.keys is not None
@@ -193,8 +203,10 @@ class NodeSession:
         fatal = [e for e in parse_console(text) if e.kind in (EventKind.PANIC, EventKind.OOPS)]
         if fatal:
             return SessionFailure("kernel", f"kernel crashed while booting: {fatal[0].text}")
-        if self.cancel():
-            return SessionFailure("cancelled", "cancelled by the user")
+        try:
+            self._check_stop()
+        except SessionFailure as stop:
+            return stop
         if not self.driver.is_running():
             return SessionFailure("infra", f"node machine stopped while booting: {self.driver.exit_reason()}")
         image_errors = [line for line in text.splitlines() if IMAGE_ERROR_MARKER in line]
@@ -288,7 +300,7 @@ class NodeSession:
 
     def _workload_stopped(self) -> SessionFailure:
         if self.cancel():
-            return SessionFailure("cancelled", "cancelled by the user")
+            return SessionFailure("cancelled", "cancelled")
         self._check_node_still_there()
         assert self.shell is not None
         if not self.shell.is_alive():

@@ -8,6 +8,7 @@ deadline, a cancel flag and the node's liveness while they run.
 from __future__ import annotations
 
 import base64
+import logging
 import socket
 import time
 from collections.abc import Callable
@@ -19,6 +20,12 @@ from fabric import Connection
 from workers.image import LabKeys
 
 CONNECT_TIMEOUT_S = 8.0
+# While waiting for a booting node, each attempt gives up quickly so a broken barrier or a
+# cancel is noticed within seconds (QEMU's port forward accepts TCP long before sshd).
+BOOT_PROBE_TIMEOUT_S = 3.0
+# While a node boots, QEMU's port forward accepts TCP before sshd listens; paramiko logs
+# every such refused handshake as an error with a traceback. Expected noise, not news.
+logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
 
 
 class NodeUnreachable(RuntimeError):
@@ -39,18 +46,18 @@ class CommandResult:
         return self.status == 0
 
 
-def _pinned_connection(host: str, port: int, keys: LabKeys) -> Connection:
+def _pinned_connection(host: str, port: int, keys: LabKeys, timeout_s: float) -> Connection:
     conn = Connection(
         host,
         user="root",
         port=port,
-        connect_timeout=CONNECT_TIMEOUT_S,
+        connect_timeout=timeout_s,
         connect_kwargs={
             "key_filename": str(keys.client_private),
             "look_for_keys": False,
             "allow_agent": False,
-            "banner_timeout": CONNECT_TIMEOUT_S,
-            "auth_timeout": CONNECT_TIMEOUT_S,
+            "banner_timeout": timeout_s,
+            "auth_timeout": timeout_s,
         },
     )
     # The lab generated the node's host key itself: pin it and refuse anything else.
@@ -63,8 +70,8 @@ def _pinned_connection(host: str, port: int, keys: LabKeys) -> Connection:
 class NodeShell:
     """An open SSH session to one node."""
 
-    def __init__(self, host: str, port: int, keys: LabKeys) -> None:
-        self._conn = _pinned_connection(host, port, keys)
+    def __init__(self, host: str, port: int, keys: LabKeys, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+        self._conn = _pinned_connection(host, port, keys, timeout_s)
         self._conn.open()
 
     @classmethod
@@ -74,8 +81,12 @@ class NodeShell:
         """Connect, retrying until ``deadline`` (monotonic) while ``keep_waiting()`` holds."""
         last_error = "no attempt"
         while time.monotonic() < deadline and keep_waiting():
+            if not _sshd_answers(host, port):
+                last_error = "no SSH banner yet"
+                time.sleep(1.0)
+                continue
             try:
-                shell = cls(host, port, keys)
+                shell = cls(host, port, keys, BOOT_PROBE_TIMEOUT_S)
                 if shell.run("true", timeout=CONNECT_TIMEOUT_S).ok:
                     return shell
                 shell.close()
@@ -104,18 +115,24 @@ class NodeShell:
         channel.exec_command(command)
         return channel
 
-    def node_clock_ns(self) -> tuple[int, int, int]:
-        """One clock exchange: (host send ns, node ns, host receive ns)."""
-        sent = time.time_ns()
-        channel = self.open_channel("swaplab-node clock")
-        output = channel.makefile("r").read().decode().strip()
-        received = time.time_ns()
-        channel.close()
-        return sent, int(output), received
+    def clock_offset(self, rounds: int = 15) -> tuple[int, int]:
+        """Node clock minus host clock (ns), and its uncertainty (half the best round trip).
 
-    def clock_offset(self, rounds: int = 7) -> tuple[int, int]:
-        """Node clock minus host clock (ns), and its uncertainty (half the best round trip)."""
-        exchanges = [self.node_clock_ns() for _ in range(rounds)]
+        The exchanges go over one open channel to ``swaplab-node clock-serve``, so a round
+        trip is a few ms rather than a channel set-up each time (NTP-style: keep the
+        exchange with the smallest round trip).
+        """
+        channel = self.open_channel("exec swaplab-node clock-serve")
+        try:
+            reader = channel.makefile("r")
+            exchanges = []
+            for _ in range(rounds):
+                sent = time.time_ns()
+                channel.sendall(b"\n")
+                node = int(reader.readline().strip())
+                exchanges.append((sent, node, time.time_ns()))
+        finally:
+            _close_after_exit(channel)
         sent, node, received = min(exchanges, key=lambda ex: ex[2] - ex[0])
         return node - (sent + received) // 2, (received - sent) // 2
 
@@ -139,3 +156,27 @@ class NodeShell:
     def close(self) -> None:
         """Close the connection (idempotent)."""
         self._conn.close()
+
+
+def _sshd_answers(host: str, port: int, timeout_s: float = 2.0) -> bool:
+    """A cheap, bounded probe: does an SSH banner come back? (A booting guest sends none.)"""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as probe:
+            probe.settimeout(timeout_s)
+            return probe.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def _close_after_exit(channel: paramiko.Channel, timeout_s: float = 5.0) -> None:
+    """Send EOF, let the remote command exit, then close.
+
+    Closing a channel whose command still runs races with the server's own close: paramiko
+    may hand the same channel id to the next session, which the late close then kills
+    ("Channel closed" on the next command).
+    """
+    deadline = time.monotonic() + timeout_s
+    channel.shutdown_write()
+    while not channel.exit_status_ready() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    channel.close()

@@ -1,35 +1,25 @@
-"""``swaplab validate`` and ``swaplab run``: check a campaign file, or run it here."""
+"""``swaplab validate`` and ``swaplab run``: check a campaign file, or run it and wait."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
 import click
 
-from orchestrator.campaign import Campaign, load_campaign
+from orchestrator.campaign import Campaign
+from orchestrator.cli.common import CAMPAIGN_FILE, load_or_exit
+from orchestrator.cli.distributed_cmds import connect, finish_output, submit_campaign
 from orchestrator.exitcode import ExitCode
 from orchestrator.local_run import run_campaign_locally
 from orchestrator.planner import new_campaign_id, plan_runs
 from orchestrator.report import print_summary
-from orchestrator.yamlpos import SpecError
+from orchestrator.services import LocalServices, ServiceError
+from orchestrator.watch import follow
 from workers.collab import StderrProgress
-
-CAMPAIGN_FILE = click.Path(path_type=Path, dir_okay=False)
-
-
-def _load_or_exit(path: Path, as_json: bool) -> Campaign:
-    try:
-        return load_campaign(path)
-    except SpecError as err:
-        if as_json:
-            issues = [issue.__dict__ for issue in err.issues]
-            click.echo(json.dumps({"valid": False, "issues": issues}, indent=2))
-        for issue in err.issues:
-            click.echo(f"error: {issue}", err=True)
-        sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
 
 
 @click.command()
@@ -37,7 +27,7 @@ def _load_or_exit(path: Path, as_json: bool) -> Campaign:
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON on stdout.")
 def validate(campaign_file: Path, as_json: bool) -> None:
     """Check CAMPAIGN_FILE completely (model, lab, sizes) without running anything."""
-    campaign = _load_or_exit(campaign_file, as_json)
+    campaign = load_or_exit(campaign_file, as_json)
     runs = plan_runs(campaign)
     if as_json:
         summary = {
@@ -64,12 +54,48 @@ def validate(campaign_file: Path, as_json: bool) -> None:
     show_default="$SWAPLAB_RESULTS or ./results",
     help="Directory for result directories.",
 )
-def run(campaign_file: Path, as_json: bool, results: Path) -> None:
-    """Run CAMPAIGN_FILE on its lab, watch it live, print the verdict, exit with its code."""
-    campaign = _load_or_exit(campaign_file, as_json)
+@click.option("--in-process", is_flag=True, help="Run in this process, without Redis or Celery (debugging).")
+def run(campaign_file: Path, as_json: bool, results: Path, in_process: bool) -> None:
+    """Run CAMPAIGN_FILE, watch it live, print the verdict, exit with its code.
+
+    Without configured services (SWAPLAB_REDIS_URL unset) this starts a local
+    redis-server and a Celery worker for the lab, and stops them afterwards.
+    """
+    campaign = load_or_exit(campaign_file, as_json)
+    # SIGTERM (a CI timeout, `kill`) cleans up like Ctrl-C: guests off, services stopped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    results = results.resolve()
+    os.environ["SWAPLAB_RESULTS"] = str(results)  # the worker we start writes there too
+    if in_process:
+        _run_in_process(campaign, results, as_json)
+    try:
+        with LocalServices(campaign.lab.name, len(campaign.lab.nodes) + 1, results / "services"):
+            info = _submit_and_follow(campaign)
+    except ServiceError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
+    finish_output(info, as_json)
+
+
+def _submit_and_follow(campaign: Campaign) -> dict[str, object]:
+    store = connect()
+    cid = submit_campaign(store, campaign)
+    click.echo(f"campaign {cid}: {len(plan_runs(campaign))} run(s) on lab {campaign.lab.name}", err=True)
+    try:
+        return follow(store, cid, sys.stderr)
+    except KeyboardInterrupt:
+        # Ctrl-C on `run` cancels (on `watch` it only detaches): guests off, leases freed.
+        click.echo("\ninterrupted: cancelling (guests powered off, leases released) ...", err=True)
+        store.request_cancel(cid)
+        return follow(store, cid, sys.stderr)
+
+
+def _run_in_process(campaign: Campaign, results: Path, as_json: bool) -> None:
     campaign_id = new_campaign_id(campaign.spec.name)
-    click.echo(f"campaign {campaign_id}: {len(plan_runs(campaign))} run(s) on lab {campaign.lab.name}", err=True)
-    result = run_campaign_locally(campaign, campaign_id, results.resolve(), StderrProgress())
+    click.echo(
+        f"campaign {campaign_id}: {len(plan_runs(campaign))} run(s) on lab {campaign.lab.name} (in process)", err=True
+    )
+    result = run_campaign_locally(campaign, campaign_id, results, StderrProgress())
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:

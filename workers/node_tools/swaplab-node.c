@@ -2,6 +2,7 @@
  * swaplab-node: the one static helper swaplab puts on every node (/usr/bin/swaplab-node).
  *
  *   swaplab-node clock                    CLOCK_REALTIME in ns, one line
+ *   swaplab-node clock-serve              one CLOCK_REALTIME line per line read on stdin
  *   swaplab-node sample [--interval-ms N] kernel counters every N ms until killed
  *   swaplab-node hog --mib N [--passes P] [--start-at NS] [--seed S]
  *                                         memory pressure, every page verified
@@ -40,6 +41,7 @@ static int usage(const char *msg)
 {
     fprintf(stderr, "swaplab-node: %s\n"
                     "usage: swaplab-node clock\n"
+                    "       swaplab-node clock-serve\n"
                     "       swaplab-node sample [--interval-ms N]\n"
                     "       swaplab-node hog --mib N [--passes P] [--start-at NS] [--seed S]\n",
             msg);
@@ -102,6 +104,21 @@ static int cmd_clock(int argc, char **argv)
     if (argc != 0)
         return usage("clock takes no arguments");
     emit("%llu\n", (unsigned long long)now_ns(CLOCK_REALTIME));
+    return 0;
+}
+
+/* Clock exchanges over one open channel: the orchestrator writes a line and reads the
+ * node's time back. Opening a channel per exchange costs tens of ms of round trip on a
+ * TCG guest; a resident reader answers in a few, which bounds the offset's uncertainty. */
+static int cmd_clock_serve(int argc, char **argv)
+{
+    (void)argv;
+    if (argc != 0)
+        return usage("clock-serve takes no arguments");
+    mlockall(MCL_CURRENT | MCL_FUTURE);
+    char line[64];
+    while (fgets(line, sizeof line, stdin) != NULL)
+        emit("%llu\n", (unsigned long long)now_ns(CLOCK_REALTIME));
     return 0;
 }
 
@@ -324,6 +341,8 @@ int main(int argc, char **argv)
         return usage("missing subcommand");
     if (strcmp(argv[1], "clock") == 0)
         return cmd_clock(argc - 2, argv + 2);
+    if (strcmp(argv[1], "clock-serve") == 0)
+        return cmd_clock_serve(argc - 2, argv + 2);
     if (strcmp(argv[1], "sample") == 0)
         return cmd_sample(argc - 2, argv + 2);
     if (strcmp(argv[1], "hog") == 0)

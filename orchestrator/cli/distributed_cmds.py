@@ -1,0 +1,172 @@
+"""``swaplab submit | status | watch | cancel | results``: campaigns through Redis + Celery."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import redis
+
+from orchestrator.campaign import Campaign
+from orchestrator.cli.common import CAMPAIGN_FILE, load_or_exit
+from orchestrator.exitcode import ExitCode
+from orchestrator.planner import new_campaign_id, plan_runs
+from orchestrator.report import print_summary
+from orchestrator.store import TERMINAL, CampaignStore
+from orchestrator.watch import follow
+from workers.app import redis_url
+
+
+def connect() -> CampaignStore:
+    """The state store, or a clear error when Redis is not there."""
+    client = redis.Redis.from_url(redis_url(), socket_timeout=10)
+    try:
+        client.ping()
+    except redis.RedisError as err:
+        click.echo(
+            f"error: cannot reach Redis at {redis_url()} ({err}); start the services or set SWAPLAB_REDIS_URL", err=True
+        )
+        sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
+    return CampaignStore(client)
+
+
+def submit_campaign(store: CampaignStore, campaign: Campaign) -> str:
+    """Store a validated campaign and start scheduling it; on failure nothing stays."""
+    from workers.tasks import kick  # imported late: the Celery app reads its config here
+
+    cid = new_campaign_id(campaign.spec.name)
+    runs = plan_runs(campaign)
+    store.create(cid, campaign, runs)
+    try:
+        kick(cid)
+    except Exception:
+        store.delete(cid)
+        raise
+    return cid
+
+
+def _require(store: CampaignStore, cid: str) -> dict[str, Any]:
+    if not store.exists(cid):
+        click.echo(f"error: no campaign {cid!r} (see `swaplab status`)", err=True)
+        sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
+    return store.campaign(cid)
+
+
+def finish_output(info: dict[str, Any], as_json: bool) -> None:
+    """Print a finished campaign's result and exit with its code."""
+    result = info.get("result")
+    if not result:
+        click.echo(f"campaign {info['id']}: {info['status']} (no result)", err=True)
+        sys.exit(ExitCode.INTERRUPTED if info["status"] == "cancelled" else ExitCode.INVALID)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        print_summary(result, sys.stdout)
+    sys.exit(int(result["exit_code"]))
+
+
+@click.command()
+@click.argument("campaign_file", type=CAMPAIGN_FILE)
+@click.option("--wait", is_flag=True, help="Watch until done and exit with the verdict's code.")
+@click.option("--json", "as_json", is_flag=True, help="Machine output on stdout.")
+def submit(campaign_file: Path, wait: bool, as_json: bool) -> None:
+    """Validate CAMPAIGN_FILE, store it in Redis and queue it; print its id."""
+    campaign = load_or_exit(campaign_file, as_json)
+    store = connect()
+    cid = submit_campaign(store, campaign)
+    if not wait:
+        click.echo(json.dumps({"campaign_id": cid}) if as_json else cid)
+        return
+    click.echo(f"campaign {cid} submitted", err=True)
+    finish_output(follow(store, cid, sys.stderr), as_json)
+
+
+@click.command()
+@click.argument("campaign_id", required=False)
+@click.option("--json", "as_json", is_flag=True)
+def status(campaign_id: str | None, as_json: bool) -> None:
+    """Status of one campaign (runs and node phases), or of the recent ones."""
+    store = connect()
+    if campaign_id is None:
+        rows = [store.campaign(cid) for cid in store.campaign_ids()]
+        brief = [{k: row.get(k) for k in ("id", "status", "verdict", "exit_code", "lab")} for row in rows]
+        click.echo(
+            json.dumps(brief, indent=2)
+            if as_json
+            else "\n".join(f"{r['id']:<36} {r['status']:<10} {r.get('verdict') or ''}" for r in brief)
+        )
+        return
+    info = _require(store, campaign_id)
+    runs = []
+    for run in store.runs(campaign_id):
+        nodes = {
+            node: store.node(campaign_id, run["run_id"], node).get("status", "") for node in run.get("nodes") or []
+        }
+        runs.append(
+            {
+                "run_id": run["run_id"],
+                "label": run["label"],
+                "status": run["status"],
+                "attempt": run.get("attempt"),
+                "verdict": run.get("verdict", ""),
+                "nodes": nodes,
+            }
+        )
+    view = {
+        "id": campaign_id,
+        "status": info["status"],
+        "verdict": info.get("verdict", ""),
+        "exit_code": info.get("exit_code", ""),
+        "runs": runs,
+    }
+    if as_json:
+        click.echo(json.dumps(view, indent=2))
+        return
+    click.echo(f"campaign {campaign_id}: {info['status']} {info.get('verdict', '')}")
+    for run in runs:
+        phases = ", ".join(f"{n}={s}" for n, s in run["nodes"].items())
+        click.echo(f"  {run['run_id']} {run['status']:<12} {run['verdict']:<11} {run['label']}  {phases}")
+
+
+@click.command()
+@click.argument("campaign_id")
+@click.option("--json", "as_json", is_flag=True, help="Print result.json at the end.")
+def watch(campaign_id: str, as_json: bool) -> None:
+    """Follow a campaign live; Ctrl-C detaches (the campaign goes on)."""
+    store = connect()
+    _require(store, campaign_id)
+    try:
+        info = follow(store, campaign_id, sys.stderr)
+    except KeyboardInterrupt:
+        click.echo(f"\ndetached; the campaign goes on (swaplab watch {campaign_id})", err=True)
+        sys.exit(ExitCode.INTERRUPTED)
+    finish_output(info, as_json)
+
+
+@click.command()
+@click.argument("campaign_id")
+def cancel(campaign_id: str) -> None:
+    """Cancel a campaign: guests powered off, leases released, status cancelled."""
+    store = connect()
+    info = _require(store, campaign_id)
+    if info["status"] in TERMINAL:
+        click.echo(f"campaign {campaign_id} is already {info['status']}")
+        return
+    store.request_cancel(campaign_id)
+    click.echo(f"cancel requested for {campaign_id}")
+
+
+@click.command()
+@click.argument("campaign_id")
+@click.option("--json", "as_json", is_flag=True)
+def results(campaign_id: str, as_json: bool) -> None:
+    """The result of a finished campaign (summary table, or result.json with --json)."""
+    store = connect()
+    info = _require(store, campaign_id)
+    if info["status"] not in TERMINAL:
+        click.echo(f"campaign {campaign_id} is still {info['status']}", err=True)
+        sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
+    finish_output(info, as_json)

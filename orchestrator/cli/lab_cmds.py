@@ -1,0 +1,71 @@
+"""``swaplab lab status``: a lab's nodes, who holds them, and their health."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from orchestrator.cli.distributed_cmds import connect
+from orchestrator.cli.nfs_cmds import DEFAULT_INVENTORY
+from orchestrator.lab import load_lab
+from orchestrator.scheduler import LEASE_TTL_S, worker_slots
+from orchestrator.yamlpos import SpecError
+from workers.health import NodeHealth
+from workers.lease import LeaseBook
+
+
+@click.group()
+def lab() -> None:
+    """Inspect a lab's node pool."""
+
+
+@lab.command()
+@click.option(
+    "--inventory",
+    "-i",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=DEFAULT_INVENTORY,
+    show_default="inventory/local.yml",
+)
+@click.option("--json", "as_json", is_flag=True)
+def status(inventory: Path, as_json: bool) -> None:
+    """Nodes with their lease holder and health; worker slots on the lab's queue."""
+    try:
+        the_lab = load_lab(inventory)
+    except SpecError as err:
+        raise click.ClickException(str(err)) from None
+    store = connect()
+    holders = LeaseBook(store.redis, the_lab.name, ttl_s=LEASE_TTL_S).holders()
+    health = NodeHealth(store.redis, the_lab.name).status()
+    nodes = []
+    for node in the_lab.nodes:
+        state = health.get(node.name)
+        row = {
+            "node": node.name,
+            "driver": node.driver,
+            "held_by": holders.get(node.name),
+            "healthy": True,
+            "consecutive_boot_failures": 0,
+            "last_reason": "",
+        }
+        if state is not None:
+            row.update(
+                healthy=state["healthy"],
+                consecutive_boot_failures=state["consecutive_boot_failures"],
+                last_reason=state["last_reason"],
+            )
+        nodes.append(row)
+    view = {"lab": the_lab.name, "worker_slots": worker_slots(store.redis, f"lab.{the_lab.name}"), "nodes": nodes}
+    if as_json:
+        click.echo(json.dumps(view, indent=2))
+        return
+    click.echo(f"lab {the_lab.name}: {view['worker_slots']} worker slot(s) on lab.{the_lab.name}")
+    for row in nodes:
+        health_text = (
+            "healthy"
+            if row["healthy"]
+            else f"UNHEALTHY ({row['consecutive_boot_failures']} boot failures: {row['last_reason']})"
+        )
+        click.echo(f"  {row['node']:<8} {row['driver']:<6} {row['held_by'] or 'free':<40} {health_text}")

@@ -1,0 +1,201 @@
+"""The services ``swaplab run`` starts for the embedded default lab when none are
+configured: a redis-server (AOF on, 127.0.0.1, its own port) and a Celery worker.
+
+``SWAPLAB_REDIS_URL`` set means "services are configured": nothing is started then.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import urlparse
+
+import redis
+
+from workers.app import DEFAULT_REDIS_URL, redis_url
+from workers.paths import cache_dir
+
+
+class ServiceError(RuntimeError):
+    """A local service did not start."""
+
+
+class LocalRedis:
+    """redis-server on 127.0.0.1 with an append-only file, so state survives a restart."""
+
+    def __init__(self, url: str = DEFAULT_REDIS_URL, data_dir: Path | None = None) -> None:
+        parsed = urlparse(url)
+        self.url = url
+        self.host = parsed.hostname or "127.0.0.1"
+        self.port = parsed.port or 16379
+        self.data_dir = data_dir or cache_dir("redis", str(self.port))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def ping(self) -> bool:
+        try:
+            return bool(redis.Redis(host=self.host, port=self.port, socket_timeout=1).ping())
+        except redis.RedisError:
+            return False
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        if self.host != "127.0.0.1":
+            raise ServiceError(f"will only start redis on 127.0.0.1, not {self.host}")
+        argv = [
+            "redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir),
+            "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--protected-mode", "yes",
+            "--logfile", str(self.data_dir / "redis.log"),
+        ]  # fmt: skip
+        try:
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
+            )
+        except FileNotFoundError:
+            raise ServiceError("redis-server not found: run scripts/setup (Debian package redis-server)") from None
+        _wait_for(
+            self.ping,
+            timeout_s,
+            lambda: f"redis-server did not answer on 127.0.0.1:{self.port} (log: {self.data_dir / 'redis.log'})",
+        )
+
+    def stop(self) -> None:
+        """SHUTDOWN (flushes the AOF), then make sure the process is gone."""
+        with contextlib.suppress(redis.RedisError):
+            redis.Redis(host=self.host, port=self.port, socket_timeout=5).shutdown(nosave=False)
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class LocalWorker:
+    """A Celery worker process (threads pool) for the given queues, restarted if it dies.
+
+    Supervision is what systemd or compose's ``restart:`` give a deployed worker: a worker
+    lost mid-run (OOM, SIGKILL, or Celery giving up on a broker connection after a Redis
+    restart) comes back, cleans up its orphaned guests and resumes the campaigns.
+    """
+
+    def __init__(
+        self,
+        queues: list[str],
+        concurrency: int,
+        log_file: Path,
+        name: str = "swaplab-local",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.queues = queues
+        self.env = dict(env if env is not None else os.environ)  # every restart gets the same
+        self.concurrency = concurrency
+        self.log_file = log_file
+        self.name = name
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
+
+    def start(self, client: redis.Redis, timeout_s: float = 60.0) -> None:
+        """Start the worker, wait until it registered, then keep it running."""
+        self._spawn(client, timeout_s)
+        self._supervisor = threading.Thread(
+            target=self._supervise, args=(client,), name="swaplab-worker-supervisor", daemon=True
+        )
+        self._supervisor.start()
+
+    def _spawn(self, client: redis.Redis, timeout_s: float) -> None:
+        token = secrets.token_hex(3)  # a fresh worker name: an old one's registry entry lingers
+        argv = [
+            sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", ",".join(self.queues),
+            "-P", "threads", "-c", str(self.concurrency), "-n", f"{self.name}-{token}@%h",
+            "--without-gossip", "--without-mingle", "-l", "INFO",
+        ]  # fmt: skip
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("ab") as log:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, env=self.env
+            )
+        self.proc = proc
+        prefix = f"swaplab:worker:{self.name}-{token}@"
+
+        def registered() -> bool:
+            if proc.poll() is not None:
+                raise ServiceError(f"celery worker exited at start (log: {self.log_file})")
+            return any(key.decode().startswith(prefix) for key in client.scan_iter("swaplab:worker:*"))
+
+        _wait_for(registered, timeout_s, lambda: f"celery worker did not become ready (log: {self.log_file})")
+
+    def _supervise(self, client: redis.Redis) -> None:
+        while not self._stopping.wait(1.0):
+            proc = self.proc
+            if proc is None or proc.poll() is None:
+                continue
+            with self.log_file.open("a") as log:
+                print(f"swaplab: worker exited ({proc.returncode}); starting a new one", file=log)
+            try:
+                self._spawn(client, timeout_s=60.0)
+                self.restarts += 1
+            except (ServiceError, redis.RedisError, OSError) as err:
+                with self.log_file.open("a") as log:
+                    print(f"swaplab: worker restart failed: {err}; retrying", file=log)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Warm shutdown (SIGTERM), then SIGKILL if it does not go; no restart after this."""
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=70.0)
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+class LocalServices:
+    """Context manager: start what is missing for ``lab``, stop what it started."""
+
+    def __init__(self, lab: str, concurrency: int, log_dir: Path) -> None:
+        self.lab = lab
+        self.redis = LocalRedis(redis_url())
+        self.worker = LocalWorker(["control", f"lab.{lab}"], concurrency, log_dir / "worker.log")
+        self.started_redis = False
+        self.configured = "SWAPLAB_REDIS_URL" in os.environ
+
+    def __enter__(self) -> LocalServices:
+        if self.configured:
+            return self
+        if not self.redis.ping():
+            self.redis.start()
+            self.started_redis = True
+        self.worker.start(redis.Redis.from_url(self.redis.url))
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        if self.configured:
+            return
+        self.worker.stop()
+        if self.started_redis:
+            self.redis.stop()
+
+
+def _wait_for(ready: Callable[[], bool], timeout_s: float, message: Callable[[], str]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        time.sleep(0.2)
+    raise ServiceError(message())

@@ -1,0 +1,245 @@
+"""Distributed campaigns end to end: a real redis-server (AOF), real Celery worker
+processes, real QEMU guests swapping over one nfs-ganesha.
+
+One redis + worker pair serves the module; each scenario runs the real ``swaplab`` CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from orchestrator.scheduler import LEASE_TTL_S
+from orchestrator.services import LocalRedis, LocalWorker
+from tests.conftest import require_tools
+from tests.integration.redis_server import free_port
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
+SWAPLAB = Path(sys.executable).with_name("swaplab")
+FIXTURES = REPO / "tests" / "fixtures" / "campaigns"
+QUEUES = ["control", "lab.e2e", "lab.broken"]
+E2E_LAB = REPO / "tests" / "fixtures" / "labs" / "e2e.yml"
+
+
+class Lab:
+    """The services of this module and helpers to drive the CLI against them."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.url = f"redis://127.0.0.1:{free_port()}/0"
+        self.redis_server = LocalRedis(self.url, data_dir=tmp / "redis")
+        (tmp / "redis").mkdir()
+        self.env = {**os.environ, "SWAPLAB_REDIS_URL": self.url, "SWAPLAB_RESULTS": str(tmp / "results")}
+        self.tmp = tmp
+        self.worker: LocalWorker | None = None
+
+    @property
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, decode_responses=True)
+
+    def start_worker(self) -> LocalWorker:
+        worker = LocalWorker(QUEUES, concurrency=5, log_file=self.tmp / "worker.log", name="e2e", env=self.env)
+        worker.start(redis.Redis.from_url(self.url))
+        self.worker = worker
+        return worker
+
+    def cli(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([str(SWAPLAB), *args], capture_output=True, text=True, env=self.env, timeout=timeout)
+        sys.stderr.write(proc.stderr)
+        return proc
+
+    def submit(self, campaign: Path) -> str:
+        proc = self.cli("submit", "--json", str(campaign))
+        assert proc.returncode == 0, proc.stderr
+        return str(json.loads(proc.stdout)["campaign_id"])
+
+    def node_state(self, cid: str, node: str = "node1") -> dict[str, str]:
+        return self.client.hgetall(f"swaplab:node:{cid}:r001:{node}")
+
+    def wait_for_phase(self, cid: str, phase: str, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while self.node_state(cid).get("status") != phase:
+            assert time.monotonic() < deadline, f"node1 never reached {phase}: {self.node_state(cid)}"
+            time.sleep(0.5)
+
+    def leases(self, lab: str = "e2e") -> list[str]:
+        return list(self.client.scan_iter(f"swaplab:lease:{lab}:*"))
+
+
+def guest_pids(name: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "--", f"-name {name} "], capture_output=True, text=True).stdout
+    return [int(pid) for pid in out.split()]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    require_tools(("redis-server", "qemu-system-x86_64", "ganesha.nfsd"))
+    the_lab = Lab(tmp_path_factory.mktemp("distributed"))
+    the_lab.redis_server.start()
+    the_lab.start_worker()
+    yield the_lab
+    if the_lab.worker is not None:
+        the_lab.worker.stop()
+    for inventory in (E2E_LAB, REPO / "tests/fixtures/labs/broken-node.yml"):
+        the_lab.cli("nfs", "stop", "-i", str(inventory))
+    the_lab.redis_server.stop()
+
+
+def test_invalid_submit_leaves_redis_unchanged(lab: Lab, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((REPO / "campaigns" / "smoke.yaml").read_text().replace("size_mib: 512", "size_mib: -1"))
+    before = sorted(lab.client.scan_iter("*"))
+    proc = lab.cli("submit", str(bad))
+    assert proc.returncode == 2
+    assert f"{bad}:16: swap.size_mib:" in proc.stderr
+    assert sorted(lab.client.scan_iter("*")) == before
+
+
+@pytest.fixture(scope="module")
+def pair(lab: Lab) -> dict[str, Any]:
+    """Two nodes at once; redis-server restarted (AOF) while both are in their workload."""
+    campaign = lab.tmp / "pair.yaml"  # the shipped campaign, on the tests' own lab
+    campaign.write_text((REPO / "campaigns" / "pair.yaml").read_text().replace("../inventory/local.yml", str(E2E_LAB)))
+    cid = lab.submit(campaign)
+    lab.wait_for_phase(cid, "workload")
+    created = lab.client.hget(f"swaplab:campaign:{cid}", "created_at")
+    lab.redis_server.stop()  # SHUTDOWN flushes the append-only file
+    time.sleep(2)
+    lab.redis_server.start()
+    survived = lab.client.hget(f"swaplab:campaign:{cid}", "created_at") == created
+    watch = lab.cli("watch", "--json", cid)
+    return {"code": watch.returncode, "result": json.loads(watch.stdout), "survived": survived}
+
+
+def test_pair_both_nodes_pass_over_one_nfs_server(pair: dict[str, Any]) -> None:
+    assert pair["code"] == 0, pair["result"]["runs"][0]
+    [run] = pair["result"]["runs"]
+    assert [node["verdict"] for node in run["nodes"]] == ["pass", "pass"]
+    assert all(node["swap_out_mib"] >= 64 and node["swap_in_mib"] >= 64 for node in run["nodes"])
+
+
+def test_pair_start_skew_is_reported_and_small(pair: dict[str, Any]) -> None:
+    [run] = pair["result"]["runs"]
+    assert run["start_skew_ms"] is not None and run["start_skew_ms"] < 50
+    for node in run["nodes"]:
+        assert node["clock_uncertainty_ms"] is not None and node["clock_uncertainty_ms"] < 50
+    print(
+        f"\nstart skew {run['start_skew_ms']:.2f} ms; offsets ±{[n['clock_uncertainty_ms'] for n in run['nodes']]} ms"
+    )
+
+
+def test_campaign_state_survives_a_redis_restart(pair: dict[str, Any]) -> None:
+    assert pair["survived"]
+    assert pair["result"]["verdict"] == "pass"
+
+
+def test_node_that_cannot_boot_breaks_the_barrier(lab: Lab) -> None:
+    proc = lab.cli("submit", "--wait", "--json", str(FIXTURES / "broken-pair.yaml"), timeout=300)
+    assert proc.returncode == 2  # infra-error, nothing failed
+    [run] = json.loads(proc.stdout)["runs"]
+    assert run["verdict"] == "infra-error"
+    nodes = {node["node"]: node for node in run["nodes"]}
+    assert nodes["node2"]["failure"]["cause"] == "infra" and "qemu" in nodes["node2"]["failure"]["reason"].lower()
+    assert nodes["node1"]["failure"]["cause"] == "aborted"
+    stopped_after = nodes["node1"]["finished_at"] - nodes["node2"]["finished_at"]
+    assert stopped_after < 10, f"node1 stopped {stopped_after:.1f} s after node2 failed"
+    assert lab.leases("broken") == []
+
+
+def test_node_failing_to_boot_twice_becomes_unhealthy(lab: Lab) -> None:
+    lab.cli("submit", "--wait", str(FIXTURES / "broken-pair.yaml"), timeout=300)
+    status = json.loads(
+        lab.cli("lab", "status", "--json", "-i", str(REPO / "tests/fixtures/labs/broken-node.yml")).stdout
+    )
+    health = {row["node"]: row for row in status["nodes"]}
+    assert health["node2"]["healthy"] is False and health["node2"]["consecutive_boot_failures"] >= 2
+    assert health["node1"]["healthy"] is True
+    # With one healthy node left, a two-node run is refused at once instead of waiting forever.
+    proc = lab.cli("submit", "--wait", "--json", str(FIXTURES / "broken-pair.yaml"), timeout=120)
+    assert proc.returncode == 2
+    assert "healthy node" in json.dumps(json.loads(proc.stdout)["runs"][0])
+
+
+def test_cancel_during_workload_powers_off_and_frees_leases(lab: Lab) -> None:
+    cid = lab.submit(FIXTURES / "short.yaml")
+    lab.wait_for_phase(cid, "workload")
+    assert guest_pids("swaplab-e2e-node1")
+    cancelled_at = time.monotonic()
+    assert lab.cli("cancel", cid).returncode == 0
+    watch = lab.cli("watch", cid, timeout=120)
+    assert watch.returncode == 130
+    assert time.monotonic() - cancelled_at < 60
+    assert lab.client.hget(f"swaplab:campaign:{cid}", "status") == "cancelled"
+    assert guest_pids("swaplab-e2e-node1") == []
+    assert lab.leases() == []
+
+
+def test_worker_killed_mid_workload_recovers_without_visibility_timeout(lab: Lab) -> None:
+    cid = lab.submit(FIXTURES / "short.yaml")
+    lab.wait_for_phase(cid, "workload")
+    [orphan] = guest_pids("swaplab-e2e-node1")
+    most_guests = _watch_guest_count("swaplab-e2e-node1")
+    worker = lab.worker
+    assert worker is not None and worker.proc is not None
+    restarts = worker.restarts
+    os.kill(worker.proc.pid, signal.SIGKILL)  # the worker's main process: threads die with it
+    worker.proc.wait()
+    killed_at = time.monotonic()
+    assert _alive(orphan)  # the guest outlived its worker: an orphan
+    _wait_until(lambda: worker.restarts > restarts, 90)  # its supervisor starts a new worker
+    watch = lab.cli("watch", "--json", cid, timeout=900)
+    recovered_in = time.monotonic() - killed_at
+    result = json.loads(watch.stdout)
+    [run] = result["runs"]
+    assert watch.returncode == 0 and run["verdict"] == "pass" and run["attempt"] == 2
+    assert recovered_in < LEASE_TTL_S + 240 + 60, recovered_in  # TTL + the redone run, not 6 h
+    assert not _alive(orphan)
+    assert guest_pids("swaplab-e2e-node1") == []
+    assert max(most_guests()) <= 1  # never two guests for node1
+    assert lab.leases() == []
+    assert lab.client.llen("lab.e2e") == 0 and lab.client.llen("control") == 0
+    print(f"\nworker killed -> verdict in {recovered_in:.0f} s (lease TTL {LEASE_TTL_S:.0f} s)")
+
+
+def _wait_until(condition: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.5)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _watch_guest_count(name: str) -> Any:
+    counts: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            counts.append(len(guest_pids(name)))
+            time.sleep(0.5)
+
+    threading.Thread(target=sample, daemon=True).start()
+
+    def result() -> list[int]:
+        stop.set()
+        return counts
+
+    return result

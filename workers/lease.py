@@ -1,0 +1,219 @@
+"""Node leases in Redis: two runs never hold the same node, and a dead worker's nodes come back.
+
+A lease is the key ``swaplab:lease:<lab>:<node>`` holding the holder id (``"<campaign>:<run>"``)
+with a PX expiry. Every change is a compare-and-act Lua script, so a holder only ever
+extends or deletes its own keys, and taking several nodes is all-or-nothing. A worker that
+dies stops renewing; its keys expire after ``ttl_s`` and the nodes are free again.
+
+``LeaseKeeper`` renews in a daemon thread for as long as a run uses its nodes. Give the
+Redis client a ``socket_timeout``: a renewal blocked on a dead socket cannot renew anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from types import TracebackType
+
+from redis import Redis
+
+from workers.health import HEALTHY_FIELD, as_text, health_key, scan_pattern
+
+log = logging.getLogger(__name__)
+
+LEASE_PREFIX = "swaplab:lease"
+
+# KEYS = lease keys of the candidates, then their health keys (same order).
+# ARGV = holder, count, ttl_ms, name of the health field. Returns candidate indexes or nil.
+# Nodes the holder already has count first: a redelivered scheduler step gets the same nodes.
+_ACQUIRE = """
+local holder, count, ttl, field = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local n = #KEYS / 2
+local chosen, free = {}, {}
+for i = 1, n do
+  local current = redis.call('GET', KEYS[i])
+  if current == holder then
+    if #chosen < count then table.insert(chosen, i) end
+  elseif not current and redis.call('HGET', KEYS[n + i], field) ~= '0' then
+    table.insert(free, i)
+  end
+end
+local need = count - #chosen
+if #free < need then return false end
+for j = 1, need do table.insert(chosen, free[j]) end
+table.sort(chosen)
+for _, i in ipairs(chosen) do redis.call('SET', KEYS[i], holder, 'PX', ttl) end
+return chosen
+"""
+
+# ARGV = holder, ttl_ms, reclaim ("1": a vanished key is taken again). Returns lost indexes.
+_RENEW = """
+local holder, ttl, reclaim = ARGV[1], ARGV[2], ARGV[3]
+local lost = {}
+for i, key in ipairs(KEYS) do
+  local current = redis.call('GET', key)
+  if current == holder then
+    redis.call('PEXPIRE', key, ttl)
+  elseif not current and reclaim == '1' then
+    redis.call('SET', key, holder, 'PX', ttl)
+  else
+    table.insert(lost, i)
+  end
+end
+return lost
+"""
+
+_RELEASE = """
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then redis.call('DEL', key) end
+end
+return 0
+"""
+
+
+def lease_key(lab: str, node: str) -> str:
+    """The key whose value is the holder of ``node``."""
+    return f"{LEASE_PREFIX}:{lab}:{node}"
+
+
+class LeaseBook:
+    """The leases of one lab's nodes."""
+
+    def __init__(self, redis: Redis, lab: str, ttl_s: float = 30.0) -> None:
+        self._redis = redis
+        self.lab = lab
+        self.ttl_s = ttl_s
+        self._ttl_ms = max(1, int(ttl_s * 1000))
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+
+    def key(self, node: str) -> str:
+        return lease_key(self.lab, node)
+
+    def acquire(self, holder: str, candidates: list[str], count: int) -> list[str] | None:
+        """Take ``count`` free, healthy nodes among ``candidates`` (in order), or none at all."""
+        nodes = list(dict.fromkeys(candidates))  # a duplicate candidate must not count twice
+        keys = [self.key(node) for node in nodes] + [health_key(self.lab, node) for node in nodes]
+        reply = self._acquire(keys=keys, args=[holder, count, self._ttl_ms, HEALTHY_FIELD])
+        if reply is None:
+            return None
+        return [nodes[int(index) - 1] for index in reply]
+
+    def renew(self, holder: str, nodes: list[str], *, reclaim_missing: bool = False) -> list[str]:
+        """Extend the leases ``holder`` still has; return the nodes it lost.
+
+        With ``reclaim_missing`` a key that no longer exists (a Redis restart without
+        persistence) is taken again, since nobody else holds it; a key held by someone
+        else is always lost.
+        """
+        if not nodes:
+            return []
+        keys = [self.key(node) for node in nodes]
+        lost = self._renew(keys=keys, args=[holder, self._ttl_ms, "1" if reclaim_missing else "0"])
+        return [nodes[int(index) - 1] for index in lost]
+
+    def release(self, holder: str, nodes: list[str]) -> None:
+        """Give back the nodes ``holder`` still has; others' leases are left alone."""
+        if nodes:
+            self._release(keys=[self.key(node) for node in nodes], args=[holder])
+
+    def holders(self) -> dict[str, str]:
+        """Node -> holder for every leased node of the lab."""
+        prefix = self.key("")
+        keys = [as_text(key) for key in self._redis.scan_iter(match=scan_pattern(prefix), count=500)]
+        if not keys:
+            return {}
+        values = self._redis.mget(keys)
+        # A key can expire between SCAN and MGET; it is simply not leased any more.
+        return {
+            key[len(prefix) :]: as_text(value) for key, value in zip(keys, values, strict=True) if value is not None
+        }
+
+    def ttl_ms(self, node: str) -> int | None:
+        """Milliseconds left on the node's lease; None when it is not leased (or never expires)."""
+        ttl = int(self._redis.pttl(self.key(node)))
+        return ttl if ttl >= 0 else None
+
+
+class LeaseKeeper:
+    """Renews a holder's leases in a daemon thread until stopped.
+
+    Redis errors are logged and retried (a restart of Redis must not end the run); if a
+    lease is taken by someone else, ``on_lost`` is called once with those nodes and the
+    remaining ones keep being renewed. Stop the keeper before releasing the nodes, or a
+    renewal in flight could take them back.
+    """
+
+    def __init__(
+        self,
+        book: LeaseBook,
+        holder: str,
+        nodes: list[str],
+        interval_s: float | None = None,
+        on_lost: Callable[[list[str]], None] | None = None,
+        *,
+        reclaim_missing: bool = True,
+    ) -> None:
+        self._book = book
+        self._holder = holder
+        self._nodes = list(nodes)
+        self._interval_s = interval_s if interval_s is not None else book.ttl_s / 3
+        # After an error, retry sooner than the normal interval, but do not spin.
+        self._retry_s = min(self._interval_s, 1.0)
+        self._on_lost = on_lost
+        self._reclaim = reclaim_missing
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-keeper-{holder}", daemon=True)
+        self.lost: list[str] = []
+        self.renewals = 0
+        self.errors = 0
+
+    def start(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def __enter__(self) -> LeaseKeeper:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        wait_s = self._interval_s
+        while not self._stop.wait(wait_s):
+            wait_s = self._interval_s if self._renew_once() else self._retry_s
+
+    def _renew_once(self) -> bool:
+        """One renewal; False when Redis could not be reached (the caller retries sooner)."""
+        try:
+            lost = self._book.renew(self._holder, self._nodes, reclaim_missing=self._reclaim)
+        except Exception as exc:  # a keeper that dies silently is worse than one that logs and retries
+            self.errors += 1
+            log.warning("lease renewal for %s failed, retrying: %s", self._holder, exc)
+            return False
+        self.renewals += 1
+        if lost:
+            self._report_lost(lost)
+        return True
+
+    def _report_lost(self, lost: list[str]) -> None:
+        self._nodes = [node for node in self._nodes if node not in lost]
+        first_loss = not self.lost
+        self.lost.extend(lost)
+        log.error("%s lost the lease on %s", self._holder, ", ".join(lost))
+        if not first_loss or self._on_lost is None:
+            return
+        try:
+            self._on_lost(lost)
+        except Exception:  # the callback's failure must not stop the other leases' renewals
+            log.exception("on_lost callback of %s failed", self._holder)
