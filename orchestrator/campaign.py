@@ -18,6 +18,7 @@ from orchestrator.lab import Lab, lab_from_json, lab_to_json, load_lab
 from orchestrator.yamlpos import LocatedYaml, SpecError, SpecIssue, load_located
 from workers.kernel import KernelSource
 
+_SYSCTL_NAME = re.compile(r"^(vm|kernel)\.[a-z0-9_]{1,64}$")
 _MOUNT_OPTION = re.compile(r"^[a-z][a-z0-9_]*(=[A-Za-z0-9_.:-]+)?$")
 # Set by swaplab itself from the lab's NFS server; a campaign overriding them would break
 # the mount in ways that look like a kernel fault.
@@ -34,6 +35,17 @@ class NodeSize(_Strict):
 
     ram_mib: int | None = Field(default=None, gt=0)
     cpus: int | None = Field(default=None, gt=0, le=64)
+    # Kernel tunables set on the node before swapon (e.g. vm.min_free_kbytes), recorded
+    # with the result; names and values are validated because they reach a shell.
+    sysctl: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("sysctl")
+    @classmethod
+    def _safe_sysctl(cls, values: dict[str, int]) -> dict[str, int]:
+        for name in values:
+            if not _SYSCTL_NAME.match(name):
+                raise ValueError(f"sysctl name {name!r} must look like 'vm.min_free_kbytes' (vm.* or kernel.*)")
+        return values
 
 
 class NfsSpec(_Strict):

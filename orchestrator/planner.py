@@ -57,6 +57,7 @@ def node_specs(
             run_id=run.run_id,
             node=_node_ref(lab.node(name)),
             ram_mib=campaign.ram_mib,
+            sysctl=spec.node.sysctl,
             cpus=campaign.cpus,
             kernel=run.kernel,
             nfs_backend=lab.nfs_backend,

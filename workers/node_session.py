@@ -187,13 +187,10 @@ class NodeSession:
 
     def _wait_for_ssh(self) -> None:
         assert self.driver is not None and self.keys is not None
-        driver = self.driver
-        host, port = driver.ssh_address()
+        host, port = self.driver.ssh_address()
         deadline = time.monotonic() + self.spec.boot_timeout_s
         try:
-            self.shell = NodeShell.wait_ready(
-                host, port, self.keys, deadline, lambda: driver.is_running() and not self.cancel()
-            )
+            self.shell = NodeShell.wait_ready(host, port, self.keys, deadline, self._keep_booting)
         except NodeUnreachable as err:
             raise self._boot_failure(str(err)) from err
 
@@ -225,6 +222,7 @@ class NodeSession:
         with self._phase("clock"):
             self.result.clock_offset_ns, self.result.clock_uncertainty_ns = self.shell.clock_offset()
         with self._phase("mount", f"NFS {self.spec.nfs_version}, swap {self.spec.swap_mib} MiB"):
+            self._apply_sysctl()
             mounted = self.shell.run(self._mount_command(), timeout=120)
             if not mounted.ok:
                 reason = f"mount failed: {(mounted.stderr or mounted.stdout).strip()}"
@@ -241,6 +239,13 @@ class NodeSession:
         self.sampler = SamplerStream(self.shell.open_channel("exec swaplab-node sample"), self.dir / "samples.jsonl")
         if not self.sampler.wait_for_first(timeout_s=15.0):
             raise SessionFailure("infra", "the node's sampler sent nothing within 15 s")
+
+    def _apply_sysctl(self) -> None:
+        assert self.shell is not None
+        for name, value in self.spec.sysctl.items():
+            done = self.shell.run(f"sysctl -w {shlex.quote(f'{name}={int(value)}')}", timeout=30)
+            if not done.ok:
+                raise SessionFailure("infra", f"sysctl {name}={value} failed: {(done.stderr or done.stdout).strip()}")
 
     def _mount_command(self) -> str:
         assert self.nfs is not None

@@ -51,6 +51,7 @@ class NodeRunSpec(BaseModel):
     node: NodeRef
     ram_mib: int
     cpus: int
+    sysctl: dict[str, int] = Field(default_factory=dict)
     kernel: KernelSource
     nfs_backend: str
     nfs_settings: dict[str, Any]

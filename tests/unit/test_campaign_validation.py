@@ -146,3 +146,10 @@ def test_validate_json_lists_runs(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["validate", "--json", str(write(tmp_path, GOOD))])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["runs"] == ["r001 linux-image-amd64 / w #1"]
+
+
+def test_sysctl_names_are_checked(tmp_path: Path) -> None:
+    text = GOOD.replace("  ram_mib: 256\n", "  ram_mib: 256\n  sysctl: {'net.core.x; reboot': 1}\n")
+    line, field, message = only_issue(tmp_path, text)
+    assert (line, field) == (8, "node.sysctl")
+    assert "vm.min_free_kbytes" in message

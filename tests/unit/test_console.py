@@ -65,3 +65,8 @@ def test_counts_and_last_kernel_time() -> None:
     text = "[    1.500000] ok\n[    2.250000] nfs: server 10.0.2.2 not responding, timed out\nplain line"
     assert count_by_kind(parse_console(text))["nfs_not_responding"] == 1
     assert last_kernel_time(text) == 2.25
+
+
+def test_swap_write_error_caught_on_the_local_lab_is_a_kernel_failure() -> None:
+    errors = [e for e in parse_console(fixture("swap-write-error")) if e.kind is EventKind.SWAP_WRITE_ERROR]
+    assert errors and "Write error -12 on dio swapfile" in errors[0].text
