@@ -20,6 +20,7 @@ from pathlib import Path
 
 from workers.drivers import register_driver
 from workers.drivers.base import BootSpec, DriverError, NodeConfig
+from workers.process import cmdline, pid_alive
 
 DEFAULT_BINARY = "qemu-system-x86_64"
 # KVM hangs or aborts with stock kernels on these hosts (see the local lab recipe).
@@ -27,23 +28,6 @@ DEFAULT_ACCEL = "tcg"
 EARLY_EXIT_S = 1.0
 TERM_TIMEOUT_S = 5.0
 POLL_S = 0.05
-
-
-def _pid_alive(pid: int) -> bool:
-    """True when ``pid`` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [os.fsdecode(a) for a in raw.split(b"\0") if a]
 
 
 def _port_free(port: int) -> bool:
@@ -177,9 +161,9 @@ class QemuDriver:
 
     def _is_our_qemu(self, pid: int) -> bool:
         """Guard against a recycled pid: only kill a QEMU with this node's name and pid file."""
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             return False
-        args = _cmdline(pid)
+        args = cmdline(pid)
         pairs = set(itertools.pairwise(args))
         return ("-name", self.vm_name) in pairs and ("-pidfile", str(self.pid_path)) in pairs
 
@@ -226,7 +210,7 @@ class QemuDriver:
             if self._proc is not None and self._proc.pid == pid:
                 if self._proc.poll() is not None:
                     return True
-            elif not _pid_alive(pid):
+            elif not pid_alive(pid):
                 return True
             time.sleep(POLL_S)
         return False

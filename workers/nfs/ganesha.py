@@ -28,6 +28,7 @@ from typing import Any
 from workers.nfs import register_backend
 from workers.nfs.base import NfsExport, NfsServerError
 from workers.paths import cache_dir
+from workers.process import cmdline, pid_alive
 
 DEFAULT_PORT = 12049
 DEFAULT_BIND = "127.0.0.1"
@@ -152,24 +153,6 @@ def validate_swap_name(name: str) -> None:
         )
 
 
-def _pid_alive(pid: int) -> bool:
-    """True when ``pid`` exists and is not a zombie (a reaped-late daemon is dead)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    # The state follows the parenthesised command name, which may contain spaces.
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [os.fsdecode(a) for a in raw.split(b"\0") if a]
-
-
 def _port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -181,10 +164,10 @@ def _port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
 def _wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             return True
         time.sleep(POLL_S)
-    return not _pid_alive(pid)
+    return not pid_alive(pid)
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -302,8 +285,8 @@ class GaneshaServer:
         except (OSError, ValueError):
             return None
         # Guard against a recycled pid: the process must be ganesha with our config.
-        args = _cmdline(pid)
-        if not _pid_alive(pid) or str(self.config_path) not in args:
+        args = cmdline(pid)
+        if not pid_alive(pid) or str(self.config_path) not in args:
             return None
         return pid
 
