@@ -102,7 +102,8 @@ def test_invalid_submit_leaves_redis_unchanged(lab: Lab, tmp_path: Path) -> None
     before = sorted(lab.client.scan_iter("*"))
     proc = lab.cli("submit", str(bad))
     assert proc.returncode == 2
-    assert f"{bad}:16: swap.size_mib:" in proc.stderr
+    line = bad.read_text().splitlines().index("  size_mib: -1") + 1
+    assert f"{bad}:{line}: swap.size_mib:" in proc.stderr
     assert sorted(lab.client.scan_iter("*")) == before
 
 
