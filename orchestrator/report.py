@@ -81,6 +81,10 @@ def print_summary(result: dict[str, Any], stream: TextIO) -> None:
     print(header, file=stream)
     print("-" * len(header), file=stream)
     for run in result["runs"]:
+        if not run["nodes"]:  # refused before any node ran
+            print(f"{run['run_id']:<5} {run['kernel'][:24]:<24} {'-':<7} {run['verdict']:<12}", file=stream)
+        for reason in run.get("reasons", []):
+            print(f"      - {reason}", file=stream)
         for node in run["nodes"]:
             phases = node["phases_s"]
             kver = node["kernel"].get("kver", run["kernel"])

@@ -47,3 +47,31 @@ def test_watch_lines_name_run_node_and_phase() -> None:
     swap = format_event({"kind": "swap", "run": "r001", "node": "node2", "out_mib": "12.5", "in_mib": "0", "at": "0"})
     assert swap is not None and "swapped out    12.5 MiB" in swap
     assert format_event({"kind": "unknown"}) is None
+
+
+def test_summary_shows_why_a_run_was_refused() -> None:
+    import io
+
+    from orchestrator.report import print_summary
+
+    run = {
+        "run_id": "r001",
+        "kernel": "k",
+        "verdict": "infra-error",
+        "exit_code": 2,
+        "reasons": ["lab x has 1 healthy node(s)"],
+        "nodes": [],
+    }
+    out = io.StringIO()
+    print_summary(
+        {
+            "campaign_id": "c",
+            "verdict": "infra-error",
+            "exit_code": 2,
+            "wall_s": 1.0,
+            "result_dir": "/r",
+            "runs": [run],
+        },
+        out,
+    )
+    assert "lab x has 1 healthy node(s)" in out.getvalue()
