@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 
 import pytest
 
@@ -30,3 +31,13 @@ def require_tools(tools: tuple[str, ...] = E2E_TOOLS) -> None:
     if os.environ.get("SWAPLAB_REQUIRE_E2E"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (never Redis's default 6379)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port != 6379:
+            return port

@@ -22,8 +22,8 @@ import redis
 
 from orchestrator.scheduler import LEASE_TTL_S
 from orchestrator.services import LocalRedis, LocalWorker
-from tests.conftest import require_tools
-from tests.integration.redis_server import free_port
+from tests.conftest import free_port, require_tools
+from workers.process import pid_alive
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -197,7 +197,7 @@ def test_worker_killed_mid_workload_recovers_without_visibility_timeout(lab: Lab
     os.kill(worker.proc.pid, signal.SIGKILL)  # the worker's main process: threads die with it
     worker.proc.wait()
     killed_at = time.monotonic()
-    assert _alive(orphan)  # the guest outlived its worker: an orphan
+    assert pid_alive(orphan)  # the guest outlived its worker: an orphan
     _wait_until(lambda: worker.restarts > restarts, 90)  # its supervisor starts a new worker
     watch = lab.cli("watch", "--json", cid, timeout=900)
     recovered_in = time.monotonic() - killed_at
@@ -205,7 +205,7 @@ def test_worker_killed_mid_workload_recovers_without_visibility_timeout(lab: Lab
     [run] = result["runs"]
     assert watch.returncode == 0 and run["verdict"] == "pass" and run["attempt"] == 2
     assert recovered_in < LEASE_TTL_S + 240 + 60, recovered_in  # TTL + the redone run, not 6 h
-    assert not _alive(orphan)
+    assert not pid_alive(orphan)
     assert guest_pids("swaplab-e2e-node1") == []
     assert max(most_guests()) <= 1  # never two guests for node1
     assert lab.leases() == []
@@ -218,14 +218,6 @@ def _wait_until(condition: Any, timeout: float) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.5)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def _watch_guest_count(name: str) -> Any:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_tools
+from tests.conftest import free_port, require_tools
 from workers.nfs.base import NfsServerError
 from workers.nfs.ganesha import (
     GaneshaServer,
@@ -32,12 +32,6 @@ pytestmark = pytest.mark.integration
 def _lab_tools() -> None:
     # Skips on a bare developer machine; fails in CI (scripts/test sets SWAPLAB_REQUIRE_E2E).
     require_tools(("ganesha.nfsd",))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -59,7 +53,7 @@ def lab_dir(tmp_path: Path) -> Iterator[Path]:
 @pytest.fixture
 def server(lab_dir: Path) -> Iterator[GaneshaServer]:
     settings = {
-        "port": _free_port(),
+        "port": free_port(),
         "export_dir": str(lab_dir / "export"),
         "state_dir": str(lab_dir / "state"),
     }
@@ -173,7 +167,7 @@ def test_tmpfs_export_is_refused(lab_dir: Path) -> None:
     if mounted.returncode != 0:
         pytest.skip("cannot mount tmpfs here; the pure verdict is covered by unit tests")
     try:
-        srv = GaneshaServer("itest", {"port": _free_port(), "export_dir": str(mnt),
+        srv = GaneshaServer("itest", {"port": free_port(), "export_dir": str(mnt),
                                       "state_dir": str(lab_dir / "state")})  # fmt: skip
         with pytest.raises(NfsServerError, match=rf"{mnt}.*tmpfs"):
             srv.ensure_serving()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import gzip
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from tests.conftest import require_tools
+from tests.conftest import free_port, require_tools
 from workers.image import LabKeys, NodeImage, build_node_image, lab_keys
 from workers.kernel import KernelSource, fetch_kernel, module_load_order
 
@@ -48,12 +47,6 @@ def image(keys: LabKeys) -> NodeImage:
     return build_node_image(kernel, keys, print)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _wait_for_console(log: Path, marker: str, qemu: subprocess.Popen[bytes]) -> str:
     deadline = time.monotonic() + BOOT_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -76,7 +69,7 @@ class Guest:
 @pytest.fixture()
 def booted(image: NodeImage, tmp_path: Path) -> Iterator[Guest]:
     """A running guest with its SSH port forwarded to 127.0.0.1."""
-    port = _free_port()
+    port = free_port()
     console = tmp_path / "console.log"
     append = "console=ttyS0 panic=-1 mitigations=off zswap.enabled=0 swaplab.hostname=t1 swaplab.nfs4_id=t1-id"
     argv = [

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_tools
+from tests.conftest import free_port, require_tools
 from workers.drivers import make_driver
 from workers.drivers.base import BootSpec, DriverError, NodeConfig
 from workers.drivers.qemu import QemuDriver
+from workers.process import pid_alive
 
 REPO = Path(__file__).resolve().parents[2]
 MARKER = b"swaplab-idle"
@@ -50,20 +51,6 @@ def idle_bzimage() -> bytes:
     return bytes(img)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def _wait_for(check: Callable[[], bool], timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -91,7 +78,7 @@ def node() -> NodeConfig:
         ram_mib=64,
         cpus=1,
         ssh_host="127.0.0.1",
-        ssh_port=_free_port(),
+        ssh_port=free_port(),
         options={},
     )
 
@@ -123,7 +110,7 @@ def test_guest_boots_forwards_ssh_and_powers_off(
     t0 = time.monotonic()
     driver.power_off()
     assert time.monotonic() - t0 < 6
-    assert not driver.is_running() and not _alive(pid)
+    assert not driver.is_running() and not pid_alive(pid)
     assert driver.exit_reason() is not None
     driver.power_off()  # idempotent
 
@@ -180,11 +167,11 @@ def test_orphan_left_by_a_dead_process_is_powered_off(
             str(boot.initrd), str(workdir), str(tmp_path / "console.log")]  # fmt: skip
     subprocess.run(argv, cwd=REPO, check=True, timeout=30)
     pid = int((workdir / "qemu.pid").read_text())
-    assert _alive(pid)
+    assert pid_alive(pid)
     fresh = make_driver(node, workdir)
     assert fresh.is_running()
     fresh.power_off()
-    assert _wait_for(lambda: not _alive(pid), 2)
+    assert _wait_for(lambda: not pid_alive(pid), 2)
     assert not fresh.is_running()
 
 
