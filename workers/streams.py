@@ -15,6 +15,7 @@ from pathlib import Path
 
 import paramiko
 
+from orchestrator.console import EventKind, classify_line
 from workers.runspec import WorkloadOutcome
 from workers.samples import Record, TickParser
 
@@ -24,8 +25,11 @@ _POLL_S = 0.2
 class SamplerStream:
     """Consume ``swaplab-node sample`` output in a background thread."""
 
-    def __init__(self, channel: paramiko.Channel, path: Path) -> None:
+    def __init__(
+        self, channel: paramiko.Channel, path: Path, on_record: Callable[[Record], None] | None = None
+    ) -> None:
         self._channel = channel
+        self._on_record = on_record
         self._file = path.open("a", encoding="utf-8")
         self._parser = TickParser()
         self._lock = threading.Condition()
@@ -56,6 +60,8 @@ class SamplerStream:
             self._latest = record
             self.count += 1
             self._lock.notify_all()
+        if self._on_record is not None:
+            self._on_record(record)
 
     def first(self) -> Record | None:
         """The first tick (taken after swapon, before the workload)."""
@@ -142,6 +148,41 @@ class WorkloadStream:
         if outcome.started_node_ns is not None:
             outcome.started_host_ns = outcome.started_node_ns - clock_offset_ns
         return outcome
+
+
+class ConsoleTail:
+    """Follow a growing console log: the events of the lines added since the last call."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._offset = 0
+        self._pending = ""
+        self._lock = threading.Lock()
+
+    def new_events(self, final: bool = False) -> list[EventKind]:
+        """Kinds of the complete new lines (and the last partial one when ``final``)."""
+        with self._lock:
+            try:
+                with self._path.open("rb") as console:
+                    console.seek(self._offset)
+                    chunk = console.read()
+            except OSError:
+                return []
+            self._offset += len(chunk)
+            self._pending += chunk.decode("utf-8", errors="replace")
+            *lines, self._pending = self._pending.split("\n")
+            if final:
+                lines, self._pending = [*lines, self._pending], ""
+            return [kind for line in lines if (kind := classify_line(line)) is not None]
+
+
+def workload_progress(line: str, mib: int, passes: int) -> float | None:
+    """Fraction done from a ``progress <write|verify> <pass> <MiB>`` line (None otherwise)."""
+    words = line.split()
+    if len(words) != 4 or words[0] != "progress" or not (words[2].isdigit() and words[3].isdigit()):
+        return None
+    steps_before = (int(words[2]) - 1) * 2 + (1 if words[1] == "verify" else 0)
+    return min(1.0, (steps_before * mib + int(words[3])) / (2 * mib * passes))
 
 
 def parse_workload_line(line: str, outcome: WorkloadOutcome) -> None:
