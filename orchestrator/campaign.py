@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from orchestrator.criteria import CriterionSpec, builtin_criteria
 from orchestrator.lab import Lab, lab_from_json, lab_to_json, load_lab
 from orchestrator.yamlpos import LocatedYaml, SpecError, SpecIssue, load_located
 from workers.kernel import KernelSource
@@ -126,6 +127,8 @@ class CampaignSpec(_Strict):
     workloads: list[WorkloadSpec] = Field(min_length=1)
     repeats: int = Field(default=1, ge=1, le=1000)
     boot_timeout_s: int = Field(default=240, gt=0, le=3600)
+    # PromQL thresholds judged over each run's window, on top of the built-in set.
+    criteria: list[CriterionSpec] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,28 @@ def load_campaign(path: Path) -> Campaign:
     spec = _resolve_paths(spec, path.parent)
     lab = _load_campaign_lab(doc, spec)
     return _check_plan(doc, spec, lab)
+
+
+class _CriteriaFile(BaseModel):
+    # A campaign file or a file of criteria only: the other keys are not read here.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    criteria: list[CriterionSpec] = Field(min_length=1)
+
+
+def load_criteria(path: Path) -> list[CriterionSpec]:
+    """The ``criteria:`` list of a YAML file, fully validated (raises SpecError)."""
+    doc = load_located(path)
+    if not isinstance(doc.data, dict):
+        raise SpecError([doc.issue((), "expected a YAML mapping with a 'criteria:' list")])
+    try:
+        parsed = _CriteriaFile.model_validate(doc.data)
+    except ValidationError as err:
+        raise SpecError([_issue_from_pydantic(doc, error) for error in err.errors()]) from None
+    issues = _check_criteria_names(doc, parsed.criteria)
+    if issues:
+        raise SpecError(issues)
+    return parsed.criteria
 
 
 def _resolve_paths(spec: CampaignSpec, base: Path) -> CampaignSpec:
@@ -193,9 +218,22 @@ def _check_plan(doc: LocatedYaml, spec: CampaignSpec, lab: Lab) -> Campaign:
         issues.append(doc.issue(("node", "cpus"), f"{cpus} CPUs is above the lab's node limit of {cpu_limit}"))
     for index, workload in enumerate(spec.workloads):
         issues += _check_workload_fits(doc, spec, index, workload, ram)
+    issues += _check_criteria_names(doc, spec.criteria)
     if issues:
         raise SpecError(issues)
     return Campaign(doc.path, spec, lab, ram, cpus)
+
+
+def _check_criteria_names(doc: LocatedYaml, criteria: list[CriterionSpec]) -> list[SpecIssue]:
+    builtin = {criterion.name for criterion in builtin_criteria(0)}
+    taken = set(builtin)
+    issues = []
+    for index, criterion in enumerate(criteria):
+        if criterion.name in taken:
+            kind = "a built-in criterion" if criterion.name in builtin else "another criterion"
+            issues.append(doc.issue(("criteria", index, "name"), f"{criterion.name!r} is already the name of {kind}"))
+        taken.add(criterion.name)
+    return issues
 
 
 def _check_workload_fits(

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
+from orchestrator.criteria import CriterionResult
+from orchestrator.evaluation import RunWindow
 from orchestrator.exitcode import ExitCode
 from orchestrator.verdict import MIB, NodeVerdict, combine, exit_code, judge_node
 from workers.runspec import NodeResult
@@ -33,13 +35,20 @@ def node_entry(result: NodeResult, verdict: NodeVerdict) -> dict[str, Any]:
     }
 
 
-def run_entry(meta: dict[str, Any], results: list[NodeResult], planned_overcommit_mib: int) -> dict[str, Any]:
+def run_entry(
+    meta: dict[str, Any],
+    results: list[NodeResult],
+    criteria: dict[str, list[CriterionResult]],
+    window: RunWindow | None,
+) -> dict[str, Any]:
     """Judge a run's nodes and build its part of result.json (``meta``: run_id, kernel ...)."""
-    verdicts = [judge_node(result, planned_overcommit_mib) for result in results]
+    verdicts = [judge_node(result, criteria.get(result.node, [])) for result in results]
     return {
         **meta,
         "verdict": combine(v.verdict for v in verdicts).value,
         "exit_code": int(exit_code(verdicts)),
+        "stops_campaign": any(v.stops_campaign for v in verdicts),
+        "window": None if window is None else window.to_json(),
         "start_skew_ms": start_skew_ms(results),
         "start_skew_uncertainty_ms": start_skew_uncertainty_ms(results),
         "nodes": [node_entry(r, v) for r, v in zip(results, verdicts, strict=True)],
@@ -94,6 +103,10 @@ def print_summary(result: dict[str, Any], stream: TextIO) -> None:
                 f"{phases.get('boot', 0):>7.1f} {phases.get('mount', 0):>7.1f} {phases.get('workload', 0):>7.1f}",
                 file=stream,
             )
+            criteria = node.get("criteria", [])
+            if criteria:
+                passed = sum(1 for c in criteria if c["outcome"] == "pass")
+                print(f"      criteria: {passed} of {len(criteria)} passed in Prometheus", file=stream)
             for reason in node["reasons"]:
                 print(f"      - {reason}", file=stream)
     print(
@@ -101,3 +114,25 @@ def print_summary(result: dict[str, Any], stream: TextIO) -> None:
         file=stream,
     )
     print(f"results: {result['result_dir']}", file=stream)
+
+
+def print_criteria(result: dict[str, Any], stream: TextIO) -> None:
+    """Every criterion of every node: value, threshold, outcome (``swaplab check``)."""
+    for run in result["runs"]:
+        window = run.get("window") or {}
+        print(
+            f"run {run['run_id']} ({run['kernel']}): {run['verdict'].upper()}, window {window.get('seconds', '-')} s",
+            file=stream,
+        )
+        for node in run["nodes"]:
+            print(f"  {node['node']}: {node['verdict']}", file=stream)
+            for c in node.get("criteria", []):
+                value = "no data" if c["value"] is None else f"{c['value']:.6g}"
+                kind = "built-in" if c["builtin"] else c["severity"]
+                print(
+                    f"    {c['outcome']:<7} {c['name']:<28} {kind:<9} {value:>14} {c['op']:>2} {c['threshold']:.6g}",
+                    file=stream,
+                )
+                if c["outcome"] != "pass":
+                    print(f"            {c['detail']}", file=stream)
+    print(f"campaign {result['campaign_id']}: {result['verdict'].upper()} (exit {result['exit_code']})", file=stream)

@@ -18,7 +18,10 @@ from typing import Any
 import redis
 
 from orchestrator.campaign import Campaign, WorkloadSpec
+from orchestrator.criteria import Criterion, CriterionSpec
+from orchestrator.evaluation import evaluate_run, run_criteria
 from orchestrator.planner import RunPlan, node_specs
+from orchestrator.prometheus import PrometheusApi
 from orchestrator.report import campaign_exit_code, run_entry, write_result
 from orchestrator.store import TERMINAL, CampaignStore
 from orchestrator.verdict import Verdict, combine
@@ -76,11 +79,15 @@ class Scheduler:
                 self._watch_run(cid, run, book)
         cancel = self.store.cancel_requested(cid)
         runs = list(self.store.runs(cid))
+        stopped_by = next((r["run_id"] for r in runs if (r.get("result") or {}).get("stops_campaign")), None)
         for run in runs:
             if run["status"] != "queued":
                 continue
             if cancel:
                 self.store.set_run_status(cid, run["run_id"], "cancelled")
+            elif stopped_by is not None:
+                reason = f"not started: a critical criterion failed in run {stopped_by}"
+                self.store.set_run_status(cid, run["run_id"], "skipped", skipped_reason=reason)
             elif not self._start_run(cid, campaign, run, book):
                 break  # runs start in order: a later run never overtakes a waiting one
         if all(run["status"] in TERMINAL for run in self.store.runs(cid)):
@@ -190,25 +197,54 @@ class Scheduler:
         self.store.set_run_status(cid, rid, "evaluating")
         campaign = self.store.campaign_model(cid)
         results = [NodeResult.model_validate(state["result"]) for state in states]
-        workload = WorkloadSpec.model_validate(run["workload"])
         meta = {
             "run_id": rid,
             "kernel": run["label"],
-            "workload": workload.name,
+            "workload": WorkloadSpec.model_validate(run["workload"]).name,
             "repeat": int(run["repeat"]),
             "attempt": attempt,
             "started_at": float(run.get("started_at") or 0),
             "finished_at": time.time(),
         }
-        entry = run_entry(meta, results, campaign.planned_overcommit_mib(workload))
+        entry = judge_run(campaign, run, meta, results, campaign.spec.criteria)
         LeaseBook(self.redis, campaign.lab.name, ttl_s=LEASE_TTL_S).release(holder_id(cid, rid, attempt), nodes)
         self.store.set_run_status(cid, rid, "done", verdict=entry["verdict"], result=entry)
+        self.on_judged(campaign, entry, results)
         return True
+
+    def recheck(self, cid: str, criteria: list[CriterionSpec] | None = None) -> dict[str, Any]:
+        """Judge every finished run of ``cid`` again, now (criteria edited or added)."""
+        campaign = self.store.campaign_model(cid)
+        for run in self.store.runs(cid):
+            old = run.get("result") or {}
+            if run["status"] != "done" or not old.get("nodes"):
+                continue  # refused or skipped runs have nothing to judge
+            states = [self.store.node(cid, run["run_id"], node) for node in run.get("nodes") or []]
+            results = [NodeResult.model_validate(state["result"]) for state in states if state.get("result")]
+            meta = {
+                key: old[key]
+                for key in ("run_id", "kernel", "workload", "repeat", "attempt", "started_at", "finished_at")
+                if key in old
+            }
+            entry = judge_run(
+                campaign, run, {**meta, "rechecked_at": time.time()}, results, criteria or campaign.spec.criteria
+            )
+            self.store.set_run(cid, run["run_id"], verdict=entry["verdict"], result=entry)
+        info = self.store.campaign(cid)
+        return self._assemble(cid, float(info.get("finished_at") or time.time()), rechecked=True)
 
     def finish(self, cid: str) -> dict[str, Any]:
         """Assemble the campaign result (result.json in Redis and on disk)."""
+        return self._assemble(cid, time.time())
+
+    def _assemble(self, cid: str, finished_at: float, rechecked: bool = False) -> dict[str, Any]:
         info = self.store.campaign(cid)
         runs = [run["result"] for run in self.store.runs(cid) if run.get("result")]
+        skipped = [
+            {"run_id": run["run_id"], "kernel": run["label"], "reason": run.get("skipped_reason", "")}
+            for run in self.store.runs(cid)
+            if run["status"] == "skipped"
+        ]
         cancelled = self.store.cancel_requested(cid)
         result = {
             "campaign_id": cid,
@@ -216,17 +252,40 @@ class Scheduler:
             "file": info["file"],
             "lab": info["lab"],
             "started_at": float(info["created_at"]),
-            "finished_at": time.time(),
-            "wall_s": round(time.time() - float(info["created_at"]), 1),
+            "finished_at": finished_at,
+            "wall_s": round(finished_at - float(info["created_at"]), 1),
             "verdict": combine(Verdict(run["verdict"]) for run in runs).value if runs else Verdict.INVALID.value,
             "exit_code": 130 if cancelled else campaign_exit_code([int(run["exit_code"]) for run in runs]),
             "result_dir": str(self.results_root / cid),
             "runs": runs,
+            "skipped_runs": skipped,
+            **({"rechecked_at": time.time()} if rechecked else {}),
         }
-        (self.results_root / cid).mkdir(parents=True, exist_ok=True)
-        write_result(self.results_root / cid / "result.json", result)
+        result_dir = Path(info.get("result_dir") or self.results_root / cid)
+        result["result_dir"] = str(result_dir)
+        result_dir.mkdir(parents=True, exist_ok=True)
+        write_result(result_dir / "result.json", result)
         status = "cancelled" if cancelled else "done"
         self.store.set_campaign_status(
-            cid, status, result=result, verdict=result["verdict"], exit_code=result["exit_code"]
+            cid,
+            status,
+            result=result,
+            verdict=result["verdict"],
+            exit_code=result["exit_code"],
+            result_dir=str(result_dir),
+            finished_at=finished_at,
         )
         return result
+
+    def on_judged(self, campaign: Campaign, entry: dict[str, Any], results: list[NodeResult]) -> None:
+        """Hook for the orchestrator's own metrics (the worker sets it)."""
+
+
+def judge_run(
+    campaign: Campaign, run: dict[str, Any], meta: dict[str, Any], results: list[NodeResult], user: list[CriterionSpec]
+) -> dict[str, Any]:
+    """Evaluate a run's criteria in Prometheus and judge its nodes: its part of result.json."""
+    workload = WorkloadSpec.model_validate(run["workload"])
+    criteria = run_criteria(campaign.planned_overcommit_mib(workload), [Criterion.from_spec(c) for c in user])
+    window, by_node = evaluate_run(criteria, PrometheusApi(), results)
+    return run_entry(meta, results, by_node, window)

@@ -1,5 +1,6 @@
 """The services ``swaplab run`` starts for the embedded default lab when none are
-configured: a redis-server (AOF on, 127.0.0.1, its own port) and a Celery worker.
+configured: a redis-server (AOF on, 127.0.0.1, its own port), a Prometheus (127.0.0.1,
+its own port, scraping every local worker through file_sd) and a Celery worker.
 
 ``SWAPLAB_REDIS_URL`` set means "services are configured": nothing is started then.
 """
@@ -20,9 +21,16 @@ from types import TracebackType
 from urllib.parse import urlparse
 
 import redis
+import yaml
 
+from orchestrator.prometheus import PrometheusApi, prometheus_url
 from workers.app import DEFAULT_REDIS_URL, redis_url
+from workers.exporter import targets_dir
 from workers.paths import cache_dir
+
+# A judged run is counted a few seconds after its verdict (workers.exporter.count_run).
+METRICS_FLUSH_S = 5.0
+RULES_DIR = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "rules"
 
 
 class ServiceError(RuntimeError):
@@ -76,6 +84,78 @@ class LocalRedis:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class LocalPrometheus:
+    """Prometheus on 127.0.0.1 (Debian's package), its TSDB in the cache so a finished
+    campaign can be judged again later; scrapes every 1 s the workers that announced
+    themselves in the file_sd directory, and loads the recording rules of deploy/."""
+
+    def __init__(self, url: str | None = None, data_dir: Path | None = None, targets: Path | None = None) -> None:
+        parsed = urlparse(url or prometheus_url())
+        self.targets = targets or targets_dir()
+        self.host = parsed.hostname or "127.0.0.1"
+        self.port = parsed.port or 19090
+        self.api = PrometheusApi(f"http://{self.host}:{self.port}")
+        self.data_dir = data_dir or cache_dir("prometheus", str(self.port))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def ready(self) -> bool:
+        return self.api.ready()
+
+    def config(self) -> dict[str, object]:
+        """The configuration it runs with (scrape_timeout may not exceed the interval)."""
+        return {
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(RULES_DIR / "*.yml")],
+            "scrape_configs": [
+                {
+                    "job_name": "swaplab-workers",
+                    "file_sd_configs": [{"files": [str(self.targets / "*.json")], "refresh_interval": "5s"}],
+                }
+            ],
+        }
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        if self.host != "127.0.0.1":
+            raise ServiceError(f"will only start prometheus on 127.0.0.1, not {self.host}")
+        config = self.data_dir / "prometheus.yml"
+        config.write_text(yaml.safe_dump(self.config(), sort_keys=False))
+        self.targets.mkdir(parents=True, exist_ok=True)
+        log_file = self.data_dir / "prometheus.log"
+        argv = [
+            "prometheus", f"--config.file={config}", f"--storage.tsdb.path={self.data_dir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=30d",
+            # Deleting series is how the tests prove a missing series makes a run invalid.
+            "--web.enable-admin-api",
+        ]  # fmt: skip
+        try:
+            with log_file.open("ab") as log:
+                self.proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+                )
+        except FileNotFoundError:
+            raise ServiceError("prometheus not found: run scripts/setup (Debian package prometheus)") from None
+        proc = self.proc
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise ServiceError(f"prometheus exited at start (log: {log_file})")
+            return self.ready()
+
+        _wait_for(
+            ready, timeout_s, lambda: f"prometheus did not become ready on 127.0.0.1:{self.port} (log: {log_file})"
+        )
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)  # flushes the head block's WAL
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
 
 
 class LocalWorker:
@@ -169,27 +249,48 @@ class LocalServices:
     def __init__(self, lab: str, concurrency: int, log_dir: Path) -> None:
         self.lab = lab
         self.redis = LocalRedis(redis_url())
+        self.prometheus = LocalPrometheus()
         self.worker = LocalWorker(["control", f"lab.{lab}"], concurrency, log_dir / "worker.log")
         self.started_redis = False
+        self.started_prometheus = False
         self.configured = "SWAPLAB_REDIS_URL" in os.environ
 
     def __enter__(self) -> LocalServices:
         if self.configured:
             return self
+        try:
+            self.start_stores()
+            self.worker.start(redis.Redis.from_url(self.redis.url))
+        except BaseException:
+            self.stop_stores()
+            raise
+        return self
+
+    def start_stores(self) -> None:
+        """redis-server and Prometheus, each unless one already answers."""
         if not self.redis.ping():
             self.redis.start()
             self.started_redis = True
-        self.worker.start(redis.Redis.from_url(self.redis.url))
-        return self
+        if not self.prometheus.ready():
+            self.prometheus.start()
+            self.started_prometheus = True
+
+    def stop_stores(self) -> None:
+        """Stop what start_stores started."""
+        if self.started_prometheus:
+            self.prometheus.stop()
+        if self.started_redis:
+            self.redis.stop()
 
     def __exit__(
         self, kind: type[BaseException] | None, value: BaseException | None, trace: TracebackType | None
     ) -> None:
         if self.configured:
             return
+        if self.started_prometheus:
+            time.sleep(METRICS_FLUSH_S)  # let Prometheus scrape the worker's last figures
         self.worker.stop()
-        if self.started_redis:
-            self.redis.stop()
+        self.stop_stores()
 
 
 def _wait_for(ready: Callable[[], bool], timeout_s: float, message: Callable[[], str]) -> None:

@@ -21,8 +21,9 @@ from orchestrator.campaign import Campaign, campaign_from_json, campaign_to_json
 from orchestrator.planner import RunPlan
 
 CAMPAIGN_STATES = ("queued", "running", "evaluating", "done", "cancelled")
-RUN_STATES = ("queued", "provisioning", "running", "evaluating", "done", "cancelled")
-TERMINAL = frozenset({"done", "cancelled"})
+RUN_STATES = ("queued", "provisioning", "running", "evaluating", "done", "cancelled", "skipped")
+# skipped: not started because a critical criterion failed in an earlier run.
+TERMINAL = frozenset({"done", "cancelled", "skipped"})
 EVENTS_MAXLEN = 20000
 
 

@@ -1,8 +1,9 @@
 """Verdicts: judging a node result, a run and a campaign, by cause rather than timing.
 
-Pure functions over the evidence a node session returned (counters, console events,
-workload outcome, failure cause). The Prometheus-based criteria of a later stage add
-checks of their own kind; the rules for combining them are here.
+Pure functions over two kinds of evidence: the *checks* read from what the node session
+brought back (console lines, the workload's page verification, why it stopped) and the
+*criteria* judged in Prometheus over the run's window (orchestrator.evaluation). A node
+passes only when every check passes and every error/critical criterion passed with data.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
 from orchestrator.console import KERNEL_FAILURE_KINDS, EventKind
+from orchestrator.criteria import CriterionResult, Outcome, Severity
+from orchestrator.evaluation import judged
 from orchestrator.exitcode import ExitCode
 from workers.runspec import NodeResult
-from workers.samples import counter_increase, swap_moved_bytes
 
 MIB = 2**20
 
@@ -28,17 +30,9 @@ class Verdict(StrEnum):
     INVALID = "invalid"
 
 
-class Outcome(StrEnum):
-    """Outcome of one check."""
-
-    PASS = "pass"
-    FAIL = "fail"
-    INVALID = "invalid"
-
-
 @dataclass(frozen=True)
 class Check:
-    """One built-in health check (or, later, a user criterion) and its outcome."""
+    """One check of the node session's own evidence and its outcome."""
 
     name: str
     outcome: Outcome
@@ -54,16 +48,23 @@ class NodeVerdict:
     verdict: Verdict
     reasons: list[str]
     checks: list[Check] = field(default_factory=list)
+    criteria: list[CriterionResult] = field(default_factory=list)
 
     @property
     def health_failed(self) -> bool:
-        """A built-in kernel health check failed (exit code 1 territory)."""
-        return any(c.builtin and c.outcome is Outcome.FAIL for c in self.checks)
+        """A built-in kernel health check or criterion failed (exit code 1 territory)."""
+        evidence: list[Check | CriterionResult] = [*self.checks, *self.criteria]
+        return any(c.builtin and c.outcome is Outcome.FAIL for c in evidence)
 
     @property
     def criteria_failed(self) -> bool:
-        """Only a user criterion failed (exit code 3 territory)."""
-        return any(not c.builtin and c.outcome is Outcome.FAIL for c in self.checks)
+        """A user criterion of severity error/critical failed (exit code 3 territory)."""
+        return any(not c.builtin and c.counts and c.outcome is Outcome.FAIL for c in self.criteria)
+
+    @property
+    def stops_campaign(self) -> bool:
+        """A critical criterion failed: the campaign's remaining runs are not started."""
+        return any(c.severity is Severity.CRITICAL and c.outcome is Outcome.FAIL for c in self.criteria)
 
     def to_json(self) -> dict[str, object]:
         """JSON-able form for result.json."""
@@ -72,32 +73,40 @@ class NodeVerdict:
             "verdict": self.verdict.value,
             "reasons": self.reasons,
             "checks": [asdict(c) for c in self.checks],
+            "criteria": [c.to_json() for c in self.criteria],
         }
 
 
-def judge_node(result: NodeResult, planned_overcommit_mib: int) -> NodeVerdict:
-    """Judge one node's evidence: fail for the kernel, infra-error for the lab, else data."""
-    checks = _console_checks(result) + _counter_checks(result) + _workload_checks(result)
+def judge_node(result: NodeResult, criteria: list[CriterionResult]) -> NodeVerdict:
+    """Judge one node: fail for the kernel, infra-error for the lab, invalid without data."""
+    checks = _console_checks(result) + _workload_checks(result)
     if result.failure is not None:
         checks.append(_failure_check(result))
-    if result.failure is None or result.failure.cause == "kernel":
-        checks.append(_swap_check(result, planned_overcommit_mib))
-    return NodeVerdict(result.node, _verdict_of(result, checks), _reasons(result, checks), checks)
+    if judged(result) and not criteria:
+        checks.append(Check("criteria", Outcome.INVALID, "no criterion was evaluated in Prometheus"))
+    verdict = _verdict_of(result, checks, criteria)
+    return NodeVerdict(result.node, verdict, _reasons(result, checks, criteria), checks, criteria)
 
 
-def _verdict_of(result: NodeResult, checks: list[Check]) -> Verdict:
-    if any(check.outcome is Outcome.FAIL for check in checks):
+def _verdict_of(result: NodeResult, checks: list[Check], criteria: list[CriterionResult]) -> Verdict:
+    if any(c.outcome is Outcome.FAIL for c in checks) or any(c.counts and c.outcome is Outcome.FAIL for c in criteria):
         return Verdict.FAIL
-    if result.failure is not None and result.failure.cause != "kernel":
+    if not judged(result):
         return Verdict.INFRA_ERROR
-    if any(check.outcome is Outcome.INVALID for check in checks):
+    if any(c.outcome is Outcome.INVALID for c in checks) or any(c.outcome is Outcome.INVALID for c in criteria):
         return Verdict.INVALID
     return Verdict.PASS
 
 
-def _reasons(result: NodeResult, checks: list[Check]) -> list[str]:
+def _reasons(result: NodeResult, checks: list[Check], criteria: list[CriterionResult]) -> list[str]:
     reasons = [f"{c.name}: {c.detail}" for c in checks if c.outcome is not Outcome.PASS]
-    if result.failure is not None and result.failure.cause != "kernel":
+    reasons += [
+        f"{c.name} ({c.severity.value}{', built-in' if c.builtin else ''}): {c.detail}"
+        for c in criteria
+        if c.outcome is not Outcome.PASS
+    ]
+    if not judged(result):
+        assert result.failure is not None
         reasons.insert(0, f"{result.failure.cause} in {result.failure.phase}: {result.failure.reason}")
     return reasons
 
@@ -117,14 +126,6 @@ def _console_checks(result: NodeResult) -> list[Check]:
         detail = f"console line {seen[0]['line']}: {seen[0]['text']}" if seen else "console clean"
         checks.append(Check(names[kind], Outcome.FAIL if seen else Outcome.PASS, detail))
     return checks
-
-
-def _counter_checks(result: NodeResult) -> list[Check]:
-    if not result.counters_first or not result.counters_last:
-        return []
-    kills = counter_increase(result.counters_first, result.counters_last, "oom_kill")
-    outcome = Outcome.FAIL if kills > 0 else Outcome.PASS
-    return [Check("oom_kill_counter", outcome, f"vmstat oom_kill increased by {kills}")]
 
 
 def _workload_checks(result: NodeResult) -> list[Check]:
@@ -158,15 +159,6 @@ def _failure_check(result: NodeResult) -> Check:
     if result.failure.cause == "kernel":
         return Check("node_alive", Outcome.FAIL, f"{result.failure.phase}: {result.failure.reason}")
     return Check("node_alive", Outcome.INVALID, f"not judged: {result.failure.cause} in {result.failure.phase}")
-
-
-def _swap_check(result: NodeResult, planned_overcommit_mib: int) -> Check:
-    if result.samples == 0 or not result.counters_first:
-        return Check("swap_used", Outcome.INVALID, "no counter samples from the node")
-    out, into = swap_moved_bytes(result.counters_first, result.counters_last)
-    detail = f"{out / MIB:.1f} MiB out, {into / MIB:.1f} MiB in (planned overcommit {planned_overcommit_mib} MiB)"
-    enough = out >= planned_overcommit_mib * MIB and into >= planned_overcommit_mib * MIB
-    return Check("swap_used", Outcome.PASS if enough else Outcome.INVALID, detail)
 
 
 def combine(verdicts: Iterable[Verdict]) -> Verdict:

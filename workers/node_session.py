@@ -20,13 +20,15 @@ from orchestrator.console import KERNEL_FAILURE_KINDS, EventKind, parse_console
 from workers.collab import Barrier, BarrierBroken, CancelCheck, Progress
 from workers.drivers import DriverError, NodeConfig, NodeDriver, make_driver
 from workers.drivers.base import BootSpec
+from workers.exporter import BOOT_SECONDS, NODES, NodeSeries
 from workers.image import LabKeys, NodeImage, build_node_image, lab_keys
 from workers.kernel import fetch_kernel
 from workers.nfs import NfsServer, NfsServerError, make_nfs_server
 from workers.nfs.ganesha import nonzero_pages_after_header
 from workers.node_ssh import NodeShell, NodeUnreachable
 from workers.runspec import Failure, FailureCause, NodeResult, NodeRunSpec
-from workers.streams import SamplerStream, WorkloadStream
+from workers.samples import Record
+from workers.streams import ConsoleTail, SamplerStream, WorkloadStream, workload_progress
 
 MOUNT_POINT = "/mnt/swaplab"
 READY_MARKER = "swaplab: ready"
@@ -71,6 +73,8 @@ class NodeSession:
         self.driver: NodeDriver | None = None
         self.shell: NodeShell | None = None
         self.sampler: SamplerStream | None = None
+        self.series: NodeSeries | None = None
+        self.console_tail = ConsoleTail(self.console)
 
     # -- the whole session -------------------------------------------------------------
     def run(self) -> NodeResult:
@@ -102,6 +106,8 @@ class NodeSession:
     def _phase(self, name: str, detail: str = "") -> Iterator[None]:
         self._check_stop()
         self.phase_name = name
+        if self.series is not None:
+            self.series.phase = name
         self.progress.phase(self.name, name, detail)
         started = time.monotonic()
         try:
@@ -132,6 +138,7 @@ class NodeSession:
                 "kver": kernel.kver,
                 "source": kernel.source,
             }
+        self._begin_metrics(kernel.kver)
         with self._phase("image"):
             try:
                 self.keys = lab_keys(self.spec.node.lab)
@@ -141,6 +148,27 @@ class NodeSession:
             self.result.image_hash = self.image.image_hash
         with self._phase("nfs", f"{self.spec.nfs_backend} for lab {self.spec.node.lab}"):
             self._ensure_nfs()
+
+    def _begin_metrics(self, kver: str) -> None:
+        # Born at zero before the node boots: Prometheus scrapes the baseline, so even an
+        # OOM kill in the workload's first second is an increase of the counter.
+        labels = {"lab": self.spec.node.lab, "node": self.name, "kernel": kver, "scenario": self.spec.workload.name}
+        self.series = NODES.begin(**labels)
+        BOOT_SECONDS.labels(self.spec.node.lab, self.name, kver)  # its buckets, at zero, before the first boot
+        self.series.phase = self.phase_name
+        self.result.metrics_labels = labels
+        self.result.metrics_from = time.time()
+
+    def _on_sample(self, record: Record) -> None:
+        if self.series is not None:
+            self.series.update_sample(record)
+            self._count_console()
+
+    def _count_console(self, final: bool = False) -> None:
+        if self.series is None:
+            return
+        for kind in self.console_tail.new_events(final):
+            self.series.console[kind.value] += 1
 
     def _ensure_nfs(self) -> None:
         try:
@@ -171,10 +199,12 @@ class NodeSession:
             )
             try:
                 self.driver = make_driver(config, self.dir)
+                powered_on = time.monotonic()
                 self.driver.power_on(self._boot_spec(), self.console)
             except DriverError as err:
                 raise SessionFailure("infra", str(err)) from err
             self._wait_for_ssh()
+            BOOT_SECONDS.labels(node.lab, node.name, self.image.kver).observe(time.monotonic() - powered_on)
 
     def _boot_spec(self) -> BootSpec:
         assert self.image is not None
@@ -236,7 +266,9 @@ class NodeSession:
                 raise SessionFailure(
                     "kernel", f"kernel refused swapon: {swapon.stderr.strip()} {' | '.join(console)}".strip()
                 )
-        self.sampler = SamplerStream(self.shell.open_channel("exec swaplab-node sample"), self.dir / "samples.jsonl")
+        self.sampler = SamplerStream(
+            self.shell.open_channel("exec swaplab-node sample"), self.dir / "samples.jsonl", on_record=self._on_sample
+        )
         if not self.sampler.wait_for_first(timeout_s=15.0):
             raise SessionFailure("infra", "the node's sampler sent nothing within 15 s")
 
@@ -286,6 +318,9 @@ class NodeSession:
                 stop=lambda: self.cancel() or not self._driver_running(),
             )
             self.result.workload = stream.outcome(start_at_host_ns, offset)
+            outcome = self.result.workload
+            if self.series is not None and outcome.done and outcome.bad_pages == 0 and outcome.exit_status == 0:
+                self.series.progress, self.series.done = 1.0, 1.0
             if not finished:
                 raise self._workload_stopped()
             if self.result.workload.exit_status is None or self.result.workload.exit_status < 0:
@@ -293,6 +328,9 @@ class NodeSession:
 
     def _report_swap(self, baseline: dict[str, float] | None, note: str) -> None:
         assert self.sampler is not None
+        fraction = workload_progress(note, self.spec.workload.mib, self.spec.workload.passes)
+        if self.series is not None and fraction is not None:
+            self.series.progress = fraction
         latest = self.sampler.latest()
         if baseline is None or latest is None:
             return
@@ -353,6 +391,7 @@ class NodeSession:
             self.result.samples = self.sampler.count
             self.result.counters_first = self.sampler.first() or {}
             self.result.counters_last = self.sampler.latest() or {}
+        self._finish_metrics_before_power_off()
         if self.shell is not None:
             with suppress(Exception):
                 self.shell.close()
@@ -360,6 +399,7 @@ class NodeSession:
             self.driver.power_off()
         self._release_swap_file()
         self._record_console()
+        self._finish_metrics()
         self.result.finished_at = time.time()
         self.result.files = {
             name: name
@@ -368,6 +408,18 @@ class NodeSession:
         }
         (self.dir / "node-result.json").write_text(json.dumps(self.result.model_dump(mode="json"), indent=2))
         self.progress.phase(self.name, "done", "" if self.result.failure is None else f"({self.result.failure.cause})")
+
+    def _finish_metrics_before_power_off(self) -> None:
+        if self.series is not None:
+            self.series.last_sample = None  # the sampler stopped on purpose: no age to report
+
+    def _finish_metrics(self) -> None:
+        if self.series is None:
+            return
+        self._count_console(final=True)
+        self.series.phase = "done"
+        NODES.finish(self.series)  # returns once Prometheus scraped the final values
+        self.result.metrics_to = time.time()
 
     def _release_swap_file(self) -> None:
         if self.nfs is None:

@@ -108,3 +108,8 @@ class NodeResult(BaseModel):
     console_tail: list[str] = Field(default_factory=list)
     swap_file_nonzero_pages: int | None = None
     files: dict[str, str] = Field(default_factory=dict)
+    # The node's series in Prometheus: their labels, and the host-time window (epoch s)
+    # from their birth at zero to the scrape that read their final values.
+    metrics_labels: dict[str, str] = Field(default_factory=dict)
+    metrics_from: float | None = None
+    metrics_to: float | None = None

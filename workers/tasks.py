@@ -17,10 +17,13 @@ from typing import Any
 import redis
 from celery import chord, signals
 
+from orchestrator.campaign import Campaign
+from orchestrator.report import start_skew_ms
 from orchestrator.scheduler import LEASE_TTL_S, Scheduler, holder_id
 from orchestrator.store import TERMINAL, CampaignStore
 from workers.app import CONTROL_QUEUE, app, lab_queue, redis_url
 from workers.drivers import NodeConfig, make_driver
+from workers.exporter import LEASES_HELD, START_SKEW, count_run, start_metrics_server
 from workers.health import NodeHealth
 from workers.lease import LeaseBook, LeaseKeeper
 from workers.node_session import run_node_session
@@ -47,8 +50,20 @@ def _dispatch(cid: str, rid: str, attempt: int, specs: list[NodeRunSpec]) -> Non
     chord(header)(evaluate_run.s(cid, rid, attempt).set(queue=CONTROL_QUEUE))
 
 
+class _MeasuredScheduler(Scheduler):
+    """The scheduler, counting judged runs and start skews in this worker's /metrics."""
+
+    def on_judged(self, campaign: Campaign, entry: dict[str, Any], results: list[NodeResult]) -> None:
+        kver = next((r.kernel["kver"] for r in results if r.kernel.get("kver")), str(entry["kernel"]))
+        count_run(campaign.lab.name, kver, entry["workload"], entry["verdict"])
+        started = [r for r in results if r.workload.started_host_ns is not None]
+        skew = start_skew_ms(results) if len(started) > 1 else 0.0  # one node: no spread
+        if started and skew is not None:
+            START_SKEW.labels(campaign.lab.name, entry["workload"]).set(skew / 1e3)
+
+
 def _scheduler(client: redis.Redis) -> Scheduler:
-    return Scheduler(client, _dispatch, results_root())
+    return _MeasuredScheduler(client, _dispatch, results_root())
 
 
 # -- control tasks -------------------------------------------------------------------------
@@ -124,6 +139,7 @@ def _run_owned_node(
     lost = threading.Event()
     keeper = LeaseKeeper(book, holder_id(cid, rid, attempt), [node], on_lost=lambda _nodes: lost.set())
     keeper.start()
+    LEASES_HELD.labels(lab).inc()
     try:
         run = store.run(cid, rid)
         barrier = RedisBarrier(client, f"swaplab:barrier:{cid}:{rid}:{attempt}", parties=len(run.get("nodes") or []))
@@ -131,6 +147,7 @@ def _run_owned_node(
         result = run_node_session(spec.model_dump(mode="json"), _RedisProgress(store, cid, rid), barrier, cancel)
     finally:
         keeper.stop()
+        LEASES_HELD.labels(lab).dec()
     _record_health(client, lab, node, NodeResult.model_validate(result))
     store.set_node(cid, rid, node, status="done", result=result, finished_at=time.time())
     book.release(holder_id(cid, rid, attempt), [node])
@@ -234,6 +251,12 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     client = _redis()
     queues = sorted(sender.app.amqp.queues.consume_from or []) if sender is not None else []
     hostname = getattr(sender, "hostname", socket.gethostname())
+    pool = type(getattr(sender, "pool", None)).__module__
+    if "prefork" in pool:
+        # Node series live in the process that runs the task: prefork children would each
+        # hold theirs where the main process's /metrics cannot see them.
+        log.error("swaplab workers need -P threads (or solo): node metrics are not exported from prefork children")
+    start_metrics_server(hostname)
     concurrency = int(getattr(getattr(sender, "pool", None), "limit", 0) or app.conf.worker_concurrency or 1)
     _register_worker(client, hostname, queues, concurrency)
     for queue in queues:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from orchestrator.cli.campaign_cmds import run, validate
+from orchestrator.cli.check_cmds import check
 from orchestrator.cli.distributed_cmds import cancel, results, status, submit, watch
 from orchestrator.cli.lab_cmds import lab
 from orchestrator.cli.nfs_cmds import nfs
@@ -16,5 +17,5 @@ def main() -> None:
     """swaplab: test Linux kernels on diskless nodes that swap over NFS."""
 
 
-for command in (validate, run, submit, status, watch, cancel, results, lab, nfs):
+for command in (validate, run, submit, status, watch, cancel, results, check, lab, nfs):
     main.add_command(command)

@@ -14,12 +14,9 @@ from orchestrator.campaign import Campaign
 from orchestrator.cli.common import CAMPAIGN_FILE, load_or_exit
 from orchestrator.cli.distributed_cmds import connect, finish_output, submit_campaign
 from orchestrator.exitcode import ExitCode
-from orchestrator.local_run import run_campaign_locally
-from orchestrator.planner import new_campaign_id, plan_runs
-from orchestrator.report import print_summary
+from orchestrator.planner import plan_runs
 from orchestrator.services import LocalServices, ServiceError
 from orchestrator.watch import follow
-from workers.collab import StderrProgress
 
 
 @click.command()
@@ -54,8 +51,7 @@ def validate(campaign_file: Path, as_json: bool) -> None:
     show_default="$SWAPLAB_RESULTS or ./results",
     help="Directory for result directories.",
 )
-@click.option("--in-process", is_flag=True, help="Run in this process, without Redis or Celery (debugging).")
-def run(campaign_file: Path, as_json: bool, results: Path, in_process: bool) -> None:
+def run(campaign_file: Path, as_json: bool, results: Path) -> None:
     """Run CAMPAIGN_FILE, watch it live, print the verdict, exit with its code.
 
     Without configured services (SWAPLAB_REDIS_URL unset) this starts a local
@@ -66,8 +62,6 @@ def run(campaign_file: Path, as_json: bool, results: Path, in_process: bool) -> 
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     results = results.resolve()
     os.environ["SWAPLAB_RESULTS"] = str(results)  # the worker we start writes there too
-    if in_process:
-        _run_in_process(campaign, results, as_json)
     try:
         with LocalServices(campaign.lab.name, len(campaign.lab.nodes) + 1, results / "services"):
             info = _submit_and_follow(campaign)
@@ -88,17 +82,3 @@ def _submit_and_follow(campaign: Campaign) -> dict[str, object]:
         click.echo("\ninterrupted: cancelling (guests powered off, leases released) ...", err=True)
         store.request_cancel(cid)
         return follow(store, cid, sys.stderr)
-
-
-def _run_in_process(campaign: Campaign, results: Path, as_json: bool) -> None:
-    campaign_id = new_campaign_id(campaign.spec.name)
-    click.echo(
-        f"campaign {campaign_id}: {len(plan_runs(campaign))} run(s) on lab {campaign.lab.name} (in process)", err=True
-    )
-    result = run_campaign_locally(campaign, campaign_id, results, StderrProgress())
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-    else:
-        click.echo()
-        print_summary(result, sys.stdout)
-    sys.exit(result["exit_code"])

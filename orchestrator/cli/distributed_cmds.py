@@ -48,7 +48,7 @@ def submit_campaign(store: CampaignStore, campaign: Campaign) -> str:
     return cid
 
 
-def _require(store: CampaignStore, cid: str) -> dict[str, Any]:
+def require_campaign(store: CampaignStore, cid: str) -> dict[str, Any]:
     if not store.exists(cid):
         click.echo(f"error: no campaign {cid!r} (see `swaplab status`)", err=True)
         sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
@@ -99,7 +99,7 @@ def status(campaign_id: str | None, as_json: bool) -> None:
             else "\n".join(f"{r['id']:<36} {r['status']:<10} {r.get('verdict') or ''}" for r in brief)
         )
         return
-    info = _require(store, campaign_id)
+    info = require_campaign(store, campaign_id)
     runs = []
     for run in store.runs(campaign_id):
         nodes = {
@@ -137,7 +137,7 @@ def status(campaign_id: str | None, as_json: bool) -> None:
 def watch(campaign_id: str, as_json: bool) -> None:
     """Follow a campaign live; Ctrl-C detaches (the campaign goes on)."""
     store = connect()
-    _require(store, campaign_id)
+    require_campaign(store, campaign_id)
     try:
         info = follow(store, campaign_id, sys.stderr)
     except KeyboardInterrupt:
@@ -151,7 +151,7 @@ def watch(campaign_id: str, as_json: bool) -> None:
 def cancel(campaign_id: str) -> None:
     """Cancel a campaign: guests powered off, leases released, status cancelled."""
     store = connect()
-    info = _require(store, campaign_id)
+    info = require_campaign(store, campaign_id)
     if info["status"] in TERMINAL:
         click.echo(f"campaign {campaign_id} is already {info['status']}")
         return
@@ -165,7 +165,7 @@ def cancel(campaign_id: str) -> None:
 def results(campaign_id: str, as_json: bool) -> None:
     """The result of a finished campaign (summary table, or result.json with --json)."""
     store = connect()
-    info = _require(store, campaign_id)
+    info = require_campaign(store, campaign_id)
     if info["status"] not in TERMINAL:
         click.echo(f"campaign {campaign_id} is still {info['status']}", err=True)
         sys.exit(ExitCode.BAD_INPUT_OR_INFRA)

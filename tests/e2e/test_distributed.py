@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from orchestrator.scheduler import LEASE_TTL_S
-from orchestrator.services import LocalRedis, LocalWorker
+from orchestrator.services import LocalPrometheus, LocalRedis, LocalWorker
 from tests.conftest import free_port, require_tools
 from workers.process import pid_alive
 
@@ -40,7 +40,17 @@ class Lab:
         self.url = f"redis://127.0.0.1:{free_port()}/0"
         self.redis_server = LocalRedis(self.url, data_dir=tmp / "redis")
         (tmp / "redis").mkdir()
-        self.env = {**os.environ, "SWAPLAB_REDIS_URL": self.url, "SWAPLAB_RESULTS": str(tmp / "results")}
+        # Its own Prometheus, scraping only this module's workers (their file_sd directory).
+        prometheus_url = f"http://127.0.0.1:{free_port()}"
+        (tmp / "prometheus").mkdir()
+        self.prometheus = LocalPrometheus(prometheus_url, data_dir=tmp / "prometheus", targets=tmp / "targets")
+        self.env = {
+            **os.environ,
+            "SWAPLAB_REDIS_URL": self.url,
+            "SWAPLAB_RESULTS": str(tmp / "results"),
+            "SWAPLAB_PROMETHEUS_URL": prometheus_url,
+            "SWAPLAB_PROMETHEUS_SD_DIR": str(tmp / "targets"),
+        }
         self.tmp = tmp
         self.worker: LocalWorker | None = None
 
@@ -84,15 +94,17 @@ def guest_pids(name: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    require_tools(("redis-server", "qemu-system-x86_64", "ganesha.nfsd"))
+    require_tools(("redis-server", "qemu-system-x86_64", "ganesha.nfsd", "prometheus"))
     the_lab = Lab(tmp_path_factory.mktemp("distributed"))
     the_lab.redis_server.start()
+    the_lab.prometheus.start()
     the_lab.start_worker()
     yield the_lab
     if the_lab.worker is not None:
         the_lab.worker.stop()
     for inventory in (E2E_LAB, REPO / "tests/fixtures/labs/broken-node.yml"):
         the_lab.cli("nfs", "stop", "-i", str(inventory))
+    the_lab.prometheus.stop()
     the_lab.redis_server.stop()
 
 
@@ -128,6 +140,9 @@ def test_pair_both_nodes_pass_over_one_nfs_server(pair: dict[str, Any]) -> None:
     [run] = pair["result"]["runs"]
     assert [node["verdict"] for node in run["nodes"]] == ["pass", "pass"]
     assert all(node["swap_out_mib"] >= 64 and node["swap_in_mib"] >= 64 for node in run["nodes"])
+    # Judged in Prometheus per node, through the Redis restart: every criterion had data.
+    for node in run["nodes"]:
+        assert {c["outcome"] for c in node["criteria"]} == {"pass"}, node["criteria"]
 
 
 def test_pair_start_skew_is_reported_and_small(pair: dict[str, Any]) -> None:

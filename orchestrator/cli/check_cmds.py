@@ -1,0 +1,71 @@
+"""``swaplab check``: judge a finished campaign again from Prometheus, now.
+
+For criteria edited or added after the fact (``--criteria FILE``), or a verdict that was
+invalid because Prometheus was unreachable at the time. The node evidence comes from
+Redis; every criterion is queried again over each run's recorded window.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from orchestrator.campaign import load_criteria
+from orchestrator.cli.distributed_cmds import connect, require_campaign
+from orchestrator.criteria import CriterionSpec
+from orchestrator.exitcode import ExitCode
+from orchestrator.report import print_criteria
+from orchestrator.scheduler import Scheduler
+from orchestrator.services import LocalServices, ServiceError
+from orchestrator.store import TERMINAL
+from orchestrator.yamlpos import SpecError
+
+
+@click.command()
+@click.argument("campaign_id")
+@click.option(
+    "--criteria",
+    "criteria_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="YAML with a 'criteria:' list (a campaign file will do) used instead of the campaign's own.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the new result.json on stdout.")
+def check(campaign_id: str, criteria_file: Path | None, as_json: bool) -> None:
+    """Re-evaluate finished campaign CAMPAIGN_ID's criteria in Prometheus; exit with the new code."""
+    criteria = None
+    if criteria_file is not None:
+        try:
+            criteria = load_criteria(criteria_file)
+        except SpecError as err:
+            for issue in err.issues:
+                click.echo(f"error: {issue}", err=True)
+            sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
+    services = LocalServices("-", 1, Path("."))
+    try:
+        if not services.configured:
+            services.start_stores()
+        result = _recheck(campaign_id, criteria)
+    except ServiceError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
+    finally:
+        services.stop_stores()
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        print_criteria(result, sys.stdout)
+    sys.exit(int(result["exit_code"]))
+
+
+def _recheck(campaign_id: str, criteria: list[CriterionSpec] | None) -> dict[str, Any]:
+    store = connect()
+    info = require_campaign(store, campaign_id)
+    if info["status"] not in TERMINAL:
+        click.echo(f"error: campaign {campaign_id} is {info['status']}; check judges finished campaigns", err=True)
+        sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
+    scheduler = Scheduler(store.redis, lambda *_: None, Path(str(info.get("result_dir") or ".")))
+    return scheduler.recheck(campaign_id, criteria)

@@ -1,0 +1,255 @@
+"""Criteria: PromQL expressions judged over a run's window, kube-burner style, minus its
+vacuous passes.
+
+A criterion is ``{name, expr, op, value, severity, description}``; ``expr`` is templated
+with the run's window and node (``{{ window }}``, ``{{ node }}``, ``{{ sel }}`` ...). The
+built-in set is always on. Outcomes: *pass*, *fail*, or *invalid* when the query returns
+no data (an empty vector is never read as zero) — and an expression that would turn "no
+data" into a number (``or vector(0)``) is refused when the campaign is loaded.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Literal
+
+import promql_parser
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MIB = 2**20
+Op = Literal[">", ">=", "<", "<=", "==", "!="]
+OPERATORS: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+TEMPLATE = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
+TEMPLATE_VARS = ("window", "window_s", "node", "lab", "kernel", "scenario", "sel")
+# "no data" must stay "no data": these turn an empty vector into a number that can pass.
+_VACUOUS = re.compile(r"\bor\s+(on\s*\([^)]*\)\s*)?vector\s*\(|\babsent(_over_time)?\s*\(")
+SAMPLE_RENDER = {
+    "window": "60s",
+    "window_s": "60",
+    "node": "node1",
+    "lab": "lab",
+    "kernel": "6.1.0-1-amd64",
+    "scenario": "pressure",
+    "sel": 'lab="lab",node="node1"',
+}
+
+
+class Severity(StrEnum):
+    """warning: reported only; error: fails the run; critical: also stops the campaign."""
+
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+
+class Outcome(StrEnum):
+    """Outcome of one check or criterion."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    INVALID = "invalid"
+
+
+class CriterionSpec(BaseModel):
+    """A criterion as a campaign file writes it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")
+    expr: str = Field(min_length=1)
+    op: Op
+    value: float
+    severity: Severity = Severity.ERROR
+    description: str = ""
+
+    @field_validator("expr")
+    @classmethod
+    def _valid_promql(cls, expr: str) -> str:
+        check_expr(expr)
+        return expr
+
+
+def check_expr(expr: str) -> None:
+    """Raise ValueError unless ``expr`` renders to valid PromQL that cannot pass on no data."""
+    unknown = sorted({m.group(1) for m in TEMPLATE.finditer(expr)} - set(TEMPLATE_VARS))
+    if unknown:
+        raise ValueError(f"unknown template variable(s) {', '.join(unknown)}; known: {', '.join(TEMPLATE_VARS)}")
+    if _VACUOUS.search(expr):
+        raise ValueError(
+            "'or vector(...)' / absent() turn 'no data' into a value that can pass; leave no data as no data"
+        )
+    try:
+        promql_parser.parse(render(expr, SAMPLE_RENDER))
+    except ValueError as err:
+        raise ValueError(f"not valid PromQL: {err}") from None
+
+
+def render(expr: str, variables: dict[str, str]) -> str:
+    """Fill ``{{ name }}`` placeholders."""
+    return TEMPLATE.sub(lambda m: variables[m.group(1)], expr)
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """A criterion ready to evaluate: a user's, or a built-in with its own rules."""
+
+    name: str
+    expr: str
+    op: str
+    value: float
+    severity: Severity
+    description: str
+    builtin: bool = False
+    # A built-in that measures whether the run exercised anything (swap really used)
+    # makes the run invalid, not failed, when unmet.
+    unmet: Outcome = Outcome.FAIL
+
+    @classmethod
+    def from_spec(cls, spec: CriterionSpec) -> Criterion:
+        """A user criterion from the campaign file."""
+        return cls(spec.name, spec.expr, spec.op, spec.value, spec.severity, spec.description)
+
+
+@dataclass(frozen=True)
+class CriterionResult:
+    """One criterion on one node: the query sent, the value read, the outcome."""
+
+    name: str
+    query: str
+    op: str
+    threshold: float
+    value: float | None
+    outcome: Outcome
+    severity: Severity
+    builtin: bool
+    detail: str
+
+    def to_json(self) -> dict[str, object]:
+        """JSON-able form for result.json."""
+        return {**asdict(self), "outcome": self.outcome.value, "severity": self.severity.value}
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> CriterionResult:
+        """Back from result.json."""
+        fields = dict(data)
+        fields["outcome"] = Outcome(str(fields["outcome"]))
+        fields["severity"] = Severity(str(fields["severity"]))
+        return cls(**fields)  # type: ignore[arg-type]
+
+    @property
+    def counts(self) -> bool:
+        """A failure of this criterion fails the run (warnings are reported only)."""
+        return self.severity is not Severity.WARNING
+
+
+_SEL = "{{{ sel }}}"
+
+
+def _console(kind_regex: str) -> str:
+    # sum() over the kinds: still no data (invalid) when the node exported no series at all.
+    return 'sum(increase(swaplab_node_console_events_total{{{ sel }},kind=~"' + kind_regex + '"}[{{ window }}]))'
+
+
+def builtin_criteria(planned_overcommit_mib: int) -> list[Criterion]:
+    """The always-on set: kernel health, swap really used, node alive, workload done."""
+    moved = planned_overcommit_mib * MIB
+
+    def builtin(
+        name: str, expr: str, op: str, value: float, description: str, unmet: Outcome = Outcome.FAIL
+    ) -> Criterion:
+        return Criterion(name, expr, op, value, Severity.ERROR, description, builtin=True, unmet=unmet)
+
+    return [
+        builtin("no_hung_task", _console("hung_task"), "==", 0, "no 'task blocked for more than N seconds'"),
+        builtin("no_oops_or_panic", _console("oops|panic"), "==", 0, "no oops, BUG or panic on the console"),
+        builtin("no_swap_write_error", _console("swap_write_error"), "==", 0, "no swap write/read error"),
+        builtin(
+            "no_oom_kill",
+            "increase(swaplab_node_oom_kills_total" + _SEL + "[{{ window }}])",
+            "==",
+            0,
+            "vmstat oom_kill did not move",
+        ),
+        builtin(
+            "swap_out_used",
+            "increase(swaplab_node_swap_out_bytes_total" + _SEL + "[{{ window }}])",
+            ">=",
+            moved,
+            f"at least the planned overcommit ({planned_overcommit_mib} MiB) swapped out",
+            unmet=Outcome.INVALID,
+        ),
+        builtin(
+            "swap_in_used",
+            "increase(swaplab_node_swap_in_bytes_total" + _SEL + "[{{ window }}])",
+            ">=",
+            moved,
+            f"at least the planned overcommit ({planned_overcommit_mib} MiB) swapped back in",
+            unmet=Outcome.INVALID,
+        ),
+        builtin(
+            "node_alive",
+            "max_over_time(swaplab_node_sample_age_seconds" + _SEL + "[{{ window }}])",
+            "<",
+            10,
+            "the node's sampler never went silent for 10 s",
+        ),
+        builtin(
+            "workload_done",
+            "max_over_time(swaplab_node_workload_done" + _SEL + "[{{ window }}])",
+            "==",
+            1,
+            "the workload finished and verified every page",
+        ),
+    ]
+
+
+def judge_values(criterion: Criterion, query: str, values: list[float]) -> CriterionResult:
+    """Outcome of ``criterion`` from the values its query returned (one per series)."""
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        detail = "no data in the run's window" if not values else "the query returned NaN only"
+        return _result(criterion, query, None, Outcome.INVALID, detail)
+    compare = OPERATORS[criterion.op]
+    failing = [v for v in finite if not compare(v, criterion.value)]
+    value = failing[0] if failing else finite[0]
+    shown = f"{_fmt(value)} {criterion.op} {_fmt(criterion.value)}"
+    if not failing:
+        return _result(criterion, query, value, Outcome.PASS, shown)
+    return _result(criterion, query, value, criterion.unmet, f"{shown} is false")
+
+
+def invalid(criterion: Criterion, query: str, reason: str) -> CriterionResult:
+    """A criterion that could not be evaluated at all (Prometheus down, query error)."""
+    return _result(criterion, query, None, Outcome.INVALID, reason)
+
+
+def _result(criterion: Criterion, query: str, value: float | None, outcome: Outcome, detail: str) -> CriterionResult:
+    return CriterionResult(
+        criterion.name,
+        query,
+        criterion.op,
+        criterion.value,
+        value,
+        outcome,
+        criterion.severity,
+        criterion.builtin,
+        detail,
+    )
+
+
+def _fmt(value: float) -> str:
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.4g}"

@@ -1,0 +1,99 @@
+"""Evaluating a run: every criterion, on every node, over the run's window, in Prometheus.
+
+The window runs from the birth of the nodes' series (at zero, before boot) to the scrape
+that read their final values; queries are instant queries at its end with
+``[{{ window }}]`` covering it. It is rounded *down* to whole seconds so it never reaches
+back into the previous session of the same node.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from orchestrator.criteria import Criterion, CriterionResult, builtin_criteria, invalid, judge_values, render
+from orchestrator.prometheus import PrometheusApi, PrometheusError
+from workers.runspec import NodeResult
+
+
+@dataclass(frozen=True)
+class RunWindow:
+    """The host-time window (epoch seconds) a run's criteria are judged over."""
+
+    start: float
+    end: float
+
+    @property
+    def seconds(self) -> int:
+        """Whole seconds covered, counted back from the end."""
+        return max(1, math.floor(self.end - self.start))
+
+    def to_json(self) -> dict[str, float]:
+        """JSON-able form for result.json."""
+        return {"start": self.start, "end": self.end, "seconds": self.seconds}
+
+
+def run_window(results: list[NodeResult]) -> RunWindow | None:
+    """From the earliest series birth to the latest final scrape; None if no node exported."""
+    starts = [r.metrics_from for r in results if r.metrics_from is not None]
+    ends = [r.metrics_to for r in results if r.metrics_to is not None]
+    if not starts or not ends:
+        return None
+    return RunWindow(min(starts), max(ends))
+
+
+def run_criteria(planned_overcommit_mib: int, user: list[Criterion]) -> list[Criterion]:
+    """The built-in set, then the campaign's own."""
+    return builtin_criteria(planned_overcommit_mib) + user
+
+
+def judged(result: NodeResult) -> bool:
+    """Criteria are judged for nodes that ran (or failed for the kernel), not for lab faults."""
+    return result.failure is None or result.failure.cause == "kernel"
+
+
+def evaluate_node(
+    criteria: list[Criterion], api: PrometheusApi, result: NodeResult, window: RunWindow | None
+) -> list[CriterionResult]:
+    """Every criterion for one node; no window or no labels means every one is invalid."""
+    variables = _variables(result, window)
+    outcomes = []
+    for criterion in criteria:
+        query = render(criterion.expr, variables) if variables else criterion.expr
+        if window is None or not variables:
+            outcomes.append(invalid(criterion, query, "the node exported no metrics in this run"))
+            continue
+        try:
+            values = [value for _labels, value in api.query(query, window.end)]
+        except PrometheusError as err:
+            outcomes.append(invalid(criterion, query, str(err)))
+            continue
+        outcomes.append(judge_values(criterion, query, values))
+    return outcomes
+
+
+def _variables(result: NodeResult, window: RunWindow | None) -> dict[str, str]:
+    labels = result.metrics_labels
+    if window is None or not labels:
+        return {}
+    return {
+        "window": f"{window.seconds}s",
+        "window_s": str(window.seconds),
+        "node": labels["node"],
+        "lab": labels["lab"],
+        "kernel": labels["kernel"],
+        "scenario": labels["scenario"],
+        "sel": f'lab="{_quote(labels["lab"])}",node="{_quote(labels["node"])}"',
+    }
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def evaluate_run(
+    criteria: list[Criterion], api: PrometheusApi, results: list[NodeResult]
+) -> tuple[RunWindow | None, dict[str, list[CriterionResult]]]:
+    """The run's window and each judged node's criterion results."""
+    window = run_window(results)
+    return window, {r.node: evaluate_node(criteria, api, r, window) for r in results if judged(r)}
