@@ -1,21 +1,60 @@
 """docker-compose.yml stays well formed: parsed as YAML, every build context and
-bind-mounted file exists, no port published on all interfaces."""
+bind-mounted file exists, no port published on all interfaces, every long-running service
+health-checked, the monitoring services mount their provisioning from the repo."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+# What `docker-compose config` needs besides the environment it runs in.
+PASSWORDS = {"SWAPLAB_REDIS_PASSWORD": "test-only", "SWAPLAB_GRAFANA_PASSWORD": "test-only"}
 
 
 def compose() -> dict[str, object]:
     data = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     assert isinstance(data, dict)
     return data
+
+
+def services() -> dict[str, dict[str, Any]]:
+    data = compose()["services"]
+    assert isinstance(data, dict) and data
+    return data
+
+
+def bind_mounts(service: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(source, target, read-only) of the service's bind mounts, short or long syntax."""
+    mounts = []
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):
+            if volume.get("type", "volume") != "bind":
+                continue
+            source, target = str(volume["source"]), str(volume["target"])
+            read_only = bool(volume.get("read_only", False))
+        else:
+            parts = str(volume).split(":")
+            if len(parts) < 2:
+                continue  # an anonymous volume
+            source, target = parts[0], parts[1]
+            read_only = len(parts) > 2 and "ro" in parts[2].split(",")
+        if source.startswith((".", "/", "~")):
+            mounts.append((source, target, read_only))
+    return mounts
+
+
+def run_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["docker-compose", "-f", str(REPO / "docker-compose.yml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
 
 
 def test_every_service_builds_from_an_existing_context_or_names_an_image() -> None:
@@ -32,38 +71,88 @@ def test_every_service_builds_from_an_existing_context_or_names_an_image() -> No
 
 def test_bind_mounts_point_at_existing_or_generated_paths() -> None:
     generated = {"results"}  # created by swaplab at run time, git-ignored
-    for service in compose()["services"].values():  # type: ignore[attr-defined]
-        for volume in service.get("volumes", []):
-            source = volume.split(":", 1)[0]
-            if source.startswith((".", "/")):
-                path = (REPO / source).resolve()
-                assert path.exists() or path.name in generated, source
+    for name, service in services().items():
+        for source, _, _ in bind_mounts(service):
+            path = (REPO / source).resolve()
+            assert path.is_relative_to(REPO), f"{name}: {source} is outside the repo"
+            if path.is_relative_to(REPO / "deploy"):
+                assert path.exists(), f"{name}: {source} is missing from deploy/"
+            else:
+                assert path.exists() or path.name in generated, f"{name}: {source}"
+
+
+def test_the_bind_mount_parser_reads_both_syntaxes() -> None:
+    service = {
+        "volumes": [
+            "data:/data",
+            "./a:/a:ro",
+            "./b:/b",
+            {"type": "bind", "source": "./c", "target": "/c", "read_only": True},
+            {"type": "volume", "source": "data", "target": "/d"},
+        ]
+    }
+    assert bind_mounts(service) == [("./a", "/a", True), ("./b", "/b", False), ("./c", "/c", True)]
 
 
 def test_no_port_is_published_on_all_interfaces() -> None:
-    for service in compose()["services"].values():  # type: ignore[attr-defined]
+    for service in services().values():
         for port in service.get("ports", []):
+            if isinstance(port, dict):  # long syntax
+                assert port.get("host_ip") == "127.0.0.1", port
+                continue
             assert str(port).startswith("127.0.0.1:"), port
+
+
+def test_the_redis_service_publishes_no_port() -> None:
+    redis = services()["redis"]
+    assert "ports" not in redis and redis.get("network_mode") != "host"
+
+
+def test_every_long_running_service_has_a_healthcheck() -> None:
+    for name, service in services().items():
+        if service.get("profiles"):
+            continue  # one-shot (cli): `docker compose run`, nothing to watch
+        healthcheck = service.get("healthcheck")
+        assert isinstance(healthcheck, dict) and healthcheck.get("test"), name
+        assert not healthcheck.get("disable"), name
+
+
+def test_the_worker_exports_metrics_inside_the_compose_network_only() -> None:
+    worker = services()["worker"]
+    env = worker["environment"]
+    assert env["SWAPLAB_METRICS_ADDR"] == "0.0.0.0"
+    assert str(env["SWAPLAB_METRICS_PORT"]) == "9464"
+    assert env["SWAPLAB_PROMETHEUS_URL"] == "http://prometheus:9090"
+    assert services()["cli"]["environment"]["SWAPLAB_PROMETHEUS_URL"] == "http://prometheus:9090"
+    assert "ports" not in worker
+    assert "EXPOSE 9464 5555" in (REPO / "Dockerfile").read_text()
+
+
+def test_prometheus_and_grafana_mount_their_provisioning_read_only() -> None:
+    prometheus = {target: (source, ro) for source, target, ro in bind_mounts(services()["prometheus"])}
+    assert prometheus["/etc/prometheus/prometheus.yml"] == ("./deploy/prometheus/prometheus.yml", True)
+    assert prometheus["/etc/prometheus/rules"] == ("./deploy/prometheus/rules", True)
+    grafana = {target: (source, ro) for source, target, ro in bind_mounts(services()["grafana"])}
+    assert grafana["/etc/grafana/provisioning"] == ("./deploy/grafana/provisioning", True)
+    assert grafana["/var/lib/grafana/dashboards"] == ("./deploy/grafana/dashboards", True)
+    # The dashboard provider loads from where the dashboards are mounted.
+    provider = yaml.safe_load((REPO / "deploy/grafana/provisioning/dashboards/swaplab.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
 
 
 def test_a_real_compose_implementation_accepts_the_file() -> None:
     # Debian's docker-compose parses and validates without a Docker engine.
-    env = {**os.environ, "SWAPLAB_REDIS_PASSWORD": "test-only"}
-    proc = subprocess.run(
-        ["docker-compose", "-f", str(REPO / "docker-compose.yml"), "config", "-q"],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    proc = run_config({**os.environ, **PASSWORDS})
     assert proc.returncode == 0, proc.stderr
 
 
 def test_compose_refuses_to_start_redis_without_a_password() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "SWAPLAB_REDIS_PASSWORD"}
-    proc = subprocess.run(
-        ["docker-compose", "-f", str(REPO / "docker-compose.yml"), "config", "-q"],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    env = {k: v for k, v in {**os.environ, **PASSWORDS}.items() if k != "SWAPLAB_REDIS_PASSWORD"}
+    proc = run_config(env)
     assert proc.returncode != 0 and "SWAPLAB_REDIS_PASSWORD" in proc.stderr
+
+
+def test_compose_refuses_to_start_grafana_without_an_admin_password() -> None:
+    env = {k: v for k, v in {**os.environ, **PASSWORDS}.items() if k != "SWAPLAB_GRAFANA_PASSWORD"}
+    proc = run_config(env)
+    assert proc.returncode != 0 and "SWAPLAB_GRAFANA_PASSWORD" in proc.stderr
