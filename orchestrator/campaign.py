@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -146,15 +146,22 @@ class Campaign:
         return workload.touch_mib(self.ram_mib) - self.ram_mib
 
 
-def load_campaign(path: Path) -> Campaign:
-    """Parse and fully validate a campaign file (raises SpecError)."""
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _load_model(path: Path, model: type[_Model], expected: str) -> tuple[LocatedYaml, _Model]:
     doc = load_located(path)
     if not isinstance(doc.data, dict):
-        raise SpecError([doc.issue((), "a campaign file is a YAML mapping (name, lab, kernels ...)")])
+        raise SpecError([doc.issue((), expected)])
     try:
-        spec = CampaignSpec.model_validate(doc.data)
+        return doc, model.model_validate(doc.data)
     except ValidationError as err:
         raise SpecError([_issue_from_pydantic(doc, error) for error in err.errors()]) from None
+
+
+def load_campaign(path: Path) -> Campaign:
+    """Parse and fully validate a campaign file (raises SpecError)."""
+    doc, spec = _load_model(path, CampaignSpec, "a campaign file is a YAML mapping (name, lab, kernels ...)")
     spec = _resolve_paths(spec, path.parent)
     lab = _load_campaign_lab(doc, spec)
     return _check_plan(doc, spec, lab)
@@ -169,13 +176,7 @@ class _CriteriaFile(BaseModel):
 
 def load_criteria(path: Path) -> list[CriterionSpec]:
     """The ``criteria:`` list of a YAML file, fully validated (raises SpecError)."""
-    doc = load_located(path)
-    if not isinstance(doc.data, dict):
-        raise SpecError([doc.issue((), "expected a YAML mapping with a 'criteria:' list")])
-    try:
-        parsed = _CriteriaFile.model_validate(doc.data)
-    except ValidationError as err:
-        raise SpecError([_issue_from_pydantic(doc, error) for error in err.errors()]) from None
+    doc, parsed = _load_model(path, _CriteriaFile, "expected a YAML mapping with a 'criteria:' list")
     issues = _check_criteria_names(doc, parsed.criteria)
     if issues:
         raise SpecError(issues)
