@@ -243,31 +243,20 @@ class LocalWorker:
             self.proc.wait()
 
 
-class LocalServices:
-    """Context manager: start what is missing for ``lab``, stop what it started."""
+class LocalStores:
+    """redis-server and Prometheus, each started unless one already answers; ``stop``
+    stops only what ``start`` started. Nothing at all when services are configured."""
 
-    def __init__(self, lab: str, concurrency: int, log_dir: Path) -> None:
-        self.lab = lab
+    def __init__(self) -> None:
         self.redis = LocalRedis(redis_url())
         self.prometheus = LocalPrometheus()
-        self.worker = LocalWorker(["control", f"lab.{lab}"], concurrency, log_dir / "worker.log")
         self.started_redis = False
         self.started_prometheus = False
         self.configured = "SWAPLAB_REDIS_URL" in os.environ
 
-    def __enter__(self) -> LocalServices:
+    def start(self) -> None:
         if self.configured:
-            return self
-        try:
-            self.start_stores()
-            self.worker.start(redis.Redis.from_url(self.redis.url))
-        except BaseException:
-            self.stop_stores()
-            raise
-        return self
-
-    def start_stores(self) -> None:
-        """redis-server and Prometheus, each unless one already answers."""
+            return
         if not self.redis.ping():
             self.redis.start()
             self.started_redis = True
@@ -275,22 +264,41 @@ class LocalServices:
             self.prometheus.start()
             self.started_prometheus = True
 
-    def stop_stores(self) -> None:
-        """Stop what start_stores started."""
+    def stop(self) -> None:
         if self.started_prometheus:
             self.prometheus.stop()
         if self.started_redis:
             self.redis.stop()
 
+
+class LocalServices:
+    """Context manager: start what is missing for ``lab`` (stores and a worker), stop what
+    it started."""
+
+    def __init__(self, lab: str, concurrency: int, log_dir: Path) -> None:
+        self.stores = LocalStores()
+        self.worker = LocalWorker(["control", f"lab.{lab}"], concurrency, log_dir / "worker.log")
+
+    def __enter__(self) -> LocalServices:
+        if self.stores.configured:
+            return self
+        try:
+            self.stores.start()
+            self.worker.start(redis.Redis.from_url(self.stores.redis.url))
+        except BaseException:
+            self.stores.stop()
+            raise
+        return self
+
     def __exit__(
         self, kind: type[BaseException] | None, value: BaseException | None, trace: TracebackType | None
     ) -> None:
-        if self.configured:
+        if self.stores.configured:
             return
-        if self.started_prometheus:
+        if self.stores.started_prometheus:
             time.sleep(METRICS_FLUSH_S)  # let Prometheus scrape the worker's last figures
         self.worker.stop()
-        self.stop_stores()
+        self.stores.stop()
 
 
 def _wait_for(ready: Callable[[], bool], timeout_s: float, message: Callable[[], str]) -> None:

@@ -20,7 +20,7 @@ from orchestrator.criteria import CriterionSpec
 from orchestrator.exitcode import ExitCode
 from orchestrator.report import print_criteria
 from orchestrator.scheduler import Scheduler
-from orchestrator.services import LocalServices, ServiceError
+from orchestrator.services import LocalStores, ServiceError
 from orchestrator.store import TERMINAL
 from orchestrator.yamlpos import SpecError
 
@@ -44,16 +44,15 @@ def check(campaign_id: str, criteria_file: Path | None, as_json: bool) -> None:
             for issue in err.issues:
                 click.echo(f"error: {issue}", err=True)
             sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
-    services = LocalServices("-", 1, Path("."))
+    stores = LocalStores()  # the embedded lab's redis and Prometheus, if not running
     try:
-        if not services.configured:
-            services.start_stores()
+        stores.start()
         result = _recheck(campaign_id, criteria)
     except ServiceError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
     finally:
-        services.stop_stores()
+        stores.stop()
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
