@@ -247,7 +247,8 @@ class LocalStores:
     """redis-server and Prometheus, each started unless one already answers; ``stop``
     stops only what ``start`` started. Nothing at all when services are configured."""
 
-    def __init__(self) -> None:
+    def __init__(self, note: Callable[[str], None] = lambda _text: None) -> None:
+        self.note = note
         self.redis = LocalRedis(redis_url())
         self.prometheus = LocalPrometheus()
         self.started_redis = False
@@ -260,9 +261,13 @@ class LocalStores:
         if not self.redis.ping():
             self.redis.start()
             self.started_redis = True
+            self.note(
+                f"started redis-server on 127.0.0.1:{self.redis.port} (append-only file in {self.redis.data_dir})"
+            )
         if not self.prometheus.ready():
             self.prometheus.start()
             self.started_prometheus = True
+            self.note(f"started prometheus on {self.prometheus.api.url} (TSDB in {self.prometheus.data_dir})")
 
     def stop(self) -> None:
         if self.started_prometheus:
@@ -275,8 +280,11 @@ class LocalServices:
     """Context manager: start what is missing for ``lab`` (stores and a worker), stop what
     it started."""
 
-    def __init__(self, lab: str, concurrency: int, log_dir: Path) -> None:
-        self.stores = LocalStores()
+    def __init__(
+        self, lab: str, concurrency: int, log_dir: Path, note: Callable[[str], None] = lambda _text: None
+    ) -> None:
+        self.note = note
+        self.stores = LocalStores(note)
         self.worker = LocalWorker(["control", f"lab.{lab}"], concurrency, log_dir / "worker.log")
 
     def __enter__(self) -> LocalServices:
@@ -285,6 +293,7 @@ class LocalServices:
         try:
             self.stores.start()
             self.worker.start(redis.Redis.from_url(self.stores.redis.url))
+            self.note(f"started a celery worker for {', '.join(self.worker.queues)} (log: {self.worker.log_file})")
         except BaseException:
             self.stores.stop()
             raise
@@ -295,6 +304,7 @@ class LocalServices:
     ) -> None:
         if self.stores.configured:
             return
+        self.note("stopping the local services")
         if self.stores.started_prometheus:
             time.sleep(METRICS_FLUSH_S)  # let Prometheus scrape the worker's last figures
         self.worker.stop()

@@ -63,12 +63,16 @@ def run(campaign_file: Path, as_json: bool, results: Path) -> None:
     results = results.resolve()
     os.environ["SWAPLAB_RESULTS"] = str(results)  # the worker we start writes there too
     try:
-        with LocalServices(campaign.lab.name, len(campaign.lab.nodes) + 1, results / "services"):
+        with LocalServices(campaign.lab.name, len(campaign.lab.nodes) + 1, results / "services", _note):
             info = _submit_and_follow(campaign)
     except ServiceError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
     finish_output(info, as_json)
+
+
+def _note(text: str) -> None:
+    click.echo(f"swaplab: {text}", err=True)
 
 
 def _submit_and_follow(campaign: Campaign) -> dict[str, object]:

@@ -44,7 +44,8 @@ def check(campaign_id: str, criteria_file: Path | None, as_json: bool) -> None:
             for issue in err.issues:
                 click.echo(f"error: {issue}", err=True)
             sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
-    stores = LocalStores()  # the embedded lab's redis and Prometheus, if not running
+    # The embedded lab's redis and Prometheus (their data kept in the cache), if not running.
+    stores = LocalStores(lambda text: click.echo(f"swaplab: {text}", err=True))
     try:
         stores.start()
         result = _recheck(campaign_id, criteria)
