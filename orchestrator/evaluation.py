@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 from orchestrator.criteria import Criterion, CriterionResult, builtin_criteria, invalid, judge_values, render
-from orchestrator.prometheus import PrometheusApi, PrometheusError
+from orchestrator.prometheus import PrometheusApi, PrometheusError, PrometheusUnreachable
 from workers.runspec import NodeResult
 
 
@@ -58,14 +58,19 @@ def evaluate_node(
     """Every criterion for one node; no window or no labels means every one is invalid."""
     variables = _variables(result, window)
     outcomes = []
+    unreachable = ""
     for criterion in criteria:
         query = render(criterion.expr, variables) if variables else criterion.expr
         if window is None or not variables:
             outcomes.append(invalid(criterion, query, "the node exported no metrics in this run"))
             continue
+        if unreachable:
+            outcomes.append(invalid(criterion, query, unreachable))  # not 8 more timeouts
+            continue
         try:
             values = [value for _labels, value in api.query(query, window.end)]
         except PrometheusError as err:
+            unreachable = str(err) if isinstance(err, PrometheusUnreachable) else ""
             outcomes.append(invalid(criterion, query, str(err)))
             continue
         outcomes.append(judge_values(criterion, query, values))

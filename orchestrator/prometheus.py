@@ -25,10 +25,14 @@ class PrometheusError(RuntimeError):
     """Prometheus could not answer a query."""
 
 
+class PrometheusUnreachable(PrometheusError):
+    """No answer at all: asking again right away is pointless."""
+
+
 class PrometheusApi:
     """Instant queries against one Prometheus server."""
 
-    def __init__(self, url: str | None = None, timeout_s: float = 30.0) -> None:
+    def __init__(self, url: str | None = None, timeout_s: float = 10.0) -> None:
         self.url = (url or prometheus_url()).rstrip("/")
         self.timeout_s = timeout_s
 
@@ -76,7 +80,7 @@ class PrometheusApi:
         except urllib.error.HTTPError as err:
             body = _error_body(err)
         except (OSError, urllib.error.URLError, json.JSONDecodeError) as err:
-            raise PrometheusError(f"Prometheus at {self.url} did not answer: {err}") from err
+            raise PrometheusUnreachable(f"Prometheus at {self.url} did not answer: {err}") from err
         if body.get("status") != "success":
             raise PrometheusError(f"{body.get('errorType', 'error')}: {body.get('error', body)}")
         data: dict[str, Any] = body["data"]
