@@ -41,6 +41,9 @@ app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
+    # Threads by default: node tasks wait on guests, and the node metrics live in the
+    # process that serves /metrics (prefork children would hide them; see workers.exporter).
+    worker_pool="threads",
     task_default_queue=CONTROL_QUEUE,
     broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
     result_backend_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
