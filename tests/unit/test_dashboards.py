@@ -6,7 +6,6 @@ is PromQL that the real promtool parses."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from tests.dashboards import (
     render,
     variables,
 )
-from workers import exporter
+from tests.metric_names import exported_metrics, promtool
 
 GRAFANA = REPO / "deploy" / "grafana"
 PANEL_TYPES = {"timeseries", "stat", "bargauge"}
@@ -47,36 +46,6 @@ def panel_items() -> list[tuple[Path, dict[str, object]]]:
 
 def all_queries() -> list[tuple[Path, str, str]]:
     return [(path, title, expr) for path in dashboard_files() for title, expr in dashboard_queries(path)]
-
-
-def exported_names() -> set[str]:
-    """Every sample name workers.exporter exports, from its constants and its registry."""
-    names = {f"{name}_total" for name in exporter.NODE_COUNTERS}
-    names |= set(exporter.NODE_GAUGES)
-    names |= {f"{exporter.CONSOLE_EVENTS}_total", f"{exporter.SAMPLES}_total"}
-    names |= {exporter.SAMPLE_AGE, exporter.WORKLOAD_PROGRESS, exporter.WORKLOAD_DONE, exporter.PHASE}
-    # A live session, so that the node collector yields samples too.
-    series = exporter.NODES.begin("unit", "n1", "6.1.0", "smoke")
-    series.update_sample({"mem_free_bytes": 1, "swap_used_bytes": 0})
-    try:
-        for family in exporter.REGISTRY.collect():
-            names |= {sample.name for sample in family.samples}
-            if family.type == "counter":
-                names.add(f"{family.name}_total")
-            elif family.type == "histogram":
-                names |= {f"{family.name}_bucket", f"{family.name}_sum", f"{family.name}_count"}
-            else:
-                names.add(family.name)
-    finally:
-        exporter.NODES.finish(series, wait_s=0)
-    return names
-
-
-def promtool() -> str:
-    path = shutil.which("promtool") or ("/usr/bin/promtool" if Path("/usr/bin/promtool").is_file() else None)
-    # Fail, never skip: without it the dashboards' PromQL is not checked at all.
-    assert path, "promtool is missing: install Debian's prometheus package (scripts/setup)"
-    return path
 
 
 def check_rules(tmp_path: Path, exprs: list[str]) -> subprocess.CompletedProcess[str]:
@@ -178,7 +147,7 @@ def test_range_selectors_use_grafanas_intervals() -> None:
 
 
 def test_every_swaplab_metric_used_is_exported_by_the_workers() -> None:
-    exported = exported_names()
+    exported = exported_metrics()
     assert "swaplab_node_swap_out_bytes_total" in exported
     assert "swaplab_node_boot_seconds_bucket" in exported
     assert "swaplab_runs_total" in exported
