@@ -56,10 +56,9 @@ class _MeasuredScheduler(Scheduler):
     def on_judged(self, campaign: Campaign, entry: dict[str, Any], results: list[NodeResult]) -> None:
         kver = next((r.kernel["kver"] for r in results if r.kernel.get("kver")), str(entry["kernel"]))
         count_run(campaign.lab.name, kver, entry["workload"], entry["verdict"])
-        started = [r for r in results if r.workload.started_host_ns is not None]
-        skew = start_skew_ms(results) if len(started) > 1 else 0.0  # one node: no spread
-        if started and skew is not None:
-            START_SKEW.labels(campaign.lab.name, entry["workload"]).set(skew / 1e3)
+        if any(r.workload.started_host_ns is not None for r in results):
+            skew_ms = start_skew_ms(results) or 0.0  # None for a single node: no spread
+            START_SKEW.labels(campaign.lab.name, entry["workload"]).set(skew_ms / 1e3)
 
 
 def _scheduler(client: redis.Redis) -> Scheduler:
