@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -104,3 +106,18 @@ def test_default_dirs_live_in_the_lab_cache(tmp_path: Path, monkeypatch: pytest.
 def test_wildcard_bind_is_refused(tmp_path: Path) -> None:
     with pytest.raises(NfsServerError, match=r"0\.0\.0\.0"):
         GaneshaServer("lab1", {"bind": "0.0.0.0", "state_dir": tmp_path, "export_dir": tmp_path})
+
+
+def test_a_pid_file_still_being_written_is_not_a_dead_daemon(tmp_path: Path) -> None:
+    # ganesha creates its pid file before writing the pid: reading "empty" as "died" made
+    # about one start in ten kill a healthy daemon.
+    server = GaneshaServer("lab", {"state_dir": str(tmp_path), "export_dir": str(tmp_path / "export")})
+    assert not server._started_and_died()  # no pid file yet
+    server.pid_path.write_text("")
+    assert not server._started_and_died()
+    server.pid_path.write_text(f"{os.getpid()}\n")
+    assert not server._started_and_died()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    server.pid_path.write_text(f"{dead.pid}\n")
+    assert server._started_and_died()

@@ -329,8 +329,7 @@ class GaneshaServer:
         while time.monotonic() < deadline:
             if self.is_serving():
                 return
-            fatal = self._fatal_log_line(log_offset)
-            if fatal or (self.pid_path.exists() and self._our_pid() is None):
+            if self._fatal_log_line(log_offset) or self._started_and_died():
                 break
             time.sleep(POLL_S)
         reason = "failed to start" if time.monotonic() < deadline else "did not serve"
@@ -340,6 +339,19 @@ class GaneshaServer:
             f"lab {self.lab}: ganesha.nfsd {reason} on {self.bind}:{self.port} "
             f"(timeout {START_TIMEOUT_S:.0f} s); log {self.log_path()}:\n" + _tail(self.log_path())
         )
+
+    def _started_and_died(self) -> bool:
+        """The daemon wrote its pid and that process is gone.
+
+        ganesha creates its pid file before it writes the pid into it: an empty or partial
+        file means "still starting", never "dead" (reading it as dead killed a healthy
+        daemon in about one start out of ten).
+        """
+        try:
+            pid = int(self.pid_path.read_text().strip())
+        except (OSError, ValueError):
+            return False
+        return not pid_alive(pid)
 
     def _fatal_log_line(self, offset: int) -> str | None:
         try:
