@@ -11,94 +11,11 @@ data" into a number (``or vector(0)``) is refused when the campaign is loaded.
 from __future__ import annotations
 
 import math
-import operator
-import re
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from enum import StrEnum
-from typing import Literal
 
-import promql_parser
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from model.criteria import MIB, OPERATORS, CriterionSpec, Outcome, Severity, render
 
-MIB = 2**20
-Op = Literal[">", ">=", "<", "<=", "==", "!="]
-OPERATORS: dict[str, Callable[[float, float], bool]] = {
-    ">": operator.gt,
-    ">=": operator.ge,
-    "<": operator.lt,
-    "<=": operator.le,
-    "==": operator.eq,
-    "!=": operator.ne,
-}
-TEMPLATE = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
-TEMPLATE_VARS = ("window", "window_s", "node", "lab", "kernel", "scenario", "sel")
-# "no data" must stay "no data": these turn an empty vector into a number that can pass.
-_VACUOUS = re.compile(r"\bor\s+(on\s*\([^)]*\)\s*)?vector\s*\(|\babsent(_over_time)?\s*\(")
-SAMPLE_RENDER = {
-    "window": "60s",
-    "window_s": "60",
-    "node": "node1",
-    "lab": "lab",
-    "kernel": "6.1.0-1-amd64",
-    "scenario": "pressure",
-    "sel": 'lab="lab",node="node1"',
-}
-
-
-class Severity(StrEnum):
-    """warning: reported only; error: fails the run; critical: also stops the campaign."""
-
-    WARNING = "warning"
-    ERROR = "error"
-    CRITICAL = "critical"
-
-
-class Outcome(StrEnum):
-    """Outcome of one check or criterion."""
-
-    PASS = "pass"
-    FAIL = "fail"
-    INVALID = "invalid"
-
-
-class CriterionSpec(BaseModel):
-    """A criterion as a campaign file writes it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")
-    expr: str = Field(min_length=1)
-    op: Op
-    value: float
-    severity: Severity = Severity.ERROR
-    description: str = ""
-
-    @field_validator("expr")
-    @classmethod
-    def _valid_promql(cls, expr: str) -> str:
-        check_expr(expr)
-        return expr
-
-
-def check_expr(expr: str) -> None:
-    """Raise ValueError unless ``expr`` renders to valid PromQL that cannot pass on no data."""
-    unknown = sorted({m.group(1) for m in TEMPLATE.finditer(expr)} - set(TEMPLATE_VARS))
-    if unknown:
-        raise ValueError(f"unknown template variable(s) {', '.join(unknown)}; known: {', '.join(TEMPLATE_VARS)}")
-    if _VACUOUS.search(expr):
-        raise ValueError(
-            "'or vector(...)' / absent() turn 'no data' into a value that can pass; leave no data as no data"
-        )
-    try:
-        promql_parser.parse(render(expr, SAMPLE_RENDER))
-    except ValueError as err:
-        raise ValueError(f"not valid PromQL: {err}") from None
-
-
-def render(expr: str, variables: dict[str, str]) -> str:
-    """Fill ``{{ name }}`` placeholders."""
-    return TEMPLATE.sub(lambda m: variables[m.group(1)], expr)
+__all__ = ["Criterion", "CriterionResult", "CriterionSpec", "Outcome", "Severity", "builtin_criteria", "render"]
 
 
 @dataclass(frozen=True)

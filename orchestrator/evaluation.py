@@ -9,11 +9,12 @@ back into the previous session of the same node.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from model.runspec import NodeResult
 from orchestrator.criteria import Criterion, CriterionResult, builtin_criteria, invalid, judge_values, render
 from orchestrator.prometheus import PrometheusApi, PrometheusError, PrometheusUnreachable
-from workers.runspec import NodeResult
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,8 @@ def _quote(value: str) -> str:
 
 
 def evaluate_run(
-    criteria: list[Criterion], api: PrometheusApi, results: list[NodeResult]
+    criteria: Callable[[NodeResult], list[Criterion]], api: PrometheusApi, results: list[NodeResult]
 ) -> tuple[RunWindow | None, dict[str, list[CriterionResult]]]:
-    """The run's window and each judged node's criterion results."""
+    """The run's window and each judged node's results of ``criteria(node result)``."""
     window = run_window(results)
-    return window, {r.node: evaluate_node(criteria, api, r, window) for r in results if judged(r)}
+    return window, {r.node: evaluate_node(criteria(r), api, r, window) for r in results if judged(r)}

@@ -9,10 +9,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.campaign import Campaign, WorkloadSpec
-from workers.drivers.base import NodeConfig
-from workers.kernel import KernelSource
-from workers.runspec import NodeRef, NodeRunSpec, WorkloadRef
+from model.campaign import Campaign, WorkloadSpec
+from model.kernel import KernelSource
+from model.lab import NodeConfig
+from model.runspec import NodeRef, NodeRunSpec, PreparedKernel, RunSetupSpec, WorkloadRef
 
 
 @dataclass(frozen=True)
@@ -45,10 +45,29 @@ def plan_runs(campaign: Campaign) -> list[RunPlan]:
     return runs
 
 
+def run_setup_spec(campaign: Campaign, campaign_id: str, run: RunPlan) -> RunSetupSpec:
+    """What the run's setup needs: the lab's NFS server and the kernel to prepare."""
+    lab = campaign.lab
+    return RunSetupSpec(
+        campaign=campaign_id,
+        run_id=run.run_id,
+        lab=lab.name,
+        kernel=run.kernel,
+        boots_kernel=lab.boots_kernels,
+        nfs_backend=lab.nfs_backend,
+        nfs_settings=lab.nfs_settings,
+    )
+
+
 def node_specs(
-    campaign: Campaign, campaign_id: str, run: RunPlan, node_names: list[str], result_dir: Path
+    campaign: Campaign,
+    campaign_id: str,
+    run: RunPlan,
+    node_names: list[str],
+    result_dir: Path,
+    prepared: PreparedKernel | None = None,
 ) -> list[NodeRunSpec]:
-    """The run specs of the nodes assigned to ``run``."""
+    """The run specs of the nodes assigned to ``run`` (``prepared``: what its setup built)."""
     spec = campaign.spec
     lab = campaign.lab
     return [
@@ -60,6 +79,7 @@ def node_specs(
             sysctl=spec.node.sysctl,
             cpus=campaign.cpus,
             kernel=run.kernel,
+            prepared=prepared,
             nfs_backend=lab.nfs_backend,
             nfs_settings=lab.nfs_settings,
             nfs_version=spec.nfs.version,
@@ -67,10 +87,12 @@ def node_specs(
             swap_mib=spec.swap.size_mib,
             workload=WorkloadRef(
                 name=run.workload.name,
-                mib=run.workload.touch_mib(campaign.ram_mib),
+                mib=run.workload.touch_mib(campaign.ram_mib) if campaign.ram_mib is not None else run.workload.mib,
+                ram_ratio=None if campaign.ram_mib is not None else run.workload.ram_ratio,
                 passes=run.workload.passes,
                 timeout_s=run.workload.timeout_s,
                 seed=_seed(campaign_id, run.run_id, name),
+                allow_oom=run.workload.allow_oom,
             ),
             planned_overcommit_mib=campaign.planned_overcommit_mib(run.workload),
             boot_timeout_s=spec.boot_timeout_s,

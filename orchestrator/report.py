@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
+from model.exitcode import ExitCode
+from model.runspec import NodeResult
 from orchestrator.criteria import CriterionResult
 from orchestrator.evaluation import RunWindow
-from orchestrator.exitcode import ExitCode
 from orchestrator.verdict import MIB, NodeVerdict, combine, exit_code, judge_node
-from workers.runspec import NodeResult
 from workers.samples import swap_moved_bytes
 
 

@@ -1,68 +1,110 @@
-"""The campaign scheduler: leases nodes for queued runs, dispatches them, notices lost
-workers, and closes the campaign when every run is done.
+"""The campaign scheduler: prepares runs, leases their nodes, dispatches them, notices lost
+workers, judges finished runs, and closes the campaign when every run is done.
+
+A run goes queued -> preparing (the run's setup on the lab's queue: NFS server, kernel,
+node image) -> provisioning (nodes leased, one node task each) -> running -> evaluating
+-> done; or it is refused, skipped or cancelled on the way.
 
 ``advance`` is called over and over (a self-rescheduling control task, plus after every
-run evaluation); each call looks at the state in Redis and does what is due, so a call
-can be repeated, lost or run after a restart without harm.
+run evaluation) under the campaign's lock; each call looks at the state in Redis and does
+what is due, so a call can be repeated, lost or run after a restart without harm. It never
+does slow work itself: judging a run in Prometheus happens outside the lock, under a claim
+(``claim_evaluation`` / ``judge`` / ``commit_evaluation``), so a slow or absent Prometheus
+cannot let two schedulers act on one run.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
-from orchestrator.campaign import Campaign, WorkloadSpec
+from model.campaign import Campaign, WorkloadSpec
+from model.exitcode import ExitCode
+from model.kernel import KernelSource
+from model.runspec import NodeResult, NodeRunSpec, PreparedKernel, RunSetupSpec
+from model.state import CONTROL_QUEUE, TERMINAL, holder_id, lab_queue, scan_pattern
+from model.state import WORKER_PREFIX as _WORKER_PREFIX
 from orchestrator.criteria import Criterion, CriterionSpec
 from orchestrator.evaluation import evaluate_run, run_criteria
-from orchestrator.planner import RunPlan, node_specs
+from orchestrator.planner import RunPlan, node_specs, run_setup_spec
 from orchestrator.prometheus import PrometheusApi
 from orchestrator.report import campaign_exit_code, run_entry, write_result
-from orchestrator.store import TERMINAL, CampaignStore
+from orchestrator.store import CampaignStore
 from orchestrator.verdict import Verdict, combine
 from workers.health import NodeHealth
-from workers.kernel import KernelSource
-from workers.lease import LeaseBook
-from workers.runspec import NodeResult, NodeRunSpec
+from workers.lease import LEASE_TTL_S, LeaseBook
 
 log = logging.getLogger(__name__)
 
-LEASE_TTL_S = 30.0
 MAX_ATTEMPTS = 2  # a run whose worker was lost is redone once, then it is an infra-error
-Dispatch = Callable[[str, str, int, list[NodeRunSpec]], None]
+# A run's setup whose worker stopped beating this long ago is redone (once).
+SETUP_SILENT_S = LEASE_TTL_S
+# An evaluation claim older than this is taken over (its evaluator died); a late commit
+# of the old claim is then refused, so a run is never judged twice.
+EVALUATION_CLAIM_S = 600.0
 
 
-def holder_id(cid: str, rid: str, attempt: int) -> str:
-    """Who holds a run's node leases: one attempt of one run."""
-    return f"{cid}:{rid}:{attempt}"
+class Dispatch(Protocol):
+    """How the scheduler sends work to the workers (Celery in production, fakes in tests)."""
+
+    def prepare(self, cid: str, rid: str, attempt: int, spec: RunSetupSpec) -> None:
+        """Send a run's setup to its lab's queue."""
+
+    def run(self, cid: str, rid: str, attempt: int, specs: list[NodeRunSpec]) -> None:
+        """Send one node task per node to the lab's queue; evaluation follows them."""
+
+    def evaluate(self, cid: str, rid: str, attempt: int) -> None:
+        """Ask for a run's evaluation (when the one that follows its nodes was lost)."""
+
+
+class JudgeOnly:
+    """A Dispatch for a scheduler that only judges again (``swaplab check``): sends nothing."""
+
+    def prepare(self, cid: str, rid: str, attempt: int, spec: RunSetupSpec) -> None:
+        raise RuntimeError("this scheduler only judges finished runs")
+
+    def run(self, cid: str, rid: str, attempt: int, specs: list[NodeRunSpec]) -> None:
+        raise RuntimeError("this scheduler only judges finished runs")
+
+    def evaluate(self, cid: str, rid: str, attempt: int) -> None:
+        raise RuntimeError("this scheduler only judges finished runs")
 
 
 def worker_slots(client: redis.Redis, queue: str) -> int:
     """Task slots the live workers consuming ``queue`` offer (registered at worker start)."""
     slots = 0
-    for key in client.scan_iter("swaplab:worker:*"):
+    for key in client.scan_iter(scan_pattern(f"{_WORKER_PREFIX}:")):
         raw = client.get(key)
         if raw:
             info = json.loads(raw)
             if queue in info["queues"]:
                 # A worker that also serves the control queue keeps one slot for it.
-                slots += max(0, int(info["concurrency"]) - (1 if "control" in info["queues"] else 0))
+                slots += max(0, int(info["concurrency"]) - (1 if CONTROL_QUEUE in info["queues"] else 0))
     return slots
 
 
 class Scheduler:
     """One scheduling step for one campaign at a time."""
 
-    def __init__(self, client: redis.Redis, dispatch: Dispatch, results_root: Path) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        dispatch: Dispatch,
+        results_root: Path,
+        prometheus: Callable[[], PrometheusApi] = PrometheusApi,
+    ) -> None:
         self.redis = client
         self.store = CampaignStore(client)
         self.dispatch = dispatch
         self.results_root = results_root
+        self.prometheus = prometheus
 
     def advance(self, cid: str) -> bool:
         """Do what is due for campaign ``cid``; True while it still needs attention."""
@@ -73,80 +115,142 @@ class Scheduler:
         book = LeaseBook(self.redis, campaign.lab.name, ttl_s=LEASE_TTL_S)
         if info["status"] == "queued":
             self.store.set_campaign_status(cid, "running")
-        runs = list(self.store.runs(cid))
-        for run in runs:
+        for run in list(self.store.runs(cid)):
             if run["status"] in ("provisioning", "running", "evaluating"):
                 self._watch_run(cid, run, book)
+        self._start_due_runs(cid, campaign, book)
+        if all(run["status"] in TERMINAL for run in self.store.runs(cid)):
+            self.finish(cid)
+            return False
+        return True
+
+    def _start_due_runs(self, cid: str, campaign: Campaign, book: LeaseBook) -> None:
         cancel = self.store.cancel_requested(cid)
         runs = list(self.store.runs(cid))
         stopped_by = next((r["run_id"] for r in runs if (r.get("result") or {}).get("stops_campaign")), None)
         for run in runs:
-            if run["status"] != "queued":
+            if run["status"] not in ("queued", "preparing"):
                 continue
             if cancel:
                 self.store.set_run_status(cid, run["run_id"], "cancelled")
             elif stopped_by is not None:
                 reason = f"not started: a critical criterion failed in run {stopped_by}"
                 self.store.set_run_status(cid, run["run_id"], "skipped", skipped_reason=reason)
-            elif not self._start_run(cid, campaign, run, book):
+            elif not self._step_run(cid, campaign, run, book):
                 break  # runs start in order: a later run never overtakes a waiting one
-        if all(run["status"] in TERMINAL for run in self.store.runs(cid)):
-            self.finish(cid)
-            return False
-        return True
 
-    # -- starting runs -------------------------------------------------------------------
-    def _start_run(self, cid: str, campaign: Campaign, run: dict[str, Any], book: LeaseBook) -> bool:
-        rid, attempt = run["run_id"], int(run["attempt"]) + 1
-        needed = campaign.spec.nodes
-        queue = f"lab.{campaign.lab.name}"
-        slots = worker_slots(self.redis, queue)
-        if 0 < slots < needed:
-            self._refuse_run(
-                cid, run, f"the workers on {queue} offer {slots} task slots; this run needs {needed} nodes at once"
-            )
-            return True
-        if slots == 0:
-            self.store.event(cid, kind="note", run=rid, detail=f"waiting for a worker on {queue}")
+    # -- preparing and starting runs --------------------------------------------------------
+    def _step_run(self, cid: str, campaign: Campaign, run: dict[str, Any], book: LeaseBook) -> bool:
+        """Move a queued or preparing run on; False while it has to wait."""
+        blocker = self._lab_blocker(campaign, run)
+        if blocker == "wait":
+            self.store.event(cid, kind="note", run=run["run_id"], detail=f"waiting for a worker on {lab_queue(campaign.lab.name)}")
             return False
+        if blocker:
+            self._refuse_run(cid, run, blocker)
+            return True
+        failure = run.get("prepare_failure")
+        if failure:
+            reason = f"run setup failed ({failure['cause']}): {failure['reason']}"
+            self._refuse_run(cid, run, reason, Verdict.INVALID if failure["cause"] == "input" else Verdict.INFRA_ERROR)
+            return True
+        if not run.get("prepared_at"):
+            # Prepared once per run: a run redone after a lost worker keeps its image.
+            if run["status"] == "queued":
+                self._prepare(cid, campaign, run)
+            else:
+                self._watch_setup(cid, campaign, run)
+            return False
+        return self._start_run(cid, campaign, run, book)
+
+    def _lab_blocker(self, campaign: Campaign, run: dict[str, Any]) -> str | None:
+        """Why the lab cannot take the run: "wait" (no worker yet), a reason to refuse it, or None."""
+        needed = campaign.spec.nodes
+        queue = lab_queue(campaign.lab.name)
+        slots = worker_slots(self.redis, queue)
+        if slots == 0:
+            return "wait"
+        if slots < needed:
+            return f"the workers on {queue} offer {slots} task slots; this run needs {needed} nodes at once"
         health = NodeHealth(self.redis, campaign.lab.name)
         healthy = [n.name for n in campaign.lab.nodes if health.is_healthy(n.name)]
         if len(healthy) < needed:
-            self._refuse_run(
-                cid,
-                run,
-                f"lab {campaign.lab.name} has {len(healthy)} healthy node(s); this run needs {needed} (see `swaplab lab status`)",
+            return (
+                f"lab {campaign.lab.name} has {len(healthy)} healthy node(s); this run needs {needed} "
+                "(see `swaplab lab status`)"
             )
-            return True
-        nodes = book.acquire(holder_id(cid, rid, attempt), healthy, needed)
+        return None
+
+    def _prepare(self, cid: str, campaign: Campaign, run: dict[str, Any]) -> None:
+        rid = run["run_id"]
+        attempt = int(run.get("prepare_attempt") or 0) + 1
+        self.store.set_run_status(
+            cid, rid, "preparing", prepare_attempt=attempt, prepare_beat="", prepared="", prepared_at=""
+        )
+        self.dispatch.prepare(cid, rid, attempt, run_setup_spec(campaign, cid, self._plan(run)))
+
+    def _watch_setup(self, cid: str, campaign: Campaign, run: dict[str, Any]) -> None:
+        """A setup whose worker stopped beating is redone once, then the run is an infra-error."""
+        beat = float(run.get("prepare_beat") or 0)
+        if not beat or time.time() - beat < SETUP_SILENT_S:
+            return  # not picked up yet (waiting in the queue), or alive
+        attempt = int(run.get("prepare_attempt") or 1)
+        reason = f"the worker preparing the run stopped ({run.get('prepare_owner', '?')}; attempt {attempt})"
+        if attempt >= MAX_ATTEMPTS:
+            self._refuse_run(cid, run, reason)
+            return
+        self.store.event(cid, kind="run", run=run["run_id"], status="setup-lost", detail=reason)
+        self._prepare(cid, campaign, run)
+
+    def _start_run(self, cid: str, campaign: Campaign, run: dict[str, Any], book: LeaseBook) -> bool:
+        rid, attempt = run["run_id"], int(run["attempt"]) + 1
+        health = NodeHealth(self.redis, campaign.lab.name)
+        healthy = [n.name for n in campaign.lab.nodes if health.is_healthy(n.name)]
+        nodes = book.acquire(holder_id(cid, rid, attempt), healthy, campaign.spec.nodes)
         if nodes is None:
             return False
-        plan = RunPlan(
-            rid,
+        prepared = PreparedKernel.model_validate(run["prepared"]) if run.get("prepared") else None
+        # A redone run writes beside the lost attempt, whose files (and the orphaned guest's
+        # pid file, needed to power it off) stay where they are.
+        run_dir = self.results_root / cid if attempt == 1 else self.results_root / cid / f"attempt{attempt}"
+        specs = node_specs(campaign, cid, self._plan(run), nodes, run_dir, prepared)
+        self.store.set_run_status(cid, rid, "provisioning", attempt=attempt, nodes=nodes, started_at=time.time())
+        for node in nodes:
+            self.store.set_node(cid, rid, node, attempt=attempt, status="queued", owner="", result="")
+        self.dispatch.run(cid, rid, attempt, specs)
+        return True
+
+    @staticmethod
+    def _plan(run: dict[str, Any]) -> RunPlan:
+        return RunPlan(
+            run["run_id"],
             KernelSource.model_validate(run["kernel"]),
             WorkloadSpec.model_validate(run["workload"]),
             int(run["repeat"]),
         )
-        # A redone run writes beside the lost attempt, whose files (and the orphaned guest's
-        # pid file, needed to power it off) stay where they are.
-        run_dir = self.results_root / cid if attempt == 1 else self.results_root / cid / f"attempt{attempt}"
-        specs = node_specs(campaign, cid, plan, nodes, run_dir)
-        self.store.set_run_status(cid, rid, "provisioning", attempt=attempt, nodes=nodes, started_at=time.time())
-        for node in nodes:
-            self.store.set_node(cid, rid, node, attempt=attempt, status="queued", owner="", result="")
-        self.dispatch(cid, rid, attempt, specs)
-        return True
 
-    def _refuse_run(self, cid: str, run: dict[str, Any], reason: str) -> None:
+    def _refuse_run(self, cid: str, run: dict[str, Any], reason: str, verdict: Verdict = Verdict.INFRA_ERROR) -> None:
+        """End a run that holds no node, with the reason (the leases of any attempt go back)."""
+        code = ExitCode.INVALID if verdict is Verdict.INVALID else ExitCode.BAD_INPUT_OR_INFRA
         entry = {
             "run_id": run["run_id"],
             "kernel": run["label"],
-            "verdict": Verdict.INFRA_ERROR.value,
-            "exit_code": 2,
+            "verdict": verdict.value,
+            "exit_code": int(code),
             "reasons": [reason],
             "nodes": [],
         }
+        self._release(cid, run)
         self.store.set_run_status(cid, run["run_id"], "done", verdict=entry["verdict"], result=entry)
+
+    def _release(self, cid: str, run: dict[str, Any]) -> None:
+        """Give back the leases of the run's current attempt: the one place leases are released."""
+        nodes = list(run.get("nodes") or [])
+        if not nodes:
+            return
+        lab = self.store.campaign(cid)["lab"]
+        holder = holder_id(cid, run["run_id"], int(run.get("attempt") or 0))
+        LeaseBook(self.redis, lab, ttl_s=LEASE_TTL_S).release(holder, nodes)
 
     # -- watching runs -------------------------------------------------------------------
     def _watch_run(self, cid: str, run: dict[str, Any], book: LeaseBook) -> None:
@@ -165,11 +269,13 @@ class Scheduler:
         if waiting:
             book.renew(holder, waiting)
         if lost:
-            self._handle_lost(cid, run, lost, book)
-        # Normally the chord's body evaluates the run; if that message was lost, do it here.
-        self.evaluate_run(cid, rid, attempt)
+            self._handle_lost(cid, run, lost)
+        elif self._evaluation_due(cid, run):
+            # Normally the evaluation follows the run's node tasks; if that message was
+            # lost (or its evaluator died), ask again. Never judged here, under the lock.
+            self.dispatch.evaluate(cid, rid, attempt)
 
-    def _handle_lost(self, cid: str, run: dict[str, Any], lost: list[str], book: LeaseBook) -> None:
+    def _handle_lost(self, cid: str, run: dict[str, Any], lost: list[str]) -> None:
         rid, attempt = run["run_id"], int(run["attempt"])
         reason = f"worker lost: node task(s) for {', '.join(lost)} stopped renewing their lease"
         log.warning("%s %s attempt %d: %s", cid, rid, attempt, reason)
@@ -178,39 +284,70 @@ class Scheduler:
         # The other nodes of this attempt stop too (their cancel check reads this).
         self.store.set_run(cid, rid, aborted_attempt=attempt)
         self.store.event(cid, kind="run", run=rid, status="worker-lost", detail=reason)
-        book.release(holder_id(cid, rid, attempt), list(run.get("nodes") or []))
         if attempt < MAX_ATTEMPTS:
+            self._release(cid, run)
             self.store.set_run_status(cid, rid, "queued", retry_reason=reason)
             return
         self._refuse_run(cid, run, f"{reason} (attempt {attempt} of {MAX_ATTEMPTS})")
 
-    # -- evaluating and finishing --------------------------------------------------------
-    def evaluate_run(self, cid: str, rid: str, attempt: int) -> bool:
-        """Judge a run once every node of ``attempt`` has a result; False if not yet due."""
+    # -- evaluating ------------------------------------------------------------------------
+    def _node_results(self, cid: str, run: dict[str, Any]) -> list[NodeResult] | None:
+        """Every node's result of the run's current attempt, or None while one is missing."""
+        states = [self.store.node(cid, run["run_id"], node) for node in run.get("nodes") or []]
+        if not states or not all(state.get("status") == "done" and state.get("result") for state in states):
+            return None
+        return [NodeResult.model_validate(state["result"]) for state in states]
+
+    def _evaluation_due(self, cid: str, run: dict[str, Any]) -> bool:
+        if run.get("status") in TERMINAL or self._node_results(cid, run) is None:
+            return False
+        claimed_at = float(run.get("evaluation_claimed_at") or 0)
+        return run.get("status") != "evaluating" or time.time() - claimed_at > EVALUATION_CLAIM_S
+
+    def claim_evaluation(self, cid: str, rid: str, attempt: int) -> str | None:
+        """Under the campaign lock: claim the run's evaluation if it is due and unclaimed."""
         run = self.store.run(cid, rid)
-        if int(run.get("attempt", 0)) != attempt or run.get("status") in TERMINAL or not run.get("nodes"):
-            return False
-        nodes = list(run.get("nodes") or [])
-        states = [self.store.node(cid, rid, node) for node in nodes]
-        if not all(state.get("status") == "done" and state.get("result") for state in states):
-            return False
-        self.store.set_run_status(cid, rid, "evaluating")
+        if int(run.get("attempt", 0)) != attempt or not self._evaluation_due(cid, run):
+            return None
+        token = secrets.token_hex(8)
+        self.store.set_run_status(cid, rid, "evaluating", evaluation_claim=token, evaluation_claimed_at=time.time())
+        return token
+
+    def judge(self, cid: str, rid: str) -> tuple[dict[str, Any], list[NodeResult]]:
+        """Judge the run from its node results and Prometheus (slow; no lock needed)."""
+        run = self.store.run(cid, rid)
+        results = self._node_results(cid, run) or []
         campaign = self.store.campaign_model(cid)
-        results = [NodeResult.model_validate(state["result"]) for state in states]
         meta = {
             "run_id": rid,
             "kernel": run["label"],
             "workload": WorkloadSpec.model_validate(run["workload"]).name,
             "repeat": int(run["repeat"]),
-            "attempt": attempt,
+            "attempt": int(run["attempt"]),
             "started_at": float(run.get("started_at") or 0),
             "finished_at": time.time(),
         }
-        entry = judge_run(campaign, run, meta, results, campaign.spec.criteria)
-        LeaseBook(self.redis, campaign.lab.name, ttl_s=LEASE_TTL_S).release(holder_id(cid, rid, attempt), nodes)
+        entry = judge_run(campaign, run, meta, results, campaign.spec.criteria, self.prometheus())
+        return entry, results
+
+    def commit_evaluation(self, cid: str, rid: str, token: str, entry: dict[str, Any], results: list[NodeResult]) -> bool:
+        """Under the campaign lock: store the verdict if the claim is still ours."""
+        run = self.store.run(cid, rid)
+        if run.get("status") != "evaluating" or run.get("evaluation_claim") != token:
+            log.warning("%s %s: evaluation claim %s was taken over; verdict not stored", cid, rid, token)
+            return False
+        self._release(cid, run)
         self.store.set_run_status(cid, rid, "done", verdict=entry["verdict"], result=entry)
-        self.on_judged(campaign, entry, results)
+        self.on_judged(self.store.campaign_model(cid), entry, results)
         return True
+
+    def evaluate_run(self, cid: str, rid: str, attempt: int) -> bool:
+        """Claim, judge and commit in one go (one process; tests and `swaplab check`)."""
+        token = self.claim_evaluation(cid, rid, attempt)
+        if token is None:
+            return False
+        entry, results = self.judge(cid, rid)
+        return self.commit_evaluation(cid, rid, token, entry, results)
 
     def recheck(self, cid: str, criteria: list[CriterionSpec] | None = None) -> dict[str, Any]:
         """Judge every finished run of ``cid`` again, now (criteria edited or added)."""
@@ -227,12 +364,18 @@ class Scheduler:
                 if key in old
             }
             entry = judge_run(
-                campaign, run, {**meta, "rechecked_at": time.time()}, results, criteria or campaign.spec.criteria
+                campaign,
+                run,
+                {**meta, "rechecked_at": time.time()},
+                results,
+                criteria or campaign.spec.criteria,
+                self.prometheus(),
             )
             self.store.set_run(cid, run["run_id"], verdict=entry["verdict"], result=entry)
         info = self.store.campaign(cid)
         return self._assemble(cid, float(info.get("finished_at") or time.time()), rechecked=True)
 
+    # -- finishing -----------------------------------------------------------------------
     def finish(self, cid: str) -> dict[str, Any]:
         """Assemble the campaign result (result.json in Redis and on disk)."""
         return self._assemble(cid, time.time())
@@ -246,6 +389,8 @@ class Scheduler:
             if run["status"] == "skipped"
         ]
         cancelled = self.store.cancel_requested(cid)
+        exit_code = ExitCode.INTERRUPTED if cancelled else campaign_exit_code([int(run["exit_code"]) for run in runs])
+        result_dir = Path(info.get("result_dir") or self.results_root / cid)
         result = {
             "campaign_id": cid,
             "campaign": info["name"],
@@ -255,14 +400,12 @@ class Scheduler:
             "finished_at": finished_at,
             "wall_s": round(finished_at - float(info["created_at"]), 1),
             "verdict": combine(Verdict(run["verdict"]) for run in runs).value if runs else Verdict.INVALID.value,
-            "exit_code": 130 if cancelled else campaign_exit_code([int(run["exit_code"]) for run in runs]),
-            "result_dir": str(self.results_root / cid),
+            "exit_code": int(exit_code),
+            "result_dir": str(result_dir),
             "runs": runs,
             "skipped_runs": skipped,
             **({"rechecked_at": time.time()} if rechecked else {}),
         }
-        result_dir = Path(info.get("result_dir") or self.results_root / cid)
-        result["result_dir"] = str(result_dir)
         result_dir.mkdir(parents=True, exist_ok=True)
         write_result(result_dir / "result.json", result)
         status = "cancelled" if cancelled else "done"
@@ -278,14 +421,26 @@ class Scheduler:
         return result
 
     def on_judged(self, campaign: Campaign, entry: dict[str, Any], results: list[NodeResult]) -> None:
-        """Hook for the orchestrator's own metrics (the worker sets it)."""
+        """Hook for the orchestrator's own metrics (the control worker sets it)."""
 
 
 def judge_run(
-    campaign: Campaign, run: dict[str, Any], meta: dict[str, Any], results: list[NodeResult], user: list[CriterionSpec]
+    campaign: Campaign,
+    run: dict[str, Any],
+    meta: dict[str, Any],
+    results: list[NodeResult],
+    user: list[CriterionSpec],
+    api: PrometheusApi,
 ) -> dict[str, Any]:
     """Evaluate a run's criteria in Prometheus and judge its nodes: its part of result.json."""
     workload = WorkloadSpec.model_validate(run["workload"])
-    criteria = run_criteria(campaign.planned_overcommit_mib(workload), [Criterion.from_spec(c) for c in user])
-    window, by_node = evaluate_run(criteria, PrometheusApi(), results)
+    planned = campaign.planned_overcommit_mib(workload)
+    criteria = [Criterion.from_spec(c) for c in user]
+
+    def for_node(result: NodeResult) -> list[Criterion]:
+        # Nodes that run already learn their RAM at run time: their own overcommit.
+        overcommit = result.planned_overcommit_mib if result.planned_overcommit_mib is not None else planned
+        return run_criteria(overcommit or 0, criteria)
+
+    window, by_node = evaluate_run(for_node, api, results)
     return run_entry(meta, results, by_node, window)

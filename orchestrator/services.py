@@ -23,8 +23,8 @@ from urllib.parse import urlparse
 import redis
 import yaml
 
+from model.state import DEFAULT_REDIS_URL, redis_url
 from orchestrator.prometheus import PrometheusApi, prometheus_url
-from workers.app import DEFAULT_REDIS_URL, redis_url
 from workers.exporter import targets_dir
 from workers.paths import cache_dir
 
@@ -195,7 +195,7 @@ class LocalWorker:
     def _spawn(self, client: redis.Redis, timeout_s: float) -> None:
         token = secrets.token_hex(3)  # a fresh worker name: an old one's registry entry lingers
         argv = [
-            sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", ",".join(self.queues),
+            sys.executable, "-m", "celery", "-A", "orchestrator.app", "worker", "-Q", ",".join(self.queues),
             "-P", "threads", "-c", str(self.concurrency), "-n", f"{self.name}-{token}@%h",
             "--without-gossip", "--without-mingle", "-l", "INFO",
         ]  # fmt: skip

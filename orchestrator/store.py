@@ -1,11 +1,8 @@
 """Campaign state in Redis: campaign -> runs -> node results, with status transitions.
 
-Everything a command or a worker needs to know about a campaign lives here, so any
-process (CLI, scheduler, node task) can pick it up after a restart. Keys:
-
-``swaplab:campaigns`` (zset by creation time), ``swaplab:campaign:<cid>`` (hash),
-``swaplab:run:<cid>:<rid>`` (hash), ``swaplab:node:<cid>:<rid>:<node>`` (hash) and
-``swaplab:events:<cid>`` (stream of progress events, read by ``swaplab watch``).
+Everything a command or the scheduler needs to know about a campaign lives here, so any
+process can pick it up after a restart. The key layout is model.state's; a node task
+writes only its own node's part of it (workers.run_state).
 """
 
 from __future__ import annotations
@@ -17,31 +14,26 @@ from typing import Any
 
 import redis
 
-from orchestrator.campaign import Campaign, campaign_from_json, campaign_to_json
+from model.campaign import Campaign, campaign_from_json, campaign_to_json
+from model.state import (
+    CAMPAIGN_STATES,
+    CAMPAIGNS_KEY,
+    EVENTS_MAXLEN,
+    RUN_STATES,
+    TERMINAL,
+    as_text,
+    campaign_key,
+    decode_fields,
+    encode_fields,
+    events_key,
+    node_key,
+    node_keys_pattern,
+    run_key,
+    run_keys_pattern,
+)
 from orchestrator.planner import RunPlan
 
-CAMPAIGN_STATES = ("queued", "running", "evaluating", "done", "cancelled")
-RUN_STATES = ("queued", "provisioning", "running", "evaluating", "done", "cancelled", "skipped")
-# skipped: not started because a critical criterion failed in an earlier run.
-TERMINAL = frozenset({"done", "cancelled", "skipped"})
-EVENTS_MAXLEN = 20000
-
-
-def campaign_key(cid: str) -> str:
-    return f"swaplab:campaign:{cid}"
-
-
-def run_key(cid: str, rid: str) -> str:
-    return f"swaplab:run:{cid}:{rid}"
-
-
-def node_key(cid: str, rid: str, node: str) -> str:
-    return f"swaplab:node:{cid}:{rid}:{node}"
-
-
-def events_key(cid: str) -> str:
-    return f"swaplab:events:{cid}"
-
+__all__ = ["TERMINAL", "CampaignStore"]
 
 class CampaignStore:
     """Reads and writes campaign state; every write records when it happened."""
@@ -82,17 +74,17 @@ class CampaignStore:
                     "queued_at": now,
                 },
             )
-        pipe.zadd("swaplab:campaigns", {cid: now})
+        pipe.zadd(CAMPAIGNS_KEY, {cid: now})
         pipe.execute()
 
     def delete(self, cid: str) -> None:
         """Remove every key of a campaign (used when submission fails half-way)."""
         keys = [campaign_key(cid), events_key(cid)]
-        keys += list(self.redis.scan_iter(f"swaplab:run:{cid}:*"))
-        keys += list(self.redis.scan_iter(f"swaplab:node:{cid}:*"))
+        keys += list(self.redis.scan_iter(run_keys_pattern(cid)))
+        keys += list(self.redis.scan_iter(node_keys_pattern(cid)))
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(*keys)
-        pipe.zrem("swaplab:campaigns", cid)
+        pipe.zrem(CAMPAIGNS_KEY, cid)
         pipe.execute()
 
     # -- reads ---------------------------------------------------------------------------
@@ -101,7 +93,7 @@ class CampaignStore:
 
     def campaign(self, cid: str) -> dict[str, Any]:
         """The campaign hash, decoded (JSON fields parsed)."""
-        return _decode(self.redis.hgetall(campaign_key(cid)))
+        return decode_fields(self.redis.hgetall(campaign_key(cid)))
 
     def campaign_model(self, cid: str) -> Campaign:
         """The validated campaign as it was submitted."""
@@ -111,15 +103,15 @@ class CampaignStore:
         return list(self.campaign(cid).get("runs", []))
 
     def run(self, cid: str, rid: str) -> dict[str, Any]:
-        return _decode(self.redis.hgetall(run_key(cid, rid)))
+        return decode_fields(self.redis.hgetall(run_key(cid, rid)))
 
     def node(self, cid: str, rid: str, node: str) -> dict[str, Any]:
-        return _decode(self.redis.hgetall(node_key(cid, rid, node)))
+        return decode_fields(self.redis.hgetall(node_key(cid, rid, node)))
 
     def campaign_ids(self, limit: int = 50) -> list[str]:
         """The most recent campaigns first."""
-        ids: Any = self.redis.zrevrange("swaplab:campaigns", 0, limit - 1)
-        return [_text(cid) for cid in ids]
+        ids: Any = self.redis.zrevrange(CAMPAIGNS_KEY, 0, limit - 1)
+        return [as_text(cid) for cid in ids]
 
     def runs(self, cid: str) -> Iterator[dict[str, Any]]:
         for rid in self.run_ids(cid):
@@ -127,7 +119,7 @@ class CampaignStore:
 
     # -- writes --------------------------------------------------------------------------
     def set_campaign(self, cid: str, **fields: Any) -> None:
-        self.redis.hset(campaign_key(cid), mapping=_encode(fields))
+        self.redis.hset(campaign_key(cid), mapping=encode_fields(fields))
 
     def set_campaign_status(self, cid: str, status: str, **fields: Any) -> None:
         assert status in CAMPAIGN_STATES, status
@@ -135,7 +127,7 @@ class CampaignStore:
         self.event(cid, kind="campaign", status=status)
 
     def set_run(self, cid: str, rid: str, **fields: Any) -> None:
-        self.redis.hset(run_key(cid, rid), mapping=_encode(fields))
+        self.redis.hset(run_key(cid, rid), mapping=encode_fields(fields))
 
     def set_run_status(self, cid: str, rid: str, status: str, **fields: Any) -> None:
         assert status in RUN_STATES, status
@@ -143,7 +135,7 @@ class CampaignStore:
         self.event(cid, kind="run", run=rid, status=status)
 
     def set_node(self, cid: str, rid: str, node: str, **fields: Any) -> None:
-        self.redis.hset(node_key(cid, rid, node), mapping=_encode(fields))
+        self.redis.hset(node_key(cid, rid, node), mapping=encode_fields(fields))
 
     def request_cancel(self, cid: str) -> None:
         self.set_campaign(cid, cancel_requested=1, cancel_requested_at=time.time())
@@ -156,40 +148,11 @@ class CampaignStore:
     def event(self, cid: str, **fields: Any) -> None:
         """Append a progress event to the campaign's stream (bounded)."""
         fields.setdefault("at", time.time())
-        self.redis.xadd(events_key(cid), _encode(fields), maxlen=EVENTS_MAXLEN, approximate=True)
+        self.redis.xadd(events_key(cid), encode_fields(fields), maxlen=EVENTS_MAXLEN, approximate=True)
 
     def read_events(self, cid: str, after: str = "0-0", block_ms: int = 1000) -> list[tuple[str, dict[str, Any]]]:
         """Events after stream id ``after`` (waits up to ``block_ms`` for new ones)."""
         reply: Any = self.redis.xread({events_key(cid): after}, block=block_ms, count=500)
         if not reply:
             return []
-        return [(_text(eid), _decode(fields)) for eid, fields in reply[0][1]]
-
-
-def _encode(fields: dict[str, Any]) -> dict[Any, Any]:
-    out: dict[Any, Any] = {}
-    for key, value in fields.items():
-        if isinstance(value, bool):
-            out[key] = int(value)
-        elif isinstance(value, dict | list):
-            out[key] = json.dumps(value)
-        elif value is None:
-            out[key] = ""
-        else:
-            out[key] = value
-    return out
-
-
-_JSON_FIELDS = {"campaign", "runs", "kernel", "workload", "nodes", "result", "verdicts"}
-
-
-def _decode(raw: dict[Any, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        name, text = _text(key), _text(value)
-        out[name] = json.loads(text) if name in _JSON_FIELDS and text else text
-    return out
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+        return [(as_text(eid), decode_fields(fields)) for eid, fields in reply[0][1]]

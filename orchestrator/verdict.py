@@ -12,11 +12,11 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
-from orchestrator.console import KERNEL_FAILURE_KINDS, EventKind
+from model.console import KERNEL_FAILURE_KINDS, EventKind
+from model.exitcode import ExitCode
+from model.runspec import NodeResult
 from orchestrator.criteria import CriterionResult, Outcome, Severity
 from orchestrator.evaluation import judged
-from orchestrator.exitcode import ExitCode
-from workers.runspec import NodeResult
 
 MIB = 2**20
 
@@ -92,7 +92,9 @@ def _verdict_of(result: NodeResult, checks: list[Check], criteria: list[Criterio
     if any(c.outcome is Outcome.FAIL for c in checks) or any(c.counts and c.outcome is Outcome.FAIL for c in criteria):
         return Verdict.FAIL
     if not judged(result):
-        return Verdict.INFRA_ERROR
+        # A mistake in the input that got past validation is never the kernel's: invalid.
+        assert result.failure is not None
+        return Verdict.INVALID if result.failure.cause == "input" else Verdict.INFRA_ERROR
     if any(c.outcome is Outcome.INVALID for c in checks) or any(c.outcome is Outcome.INVALID for c in criteria):
         return Verdict.INVALID
     return Verdict.PASS
@@ -169,7 +171,7 @@ def combine(verdicts: Iterable[Verdict]) -> Verdict:
 
 
 def exit_code(node_verdicts: Iterable[NodeVerdict]) -> ExitCode:
-    """DESIGN.md's table: the first that applies of 1, 3, 4, 2, 0."""
+    """The exit-code table (docs/ARCHITECTURE.md): the first that applies of 1, 3, 4, 2, 0."""
     verdicts = list(node_verdicts)
     if not verdicts:
         return ExitCode.INVALID

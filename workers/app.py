@@ -1,8 +1,14 @@
 """The Celery app: Redis broker and result backend, JSON only, at-least-once delivery.
 
-Start a worker for a lab with, e.g.::
+This app knows the data plane's tasks (the node task). A worker near a lab serves that
+lab's queue::
 
-    celery -A workers.app worker -Q control,lab.local -P threads -c 6
+    celery -A workers.app worker -Q lab.local -P threads -c 5
+
+and a worker that also runs the control plane (scheduling, evaluation) is started from
+``orchestrator.app``, which adds the control tasks to this same app::
+
+    celery -A orchestrator.app worker -Q control,lab.local -P threads -c 6
 
 ``-P threads``: a node task spends minutes waiting on a guest (SSH, barrier), so threads
 are the right pool; ``-c`` must exceed the nodes of the largest run (the scheduler refuses
@@ -11,26 +17,13 @@ a run the lab's workers cannot hold at once, rather than deadlocking at the barr
 
 from __future__ import annotations
 
-import os
-
 from celery import Celery
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:16379/0"
+from model.state import CONTROL_QUEUE, redis_url
+
 # Longest run we expect (boot + workload + collect) with a wide margin: a message is only
 # redelivered by Redis after this, so worker loss is detected by node leases instead.
 VISIBILITY_TIMEOUT_S = 6 * 3600
-CONTROL_QUEUE = "control"
-
-
-def redis_url() -> str:
-    """The Redis that serves as broker, result backend and state store."""
-    return os.environ.get("SWAPLAB_REDIS_URL", DEFAULT_REDIS_URL)
-
-
-def lab_queue(lab: str) -> str:
-    """The queue a lab's workers consume node tasks from."""
-    return f"lab.{lab}"
-
 
 app = Celery("swaplab", broker=redis_url(), backend=redis_url(), include=["workers.tasks", "workers.bench_tasks"])
 app.conf.update(

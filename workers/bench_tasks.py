@@ -14,7 +14,8 @@ from typing import Any
 
 import redis
 
-from workers.app import app, redis_url
+from model.state import redis_url
+from workers.app import app
 from workers.redis_barrier import RedisBarrier
 
 _client: redis.Redis | None = None

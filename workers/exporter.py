@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from orchestrator.console import EventKind
+from model.console import EventKind
 from workers.paths import cache_dir
 from workers.samples import PAGE_SIZE, Record
 

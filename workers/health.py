@@ -6,7 +6,7 @@ A node with no hash is healthy: new nodes join the pool without any setup.
 
 Only lab faults (QEMU, image, NFS server, SSH keys ...) should be recorded as failed boots:
 a kernel under test that panics at boot is that kernel's verdict and must not take a good
-node out of the pool (DESIGN.md, "Flow of one campaign", step 6). The caller decides.
+node out of the pool (docs/ARCHITECTURE.md, "Verdicts and exit codes"). The caller decides.
 
 ``workers.lease.LeaseBook.acquire`` reads the ``healthy`` field of the same keys inside its
 Lua script, so a node marked unhealthy is never handed out.
@@ -14,14 +14,14 @@ Lua script, so a node marked unhealthy is never handed out.
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any, TypedDict
 
 from redis import Redis
 from redis.typing import EncodableT
 
-HEALTH_PREFIX = "swaplab:health"
+from model.state import as_text, health_key, scan_pattern
+
 # The field LeaseBook's Lua script reads; "0" means unhealthy, anything else (or no hash) healthy.
 HEALTHY_FIELD = "healthy"
 FAILURES_FIELD = "consecutive_boot_failures"
@@ -51,21 +51,6 @@ class NodeStatus(TypedDict):
     updated_at: float
 
 
-def as_text(value: Any) -> str:
-    """A Redis reply as str, whether or not the client was built with decode_responses."""
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def scan_pattern(prefix: str) -> str:
-    """A SCAN MATCH pattern for keys starting with ``prefix`` (glob characters escaped)."""
-    return re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
-
-
-def health_key(lab: str, node: str) -> str:
-    """The hash holding one node's health."""
-    return f"{HEALTH_PREFIX}:{lab}:{node}"
-
-
 class NodeHealth:
     """Boot-health bookkeeping for the nodes of one lab."""
 
@@ -82,6 +67,15 @@ class NodeHealth:
         """Count a boot; ``unhealthy_after`` failures in a row take the node out, a success resets."""
         args = ["1" if ok else "0", reason, repr(time.time()), self._unhealthy_after]
         self._record(keys=[self.key(node)], args=args)
+
+    def take_out(self, node: str, reason: str) -> None:
+        """Take a node out of the pool now (it needs a person: no power control, stopped answering)."""
+        mapping: dict[EncodableT, EncodableT] = {
+            HEALTHY_FIELD: "0",
+            REASON_FIELD: reason,
+            UPDATED_FIELD: repr(time.time()),
+        }
+        self._redis.hset(self.key(node), mapping=mapping)
 
     def is_healthy(self, node: str) -> bool:
         value = self._redis.hget(self.key(node), HEALTHY_FIELD)

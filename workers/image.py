@@ -39,6 +39,7 @@ NODE_TOOL_SOURCE = NODE_TOOLS / "swaplab-node.c"
 MLOCKALL_SOURCE = NODE_TOOLS / "mlockall.c"
 # Where /init finds the library it LD_PRELOADs into dropbear (keep in sync with init.sh).
 MLOCKALL_IN_IMAGE = "lib/swaplab/libmlockall.so"
+NODE_TOOL_IN_IMAGE = "usr/bin/swaplab-node"
 INIT_SCRIPT = NODE_TOOLS / "init.sh"
 BUSYBOX = Path("/bin/busybox")
 DROPBEAR = Path("/usr/sbin/dropbear")
@@ -193,11 +194,17 @@ class _Entry:
     rdev: tuple[int, int] = (0, 0)
 
 
-def build_node_image(kernel: KernelArtifacts, keys: LabKeys, progress: Progress | None = None) -> NodeImage:
-    """The node image for ``kernel`` with the lab's ``keys``; cached by its inputs' hash."""
+def build_node_image(
+    kernel: KernelArtifacts, keys: LabKeys, progress: Progress | None = None, *, with_node_tool: bool = True
+) -> NodeImage:
+    """The node image for ``kernel`` with the lab's ``keys``; cached by its inputs' hash.
+
+    ``with_node_tool=False`` leaves ``swaplab-node`` out: an image like a host swaplab does
+    not provision (the ssh driver copies the tool over itself).
+    """
     say = progress or (lambda _msg: None)
     modules = module_load_order(kernel.modules_dir, kernel.kver, list(NODE_MODULES))
-    entries = _entries(kernel, keys, modules)
+    entries = _entries(kernel, keys, modules, with_node_tool)
     image_hash = _hash_entries(kernel, entries)
     final = cache_dir("images") / image_hash[:32]
     cached = _load_image(final)
@@ -227,6 +234,14 @@ def build_node_image(kernel: KernelArtifacts, keys: LabKeys, progress: Progress 
         raise ImageError(f"node image {final} vanished after it was built")
     say(f"node image ready: initrd {loaded.initrd.stat().st_size // 1024} KiB")
     return loaded
+
+
+def cached_image(image_hash: str) -> NodeImage | None:
+    """The image with content hash ``image_hash`` from this host's cache, if it is there."""
+    if not re.fullmatch(r"[0-9a-f]{64}", image_hash):
+        return None
+    image = _load_image(cache_dir("images") / image_hash[:32])
+    return image if image is not None and image.image_hash == image_hash else None
 
 
 def _load_image(folder: Path) -> NodeImage | None:
@@ -261,10 +276,10 @@ def _hash_entries(kernel: KernelArtifacts, entries: list[_Entry]) -> str:
 # ---------------------------------------------------------------- initramfs contents
 
 
-def _entries(kernel: KernelArtifacts, keys: LabKeys, modules: list[Path]) -> list[_Entry]:
+def _entries(kernel: KernelArtifacts, keys: LabKeys, modules: list[Path], with_node_tool: bool) -> list[_Entry]:
     entries: list[_Entry] = []
     entries += _skeleton()
-    entries += _binaries()
+    entries += _binaries(with_node_tool)
     entries += _module_entries(kernel, modules)
     entries += _login_entries(keys)
     entries.append(_Entry("init", 0o100755, INIT_SCRIPT.read_bytes()))
@@ -281,14 +296,15 @@ def _skeleton() -> list[_Entry]:
     return entries
 
 
-def _binaries() -> list[_Entry]:
+def _binaries(with_node_tool: bool) -> list[_Entry]:
     """busybox, swaplab-node, dropbear with the shared libraries ``ldd`` names, libmlockall."""
     entries = [
         _Entry("bin/busybox", 0o100755, BUSYBOX.read_bytes()),
-        _Entry("usr/bin/swaplab-node", 0o100755, node_tool_binary().read_bytes()),
         _Entry("usr/sbin/dropbear", 0o100755, DROPBEAR.read_bytes()),
         _Entry(MLOCKALL_IN_IMAGE, 0o100755, mlockall_library().read_bytes()),
     ]
+    if with_node_tool:
+        entries.append(_Entry(NODE_TOOL_IN_IMAGE, 0o100755, node_tool_binary().read_bytes()))
     for lib in shared_libraries(DROPBEAR):
         entries.append(_Entry(lib.lstrip("/"), 0o100755, Path(lib).resolve().read_bytes()))
     return entries

@@ -29,8 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import pydantic
-
+from model.kernel import PACKAGE_RE, KernelSource
 from workers.paths import cache_dir
 
 Progress = Callable[[str], None]
@@ -40,10 +39,6 @@ Progress = Callable[[str], None]
 # Debian), and AF_PACKET for udhcpc. Missing-but-builtin entries are simply skipped.
 NODE_MODULES: tuple[str, ...] = ("virtio_pci", "virtio_net", "virtio_rng", "af_packet", "nfsv3", "nfsv4")
 
-# Debian package names are [a-z0-9][a-z0-9+.-]*; we further insist on a kernel image
-# package because the name ends up in apt's argv.
-_PACKAGE_RE = re.compile(r"^linux-image-[a-z0-9][a-z0-9+.-]{0,100}$")
-_SUITE_RE = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
 # A concrete ABI package starts with the kernel release, e.g. linux-image-6.1.0-56-amd64.
 _CONCRETE_RE = re.compile(r"^linux-image-\d+\.\d+")
 _VERSION_RE = re.compile(r"^[0-9A-Za-z.+~:-]{1,100}$")
@@ -55,56 +50,6 @@ _COMPRESSED = (".ko.xz", ".ko.zst", ".ko.gz")
 
 class KernelError(RuntimeError):
     """A kernel could not be fetched, unpacked or resolved (an infra/input problem)."""
-
-
-class KernelSource(pydantic.BaseModel):
-    """Where a kernel comes from: a Debian package, a local .deb, or a local build."""
-
-    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
-
-    package: str | None = None
-    suite: str | None = None
-    deb: Path | None = None
-    vmlinuz: Path | None = None
-    modules: Path | None = None
-
-    @pydantic.field_validator("package")
-    @classmethod
-    def _check_package(cls, value: str | None) -> str | None:
-        if value is not None and not _PACKAGE_RE.fullmatch(value):
-            raise ValueError(
-                f"package {value!r} is not a Debian kernel image package name "
-                "(expected e.g. linux-image-amd64 or linux-image-6.1.0-28-amd64)"
-            )
-        return value
-
-    @pydantic.field_validator("suite")
-    @classmethod
-    def _check_suite(cls, value: str | None) -> str | None:
-        if value is not None and not _SUITE_RE.fullmatch(value):
-            raise ValueError(f"suite {value!r} is not a Debian suite name (e.g. bookworm)")
-        return value
-
-    @pydantic.model_validator(mode="after")
-    def _exactly_one(self) -> KernelSource:
-        given = [n for n in ("package", "deb", "vmlinuz") if getattr(self, n) is not None]
-        if len(given) != 1:
-            got = ", ".join(given) if given else "none"
-            raise ValueError(f"give exactly one of package, deb, vmlinuz (got {got})")
-        if self.suite is not None and self.package is None:
-            raise ValueError("suite only applies to package")
-        if (self.vmlinuz is None) != (self.modules is None):
-            raise ValueError("vmlinuz and modules go together: give both or neither")
-        return self
-
-    def label(self) -> str:
-        """A short human name, e.g. ``linux-image-amd64@trixie`` or ``local:bzImage``."""
-        if self.package is not None:
-            return f"{self.package}@{self.suite}" if self.suite else self.package
-        if self.deb is not None:
-            return f"deb:{self.deb.name}"
-        assert self.vmlinuz is not None
-        return f"local:{self.vmlinuz.name}"
 
 
 @dataclass(frozen=True)
@@ -243,7 +188,7 @@ def _kernel_dependency(depends: str) -> str | None:
     for clause in depends.split(","):
         for alt in clause.split("|"):
             name = alt.strip().split(" ", 1)[0].split(":", 1)[0]
-            if _PACKAGE_RE.fullmatch(name):
+            if PACKAGE_RE.fullmatch(name):
                 return name
     return None
 

@@ -18,11 +18,14 @@ from types import TracebackType
 
 from redis import Redis
 
-from workers.health import HEALTHY_FIELD, as_text, health_key, scan_pattern
+from model.state import as_text, health_key, lease_key, scan_pattern
+from workers.health import HEALTHY_FIELD
 
 log = logging.getLogger(__name__)
 
-LEASE_PREFIX = "swaplab:lease"
+# A node task renews its node's lease every third of this; a worker that dies loses its
+# nodes after it, and the scheduler redoes their run (no waiting for Redis' visibility timeout).
+LEASE_TTL_S = 30.0
 
 # KEYS = lease keys of the candidates, then their health keys (same order).
 # ARGV = holder, count, ttl_ms, name of the health field. Returns candidate indexes or nil.
@@ -70,11 +73,6 @@ for _, key in ipairs(KEYS) do
 end
 return 0
 """
-
-
-def lease_key(lab: str, node: str) -> str:
-    """The key whose value is the holder of ``node``."""
-    return f"{LEASE_PREFIX}:{lab}:{node}"
 
 
 class LeaseBook:

@@ -1,8 +1,10 @@
-"""SSH to a node's dropbear over fabric, with the lab's pinned host key.
+"""SSH to a node over fabric: a booted node's dropbear with the lab's pinned host key, or
+a running host with the key (or agent) and known_hosts its inventory names.
 
 Short commands go through fabric's ``Connection.run``; long-running ones (the sampler, the
 workload) through a raw channel of the same connection so the session can watch a
-deadline, a cancel flag and the node's liveness while they run.
+deadline, a cancel flag and the node's liveness while they run. An unknown host key is
+always refused.
 """
 
 from __future__ import annotations
@@ -13,11 +15,10 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import paramiko
 from fabric import Connection
-
-from workers.image import LabKeys
 
 CONNECT_TIMEOUT_S = 8.0
 # While waiting for a booting node, each attempt gives up quickly so a broken barrier or a
@@ -46,23 +47,47 @@ class CommandResult:
         return self.status == 0
 
 
-def _pinned_connection(host: str, port: int, keys: LabKeys, timeout_s: float) -> Connection:
+@dataclass(frozen=True)
+class SshTarget:
+    """How to log in to a node: where, as whom, with what, and which host key to accept."""
+
+    host: str
+    port: int
+    user: str = "root"
+    key_file: Path | None = None
+    allow_agent: bool = False
+    # Pinned "<type> <base64>" host key (a node swaplab built the image of), or a
+    # known_hosts file; with neither the login is refused.
+    host_key: str | None = None
+    known_hosts: Path | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+
+def _connection(target: SshTarget, timeout_s: float) -> Connection:
     conn = Connection(
-        host,
-        user="root",
-        port=port,
+        target.host,
+        user=target.user,
+        port=target.port,
         connect_timeout=timeout_s,
         connect_kwargs={
-            "key_filename": str(keys.client_private),
+            "key_filename": str(target.key_file) if target.key_file else None,
             "look_for_keys": False,
-            "allow_agent": False,
+            "allow_agent": target.allow_agent,
             "banner_timeout": timeout_s,
             "auth_timeout": timeout_s,
         },
     )
-    # The lab generated the node's host key itself: pin it and refuse anything else.
-    kind, blob = keys.host_public.split()[:2]
-    conn.client.get_host_keys().add(f"[{host}]:{port}", kind, paramiko.Ed25519Key(data=base64.b64decode(blob)))
+    host_keys = conn.client.get_host_keys()
+    if target.host_key is not None:
+        kind, blob = target.host_key.split()[:2]
+        name = target.host if target.port == 22 else f"[{target.host}]:{target.port}"
+        host_keys.add(name, kind, paramiko.PKey.from_type_string(kind, base64.b64decode(blob)))
+    elif target.known_hosts is not None:
+        conn.client.load_host_keys(str(target.known_hosts))
+    # Only the host keys given above: anything else is refused, never learnt.
     conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
     return conn
 
@@ -70,23 +95,22 @@ def _pinned_connection(host: str, port: int, keys: LabKeys, timeout_s: float) ->
 class NodeShell:
     """An open SSH session to one node."""
 
-    def __init__(self, host: str, port: int, keys: LabKeys, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
-        self._conn = _pinned_connection(host, port, keys, timeout_s)
+    def __init__(self, target: SshTarget, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+        self.target = target
+        self._conn = _connection(target, timeout_s)
         self._conn.open()
 
     @classmethod
-    def wait_ready(
-        cls, host: str, port: int, keys: LabKeys, deadline: float, keep_waiting: Callable[[], bool]
-    ) -> NodeShell:
+    def wait_ready(cls, target: SshTarget, deadline: float, keep_waiting: Callable[[], bool]) -> NodeShell:
         """Connect, retrying until ``deadline`` (monotonic) while ``keep_waiting()`` holds."""
         last_error = "no attempt"
         while time.monotonic() < deadline and keep_waiting():
-            if not _sshd_answers(host, port):
+            if not _sshd_answers(target.host, target.port):
                 last_error = "no SSH banner yet"
                 time.sleep(1.0)
                 continue
             try:
-                shell = cls(host, port, keys, BOOT_PROBE_TIMEOUT_S)
+                shell = cls(target, BOOT_PROBE_TIMEOUT_S)
                 if shell.run("true", timeout=CONNECT_TIMEOUT_S).ok:
                     return shell
                 shell.close()
@@ -94,10 +118,20 @@ class NodeShell:
                 # QEMU's port forward accepts TCP before the guest listens: resets are normal.
                 last_error = f"{type(err).__name__}: {err}"
             time.sleep(1.0)
-        raise NodeUnreachable(f"ssh {host}:{port} did not answer ({last_error})")
+        raise NodeUnreachable(f"ssh {target.where} did not answer ({last_error})")
 
-    def run(self, command: str, timeout: float = 60.0) -> CommandResult:
-        """Run a short command; a timeout gives status None."""
+    @classmethod
+    def connect(cls, target: SshTarget) -> NodeShell:
+        """One attempt to log in to a node that should be up; NodeUnreachable if it is not."""
+        try:
+            return cls(target)
+        except (OSError, paramiko.SSHException, EOFError) as err:
+            raise NodeUnreachable(f"ssh {target.where}: {type(err).__name__}: {err}") from err
+
+    def run(self, command: str, timeout: float = 60.0, stdin: bytes | None = None) -> CommandResult:
+        """Run a short command (``stdin`` fed to it when given); a timeout gives status None."""
+        if stdin is not None:
+            return self._run_with_input(command, stdin, timeout)
         try:
             result = self._conn.run(command, hide=True, warn=True, timeout=timeout, in_stream=False)
         except Exception as err:  # invoke's CommandTimedOut and paramiko errors alike
@@ -105,6 +139,26 @@ class NodeShell:
                 return CommandResult(None, "", f"timed out after {timeout:.0f} s")
             raise NodeUnreachable(f"{type(err).__name__}: {err}") from err
         return CommandResult(result.exited, result.stdout, result.stderr)
+
+    def _run_with_input(self, command: str, data: bytes, timeout: float) -> CommandResult:
+        deadline = time.monotonic() + timeout
+        channel = self.open_channel(command)
+        try:
+            channel.sendall(data)
+            channel.shutdown_write()
+            stdout, stderr = b"", b""
+            while not channel.exit_status_ready() or channel.recv_ready() or channel.recv_stderr_ready():
+                if time.monotonic() > deadline:
+                    return CommandResult(None, stdout.decode(errors="replace"), f"timed out after {timeout:.0f} s")
+                stdout += channel.recv(65536) if channel.recv_ready() else b""
+                stderr += channel.recv_stderr(65536) if channel.recv_stderr_ready() else b""
+                time.sleep(0.01)
+            status = channel.recv_exit_status()
+        except (OSError, paramiko.SSHException, EOFError) as err:
+            raise NodeUnreachable(f"{type(err).__name__}: {err}") from err
+        finally:
+            channel.close()
+        return CommandResult(status, stdout.decode(errors="replace"), stderr.decode(errors="replace"))
 
     def open_channel(self, command: str) -> paramiko.Channel:
         """Start ``command`` on a raw channel (for streaming output)."""
@@ -115,14 +169,14 @@ class NodeShell:
         channel.exec_command(command)
         return channel
 
-    def clock_offset(self, rounds: int = 15) -> tuple[int, int]:
+    def clock_offset(self, tool: str = "swaplab-node", rounds: int = 15) -> tuple[int, int]:
         """Node clock minus host clock (ns), and its uncertainty (half the best round trip).
 
         The exchanges go over one open channel to ``swaplab-node clock-serve``, so a round
         trip is a few ms rather than a channel set-up each time (NTP-style: keep the
         exchange with the smallest round trip).
         """
-        channel = self.open_channel("exec swaplab-node clock-serve")
+        channel = self.open_channel(f"exec {tool} clock-serve")
         try:
             reader = channel.makefile("r")
             exchanges = []

@@ -28,3 +28,8 @@ def cache_dir(*parts: str) -> Path:
     path = cache_root().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def results_root() -> Path:
+    """Where result directories go (``$SWAPLAB_RESULTS``, default ./results), shared with the CLI on one host."""
+    return Path(os.environ.get("SWAPLAB_RESULTS", "results")).resolve()

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import paramiko
 
-from orchestrator.console import EventKind, classify_line
-from workers.runspec import WorkloadOutcome
+from model.console import EventKind, classify_line
+from model.runspec import WorkloadOutcome
 from workers.samples import Record, TickParser
 
 _POLL_S = 0.2

@@ -1,12 +1,15 @@
-"""Celery tasks: the node task on a lab's queue, and the control tasks that schedule,
-evaluate and close campaigns. Thin wrappers: the work is in node_session and scheduler."""
+"""The data plane's Celery tasks, on a lab's queue: the run's setup and the node task.
+
+Thin wrappers: the work is in workers.pipeline. Both are idempotent under redelivery, and
+both validate what they read (the message is input). The control plane sends them by name
+(``swaplab.prepare_run``, ``swaplab.run_node``); nothing here imports it.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-import secrets
 import socket
 import threading
 import time
@@ -14,152 +17,162 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import redis
-from celery import chord, signals
+from celery import signals
 
-from orchestrator.campaign import Campaign
-from orchestrator.report import start_skew_ms
-from orchestrator.scheduler import LEASE_TTL_S, Scheduler, holder_id
-from orchestrator.store import TERMINAL, CampaignStore
-from workers.app import CONTROL_QUEUE, app, lab_queue, redis_url
-from workers.drivers import NodeConfig, make_driver
-from workers.exporter import LEASES_HELD, START_SKEW, count_run, start_metrics_server
+from model.runspec import Failure, NodeRef, NodeResult, NodeRunSpec, RunSetupSpec
+from model.state import (
+    TERMINAL,
+    barrier_key,
+    guest_key,
+    holder_id,
+    lab_of_queue,
+    redis_url,
+    scan_pattern,
+    worker_key,
+)
+from workers.app import app
+from workers.drivers import PowerControl, make_driver
+from workers.exporter import LEASES_HELD, start_metrics_server
 from workers.health import NodeHealth
-from workers.lease import LeaseBook, LeaseKeeper
-from workers.node_session import run_node_session
+from workers.lease import LEASE_TTL_S, LeaseBook, LeaseKeeper
+from workers.node_session import node_config_of, run_node_session
+from workers.pipeline.run_setup import prepare_run as run_setup
+from workers.pipeline.step import StepFailure
 from workers.redis_barrier import RedisBarrier
-from workers.runspec import NodeResult, NodeRunSpec
+from workers.run_state import RunState
 
 log = logging.getLogger(__name__)
-TICK_S = 2.0
 WORKER_TTL_S = 60
+SETUP_BEAT_S = 5.0
 
 
 def _redis() -> redis.Redis:
     return redis.Redis.from_url(redis_url(), socket_timeout=10, health_check_interval=5)
 
 
-def results_root() -> Path:
-    """Where workers write result directories (shared with the CLI on one host)."""
-    return Path(os.environ.get("SWAPLAB_RESULTS", "results")).resolve()
-
-
-def _dispatch(cid: str, rid: str, attempt: int, specs: list[NodeRunSpec]) -> None:
-    queue = lab_queue(specs[0].node.lab)
-    header = [run_node.s(spec.model_dump(mode="json"), cid, rid, attempt).set(queue=queue) for spec in specs]
-    chord(header)(evaluate_run.s(cid, rid, attempt).set(queue=CONTROL_QUEUE))
-
-
-class _MeasuredScheduler(Scheduler):
-    """The scheduler, counting judged runs and start skews in this worker's /metrics."""
-
-    def on_judged(self, campaign: Campaign, entry: dict[str, Any], results: list[NodeResult]) -> None:
-        kver = next((r.kernel["kver"] for r in results if r.kernel.get("kver")), str(entry["kernel"]))
-        count_run(campaign.lab.name, kver, entry["workload"], entry["verdict"])
-        if any(r.workload.started_host_ns is not None for r in results):
-            skew_ms = start_skew_ms(results) or 0.0  # None for a single node: no spread
-            START_SKEW.labels(campaign.lab.name, entry["workload"]).set(skew_ms / 1e3)
-
-
-def _scheduler(client: redis.Redis) -> Scheduler:
-    return _MeasuredScheduler(client, _dispatch, results_root())
-
-
-# -- control tasks -------------------------------------------------------------------------
-def kick(cid: str, countdown: float = 0.0) -> None:
-    """Start a new scheduling chain for ``cid`` (the previous one stops at its next tick)."""
-    token = secrets.token_hex(8)
-    _redis().hset(f"swaplab:campaign:{cid}", "tick", token)
-    advance_campaign.apply_async((cid, token), countdown=countdown, queue=CONTROL_QUEUE)
-
-
-@app.task(name="swaplab.advance_campaign", ignore_result=True)
-def advance_campaign(cid: str, token: str) -> None:
-    """One scheduling step; re-schedules itself while the campaign is active."""
-    client = _redis()
-    current: Any = client.hget(f"swaplab:campaign:{cid}", "tick")
-    if current is not None and current.decode() != token:
-        return  # a newer chain took over
+# -- the run's setup (lab and run scope) -------------------------------------------------------
+@app.task(name="swaplab.prepare_run", ignore_result=True)
+def prepare_run(spec: dict[str, Any], cid: str, rid: str, attempt: int) -> None:
+    """Make the lab's NFS server serve and build the run's node image, once per run attempt."""
+    state = RunState(_redis(), cid, rid)
+    run = state.run()
+    if run.get("status") != "preparing" or int(run.get("prepare_attempt", 0) or 0) != attempt:
+        return  # stale or redelivered after the scheduler moved on
     try:
-        with client.lock(f"swaplab:lock:campaign:{cid}", timeout=60, blocking_timeout=30):
-            active = _scheduler(client).advance(cid)
-    except Exception:
-        # The chain must outlive any one failed step (Redis restarting, a bug): log, retry.
-        log.exception("advancing campaign %s failed; retrying", cid)
-        active = True
-    if active:
-        advance_campaign.apply_async((cid, token), countdown=TICK_S, queue=CONTROL_QUEUE)
+        setup = RunSetupSpec.model_validate(spec)
+    except pydantic.ValidationError as err:
+        state.set_run(prepare_failure={"cause": "input", "reason": f"run setup message is invalid: {err}"})
+        return
+    state.set_run(prepare_owner=f"{socket.gethostname()}:{os.getpid()}", prepare_beat=time.time())
+    with _Heartbeat(lambda: state.set_run(prepare_beat=time.time())):
+        outcome = _prepare(setup, state)
+    state.set_run(**outcome)
 
 
-@app.task(name="swaplab.evaluate_run", ignore_result=True)
-def evaluate_run(_results: list[Any], cid: str, rid: str, attempt: int) -> None:
-    """Chord body: judge the run from the node results stored in Redis, then move on."""
-    client = _redis()
-    with client.lock(f"swaplab:lock:campaign:{cid}", timeout=60, blocking_timeout=30):
-        scheduler = _scheduler(client)
-        scheduler.evaluate_run(cid, rid, attempt)
-        scheduler.advance(cid)
+def _prepare(setup: RunSetupSpec, state: RunState) -> dict[str, Any]:
+    def note(phase: str, text: str) -> None:
+        _safely(lambda: state.event(kind="phase", node="", phase=phase, detail=text))
+
+    try:
+        prepared = run_setup(setup, note)
+    except StepFailure as failure:
+        note("prepare", f"failed ({failure.cause}): {failure.reason}")
+        return {"prepare_failure": {"cause": failure.cause, "reason": failure.reason}}
+    return {"prepared": prepared.model_dump(mode="json") if prepared else "", "prepared_at": time.time()}
 
 
-# -- the node task ---------------------------------------------------------------------------
+class _Heartbeat:
+    """Calls ``beat`` every few seconds while a long setup runs (the scheduler watches it)."""
+
+    def __init__(self, beat: Callable[[], None]) -> None:
+        self._beat = beat
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="setup-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(SETUP_BEAT_S):
+            _safely(self._beat)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+
+
+# -- the node task -------------------------------------------------------------------------------
 @app.task(name="swaplab.run_node", bind=True)
 def run_node(self: Any, spec: dict[str, Any], cid: str, rid: str, attempt: int) -> dict[str, Any]:
     """Run one node of one run attempt; idempotent under redelivery."""
     client = _redis()
-    store = CampaignStore(client)
-    run_spec = NodeRunSpec.model_validate(spec)
+    state = RunState(client, cid, rid)
+    try:
+        run_spec = NodeRunSpec.model_validate(spec)
+    except pydantic.ValidationError as err:
+        return _refuse_message(state, spec, f"node task message is invalid: {err}")
     node = run_spec.node.name
-    run = store.run(cid, rid)
-    state = store.node(cid, rid, node)
+    run = state.run()
+    node_state = state.node(node)
     if int(run.get("attempt", 0)) != attempt or run.get("status") in TERMINAL:
         return {"skipped": "stale attempt"}
-    if state.get("status") == "done" and state.get("result"):
-        return dict(state["result"])  # redelivered after it finished
-    if state.get("owner") and int(state.get("attempt", 0)) == attempt and state.get("status") != "queued":
-        return {"skipped": f"already run by {state['owner']}"}  # never a second guest
-    return _run_owned_node(client, store, run_spec, cid, rid, attempt)
+    if node_state.get("status") == "done" and node_state.get("result"):
+        return dict(node_state["result"])  # redelivered after it finished
+    if node_state.get("owner") and int(node_state.get("attempt", 0)) == attempt and node_state.get("status") != "queued":
+        return {"skipped": f"already run by {node_state['owner']}"}  # never a second guest
+    return _run_owned_node(client, state, run_spec, attempt)
 
 
-def _run_owned_node(
-    client: redis.Redis, store: CampaignStore, spec: NodeRunSpec, cid: str, rid: str, attempt: int
-) -> dict[str, Any]:
+def _refuse_message(state: RunState, spec: Any, reason: str) -> dict[str, Any]:
+    """A message that fails validation runs nothing: its node's result says why (invalid)."""
+    node = str(spec.get("node", {}).get("name", "?")) if isinstance(spec, dict) else "?"
+    result = NodeResult(run_id=state.rid, node=node)
+    result.failure = Failure(cause="input", phase="message", reason=reason)
+    data = result.model_dump(mode="json")
+    if node != "?":
+        state.set_node(node, status="done", result=data, finished_at=time.time())
+    return data
+
+
+def _run_owned_node(client: redis.Redis, state: RunState, spec: NodeRunSpec, attempt: int) -> dict[str, Any]:
     node, lab = spec.node.name, spec.node.lab
-    store.set_node(
-        cid, rid, node, owner=f"{socket.gethostname()}:{os.getpid()}", status="starting", started_at=time.time()
-    )
+    holder = holder_id(state.cid, state.rid, attempt)
+    state.set_node(node, owner=f"{socket.gethostname()}:{os.getpid()}", status="starting", started_at=time.time())
     _clean_orphan(client, lab, node)
     client.set(
-        _guest_key(lab, node),
-        json.dumps(
-            {"holder": holder_id(cid, rid, attempt), "workdir": spec.result_dir, "node": spec.node.model_dump()}
-        ),
+        guest_key(lab, node),
+        json.dumps({"holder": holder, "workdir": spec.result_dir, "node": spec.node.model_dump(mode="json")}),
     )
-    book = LeaseBook(client, lab, ttl_s=LEASE_TTL_S)
     lost = threading.Event()
-    keeper = LeaseKeeper(book, holder_id(cid, rid, attempt), [node], on_lost=lambda _nodes: lost.set())
+    keeper = LeaseKeeper(LeaseBook(client, lab, ttl_s=LEASE_TTL_S), holder, [node], on_lost=lambda _n: lost.set())
     keeper.start()
     LEASES_HELD.labels(lab).inc()
     try:
-        run = store.run(cid, rid)
-        barrier = RedisBarrier(client, f"swaplab:barrier:{cid}:{rid}:{attempt}", parties=len(run.get("nodes") or []))
-        cancel = _CancelCheck(store, cid, rid, attempt, lost)
-        result = run_node_session(spec.model_dump(mode="json"), _RedisProgress(store, cid, rid), barrier, cancel)
+        parties = len(state.run().get("nodes") or [])
+        barrier = RedisBarrier(client, barrier_key(state.cid, state.rid, attempt), parties=parties)
+        cancel = _CancelCheck(state, attempt, lost)
+        result = run_node_session(spec.model_dump(mode="json"), _RedisProgress(state), barrier, cancel)
     finally:
-        keeper.stop()
+        keeper.stop()  # the scheduler releases the run's leases when it judges the run
         LEASES_HELD.labels(lab).dec()
     _record_health(client, lab, node, NodeResult.model_validate(result))
-    store.set_node(cid, rid, node, status="done", result=result, finished_at=time.time())
-    book.release(holder_id(cid, rid, attempt), [node])
-    client.delete(_guest_key(lab, node))
+    state.set_node(node, status="done", result=result, finished_at=time.time())
+    client.delete(guest_key(lab, node))
     return result
 
 
 def _record_health(client: redis.Redis, lab: str, node: str, result: NodeResult) -> None:
-    # Only the lab's own failures at boot count against a node: a bad kernel must not
-    # take good nodes out of the pool.
+    # Only the lab's own failures count against a node: a bad kernel must not take good
+    # nodes out of the pool. A node nobody can power-cycle that stopped answering is out
+    # at once, whoever's fault it was, until a person says it is back.
     health = NodeHealth(client, lab)
     failure = result.failure
-    if failure is not None and failure.phase == "boot" and failure.cause == "infra":
+    if failure is not None and failure.takes_node_out:
+        health.take_out(node, failure.reason)
+    elif failure is not None and failure.phase == "boot" and failure.cause == "infra":
         health.record_boot(node, ok=False, reason=failure.reason)
     elif "boot" in result.phases and (failure is None or failure.phase != "boot"):
         health.record_boot(node, ok=True)
@@ -168,8 +181,8 @@ def _record_health(client: redis.Redis, lab: str, node: str, result: NodeResult)
 class _CancelCheck:
     """Cancelled by the user, by a lost lease, or by the scheduler giving up on the attempt."""
 
-    def __init__(self, store: CampaignStore, cid: str, rid: str, attempt: int, lost: threading.Event) -> None:
-        self.store, self.cid, self.rid, self.attempt, self.lost = store, cid, rid, attempt, lost
+    def __init__(self, state: RunState, attempt: int, lost: threading.Event) -> None:
+        self.state, self.attempt, self.lost = state, attempt, lost
         self._checked = 0.0
         self._answer = False
 
@@ -179,9 +192,8 @@ class _CancelCheck:
         if time.monotonic() - self._checked > 1.0:
             self._checked = time.monotonic()
             try:
-                run = self.store.run(self.cid, self.rid)
-                aborted = run.get("aborted_attempt") == str(self.attempt)
-                self._answer = aborted or self.store.cancel_requested(self.cid)
+                aborted = self.state.run().get("aborted_attempt") == str(self.attempt)
+                self._answer = aborted or self.state.cancel_requested()
             except redis.RedisError:
                 pass  # Redis restarting: keep going, ask again in a second
         return self._answer
@@ -190,59 +202,55 @@ class _CancelCheck:
 class _RedisProgress:
     """Progress into the campaign's event stream and the node's state hash."""
 
-    def __init__(self, store: CampaignStore, cid: str, rid: str) -> None:
-        self.store, self.cid, self.rid = store, cid, rid
+    def __init__(self, state: RunState) -> None:
+        self.state = state
         self._last_swap: dict[str, float] = {}
 
     def phase(self, node: str, phase: str, detail: str = "") -> None:
         def record() -> None:
             # "done" is set by the task itself once the node's result is stored.
-            self.store.set_node(self.cid, self.rid, node, status=phase if phase != "done" else "finishing")
-            if phase == "workload" and self.store.run(self.cid, self.rid).get("status") == "provisioning":
-                self.store.set_run_status(self.cid, self.rid, "running")
-            self.store.event(self.cid, kind="phase", run=self.rid, node=node, phase=phase, detail=detail)
+            self.state.set_node(node, status=phase if phase != "done" else "finishing")
+            if phase == "workload" and self.state.run().get("status") == "provisioning":
+                self.state.set_run(status="running", running_at=time.time())
+                self.state.event(kind="run", status="running")
+            self.state.event(kind="phase", node=node, phase=phase, detail=detail)
 
-        self._safely(record)
+        _safely(record)
 
     def swap(self, node: str, out_mib: float, in_mib: float, note: str = "") -> None:
         if time.monotonic() - self._last_swap.get(node, 0.0) < 2.0:
             return
         self._last_swap[node] = time.monotonic()
-        self._safely(
-            lambda: self.store.event(
-                self.cid,
-                kind="swap",
-                run=self.rid,
-                node=node,
-                out_mib=round(out_mib, 1),
-                in_mib=round(in_mib, 1),
-                detail=note,
+        _safely(
+            lambda: self.state.event(
+                kind="swap", node=node, out_mib=round(out_mib, 1), in_mib=round(in_mib, 1), detail=note
             )
         )
 
-    @staticmethod
-    def _safely(action: Callable[[], None]) -> None:
-        try:
-            action()
-        except redis.RedisError as err:  # progress is best effort; the run goes on
-            log.warning("progress not recorded: %s", err)
+
+def _safely(action: Callable[[], None]) -> None:
+    try:
+        action()
+    except redis.RedisError as err:  # progress is best effort; the run goes on
+        log.warning("progress not recorded: %s", err)
 
 
-# -- worker start: registry and orphan cleanup -----------------------------------------------
-def _guest_key(lab: str, node: str) -> str:
-    return f"swaplab:guest:{lab}:{node}"
-
-
+# -- worker start: registry, metrics and orphan cleanup ----------------------------------------------
 def _clean_orphan(client: redis.Redis, lab: str, node: str) -> None:
     """Power off a guest left by a dead worker for ``node`` (found via its record)."""
-    raw = client.get(_guest_key(lab, node))
+    raw = client.get(guest_key(lab, node))
     if not raw:
         return
-    record = json.loads(raw)
-    config = NodeConfig(**record["node"])
-    make_driver(config, Path(record["workdir"])).power_off()
-    client.delete(_guest_key(lab, node))
-    log.warning("powered off orphaned guest of %s/%s (%s)", lab, node, record["holder"])
+    try:
+        record = json.loads(raw)
+        driver = make_driver(node_config_of(NodeRef.model_validate(record["node"])), Path(str(record["workdir"])))
+    except (ValueError, KeyError, TypeError, pydantic.ValidationError) as err:
+        log.error("guest record of %s/%s is unreadable (%s); left alone", lab, node, err)
+        return
+    if isinstance(driver, PowerControl):
+        driver.power_off()
+    client.delete(guest_key(lab, node))
+    log.warning("powered off orphaned guest of %s/%s (%s)", lab, node, record.get("holder"))
 
 
 @signals.worker_ready.connect
@@ -259,19 +267,23 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     concurrency = int(getattr(getattr(sender, "pool", None), "limit", 0) or app.conf.worker_concurrency or 1)
     _register_worker(client, hostname, queues, concurrency)
     for queue in queues:
-        if queue.startswith("lab."):
-            for key in client.scan_iter(f"swaplab:guest:{queue[4:]}:*"):
-                holder = json.loads(client.get(key) or "{}").get("holder", "")
-                node = key.decode().rsplit(":", 1)[1]
-                if LeaseBook(client, queue[4:], ttl_s=LEASE_TTL_S).holders().get(node) != holder:
-                    _clean_orphan(client, queue[4:], node)
-    for cid in CampaignStore(client).campaign_ids(limit=200):
-        if CampaignStore(client).campaign(cid).get("status") not in TERMINAL:
-            kick(cid)
+        lab = lab_of_queue(queue)
+        if lab is not None:
+            _clean_orphans_of(client, lab)
+
+
+def _clean_orphans_of(client: redis.Redis, lab: str) -> None:
+    holders = LeaseBook(client, lab, ttl_s=LEASE_TTL_S).holders()
+    prefix = guest_key(lab, "")
+    for key in client.scan_iter(scan_pattern(prefix)):
+        node = key.decode()[len(prefix) :]
+        holder = json.loads(client.get(key) or "{}").get("holder", "")
+        if holders.get(node) != holder:
+            _clean_orphan(client, lab, node)
 
 
 def _register_worker(client: redis.Redis, hostname: str, queues: list[str], concurrency: int) -> None:
-    key = f"swaplab:worker:{hostname}"
+    key = worker_key(hostname)
     info = json.dumps({"queues": queues, "concurrency": concurrency, "pid": os.getpid()})
 
     def beat() -> None:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import click
 
-from orchestrator.campaign import Campaign
+from model.campaign import Campaign
+from model.exitcode import ExitCode
 from orchestrator.cli.common import CAMPAIGN_FILE, load_or_exit
 from orchestrator.cli.distributed_cmds import connect, finish_output, submit_campaign
-from orchestrator.exitcode import ExitCode
 from orchestrator.planner import plan_runs
 from orchestrator.services import LocalServices, ServiceError
 from orchestrator.watch import follow

@@ -14,15 +14,15 @@ from typing import Any
 
 import click
 
-from orchestrator.campaign import load_criteria
+from model.campaign import load_criteria
+from model.exitcode import ExitCode
+from model.yamlpos import SpecError
 from orchestrator.cli.distributed_cmds import connect, require_campaign
 from orchestrator.criteria import CriterionSpec
-from orchestrator.exitcode import ExitCode
 from orchestrator.report import print_criteria
-from orchestrator.scheduler import Scheduler
+from orchestrator.scheduler import JudgeOnly, Scheduler
 from orchestrator.services import LocalStores, ServiceError
 from orchestrator.store import TERMINAL
-from orchestrator.yamlpos import SpecError
 
 
 @click.command()
@@ -67,5 +67,5 @@ def _recheck(campaign_id: str, criteria: list[CriterionSpec] | None) -> dict[str
     if info["status"] not in TERMINAL:
         click.echo(f"error: campaign {campaign_id} is {info['status']}; check judges finished campaigns", err=True)
         sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
-    scheduler = Scheduler(store.redis, lambda *_: None, Path(str(info.get("result_dir") or ".")))
+    scheduler = Scheduler(store.redis, JudgeOnly(), Path(str(info.get("result_dir") or ".")))
     return scheduler.recheck(campaign_id, criteria)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from orchestrator.campaign import Campaign, load_campaign
-from orchestrator.exitcode import ExitCode
-from orchestrator.yamlpos import SpecError
+from model.campaign import Campaign, load_campaign
+from model.exitcode import ExitCode
+from model.yamlpos import SpecError
 
 CAMPAIGN_FILE = click.Path(path_type=Path, dir_okay=False)
 

@@ -10,14 +10,14 @@ from typing import Any
 import click
 import redis
 
-from orchestrator.campaign import Campaign
+from model.campaign import Campaign
+from model.exitcode import ExitCode
+from model.state import redis_url
 from orchestrator.cli.common import CAMPAIGN_FILE, load_or_exit
-from orchestrator.exitcode import ExitCode
 from orchestrator.planner import new_campaign_id, plan_runs
 from orchestrator.report import print_summary
 from orchestrator.store import TERMINAL, CampaignStore
 from orchestrator.watch import follow
-from workers.app import redis_url
 
 
 def connect() -> CampaignStore:
@@ -35,7 +35,7 @@ def connect() -> CampaignStore:
 
 def submit_campaign(store: CampaignStore, campaign: Campaign) -> str:
     """Store a validated campaign and start scheduling it; on failure nothing stays."""
-    from workers.tasks import kick  # imported late: the Celery app reads its config here
+    from orchestrator.tasks import kick  # imported late: the Celery app reads its config here
 
     cid = new_campaign_id(campaign.spec.name)
     runs = plan_runs(campaign)

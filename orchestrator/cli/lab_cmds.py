@@ -7,13 +7,13 @@ from pathlib import Path
 
 import click
 
+from model.lab import load_lab
+from model.yamlpos import SpecError
 from orchestrator.cli.distributed_cmds import connect
 from orchestrator.cli.nfs_cmds import DEFAULT_INVENTORY
-from orchestrator.lab import load_lab
-from orchestrator.scheduler import LEASE_TTL_S, worker_slots
-from orchestrator.yamlpos import SpecError
+from orchestrator.scheduler import worker_slots
 from workers.health import NodeHealth
-from workers.lease import LeaseBook
+from workers.lease import LEASE_TTL_S, LeaseBook
 
 
 @click.group()

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from orchestrator.exitcode import ExitCode
-from orchestrator.lab import Lab, load_lab
-from orchestrator.yamlpos import SpecError
+from model.exitcode import ExitCode
+from model.lab import Lab, load_lab
+from model.yamlpos import SpecError
 from workers.nfs import NfsServer, NfsServerError, make_nfs_server
 
 DEFAULT_INVENTORY = Path(__file__).resolve().parents[2] / "inventory" / "local.yml"

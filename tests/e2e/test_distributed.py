@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import redis
 
-from orchestrator.scheduler import LEASE_TTL_S
 from orchestrator.services import LocalPrometheus, LocalRedis, LocalWorker
 from tests.conftest import free_port, require_tools
+from workers.lease import LEASE_TTL_S
 from workers.process import pid_alive
 
 pytestmark = pytest.mark.e2e

@@ -19,9 +19,10 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from model.kernel import KernelSource
 from tests.conftest import free_port, require_tools
 from workers.image import LabKeys, NodeImage, build_node_image, lab_keys
-from workers.kernel import KernelSource, fetch_kernel, module_load_order
+from workers.kernel import fetch_kernel, module_load_order
 
 pytestmark = pytest.mark.integration
 

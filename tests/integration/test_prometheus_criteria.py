@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from model.runspec import NodeResult
 from orchestrator.criteria import Criterion, Outcome, Severity, builtin_criteria
 from orchestrator.evaluation import RunWindow, evaluate_node
 from orchestrator.prometheus import PrometheusApi
 from orchestrator.services import LocalPrometheus
 from tests.conftest import free_port, require_tools
 from workers import exporter
-from workers.runspec import NodeResult
 
 pytestmark = pytest.mark.integration
 LAB = "itest"

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from model.lab import NodeConfig
 from tests.conftest import free_port, require_tools
 from workers.drivers import make_driver
-from workers.drivers.base import BootSpec, DriverError, NodeConfig
+from workers.drivers.base import BootSpec, DriverError
 from workers.drivers.qemu import QemuDriver
 from workers.process import pid_alive
 
@@ -157,7 +158,7 @@ def test_orphan_left_by_a_dead_process_is_powered_off(
     # Another process powers the node on and exits: its QEMU lives on (own session).
     code = (
         "import sys; from pathlib import Path; "
-        "from workers.drivers.base import BootSpec, NodeConfig; "
+        "from model.lab import NodeConfig; from workers.drivers.base import BootSpec; "
         "from workers.drivers.qemu import QemuDriver; "
         "n = NodeConfig('n1', 'itest', 'qemu', 64, 1, '127.0.0.1', int(sys.argv[1]), {}); "
         "b = BootSpec(Path(sys.argv[2]), Path(sys.argv[3]), 'console=ttyS0', 64, 1); "

@@ -1,17 +1,21 @@
-"""Scheduler decisions against a real redis-server: a critical criterion failing in one
-run keeps the campaign's remaining runs from starting."""
+"""Scheduler decisions against a real redis-server: runs are prepared once before they hold
+nodes, a failed or lost setup ends or redoes the run, and a critical criterion failing in
+one run keeps the campaign's remaining runs from starting."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
-from orchestrator.campaign import load_campaign
+from model.campaign import load_campaign
+from model.state import worker_key
 from orchestrator.planner import plan_runs
-from orchestrator.scheduler import Scheduler
+from orchestrator.scheduler import SETUP_SILENT_S, Scheduler
 from orchestrator.store import CampaignStore
+from tests.integration.dispatch import RecordingDispatch
 from tests.integration.redis_server import RedisServer, redis_server_fixture  # noqa: F401  (the fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -29,15 +33,72 @@ def test_a_failed_critical_criterion_skips_the_remaining_runs(redis_server: Redi
     campaign = load_campaign(path)
     store = CampaignStore(redis_server.client())
     store.create("c1", campaign, plan_runs(campaign))
-    dispatched: list[str] = []
-    scheduler = Scheduler(store.redis, lambda cid, rid, attempt, specs: dispatched.append(rid), tmp_path)
+    dispatch = RecordingDispatch()
+    scheduler = Scheduler(store.redis, dispatch, tmp_path)
     judged = {"run_id": "r001", "kernel": "k", "verdict": "fail", "exit_code": 3, "stops_campaign": True, "nodes": []}
     store.set_run_status("c1", "r001", "done", verdict="fail", result=judged)
 
     assert scheduler.advance("c1") is False  # nothing left to do: the campaign is finished
-    assert dispatched == []
+    assert dispatch == RecordingDispatch()  # nothing prepared, started or judged
     assert [run["status"] for run in store.runs("c1")] == ["done", "skipped", "skipped"]
     result = json.loads((tmp_path / "c1" / "result.json").read_text())
     assert (result["verdict"], result["exit_code"]) == ("fail", 3)
     assert [s["run_id"] for s in result["skipped_runs"]] == ["r002", "r003"]
     assert "critical criterion failed in run r001" in result["skipped_runs"][0]["reason"]
+
+
+def _one_run(redis_server: RedisServer, tmp_path: Path) -> tuple[CampaignStore, Scheduler, RecordingDispatch]:
+    path = tmp_path / "one.yaml"
+    path.write_text(
+        (REPO / "campaigns" / "smoke.yaml").read_text().replace("../inventory/local.yml", str(REPO / "inventory/local.yml"))
+    )
+    campaign = load_campaign(path)
+    store = CampaignStore(redis_server.client())
+    store.create("c1", campaign, plan_runs(campaign))
+    # A worker serving the lab, as its registry entry says.
+    store.redis.set(worker_key("w1"), json.dumps({"queues": ["control", "lab.local"], "concurrency": 6}))
+    dispatch = RecordingDispatch()
+    return store, Scheduler(store.redis, dispatch, tmp_path), dispatch
+
+
+PREPARED = {"package": "p", "version": "v", "kver": "6.1.0-1-amd64", "source": "s", "image_hash": "0" * 64}
+
+
+def test_a_run_is_prepared_once_before_any_node_is_leased(redis_server: RedisServer, tmp_path: Path) -> None:
+    store, scheduler, dispatch = _one_run(redis_server, tmp_path)
+    assert scheduler.advance("c1") and scheduler.advance("c1")
+    assert dispatch.prepared == ["r001"] and dispatch.started == []
+    assert store.run("c1", "r001")["status"] == "preparing"
+    assert list(store.redis.scan_iter("swaplab:lease:*")) == []  # nothing held while it prepares
+
+    store.set_run("c1", "r001", prepared=PREPARED, prepared_at=time.time())
+    scheduler.advance("c1")
+    run = store.run("c1", "r001")
+    assert dispatch.started == ["r001"] and dispatch.prepared == ["r001"]
+    assert run["status"] == "provisioning" and run["nodes"] == ["node1"]
+    assert store.redis.get("swaplab:lease:local:node1") == b"c1:r001:1"
+
+
+@pytest.mark.parametrize(("cause", "verdict", "code"), [("infra", "infra-error", 2), ("input", "invalid", 4)])
+def test_a_failed_setup_ends_the_run_before_it_holds_a_node(
+    redis_server: RedisServer, tmp_path: Path, cause: str, verdict: str, code: int
+) -> None:
+    store, scheduler, dispatch = _one_run(redis_server, tmp_path)
+    scheduler.advance("c1")
+    store.set_run("c1", "r001", prepare_failure={"cause": cause, "reason": "apt has no usable version"})
+    assert scheduler.advance("c1") is False  # the campaign is over
+    result = store.run("c1", "r001")["result"]
+    assert (result["verdict"], result["exit_code"]) == (verdict, code)
+    assert "apt has no usable version" in result["reasons"][0]
+    assert dispatch.started == []
+
+
+def test_a_setup_whose_worker_went_silent_is_redone_once(redis_server: RedisServer, tmp_path: Path) -> None:
+    store, scheduler, dispatch = _one_run(redis_server, tmp_path)
+    scheduler.advance("c1")
+    store.set_run("c1", "r001", prepare_beat=time.time() - SETUP_SILENT_S - 1, prepare_owner="gone:1")
+    scheduler.advance("c1")
+    assert dispatch.prepared == ["r001", "r001"]
+    store.set_run("c1", "r001", prepare_beat=time.time() - SETUP_SILENT_S - 1)
+    assert scheduler.advance("c1") is False
+    assert "stopped" in store.run("c1", "r001")["result"]["reasons"][0]

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from orchestrator.campaign import load_campaign
+from model.campaign import load_campaign
+from model.yamlpos import SpecError
 from orchestrator.cli import main
-from orchestrator.yamlpos import SpecError
 
 REPO = Path(__file__).resolve().parents[2]
 INVENTORY = REPO / "inventory" / "local.yml"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.console import EventKind, classify_line, count_by_kind, last_kernel_time, parse_console
+from model.console import EventKind, classify_line, count_by_kind, last_kernel_time, parse_console
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "console"
 

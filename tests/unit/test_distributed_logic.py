@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from orchestrator.campaign import campaign_from_json, campaign_to_json, load_campaign
+from model.campaign import campaign_from_json, campaign_to_json, load_campaign
+from model.runspec import NodeResult, WorkloadOutcome
 from orchestrator.report import campaign_exit_code, start_skew_ms, start_skew_uncertainty_ms
 from orchestrator.watch import format_event
-from workers.runspec import NodeResult, WorkloadOutcome
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pydantic
 import pytest
 
+from model.kernel import KernelSource
 from workers.kernel import (
-    KernelSource,
     parse_apt_show,
     parse_deb822_mirror,
     parse_one_line_mirror,

@@ -1,14 +1,14 @@
-"""Verdict rules: by cause, never a vacuous pass; exit codes in DESIGN.md's order."""
+"""Verdict rules: by cause, never a vacuous pass; exit codes in the order docs/ARCHITECTURE.md gives."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.console import parse_console
+from model.console import parse_console
+from model.exitcode import ExitCode
+from model.runspec import Failure, NodeResult, WorkloadOutcome
 from orchestrator.criteria import Criterion, CriterionResult, Severity, builtin_criteria, judge_values
-from orchestrator.exitcode import ExitCode
 from orchestrator.verdict import Verdict, combine, exit_code, judge_node
-from workers.runspec import Failure, NodeResult, WorkloadOutcome
 
 MIB = 2**20
 # What Prometheus returns for a clean run of a 128 MiB overcommit, criterion by criterion.

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from workers.drivers.base import BootSpec, DriverError, NodeConfig, NodeDriver
+from model.lab import NodeConfig
+from workers.drivers.base import AlreadyRunning, BootSpec, DriverError, MachineState, NodeAccess, PowerControl
 
-DriverFactory = Callable[[NodeConfig, Path], NodeDriver]
+DriverFactory = Callable[[NodeConfig, Path], NodeAccess]
 _DRIVERS: dict[str, DriverFactory] = {}
 
 
@@ -30,7 +31,7 @@ def driver_names() -> list[str]:
     return sorted(_DRIVERS)
 
 
-def make_driver(node: NodeConfig, workdir: Path) -> NodeDriver:
+def make_driver(node: NodeConfig, workdir: Path) -> NodeAccess:
     """The driver for ``node``; ``workdir`` holds its pid file and scratch files."""
     try:
         factory = _DRIVERS[node.driver]
@@ -41,6 +42,16 @@ def make_driver(node: NodeConfig, workdir: Path) -> NodeDriver:
     return factory(node, workdir)
 
 
-from workers.drivers import qemu  # noqa: E402,F401  (registers the built-in driver)
+from workers.drivers import qemu, ssh  # noqa: E402,F401  (register the built-in drivers)
 
-__all__ = ["BootSpec", "DriverError", "NodeConfig", "NodeDriver", "make_driver", "register_driver"]
+__all__ = [
+    "AlreadyRunning",
+    "BootSpec",
+    "DriverError",
+    "MachineState",
+    "NodeAccess",
+    "NodeConfig",
+    "PowerControl",
+    "make_driver",
+    "register_driver",
+]

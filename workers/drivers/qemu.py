@@ -18,8 +18,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from model.lab import NodeConfig
 from workers.drivers import register_driver
-from workers.drivers.base import BootSpec, DriverError, NodeConfig
+from workers.drivers.base import BootSpec, DriverError, MachineState
 from workers.process import cmdline, pid_alive
 
 DEFAULT_BINARY = "qemu-system-x86_64"
@@ -82,6 +83,14 @@ class QemuDriver:
     def ssh_address(self) -> tuple[str, int]:
         """Where the guest's forwarded sshd answers."""
         return ("127.0.0.1", self.node.ssh_port)
+
+    def kernel_console_args(self) -> str:
+        """Serial console on ttyS0; panic=-1 reboots at once, which -no-reboot turns into QEMU exiting."""
+        return "console=ttyS0 panic=-1"
+
+    def machine_state(self) -> MachineState:
+        """RUNNING while this node's QEMU process lives, else STOPPED."""
+        return MachineState.RUNNING if self.is_running() else MachineState.STOPPED
 
     def argv(self, boot: BootSpec, console_log: Path, binary: str) -> list[str]:
         """The QEMU command line (an argv list, never a shell string)."""

@@ -14,10 +14,10 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from orchestrator.criteria import CriterionSpec, builtin_criteria
-from orchestrator.lab import Lab, lab_from_json, lab_to_json, load_lab
-from orchestrator.yamlpos import LocatedYaml, SpecError, SpecIssue, load_located
-from workers.kernel import KernelSource
+from model.criteria import BUILTIN_CRITERION_NAMES, CriterionSpec
+from model.kernel import KernelSource
+from model.lab import Lab, lab_from_json, lab_to_json, load_lab
+from model.yamlpos import LocatedYaml, SpecError, SpecIssue, load_located
 
 _SYSCTL_NAME = re.compile(r"^(vm|kernel)\.[a-z0-9_]{1,64}$")
 _MOUNT_OPTION = re.compile(r"^[a-z][a-z0-9_]*(=[A-Za-z0-9_.:-]+)?$")
@@ -138,11 +138,15 @@ class Campaign:
     path: Path
     spec: CampaignSpec
     lab: Lab
-    ram_mib: int
-    cpus: int
+    # The VM size of nodes swaplab boots; None on labs of running nodes (their own RAM,
+    # read at run time).
+    ram_mib: int | None
+    cpus: int | None
 
-    def planned_overcommit_mib(self, workload: WorkloadSpec) -> int:
+    def planned_overcommit_mib(self, workload: WorkloadSpec) -> int | None:
         """MiB the workload must push past RAM: what swap has to carry at least."""
+        if self.ram_mib is None:
+            return None
         return workload.touch_mib(self.ram_mib) - self.ram_mib
 
 
@@ -209,24 +213,62 @@ def _check_plan(doc: LocatedYaml, spec: CampaignSpec, lab: Lab) -> Campaign:
     issues: list[SpecIssue] = []
     if spec.nodes > len(lab.nodes):
         issues.append(doc.issue(("nodes",), f"asks for {spec.nodes} nodes; lab {lab.name!r} has {len(lab.nodes)}"))
-    ram_limit = min(node.ram_mib for node in lab.nodes)
-    cpu_limit = min(node.cpus for node in lab.nodes)
-    ram = spec.node.ram_mib or ram_limit
-    cpus = spec.node.cpus or cpu_limit
-    if ram > ram_limit:
-        issues.append(doc.issue(("node", "ram_mib"), f"{ram} MiB is above the lab's node limit of {ram_limit} MiB"))
-    if cpus > cpu_limit:
-        issues.append(doc.issue(("node", "cpus"), f"{cpus} CPUs is above the lab's node limit of {cpu_limit}"))
-    for index, workload in enumerate(spec.workloads):
-        issues += _check_workload_fits(doc, spec, index, workload, ram)
+    issues += _check_kernels_fit_lab(doc, spec, lab)
+    ram, cpus = None, None
+    if lab.boots_kernels:
+        ram, cpus, size_issues = _vm_size(doc, spec, lab)
+        issues += size_issues
+        for index, workload in enumerate(spec.workloads):
+            issues += _check_workload_fits(doc, spec, index, workload, ram)
+    else:
+        # A running node has the RAM it has: the workload is checked against it at run time.
+        issues += [
+            doc.issue(("node", key), f"lab {lab.name!r} runs its nodes already: swaplab cannot size them")
+            for key in ("ram_mib", "cpus")
+            if getattr(spec.node, key) is not None
+        ]
     issues += _check_criteria_names(doc, spec.criteria)
     if issues:
         raise SpecError(issues)
     return Campaign(doc.path, spec, lab, ram, cpus)
 
 
+def _vm_size(doc: LocatedYaml, spec: CampaignSpec, lab: Lab) -> tuple[int, int, list[SpecIssue]]:
+    ram_limit = min(node.ram_mib or 0 for node in lab.nodes)
+    cpu_limit = min(node.cpus or 0 for node in lab.nodes)
+    ram = spec.node.ram_mib or ram_limit
+    cpus = spec.node.cpus or cpu_limit
+    issues = []
+    if ram > ram_limit:
+        issues.append(doc.issue(("node", "ram_mib"), f"{ram} MiB is above the lab's node limit of {ram_limit} MiB"))
+    if cpus > cpu_limit:
+        issues.append(doc.issue(("node", "cpus"), f"{cpus} CPUs is above the lab's node limit of {cpu_limit}"))
+    return ram, cpus, issues
+
+
+def _check_kernels_fit_lab(doc: LocatedYaml, spec: CampaignSpec, lab: Lab) -> list[SpecIssue]:
+    issues = []
+    for index, kernel in enumerate(spec.kernels):
+        if lab.boots_kernels and not kernel.booted_by_swaplab:
+            issues.append(
+                doc.issue(
+                    ("kernels", index, "running"),
+                    f"lab {lab.name!r} boots its nodes: name a kernel to boot (package, deb or vmlinuz)",
+                )
+            )
+        elif not lab.boots_kernels and kernel.booted_by_swaplab:
+            issues.append(
+                doc.issue(
+                    ("kernels", index),
+                    f"lab {lab.name!r} runs its nodes already (driver {lab.nodes[0].driver}): swaplab cannot boot "
+                    f"{kernel.label()} there; use 'running: <release>' or 'running: any'",
+                )
+            )
+    return issues
+
+
 def _check_criteria_names(doc: LocatedYaml, criteria: list[CriterionSpec]) -> list[SpecIssue]:
-    builtin = {criterion.name for criterion in builtin_criteria(0)}
+    builtin = set(BUILTIN_CRITERION_NAMES)
     taken = set(builtin)
     issues = []
     for index, criterion in enumerate(criteria):

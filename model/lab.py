@@ -2,8 +2,13 @@
 
 The inventory names the lab (``swaplab_lab``), its NFS server host (group ``nfs_server``,
 ``swaplab_nfs: <backend>`` plus ``swaplab_nfs_*`` settings) and its node pool (group
-``nodes``: ``swaplab_driver``, ``swaplab_ram_mib``, ``swaplab_cpus``, ``ansible_host``,
-``ansible_port``). The same file drives the playbooks of a real lab.
+``nodes``: ``swaplab_driver``, ``ansible_host``, ``ansible_port`` and, for nodes swaplab
+boots, their size limit ``swaplab_ram_mib``, ``swaplab_cpus``). The same file drives the
+playbooks of a real lab.
+
+Driver *kinds* live here, not in the data plane: whether a driver boots the campaign's
+kernel and whether it has power control decides what a campaign may ask of the lab, and
+a campaign is validated without importing any driver.
 """
 
 from __future__ import annotations
@@ -13,12 +18,56 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.yamlpos import LocatedYaml, SpecError, load_located
-from workers.drivers.base import NodeConfig
+from model.yamlpos import LocatedYaml, SpecError, load_located
 
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 _OPTION_PREFIX = "swaplab_"
-_NODE_KEYS = {"swaplab_driver", "swaplab_ram_mib", "swaplab_cpus", "ansible_host", "ansible_port"}
+_SIZE_KEYS = ("swaplab_ram_mib", "swaplab_cpus")
+_NODE_KEYS = {"swaplab_driver", *_SIZE_KEYS, "ansible_host", "ansible_port", "ansible_user"}
+
+
+@dataclass(frozen=True)
+class DriverKind:
+    """What a node driver can do, as far as planning and validation care."""
+
+    name: str
+    # Boots the node with the campaign's kernel (else: the node runs already; kernels: running).
+    boots_kernels: bool
+    # Can power the node off and on (else: a node that stops answering needs a person).
+    power_control: bool
+    # Inventory keys every node of this driver needs.
+    required: tuple[str, ...]
+
+
+DRIVER_KINDS: dict[str, DriverKind] = {
+    kind.name: kind
+    for kind in (
+        DriverKind("qemu", boots_kernels=True, power_control=True, required=(*_SIZE_KEYS, "ansible_host", "ansible_port")),
+        DriverKind("ssh", boots_kernels=False, power_control=False, required=("ansible_host",)),
+    )
+}
+DEFAULT_SSH_PORT = 22
+DEFAULT_SSH_USER = "root"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """A node as the lab inventory describes it (driver-specific keys in ``options``)."""
+
+    name: str
+    lab: str
+    driver: str
+    ram_mib: int | None
+    cpus: int | None
+    ssh_host: str
+    ssh_port: int
+    options: dict[str, str | int | bool]
+    ssh_user: str = DEFAULT_SSH_USER
+
+    @property
+    def kind(self) -> DriverKind:
+        """What this node's driver can do."""
+        return DRIVER_KINDS[self.driver]
 
 
 @dataclass(frozen=True)
@@ -37,6 +86,16 @@ class Lab:
             if node.name == name:
                 return node
         raise KeyError(name)
+
+    @property
+    def boots_kernels(self) -> bool:
+        """The lab's nodes are booted by swaplab with the campaign's kernel."""
+        return self.nodes[0].kind.boots_kernels
+
+    @property
+    def power_control(self) -> bool:
+        """swaplab can power the lab's nodes off and on."""
+        return self.nodes[0].kind.power_control
 
 
 def load_lab(path: Path) -> Lab:
@@ -93,16 +152,28 @@ def _nodes(doc: LocatedYaml, lab: str, top_vars: dict[str, Any]) -> tuple[NodeCo
     group_vars, hosts = _group_hosts(doc, "nodes")
     if not hosts:
         raise SpecError([doc.issue(("all", "children", "nodes"), "the node pool is empty")])
-    return tuple(
+    nodes = tuple(
         _node(doc, lab, name, {**top_vars, **group_vars, **(host_vars or {})}) for name, host_vars in hosts.items()
     )
+    boots = {node.kind.boots_kernels for node in nodes}
+    if len(boots) > 1:
+        # A campaign's kernels are either booted or read back: one lab cannot mix both.
+        raise SpecError(
+            [doc.issue(("all", "children", "nodes"), "a lab's nodes are all booted by swaplab or all already running")]
+        )
+    return nodes
 
 
 def _node(doc: LocatedYaml, lab: str, name: str, merged: dict[str, Any]) -> NodeConfig:
     loc = ("all", "children", "nodes", "hosts", name)
     if not _NAME.match(name):
         raise SpecError([doc.issue(loc, f"node name {name!r} must match {_NAME.pattern}")])
-    issues = [doc.issue(loc, f"needs '{key}'") for key in sorted(_NODE_KEYS) if key not in merged]
+    driver = merged.get("swaplab_driver")
+    kind = DRIVER_KINDS.get(driver) if isinstance(driver, str) else None
+    if kind is None:
+        known = ", ".join(sorted(DRIVER_KINDS))
+        raise SpecError([doc.issue((*loc, "swaplab_driver"), f"unknown driver {driver!r}; known: {known}")])
+    issues = [doc.issue(loc, f"needs '{key}'") for key in kind.required if key not in merged]
     issues += [
         doc.issue((*loc, key), "must be a positive integer")
         for key in ("swaplab_ram_mib", "swaplab_cpus", "ansible_port")
@@ -118,12 +189,13 @@ def _node(doc: LocatedYaml, lab: str, name: str, merged: dict[str, Any]) -> Node
     return NodeConfig(
         name=name,
         lab=lab,
-        driver=str(merged["swaplab_driver"]),
-        ram_mib=int(merged["swaplab_ram_mib"]),
-        cpus=int(merged["swaplab_cpus"]),
+        driver=kind.name,
+        ram_mib=int(merged["swaplab_ram_mib"]) if "swaplab_ram_mib" in merged else None,
+        cpus=int(merged["swaplab_cpus"]) if "swaplab_cpus" in merged else None,
         ssh_host=str(merged["ansible_host"]),
-        ssh_port=int(merged["ansible_port"]),
+        ssh_port=int(merged.get("ansible_port", DEFAULT_SSH_PORT)),
         options=options,
+        ssh_user=str(merged.get("ansible_user", DEFAULT_SSH_USER)),
     )
 
 

@@ -1,4 +1,4 @@
-"""Exit codes of every swaplab command, in one place (see DESIGN.md, "Verdict")."""
+"""Exit codes of every swaplab command, in one place (docs/ARCHITECTURE.md, "Verdicts and exit codes")."""
 
 from __future__ import annotations
 

@@ -1,0 +1,179 @@
+"""The JSON contract between the planes: what a run's setup and each node session are
+given, and what a node session hands back.
+
+- ``RunSetupSpec`` -> the run-scope setup (the lab's NFS server, the kernel and its node
+  image), done once per run before any node is leased; it answers ``PreparedKernel``.
+- ``NodeRunSpec`` -> one node session; it answers ``NodeResult``.
+
+All are plain pydantic models so a Celery task carries them as JSON, and a worker
+validates them again when it reads them (everything read from Redis is input).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from model.kernel import KernelSource
+
+# Whose fault it is that a session stopped early (docs/ARCHITECTURE.md, "Verdicts and exit codes"):
+# kernel -> fail; infra -> infra-error; input -> invalid (a mistake validation should have
+# caught: never a kernel verdict); aborted/cancelled -> the run stopped for another reason.
+FailureCause = Literal["kernel", "infra", "input", "aborted", "cancelled"]
+
+
+class NodeRef(BaseModel):
+    """The node as the inventory describes it (mirrors model.lab.NodeConfig)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    lab: str
+    driver: str
+    ram_mib: int | None = None
+    cpus: int | None = None
+    ssh_host: str
+    ssh_port: int
+    ssh_user: str = "root"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class WorkloadRef(BaseModel):
+    """The workload as the node runs it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    # MiB to touch; None: ``ram_ratio`` x the node's RAM, known once the node is reached
+    # (a node swaplab does not boot has the RAM it has).
+    mib: int | None = None
+    ram_ratio: float | None = None
+    passes: int
+    timeout_s: int
+    seed: int
+    allow_oom: bool = False
+
+    def touch_mib(self, ram_mib: int) -> int:
+        """MiB this workload touches on a node with ``ram_mib`` of RAM."""
+        if self.mib is not None:
+            return self.mib
+        assert self.ram_ratio is not None
+        return round(self.ram_ratio * ram_mib)
+
+
+class PreparedKernel(BaseModel):
+    """The kernel a run's setup resolved and the node image it built (content hash)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    package: str
+    version: str
+    kver: str
+    source: str
+    image_hash: str
+
+
+class RunSetupSpec(BaseModel):
+    """What the run-scope setup needs: the lab's NFS server and the run's kernel."""
+
+    model_config = ConfigDict(frozen=True)
+
+    campaign: str
+    run_id: str
+    lab: str
+    kernel: KernelSource
+    boots_kernel: bool
+    nfs_backend: str
+    nfs_settings: dict[str, Any]
+
+
+class NodeRunSpec(BaseModel):
+    """Everything one node needs for one run (JSON-serialisable)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    campaign: str
+    run_id: str
+    node: NodeRef
+    # The VM size for nodes swaplab boots; None for nodes that run already (their own RAM).
+    ram_mib: int | None
+    cpus: int | None
+    sysctl: dict[str, int] = Field(default_factory=dict)
+    kernel: KernelSource
+    # Set by the run's setup for nodes swaplab boots: the image every node of the run boots.
+    prepared: PreparedKernel | None = None
+    nfs_backend: str
+    nfs_settings: dict[str, Any]
+    nfs_version: str
+    mount_options: list[str]
+    swap_mib: int
+    workload: WorkloadRef
+    # MiB the workload must push past RAM; None until the node's RAM is known.
+    planned_overcommit_mib: int | None
+    boot_timeout_s: int
+    result_dir: str
+
+
+class Failure(BaseModel):
+    """Why a node session stopped early, classified by cause."""
+
+    cause: FailureCause
+    phase: str
+    reason: str
+    # The node cannot be used again without a person (no power control and it stopped
+    # answering): it leaves the pool until `swaplab lab back` says it is back.
+    takes_node_out: bool = False
+
+
+class WorkloadOutcome(BaseModel):
+    """What the workload on the node reported."""
+
+    exit_status: int | None = None
+    done: bool = False
+    pages: int = 0
+    bad_pages: int = 0
+    corrupt: list[str] = Field(default_factory=list)
+    started_node_ns: int | None = None
+    started_host_ns: int | None = None
+    start_at_host_ns: int | None = None
+    elapsed_s: float | None = None
+    last_line: str = ""
+
+
+class NodeResult(BaseModel):
+    """Evidence from one node for one run; the verdict is judged from it elsewhere."""
+
+    run_id: str
+    node: str
+    kernel: dict[str, str] = Field(default_factory=dict)
+    image_hash: str = ""
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    phases: dict[str, float] = Field(default_factory=dict)
+    failure: Failure | None = None
+    samples: int = 0
+    counters_first: dict[str, float] = Field(default_factory=dict)
+    counters_last: dict[str, float] = Field(default_factory=dict)
+    workload: WorkloadOutcome = Field(default_factory=WorkloadOutcome)
+    clock_offset_ns: int | None = None
+    clock_uncertainty_ns: int | None = None
+    console_events: list[dict[str, Any]] = Field(default_factory=list)
+    console_tail: list[str] = Field(default_factory=list)
+    swap_file_nonzero_pages: int | None = None
+    # Where console.log came from: the serial port swaplab captured, a file or command the
+    # lab gives, or `dmesg -w` over SSH (no output from before the session started).
+    console_source: str = ""
+    # RAM the node had and what the workload had to push past it (known at run time for
+    # nodes swaplab does not boot).
+    ram_mib: int | None = None
+    planned_overcommit_mib: int | None = None
+    # Whether the node was left as it was found (nodes that outlive the run), and why not.
+    left_clean: bool | None = None
+    cleanup_problems: list[str] = Field(default_factory=list)
+    files: dict[str, str] = Field(default_factory=dict)
+    # The node's series in Prometheus: their labels, and the host-time window (epoch s)
+    # from their birth at zero to the scrape that read their final values.
+    metrics_labels: dict[str, str] = Field(default_factory=dict)
+    metrics_from: float | None = None
+    metrics_to: float | None = None

@@ -1,0 +1,159 @@
+"""Where swaplab's live state lives: every Redis key name and Celery queue name, in one place.
+
+Both planes read and write the same Redis (the control plane: campaigns, runs, leases,
+scheduling; the data plane: its node's state, progress events, leases it renews, guest
+records). Neither builds a key itself: they call these functions, so the layout below is
+the whole contract.
+
+| key | type | what |
+|---|---|---|
+| ``swaplab:campaigns`` | zset | campaign ids by creation time |
+| ``swaplab:campaign:<cid>`` | hash | the campaign (spec, status, result) |
+| ``swaplab:run:<cid>:<rid>`` | hash | one run of it (status, attempt, nodes, result) |
+| ``swaplab:node:<cid>:<rid>:<node>`` | hash | one node of a run (owner, phase, result) |
+| ``swaplab:events:<cid>`` | stream | progress events (``swaplab watch``) |
+| ``swaplab:lock:campaign:<cid>`` | lock | one scheduler step at a time per campaign |
+| ``swaplab:lease:<lab>:<node>`` | string | the holder of a node, with a TTL |
+| ``swaplab:health:<lab>:<node>`` | hash | boot health of a node |
+| ``swaplab:barrier:<cid>:<rid>:<attempt>`` | prefix | the run's start barrier |
+| ``swaplab:guest:<lab>:<node>`` | string | the guest a node task started (orphan clean-up) |
+| ``swaplab:worker:<hostname>`` | string | a live worker's queues and slots, with a TTL |
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:16379/0"
+CONTROL_QUEUE = "control"
+_LAB_QUEUE_PREFIX = "lab."
+
+CAMPAIGN_STATES = ("queued", "running", "evaluating", "done", "cancelled")
+RUN_STATES = ("queued", "preparing", "provisioning", "running", "evaluating", "done", "cancelled", "skipped")
+# skipped: not started because a critical criterion failed in an earlier run.
+TERMINAL = frozenset({"done", "cancelled", "skipped"})
+
+CAMPAIGNS_KEY = "swaplab:campaigns"
+EVENTS_MAXLEN = 20000  # a campaign's progress stream keeps about this many events
+LEASE_PREFIX = "swaplab:lease"
+HEALTH_PREFIX = "swaplab:health"
+GUEST_PREFIX = "swaplab:guest"
+WORKER_PREFIX = "swaplab:worker"
+
+
+def redis_url() -> str:
+    """The Redis that serves as broker, result backend and state store."""
+    return os.environ.get("SWAPLAB_REDIS_URL", DEFAULT_REDIS_URL)
+
+
+def lab_queue(lab: str) -> str:
+    """The queue a lab's workers consume node tasks from."""
+    return f"{_LAB_QUEUE_PREFIX}{lab}"
+
+
+def lab_of_queue(queue: str) -> str | None:
+    """The lab a ``lab.<name>`` queue serves, or None for other queues."""
+    return queue[len(_LAB_QUEUE_PREFIX) :] if queue.startswith(_LAB_QUEUE_PREFIX) else None
+
+
+def campaign_key(cid: str) -> str:
+    return f"swaplab:campaign:{cid}"
+
+
+def run_key(cid: str, rid: str) -> str:
+    return f"swaplab:run:{cid}:{rid}"
+
+
+def run_keys_pattern(cid: str) -> str:
+    return f"swaplab:run:{scan_escape(cid)}:*"
+
+
+def node_key(cid: str, rid: str, node: str) -> str:
+    return f"swaplab:node:{cid}:{rid}:{node}"
+
+
+def node_keys_pattern(cid: str) -> str:
+    return f"swaplab:node:{scan_escape(cid)}:*"
+
+
+def events_key(cid: str) -> str:
+    return f"swaplab:events:{cid}"
+
+
+def campaign_lock_key(cid: str) -> str:
+    return f"swaplab:lock:campaign:{cid}"
+
+
+def lease_key(lab: str, node: str) -> str:
+    """The key whose value is the holder of ``node``."""
+    return f"{LEASE_PREFIX}:{lab}:{node}"
+
+
+def health_key(lab: str, node: str) -> str:
+    """The hash holding one node's health."""
+    return f"{HEALTH_PREFIX}:{lab}:{node}"
+
+
+def barrier_key(cid: str, rid: str, attempt: int) -> str:
+    return f"swaplab:barrier:{cid}:{rid}:{attempt}"
+
+
+def guest_key(lab: str, node: str) -> str:
+    return f"{GUEST_PREFIX}:{lab}:{node}"
+
+
+def worker_key(hostname: str) -> str:
+    return f"{WORKER_PREFIX}:{hostname}"
+
+
+def holder_id(cid: str, rid: str, attempt: int) -> str:
+    """Who holds a run's node leases: one attempt of one run."""
+    return f"{cid}:{rid}:{attempt}"
+
+
+def scan_escape(text: str) -> str:
+    """``text`` with SCAN MATCH's glob characters escaped."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+def scan_pattern(prefix: str) -> str:
+    """A SCAN MATCH pattern for keys starting with ``prefix``."""
+    return scan_escape(prefix) + "*"
+
+
+def as_text(value: Any) -> str:
+    """A Redis reply as str, whether or not the client was built with decode_responses."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# Hash fields holding JSON (everything else is text).
+_JSON_FIELDS = frozenset(
+    {"campaign", "runs", "kernel", "workload", "nodes", "result", "verdicts", "prepared", "prepare_failure"}
+)
+
+
+def encode_fields(fields: dict[str, Any]) -> dict[Any, Any]:
+    """Python values as Redis hash fields: JSON for containers, "" for None, 0/1 for bools."""
+    out: dict[Any, Any] = {}
+    for key, value in fields.items():
+        if isinstance(value, bool):
+            out[key] = int(value)
+        elif isinstance(value, dict | list):
+            out[key] = json.dumps(value)
+        elif value is None:
+            out[key] = ""
+        else:
+            out[key] = value
+    return out
+
+
+def decode_fields(raw: dict[Any, Any]) -> dict[str, Any]:
+    """The inverse of encode_fields for a whole HGETALL reply."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name, text = as_text(key), as_text(value)
+        out[name] = json.loads(text) if name in _JSON_FIELDS and text else text
+    return out

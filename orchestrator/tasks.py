@@ -1,0 +1,139 @@
+"""The control plane's Celery tasks, on the ``control`` queue: scheduling steps and run
+evaluation. Data-plane tasks are sent by name to a lab's queue (nothing of ``workers``'
+task code is called from here).
+
+Every scheduler step runs under the campaign's Redis lock, which is held only for quick
+decisions: a run's evaluation queries Prometheus outside it, under a claim (see
+orchestrator.scheduler), so a slow or absent Prometheus never outlives the lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+from celery import chord, signals
+
+from model.campaign import Campaign
+from model.runspec import NodeResult, NodeRunSpec, RunSetupSpec
+from model.state import CONTROL_QUEUE, TERMINAL, campaign_key, campaign_lock_key, lab_queue, redis_url
+from orchestrator.report import start_skew_ms
+from orchestrator.scheduler import Scheduler
+from orchestrator.store import CampaignStore
+from workers.app import app
+from workers.exporter import START_SKEW, count_run
+from workers.paths import results_root
+
+log = logging.getLogger(__name__)
+TICK_S = 2.0
+# Longest a scheduler step may hold a campaign's lock; every step is quick (no network
+# calls but Redis), so this only bounds how long a crashed step blocks the next.
+CAMPAIGN_LOCK_S = 60.0
+
+
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(redis_url(), socket_timeout=10, health_check_interval=5)
+
+
+@contextmanager
+def campaign_lock(client: redis.Redis, cid: str, timeout_s: float | None = None) -> Iterator[None]:
+    """One scheduler step at a time per campaign."""
+    with client.lock(campaign_lock_key(cid), timeout=timeout_s or CAMPAIGN_LOCK_S, blocking_timeout=30):
+        yield
+
+
+class CeleryDispatch:
+    """Sends the scheduler's work by task name: setups and node tasks to the lab's queue."""
+
+    def prepare(self, cid: str, rid: str, attempt: int, spec: RunSetupSpec) -> None:
+        app.send_task(
+            "swaplab.prepare_run", (spec.model_dump(mode="json"), cid, rid, attempt), queue=lab_queue(spec.lab)
+        )
+
+    def run(self, cid: str, rid: str, attempt: int, specs: list[NodeRunSpec]) -> None:
+        queue = lab_queue(specs[0].node.lab)
+        header = [
+            app.signature("swaplab.run_node", (spec.model_dump(mode="json"), cid, rid, attempt), queue=queue)
+            for spec in specs
+        ]
+        chord(header)(evaluate_run.s(cid, rid, attempt).set(queue=CONTROL_QUEUE))
+
+    def evaluate(self, cid: str, rid: str, attempt: int) -> None:
+        evaluate_run.apply_async(([], cid, rid, attempt), queue=CONTROL_QUEUE)
+
+
+class _MeasuredScheduler(Scheduler):
+    """The scheduler, counting judged runs and start skews in this worker's /metrics."""
+
+    def on_judged(self, campaign: Campaign, entry: dict[str, Any], results: list[NodeResult]) -> None:
+        kver = next((r.kernel["kver"] for r in results if r.kernel.get("kver")), str(entry["kernel"]))
+        count_run(campaign.lab.name, kver, entry["workload"], entry["verdict"])
+        if any(r.workload.started_host_ns is not None for r in results):
+            skew_ms = start_skew_ms(results) or 0.0  # None for a single node: no spread
+            START_SKEW.labels(campaign.lab.name, entry["workload"]).set(skew_ms / 1e3)
+
+
+def scheduler(client: redis.Redis) -> Scheduler:
+    """The scheduler the control worker runs."""
+    return _MeasuredScheduler(client, CeleryDispatch(), results_root())
+
+
+def kick(cid: str, countdown: float = 0.0) -> None:
+    """Start a new scheduling chain for ``cid`` (the previous one stops at its next tick)."""
+    token = secrets.token_hex(8)
+    _redis().hset(campaign_key(cid), "tick", token)
+    advance_campaign.apply_async((cid, token), countdown=countdown, queue=CONTROL_QUEUE)
+
+
+@app.task(name="swaplab.advance_campaign", ignore_result=True)
+def advance_campaign(cid: str, token: str) -> None:
+    """One scheduling step; re-schedules itself while the campaign is active."""
+    client = _redis()
+    current: Any = client.hget(campaign_key(cid), "tick")
+    if current is not None and current.decode() != token:
+        return  # a newer chain took over
+    try:
+        with campaign_lock(client, cid):
+            active = scheduler(client).advance(cid)
+    except Exception:
+        # The chain must outlive any one failed step (Redis restarting, a bug): log, retry.
+        log.exception("advancing campaign %s failed; retrying", cid)
+        active = True
+    if active:
+        advance_campaign.apply_async((cid, token), countdown=TICK_S, queue=CONTROL_QUEUE)
+
+
+@app.task(name="swaplab.evaluate_run", ignore_result=True)
+def evaluate_run(_results: list[Any], cid: str, rid: str, attempt: int) -> None:
+    """Chord body: claim the run's evaluation, judge it outside the lock, commit, move on."""
+    judge_and_advance(_redis(), cid, rid, attempt)
+
+
+def judge_and_advance(client: redis.Redis, cid: str, rid: str, attempt: int, sched: Scheduler | None = None) -> bool:
+    """Claim under the lock, judge without it, commit under it; True if this call judged the run."""
+    sched = sched or scheduler(client)
+    with campaign_lock(client, cid):
+        token = sched.claim_evaluation(cid, rid, attempt)
+    if token is None:
+        return False  # not due, or another evaluator holds the claim
+    entry, results = sched.judge(cid, rid)
+    with campaign_lock(client, cid):
+        committed = sched.commit_evaluation(cid, rid, token, entry, results)
+        sched.advance(cid)
+    return committed
+
+
+@signals.worker_ready.connect
+def _resume_campaigns(sender: Any = None, **_: Any) -> None:
+    """A control worker that starts picks up every campaign that is not finished."""
+    queues = sender.app.amqp.queues.consume_from or [] if sender is not None else []
+    if CONTROL_QUEUE not in queues:
+        return
+    store = CampaignStore(_redis())
+    for cid in store.campaign_ids(limit=200):
+        if store.campaign(cid).get("status") not in TERMINAL:
+            kick(cid)

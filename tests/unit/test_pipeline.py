@@ -1,0 +1,389 @@
+"""The node pipeline with plain fakes: steps stop at the first failure, cleanups run in
+reverse order whatever happens, every failure is typed by whose fault it is, and a
+driver's abilities choose the steps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from model.kernel import KernelSource
+from model.lab import NodeConfig
+from model.runspec import NodeRef, NodeResult, NodeRunSpec, PreparedKernel, WorkloadRef
+from workers.drivers import register_driver
+from workers.drivers.base import BootSpec, ConsoleSpec, MachineState
+from workers.image import NodeImage
+from workers.nfs import register_backend
+from workers.nfs.base import NfsExport
+from workers.node_session import NodeSession
+from workers.node_ssh import NodeUnreachable, SshTarget
+from workers.pipeline import boot_steps, evidence
+from workers.pipeline.context import NodeContext
+from workers.pipeline.step import (
+    Aborted,
+    Cancelled,
+    InputFault,
+    KernelFault,
+    LabFault,
+    Pipeline,
+    PipelineHooks,
+    Step,
+    StepFailure,
+)
+from workers.pipeline.strategy import AttachStrategy, BootStrategy, strategy_for
+
+# -- the generic pipeline ------------------------------------------------------------------
+
+
+class Recorder(PipelineHooks[list[str]]):
+    def __init__(self) -> None:
+        self.cleanup_errors: list[str] = []
+
+    def cleanup_failed(self, step: Step[list[str]], error: Exception) -> None:
+        self.cleanup_errors.append(f"{step.name}: {error}")
+
+
+class _Noting(Step[list[str]]):
+    fail: Exception | None = None
+    cleanup_fails = False
+
+    def run(self, ctx: list[str], deadline: float) -> None:
+        ctx.append(f"run {self.name}")
+        if self.fail is not None:
+            raise self.fail
+
+    def cleanup(self, ctx: list[str]) -> None:
+        ctx.append(f"cleanup {self.name}")
+        if self.cleanup_fails:
+            raise RuntimeError("stuck")
+
+
+def Noting(
+    name: str, fail: Exception | None = None, cleanup_fails: bool = False, base: type[_Noting] = _Noting
+) -> _Noting:
+    """A step that notes its calls, with its own class name (step names are class-level)."""
+    step_class = type(f"Noting_{name}", (base,), {"name": name, "fail": fail, "cleanup_fails": cleanup_fails})
+    return step_class()
+
+
+def test_a_failing_step_stops_the_later_ones_and_started_steps_clean_up_in_reverse() -> None:
+    calls: list[str] = []
+    pipeline = Pipeline([Noting("a"), Noting("b", fail=LabFault("nfs down")), Noting("c")])
+    with pytest.raises(LabFault, match="nfs down"):
+        pipeline.run(calls, Recorder())
+    assert calls == ["run a", "run b", "cleanup b", "cleanup a"]
+
+
+def test_a_failing_cleanup_does_not_skip_the_others() -> None:
+    calls: list[str] = []
+    hooks = Recorder()
+    Pipeline([Noting("power", cleanup_fails=False), Noting("mount", cleanup_fails=True)]).run(calls, hooks)
+    assert calls == ["run power", "run mount", "cleanup mount", "cleanup power"]
+    assert hooks.cleanup_errors == ["mount: stuck"]
+
+
+def test_an_unexpected_error_becomes_the_steps_own_cause() -> None:
+    class KernelSide(_Noting):
+        unexpected = KernelFault
+
+    with pytest.raises(LabFault, match=r"a: ZeroDivisionError"):
+        Pipeline([Noting("a", fail=ZeroDivisionError("x"))]).run([], Recorder())
+    with pytest.raises(KernelFault):
+        Pipeline([Noting("k", fail=ValueError("y"), base=KernelSide)]).run([], Recorder())
+
+
+def test_a_stop_between_steps_runs_the_cleanups() -> None:
+    calls: list[str] = []
+
+    class StopAfterFirst(Recorder):
+        def check_stop(self) -> None:
+            if calls:
+                raise Cancelled("cancelled")
+
+    with pytest.raises(Cancelled):
+        Pipeline([Noting("a"), Noting("b")]).run(calls, StopAfterFirst())
+    assert calls == ["run a", "cleanup a"]
+
+
+@pytest.mark.parametrize(
+    ("failure", "cause"),
+    [(KernelFault, "kernel"), (LabFault, "infra"), (InputFault, "input"), (Cancelled, "cancelled"), (Aborted, "aborted")],
+)
+def test_each_failure_type_names_its_cause(failure: type[StepFailure], cause: str) -> None:
+    assert failure("x").cause == cause
+
+
+# -- fakes for the node session ------------------------------------------------------------------
+
+
+@dataclass
+class FakeBarrier:
+    aborted: list[str] = field(default_factory=list)
+
+    def arrive_and_wait(self, node: str, timeout_s: float) -> int:
+        raise AssertionError("not reached in these tests")
+
+    def abort(self, node: str, reason: str) -> None:
+        self.aborted.append(reason)
+
+    def broken(self) -> str | None:
+        return None
+
+
+@dataclass
+class FakeProgress:
+    phases: list[tuple[str, str]] = field(default_factory=list)
+
+    def phase(self, node: str, phase: str, detail: str = "") -> None:
+        self.phases.append((phase, detail))
+
+    def swap(self, node: str, out_mib: float, in_mib: float, note: str = "") -> None:
+        pass
+
+
+class FakeNfs:
+    calls: list[str] = []  # noqa: RUF012  (one record shared by every instance a test makes)
+    serving = True
+
+    def __init__(self, lab: str, settings: dict[str, Any]) -> None:
+        self.dir = Path(str(settings["dir"]))
+
+    def ensure_serving(self) -> None: ...
+
+    def is_serving(self) -> bool:
+        return FakeNfs.serving
+
+    def export(self) -> NfsExport:
+        return NfsExport("10.0.2.2", 2049, "/export")
+
+    def create_swap_file(self, name: str, size_mib: int) -> Path:
+        FakeNfs.calls.append("create swap file")
+        return self.swap_file_path(name)
+
+    def remove_swap_file(self, name: str) -> None:
+        FakeNfs.calls.append("remove swap file")
+
+    def swap_file_path(self, name: str) -> Path:
+        return self.dir / name
+
+    def log_path(self) -> Path:
+        return self.dir / "nfs.log"
+
+    def stop(self) -> None: ...
+
+
+class FakeMachine:
+    """A PowerControl driver whose machine prints ``console`` when powered on."""
+
+    console = ""
+    calls: list[str] = []  # noqa: RUF012
+
+    def __init__(self, node: NodeConfig, workdir: Path) -> None:
+        self.node = node
+        self.on = False
+
+    def kernel_console_args(self) -> str:
+        return "console=ttyS0"
+
+    def power_on(self, boot: BootSpec, console_log: Path) -> None:
+        FakeMachine.calls.append("power on")
+        console_log.write_text(FakeMachine.console)
+        self.on = True
+
+    def power_off(self) -> None:
+        FakeMachine.calls.append("power off")
+        self.on = False
+
+    def ssh_address(self) -> tuple[str, int]:
+        return ("127.0.0.1", 1)
+
+    def machine_state(self) -> MachineState:
+        return MachineState.RUNNING if self.on else MachineState.STOPPED
+
+    def exit_reason(self) -> str | None:
+        return None if self.on else "exit code 1"
+
+
+class FakeHost:
+    """An AlreadyRunning driver."""
+
+    def __init__(self, node: NodeConfig, workdir: Path) -> None:
+        self.node = node
+
+    def machine_state(self) -> MachineState:
+        return MachineState.UNKNOWN
+
+    def exit_reason(self) -> str | None:
+        return None
+
+    def ssh_target(self) -> SshTarget:
+        return SshTarget("127.0.0.1", 1)
+
+    def console(self) -> ConsoleSpec:
+        return ConsoleSpec()
+
+
+register_driver("fake-machine")(FakeMachine)
+register_driver("fake-host")(FakeHost)
+register_backend("fake")(FakeNfs)
+
+
+def spec(tmp_path: Path, driver: str = "fake-machine", prepared: bool = True) -> NodeRunSpec:
+    return NodeRunSpec(
+        campaign="c1",
+        run_id="r001",
+        node=NodeRef(name="node1", lab="lab", driver=driver, ram_mib=256, cpus=1, ssh_host="127.0.0.1", ssh_port=1),
+        ram_mib=256,
+        cpus=1,
+        kernel=KernelSource(package="linux-image-amd64"),
+        prepared=PreparedKernel(package="p", version="v", kver="6.1.0-1-amd64", source="s", image_hash="0" * 64)
+        if prepared
+        else None,
+        nfs_backend="fake",
+        nfs_settings={"dir": str(tmp_path)},
+        nfs_version="4.1",
+        mount_options=[],
+        swap_mib=64,
+        workload=WorkloadRef(name="w", mib=384, passes=1, timeout_s=60, seed=1),
+        planned_overcommit_mib=128,
+        boot_timeout_s=5,
+        result_dir=str(tmp_path / "node1"),
+    )
+
+
+@pytest.fixture
+def booting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    image = NodeImage(tmp_path / "vmlinuz", tmp_path / "initrd", "6.1.0-1-amd64", "p", "v", "0" * 64)
+    monkeypatch.setattr(boot_steps, "cached_image", lambda _hash: image)
+
+    def unreachable(*_args: Any, **_kw: Any) -> Any:
+        raise NodeUnreachable("no banner")
+
+    monkeypatch.setattr(boot_steps.NodeShell, "wait_ready", unreachable)  # type: ignore[attr-defined]
+    FakeMachine.calls, FakeNfs.calls, FakeNfs.serving = [], [], True
+
+
+def run_session(the_spec: NodeRunSpec) -> tuple[NodeResult, FakeBarrier, FakeProgress]:
+    barrier, progress = FakeBarrier(), FakeProgress()
+    result = NodeSession(the_spec, progress, barrier, lambda: False).run()
+    return result, barrier, progress
+
+
+def test_a_kernel_that_panics_at_boot_is_the_kernels_fault_and_everything_is_undone(
+    booting: None, tmp_path: Path
+) -> None:
+    FakeMachine.console = "[    1.0] Kernel panic - not syncing: VFS: Unable to mount root fs\n"
+    result, barrier, progress = run_session(spec(tmp_path))
+    assert result.failure is not None
+    assert (result.failure.cause, result.failure.phase) == ("kernel", "boot")
+    assert "Kernel panic" in result.failure.reason
+    # Powered off before the swap file is removed: cleanups in reverse order.
+    assert FakeMachine.calls == ["power on", "power off"]
+    assert FakeNfs.calls == ["create swap file", "remove swap file"]
+    assert barrier.aborted  # the run's other nodes stop at once
+    assert progress.phases[-1] == ("done", "(kernel)")
+    assert (tmp_path / "node1" / "node-result.json").exists()
+
+
+def test_a_silent_boot_with_the_image_reporting_an_error_is_the_labs_fault(booting: None, tmp_path: Path) -> None:
+    FakeMachine.console = "swaplab: ERROR udhcpc on eth0 got no lease\n"
+    result, _, _ = run_session(spec(tmp_path))
+    assert result.failure is not None and result.failure.cause == "infra"
+    assert "udhcpc" in result.failure.reason
+
+
+def test_a_server_that_does_not_serve_stops_the_node_before_it_boots(booting: None, tmp_path: Path) -> None:
+    FakeNfs.serving = False
+    result, _, _ = run_session(spec(tmp_path))
+    assert result.failure is not None
+    assert (result.failure.cause, result.failure.phase) == ("infra", "nfs")
+    assert FakeMachine.calls == []  # never powered on
+
+
+def test_a_run_that_was_not_prepared_boots_nothing(booting: None, tmp_path: Path) -> None:
+    result, _, _ = run_session(spec(tmp_path, prepared=False))
+    assert result.failure is not None and (result.failure.cause, result.failure.phase) == ("infra", "image")
+    assert FakeMachine.calls == [] and FakeNfs.calls == []
+
+
+def test_an_unknown_driver_is_a_lab_fault_not_a_crash(tmp_path: Path) -> None:
+    result, barrier, _ = run_session(spec(tmp_path, driver="no-such-driver"))
+    assert result.failure is not None and result.failure.cause == "infra"
+    assert "unknown driver" in result.failure.reason and barrier.aborted
+
+
+# -- strategies -------------------------------------------------------------------------------------
+
+
+def _node(driver: str) -> NodeConfig:
+    return NodeConfig("n", "lab", driver, 256, 1, "127.0.0.1", 22, {})
+
+
+def test_the_driver_decides_the_steps() -> None:
+    machine = FakeMachine(_node("fake-machine"), Path("."))
+    host = FakeHost(_node("fake-host"), Path("."))
+    assert isinstance(strategy_for(machine), BootStrategy)
+    assert isinstance(strategy_for(host), AttachStrategy)
+    boot = [s.name for s in BootStrategy().steps(machine)]
+    attach = [s.name for s in AttachStrategy().steps(host)]
+    assert boot[:3] == ["image", "swap-file", "boot"]
+    assert attach[:5] == ["connect", "console", "kernel", "fitness", "tool"]
+    # From the clock on, both run the same test steps.
+    assert boot[boot.index("clock") :] == attach[attach.index("clock") :]
+    assert not BootStrategy.persistent and AttachStrategy.persistent
+
+
+def test_a_driver_no_strategy_accepts_is_refused() -> None:
+    class Neither:
+        node = _node("x")
+
+    with pytest.raises(LookupError, match="no node strategy"):
+        strategy_for(Neither())  # type: ignore[arg-type]
+
+
+# -- whose fault a node that stopped answering is ---------------------------------------------------------
+
+
+def _context(tmp_path: Path, driver: Any, console: str, nfs_serving: bool = True) -> NodeContext:
+    ctx = NodeContext(
+        spec(tmp_path), FakeProgress(), FakeBarrier(), lambda: False, driver, NodeResult(run_id="r", node="n"), tmp_path
+    )
+    ctx.console.write_text(console)
+    FakeNfs.serving = nfs_serving
+    ctx.nfs = FakeNfs("lab", {"dir": str(tmp_path)})
+    return ctx
+
+
+HUNG = "[  242.1] INFO: task kworker/u2:1:57 blocked for more than 120 seconds.\n"
+
+
+def test_a_machine_that_runs_but_stops_answering_is_hung(tmp_path: Path) -> None:
+    machine = FakeMachine(_node("fake-machine"), tmp_path)
+    machine.on = True
+    failure = evidence.stopped_answering(_context(tmp_path, machine, "quiet\n"))
+    assert isinstance(failure, KernelFault) and "hang" in failure.reason and not failure.takes_node_out
+
+
+def test_a_machine_that_exited_is_the_labs_unless_the_console_shows_a_crash(tmp_path: Path) -> None:
+    machine = FakeMachine(_node("fake-machine"), tmp_path)
+    assert isinstance(evidence.stopped_answering(_context(tmp_path, machine, "quiet\n")), LabFault)
+    crashed = evidence.stopped_answering(_context(tmp_path, machine, "[ 9.0] Oops: 0000 [#1] SMP\n"))
+    assert isinstance(crashed, KernelFault)
+
+
+def test_a_dead_nfs_server_is_the_labs_fault(tmp_path: Path) -> None:
+    machine = FakeMachine(_node("fake-machine"), tmp_path)
+    machine.on = True
+    failure = evidence.stopped_answering(_context(tmp_path, machine, HUNG, nfs_serving=False))
+    assert isinstance(failure, LabFault) and "NFS server" in failure.reason
+
+
+def test_a_host_without_power_control_is_blamed_only_on_console_evidence(tmp_path: Path) -> None:
+    host = FakeHost(_node("fake-host"), tmp_path)
+    silent = evidence.stopped_answering(_context(tmp_path, host, "nothing\n"))
+    assert isinstance(silent, LabFault) and silent.takes_node_out
+    hung = evidence.stopped_answering(_context(tmp_path, host, HUNG))
+    assert isinstance(hung, KernelFault) and hung.takes_node_out and "blocked for more than" in hung.reason

@@ -1,0 +1,118 @@
+"""Setup done once per run, before any of its nodes is leased: the lab's long-lived NFS
+server (lab scope: started if it is not serving, never stopped by a run) and the run's
+kernel and node image (run scope: shared by every node of the run, cached by content).
+
+A failure here ends the run before it holds any node: infra-error (or invalid for an
+input the lab cannot serve), with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from model.runspec import PreparedKernel, RunSetupSpec
+from workers.image import ImageError, build_node_image, lab_keys
+from workers.kernel import KernelArtifacts, KernelError, fetch_kernel
+from workers.nfs import NfsServerError, make_nfs_server
+from workers.pipeline.step import LabFault, Pipeline, PipelineHooks, Scope, Step
+
+Note = Callable[[str, str], None]  # (phase, text)
+
+
+@dataclass
+class RunContext:
+    """What the run-scope steps share."""
+
+    spec: RunSetupSpec
+    note: Note
+    kernel: KernelArtifacts | None = None
+    prepared: PreparedKernel | None = None
+
+
+class EnsureNfsServerStep(Step[RunContext]):
+    """The lab's NFS server serves (started now if it did not); shared by every run of the lab."""
+
+    name = "nfs-server"
+    phase = "nfs"
+    scope = Scope.LAB
+
+    def describe(self, ctx: RunContext) -> str:
+        return f"{ctx.spec.nfs_backend} server of lab {ctx.spec.lab}"
+
+    def run(self, ctx: RunContext, deadline: float) -> None:
+        try:
+            make_nfs_server(ctx.spec.nfs_backend, ctx.spec.lab, ctx.spec.nfs_settings).ensure_serving()
+        except (NfsServerError, OSError) as err:
+            raise LabFault(f"NFS server: {err}") from err
+
+
+class FetchKernelStep(Step[RunContext]):
+    """The run's kernel in this host's cache (metapackages resolved now, once per run)."""
+
+    name = "kernel"
+    phase = "kernel"
+    scope = Scope.RUN
+
+    def timeout_s(self, ctx: RunContext) -> float:
+        return 1800.0
+
+    def describe(self, ctx: RunContext) -> str:
+        return ctx.spec.kernel.label()
+
+    def run(self, ctx: RunContext, deadline: float) -> None:
+        try:
+            ctx.kernel = fetch_kernel(ctx.spec.kernel, progress=lambda text: ctx.note(self.phase, text))
+        except (KernelError, OSError) as err:
+            raise LabFault(f"kernel artifacts: {err}") from err
+
+
+class BuildImageStep(Step[RunContext]):
+    """The node image every node of the run boots (kernel, modules, tools, the lab's keys)."""
+
+    name = "image"
+    phase = "image"
+    scope = Scope.RUN
+
+    def timeout_s(self, ctx: RunContext) -> float:
+        return 600.0
+
+    def run(self, ctx: RunContext, deadline: float) -> None:
+        assert ctx.kernel is not None
+        try:
+            image = build_node_image(ctx.kernel, lab_keys(ctx.spec.lab), progress=lambda text: ctx.note(self.phase, text))
+        except (ImageError, KernelError, OSError) as err:
+            raise LabFault(f"node image build: {err}") from err
+        ctx.prepared = PreparedKernel(
+            package=ctx.kernel.package,
+            version=ctx.kernel.version,
+            kver=ctx.kernel.kver,
+            source=ctx.kernel.source,
+            image_hash=image.image_hash,
+        )
+
+
+def run_setup_pipeline(spec: RunSetupSpec) -> Pipeline[RunContext]:
+    """Lab scope first, then run scope; nodes that run already need no kernel or image."""
+    steps: list[Step[RunContext]] = [EnsureNfsServerStep()]
+    if spec.boots_kernel:
+        steps += [FetchKernelStep(), BuildImageStep()]
+    return Pipeline(steps)
+
+
+class _NoteHooks(PipelineHooks[RunContext]):
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+
+    def enter(self, step: Step[RunContext]) -> None:
+        self.ctx.note(step.phase, step.describe(self.ctx))
+
+
+def prepare_run(spec: RunSetupSpec, note: Note) -> PreparedKernel | None:
+    """Do the run's setup; the prepared kernel (None for nodes that run already).
+
+    Raises a StepFailure (typed by whose fault) when it cannot.
+    """
+    ctx = RunContext(spec, note)
+    run_setup_pipeline(spec).run(ctx, _NoteHooks(ctx))
+    return ctx.prepared

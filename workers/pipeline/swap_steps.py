@@ -1,0 +1,212 @@
+"""Node steps that set up swap over NFS: the node's swap file on the lab's server, the
+node's clock offset, sysctls, the NFS mount, swapon, and the sampler.
+
+On a node that outlives the run (``ctx.persistent``) every cleanup puts back what its
+step changed; a booted node is powered off instead, so only swapoff is done there.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from workers.nfs import NfsServerError, make_nfs_server
+from workers.nfs.ganesha import nonzero_pages_after_header
+from workers.pipeline import evidence
+from workers.pipeline.context import MOUNT_POINT, NodeContext
+from workers.pipeline.step import KernelFault, LabFault, Step
+from workers.streams import SamplerStream
+
+SAMPLER_FIRST_TICK_S = 15.0
+
+
+class SwapFileStep(Step[NodeContext]):
+    """The node's swap file on the lab's NFS server (which the run's setup made sure serves)."""
+
+    name = "swap-file"
+    phase = "nfs"
+
+    def __init__(self) -> None:
+        self.log_offset = 0
+
+    def describe(self, ctx: NodeContext) -> str:
+        return f"{ctx.spec.swap_mib} MiB swap file on the {ctx.spec.nfs_backend} server of lab {ctx.spec.node.lab}"
+
+    def run(self, ctx: NodeContext, deadline: float) -> None:
+        try:
+            ctx.nfs = make_nfs_server(ctx.spec.nfs_backend, ctx.spec.node.lab, ctx.spec.nfs_settings)
+            if not ctx.nfs.is_serving():
+                raise LabFault(f"the NFS server of lab {ctx.spec.node.lab} is not serving")
+            self.log_offset = _file_size(ctx.nfs.log_path())
+            ctx.nfs.create_swap_file(ctx.swap_name, ctx.spec.swap_mib)
+        except (NfsServerError, OSError) as err:
+            raise LabFault(f"NFS server: {err}") from err
+
+    def cleanup(self, ctx: NodeContext) -> None:
+        if ctx.nfs is None:
+            return
+        path = ctx.nfs.swap_file_path(ctx.swap_name)
+        if path.exists():
+            # Evidence from the server's side: the node's pages really landed there.
+            ctx.result.swap_file_nonzero_pages = nonzero_pages_after_header(path)
+        ctx.nfs.remove_swap_file(ctx.swap_name)
+        _copy_tail(ctx.nfs.log_path(), self.log_offset, ctx.dir / "nfs-server.log")
+
+
+class ClockStep(Step[NodeContext]):
+    """The node's clock offset from the host, measured over the open session."""
+
+    name = "clock"
+    phase = "clock"
+
+    def run(self, ctx: NodeContext, deadline: float) -> None:
+        assert ctx.shell is not None
+        ctx.result.clock_offset_ns, ctx.result.clock_uncertainty_ns = ctx.shell.clock_offset(ctx.tool)
+
+
+class SysctlStep(Step[NodeContext]):
+    """The campaign's vm.*/kernel.* tunables; a node that outlives the run gets its own back."""
+
+    name = "sysctl"
+    phase = "mount"
+
+    def __init__(self) -> None:
+        self.saved: dict[str, str] = {}
+
+    def describe(self, ctx: NodeContext) -> str:
+        return f"NFS {ctx.spec.nfs_version}, swap {ctx.spec.swap_mib} MiB"
+
+    def run(self, ctx: NodeContext, deadline: float) -> None:
+        assert ctx.shell is not None
+        for name, value in ctx.spec.sysctl.items():
+            if ctx.persistent:
+                old = ctx.shell.run(f"sysctl -n {shlex.quote(name)}", timeout=30)
+                if not old.ok:
+                    raise LabFault(f"sysctl {name} cannot be read: {(old.stderr or old.stdout).strip()}")
+                self.saved[name] = old.stdout.strip()
+            done = ctx.shell.run(f"sysctl -w {shlex.quote(f'{name}={int(value)}')}", timeout=30)
+            if not done.ok:
+                raise LabFault(f"sysctl {name}={value} failed: {(done.stderr or done.stdout).strip()}")
+
+    def cleanup(self, ctx: NodeContext) -> None:
+        for name, old in self.saved.items():
+            done = ctx.remote(f"sysctl -w {shlex.quote(f'{name}={old}')}")
+            if done is not None and not done.ok:
+                raise RuntimeError(f"sysctl {name} not restored to {old}: {(done.stderr or done.stdout).strip()}")
+
+
+class MountStep(Step[NodeContext]):
+    """Mount the lab's export on the node."""
+
+    name = "mount"
+    phase = "mount"
+
+    def __init__(self) -> None:
+        self.mounted = False
+
+    def timeout_s(self, ctx: NodeContext) -> float:
+        return 120.0
+
+    def run(self, ctx: NodeContext, deadline: float) -> None:
+        assert ctx.shell is not None
+        mounted = ctx.shell.run(self._command(ctx), timeout=120)
+        if not mounted.ok:
+            # The kernel's NFS client may be at fault, but a mount that never worked is
+            # most often the lab's network or server: do not blame the kernel.
+            raise LabFault(f"mount failed: {(mounted.stderr or mounted.stdout).strip()}")
+        self.mounted = True
+
+    def cleanup(self, ctx: NodeContext) -> None:
+        if self.mounted and ctx.persistent:
+            done = ctx.remote(
+                f"umount {MOUNT_POINT}; rmdir {MOUNT_POINT} 2>/dev/null; ! grep -qF ' {MOUNT_POINT} ' /proc/mounts",
+                timeout=60,
+            )
+            if done is not None and not done.ok:
+                raise RuntimeError(f"umount {MOUNT_POINT} failed: {(done.stderr or done.stdout).strip()}")
+
+    @staticmethod
+    def _command(ctx: NodeContext) -> str:
+        assert ctx.nfs is not None
+        export = ctx.nfs.export()
+        options = [
+            f"vers={ctx.spec.nfs_version}",
+            "proto=tcp",
+            f"port={export.port}",
+            f"addr={export.server}",
+            *ctx.spec.mount_options,
+        ]
+        source = f"{export.server}:{export.path}"
+        return (
+            f"mkdir -p {MOUNT_POINT} && mount -t nfs4 -o {shlex.quote(','.join(options))} "
+            f"{shlex.quote(source)} {MOUNT_POINT}"
+        )
+
+
+class SwaponStep(Step[NodeContext]):
+    """Swap on the NFS file; a refusal is the kernel's (the file is fine: the lab made it)."""
+
+    name = "swapon"
+    phase = "mount"
+
+    def __init__(self) -> None:
+        self.on = False
+
+    def timeout_s(self, ctx: NodeContext) -> float:
+        return 120.0
+
+    def run(self, ctx: NodeContext, deadline: float) -> None:
+        assert ctx.shell is not None
+        swapon = ctx.shell.run(f"swapon {shlex.quote(ctx.swap_path)}", timeout=120)
+        if not swapon.ok:
+            console = " | ".join(evidence.kernel_failure_lines(ctx.console_text()))
+            raise KernelFault(f"kernel refused swapon: {swapon.stderr.strip()} {console}".strip())
+        self.on = True
+
+    def cleanup(self, ctx: NodeContext) -> None:
+        if not self.on:
+            return
+        done = ctx.remote(f"swapoff {shlex.quote(ctx.swap_path)}", timeout=180)
+        if done is not None and not done.ok:
+            raise RuntimeError(f"swapoff failed: {(done.stderr or done.stdout).strip()}")
+
+
+class SamplerStep(Step[NodeContext]):
+    """The node's own counters every second, streamed to samples.jsonl and the exporter."""
+
+    name = "sampler"
+    phase = "mount"
+
+    def run(self, ctx: NodeContext, deadline: float) -> None:
+        assert ctx.shell is not None
+        ctx.sampler = SamplerStream(
+            ctx.shell.open_channel(f"exec {ctx.tool} sample"), ctx.dir / "samples.jsonl", on_record=ctx.on_sample
+        )
+        if not ctx.sampler.wait_for_first(timeout_s=SAMPLER_FIRST_TICK_S):
+            raise LabFault(f"the node's sampler sent nothing within {SAMPLER_FIRST_TICK_S:.0f} s")
+
+    def cleanup(self, ctx: NodeContext) -> None:
+        if ctx.sampler is None:
+            return
+        ctx.sampler.close()
+        ctx.result.samples = ctx.sampler.count
+        ctx.result.counters_first = ctx.sampler.first() or {}
+        ctx.result.counters_last = ctx.sampler.latest() or {}
+        if ctx.series is not None:
+            ctx.series.last_sample = None  # the sampler stopped on purpose: no age to report
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _copy_tail(source: Path, offset: int, target: Path) -> None:
+    try:
+        with source.open("rb") as src:
+            src.seek(offset)
+            target.write_bytes(src.read())
+    except OSError:
+        pass  # the server's log is evidence, not a requirement

@@ -1,0 +1,138 @@
+"""Node steps of the test itself: meet the run's other nodes, run the workload from the
+common start instant while watching the node, and collect the last counters."""
+
+from __future__ import annotations
+
+import time
+
+from workers.collab import BarrierBroken
+from workers.pipeline import evidence
+from workers.pipeline.context import NodeContext
+from workers.pipeline.step import Aborted, Cancelled, KernelFault, Step, StepFailure
+from workers.streams import WorkloadStream, workload_progress
+
+BARRIER_TIMEOUT_S = 600.0
+# A sampler silent this long makes the session ask the node whether it still answers.
+SILENCE_S = 30.0
+ALIVE_PROBE_S = 10.0
+
+
+class BarrierStep(Step[NodeContext]):
+    """Every node of the run arrives after swapon; they learn one start instant."""
+
+    name = "barrier"
+    phase = "barrier"
+
+    def timeout_s(self, ctx: NodeContext) -> float:
+        return BARRIER_TIMEOUT_S
+
+    def describe(self, ctx: NodeContext) -> str:
+        return "waiting for every node of the run"
+
+    def run(self, ctx: NodeContext, deadline: float) -> None:
+        try:
+            ctx.start_at_ns = ctx.barrier.arrive_and_wait(ctx.name, BARRIER_TIMEOUT_S)
+        except BarrierBroken as broken:
+            raise Aborted(f"run aborted before the start: {broken}") from broken
+        ctx.passed_barrier = True
+
+
+class WorkloadStep(Step[NodeContext]):
+    """``swaplab-node hog`` from the start instant to its verdict on every page."""
+
+    name = "workload"
+    phase = "workload"
+
+    def __init__(self) -> None:
+        self._next_probe = 0.0
+
+    def timeout_s(self, ctx: NodeContext) -> float:
+        lead_s = max(0.0, ((ctx.start_at_ns or 0) - time.time_ns()) / 1e9)
+        return ctx.spec.workload.timeout_s + lead_s
+
+    def describe(self, ctx: NodeContext) -> str:
+        return f"touch {ctx.workload_mib} MiB x {ctx.spec.workload.passes} pass(es)"
+
+    def run(self, ctx: NodeContext, deadline: float) -> None:
+        assert ctx.shell is not None and ctx.sampler is not None and ctx.start_at_ns is not None
+        work, offset = ctx.spec.workload, ctx.result.clock_offset_ns or 0
+        command = (
+            f"{ctx.tool} hog --mib {ctx.workload_mib} --passes {work.passes} "
+            f"--start-at {ctx.start_at_ns + offset} --seed {work.seed}"
+        )
+        stream = WorkloadStream(ctx.shell.open_channel(command), ctx.dir / "workload.log")
+        baseline = ctx.sampler.latest()
+        finished = stream.wait(
+            deadline=deadline,
+            on_tick=lambda: self._report(ctx, baseline, stream.last_line),
+            stop=lambda: ctx.cancel() or not ctx.machine_running() or self._silent(ctx),
+        )
+        ctx.result.workload = outcome = stream.outcome(ctx.start_at_ns, offset)
+        if ctx.series is not None and outcome.done and outcome.bad_pages == 0 and outcome.exit_status == 0:
+            ctx.series.progress, ctx.series.done = 1.0, 1.0
+        if not finished:
+            raise self._stopped(ctx)
+        if outcome.exit_status is None or outcome.exit_status < 0:
+            self._check_node_still_there(ctx)
+
+    def cleanup(self, ctx: NodeContext) -> None:
+        # A workload left running on a node that outlives the run (cancel, timeout).
+        if ctx.persistent:
+            ctx.remote("pkill -x swaplab-node; true", timeout=15)
+
+    def _report(self, ctx: NodeContext, baseline: dict[str, float] | None, note: str) -> None:
+        assert ctx.sampler is not None and ctx.workload_mib is not None
+        fraction = workload_progress(note, ctx.workload_mib, ctx.spec.workload.passes)
+        if ctx.series is not None and fraction is not None:
+            ctx.series.progress = fraction
+        latest = ctx.sampler.latest()
+        if baseline is None or latest is None:
+            return
+        out = (latest.get("pswpout", 0) - baseline.get("pswpout", 0)) * 4096 / 2**20
+        into = (latest.get("pswpin", 0) - baseline.get("pswpin", 0)) * 4096 / 2**20
+        ctx.progress.swap(ctx.name, out, into, note)
+
+    def _silent(self, ctx: NodeContext) -> bool:
+        """The sampler went quiet and the node does not answer a trivial command."""
+        assert ctx.sampler is not None and ctx.shell is not None
+        last = ctx.sampler.last_host_time()
+        if last is None or time.time() - last < SILENCE_S or time.monotonic() < self._next_probe:
+            return False
+        self._next_probe = time.monotonic() + ALIVE_PROBE_S
+        return not ctx.shell.is_alive(timeout=ALIVE_PROBE_S)
+
+    def _stopped(self, ctx: NodeContext) -> StepFailure:
+        """Why the workload did not finish: cancelled, lab gone, node silent, or too slow."""
+        assert ctx.shell is not None
+        if ctx.cancel():
+            return Cancelled("cancelled")
+        gone = evidence.machine_or_server_gone(ctx)
+        if gone is not None:
+            return gone
+        if not ctx.shell.is_alive(timeout=ALIVE_PROBE_S):
+            return evidence.stopped_answering(ctx)
+        return KernelFault(
+            f"workload did not finish within {ctx.spec.workload.timeout_s} s "
+            f"(last report: {ctx.result.workload.last_line!r})"
+        )
+
+    @staticmethod
+    def _check_node_still_there(ctx: NodeContext) -> None:
+        """The workload's channel ended without a status: the machine, the server or the node went."""
+        assert ctx.shell is not None
+        gone = evidence.machine_or_server_gone(ctx)
+        if gone is not None:
+            raise gone
+        if not ctx.shell.is_alive(timeout=ALIVE_PROBE_S):
+            raise evidence.stopped_answering(ctx)
+
+
+class CollectStep(Step[NodeContext]):
+    """A couple more sampler ticks, so the final counters cover the whole workload."""
+
+    name = "collect"
+    phase = "collect"
+
+    def run(self, ctx: NodeContext, deadline: float) -> None:
+        assert ctx.sampler is not None
+        ctx.sampler.wait_for_more(2, timeout_s=5.0)
