@@ -230,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result, process_s = run_campaign(path)
                 rows.append(campaign_figures(result, process_s))
     finally:
-        # swaplab leaves the lab's NFS server up for the next run; stop it if we caused it.
+        # swaplab run stops an NFS server it started, but an interrupted run may leave one up.
         if not nfs_was_serving and our_nfs_serving():
             subprocess.run([str(SWAPLAB), "nfs", "stop"], cwd=REPO, check=False, stdout=subprocess.DEVNULL)
     by_campaign = {row["campaign"]: summary([r for r in rows if r["campaign"] == row["campaign"]]) for row in rows}

@@ -31,6 +31,11 @@ def node_entry(result: NodeResult, verdict: NodeVerdict) -> dict[str, Any]:
         "workload": result.workload.model_dump(mode="json"),
         "failure": None if result.failure is None else result.failure.model_dump(mode="json"),
         "console_events": result.console_events,
+        "console_source": result.console_source,
+        "ram_mib": result.ram_mib,
+        "planned_overcommit_mib": result.planned_overcommit_mib,
+        "left_clean": result.left_clean,
+        "cleanup_problems": result.cleanup_problems,
         "files": result.files,
     }
 

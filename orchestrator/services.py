@@ -23,9 +23,11 @@ from urllib.parse import urlparse
 import redis
 import yaml
 
-from model.state import DEFAULT_REDIS_URL, redis_url
+from model.lab import Lab
+from model.state import DEFAULT_REDIS_URL, lab_queue, redis_url
 from orchestrator.prometheus import PrometheusApi, prometheus_url
 from workers.exporter import targets_dir
+from workers.nfs import NfsServer, NfsServerError, make_nfs_server
 from workers.paths import cache_dir
 
 # A judged run is counted a few seconds after its verdict (workers.exporter.count_run).
@@ -278,18 +280,31 @@ class LocalStores:
 
 class LocalServices:
     """Context manager: start what is missing for ``lab`` (stores and a worker), stop what
-    it started."""
+    it started, and say what stays up.
 
-    def __init__(
-        self, lab: str, concurrency: int, log_dir: Path, note: Callable[[str], None] = lambda _text: None
-    ) -> None:
+    The lab's NFS server is long-lived and shared by every run of the lab: one that was
+    serving before is left serving (and said so); one that this command's run started is
+    stopped with the other services.
+    """
+
+    def __init__(self, lab: Lab, concurrency: int, log_dir: Path, note: Callable[[str], None] = lambda _text: None) -> None:
         self.note = note
         self.stores = LocalStores(note)
-        self.worker = LocalWorker(["control", f"lab.{lab}"], concurrency, log_dir / "worker.log")
+        self.worker = LocalWorker(["control", lab_queue(lab.name)], concurrency, log_dir / "worker.log")
+        self.lab = lab
+        self.nfs_was_serving = False
+
+    def _nfs(self) -> NfsServer | None:
+        try:
+            return make_nfs_server(self.lab.nfs_backend, self.lab.name, self.lab.nfs_settings)
+        except NfsServerError:
+            return None  # the run will say what is wrong with it
 
     def __enter__(self) -> LocalServices:
         if self.stores.configured:
             return self
+        nfs = self._nfs()
+        self.nfs_was_serving = nfs is not None and nfs.is_serving()
         try:
             self.stores.start()
             self.worker.start(redis.Redis.from_url(self.stores.redis.url))
@@ -309,6 +324,20 @@ class LocalServices:
             time.sleep(METRICS_FLUSH_S)  # let Prometheus scrape the worker's last figures
         self.worker.stop()
         self.stores.stop()
+        self._settle_nfs()
+
+    def _settle_nfs(self) -> None:
+        nfs = self._nfs()
+        if nfs is None or not nfs.is_serving():
+            return
+        if self.nfs_was_serving:
+            self.note(
+                f"lab {self.lab.name}'s {nfs.where()} stays up as it was (shared by every run of the lab; "
+                f"`swaplab nfs stop -i {self.lab.inventory}` stops it)"
+            )
+            return
+        nfs.stop()
+        self.note(f"stopped lab {self.lab.name}'s {nfs.where()} (this run started it)")
 
 
 def _wait_for(ready: Callable[[], bool], timeout_s: float, message: Callable[[], str]) -> None:

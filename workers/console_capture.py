@@ -20,9 +20,7 @@ import threading
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-import paramiko
-
-from workers.node_ssh import NodeShell
+from workers.node_ssh import NodeShell, received_chunks
 
 _POLL_S = 0.2
 # /dev/kmsg record: "<prio>,<seq>,<usec since boot>,<flags>[,...];<text>"
@@ -108,13 +106,7 @@ class KmsgCapture:
     def _read(self) -> None:
         pending = ""
         with self._target.open("a", encoding="utf-8") as out:
-            while True:
-                try:
-                    chunk = self._channel.recv(65536)
-                except (OSError, EOFError, paramiko.SSHException):
-                    break
-                if not chunk:
-                    break
+            for chunk in received_chunks(self._channel):
                 pending += chunk.decode("utf-8", errors="replace")
                 *lines, pending = pending.split("\n")
                 for line in lines:

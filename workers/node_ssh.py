@@ -13,7 +13,7 @@ import base64
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,6 +210,18 @@ class NodeShell:
     def close(self) -> None:
         """Close the connection (idempotent)."""
         self._conn.close()
+
+
+def received_chunks(channel: paramiko.Channel, size: int = 65536) -> Iterator[bytes]:
+    """What a channel's command writes, chunk by chunk, until it closes or the session drops."""
+    while True:
+        try:
+            chunk = channel.recv(size)
+        except (OSError, EOFError, paramiko.SSHException):
+            return
+        if not chunk:
+            return
+        yield chunk
 
 
 def _sshd_answers(host: str, port: int, timeout_s: float = 2.0) -> bool:

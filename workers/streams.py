@@ -17,6 +17,7 @@ import paramiko
 
 from model.console import EventKind, classify_line
 from model.runspec import WorkloadOutcome
+from workers.node_ssh import received_chunks
 from workers.samples import Record, TickParser
 
 _POLL_S = 0.2
@@ -40,13 +41,7 @@ class SamplerStream:
         self._thread.start()
 
     def _read(self) -> None:
-        while True:
-            try:
-                chunk = self._channel.recv(65536)
-            except (OSError, EOFError, paramiko.SSHException):
-                break
-            if not chunk:
-                break
+        for chunk in received_chunks(self._channel):
             received_ns = time.time_ns()
             for record in self._parser.feed(chunk.decode("utf-8", errors="replace")):
                 record["host_time_ns"] = received_ns

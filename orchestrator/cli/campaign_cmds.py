@@ -63,7 +63,7 @@ def run(campaign_file: Path, as_json: bool, results: Path) -> None:
     results = results.resolve()
     os.environ["SWAPLAB_RESULTS"] = str(results)  # the worker we start writes there too
     try:
-        with LocalServices(campaign.lab.name, len(campaign.lab.nodes) + 1, results / "services", _note):
+        with LocalServices(campaign.lab, len(campaign.lab.nodes) + 1, results / "services", _note):
             info = _submit_and_follow(campaign)
     except ServiceError as err:
         click.echo(f"error: {err}", err=True)

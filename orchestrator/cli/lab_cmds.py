@@ -1,4 +1,5 @@
-"""``swaplab lab status``: a lab's nodes, who holds them, and their health."""
+"""``swaplab lab status | back``: a lab's nodes, who holds them, their health; putting a
+node back in the pool once a person repaired it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from model.lab import load_lab
+from model.lab import Lab, load_lab
 from model.yamlpos import SpecError
 from orchestrator.cli.distributed_cmds import connect
 from orchestrator.cli.nfs_cmds import DEFAULT_INVENTORY
@@ -21,21 +22,40 @@ def lab() -> None:
     """Inspect a lab's node pool."""
 
 
-@lab.command()
-@click.option(
+_inventory = click.option(
     "--inventory",
     "-i",
     type=click.Path(path_type=Path, dir_okay=False),
     default=DEFAULT_INVENTORY,
     show_default="inventory/local.yml",
 )
+
+
+def _load(inventory: Path) -> Lab:
+    try:
+        return load_lab(inventory)
+    except SpecError as err:
+        raise click.ClickException(str(err)) from None
+
+
+@lab.command()
+@_inventory
+@click.argument("node")
+def back(inventory: Path, node: str) -> None:
+    """Put NODE back in the pool (after it stopped answering, or failed to boot twice)."""
+    the_lab = _load(inventory)
+    if node not in {n.name for n in the_lab.nodes}:
+        raise click.ClickException(f"lab {the_lab.name} has no node {node!r}")
+    NodeHealth(connect().redis, the_lab.name).reset(node)
+    click.echo(f"{node} is back in the pool of lab {the_lab.name}")
+
+
+@lab.command()
+@_inventory
 @click.option("--json", "as_json", is_flag=True)
 def status(inventory: Path, as_json: bool) -> None:
     """Nodes with their lease holder and health; worker slots on the lab's queue."""
-    try:
-        the_lab = load_lab(inventory)
-    except SpecError as err:
-        raise click.ClickException(str(err)) from None
+    the_lab = _load(inventory)
     store = connect()
     holders = LeaseBook(store.redis, the_lab.name, ttl_s=LEASE_TTL_S).holders()
     health = NodeHealth(store.redis, the_lab.name).status()
@@ -66,6 +86,7 @@ def status(inventory: Path, as_json: bool) -> None:
         health_text = (
             "healthy"
             if row["healthy"]
-            else f"UNHEALTHY ({row['consecutive_boot_failures']} boot failures: {row['last_reason']})"
+            else f"OUT OF THE POOL ({row['consecutive_boot_failures']} boot failures; last: {row['last_reason']}; "
+            f"`swaplab lab back {row['node']}` when repaired)"
         )
         click.echo(f"  {row['node']:<8} {row['driver']:<6} {row['held_by'] or 'free':<40} {health_text}")

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,73 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
-from orchestrator.services import LocalPrometheus, LocalRedis, LocalWorker
-from tests.conftest import free_port, require_tools
+from tests.conftest import require_tools
+from tests.e2e.stack import Lab
 from workers.lease import LEASE_TTL_S
 from workers.process import pid_alive
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
-SWAPLAB = Path(sys.executable).with_name("swaplab")
 FIXTURES = REPO / "tests" / "fixtures" / "campaigns"
 QUEUES = ["control", "lab.e2e", "lab.broken"]
 E2E_LAB = REPO / "tests" / "fixtures" / "labs" / "e2e.yml"
-
-
-class Lab:
-    """The services of this module and helpers to drive the CLI against them."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.url = f"redis://127.0.0.1:{free_port()}/0"
-        self.redis_server = LocalRedis(self.url, data_dir=tmp / "redis")
-        (tmp / "redis").mkdir()
-        # Its own Prometheus, scraping only this module's workers (their file_sd directory).
-        prometheus_url = f"http://127.0.0.1:{free_port()}"
-        (tmp / "prometheus").mkdir()
-        self.prometheus = LocalPrometheus(prometheus_url, data_dir=tmp / "prometheus", targets=tmp / "targets")
-        self.env = {
-            **os.environ,
-            "SWAPLAB_REDIS_URL": self.url,
-            "SWAPLAB_RESULTS": str(tmp / "results"),
-            "SWAPLAB_PROMETHEUS_URL": prometheus_url,
-            "SWAPLAB_PROMETHEUS_SD_DIR": str(tmp / "targets"),
-        }
-        self.tmp = tmp
-        self.worker: LocalWorker | None = None
-
-    @property
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url, decode_responses=True)
-
-    def start_worker(self) -> LocalWorker:
-        worker = LocalWorker(QUEUES, concurrency=5, log_file=self.tmp / "worker.log", name="e2e", env=self.env)
-        worker.start(redis.Redis.from_url(self.url))
-        self.worker = worker
-        return worker
-
-    def cli(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([str(SWAPLAB), *args], capture_output=True, text=True, env=self.env, timeout=timeout)
-        sys.stderr.write(proc.stderr)
-        return proc
-
-    def submit(self, campaign: Path) -> str:
-        proc = self.cli("submit", "--json", str(campaign))
-        assert proc.returncode == 0, proc.stderr
-        return str(json.loads(proc.stdout)["campaign_id"])
-
-    def node_state(self, cid: str, node: str = "node1") -> dict[str, str]:
-        return self.client.hgetall(f"swaplab:node:{cid}:r001:{node}")
-
-    def wait_for_phase(self, cid: str, phase: str, timeout: float = 240) -> None:
-        deadline = time.monotonic() + timeout
-        while self.node_state(cid).get("status") != phase:
-            assert time.monotonic() < deadline, f"node1 never reached {phase}: {self.node_state(cid)}"
-            time.sleep(0.5)
-
-    def leases(self, lab: str = "e2e") -> list[str]:
-        return list(self.client.scan_iter(f"swaplab:lease:{lab}:*"))
 
 
 def guest_pids(name: str) -> list[int]:
@@ -95,17 +38,12 @@ def guest_pids(name: str) -> list[int]:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     require_tools(("redis-server", "qemu-system-x86_64", "ganesha.nfsd", "prometheus"))
-    the_lab = Lab(tmp_path_factory.mktemp("distributed"))
-    the_lab.redis_server.start()
-    the_lab.prometheus.start()
-    the_lab.start_worker()
+    the_lab = Lab(tmp_path_factory.mktemp("distributed"), QUEUES)
+    the_lab.start()
     yield the_lab
-    if the_lab.worker is not None:
-        the_lab.worker.stop()
     for inventory in (E2E_LAB, REPO / "tests/fixtures/labs/broken-node.yml"):
         the_lab.cli("nfs", "stop", "-i", str(inventory))
-    the_lab.prometheus.stop()
-    the_lab.redis_server.stop()
+    the_lab.stop()
 
 
 def test_invalid_submit_leaves_redis_unchanged(lab: Lab, tmp_path: Path) -> None:

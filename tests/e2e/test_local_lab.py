@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from model.criteria import BUILTIN_CRITERION_NAMES
 from orchestrator.prometheus import PrometheusApi
 from orchestrator.services import LocalPrometheus
 from tests import dashboards
@@ -27,16 +28,7 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
 MIB = 2**20
-BUILTIN = {
-    "no_hung_task",
-    "no_oops_or_panic",
-    "no_swap_write_error",
-    "no_oom_kill",
-    "swap_out_used",
-    "swap_in_used",
-    "node_alive",
-    "workload_done",
-}
+BUILTIN = set(BUILTIN_CRITERION_NAMES)
 
 
 SWAPLAB = Path(sys.executable).with_name("swaplab")
@@ -65,11 +57,20 @@ def run_campaign(path: Path, results: Path) -> tuple[int, dict[str, Any], str]:
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict[str, Any], str]:
+    # From a lab whose NFS server is down, as on a fresh machine: the run starts it and stops it.
+    subprocess.run([str(SWAPLAB), "nfs", "stop"], check=True, capture_output=True, timeout=60)
     return run_campaign(REPO / "campaigns" / "smoke.yaml", tmp_path_factory.mktemp("smoke"))
+
+
+def nfs_serving() -> bool:
+    status = subprocess.run([str(SWAPLAB), "nfs", "status", "--json"], capture_output=True, text=True, timeout=60)
+    return bool(json.loads(status.stdout)["serving"])
 
 
 @pytest.fixture(scope="module")
 def oom(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict[str, Any], str]:
+    # The lab's NFS server is up before this run: the run must leave it up, and say so.
+    subprocess.run([str(SWAPLAB), "nfs", "start"], check=True, capture_output=True, timeout=60)
     return run_campaign(FIXTURES / "campaigns" / "oom-at-start.yaml", tmp_path_factory.mktemp("oom"))
 
 
@@ -121,6 +122,16 @@ def test_smoke_verdict_comes_from_criteria_with_values(smoke: tuple[int, dict[st
     assert criteria["swap_out_used"]["value"] / MIB == pytest.approx(node["swap_out_mib"], rel=0.1)
     assert criteria["swap_out_used"]["threshold"] == 128 * MIB
     assert smoke[1]["runs"][0]["window"]["seconds"] >= node["phases_s"]["workload"]
+
+
+def test_a_run_stops_the_nfs_server_it_started(smoke: tuple[int, dict[str, Any], str]) -> None:
+    assert "stopped lab local's nfs-ganesha on 127.0.0.1:12049 (this run started it)" in smoke[2]
+    assert not nfs_serving()
+
+
+def test_a_run_leaves_a_serving_nfs_server_up_and_says_so(oom: tuple[int, dict[str, Any], str]) -> None:
+    assert "lab local's nfs-ganesha on 127.0.0.1:12049 stays up as it was" in oom[2]
+    assert nfs_serving()
 
 
 def test_smoke_swapped_over_100_mib_out_and_back_in(smoke: tuple[int, dict[str, Any], str]) -> None:

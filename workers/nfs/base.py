@@ -33,6 +33,9 @@ class NfsServer(Protocol):
     def is_serving(self) -> bool:
         """True when the server process is alive and accepts connections."""
 
+    def where(self) -> str:
+        """What and where the server is, for people (e.g. "nfs-ganesha on 127.0.0.1:12049")."""
+
     def export(self) -> NfsExport:
         """Where nodes mount from."""
 

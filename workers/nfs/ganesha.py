@@ -213,6 +213,10 @@ class GaneshaServer:
         """The server's log file (kept across restarts; ganesha appends)."""
         return self.state_dir / "ganesha.log"
 
+    def where(self) -> str:
+        """The daemon and its address."""
+        return f"nfs-ganesha on {self.bind}:{self.port}"
+
     def export(self) -> NfsExport:
         """Where nodes mount from (the host as QEMU user networking shows it)."""
         return NfsExport(server=self.guest_address, port=self.port, path=self.pseudo)

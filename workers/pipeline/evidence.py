@@ -92,8 +92,8 @@ def stopped_answering(ctx: NodeContext) -> StepFailure:
             f"node stopped answering (last sample at {when}); its console shows: {evidence.text}", takes_node_out=True
         )
     return LabFault(
-        f"node stopped answering (last sample at {when}) and its console ({ctx.result.console_source or 'none'}) "
-        "shows nothing that blames the kernel; it stays out of the pool until `swaplab lab back` says it is back",
+        f"node stopped answering (last sample at {when}) and nothing on its console blames the kernel "
+        f"[console: {ctx.result.console_source or 'none'}]; it is out of the pool until `swaplab lab back {ctx.name}`",
         takes_node_out=True,
     )
 
