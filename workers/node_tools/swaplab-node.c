@@ -6,9 +6,15 @@
  *   swaplab-node sample [--interval-ms N] kernel counters every N ms until killed
  *   swaplab-node hog --mib N [--passes P] [--start-at NS] [--seed S]
  *                                         memory pressure, every page verified
+ *   swaplab-node limits                   the argument limits below, one `name value` line
+ *                                         each, sorted by name
  *
  * Output is a line protocol parsed by the orchestrator; stdout is flushed after every
  * line (hog) or tick (sample) so nothing sits in a buffer when the node dies.
+ * Every numeric argument has a named limit (HOG_*, SAMPLE_*): the checks use it and
+ * `limits` prints it. model/limits.py holds the same values so a campaign is refused at
+ * validation rather than here at run time (where a refusal looks like a kernel fault);
+ * tests/unit/test_node_tool_limits.py fails when the two differ.
  * Exit codes: 0 ok, 2 usage, 3 hog found corrupt pages, 1 other failure.
  */
 #define _GNU_SOURCE
@@ -28,6 +34,43 @@
 #define MIB (1024u * 1024u)
 #define PROGRESS_MIB 16u
 #define MAX_CORRUPT_LINES 10u
+#define NS_PER_MS 1000000ull
+#define NS_PER_S 1000000000ull
+
+/* Argument limits, inclusive. An integer argument outside them is a usage error (exit 2). */
+#define HOG_MIB_MIN 1ull
+#define HOG_MIB_MAX (1ull << 20) /* 1 TiB: one mapping, well inside 64-bit size_t and x86_64's 128 TiB */
+#define HOG_PAGES_MAX (HOG_MIB_MAX * (MIB / PAGE))
+#define HOG_PASSES_MIN 1ull
+/* passes x pages is the count of checked pages (the `done ... pages=` field): 64 bits. */
+#define HOG_PASSES_MAX (UINT64_MAX / HOG_PAGES_MAX)
+#define HOG_SEED_MIN 0ull
+#define HOG_SEED_MAX UINT64_MAX /* any 64-bit value is a seed */
+#define HOG_START_AT_MIN 0ull /* an instant already past: start at once */
+/* CLOCK_REALTIME ns; UINT64_MAX / NS_PER_S seconds (year 2554) still fits a 64-bit time_t. */
+#define HOG_START_AT_MAX UINT64_MAX
+#define SAMPLE_INTERVAL_MS_MIN 1ull
+/* The next tick's deadline is tv_nsec + interval in ns, computed in 64 bits. */
+#define SAMPLE_INTERVAL_MS_MAX ((UINT64_MAX - (NS_PER_S - 1)) / NS_PER_MS)
+
+struct limit {
+    const char *name;
+    uint64_t value;
+};
+
+/* What `limits` prints, in this order: keep it sorted by name. */
+static const struct limit arg_limits[] = {
+    {"hog_mib_max", HOG_MIB_MAX},
+    {"hog_mib_min", HOG_MIB_MIN},
+    {"hog_passes_max", HOG_PASSES_MAX},
+    {"hog_passes_min", HOG_PASSES_MIN},
+    {"hog_seed_max", HOG_SEED_MAX},
+    {"hog_seed_min", HOG_SEED_MIN},
+    {"hog_start_at_max", HOG_START_AT_MAX},
+    {"hog_start_at_min", HOG_START_AT_MIN},
+    {"sample_interval_ms_max", SAMPLE_INTERVAL_MS_MAX},
+    {"sample_interval_ms_min", SAMPLE_INTERVAL_MS_MIN},
+};
 
 static const char *const sample_files[] = {
     "/proc/vmstat", "/proc/meminfo", "/proc/pressure/memory",
@@ -37,14 +80,20 @@ static const char *const sample_files[] = {
 /* /proc files are small (netstat ~3 KiB, meminfo ~1.5 KiB); one static buffer, no malloc. */
 static char file_buf[1 << 16];
 
-static int usage(const char *msg)
+static int usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage(const char *fmt, ...)
 {
-    fprintf(stderr, "swaplab-node: %s\n"
-                    "usage: swaplab-node clock\n"
-                    "       swaplab-node clock-serve\n"
-                    "       swaplab-node sample [--interval-ms N]\n"
-                    "       swaplab-node hog --mib N [--passes P] [--start-at NS] [--seed S]\n",
-            msg);
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("swaplab-node: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputs("\nusage: swaplab-node clock\n"
+          "       swaplab-node clock-serve\n"
+          "       swaplab-node sample [--interval-ms N]\n"
+          "       swaplab-node hog --mib N [--passes P] [--start-at NS] [--seed S]\n"
+          "       swaplab-node limits\n",
+          stderr);
     return 2;
 }
 
@@ -52,7 +101,7 @@ static uint64_t now_ns(clockid_t clk)
 {
     struct timespec ts;
     clock_gettime(clk, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    return (uint64_t)ts.tv_sec * NS_PER_S + (uint64_t)ts.tv_nsec;
 }
 
 /* Strict unsigned parse: the whole string must be digits (no sign, no junk). */
@@ -67,6 +116,24 @@ static int parse_u64(const char *s, uint64_t *out)
         return -1;
     *out = v;
     return 0;
+}
+
+/* The value after argv[*i], consuming it; NULL when the flag is the last argument. */
+static const char *flag_value(int argc, char **argv, int *i)
+{
+    return *i + 1 < argc ? argv[++*i] : NULL;
+}
+
+/* An integer argument within its limits, or the usage error naming them. */
+static int parse_arg(const char *flag, const char *s, uint64_t min, uint64_t max, uint64_t *out)
+{
+    uint64_t v;
+    if (parse_u64(s, &v) == 0 && v >= min && v <= max) {
+        *out = v;
+        return 0;
+    }
+    return usage("%s needs an integer in %llu..%llu, got '%s'", flag, (unsigned long long)min,
+                 (unsigned long long)max, s != NULL ? s : "nothing");
 }
 
 /* Write all of buf; a closed stdout (EPIPE) means the reader is gone: stop quietly. */
@@ -170,12 +237,13 @@ static int cmd_sample(int argc, char **argv)
 {
     uint64_t interval_ms = 1000;
     for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--interval-ms") == 0 && i + 1 < argc) {
-            if (parse_u64(argv[++i], &interval_ms) != 0 || interval_ms == 0)
-                return usage("--interval-ms needs a positive integer");
-        } else {
-            return usage("unknown sample argument");
-        }
+        const char *flag = argv[i];
+        if (strcmp(flag, "--interval-ms") != 0)
+            return usage("unknown sample argument '%s'", flag);
+        int rc = parse_arg(flag, flag_value(argc, argv, &i), SAMPLE_INTERVAL_MS_MIN,
+                           SAMPLE_INTERVAL_MS_MAX, &interval_ms);
+        if (rc != 0)
+            return rc;
     }
     prepare_sampler();
     struct timespec next;
@@ -187,12 +255,24 @@ static int cmd_sample(int argc, char **argv)
             emit_file(sample_files[f]);
         emit("@@end\n");
         /* Absolute deadlines: a slow tick does not push every later tick back. */
-        uint64_t ns = (uint64_t)next.tv_nsec + interval_ms * 1000000ull;
-        next.tv_sec += (time_t)(ns / 1000000000ull);
-        next.tv_nsec = (long)(ns % 1000000000ull);
+        uint64_t ns = (uint64_t)next.tv_nsec + interval_ms * NS_PER_MS;
+        next.tv_sec += (time_t)(ns / NS_PER_S);
+        next.tv_nsec = (long)(ns % NS_PER_S);
         while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL) == EINTR)
             ;
     }
+}
+
+/* ------------------------------------------------------------------ limits */
+
+static int cmd_limits(int argc, char **argv)
+{
+    (void)argv;
+    if (argc != 0)
+        return usage("limits takes no arguments");
+    for (size_t i = 0; i < sizeof arg_limits / sizeof arg_limits[0]; i++)
+        emit("%s %llu\n", arg_limits[i].name, (unsigned long long)arg_limits[i].value);
+    return 0;
 }
 
 /* ------------------------------------------------------------------ hog */
@@ -242,39 +322,40 @@ struct hog_args {
     int has_start;
 };
 
+/* One hog flag: its value, checked against its limits. */
+static int parse_hog_flag(const char *flag, const char *s, struct hog_args *a)
+{
+    if (strcmp(flag, "--mib") == 0)
+        return parse_arg(flag, s, HOG_MIB_MIN, HOG_MIB_MAX, &a->mib);
+    if (strcmp(flag, "--passes") == 0)
+        return parse_arg(flag, s, HOG_PASSES_MIN, HOG_PASSES_MAX, &a->passes);
+    if (strcmp(flag, "--seed") == 0)
+        return parse_arg(flag, s, HOG_SEED_MIN, HOG_SEED_MAX, &a->seed);
+    if (strcmp(flag, "--start-at") == 0) {
+        a->has_start = 1;
+        return parse_arg(flag, s, HOG_START_AT_MIN, HOG_START_AT_MAX, &a->start_at);
+    }
+    return usage("unknown hog argument '%s'", flag);
+}
+
 static int parse_hog(int argc, char **argv, struct hog_args *a)
 {
-    a->mib = 0;
-    a->passes = 1;
-    a->seed = 1;
-    a->start_at = 0;
-    a->has_start = 0;
+    *a = (struct hog_args){.mib = 0, .passes = 1, .seed = 1, .start_at = 0, .has_start = 0};
     for (int i = 0; i < argc; i++) {
-        uint64_t *dst = NULL;
-        if (strcmp(argv[i], "--mib") == 0)
-            dst = &a->mib;
-        else if (strcmp(argv[i], "--passes") == 0)
-            dst = &a->passes;
-        else if (strcmp(argv[i], "--seed") == 0)
-            dst = &a->seed;
-        else if (strcmp(argv[i], "--start-at") == 0) {
-            dst = &a->start_at;
-            a->has_start = 1;
-        }
-        if (dst == NULL || i + 1 >= argc || parse_u64(argv[++i], dst) != 0)
-            return usage("bad hog argument");
+        const char *flag = argv[i]; /* before flag_value moves i on */
+        int rc = parse_hog_flag(flag, flag_value(argc, argv, &i), a);
+        if (rc != 0)
+            return rc;
     }
-    if (a->mib == 0 || a->mib > (1ull << 20))
-        return usage("--mib N is required (1..1048576)");
-    if (a->passes == 0)
-        return usage("--passes must be at least 1");
+    /* 0 is below HOG_MIB_MIN, so it can only mean the flag was never given. */
+    if (a->mib == 0)
+        return usage("--mib N is required (%llu..%llu)", HOG_MIB_MIN, HOG_MIB_MAX);
     return 0;
 }
 
 static void wait_until_realtime(uint64_t at_ns)
 {
-    struct timespec ts = {.tv_sec = (time_t)(at_ns / 1000000000ull),
-                          .tv_nsec = (long)(at_ns % 1000000000ull)};
+    struct timespec ts = {.tv_sec = (time_t)(at_ns / NS_PER_S), .tv_nsec = (long)(at_ns % NS_PER_S)};
     while (clock_nanosleep(CLOCK_REALTIME, TIMER_ABSTIME, &ts, NULL) == EINTR)
         ;
 }
@@ -347,5 +428,7 @@ int main(int argc, char **argv)
         return cmd_sample(argc - 2, argv + 2);
     if (strcmp(argv[1], "hog") == 0)
         return cmd_hog(argc - 2, argv + 2);
+    if (strcmp(argv[1], "limits") == 0)
+        return cmd_limits(argc - 2, argv + 2);
     return usage("unknown subcommand");
 }
