@@ -17,18 +17,27 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from model.criteria import BUILTIN_CRITERION_NAMES, CriterionSpec
 from model.kernel import KernelSource
 from model.lab import Lab, lab_from_json, lab_to_json, load_lab
+from model.limits import HOG_MIB_MAX, HOG_MIB_MIN, HOG_PASSES_MAX, HOG_PASSES_MIN
 from model.yamlpos import LocatedYaml, SpecError, SpecIssue, load_located
 
-_SYSCTL_NAME = re.compile(r"^(vm|kernel)\.[a-z0-9_]{1,64}$")
-_MOUNT_OPTION = re.compile(r"^[a-z][a-z0-9_]*(=[A-Za-z0-9_.:-]+)?$")
-# Set by swaplab itself from the lab's NFS server; a campaign overriding them would break
-# the mount in ways that look like a kernel fault.
-_RESERVED_MOUNT_OPTIONS = {"vers", "nfsvers", "port", "addr", "clientaddr", "proto", "mountport"}
+_SYSCTL_NAME = re.compile(r"(vm|kernel)\.[a-z0-9_]{1,64}")
+_MOUNT_OPTION = re.compile(r"[a-z][a-z0-9_]*(=[A-Za-z0-9_.:-]+)?")
+# Set by swaplab itself from the lab's NFS server and the campaign's `version`; a campaign
+# overriding them (in any of mount.nfs's spellings) would break the mount in ways that look
+# like a kernel fault, or silently test another protocol than the one reported.
+_RESERVED_MOUNT_OPTIONS = {
+    "vers", "nfsvers", "minorversion", "v2", "v3", "v4",
+    "port", "addr", "clientaddr", "proto", "udp", "tcp", "rdma",
+    "mountport", "mountproto", "mountvers", "mounthost", "mountaddr",
+}  # fmt: skip
 SUPPORTED_NFS_VERSIONS = ("4.1", "4.2")
+MAX_RUNS = 1000  # kernels x workloads x repeats
+_INT64 = 2**63 - 1
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: YAML's guesses never change a meaning (`true` is not 1, "3" is not 3).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class NodeSize(_Strict):
@@ -43,9 +52,11 @@ class NodeSize(_Strict):
     @field_validator("sysctl")
     @classmethod
     def _safe_sysctl(cls, values: dict[str, int]) -> dict[str, int]:
-        for name in values:
-            if not _SYSCTL_NAME.match(name):
+        for name, value in values.items():
+            if not _SYSCTL_NAME.fullmatch(name):
                 raise ValueError(f"sysctl name {name!r} must look like 'vm.min_free_kbytes' (vm.* or kernel.*)")
+            if not -_INT64 - 1 <= value <= _INT64:
+                raise ValueError(f"sysctl {name} = {value} does not fit a kernel integer (64 bits)")
         return values
 
 
@@ -58,8 +69,11 @@ class NfsSpec(_Strict):
     @field_validator("version", mode="before")
     @classmethod
     def _version_text(cls, value: Any) -> Any:
-        # YAML reads `version: 4.1` as a float; the campaign means the text "4.1".
-        return str(value) if isinstance(value, int | float) else value
+        # YAML reads `version: 4.1` as a float; the campaign means the text as written
+        # (the loader keeps it: `4.10` must not become "4.1").
+        if isinstance(value, bool):
+            return value
+        return getattr(value, "source", str(value)) if isinstance(value, int | float) else value
 
     @field_validator("version")
     @classmethod
@@ -76,11 +90,11 @@ class NfsSpec(_Strict):
     @classmethod
     def _safe_options(cls, options: list[str]) -> list[str]:
         for option in options:
-            if not _MOUNT_OPTION.match(option):
+            if not _MOUNT_OPTION.fullmatch(option):
                 raise ValueError(f"mount option {option!r} must look like 'name' or 'name=value'")
             if option.split("=", 1)[0] in _RESERVED_MOUNT_OPTIONS:
                 raise ValueError(
-                    f"mount option {option!r} is set by swaplab from the lab "
+                    f"mount option {option!r} is set by swaplab from the lab and nfs.version "
                     f"(reserved: {', '.join(sorted(_RESERVED_MOUNT_OPTIONS))})"
                 )
         return options
@@ -96,9 +110,11 @@ class WorkloadSpec(_Strict):
     """Memory pressure: how much memory to touch, how often, for how long at most."""
 
     name: str = Field(default="pressure", pattern=r"^[a-z][a-z0-9_-]{0,30}$")
-    mib: int | None = Field(default=None, gt=0)
+    # `swaplab-node hog --mib` takes HOG_MIB_MIN..HOG_MIB_MAX (model.limits): checked here,
+    # not found out on the node (where a refusal would read as a kernel failure).
+    mib: int | None = Field(default=None, ge=HOG_MIB_MIN, le=HOG_MIB_MAX)
     ram_ratio: float | None = Field(default=None, gt=0, le=64)
-    passes: int = Field(default=1, ge=1, le=1000)
+    passes: int = Field(default=1, ge=HOG_PASSES_MIN, le=min(1000, HOG_PASSES_MAX))
     timeout_s: int = Field(default=600, gt=0, le=7 * 24 * 3600)
     allow_oom: bool = False
 
@@ -119,16 +135,16 @@ class CampaignSpec(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,40}$")
     description: str = ""
     lab: str = "../inventory/local.yml"
-    kernels: list[KernelSource] = Field(min_length=1)
+    kernels: list[KernelSource] = Field(min_length=1, max_length=MAX_RUNS)
     nodes: int = Field(default=1, ge=1, le=1000)
     node: NodeSize = Field(default_factory=NodeSize)
     nfs: NfsSpec = Field(default_factory=NfsSpec)
     swap: SwapSpec
-    workloads: list[WorkloadSpec] = Field(min_length=1)
-    repeats: int = Field(default=1, ge=1, le=1000)
+    workloads: list[WorkloadSpec] = Field(min_length=1, max_length=MAX_RUNS)
+    repeats: int = Field(default=1, ge=1, le=MAX_RUNS)
     boot_timeout_s: int = Field(default=240, gt=0, le=3600)
     # PromQL thresholds judged over each run's window, on top of the built-in set.
-    criteria: list[CriterionSpec] = Field(default_factory=list)
+    criteria: list[CriterionSpec] = Field(default_factory=list, max_length=200)
 
 
 @dataclass(frozen=True)
@@ -166,7 +182,7 @@ def _load_model(path: Path, model: type[_Model], expected: str) -> tuple[Located
 def load_campaign(path: Path) -> Campaign:
     """Parse and fully validate a campaign file (raises SpecError)."""
     doc, spec = _load_model(path, CampaignSpec, "a campaign file is a YAML mapping (name, lab, kernels ...)")
-    spec = _resolve_paths(spec, path.parent)
+    spec = _resolve_paths(doc, spec)
     lab = _load_campaign_lab(doc, spec)
     return _check_plan(doc, spec, lab)
 
@@ -187,25 +203,63 @@ def load_criteria(path: Path) -> list[CriterionSpec]:
     return parsed.criteria
 
 
-def _resolve_paths(spec: CampaignSpec, base: Path) -> CampaignSpec:
-    # Paths in a campaign are relative to the campaign file, wherever the CLI runs from.
-    kernels = [_kernel_relative_to(kernel, base) for kernel in spec.kernels]
+def _resolve_paths(doc: LocatedYaml, spec: CampaignSpec) -> CampaignSpec:
+    """Kernel files made absolute (relative to the campaign file) and checked to be what they say."""
+    kernels, issues = [], []
+    for index, kernel in enumerate(spec.kernels):
+        paths = {}
+        for name in ("deb", "vmlinuz", "modules"):
+            value = getattr(kernel, name)
+            if value is None:
+                continue
+            resolved, problem = _resolved(doc.path.parent / value)
+            problem = problem or _kernel_file_problem(name, resolved)
+            if problem:
+                issues.append(doc.issue(("kernels", index, name), problem))
+            paths[name] = resolved
+        kernels.append(kernel.model_copy(update=paths))
+    if issues:
+        raise SpecError(issues)
     return spec.model_copy(update={"kernels": kernels})
 
 
-def _kernel_relative_to(kernel: KernelSource, base: Path) -> KernelSource:
-    paths = {
-        name: (base / value).resolve()
-        for name in ("deb", "vmlinuz", "modules")
-        if isinstance(value := getattr(kernel, name, None), Path) and not value.is_absolute()
-    }
-    return kernel.model_copy(update=paths) if paths else kernel
+def _resolved(path: Path) -> tuple[Path, str | None]:
+    """``path`` made absolute with its links followed, or why it cannot be."""
+    try:
+        return path.resolve(strict=True), None
+    except FileNotFoundError:
+        return path, f"{path} does not exist"
+    except (OSError, RuntimeError) as err:  # a symlink loop: RuntimeError before 3.13, OSError after
+        return path, f"{path} cannot be resolved: {err}"
+
+
+# What each kind of kernel file must look like: a .deb is an ar archive whose first member
+# is debian-binary; a bzImage has "HdrS" at 0x202 (the x86 boot protocol header).
+_MAGIC = {"deb": (0, b"!<arch>\ndebian-binary"), "vmlinuz": (0x202, b"HdrS")}
+_WHAT = {"deb": "a Debian package (.deb)", "vmlinuz": "an x86 kernel image (bzImage)"}
+
+
+def _kernel_file_problem(name: str, path: Path) -> str | None:
+    if name == "modules":
+        return None if path.is_dir() else f"{path} is not a directory (give the build's modules directory)"
+    if not path.is_file():
+        return f"{path} is not a regular file"
+    offset, magic = _MAGIC[name]
+    try:
+        with path.open("rb") as file:
+            file.seek(offset)
+            head = file.read(len(magic))
+    except OSError as err:
+        return f"{path} cannot be read: {err.strerror}"
+    return None if head == magic else f"{path} is not {_WHAT[name]}"
 
 
 def _load_campaign_lab(doc: LocatedYaml, spec: CampaignSpec) -> Lab:
-    inventory = (doc.path.parent / spec.lab).resolve()
-    if not inventory.is_file():
-        raise SpecError([doc.issue(("lab",), f"inventory file {spec.lab!r} not found (looked at {inventory})")])
+    inventory, problem = _resolved(doc.path.parent / spec.lab)
+    if problem is None and not inventory.is_file():
+        problem = f"{inventory} is not a file"
+    if problem:
+        raise SpecError([doc.issue(("lab",), f"inventory {spec.lab!r}: {problem}")])
     return load_lab(inventory)
 
 
@@ -213,7 +267,7 @@ def _check_plan(doc: LocatedYaml, spec: CampaignSpec, lab: Lab) -> Campaign:
     issues: list[SpecIssue] = []
     if spec.nodes > len(lab.nodes):
         issues.append(doc.issue(("nodes",), f"asks for {spec.nodes} nodes; lab {lab.name!r} has {len(lab.nodes)}"))
-    issues += _check_kernels_fit_lab(doc, spec, lab)
+    issues += _check_matrix(doc, spec) + _check_kernels_fit_lab(doc, spec, lab)
     ram, cpus = None, None
     if lab.boots_kernels:
         ram, cpus, size_issues = _vm_size(doc, spec, lab)
@@ -231,6 +285,26 @@ def _check_plan(doc: LocatedYaml, spec: CampaignSpec, lab: Lab) -> Campaign:
     if issues:
         raise SpecError(issues)
     return Campaign(doc.path, spec, lab, ram, cpus)
+
+
+def _check_matrix(doc: LocatedYaml, spec: CampaignSpec) -> list[SpecIssue]:
+    """Workload names say which run is which: unique; and a bounded number of runs."""
+    issues = []
+    seen: dict[str, int] = {}
+    for index, workload in enumerate(spec.workloads):
+        if workload.name in seen:
+            issues.append(
+                doc.issue(("workloads", index, "name"), f"{workload.name!r} is already workloads[{seen[workload.name]}]")
+            )
+        seen.setdefault(workload.name, index)
+    runs = len(spec.kernels) * len(spec.workloads) * spec.repeats
+    if runs > MAX_RUNS:
+        message = (
+            f"{len(spec.kernels)} kernels x {len(spec.workloads)} workloads x {spec.repeats} repeats = {runs} runs; "
+            f"a campaign has at most {MAX_RUNS}"
+        )
+        issues.append(doc.issue(("repeats",), message))
+    return issues
 
 
 def _vm_size(doc: LocatedYaml, spec: CampaignSpec, lab: Lab) -> tuple[int, int, list[SpecIssue]]:
@@ -285,6 +359,8 @@ def _check_workload_fits(
     size_field = "mib" if workload.mib is not None else "ram_ratio"
     loc = ("workloads", index, size_field)
     touch = workload.touch_mib(ram)
+    if not HOG_MIB_MIN <= touch <= HOG_MIB_MAX:
+        return [doc.issue(loc, f"touches {touch} MiB; the node's workload tool takes {HOG_MIB_MIN}..{HOG_MIB_MAX} MiB")]
     overcommit = touch - ram
     if overcommit <= 0:
         return [

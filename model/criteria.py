@@ -75,13 +75,14 @@ class Outcome(StrEnum):
 class CriterionSpec(BaseModel):
     """A criterion as a campaign file writes it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: YAML's guesses never change a meaning (`value: true` is not 1).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")
-    expr: str = Field(min_length=1)
+    expr: str = Field(min_length=1, max_length=4000)
     op: Op
     value: float
-    severity: Severity = Severity.ERROR
+    severity: Severity = Field(default=Severity.ERROR, strict=False)
     description: str = ""
 
     @field_validator("expr")

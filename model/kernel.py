@@ -25,13 +25,14 @@ ANY_RELEASE = "any"
 class KernelSource(pydantic.BaseModel):
     """Where a kernel comes from: a Debian package, a local .deb, or a local build."""
 
-    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
+    # strict: YAML's guesses never change a meaning; paths are read from text.
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid", strict=True)
 
     package: str | None = None
     suite: str | None = None
-    deb: Path | None = None
-    vmlinuz: Path | None = None
-    modules: Path | None = None
+    deb: Path | None = pydantic.Field(default=None, strict=False)
+    vmlinuz: Path | None = pydantic.Field(default=None, strict=False)
+    modules: Path | None = pydantic.Field(default=None, strict=False)
     running: str | None = None
 
     @pydantic.field_validator("package")

@@ -1,29 +1,95 @@
-"""Lab definitions: an Ansible inventory (YAML) read as swaplab's lab model.
+"""Lab definitions: an Ansible inventory (YAML) read as swaplab's lab model, strictly.
 
-The inventory names the lab (``swaplab_lab``), its NFS server host (group ``nfs_server``,
-``swaplab_nfs: <backend>`` plus ``swaplab_nfs_*`` settings) and its node pool (group
-``nodes``: ``swaplab_driver``, ``ansible_host``, ``ansible_port`` and, for nodes swaplab
-boots, their size limit ``swaplab_ram_mib``, ``swaplab_cpus``). The same file drives the
-playbooks of a real lab.
+The inventory names the lab (``all.vars.swaplab_lab``), its NFS server host (group
+``nfs_server``: ``swaplab_nfs: <backend>`` plus that backend's ``swaplab_nfs_*``
+settings) and its node pool (group ``nodes``: ``swaplab_driver``, ``ansible_host``,
+``ansible_port``, ``ansible_user``, for nodes swaplab boots their size limit
+``swaplab_ram_mib`` / ``swaplab_cpus``, and the driver's own ``swaplab_*`` options). The
+same file drives the playbooks of a real lab, so keys of Ansible's own are left alone;
+every ``swaplab_*`` key must be one swaplab knows, with the right type and range.
 
-Driver *kinds* live here, not in the data plane: whether a driver boots the campaign's
-kernel and whether it has power control decides what a campaign may ask of the lab, and
-a campaign is validated without importing any driver.
+Driver kinds and NFS backends are described here, not in the data plane: what a driver
+can do decides what a campaign may ask of the lab, and a lab is validated without
+importing any driver. Every problem names the file, the line and the key.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from model.yamlpos import LocatedYaml, SpecError, load_located
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
-_OPTION_PREFIX = "swaplab_"
-_SIZE_KEYS = ("swaplab_ram_mib", "swaplab_cpus")
-_NODE_KEYS = {"swaplab_driver", *_SIZE_KEYS, "ansible_host", "ansible_port", "ansible_user"}
+from model.yamlpos import FieldPath, LocatedYaml, SpecError, SpecIssue, load_located
+
+_NAME = re.compile(r"[a-z][a-z0-9-]{0,30}")
+_PREFIX = "swaplab_"
+_NODE_GROUP = ("all", "children", "nodes")
+_NFS_GROUP = ("all", "children", "nfs_server")
+_GROUP_KEYS = {"hosts", "vars", "children"}
+DEFAULT_SSH_PORT = 22
+DEFAULT_SSH_USER = "root"
+
+
+class _Strict(BaseModel):
+    # strict: `true` is not 1 and 8080 is not "8080" (YAML's guesses never change a meaning).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _absolute(value: str) -> str:
+    if not value.startswith("/") or "\0" in value:
+        raise ValueError(f"{value!r} must be an absolute path")
+    return value
+
+
+def _address(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
+    return value
+
+
+class QemuOptions(_Strict):
+    """``swaplab_*`` options of a ``qemu`` node."""
+
+    qemu_binary: str = Field(default="qemu-system-x86_64", pattern=r"[A-Za-z0-9_./+-]{1,255}")
+    accel: Literal["tcg", "kvm"] = "tcg"
+
+
+class SshOptions(_Strict):
+    """``swaplab_*`` options of an ``ssh`` node."""
+
+    ssh_key: str | None = None
+    known_hosts: str | None = None
+    console_file: str | None = None
+    console_command: str | None = Field(default=None, min_length=1, max_length=1000)
+
+    _paths = field_validator("ssh_key", "known_hosts", "console_file")(_absolute)
+
+
+class GaneshaSettings(_Strict):
+    """``swaplab_nfs_*`` settings of the ``ganesha`` backend (nfs-ganesha in user space)."""
+
+    port: int = Field(default=12049, ge=1, le=65535)
+    bind: str = "127.0.0.1"
+    guest_address: str = "10.0.2.2"
+    pseudo: str = Field(default="/export", pattern=r"/[A-Za-z0-9._/-]{0,100}")
+    export_dir: str | None = None
+    state_dir: str | None = None
+
+    _addresses = field_validator("bind", "guest_address")(_address)
+    _dirs = field_validator("export_dir", "state_dir")(_absolute)
+
+    @field_validator("bind")
+    @classmethod
+    def _not_everywhere(cls, value: str) -> str:
+        if ipaddress.ip_address(value).is_unspecified:
+            raise ValueError(f"{value} would serve every network; bind a specific address (127.0.0.1)")
+        return value
 
 
 @dataclass(frozen=True)
@@ -37,17 +103,33 @@ class DriverKind:
     power_control: bool
     # Inventory keys every node of this driver needs.
     required: tuple[str, ...]
+    options: type[_Strict]
 
 
 DRIVER_KINDS: dict[str, DriverKind] = {
     kind.name: kind
     for kind in (
-        DriverKind("qemu", boots_kernels=True, power_control=True, required=(*_SIZE_KEYS, "ansible_host", "ansible_port")),
-        DriverKind("ssh", boots_kernels=False, power_control=False, required=("ansible_host",)),
+        DriverKind(
+            "qemu", True, True, ("swaplab_ram_mib", "swaplab_cpus", "ansible_host", "ansible_port"), QemuOptions
+        ),
+        DriverKind("ssh", False, False, ("ansible_host",), SshOptions),
     )
 }
-DEFAULT_SSH_PORT = 22
-DEFAULT_SSH_USER = "root"
+NFS_BACKENDS: dict[str, type[_Strict]] = {"ganesha": GaneshaSettings}
+
+
+class _NodeVars(_Strict):
+    """The keys every node has, whatever its driver."""
+
+    swaplab_driver: str
+    swaplab_ram_mib: int | None = Field(default=None, ge=16, le=1 << 20)
+    swaplab_cpus: int | None = Field(default=None, ge=1, le=64)
+    ansible_host: str = Field(pattern=r"[A-Za-z0-9][A-Za-z0-9.:-]{0,252}")
+    ansible_port: int = Field(default=DEFAULT_SSH_PORT, ge=1, le=65535)
+    ansible_user: str = Field(default=DEFAULT_SSH_USER, pattern=r"[a-z_][a-z0-9_-]{0,31}")
+
+
+_NODE_VAR_KEYS = set(_NodeVars.model_fields)
 
 
 @dataclass(frozen=True)
@@ -101,102 +183,229 @@ class Lab:
 def load_lab(path: Path) -> Lab:
     """Read an inventory file; every problem becomes a SpecError naming file and line."""
     doc = load_located(path)
-    root = doc.data.get("all") if isinstance(doc.data, dict) else None
-    if not isinstance(root, dict):
-        raise SpecError([doc.issue((), "an inventory needs a top-level 'all:' mapping")])
-    top_vars = _mapping(doc, ("all", "vars"))
-    lab_name = str(top_vars.get("swaplab_lab", path.stem))
-    if not _NAME.match(lab_name):
-        raise SpecError(
-            [doc.issue(("all", "vars", "swaplab_lab"), f"lab name {lab_name!r} must match {_NAME.pattern}")]
-        )
+    _check_structure(doc)
+    top = _mapping(doc, ("all", "vars"))
+    name = _lab_name(doc, top, path)
     backend, settings = _nfs_server(doc)
-    nodes = _nodes(doc, lab_name, top_vars)
-    return Lab(lab_name, path, backend, settings, nodes)
+    return Lab(name, path, backend, settings, _nodes(doc, name, top))
 
 
-def _mapping(doc: LocatedYaml, loc: tuple[str, ...]) -> dict[str, Any]:
+# -- structure --------------------------------------------------------------------------------
+def _check_structure(doc: LocatedYaml) -> None:
+    if not isinstance(doc.data, dict) or not isinstance(doc.data.get("all"), dict):
+        raise SpecError([doc.issue((), "an inventory needs a top-level 'all:' mapping")])
+    issues = [
+        doc.issue((key,), "swaplab reads the 'all:' group only; put groups under all.children")
+        for key in doc.data
+        if key != "all"
+    ]
+    for group in (_NODE_GROUP, _NFS_GROUP):
+        if not _mapping(doc, group):
+            issues.append(doc.issue(group[:-1], f"the inventory needs a '{group[-1]}' group"))
+            continue
+        issues += [
+            doc.issue((*group, key), f"unknown key; allowed here: {', '.join(sorted(_GROUP_KEYS - {'children'}))}")
+            for key in _mapping(doc, group)
+            if key not in _GROUP_KEYS
+        ]
+        if "children" in _mapping(doc, group):
+            issues.append(
+                doc.issue(
+                    (*group, "children"),
+                    f"nested groups under '{group[-1]}' are not read by swaplab; list the hosts under {group[-1]}.hosts",
+                )
+            )
+    if issues:
+        raise SpecError(issues)
+
+
+def _mapping(doc: LocatedYaml, loc: FieldPath) -> dict[str, Any]:
     value: Any = doc.data
     for key in loc:
         value = value.get(key) if isinstance(value, dict) else None
         if value is None:
             return {}
     if not isinstance(value, dict):
-        raise SpecError([doc.issue(loc, "must be a mapping")])
+        raise SpecError([doc.issue(loc, f"must be a mapping (key: value), got {_kind(value)}")])
     return value
 
 
-def _group_hosts(doc: LocatedYaml, group: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    loc = ("all", "children", group)
-    if not _mapping(doc, loc):
-        raise SpecError([doc.issue(("all", "children"), f"the inventory needs a '{group}' group")])
-    return _mapping(doc, (*loc, "vars")), _mapping(doc, (*loc, "hosts"))
+def _kind(value: Any) -> str:
+    return {list: "a list", str: "text", bool: "a boolean", int: "a number", float: "a number"}.get(
+        type(value), type(value).__name__
+    )
 
 
+def _lab_name(doc: LocatedYaml, top: dict[str, Any], path: Path) -> str:
+    name = top.get("swaplab_lab", path.stem)
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise SpecError([doc.issue(("all", "vars", "swaplab_lab"), f"lab name {name!r} must match {_NAME.pattern}")])
+    return name
+
+
+def _hosts(doc: LocatedYaml, group: FieldPath) -> list[tuple[str, FieldPath, dict[str, Any]]]:
+    """(name, location, vars) of each host of a group; names and vars checked for shape."""
+    hosts, issues = [], []
+    for name, host_vars in _mapping(doc, (*group, "hosts")).items():
+        loc = (*group, "hosts", name)
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            issues.append(doc.issue(loc, f"host name {name!r} must be text matching {_NAME.pattern}"))
+        elif host_vars is not None and not isinstance(host_vars, dict):
+            issues.append(
+                doc.issue(loc, f"the vars of host {name} must be a mapping (key: value), got {_kind(host_vars)}")
+            )
+        else:
+            hosts.append((name, loc, host_vars or {}))
+    if issues:
+        raise SpecError(issues)
+    return hosts
+
+
+# -- merging vars, remembering where each came from ---------------------------------------------------
+Layers = list[tuple[FieldPath, dict[str, Any]]]
+
+
+def _merge(layers: Layers) -> tuple[dict[str, Any], dict[str, FieldPath]]:
+    """Later layers win (all.vars < group vars < host vars); each key keeps its location."""
+    merged: dict[str, Any] = {}
+    origin: dict[str, FieldPath] = {}
+    for loc, values in layers:
+        for key, value in values.items():
+            merged[key], origin[key] = value, (*loc, key)
+    return merged, origin
+
+
+def _validate(
+    doc: LocatedYaml, model: type[_Strict], values: dict[str, Any], origin: dict[str, FieldPath], where: FieldPath
+) -> tuple[_Strict | None, list[SpecIssue]]:
+    """``values`` checked by ``model``; each error at the line its key was written on."""
+    try:
+        return model.model_validate(values), []
+    except ValidationError as err:
+        return None, [_issue(doc, error, origin, where) for error in err.errors()]
+
+
+def _issue(doc: LocatedYaml, error: Any, origin: dict[str, FieldPath], where: FieldPath) -> SpecIssue:
+    key = str(error["loc"][0]) if error["loc"] else ""
+    loc = origin.get(key, (*where, key) if key else where)
+    if error["type"] == "missing":
+        return doc.issue(where, f"needs '{key}'")
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return doc.issue(loc, f"{message} (got {error['input']!r})" if "input" in error else message)
+
+
+# -- the NFS server ----------------------------------------------------------------------------------------
 def _nfs_server(doc: LocatedYaml) -> tuple[str, dict[str, Any]]:
-    group_vars, hosts = _group_hosts(doc, "nfs_server")
+    hosts = _hosts(doc, _NFS_GROUP)
     if len(hosts) != 1:
-        raise SpecError([doc.issue(("all", "children", "nfs_server", "hosts"), "exactly one NFS server host per lab")])
-    host_name, host_vars = next(iter(hosts.items()))
-    merged = {**group_vars, **(host_vars or {})}
+        raise SpecError([doc.issue((*_NFS_GROUP, "hosts"), "exactly one NFS server host per lab")])
+    _name, loc, host_vars = hosts[0]
+    merged, origin = _merge([((*_NFS_GROUP, "vars"), _mapping(doc, (*_NFS_GROUP, "vars"))), (loc, host_vars)])
     backend = merged.get("swaplab_nfs")
-    if not isinstance(backend, str):
-        loc = ("all", "children", "nfs_server", "hosts", host_name)
-        raise SpecError([doc.issue(loc, "needs 'swaplab_nfs: <backend>' (e.g. ganesha)")])
+    if not isinstance(backend, str) or backend not in NFS_BACKENDS:
+        known = ", ".join(sorted(NFS_BACKENDS))
+        raise SpecError(
+            [
+                doc.issue(
+                    origin.get("swaplab_nfs", loc), f"needs 'swaplab_nfs: <backend>' (known: {known}), got {backend!r}"
+                )
+            ]
+        )
     prefix = "swaplab_nfs_"
+    issues = [
+        doc.issue(origin[key], f"unknown key for an NFS server; allowed: swaplab_nfs and {prefix}<setting>")
+        for key in merged
+        if key.startswith(_PREFIX) and key != "swaplab_nfs" and not key.startswith(prefix)
+    ]
     settings = {key[len(prefix) :]: value for key, value in merged.items() if key.startswith(prefix)}
+    settings_origin = {key[len(prefix) :]: where for key, where in origin.items() if key.startswith(prefix)}
+    _model, problems = _validate(doc, NFS_BACKENDS[backend], settings, settings_origin, loc)
+    if issues or problems:
+        raise SpecError(issues + [_renamed(p, prefix) for p in problems])
     return backend, settings
 
 
-def _nodes(doc: LocatedYaml, lab: str, top_vars: dict[str, Any]) -> tuple[NodeConfig, ...]:
-    group_vars, hosts = _group_hosts(doc, "nodes")
+def _renamed(issue: SpecIssue, prefix: str) -> SpecIssue:
+    # pydantic names the setting ("port"); the file says swaplab_nfs_port.
+    return SpecIssue(issue.file, issue.line, issue.field, issue.message.replace("unknown key", "unknown setting"))
+
+
+# -- the node pool ---------------------------------------------------------------------------------------------
+def _nodes(doc: LocatedYaml, lab: str, top: dict[str, Any]) -> tuple[NodeConfig, ...]:
+    hosts = _hosts(doc, _NODE_GROUP)
     if not hosts:
-        raise SpecError([doc.issue(("all", "children", "nodes"), "the node pool is empty")])
-    nodes = tuple(
-        _node(doc, lab, name, {**top_vars, **group_vars, **(host_vars or {})}) for name, host_vars in hosts.items()
-    )
-    boots = {node.kind.boots_kernels for node in nodes}
-    if len(boots) > 1:
-        # A campaign's kernels are either booted or read back: one lab cannot mix both.
-        raise SpecError(
-            [doc.issue(("all", "children", "nodes"), "a lab's nodes are all booted by swaplab or all already running")]
-        )
-    return nodes
+        raise SpecError([doc.issue(_NODE_GROUP, "the node pool is empty")])
+    group_vars = ((*_NODE_GROUP, "vars"), _mapping(doc, (*_NODE_GROUP, "vars")))
+    nodes, issues = [], []
+    for name, loc, host_vars in hosts:
+        node, problems = _node(doc, lab, name, loc, [(("all", "vars"), top), group_vars, (loc, host_vars)])
+        issues += problems
+        if node is not None:
+            nodes.append((loc, node))
+    issues += _pool_issues(doc, nodes)
+    if issues:
+        # A wrong group var is wrong for every node that inherits it: say it once.
+        raise SpecError(list(dict.fromkeys(issues)))
+    return tuple(node for _loc, node in nodes)
 
 
-def _node(doc: LocatedYaml, lab: str, name: str, merged: dict[str, Any]) -> NodeConfig:
-    loc = ("all", "children", "nodes", "hosts", name)
-    if not _NAME.match(name):
-        raise SpecError([doc.issue(loc, f"node name {name!r} must match {_NAME.pattern}")])
+def _node(
+    doc: LocatedYaml, lab: str, name: str, loc: FieldPath, layers: Layers
+) -> tuple[NodeConfig | None, list[SpecIssue]]:
+    merged, origin = _merge(layers)
+    merged.pop("swaplab_lab", None)  # the lab's own name, in all.vars
     driver = merged.get("swaplab_driver")
     kind = DRIVER_KINDS.get(driver) if isinstance(driver, str) else None
     if kind is None:
         known = ", ".join(sorted(DRIVER_KINDS))
-        raise SpecError([doc.issue((*loc, "swaplab_driver"), f"unknown driver {driver!r}; known: {known}")])
-    issues = [doc.issue(loc, f"needs '{key}'") for key in kind.required if key not in merged]
-    issues += [
-        doc.issue((*loc, key), "must be a positive integer")
-        for key in ("swaplab_ram_mib", "swaplab_cpus", "ansible_port")
-        if key in merged and not (isinstance(merged[key], int) and merged[key] > 0)
-    ]
-    if issues:
-        raise SpecError(issues)
-    options = {
-        key[len(_OPTION_PREFIX) :]: value
-        for key, value in merged.items()
-        if key.startswith(_OPTION_PREFIX) and key not in _NODE_KEYS and key != "swaplab_lab"
-    }
+        return None, [doc.issue(origin.get("swaplab_driver", loc), f"unknown driver {driver!r}; known: {known}")]
+    ours = {key: value for key, value in merged.items() if key in _NODE_VAR_KEYS}
+    options = {key[len(_PREFIX) :]: v for key, v in merged.items() if key.startswith(_PREFIX) and key not in ours}
+    option_origin = {key[len(_PREFIX) :]: where for key, where in origin.items() if key.startswith(_PREFIX)}
+    issues = [doc.issue(loc, f"needs '{key}' (driver {kind.name})") for key in kind.required if key not in merged]
+    base, problems = _validate(doc, _NodeVars, ours, origin, loc)
+    _opts, option_problems = _validate(doc, kind.options, options, option_origin, loc)
+    issues += problems + [_option_issue(p, kind) for p in option_problems]
+    if issues or not isinstance(base, _NodeVars):
+        return None, issues
+    return _node_config(name, lab, kind, base, options), []
+
+
+def _option_issue(issue: SpecIssue, kind: DriverKind) -> SpecIssue:
+    if "Extra inputs are not permitted" not in issue.message:
+        return issue
+    allowed = ", ".join(f"{_PREFIX}{name}" for name in (*kind.options.model_fields, "driver", "ram_mib", "cpus"))
+    return SpecIssue(issue.file, issue.line, issue.field, f"unknown key for a {kind.name} node; allowed: {allowed}")
+
+
+def _node_config(name: str, lab: str, kind: DriverKind, base: _NodeVars, options: dict[str, Any]) -> NodeConfig:
     return NodeConfig(
         name=name,
         lab=lab,
         driver=kind.name,
-        ram_mib=int(merged["swaplab_ram_mib"]) if "swaplab_ram_mib" in merged else None,
-        cpus=int(merged["swaplab_cpus"]) if "swaplab_cpus" in merged else None,
-        ssh_host=str(merged["ansible_host"]),
-        ssh_port=int(merged.get("ansible_port", DEFAULT_SSH_PORT)),
+        ram_mib=base.swaplab_ram_mib,
+        cpus=base.swaplab_cpus,
+        ssh_host=base.ansible_host,
+        ssh_port=base.ansible_port,
         options=options,
-        ssh_user=str(merged.get("ansible_user", DEFAULT_SSH_USER)),
+        ssh_user=base.ansible_user,
     )
+
+
+def _pool_issues(doc: LocatedYaml, nodes: list[tuple[FieldPath, NodeConfig]]) -> list[SpecIssue]:
+    issues = []
+    seen: dict[tuple[str, int], str] = {}
+    for loc, node in nodes:
+        endpoint = (node.ssh_host, node.ssh_port)
+        if endpoint in seen:
+            issues.append(
+                doc.issue(loc, f"{node.name} has the SSH address {node.ssh_host}:{node.ssh_port} of {seen[endpoint]}")
+            )
+        seen.setdefault(endpoint, node.name)
+    if len({node.kind.boots_kernels for _loc, node in nodes}) > 1:
+        # A campaign's kernels are either booted or read back: one lab cannot mix both.
+        issues.append(doc.issue(_NODE_GROUP, "a lab's nodes are all booted by swaplab or all already running"))
+    return issues
 
 
 def lab_to_json(lab: Lab) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from model.kernel import KernelSource
+from model.limits import HOG_MIB_MAX, HOG_MIB_MIN, HOG_PASSES_MAX, HOG_PASSES_MIN, HOG_SEED_MAX, HOG_SEED_MIN
 
 # Whose fault it is that a session stopped early (docs/ARCHITECTURE.md, "Verdicts and exit codes"):
 # kernel -> fail; infra -> infra-error; input -> invalid (a mistake validation should have
@@ -47,11 +48,11 @@ class WorkloadRef(BaseModel):
     name: str
     # MiB to touch; None: ``ram_ratio`` x the node's RAM, known once the node is reached
     # (a node swaplab does not boot has the RAM it has).
-    mib: int | None = None
+    mib: int | None = Field(default=None, ge=HOG_MIB_MIN, le=HOG_MIB_MAX)
     ram_ratio: float | None = None
-    passes: int
+    passes: int = Field(ge=HOG_PASSES_MIN, le=HOG_PASSES_MAX)
     timeout_s: int
-    seed: int
+    seed: int = Field(ge=HOG_SEED_MIN, le=HOG_SEED_MAX)
     allow_oom: bool = False
 
     def touch_mib(self, ram_mib: int) -> int:

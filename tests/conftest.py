@@ -7,6 +7,13 @@ import shutil
 import socket
 
 import pytest
+from hypothesis import settings
+
+# Property-based tests: CI explores the same examples every run (a failure reproduces) and
+# bounds their number to keep the suite's time; a developer's run explores new ones.
+settings.register_profile("ci", derandomize=True, max_examples=400, deadline=None, print_blob=True)
+settings.register_profile("dev", max_examples=100, deadline=None)
+settings.load_profile("ci" if os.environ.get("SWAPLAB_REQUIRE_E2E") else "dev")
 
 E2E_TOOLS = (
     "qemu-system-x86_64",

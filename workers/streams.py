@@ -101,6 +101,7 @@ class WorkloadStream:
         self._log = log.open("a", encoding="utf-8")
         self._pending = ""
         self.last_line = ""
+        self.stderr = ""  # the tail of what the tool said on stderr (why it refused, say)
         self._outcome = WorkloadOutcome()
 
     def wait(self, deadline: float, on_tick: Callable[[], None], stop: Callable[[], bool]) -> bool:
@@ -125,7 +126,9 @@ class WorkloadStream:
         while self._channel.recv_ready():
             self._pending += self._channel.recv(65536).decode("utf-8", errors="replace")
         while self._channel.recv_stderr_ready():
-            self._log.write("stderr: " + self._channel.recv_stderr(65536).decode("utf-8", errors="replace"))
+            text = self._channel.recv_stderr(65536).decode("utf-8", errors="replace")
+            self.stderr = (self.stderr + text)[-2000:]
+            self._log.write("stderr: " + text)
         *lines, self._pending = self._pending.split("\n")
         for line in lines:
             self._log.write(line + "\n")

@@ -33,6 +33,8 @@ def validate(campaign_file: Path, as_json: bool) -> None:
             "lab": campaign.lab.name,
             "runs": [r.label() for r in runs],
             "nodes_per_run": campaign.spec.nodes,
+            # What swaplab will do, defaults filled in: it must say what the file says.
+            "normalized": campaign.spec.model_dump(mode="json"),
         }
         click.echo(json.dumps(summary, indent=2))
     else:

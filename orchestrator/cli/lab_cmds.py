@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from model.lab import Lab, load_lab
-from model.yamlpos import SpecError
+from model.exitcode import ExitCode
+from orchestrator.cli.common import load_lab_or_exit
 from orchestrator.cli.distributed_cmds import connect
 from orchestrator.cli.nfs_cmds import DEFAULT_INVENTORY
 from orchestrator.scheduler import worker_slots
@@ -31,21 +31,15 @@ _inventory = click.option(
 )
 
 
-def _load(inventory: Path) -> Lab:
-    try:
-        return load_lab(inventory)
-    except SpecError as err:
-        raise click.ClickException(str(err)) from None
-
-
 @lab.command()
 @_inventory
 @click.argument("node")
 def back(inventory: Path, node: str) -> None:
     """Put NODE back in the pool (after it stopped answering, or failed to boot twice)."""
-    the_lab = _load(inventory)
+    the_lab = load_lab_or_exit(inventory)
     if node not in {n.name for n in the_lab.nodes}:
-        raise click.ClickException(f"lab {the_lab.name} has no node {node!r}")
+        click.echo(f"error: lab {the_lab.name} has no node {node!r}", err=True)
+        raise SystemExit(ExitCode.BAD_INPUT_OR_INFRA)
     NodeHealth(connect().redis, the_lab.name).reset(node)
     click.echo(f"{node} is back in the pool of lab {the_lab.name}")
 
@@ -55,7 +49,7 @@ def back(inventory: Path, node: str) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def status(inventory: Path, as_json: bool) -> None:
     """Nodes with their lease holder and health; worker slots on the lab's queue."""
-    the_lab = _load(inventory)
+    the_lab = load_lab_or_exit(inventory, as_json)
     store = connect()
     holders = LeaseBook(store.redis, the_lab.name, ttl_s=LEASE_TTL_S).holders()
     health = NodeHealth(store.redis, the_lab.name).status()

@@ -8,19 +8,20 @@ from pathlib import Path
 import click
 
 from model.exitcode import ExitCode
-from model.lab import Lab, load_lab
-from model.yamlpos import SpecError
+from model.lab import Lab
+from orchestrator.cli.common import load_lab_or_exit
 from workers.nfs import NfsServer, NfsServerError, make_nfs_server
 
 DEFAULT_INVENTORY = Path(__file__).resolve().parents[2] / "inventory" / "local.yml"
 
 
 def _server(inventory: Path) -> tuple[Lab, NfsServer]:
+    lab = load_lab_or_exit(inventory)
     try:
-        lab = load_lab(inventory)
         return lab, make_nfs_server(lab.nfs_backend, lab.name, lab.nfs_settings)
-    except (SpecError, NfsServerError) as err:
-        raise click.ClickException(str(err)) from None
+    except NfsServerError as err:
+        click.echo(f"error: {err}", err=True)
+        raise SystemExit(ExitCode.BAD_INPUT_OR_INFRA) from None
 
 
 @click.group()

@@ -106,7 +106,7 @@ def test_bad_field_is_named_with_its_line(
 def test_missing_inventory_names_the_lab_field(tmp_path: Path) -> None:
     line, field, message = only_issue(tmp_path, GOOD.replace(str(INVENTORY), "nowhere/lab.yml"))
     assert (line, field) == (2, "lab")
-    assert "not found" in message
+    assert "does not exist" in message
 
 
 def test_missing_required_field(tmp_path: Path) -> None:

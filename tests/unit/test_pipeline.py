@@ -4,6 +4,7 @@ driver's abilities choose the steps."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -387,3 +388,51 @@ def test_a_host_without_power_control_is_blamed_only_on_console_evidence(tmp_pat
     assert isinstance(silent, LabFault) and silent.takes_node_out
     hung = evidence.stopped_answering(_context(tmp_path, host, HUNG))
     assert isinstance(hung, KernelFault) and hung.takes_node_out and "blocked for more than" in hung.reason
+
+
+# -- past validation, a refused argument is the input's fault ---------------------------------------------
+
+
+class ExitedChannel:
+    """A channel whose command already exited with ``status`` after writing ``stderr``."""
+
+    def __init__(self, status: int, stderr: bytes) -> None:
+        self.status, self._stderr = status, stderr
+
+    def recv_ready(self) -> bool:
+        return False
+
+    def recv_stderr_ready(self) -> bool:
+        return bool(self._stderr)
+
+    def recv_stderr(self, _size: int) -> bytes:
+        data, self._stderr = self._stderr, b""
+        return data
+
+    def exit_status_ready(self) -> bool:
+        return True
+
+    def recv_exit_status(self) -> int:
+        return self.status
+
+
+class RefusingShell:
+    def open_channel(self, command: str) -> ExitedChannel:
+        return ExitedChannel(2, b"swaplab-node: --mib needs an integer in 1..1048576, got '2000000'\n")
+
+
+class QuietSampler:
+    def latest(self) -> dict[str, float]:
+        return {}
+
+
+def test_the_node_tool_refusing_its_arguments_is_an_input_fault_not_a_kernel_fail(tmp_path: Path) -> None:
+    from workers.pipeline.workload_steps import WorkloadStep
+
+    machine = FakeMachine(_node("fake-machine"), tmp_path)
+    machine.on = True
+    ctx = _context(tmp_path, machine, "quiet\n")
+    ctx.shell, ctx.sampler = RefusingShell(), QuietSampler()  # type: ignore[assignment]
+    ctx.start_at_ns, ctx.workload_mib = time.time_ns(), 2_000_000
+    with pytest.raises(InputFault, match=r"refused its arguments: swaplab-node: --mib needs"):
+        WorkloadStep().run(ctx, time.monotonic() + 10)

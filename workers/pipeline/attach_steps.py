@@ -10,6 +10,7 @@ import hashlib
 import shlex
 import time
 
+from model.limits import HOG_MIB_MAX, HOG_MIB_MIN
 from workers.console_capture import CommandCapture, ConsoleCapture, FileFollower, KmsgCapture
 from workers.drivers.base import AlreadyRunning
 from workers.image import node_tool_binary
@@ -128,6 +129,8 @@ class FitnessStep(Step[NodeContext]):
         overcommit = touch - ram
         ctx.ram_mib, ctx.workload_mib = ram, touch
         ctx.result.ram_mib, ctx.result.planned_overcommit_mib = ram, overcommit
+        if not HOG_MIB_MIN <= touch <= HOG_MIB_MAX:
+            raise InputFault(f"workload touches {touch} MiB; the node's workload tool takes {HOG_MIB_MIN}..{HOG_MIB_MAX}")
         if overcommit <= 0:
             raise InputFault(f"workload touches {touch} MiB, which fits in the node's {ram} MiB: nothing would swap")
         if overcommit > ctx.spec.swap_mib and not work.allow_oom:

@@ -8,13 +8,14 @@ import time
 from workers.collab import BarrierBroken
 from workers.pipeline import evidence
 from workers.pipeline.context import NodeContext
-from workers.pipeline.step import Aborted, Cancelled, KernelFault, Step, StepFailure
+from workers.pipeline.step import Aborted, Cancelled, InputFault, KernelFault, Step, StepFailure
 from workers.streams import WorkloadStream, workload_progress
 
 BARRIER_TIMEOUT_S = 600.0
 # A sampler silent this long makes the session ask the node whether it still answers.
 SILENCE_S = 30.0
 ALIVE_PROBE_S = 10.0
+USAGE_EXIT = 2  # swaplab-node's exit status for arguments it refuses
 
 
 class BarrierStep(Step[NodeContext]):
@@ -74,6 +75,10 @@ class WorkloadStep(Step[NodeContext]):
             raise self._stopped(ctx)
         if outcome.exit_status is None or outcome.exit_status < 0:
             self._check_node_still_there(ctx)
+        if outcome.exit_status == USAGE_EXIT and not outcome.done:
+            # The tool refused what it was given: an input validation should have caught,
+            # never the kernel's failure (docs/ARCHITECTURE.md, "Input").
+            raise InputFault(f"swaplab-node refused its arguments: {stream.stderr.strip() or command}")
 
     def cleanup(self, ctx: NodeContext) -> None:
         # A workload left running on a node that outlives the run (cancel, timeout).
