@@ -98,21 +98,22 @@ def stop_group(proc: subprocess.Popen[bytes]) -> None:
 def celery_lab(tmp: Path, concurrency: int) -> Iterator[Any]:
     """A redis-server and a threads-pool worker on queue ``bench``; yields the Celery app."""
     url = f"redis://127.0.0.1:{free_port()}/0"
-    # workers.app reads SWAPLAB_REDIS_URL when it is imported, here and in the worker process:
-    # set it first, import after (which is why these imports are not at the top).
+    # workers.app reads SWAPLAB_REDIS_URL (and the password file) when it is imported, here
+    # and in the worker process: set them first, import after (hence the imports below).
     os.environ["SWAPLAB_REDIS_URL"] = url
-    import redis
-
+    os.environ["SWAPLAB_REDIS_PASSWORD_FILE"] = str(tmp / "redis" / "password")
     from orchestrator.services import LocalRedis, LocalWorker
+
+    (tmp / "redis").mkdir()
+    server = LocalRedis(url, data_dir=tmp / "redis")
+    server.password  # noqa: B018  (generated now, before the Celery app reads it)
     from workers.app import app
 
-    server = LocalRedis(url, data_dir=tmp / "redis")
-    (tmp / "redis").mkdir()
     worker = LocalWorker([QUEUE], concurrency, tmp / "worker.log", name="swaplab-bench")
     try:
         log(f"redis-server on {url}, worker -P threads -c {concurrency} (log {tmp / 'worker.log'})")
         server.start()
-        worker.start(redis.Redis.from_url(url))
+        worker.start(server.client())
         yield app
     finally:
         worker.stop()

@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from model.criteria import BUILTIN_CRITERION_NAMES, CriterionSpec
 from model.kernel import KernelSource
-from model.lab import Lab, lab_from_json, lab_to_json, load_lab
+from model.lab import Lab, LabRef, NodeConfig, load_lab
 from model.limits import HOG_MIB_MAX, HOG_MIB_MIN, HOG_PASSES_MAX, HOG_PASSES_MIN
-from model.yamlpos import LocatedYaml, SpecError, SpecIssue, load_located
+from model.yamlpos import LocatedYaml, SpecError, SpecIssue, field_name, load_located
 
 _SYSCTL_NAME = re.compile(r"(vm|kernel)\.[a-z0-9_]{1,64}")
 _MOUNT_OPTION = re.compile(r"[a-z][a-z0-9_]*(=[A-Za-z0-9_.:-]+)?")
@@ -35,6 +35,16 @@ MAX_RUNS = 1000  # kernels x workloads x repeats
 _INT64 = 2**63 - 1
 
 
+def check_sysctl(values: dict[str, int]) -> dict[str, int]:
+    """vm.*/kernel.* names and 64-bit values only: they reach a shell on the node."""
+    for name, value in values.items():
+        if not _SYSCTL_NAME.fullmatch(name):
+            raise ValueError(f"sysctl name {name!r} must look like 'vm.min_free_kbytes' (vm.* or kernel.*)")
+        if not -_INT64 - 1 <= value <= _INT64:
+            raise ValueError(f"sysctl {name} = {value} does not fit a kernel integer (64 bits)")
+    return values
+
+
 class _Strict(BaseModel):
     # strict: YAML's guesses never change a meaning (`true` is not 1, "3" is not 3).
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
@@ -49,15 +59,7 @@ class NodeSize(_Strict):
     # with the result; names and values are validated because they reach a shell.
     sysctl: dict[str, int] = Field(default_factory=dict)
 
-    @field_validator("sysctl")
-    @classmethod
-    def _safe_sysctl(cls, values: dict[str, int]) -> dict[str, int]:
-        for name, value in values.items():
-            if not _SYSCTL_NAME.fullmatch(name):
-                raise ValueError(f"sysctl name {name!r} must look like 'vm.min_free_kbytes' (vm.* or kernel.*)")
-            if not -_INT64 - 1 <= value <= _INT64:
-                raise ValueError(f"sysctl {name} = {value} does not fit a kernel integer (64 bits)")
-        return values
+    _safe_sysctl = field_validator("sysctl")(check_sysctl)
 
 
 class NfsSpec(_Strict):
@@ -153,7 +155,7 @@ class Campaign:
 
     path: Path
     spec: CampaignSpec
-    lab: Lab
+    lab: LabRef
     # The VM size of nodes swaplab boots; None on labs of running nodes (their own RAM,
     # read at run time).
     ram_mib: int | None
@@ -284,7 +286,7 @@ def _check_plan(doc: LocatedYaml, spec: CampaignSpec, lab: Lab) -> Campaign:
     issues += _check_criteria_names(doc, spec.criteria)
     if issues:
         raise SpecError(issues)
-    return Campaign(doc.path, spec, lab, ram, cpus)
+    return Campaign(doc.path, spec, LabRef.of(lab), ram, cpus)
 
 
 def _check_matrix(doc: LocatedYaml, spec: CampaignSpec) -> list[SpecIssue]:
@@ -321,24 +323,49 @@ def _vm_size(doc: LocatedYaml, spec: CampaignSpec, lab: Lab) -> tuple[int, int, 
 
 
 def _check_kernels_fit_lab(doc: LocatedYaml, spec: CampaignSpec, lab: Lab) -> list[SpecIssue]:
-    issues = []
-    for index, kernel in enumerate(spec.kernels):
-        if lab.boots_kernels and not kernel.booted_by_swaplab:
-            issues.append(
-                doc.issue(
-                    ("kernels", index, "running"),
-                    f"lab {lab.name!r} boots its nodes: name a kernel to boot (package, deb or vmlinuz)",
-                )
-            )
-        elif not lab.boots_kernels and kernel.booted_by_swaplab:
-            issues.append(
-                doc.issue(
-                    ("kernels", index),
-                    f"lab {lab.name!r} runs its nodes already (driver {lab.nodes[0].driver}): swaplab cannot boot "
-                    f"{kernel.label()} there; use 'running: <release>' or 'running: any'",
-                )
-            )
-    return issues
+    return [
+        doc.issue(("kernels", index, *field), message)
+        for index, kernel in enumerate(spec.kernels)
+        for field, message in kernel_refusals(kernel, lab)
+    ]
+
+
+Refusal = tuple[tuple[str, ...], str]  # (field below the kernel, message)
+
+
+def kernel_refusals(kernel: KernelSource, lab: Lab) -> list[Refusal]:
+    """Why ``kernel`` cannot run on ``lab``: its kind, or local files outside the lab's kernel dirs.
+
+    The same rules on both sides: ``swaplab validate`` against the inventory the submitter
+    names, and a worker against its own inventory before it touches anything.
+    """
+    if lab.boots_kernels and not kernel.booted_by_swaplab:
+        return [(("running",), f"lab {lab.name!r} boots its nodes: name a kernel to boot (package, deb or vmlinuz)")]
+    if not lab.boots_kernels and kernel.booted_by_swaplab:
+        message = (
+            f"lab {lab.name!r} runs its nodes already (driver {lab.nodes[0].driver}): swaplab cannot boot "
+            f"{kernel.label()} there; use 'running: <release>' or 'running: any'"
+        )
+        return [((), message)]
+    refusals: list[Refusal] = []
+    for name in ("deb", "vmlinuz", "modules"):
+        path = getattr(kernel, name)
+        if path is not None and (refused := lab.kernel_file_refused(path)):
+            refusals.append(((name,), refused))
+    return refusals
+
+
+def size_refusal(ram_mib: int | None, cpus: int | None, node: NodeConfig) -> str | None:
+    """Why a VM of this size cannot be one of ``node``'s, or None."""
+    if node.ram_mib is None or node.cpus is None:
+        return None if ram_mib is None and cpus is None else f"node {node.name} runs already: swaplab cannot size it"
+    if ram_mib is None or cpus is None:
+        return f"node {node.name} is booted by swaplab: it needs a RAM size and CPUs"
+    if ram_mib > node.ram_mib:
+        return f"{ram_mib} MiB is above node {node.name}'s limit of {node.ram_mib} MiB"
+    if cpus > node.cpus:
+        return f"{cpus} CPUs is above node {node.name}'s limit of {node.cpus}"
+    return None
 
 
 def _check_criteria_names(doc: LocatedYaml, criteria: list[CriterionSpec]) -> list[SpecIssue]:
@@ -421,17 +448,43 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
 
 
 def campaign_to_json(campaign: Campaign) -> dict[str, Any]:
-    """A validated campaign as plain JSON, lab included (what submit stores)."""
+    """A validated campaign as plain JSON with what it needs of its lab (what submit stores)."""
     return {
         "path": str(campaign.path),
         "spec": campaign.spec.model_dump(mode="json"),
-        "lab": lab_to_json(campaign.lab),
+        "lab": campaign.lab.model_dump(mode="json"),
         "ram_mib": campaign.ram_mib,
         "cpus": campaign.cpus,
     }
 
 
-def campaign_from_json(data: dict[str, Any]) -> Campaign:
-    """Inverse of campaign_to_json (no re-validation: it was validated at submit)."""
-    spec = CampaignSpec.model_validate(data["spec"])
-    return Campaign(Path(data["path"]), spec, lab_from_json(data["lab"]), data["ram_mib"], data["cpus"])
+class _StoredCampaign(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    path: str
+    spec: dict[str, Any]
+    lab: dict[str, Any]
+    ram_mib: int | None
+    cpus: int | None
+
+
+def campaign_from_json(data: Any, where: str = "stored campaign") -> Campaign:
+    """Inverse of campaign_to_json, validated again: what is read from Redis is input.
+
+    Raises SpecError (file ``where``, the field, no line) for anything ``swaplab validate``
+    would not have let through, or anything more than a campaign may say.
+    """
+    try:
+        stored = _StoredCampaign.model_validate(data)
+        spec = CampaignSpec.model_validate(stored.spec)
+        lab = LabRef.model_validate(stored.lab)
+    except ValidationError as err:
+        raise SpecError([_stored_issue(where, error) for error in err.errors()]) from None
+    if stored.ram_mib is None and lab.boots_kernels:
+        raise SpecError([SpecIssue(where, None, "ram_mib", "a campaign on a lab that boots its nodes needs a RAM size")])
+    return Campaign(Path(stored.path), spec, lab, stored.ram_mib, stored.cpus)
+
+
+def _stored_issue(where: str, error: Any) -> SpecIssue:
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return SpecIssue(where, None, field_name([part for part in error["loc"] if isinstance(part, str | int)]), message)

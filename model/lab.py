@@ -161,6 +161,9 @@ class Lab:
     nfs_backend: str
     nfs_settings: dict[str, Any]
     nodes: tuple[NodeConfig, ...]
+    # Where a campaign's local kernel files may lie (``swaplab_kernel_dirs``): a worker
+    # reads them as root into node images, so nowhere else.
+    kernel_dirs: tuple[Path, ...] = ()
 
     def node(self, name: str) -> NodeConfig:
         """The node called ``name``."""
@@ -179,15 +182,68 @@ class Lab:
         """swaplab can power the lab's nodes off and on."""
         return self.nodes[0].kind.power_control
 
+    def kernel_file_refused(self, path: Path) -> str | None:
+        """Why the local kernel file ``path`` (resolved) may not be used on this lab, or None."""
+        if not self.kernel_dirs:
+            return f"lab {self.name} takes no local kernel files (its inventory sets no swaplab_kernel_dirs)"
+        try:
+            real = path.resolve(strict=True)  # no `..` or symlink leads out of the allowed roots
+        except (OSError, RuntimeError) as err:
+            return f"{path} cannot be resolved: {err}"
+        if path.is_absolute() and any(real.is_relative_to(root.resolve()) for root in self.kernel_dirs):
+            return None
+        allowed = ", ".join(str(root) for root in self.kernel_dirs)
+        return f"{path} is outside the directories lab {self.name} takes kernel files from ({allowed})"
+
+
+class LabRef(BaseModel):
+    """What the control plane keeps of a lab with a submitted campaign: names, not settings.
+
+    Drivers, executables, addresses and NFS settings stay in the inventory the lab's
+    workers read themselves; a stored campaign carrying more is refused when it is read.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    name: str = Field(pattern=r"[a-z][a-z0-9-]{0,30}")
+    inventory: str
+    nodes: list[str] = Field(min_length=1)
+    boots_kernels: bool
+
+    @field_validator("nodes")
+    @classmethod
+    def _node_names(cls, names: list[str]) -> list[str]:
+        bad = [name for name in names if not _NAME.fullmatch(name)]
+        if bad or len(set(names)) != len(names):
+            raise ValueError(f"node names must be distinct and match {_NAME.pattern}: {names!r}")
+        return names
+
+    @classmethod
+    def of(cls, lab: Lab) -> LabRef:
+        return cls(
+            name=lab.name,
+            inventory=str(lab.inventory),
+            nodes=[node.name for node in lab.nodes],
+            boots_kernels=lab.boots_kernels,
+        )
+
 
 def load_lab(path: Path) -> Lab:
     """Read an inventory file; every problem becomes a SpecError naming file and line."""
     doc = load_located(path)
     _check_structure(doc)
-    top = _mapping(doc, ("all", "vars"))
+    top = dict(_mapping(doc, ("all", "vars")))
     name = _lab_name(doc, top, path)
+    kernel_dirs = _kernel_dirs(doc, top.pop("swaplab_kernel_dirs", []))
     backend, settings = _nfs_server(doc)
-    return Lab(name, path, backend, settings, _nodes(doc, name, top))
+    return Lab(name, path, backend, settings, _nodes(doc, name, top), kernel_dirs)
+
+
+def _kernel_dirs(doc: LocatedYaml, value: Any) -> tuple[Path, ...]:
+    loc = ("all", "vars", "swaplab_kernel_dirs")
+    if not isinstance(value, list) or not all(isinstance(item, str) and item.startswith("/") for item in value):
+        raise SpecError([doc.issue(loc, f"must be a list of absolute directory paths, got {value!r}")])
+    return tuple(Path(item) for item in value)
 
 
 # -- structure --------------------------------------------------------------------------------
@@ -406,20 +462,3 @@ def _pool_issues(doc: LocatedYaml, nodes: list[tuple[FieldPath, NodeConfig]]) ->
         # A campaign's kernels are either booted or read back: one lab cannot mix both.
         issues.append(doc.issue(_NODE_GROUP, "a lab's nodes are all booted by swaplab or all already running"))
     return issues
-
-
-def lab_to_json(lab: Lab) -> dict[str, Any]:
-    """A lab as plain JSON (stored with a submitted campaign: the file may change later)."""
-    return {
-        "name": lab.name,
-        "inventory": str(lab.inventory),
-        "nfs_backend": lab.nfs_backend,
-        "nfs_settings": lab.nfs_settings,
-        "nodes": [vars(node) for node in lab.nodes],
-    }
-
-
-def lab_from_json(data: dict[str, Any]) -> Lab:
-    """Inverse of lab_to_json."""
-    nodes = tuple(NodeConfig(**node) for node in data["nodes"])
-    return Lab(data["name"], Path(data["inventory"]), data["nfs_backend"], data["nfs_settings"], nodes)

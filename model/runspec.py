@@ -11,10 +11,12 @@ validates them again when it reads them (everything read from Redis is input).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from model.campaign import NfsSpec, check_sysctl
 from model.kernel import KernelSource
 from model.limits import HOG_MIB_MAX, HOG_MIB_MIN, HOG_PASSES_MAX, HOG_PASSES_MIN, HOG_SEED_MAX, HOG_SEED_MIN
 
@@ -24,34 +26,18 @@ from model.limits import HOG_MIB_MAX, HOG_MIB_MIN, HOG_PASSES_MAX, HOG_PASSES_MI
 FailureCause = Literal["kernel", "infra", "input", "aborted", "cancelled"]
 
 
-class NodeRef(BaseModel):
-    """The node as the inventory describes it (mirrors model.lab.NodeConfig)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    name: str
-    lab: str
-    driver: str
-    ram_mib: int | None = None
-    cpus: int | None = None
-    ssh_host: str
-    ssh_port: int
-    ssh_user: str = "root"
-    options: dict[str, Any] = Field(default_factory=dict)
-
-
 class WorkloadRef(BaseModel):
     """The workload as the node runs it."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    name: str
+    name: str = Field(pattern=r"[a-z][a-z0-9_-]{0,30}")
     # MiB to touch; None: ``ram_ratio`` x the node's RAM, known once the node is reached
     # (a node swaplab does not boot has the RAM it has).
     mib: int | None = Field(default=None, ge=HOG_MIB_MIN, le=HOG_MIB_MAX)
-    ram_ratio: float | None = None
+    ram_ratio: float | None = Field(default=None, gt=0, le=64)
     passes: int = Field(ge=HOG_PASSES_MIN, le=HOG_PASSES_MAX)
-    timeout_s: int
+    timeout_s: int = Field(gt=0, le=7 * 24 * 3600)
     seed: int = Field(ge=HOG_SEED_MIN, le=HOG_SEED_MAX)
     allow_oom: bool = False
 
@@ -66,54 +52,72 @@ class WorkloadRef(BaseModel):
 class PreparedKernel(BaseModel):
     """The kernel a run's setup resolved and the node image it built (content hash)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    package: str
-    version: str
-    kver: str
-    source: str
-    image_hash: str
+    package: str = Field(max_length=200)
+    version: str = Field(max_length=200)
+    kver: str = Field(pattern=r"[0-9][0-9A-Za-z.+_~-]{0,99}")
+    source: str = Field(max_length=500)
+    image_hash: str = Field(pattern=r"[0-9a-f]{64}")
 
 
-class RunSetupSpec(BaseModel):
-    """What the run-scope setup needs: the lab's NFS server and the run's kernel."""
+CAMPAIGN_ID = r"[a-z][a-z0-9_-]{0,40}-[0-9]{8}-[0-9]{6}-[0-9a-f]{4}"
+RUN_ID = r"r[0-9]{3,4}"
+NAME = r"[a-z][a-z0-9-]{0,30}"
+MAX_ATTEMPTS = 10
 
-    model_config = ConfigDict(frozen=True)
 
-    campaign: str
-    run_id: str
-    lab: str
+class _Message(BaseModel):
+    # A message is input: exactly these fields, strictly typed (what validate lets through).
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class RunSetupSpec(_Message):
+    """What the run-scope setup needs: which lab and which kernel. The lab's NFS server and
+    whether it boots kernels come from the worker's own inventory of that lab."""
+
+    campaign: str = Field(pattern=CAMPAIGN_ID)
+    run_id: str = Field(pattern=RUN_ID)
+    lab: str = Field(pattern=NAME)
     kernel: KernelSource
-    boots_kernel: bool
-    nfs_backend: str
-    nfs_settings: dict[str, Any]
 
 
-class NodeRunSpec(BaseModel):
-    """Everything one node needs for one run (JSON-serialisable)."""
+class NodeRunSpec(_Message):
+    """Everything one node needs for one run: only what a campaign may say.
 
-    model_config = ConfigDict(frozen=True)
+    Which of the lab's nodes (by name), kernel, sizes, sysctls, NFS version and mount
+    options, swap size, workload. The node's driver, address, executables and the lab's
+    NFS server come from the worker's own inventory; the result directory from the
+    worker's own results root.
+    """
 
-    campaign: str
-    run_id: str
-    node: NodeRef
+    campaign: str = Field(pattern=CAMPAIGN_ID)
+    run_id: str = Field(pattern=RUN_ID)
+    attempt: int = Field(ge=1, le=MAX_ATTEMPTS)
+    lab: str = Field(pattern=NAME)
+    node: str = Field(pattern=NAME)
     # The VM size for nodes swaplab boots; None for nodes that run already (their own RAM).
-    ram_mib: int | None
-    cpus: int | None
+    ram_mib: int | None = Field(ge=16, le=1 << 20)
+    cpus: int | None = Field(ge=1, le=64)
     sysctl: dict[str, int] = Field(default_factory=dict)
     kernel: KernelSource
     # Set by the run's setup for nodes swaplab boots: the image every node of the run boots.
     prepared: PreparedKernel | None = None
-    nfs_backend: str
-    nfs_settings: dict[str, Any]
-    nfs_version: str
-    mount_options: list[str]
-    swap_mib: int
+    nfs: NfsSpec
+    swap_mib: int = Field(gt=0, le=1 << 20)
     workload: WorkloadRef
     # MiB the workload must push past RAM; None until the node's RAM is known.
-    planned_overcommit_mib: int | None
-    boot_timeout_s: int
-    result_dir: str
+    planned_overcommit_mib: int | None = Field(ge=1, le=HOG_MIB_MAX)
+    boot_timeout_s: int = Field(gt=0, le=3600)
+
+    _sysctl = field_validator("sysctl")(check_sysctl)
+
+    def result_dir(self, results_root: Path) -> Path:
+        """Where this node writes its evidence, below the worker's own results root."""
+        run = results_root / self.campaign
+        if self.attempt > 1:  # a redone run writes beside the lost attempt, which stays as it was
+            run = run / f"attempt{self.attempt}"
+        return run / self.run_id / self.node
 
 
 class Failure(BaseModel):

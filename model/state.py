@@ -25,7 +25,11 @@ from __future__ import annotations
 import json
 import os
 import re
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlparse, urlunparse
+
+from model.paths import cache_root
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:16379/0"
 CONTROL_QUEUE = "control"
@@ -45,8 +49,48 @@ WORKER_PREFIX = "swaplab:worker"
 
 
 def redis_url() -> str:
-    """The Redis that serves as broker, result backend and state store."""
-    return os.environ.get("SWAPLAB_REDIS_URL", DEFAULT_REDIS_URL)
+    """The Redis that serves as broker, result backend and state store, with its password.
+
+    ``SWAPLAB_REDIS_URL`` (default: the embedded redis-server on 127.0.0.1:16379); the
+    password, when the URL has none, from ``SWAPLAB_REDIS_PASSWORD``, the file named by
+    ``SWAPLAB_REDIS_PASSWORD_FILE``, or the embedded server's own file in the cache (mode
+    0600). Never from a command line: argv is what every user of the host can read.
+    """
+    url = os.environ.get("SWAPLAB_REDIS_URL", DEFAULT_REDIS_URL)
+    parsed = urlparse(url)
+    if parsed.password:
+        return url
+    password = _redis_password(parsed.port or 6379)
+    if not password:
+        return url
+    netloc = f"{quote(parsed.username or '', safe='')}:{quote(password, safe='')}@{parsed.hostname}"
+    netloc += f":{parsed.port}" if parsed.port else ""
+    return urlunparse(parsed._replace(netloc=netloc))
+
+
+def local_redis_password_file(port: int) -> Path:
+    """Where the embedded redis-server on ``port`` keeps its generated password."""
+    return cache_root() / "redis" / str(port) / "password"
+
+
+def _redis_password(port: int) -> str | None:
+    if os.environ.get("SWAPLAB_REDIS_PASSWORD"):
+        return os.environ["SWAPLAB_REDIS_PASSWORD"]
+    named = os.environ.get("SWAPLAB_REDIS_PASSWORD_FILE")
+    path = Path(named) if named else local_redis_password_file(port)
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    parsed = urlparse(url)
+    if not parsed.password:
+        return url
+    netloc = f"{parsed.username or ''}:***@{parsed.hostname}" + (f":{parsed.port}" if parsed.port else "")
+    return urlunparse(parsed._replace(netloc=netloc))
 
 
 def lab_queue(lab: str) -> str:

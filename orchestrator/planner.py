@@ -7,12 +7,10 @@ import hashlib
 import secrets
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from model.campaign import Campaign, WorkloadSpec
 from model.kernel import KernelSource
-from model.lab import NodeConfig
-from model.runspec import NodeRef, NodeRunSpec, PreparedKernel, RunSetupSpec, WorkloadRef
+from model.runspec import NodeRunSpec, PreparedKernel, RunSetupSpec, WorkloadRef
 
 
 @dataclass(frozen=True)
@@ -46,44 +44,33 @@ def plan_runs(campaign: Campaign) -> list[RunPlan]:
 
 
 def run_setup_spec(campaign: Campaign, campaign_id: str, run: RunPlan) -> RunSetupSpec:
-    """What the run's setup needs: the lab's NFS server and the kernel to prepare."""
-    lab = campaign.lab
-    return RunSetupSpec(
-        campaign=campaign_id,
-        run_id=run.run_id,
-        lab=lab.name,
-        kernel=run.kernel,
-        boots_kernel=lab.boots_kernels,
-        nfs_backend=lab.nfs_backend,
-        nfs_settings=lab.nfs_settings,
-    )
+    """What the run's setup needs: the lab (its worker knows its NFS server) and the kernel."""
+    return RunSetupSpec(campaign=campaign_id, run_id=run.run_id, lab=campaign.lab.name, kernel=run.kernel)
 
 
 def node_specs(
     campaign: Campaign,
     campaign_id: str,
     run: RunPlan,
+    attempt: int,
     node_names: list[str],
-    result_dir: Path,
     prepared: PreparedKernel | None = None,
 ) -> list[NodeRunSpec]:
     """The run specs of the nodes assigned to ``run`` (``prepared``: what its setup built)."""
     spec = campaign.spec
-    lab = campaign.lab
     return [
         NodeRunSpec(
             campaign=campaign_id,
             run_id=run.run_id,
-            node=_node_ref(lab.node(name)),
+            attempt=attempt,
+            lab=campaign.lab.name,
+            node=name,
             ram_mib=campaign.ram_mib,
-            sysctl=spec.node.sysctl,
             cpus=campaign.cpus,
+            sysctl=spec.node.sysctl,
             kernel=run.kernel,
             prepared=prepared,
-            nfs_backend=lab.nfs_backend,
-            nfs_settings=lab.nfs_settings,
-            nfs_version=spec.nfs.version,
-            mount_options=spec.nfs.mount_options,
+            nfs=spec.nfs,
             swap_mib=spec.swap.size_mib,
             workload=WorkloadRef(
                 name=run.workload.name,
@@ -96,14 +83,9 @@ def node_specs(
             ),
             planned_overcommit_mib=campaign.planned_overcommit_mib(run.workload),
             boot_timeout_s=spec.boot_timeout_s,
-            result_dir=str(result_dir / run.run_id / name),
         )
         for name in node_names
     ]
-
-
-def _node_ref(node: NodeConfig) -> NodeRef:
-    return NodeRef.model_validate({key: getattr(node, key) for key in NodeRef.model_fields})
 
 
 def _seed(*parts: str) -> int:

@@ -31,6 +31,7 @@ from model.kernel import KernelSource
 from model.runspec import NodeResult, NodeRunSpec, PreparedKernel, RunSetupSpec
 from model.state import CONTROL_QUEUE, TERMINAL, holder_id, lab_queue, scan_pattern
 from model.state import WORKER_PREFIX as _WORKER_PREFIX
+from model.yamlpos import SpecError
 from orchestrator.criteria import Criterion, CriterionSpec
 from orchestrator.evaluation import evaluate_run, run_criteria
 from orchestrator.planner import RunPlan, node_specs, run_setup_spec
@@ -111,7 +112,11 @@ class Scheduler:
         info = self.store.campaign(cid)
         if not info or info["status"] in TERMINAL:
             return False
-        campaign = self.store.campaign_model(cid)
+        try:
+            campaign = self.store.campaign_model(cid)
+        except SpecError as err:
+            self._refuse_campaign(cid, err)
+            return False
         book = LeaseBook(self.redis, campaign.lab.name, ttl_s=LEASE_TTL_S)
         if info["status"] == "queued":
             self.store.set_campaign_status(cid, "running")
@@ -123,6 +128,15 @@ class Scheduler:
             self.finish(cid)
             return False
         return True
+
+    def _refuse_campaign(self, cid: str, err: SpecError) -> None:
+        """A stored campaign that fails validation runs nothing: every run is invalid, with why."""
+        reason = "the stored campaign does not validate (changed in Redis?): " + "; ".join(map(str, err.issues[:5]))
+        log.error("%s: %s", cid, reason)
+        for run in self.store.runs(cid):
+            if run["status"] not in TERMINAL:
+                self._refuse_run(cid, run, reason, Verdict.INVALID)
+        self.finish(cid)
 
     def _start_due_runs(self, cid: str, campaign: Campaign, book: LeaseBook) -> None:
         cancel = self.store.cancel_requested(cid)
@@ -173,7 +187,7 @@ class Scheduler:
         if slots < needed:
             return f"the workers on {queue} offer {slots} task slots; this run needs {needed} nodes at once"
         health = NodeHealth(self.redis, campaign.lab.name)
-        healthy = [n.name for n in campaign.lab.nodes if health.is_healthy(n.name)]
+        healthy = [node for node in campaign.lab.nodes if health.is_healthy(node)]
         if len(healthy) < needed:
             return (
                 f"lab {campaign.lab.name} has {len(healthy)} healthy node(s); this run needs {needed} "
@@ -205,15 +219,12 @@ class Scheduler:
     def _start_run(self, cid: str, campaign: Campaign, run: dict[str, Any], book: LeaseBook) -> bool:
         rid, attempt = run["run_id"], int(run["attempt"]) + 1
         health = NodeHealth(self.redis, campaign.lab.name)
-        healthy = [n.name for n in campaign.lab.nodes if health.is_healthy(n.name)]
+        healthy = [node for node in campaign.lab.nodes if health.is_healthy(node)]
         nodes = book.acquire(holder_id(cid, rid, attempt), healthy, campaign.spec.nodes)
         if nodes is None:
             return False
         prepared = PreparedKernel.model_validate(run["prepared"]) if run.get("prepared") else None
-        # A redone run writes beside the lost attempt, whose files (and the orphaned guest's
-        # pid file, needed to power it off) stay where they are.
-        run_dir = self.results_root / cid if attempt == 1 else self.results_root / cid / f"attempt{attempt}"
-        specs = node_specs(campaign, cid, self._plan(run), nodes, run_dir, prepared)
+        specs = node_specs(campaign, cid, self._plan(run), attempt, nodes, prepared)
         self.store.set_run_status(cid, rid, "provisioning", attempt=attempt, nodes=nodes, started_at=time.time())
         for node in nodes:
             self.store.set_node(cid, rid, node, attempt=attempt, status="queued", owner="", result="")

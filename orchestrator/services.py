@@ -18,17 +18,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from urllib.parse import urlparse
+from typing import Any
+from urllib.parse import quote, urlparse
 
 import redis
 import yaml
 
 from model.lab import Lab
+from model.paths import cache_dir, private_file
 from model.state import DEFAULT_REDIS_URL, lab_queue, redis_url
 from orchestrator.prometheus import PrometheusApi, prometheus_url
 from workers.exporter import targets_dir
 from workers.nfs import NfsServer, NfsServerError, make_nfs_server
-from workers.paths import cache_dir
 
 # A judged run is counted a few seconds after its verdict (workers.exporter.count_run).
 METRICS_FLUSH_S = 5.0
@@ -40,33 +41,52 @@ class ServiceError(RuntimeError):
 
 
 class LocalRedis:
-    """redis-server on 127.0.0.1 with an append-only file, so state survives a restart."""
+    """redis-server on 127.0.0.1 with an append-only file, so state survives a restart, and
+    a generated password: any other user of the host may reach 127.0.0.1, so without one
+    anybody could read or rewrite every campaign (and what the workers run for it).
+
+    The password lives in ``<data_dir>/password`` (0600, in a 0700 directory), where the
+    CLI and the workers of the same user read it (model.state.redis_url); the server reads
+    it from its own 0600 config file, never from its command line.
+    """
 
     def __init__(self, url: str = DEFAULT_REDIS_URL, data_dir: Path | None = None) -> None:
         parsed = urlparse(url)
-        self.url = url
         self.host = parsed.hostname or "127.0.0.1"
         self.port = parsed.port or 16379
         self.data_dir = data_dir or cache_dir("redis", str(self.port))
+        self.password_file = self.data_dir / "password"
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def password(self) -> str:
+        """This server's password, generated on first use."""
+        if not self.password_file.exists():
+            private_file(self.password_file, secrets.token_urlsafe(32) + "\n")
+        return self.password_file.read_text().strip()
+
+    @property
+    def url(self) -> str:
+        """The URL clients use, password included (never print it: see model.state.redacted)."""
+        return f"redis://:{quote(self.password, safe='')}@{self.host}:{self.port}/0"
+
+    def client(self, **options: Any) -> redis.Redis:
+        return redis.Redis(host=self.host, port=self.port, password=self.password, **options)
 
     def ping(self) -> bool:
         try:
-            return bool(redis.Redis(host=self.host, port=self.port, socket_timeout=1).ping())
+            return bool(self.client(socket_timeout=1).ping())
         except redis.RedisError:
             return False
 
     def start(self, timeout_s: float = 10.0) -> None:
         if self.host != "127.0.0.1":
             raise ServiceError(f"will only start redis on 127.0.0.1, not {self.host}")
-        argv = [
-            "redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir),
-            "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--protected-mode", "yes",
-            "--logfile", str(self.data_dir / "redis.log"),
-        ]  # fmt: skip
+        config = self.data_dir / "redis.conf"
+        private_file(config, self._config())
         try:
             self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
+                ["redis-server", str(config)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
             )
         except FileNotFoundError:
             raise ServiceError("redis-server not found: run scripts/setup (Debian package redis-server)") from None
@@ -76,10 +96,26 @@ class LocalRedis:
             lambda: f"redis-server did not answer on 127.0.0.1:{self.port} (log: {self.data_dir / 'redis.log'})",
         )
 
+    def _config(self) -> str:
+        settings = {
+            "bind": "127.0.0.1",
+            "port": str(self.port),
+            "dir": str(self.data_dir),
+            "appendonly": "yes",
+            "appendfsync": "everysec",
+            "save": '""',
+            "protected-mode": "yes",
+            "logfile": str(self.data_dir / "redis.log"),
+            "requirepass": self.password,
+        }
+        return "# written by swaplab for its embedded redis-server (mode 0600: it holds the password)\n" + "".join(
+            f"{key} {value}\n" for key, value in settings.items()
+        )
+
     def stop(self) -> None:
         """SHUTDOWN (flushes the AOF), then make sure the process is gone."""
         with contextlib.suppress(redis.RedisError):
-            redis.Redis(host=self.host, port=self.port, socket_timeout=5).shutdown(nosave=False)
+            self.client(socket_timeout=5).shutdown(nosave=False)
         if self.proc is not None:
             try:
                 self.proc.wait(timeout=10)
@@ -93,8 +129,13 @@ class LocalPrometheus:
     campaign can be judged again later; scrapes every 1 s the workers that announced
     themselves in the file_sd directory, and loads the recording rules of deploy/."""
 
-    def __init__(self, url: str | None = None, data_dir: Path | None = None, targets: Path | None = None) -> None:
+    def __init__(
+        self, url: str | None = None, data_dir: Path | None = None, targets: Path | None = None, admin_api: bool = False
+    ) -> None:
         parsed = urlparse(url or prometheus_url())
+        # Off by default: with it, any user of the host could delete the series a later
+        # `swaplab check` judges from. Only a command that needs it turns it on for itself.
+        self.admin_api = admin_api
         self.targets = targets or targets_dir()
         self.host = parsed.hostname or "127.0.0.1"
         self.port = parsed.port or 19090
@@ -128,8 +169,7 @@ class LocalPrometheus:
         argv = [
             "prometheus", f"--config.file={config}", f"--storage.tsdb.path={self.data_dir / 'data'}",
             f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=30d",
-            # Deleting series is how the tests prove a missing series makes a run invalid.
-            "--web.enable-admin-api",
+            *(["--web.enable-admin-api"] if self.admin_api else []),
         ]  # fmt: skip
         try:
             with log_file.open("ab") as log:
@@ -264,7 +304,8 @@ class LocalStores:
             self.redis.start()
             self.started_redis = True
             self.note(
-                f"started redis-server on 127.0.0.1:{self.redis.port} (append-only file in {self.redis.data_dir})"
+                f"started redis-server on 127.0.0.1:{self.redis.port} (append-only file, and its password "
+                f"readable by you only, in {self.redis.data_dir})"
             )
         if not self.prometheus.ready():
             self.prometheus.start()
@@ -290,7 +331,9 @@ class LocalServices:
     def __init__(self, lab: Lab, concurrency: int, log_dir: Path, note: Callable[[str], None] = lambda _text: None) -> None:
         self.note = note
         self.stores = LocalStores(note)
-        self.worker = LocalWorker(["control", lab_queue(lab.name)], concurrency, log_dir / "worker.log")
+        # The worker serves this lab from its own copy of the inventory, never from messages.
+        env = {**os.environ, "SWAPLAB_LABS": str(lab.inventory)}
+        self.worker = LocalWorker(["control", lab_queue(lab.name)], concurrency, log_dir / "worker.log", env=env)
         self.lab = lab
         self.nfs_was_serving = False
 

@@ -19,6 +19,7 @@ import redis
 from celery import chord, signals
 
 from model.campaign import Campaign
+from model.paths import results_root
 from model.runspec import NodeResult, NodeRunSpec, RunSetupSpec
 from model.state import CONTROL_QUEUE, TERMINAL, campaign_key, campaign_lock_key, lab_queue, redis_url
 from orchestrator.report import start_skew_ms
@@ -26,7 +27,6 @@ from orchestrator.scheduler import Scheduler
 from orchestrator.store import CampaignStore
 from workers.app import app
 from workers.exporter import START_SKEW, count_run
-from workers.paths import results_root
 
 log = logging.getLogger(__name__)
 TICK_S = 2.0
@@ -55,7 +55,7 @@ class CeleryDispatch:
         )
 
     def run(self, cid: str, rid: str, attempt: int, specs: list[NodeRunSpec]) -> None:
-        queue = lab_queue(specs[0].node.lab)
+        queue = lab_queue(specs[0].lab)
         header = [
             app.signature("swaplab.run_node", (spec.model_dump(mode="json"), cid, rid, attempt), queue=queue)
             for spec in specs

@@ -34,7 +34,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from model.console import EventKind
-from workers.paths import cache_dir
+from model.paths import cache_dir
 from workers.samples import PAGE_SIZE, Record
 
 log = logging.getLogger(__name__)

@@ -27,8 +27,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from model.paths import cache_dir
 from workers.kernel import NODE_MODULES, KernelArtifacts, module_load_order
-from workers.paths import cache_dir
 
 Progress = Callable[[str], None]
 

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from model.kernel import PACKAGE_RE, KernelSource
-from workers.paths import cache_dir
+from model.paths import cache_dir
 
 Progress = Callable[[str], None]
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 from model.console import parse_console
-from model.lab import NodeConfig
-from model.runspec import Failure, NodeRef, NodeResult, NodeRunSpec
+from model.paths import results_root
+from model.runspec import Failure, NodeResult, NodeRunSpec
+from workers.admission import admit_node
 from workers.collab import Barrier, CancelCheck, Progress
 from workers.drivers import DriverError, make_driver
 from workers.drivers.base import NodeAccess
@@ -34,21 +34,6 @@ def run_node_session(spec: dict[str, Any], progress: Progress, barrier: Barrier,
     return session.run().model_dump(mode="json")
 
 
-def node_config_of(node: NodeRef) -> NodeConfig:
-    """The node as a run spec describes it."""
-    return NodeConfig(
-        node.name,
-        node.lab,
-        node.driver,
-        node.ram_mib,
-        node.cpus,
-        node.ssh_host,
-        node.ssh_port,
-        dict(node.options),
-        node.ssh_user,
-    )
-
-
 class NodeSession(PipelineHooks[NodeContext]):
     """Runs the node pipeline and turns its outcome into a NodeResult."""
 
@@ -56,19 +41,23 @@ class NodeSession(PipelineHooks[NodeContext]):
         self.spec = spec
         self.progress = progress
         self.barrier = barrier
-        self.result = NodeResult(run_id=spec.run_id, node=spec.node.name)
-        self.dir = Path(spec.result_dir)
+        self.result = NodeResult(run_id=spec.run_id, node=spec.node)
+        self.dir = spec.result_dir(results_root())
         self.ctx: NodeContext | None = None
         self.pipeline: Pipeline[NodeContext] | None = None
+        self.setup_error: StepFailure | None = None
         try:
-            driver: NodeAccess = make_driver(node_config_of(spec.node), self.dir)
+            lab, node = admit_node(spec)  # this worker's own lab and node, or InputFault
+            driver: NodeAccess = make_driver(node, self.dir)
             self.pipeline, strategy = node_pipeline(driver)
-        except (DriverError, LookupError) as err:
-            self.setup_error: StepFailure | None = LabFault(str(err))
+        except StepFailure as refused:
+            self.setup_error = refused
             return
-        self.setup_error = None
+        except (DriverError, LookupError) as err:
+            self.setup_error = LabFault(str(err))
+            return
         self.ctx = NodeContext(
-            spec, progress, barrier, cancel, driver, self.result, self.dir, persistent=strategy.persistent
+            spec, progress, barrier, cancel, lab, node, driver, self.result, self.dir, persistent=strategy.persistent
         )
 
     def run(self) -> NodeResult:
@@ -105,7 +94,7 @@ class NodeSession(PipelineHooks[NodeContext]):
     def cleanup_failed(self, step: Step[NodeContext], error: Exception) -> None:
         problem = f"{step.name}: {error}"
         self.result.cleanup_problems.append(problem)
-        self.progress.phase(self.spec.node.name, "teardown", f"cleanup: {problem}")
+        self.progress.phase(self.spec.node, "teardown", f"cleanup: {problem}")
 
     # -- outcome -------------------------------------------------------------------------------
     def _fail(self, failure: StepFailure) -> None:
@@ -113,9 +102,9 @@ class NodeSession(PipelineHooks[NodeContext]):
         self.result.failure = Failure(
             cause=failure.cause, phase=phase, reason=failure.reason, takes_node_out=failure.takes_node_out
         )
-        self.progress.phase(self.spec.node.name, phase, f"stopped ({failure.cause}): {failure.reason}")
+        self.progress.phase(self.spec.node, phase, f"stopped ({failure.cause}): {failure.reason}")
         if self.ctx is None or not self.ctx.passed_barrier:
-            self.barrier.abort(self.spec.node.name, failure.reason)
+            self.barrier.abort(self.spec.node, failure.reason)
 
     def _finish(self) -> None:
         """After every cleanup: console events, the last metrics scrape, node-result.json."""
@@ -131,7 +120,7 @@ class NodeSession(PipelineHooks[NodeContext]):
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "node-result.json").write_text(json.dumps(self.result.model_dump(mode="json"), indent=2))
         failure = self.result.failure
-        self.progress.phase(self.spec.node.name, "done", "" if failure is None else f"({failure.cause})")
+        self.progress.phase(self.spec.node, "done", "" if failure is None else f"({failure.cause})")
 
     def _record_console(self, ctx: NodeContext) -> None:
         text = ctx.console_text()

@@ -21,7 +21,8 @@ import pydantic
 import redis
 from celery import signals
 
-from model.runspec import Failure, NodeRef, NodeResult, NodeRunSpec, RunSetupSpec
+from model.paths import results_root
+from model.runspec import Failure, NodeResult, NodeRunSpec, RunSetupSpec
 from model.state import (
     TERMINAL,
     barrier_key,
@@ -32,14 +33,17 @@ from model.state import (
     scan_pattern,
     worker_key,
 )
+from model.yamlpos import SpecError
+from workers.admission import admit_node
 from workers.app import app
-from workers.drivers import PowerControl, make_driver
+from workers.drivers import DriverError, PowerControl, make_driver
 from workers.exporter import LEASES_HELD, start_metrics_server
 from workers.health import NodeHealth
+from workers.labs import LabNotServed, served_labs, served_node
 from workers.lease import LEASE_TTL_S, LeaseBook, LeaseKeeper
-from workers.node_session import node_config_of, run_node_session
+from workers.node_session import run_node_session
 from workers.pipeline.run_setup import prepare_run as run_setup
-from workers.pipeline.step import StepFailure
+from workers.pipeline.step import InputFault, StepFailure
 from workers.redis_barrier import RedisBarrier
 from workers.run_state import RunState
 
@@ -63,7 +67,10 @@ def prepare_run(spec: dict[str, Any], cid: str, rid: str, attempt: int) -> None:
     try:
         setup = RunSetupSpec.model_validate(spec)
     except pydantic.ValidationError as err:
-        state.set_run(prepare_failure={"cause": "input", "reason": f"run setup message is invalid: {err}"})
+        state.set_run(prepare_failure={"cause": "input", "reason": f"run setup message is invalid: {_errors(err)}"})
+        return
+    if (setup.campaign, setup.run_id) != (cid, rid):
+        state.set_run(prepare_failure={"cause": "input", "reason": "run setup message names another run than its task"})
         return
     state.set_run(prepare_owner=f"{socket.gethostname()}:{os.getpid()}", prepare_beat=time.time())
     with _Heartbeat(lambda: state.set_run(prepare_beat=time.time())):
@@ -113,8 +120,14 @@ def run_node(self: Any, spec: dict[str, Any], cid: str, rid: str, attempt: int) 
     try:
         run_spec = NodeRunSpec.model_validate(spec)
     except pydantic.ValidationError as err:
-        return _refuse_message(state, spec, f"node task message is invalid: {err}")
-    node = run_spec.node.name
+        return _refuse_message(state, spec, f"node task message is invalid: {_errors(err)}")
+    if (run_spec.campaign, run_spec.run_id, run_spec.attempt) != (cid, rid, attempt):
+        return _refuse_message(state, spec, "node task message names another run than its task")
+    try:
+        admit_node(run_spec)  # this worker's lab and node, before it takes a lease or a guest record
+    except InputFault as refused:
+        return _refuse_message(state, spec, refused.reason)
+    node = run_spec.node
     run = state.run()
     node_state = state.node(node)
     if int(run.get("attempt", 0)) != attempt or run.get("status") in TERMINAL:
@@ -128,24 +141,28 @@ def run_node(self: Any, spec: dict[str, Any], cid: str, rid: str, attempt: int) 
 
 def _refuse_message(state: RunState, spec: Any, reason: str) -> dict[str, Any]:
     """A message that fails validation runs nothing: its node's result says why (invalid)."""
-    node = str(spec.get("node", {}).get("name", "?")) if isinstance(spec, dict) else "?"
+    named = spec.get("node") if isinstance(spec, dict) else None
+    node = named if isinstance(named, str) and named in (state.run().get("nodes") or []) else "?"
+    log.error("refused a node task of %s %s: %s", state.cid, state.rid, reason)
     result = NodeResult(run_id=state.rid, node=node)
     result.failure = Failure(cause="input", phase="message", reason=reason)
     data = result.model_dump(mode="json")
-    if node != "?":
+    if node != "?":  # only a node the run really has gets the verdict
         state.set_node(node, status="done", result=data, finished_at=time.time())
     return data
 
 
+def _errors(err: pydantic.ValidationError) -> str:
+    """A validation error in one line, without echoing the (untrusted) values at length."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}" for e in err.errors()[:5])
+
+
 def _run_owned_node(client: redis.Redis, state: RunState, spec: NodeRunSpec, attempt: int) -> dict[str, Any]:
-    node, lab = spec.node.name, spec.node.lab
+    node, lab = spec.node, spec.lab
     holder = holder_id(state.cid, state.rid, attempt)
     state.set_node(node, owner=f"{socket.gethostname()}:{os.getpid()}", status="starting", started_at=time.time())
     _clean_orphan(client, lab, node)
-    client.set(
-        guest_key(lab, node),
-        json.dumps({"holder": holder, "workdir": spec.result_dir, "node": spec.node.model_dump(mode="json")}),
-    )
+    client.set(guest_key(lab, node), json.dumps({"holder": holder, "workdir": str(spec.result_dir(results_root()))}))
     lost = threading.Event()
     keeper = LeaseKeeper(LeaseBook(client, lab, ttl_s=LEASE_TTL_S), holder, [node], on_lost=lambda _n: lost.set())
     keeper.start()
@@ -243,9 +260,14 @@ def _clean_orphan(client: redis.Redis, lab: str, node: str) -> None:
         return
     try:
         record = json.loads(raw)
-        driver = make_driver(node_config_of(NodeRef.model_validate(record["node"])), Path(str(record["workdir"])))
-    except (ValueError, KeyError, TypeError, pydantic.ValidationError) as err:
-        log.error("guest record of %s/%s is unreadable (%s); left alone", lab, node, err)
+        workdir = Path(str(record["workdir"])).resolve()
+        if not workdir.is_relative_to(results_root()):
+            raise ValueError(f"workdir {workdir} is outside this worker's results")
+        # The node as this worker's inventory describes it: a record only says which one.
+        _lab, config = served_node(lab, node)
+        driver = make_driver(config, workdir)
+    except (ValueError, KeyError, TypeError, LabNotServed, DriverError) as err:
+        log.error("guest record of %s/%s is unusable (%s); left alone", lab, node, err)
         return
     if isinstance(driver, PowerControl):
         driver.power_off()
@@ -264,12 +286,27 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
         # hold theirs where the main process's /metrics cannot see them.
         log.error("swaplab workers need -P threads (or solo): node metrics are not exported from prefork children")
     start_metrics_server(hostname)
+    _announce_labs(queues)
     concurrency = int(getattr(getattr(sender, "pool", None), "limit", 0) or app.conf.worker_concurrency or 1)
     _register_worker(client, hostname, queues, concurrency)
     for queue in queues:
         lab = lab_of_queue(queue)
         if lab is not None:
             _clean_orphans_of(client, lab)
+
+
+def _announce_labs(queues: list[str]) -> None:
+    """Say which labs this worker serves, from its own inventories; a bad one is loud."""
+    try:
+        labs = served_labs()
+    except SpecError as err:
+        log.error("this worker's inventories are invalid; it will refuse every task:\n%s", err)
+        return
+    log.info("serving labs: %s", ", ".join(f"{name} ({lab.inventory})" for name, lab in sorted(labs.items())))
+    for queue in queues:
+        lab = lab_of_queue(queue)
+        if lab is not None and lab not in labs:
+            log.error("consuming %s, but no inventory of lab %s is configured (SWAPLAB_LABS): its tasks are refused", queue, lab)
 
 
 def _clean_orphans_of(client: redis.Redis, lab: str) -> None:

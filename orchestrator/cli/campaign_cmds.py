@@ -12,7 +12,7 @@ import click
 
 from model.campaign import Campaign
 from model.exitcode import ExitCode
-from orchestrator.cli.common import CAMPAIGN_FILE, load_or_exit
+from orchestrator.cli.common import CAMPAIGN_FILE, load_lab_or_exit, load_or_exit
 from orchestrator.cli.distributed_cmds import connect, finish_output, submit_campaign
 from orchestrator.planner import plan_runs
 from orchestrator.services import LocalServices, ServiceError
@@ -60,12 +60,13 @@ def run(campaign_file: Path, as_json: bool, results: Path) -> None:
     redis-server and a Celery worker for the lab, and stops them afterwards.
     """
     campaign = load_or_exit(campaign_file, as_json)
+    lab = load_lab_or_exit(Path(campaign.lab.inventory), as_json)  # the local worker serves it
     # SIGTERM (a CI timeout, `kill`) cleans up like Ctrl-C: guests off, services stopped.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     results = results.resolve()
     os.environ["SWAPLAB_RESULTS"] = str(results)  # the worker we start writes there too
     try:
-        with LocalServices(campaign.lab, len(campaign.lab.nodes) + 1, results / "services", _note):
+        with LocalServices(lab, len(lab.nodes) + 1, results / "services", _note):
             info = _submit_and_follow(campaign)
     except ServiceError as err:
         click.echo(f"error: {err}", err=True)

@@ -22,7 +22,7 @@ SWAPLAB = Path(sys.executable).with_name("swaplab")
 class Lab:
     """The services of this module and helpers to drive the CLI against them."""
 
-    def __init__(self, tmp: Path, queues: list[str]) -> None:
+    def __init__(self, tmp: Path, queues: list[str], labs: list[Path]) -> None:
         self.queues = queues
         self.url = f"redis://127.0.0.1:{free_port()}/0"
         self.redis_server = LocalRedis(self.url, data_dir=tmp / "redis")
@@ -37,17 +37,21 @@ class Lab:
             "SWAPLAB_RESULTS": str(tmp / "results"),
             "SWAPLAB_PROMETHEUS_URL": prometheus_url,
             "SWAPLAB_PROMETHEUS_SD_DIR": str(tmp / "targets"),
+            # The worker's own inventories: the labs it serves, whatever a message says.
+            "SWAPLAB_LABS": os.pathsep.join(str(lab) for lab in labs),
+            # The CLI and the worker read the test redis' generated password from here.
+            "SWAPLAB_REDIS_PASSWORD_FILE": str(tmp / "redis" / "password"),
         }
         self.tmp = tmp
         self.worker: LocalWorker | None = None
 
     @property
     def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url, decode_responses=True)
+        return self.redis_server.client(decode_responses=True)
 
     def start_worker(self) -> LocalWorker:
         worker = LocalWorker(self.queues, concurrency=5, log_file=self.tmp / "worker.log", name="e2e", env=self.env)
-        worker.start(redis.Redis.from_url(self.url))
+        worker.start(self.redis_server.client())
         self.worker = worker
         return worker
 

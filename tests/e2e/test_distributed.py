@@ -38,7 +38,7 @@ def guest_pids(name: str) -> list[int]:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     require_tools(("redis-server", "qemu-system-x86_64", "ganesha.nfsd", "prometheus"))
-    the_lab = Lab(tmp_path_factory.mktemp("distributed"), QUEUES)
+    the_lab = Lab(tmp_path_factory.mktemp("distributed"), QUEUES, [E2E_LAB, REPO / "tests/fixtures/labs/broken-node.yml"])
     the_lab.start()
     yield the_lab
     for inventory in (E2E_LAB, REPO / "tests/fixtures/labs/broken-node.yml"):

@@ -12,6 +12,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ from typing import Any
 import pytest
 
 from model.criteria import BUILTIN_CRITERION_NAMES
+from model.paths import cache_dir
+from model.state import local_redis_password_file
 from orchestrator.prometheus import PrometheusApi
 from orchestrator.services import LocalPrometheus
 from tests import dashboards
@@ -41,25 +45,33 @@ def lab_nfs_server_stopped_afterwards() -> Iterator[None]:
     subprocess.run([str(SWAPLAB), "nfs", "stop"], check=True, capture_output=True, timeout=60)
 
 
-def run_campaign(path: Path, results: Path) -> tuple[int, dict[str, Any], str]:
+PROCESS_LISTS: list[str] = []  # `ps` every half second during the smoke run
+
+
+def run_campaign(path: Path, results: Path, watch_processes: bool = False) -> tuple[int, dict[str, Any], str]:
     require_tools()
     env = {**os.environ, "SWAPLAB_RESULTS": str(results)}
-    proc = subprocess.run(
-        [str(SWAPLAB), "run", "--json", str(path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
-    sys.stderr.write(proc.stderr)  # progress, shown by pytest when a test fails
-    return proc.returncode, json.loads(proc.stdout), proc.stderr
+    with subprocess.Popen(
+        [str(SWAPLAB), "run", "--json", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    ) as proc:
+        if watch_processes:
+            threading.Thread(target=_sample_processes, args=(proc,), daemon=True).start()
+        stdout, stderr = proc.communicate(timeout=900)
+    sys.stderr.write(stderr)  # progress, shown by pytest when a test fails
+    return proc.returncode, json.loads(stdout), stderr
+
+
+def _sample_processes(proc: subprocess.Popen[str]) -> None:
+    while proc.poll() is None:
+        PROCESS_LISTS.append(subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout)
+        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict[str, Any], str]:
     # From a lab whose NFS server is down, as on a fresh machine: the run starts it and stops it.
     subprocess.run([str(SWAPLAB), "nfs", "stop"], check=True, capture_output=True, timeout=60)
-    return run_campaign(REPO / "campaigns" / "smoke.yaml", tmp_path_factory.mktemp("smoke"))
+    return run_campaign(REPO / "campaigns" / "smoke.yaml", tmp_path_factory.mktemp("smoke"), watch_processes=True)
 
 
 def nfs_serving() -> bool:
@@ -82,7 +94,7 @@ def impossible(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict[str,
 @pytest.fixture(scope="module")
 def prometheus() -> Iterator[PrometheusApi]:
     """The Prometheus ``swaplab run`` used (its TSDB is kept), running again for queries."""
-    server = LocalPrometheus()
+    server = LocalPrometheus(admin_api=True)  # one test deletes series; swaplab run never opens it
     started = not server.ready()
     if started:
         server.start()
@@ -122,6 +134,21 @@ def test_smoke_verdict_comes_from_criteria_with_values(smoke: tuple[int, dict[st
     assert criteria["swap_out_used"]["value"] / MIB == pytest.approx(node["swap_out_mib"], rel=0.1)
     assert criteria["swap_out_used"]["threshold"] == 128 * MIB
     assert smoke[1]["runs"][0]["window"]["seconds"] >= node["phases_s"]["workload"]
+
+
+def test_the_embedded_redis_password_is_in_no_process_list_log_or_result(
+    smoke: tuple[int, dict[str, Any], str],
+) -> None:
+    password = local_redis_password_file(16379).read_text().strip()
+    assert len(password) >= 32 and PROCESS_LISTS and any("redis-server" in ps for ps in PROCESS_LISTS)
+    assert not [ps for ps in PROCESS_LISTS if password in ps]
+    assert password not in smoke[2] and password not in json.dumps(smoke[1])
+    result_dir = Path(smoke[1]["result_dir"])
+    service_logs = [cache_dir("redis", "16379") / "redis.log", cache_dir("prometheus", "19090") / "prometheus.log"]
+    files = [path for path in result_dir.parent.rglob("*") if path.is_file()] + service_logs
+    assert any(path.name == "worker.log" for path in files)
+    leaked = [path for path in files if password.encode() in path.read_bytes()]
+    assert leaked == []
 
 
 def test_a_run_stops_the_nfs_server_it_started(smoke: tuple[int, dict[str, Any], str]) -> None:

@@ -127,21 +127,11 @@ def guest(image: NodeImage, keys: LabKeys, tmp_path_factory: pytest.TempPathFact
     the_guest.kill()
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    require_tools(("redis-server", "qemu-system-x86_64", "ganesha.nfsd", "prometheus"))
-    the_stack = Lab(tmp_path_factory.mktemp("ssh-stack"), ["control", f"lab.{LAB}"])
-    the_stack.start()
-    yield the_stack
-    the_stack.cli("nfs", "stop", "-i", str(the_stack.tmp / "inventory.yml"))
-    the_stack.stop()
-
-
-@pytest.fixture(scope="module")
-def campaign(stack: Lab, guest: Guest, keys: LabKeys, image: NodeImage) -> Path:
-    known_hosts = stack.tmp / "known_hosts"
+def write_inventory(folder: Path, guest: Guest, keys: LabKeys) -> Path:
+    """The lab as its workers know it: the guest as an ssh node, with its key and host key."""
+    known_hosts = folder / "known_hosts"
     known_hosts.write_text(f"[127.0.0.1]:{guest.port} {keys.host_public}\n")
-    inventory = stack.tmp / "inventory.yml"
+    inventory = folder / "inventory.yml"
     inventory.write_text(
         f"""\
 all:
@@ -162,11 +152,27 @@ all:
           swaplab_known_hosts: {known_hosts}
 """
     )
+    return inventory
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, guest: Guest, keys: LabKeys) -> Iterator[Lab]:
+    require_tools(("redis-server", "qemu-system-x86_64", "ganesha.nfsd", "prometheus"))
+    folder = tmp_path_factory.mktemp("ssh-stack")
+    the_stack = Lab(folder, ["control", f"lab.{LAB}"], [write_inventory(folder, guest, keys)])
+    the_stack.start()
+    yield the_stack
+    the_stack.cli("nfs", "stop", "-i", str(the_stack.tmp / "inventory.yml"))
+    the_stack.stop()
+
+
+@pytest.fixture(scope="module")
+def campaign(stack: Lab, image: NodeImage) -> Path:
     path = stack.tmp / "attach.yaml"
     path.write_text(
         f"""\
 name: attach
-lab: {inventory}
+lab: {stack.tmp / "inventory.yml"}
 kernels:
   - running: "{image.kver}"
 nodes: 1

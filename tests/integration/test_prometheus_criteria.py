@@ -16,7 +16,7 @@ import pytest
 from model.runspec import NodeResult
 from orchestrator.criteria import Criterion, Outcome, Severity, builtin_criteria
 from orchestrator.evaluation import RunWindow, evaluate_node
-from orchestrator.prometheus import PrometheusApi
+from orchestrator.prometheus import PrometheusApi, PrometheusError
 from orchestrator.services import LocalPrometheus
 from tests.conftest import free_port, require_tools
 from workers import exporter
@@ -32,7 +32,8 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusA
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SWAPLAB_PROMETHEUS_SD_DIR", str(tmp / "targets"))
         exporter.start_metrics_server("itest")
-        server = LocalPrometheus(f"http://127.0.0.1:{free_port()}", data_dir=tmp, targets=tmp / "targets")
+        # Its admin API on: deleting series is how these tests prove a missing series is invalid.
+        server = LocalPrometheus(f"http://127.0.0.1:{free_port()}", data_dir=tmp, targets=tmp / "targets", admin_api=True)
         server.start()
         try:
             yield server.api
@@ -143,3 +144,14 @@ def test_an_unreachable_prometheus_makes_every_criterion_invalid(tmp_path: Path)
     judged = evaluate_node(builtin_criteria(1), dead, session_result, RunWindow(1.0, 100.0))
     assert {r.outcome for r in judged} == {Outcome.INVALID}
     assert "did not answer" in judged[0].detail
+
+
+def test_the_embedded_prometheus_keeps_its_admin_api_closed(tmp_path: Path) -> None:
+    # Anyone on the host could otherwise delete the series a later `swaplab check` judges from.
+    server = LocalPrometheus(f"http://127.0.0.1:{free_port()}", data_dir=tmp_path, targets=tmp_path / "targets")
+    server.start()
+    try:
+        with pytest.raises(PrometheusError):
+            server.api.delete_series('{__name__="up"}', time.time() - 60, time.time())
+    finally:
+        server.stop()

@@ -20,6 +20,7 @@ from tests.integration.redis_server import RedisServer, redis_server_fixture  # 
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 REPO = Path(__file__).resolve().parents[2]
+CID = "one-20261129-120000-abcd"
 
 
 def test_a_failed_critical_criterion_skips_the_remaining_runs(redis_server: RedisServer, tmp_path: Path) -> None:
@@ -54,7 +55,7 @@ def _one_run(redis_server: RedisServer, tmp_path: Path) -> tuple[CampaignStore, 
     )
     campaign = load_campaign(path)
     store = CampaignStore(redis_server.client())
-    store.create("c1", campaign, plan_runs(campaign))
+    store.create(CID, campaign, plan_runs(campaign))
     # A worker serving the lab, as its registry entry says.
     store.redis.set(worker_key("w1"), json.dumps({"queues": ["control", "lab.local"], "concurrency": 6}))
     dispatch = RecordingDispatch()
@@ -66,17 +67,17 @@ PREPARED = {"package": "p", "version": "v", "kver": "6.1.0-1-amd64", "source": "
 
 def test_a_run_is_prepared_once_before_any_node_is_leased(redis_server: RedisServer, tmp_path: Path) -> None:
     store, scheduler, dispatch = _one_run(redis_server, tmp_path)
-    assert scheduler.advance("c1") and scheduler.advance("c1")
+    assert scheduler.advance(CID) and scheduler.advance(CID)
     assert dispatch.prepared == ["r001"] and dispatch.started == []
-    assert store.run("c1", "r001")["status"] == "preparing"
+    assert store.run(CID, "r001")["status"] == "preparing"
     assert list(store.redis.scan_iter("swaplab:lease:*")) == []  # nothing held while it prepares
 
-    store.set_run("c1", "r001", prepared=PREPARED, prepared_at=time.time())
-    scheduler.advance("c1")
-    run = store.run("c1", "r001")
+    store.set_run(CID, "r001", prepared=PREPARED, prepared_at=time.time())
+    scheduler.advance(CID)
+    run = store.run(CID, "r001")
     assert dispatch.started == ["r001"] and dispatch.prepared == ["r001"]
     assert run["status"] == "provisioning" and run["nodes"] == ["node1"]
-    assert store.redis.get("swaplab:lease:local:node1") == b"c1:r001:1"
+    assert store.redis.get("swaplab:lease:local:node1") == f"{CID}:r001:1".encode()
 
 
 @pytest.mark.parametrize(("cause", "verdict", "code"), [("infra", "infra-error", 2), ("input", "invalid", 4)])
@@ -84,10 +85,10 @@ def test_a_failed_setup_ends_the_run_before_it_holds_a_node(
     redis_server: RedisServer, tmp_path: Path, cause: str, verdict: str, code: int
 ) -> None:
     store, scheduler, dispatch = _one_run(redis_server, tmp_path)
-    scheduler.advance("c1")
-    store.set_run("c1", "r001", prepare_failure={"cause": cause, "reason": "apt has no usable version"})
-    assert scheduler.advance("c1") is False  # the campaign is over
-    result = store.run("c1", "r001")["result"]
+    scheduler.advance(CID)
+    store.set_run(CID, "r001", prepare_failure={"cause": cause, "reason": "apt has no usable version"})
+    assert scheduler.advance(CID) is False  # the campaign is over
+    result = store.run(CID, "r001")["result"]
     assert (result["verdict"], result["exit_code"]) == (verdict, code)
     assert "apt has no usable version" in result["reasons"][0]
     assert dispatch.started == []
@@ -95,10 +96,10 @@ def test_a_failed_setup_ends_the_run_before_it_holds_a_node(
 
 def test_a_setup_whose_worker_went_silent_is_redone_once(redis_server: RedisServer, tmp_path: Path) -> None:
     store, scheduler, dispatch = _one_run(redis_server, tmp_path)
-    scheduler.advance("c1")
-    store.set_run("c1", "r001", prepare_beat=time.time() - SETUP_SILENT_S - 1, prepare_owner="gone:1")
-    scheduler.advance("c1")
+    scheduler.advance(CID)
+    store.set_run(CID, "r001", prepare_beat=time.time() - SETUP_SILENT_S - 1, prepare_owner="gone:1")
+    scheduler.advance(CID)
     assert dispatch.prepared == ["r001", "r001"]
-    store.set_run("c1", "r001", prepare_beat=time.time() - SETUP_SILENT_S - 1)
-    assert scheduler.advance("c1") is False
-    assert "stopped" in store.run("c1", "r001")["result"]["reasons"][0]
+    store.set_run(CID, "r001", prepare_beat=time.time() - SETUP_SILENT_S - 1)
+    assert scheduler.advance(CID) is False
+    assert "stopped" in store.run(CID, "r001")["result"]["reasons"][0]

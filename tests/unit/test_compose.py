@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 # What `docker-compose config` needs besides the environment it runs in.
@@ -156,3 +159,24 @@ def test_compose_refuses_to_start_grafana_without_an_admin_password() -> None:
     env = {k: v for k, v in {**os.environ, **PASSWORDS}.items() if k != "SWAPLAB_GRAFANA_PASSWORD"}
     proc = run_config(env)
     assert proc.returncode != 0 and "SWAPLAB_GRAFANA_PASSWORD" in proc.stderr
+
+
+def test_the_redis_service_takes_its_password_without_showing_it(tmp_path: Path) -> None:
+    """The service's own command, run with a real redis-server: auth required, no password in argv."""
+    argv = [part.replace("$$", "$") for part in services()["redis"]["command"]]
+    port = free_port()
+    argv[-1] += f" --port {port} --bind 127.0.0.1 --dir {tmp_path} --appendonly no"
+    password = "s3cret-compose-password"
+    server = subprocess.Popen(argv, env={**os.environ, "SWAPLAB_REDIS_PASSWORD": password}, stdout=subprocess.DEVNULL)
+    try:
+        probe = ["redis-cli", "-h", "127.0.0.1", "-p", str(port)]
+        deadline = time.monotonic() + 10
+        while "NOAUTH" not in (answer := subprocess.run([*probe, "get", "x"], capture_output=True, text=True)).stdout:
+            assert time.monotonic() < deadline, answer
+            time.sleep(0.1)
+        authed = subprocess.run([*probe, "ping"], env={**os.environ, "REDISCLI_AUTH": password}, capture_output=True, text=True)
+        assert authed.stdout.strip() == "PONG"
+        assert password not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 
+from model.campaign import NfsSpec
 from model.kernel import KernelSource
-from model.lab import NodeConfig
-from model.runspec import NodeRef, NodeResult, NodeRunSpec, PreparedKernel, WorkloadRef
+from model.lab import Lab, NodeConfig
+from model.runspec import NodeResult, NodeRunSpec, PreparedKernel, WorkloadRef
+from workers import labs, node_session
 from workers.drivers import register_driver
 from workers.drivers.base import BootSpec, ConsoleSpec, MachineState
 from workers.image import NodeImage
@@ -35,6 +37,8 @@ from workers.pipeline.step import (
     StepFailure,
 )
 from workers.pipeline.strategy import AttachStrategy, BootStrategy, strategy_for
+
+REPO = Path(__file__).resolve().parents[2]
 
 # -- the generic pipeline ------------------------------------------------------------------
 
@@ -232,31 +236,49 @@ register_driver("fake-host")(FakeHost)
 register_backend("fake")(FakeNfs)
 
 
-def spec(tmp_path: Path, driver: str = "fake-machine", prepared: bool = True) -> NodeRunSpec:
+CID = "c1-20261129-120000-abcd"
+
+
+def spec(prepared: bool = True) -> NodeRunSpec:
     return NodeRunSpec(
-        campaign="c1",
+        campaign=CID,
         run_id="r001",
-        node=NodeRef(name="node1", lab="lab", driver=driver, ram_mib=256, cpus=1, ssh_host="127.0.0.1", ssh_port=1),
+        attempt=1,
+        lab="lab",
+        node="node1",
         ram_mib=256,
         cpus=1,
         kernel=KernelSource(package="linux-image-amd64"),
         prepared=PreparedKernel(package="p", version="v", kver="6.1.0-1-amd64", source="s", image_hash="0" * 64)
         if prepared
         else None,
-        nfs_backend="fake",
-        nfs_settings={"dir": str(tmp_path)},
-        nfs_version="4.1",
-        mount_options=[],
+        nfs=NfsSpec(version="4.1", mount_options=[]),
         swap_mib=64,
         workload=WorkloadRef(name="w", mib=384, passes=1, timeout_s=60, seed=1),
         planned_overcommit_mib=128,
         boot_timeout_s=5,
-        result_dir=str(tmp_path / "node1"),
     )
 
 
+def fake_lab(tmp_path: Path, driver: str = "fake-machine") -> tuple[Lab, NodeConfig]:
+    """The worker's own inventory of the lab, as admission would hand it over."""
+    node = NodeConfig("node1", "lab", driver, 256, 1, "127.0.0.1", 1, {})
+    return Lab("lab", tmp_path / "lab.yml", "fake", {"dir": str(tmp_path)}, (node,)), node
+
+
+@pytest.fixture(autouse=True)
+def results(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.setenv("SWAPLAB_RESULTS", str(tmp_path / "results"))
+    return tmp_path / "results" / CID / "r001" / "node1"
+
+
 @pytest.fixture
-def booting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def worker_lab(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(node_session, "admit_node", lambda _spec: fake_lab(tmp_path))
+
+
+@pytest.fixture
+def booting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, worker_lab: None) -> None:
     image = NodeImage(tmp_path / "vmlinuz", tmp_path / "initrd", "6.1.0-1-amd64", "p", "v", "0" * 64)
     monkeypatch.setattr(boot_steps, "cached_image", lambda _hash: image)
 
@@ -274,10 +296,10 @@ def run_session(the_spec: NodeRunSpec) -> tuple[NodeResult, FakeBarrier, FakePro
 
 
 def test_a_kernel_that_panics_at_boot_is_the_kernels_fault_and_everything_is_undone(
-    booting: None, tmp_path: Path
+    booting: None, results: Path
 ) -> None:
     FakeMachine.console = "[    1.0] Kernel panic - not syncing: VFS: Unable to mount root fs\n"
-    result, barrier, progress = run_session(spec(tmp_path))
+    result, barrier, progress = run_session(spec())
     assert result.failure is not None
     assert (result.failure.cause, result.failure.phase) == ("kernel", "boot")
     assert "Kernel panic" in result.failure.reason
@@ -286,34 +308,47 @@ def test_a_kernel_that_panics_at_boot_is_the_kernels_fault_and_everything_is_und
     assert FakeNfs.calls == ["create swap file", "remove swap file"]
     assert barrier.aborted  # the run's other nodes stop at once
     assert progress.phases[-1] == ("done", "(kernel)")
-    assert (tmp_path / "node1" / "node-result.json").exists()
+    assert (results / "node-result.json").exists()
 
 
 def test_a_silent_boot_with_the_image_reporting_an_error_is_the_labs_fault(booting: None, tmp_path: Path) -> None:
     FakeMachine.console = "swaplab: ERROR udhcpc on eth0 got no lease\n"
-    result, _, _ = run_session(spec(tmp_path))
+    result, _, _ = run_session(spec())
     assert result.failure is not None and result.failure.cause == "infra"
     assert "udhcpc" in result.failure.reason
 
 
 def test_a_server_that_does_not_serve_stops_the_node_before_it_boots(booting: None, tmp_path: Path) -> None:
     FakeNfs.serving = False
-    result, _, _ = run_session(spec(tmp_path))
+    result, _, _ = run_session(spec())
     assert result.failure is not None
     assert (result.failure.cause, result.failure.phase) == ("infra", "nfs")
     assert FakeMachine.calls == []  # never powered on
 
 
 def test_a_run_that_was_not_prepared_boots_nothing(booting: None, tmp_path: Path) -> None:
-    result, _, _ = run_session(spec(tmp_path, prepared=False))
+    result, _, _ = run_session(spec(prepared=False))
     assert result.failure is not None and (result.failure.cause, result.failure.phase) == ("infra", "image")
     assert FakeMachine.calls == [] and FakeNfs.calls == []
 
 
-def test_an_unknown_driver_is_a_lab_fault_not_a_crash(tmp_path: Path) -> None:
-    result, barrier, _ = run_session(spec(tmp_path, driver="no-such-driver"))
+def test_an_unknown_driver_is_a_lab_fault_not_a_crash(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(node_session, "admit_node", lambda _spec: fake_lab(tmp_path, driver="no-such-driver"))
+    result, barrier, _ = run_session(spec())
     assert result.failure is not None and result.failure.cause == "infra"
     assert "unknown driver" in result.failure.reason and barrier.aborted
+
+
+def test_a_node_the_worker_does_not_serve_runs_nothing_and_is_the_inputs_fault(
+    monkeypatch: pytest.MonkeyPatch, results: Path
+) -> None:
+    monkeypatch.setenv("SWAPLAB_LABS", str(REPO / "inventory" / "local.yml"))
+    labs.served_labs.cache_clear()
+    result, barrier, _ = run_session(spec())  # lab "lab" is not the worker's
+    labs.served_labs.cache_clear()
+    assert result.failure is not None and result.failure.cause == "input"
+    assert "does not serve lab 'lab'" in result.failure.reason and barrier.aborted
+    assert (results / "node-result.json").exists() and not (results / "console.log").exists()
 
 
 # -- strategies -------------------------------------------------------------------------------------
@@ -350,7 +385,14 @@ def test_a_driver_no_strategy_accepts_is_refused() -> None:
 
 def _context(tmp_path: Path, driver: Any, console: str, nfs_serving: bool = True) -> NodeContext:
     ctx = NodeContext(
-        spec(tmp_path), FakeProgress(), FakeBarrier(), lambda: False, driver, NodeResult(run_id="r", node="n"), tmp_path
+        spec(),
+        FakeProgress(),
+        FakeBarrier(),
+        lambda: False,
+        *fake_lab(tmp_path),
+        driver,
+        NodeResult(run_id="r", node="n"),
+        tmp_path,
     )
     ctx.console.write_text(console)
     FakeNfs.serving = nfs_serving

@@ -239,3 +239,34 @@ def test_past_validation_an_input_or_lab_failure_is_never_a_kernel_fail(cause: s
     verdict = judge_node(NodeResult(run_id="r001", node="node1", failure=failure), [])
     assert verdict.verdict is (Verdict.INVALID if cause == "input" else Verdict.INFRA_ERROR)
     assert int(exit_code([verdict])) == (4 if cause == "input" else 2)
+
+
+# -- local kernel files stay where the lab allows them ---------------------------------------------------
+
+
+def _deb(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"!<arch>\ndebian-binary   0           0     0     100644  4         `\n2.0\n")
+    return path
+
+
+def test_a_local_kernel_file_needs_a_lab_that_takes_them(tmp_path: Path) -> None:
+    _deb(tmp_path / "k.deb")
+    path = campaign(tmp_path, SMOKE.replace("- package: linux-image-amd64", "- deb: k.deb"))
+    refused(path, path, "- deb: k.deb", "kernels[0].deb", "takes no local kernel files")
+
+
+def test_a_local_kernel_file_inside_the_labs_kernel_dirs_is_taken(tmp_path: Path) -> None:
+    _deb(tmp_path / "kernels" / "k.deb")
+    inventory = INVENTORY.replace("    swaplab_lab: local\n", f"    swaplab_lab: local\n    swaplab_kernel_dirs: [{tmp_path / 'kernels'}]\n")
+    path = campaign(tmp_path, SMOKE.replace("- package: linux-image-amd64", "- deb: kernels/k.deb"), inventory)
+    assert validate(path) == (0, "")
+
+
+def test_a_link_out_of_the_labs_kernel_dirs_is_refused(tmp_path: Path) -> None:
+    outside = _deb(tmp_path / "elsewhere" / "k.deb")
+    (tmp_path / "kernels").mkdir()
+    (tmp_path / "kernels" / "k.deb").symlink_to(outside)
+    inventory = INVENTORY.replace("    swaplab_lab: local\n", f"    swaplab_lab: local\n    swaplab_kernel_dirs: [{tmp_path / 'kernels'}]\n")
+    path = campaign(tmp_path, SMOKE.replace("- package: linux-image-amd64", "- deb: kernels/k.deb"), inventory)
+    refused(path, path, "- deb: kernels/k.deb", "kernels[0].deb", "outside the directories lab local takes")

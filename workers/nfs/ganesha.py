@@ -25,9 +25,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from model.paths import cache_dir
 from workers.nfs import register_backend
 from workers.nfs.base import NfsExport, NfsServerError
-from workers.paths import cache_dir
 from workers.process import cmdline, pid_alive
 
 DEFAULT_PORT = 12049

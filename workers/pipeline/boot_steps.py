@@ -74,7 +74,7 @@ class BootStep(Step[NodeContext]):
             ctx.shell = NodeShell.wait_ready(target, deadline, ctx.keep_waiting)
         except NodeUnreachable as err:
             raise evidence.boot_failure(ctx, str(err)) from err
-        BOOT_SECONDS.labels(ctx.spec.node.lab, ctx.name, ctx.result.kernel.get("kver", "")).observe(
+        BOOT_SECONDS.labels(ctx.lab.name, ctx.name, ctx.result.kernel.get("kver", "")).observe(
             time.monotonic() - powered_on
         )
 
@@ -86,7 +86,7 @@ class BootStep(Step[NodeContext]):
 
     def _boot_spec(self, ctx: NodeContext) -> BootSpec:
         assert ctx.image is not None and ctx.spec.ram_mib is not None and ctx.spec.cpus is not None
-        node_id = f"swaplab-{ctx.spec.node.lab}-{ctx.name}-{ctx.spec.run_id}"
+        node_id = f"swaplab-{ctx.lab.name}-{ctx.name}-{ctx.spec.run_id}"
         cmdline = (
             f"{self.driver.kernel_console_args()} printk.time=1 mitigations=off zswap.enabled=0 "
             f"swaplab.hostname={ctx.name} swaplab.nfs4_id={node_id}"
@@ -95,6 +95,6 @@ class BootStep(Step[NodeContext]):
 
     def _ssh_target(self, ctx: NodeContext) -> SshTarget:
         # The lab generated the node's host key and login key itself: pin both.
-        keys = lab_keys(ctx.spec.node.lab)
+        keys = lab_keys(ctx.lab.name)
         host, port = self.driver.ssh_address()
         return SshTarget(host, port, "root", key_file=keys.client_private, host_key=keys.host_public)

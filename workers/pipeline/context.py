@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from model.lab import Lab, NodeConfig
 from model.runspec import NodeResult, NodeRunSpec
 from workers.collab import Barrier, CancelCheck, Progress
 from workers.drivers.base import MachineState, NodeAccess
@@ -33,6 +34,9 @@ class NodeContext:
     progress: Progress
     barrier: Barrier
     cancel: CancelCheck
+    # The lab and node as this worker's own inventory describes them (never the message).
+    lab: Lab
+    node: NodeConfig
     driver: NodeAccess
     result: NodeResult
     dir: Path
@@ -59,7 +63,7 @@ class NodeContext:
 
     @property
     def name(self) -> str:
-        return self.spec.node.name
+        return self.node.name
 
     @property
     def console(self) -> Path:
@@ -113,9 +117,9 @@ class NodeContext:
         Prometheus scrapes the baseline, so even an OOM kill in the workload's first second
         is an increase of the counter.
         """
-        labels = {"lab": self.spec.node.lab, "node": self.name, "kernel": kver, "scenario": self.spec.workload.name}
+        labels = {"lab": self.lab.name, "node": self.name, "kernel": kver, "scenario": self.spec.workload.name}
         self.series = NODES.begin(**labels)
-        BOOT_SECONDS.labels(self.spec.node.lab, self.name, kver)  # its buckets, at zero, before the first boot
+        BOOT_SECONDS.labels(self.lab.name, self.name, kver)  # its buckets, at zero, before the first boot
         self.series.phase = self.phase
         self.result.metrics_labels = labels
         self.result.metrics_from = time.time()

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from model.lab import Lab
 from model.runspec import PreparedKernel, RunSetupSpec
+from workers.admission import admit_setup
 from workers.image import ImageError, build_node_image, lab_keys
 from workers.kernel import KernelArtifacts, KernelError, fetch_kernel
 from workers.nfs import NfsServerError, make_nfs_server
@@ -25,6 +27,7 @@ class RunContext:
     """What the run-scope steps share."""
 
     spec: RunSetupSpec
+    lab: Lab  # this worker's own inventory of the lab the message names
     note: Note
     kernel: KernelArtifacts | None = None
     prepared: PreparedKernel | None = None
@@ -38,11 +41,11 @@ class EnsureNfsServerStep(Step[RunContext]):
     scope = Scope.LAB
 
     def describe(self, ctx: RunContext) -> str:
-        return f"{ctx.spec.nfs_backend} server of lab {ctx.spec.lab}"
+        return f"{ctx.lab.nfs_backend} server of lab {ctx.lab.name}"
 
     def run(self, ctx: RunContext, deadline: float) -> None:
         try:
-            make_nfs_server(ctx.spec.nfs_backend, ctx.spec.lab, ctx.spec.nfs_settings).ensure_serving()
+            make_nfs_server(ctx.lab.nfs_backend, ctx.lab.name, ctx.lab.nfs_settings).ensure_serving()
         except (NfsServerError, OSError) as err:
             raise LabFault(f"NFS server: {err}") from err
 
@@ -80,7 +83,7 @@ class BuildImageStep(Step[RunContext]):
     def run(self, ctx: RunContext, deadline: float) -> None:
         assert ctx.kernel is not None
         try:
-            image = build_node_image(ctx.kernel, lab_keys(ctx.spec.lab), progress=lambda text: ctx.note(self.phase, text))
+            image = build_node_image(ctx.kernel, lab_keys(ctx.lab.name), progress=lambda text: ctx.note(self.phase, text))
         except (ImageError, KernelError, OSError) as err:
             raise LabFault(f"node image build: {err}") from err
         ctx.prepared = PreparedKernel(
@@ -92,10 +95,10 @@ class BuildImageStep(Step[RunContext]):
         )
 
 
-def run_setup_pipeline(spec: RunSetupSpec) -> Pipeline[RunContext]:
+def run_setup_pipeline(lab: Lab) -> Pipeline[RunContext]:
     """Lab scope first, then run scope; nodes that run already need no kernel or image."""
     steps: list[Step[RunContext]] = [EnsureNfsServerStep()]
-    if spec.boots_kernel:
+    if lab.boots_kernels:
         steps += [FetchKernelStep(), BuildImageStep()]
     return Pipeline(steps)
 
@@ -109,10 +112,13 @@ class _NoteHooks(PipelineHooks[RunContext]):
 
 
 def prepare_run(spec: RunSetupSpec, note: Note) -> PreparedKernel | None:
-    """Do the run's setup; the prepared kernel (None for nodes that run already).
+    """Do the run's setup on this worker's own lab; the prepared kernel (None for nodes
+    that run already).
 
-    Raises a StepFailure (typed by whose fault) when it cannot.
+    Raises a StepFailure (typed by whose fault; InputFault when the message does not fit
+    this worker's lab) when it cannot.
     """
-    ctx = RunContext(spec, note)
-    run_setup_pipeline(spec).run(ctx, _NoteHooks(ctx))
+    lab = admit_setup(spec)
+    ctx = RunContext(spec, lab, note)
+    run_setup_pipeline(lab).run(ctx, _NoteHooks(ctx))
     return ctx.prepared

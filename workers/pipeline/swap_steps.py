@@ -30,13 +30,13 @@ class SwapFileStep(Step[NodeContext]):
         self.log_offset = 0
 
     def describe(self, ctx: NodeContext) -> str:
-        return f"{ctx.spec.swap_mib} MiB swap file on the {ctx.spec.nfs_backend} server of lab {ctx.spec.node.lab}"
+        return f"{ctx.spec.swap_mib} MiB swap file on the {ctx.lab.nfs_backend} server of lab {ctx.lab.name}"
 
     def run(self, ctx: NodeContext, deadline: float) -> None:
         try:
-            ctx.nfs = make_nfs_server(ctx.spec.nfs_backend, ctx.spec.node.lab, ctx.spec.nfs_settings)
+            ctx.nfs = make_nfs_server(ctx.lab.nfs_backend, ctx.lab.name, ctx.lab.nfs_settings)
             if not ctx.nfs.is_serving():
-                raise LabFault(f"the NFS server of lab {ctx.spec.node.lab} is not serving")
+                raise LabFault(f"the NFS server of lab {ctx.lab.name} is not serving")
             self.log_offset = _file_size(ctx.nfs.log_path())
             ctx.nfs.create_swap_file(ctx.swap_name, ctx.spec.swap_mib)
         except (NfsServerError, OSError) as err:
@@ -74,7 +74,7 @@ class SysctlStep(Step[NodeContext]):
         self.saved: dict[str, str] = {}
 
     def describe(self, ctx: NodeContext) -> str:
-        return f"NFS {ctx.spec.nfs_version}, swap {ctx.spec.swap_mib} MiB"
+        return f"NFS {ctx.spec.nfs.version}, swap {ctx.spec.swap_mib} MiB"
 
     def run(self, ctx: NodeContext, deadline: float) -> None:
         assert ctx.shell is not None
@@ -130,11 +130,11 @@ class MountStep(Step[NodeContext]):
         assert ctx.nfs is not None
         export = ctx.nfs.export()
         options = [
-            f"vers={ctx.spec.nfs_version}",
+            f"vers={ctx.spec.nfs.version}",
             "proto=tcp",
             f"port={export.port}",
             f"addr={export.server}",
-            *ctx.spec.mount_options,
+            *ctx.spec.nfs.mount_options,
         ]
         source = f"{export.server}:{export.path}"
         return (
