@@ -206,20 +206,17 @@ def load_criteria(path: Path) -> list[CriterionSpec]:
 
 
 def _resolve_paths(doc: LocatedYaml, spec: CampaignSpec) -> CampaignSpec:
-    """Kernel files made absolute (relative to the campaign file) and checked to be what they say."""
+    """Local kernel files made absolute (relative to the campaign file) and checked to be what they say."""
     kernels, issues = [], []
     for index, kernel in enumerate(spec.kernels):
         paths = {}
-        for name in ("deb", "vmlinuz", "modules"):
-            value = getattr(kernel, name)
-            if value is None:
-                continue
+        for field, value in kernel.local_paths().items():
             resolved, problem = _resolved(doc.path.parent / value)
-            problem = problem or _kernel_file_problem(name, resolved)
+            problem = problem or _kernel_file_problem(field, resolved)
             if problem:
-                issues.append(doc.issue(("kernels", index, name), problem))
-            paths[name] = resolved
-        kernels.append(kernel.model_copy(update=paths))
+                issues.append(doc.issue(("kernels", index, *field), problem))
+            paths[field] = resolved
+        kernels.append(kernel.with_local_paths(paths) if paths else kernel)
     if issues:
         raise SpecError(issues)
     return spec.model_copy(update={"kernels": kernels})
@@ -239,13 +236,19 @@ def _resolved(path: Path) -> tuple[Path, str | None]:
 # is debian-binary; a bzImage has "HdrS" at 0x202 (the x86 boot protocol header).
 _MAGIC = {"deb": (0, b"!<arch>\ndebian-binary"), "vmlinuz": (0x202, b"HdrS")}
 _WHAT = {"deb": "a Debian package (.deb)", "vmlinuz": "an x86 kernel image (bzImage)"}
+_DIRECTORIES = {"modules": "the build's modules directory", "git": "a git repository"}
 
 
-def _kernel_file_problem(name: str, path: Path) -> str | None:
-    if name == "modules":
-        return None if path.is_dir() else f"{path} is not a directory (give the build's modules directory)"
+def _kernel_file_problem(field: tuple[str | int, ...], path: Path) -> str | None:
+    name = str(field[-1]) if isinstance(field[-1], str) else str(field[-2])
+    if name in _DIRECTORIES:
+        return None if path.is_dir() else f"{path} is not a directory ({_DIRECTORIES[name]})"
+    if name == "patches":
+        return None if path.is_file() or path.is_dir() else f"{path} is neither an mbox nor a directory of patches"
     if not path.is_file():
         return f"{path} is not a regular file"
+    if name not in _MAGIC:
+        return None
     offset, magic = _MAGIC[name]
     try:
         with path.open("rb") as file:
@@ -330,7 +333,7 @@ def _check_kernels_fit_lab(doc: LocatedYaml, spec: CampaignSpec, lab: Lab) -> li
     ]
 
 
-Refusal = tuple[tuple[str, ...], str]  # (field below the kernel, message)
+Refusal = tuple[tuple[str | int, ...], str]  # (field below the kernel, message)
 
 
 def kernel_refusals(kernel: KernelSource, lab: Lab) -> list[Refusal]:
@@ -347,12 +350,7 @@ def kernel_refusals(kernel: KernelSource, lab: Lab) -> list[Refusal]:
             f"{kernel.label()} there; use 'running: <release>' or 'running: any'"
         )
         return [((), message)]
-    refusals: list[Refusal] = []
-    for name in ("deb", "vmlinuz", "modules"):
-        path = getattr(kernel, name)
-        if path is not None and (refused := lab.kernel_file_refused(path)):
-            refusals.append(((name,), refused))
-    return refusals
+    return [(field, refused) for field, path in kernel.local_paths().items() if (refused := lab.kernel_file_refused(path))]
 
 
 def size_refusal(ram_mib: int | None, cpus: int | None, node: NodeConfig) -> str | None:

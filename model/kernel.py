@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Annotated, Any
 
 import pydantic
 
@@ -22,8 +23,95 @@ _RELEASE_RE = re.compile(r"^[0-9][0-9A-Za-z.+_~-]{0,99}$")
 ANY_RELEASE = "any"
 
 
+_GIT_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/+-]{0,199}")
+_SOURCE_PACKAGE = re.compile(r"linux-source-[0-9]+\.[0-9]+")
+CONFIG_TARGETS = ("tinyconfig", "defconfig", "allnoconfig")
+# A path read from YAML text (strict models refuse str for Path otherwise).
+LaxPath = Annotated[Path, pydantic.Strict(False)]
+
+
+class _Strict(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class GitSource(_Strict):
+    """A git repository of the submitter's and the branch, tag or commit to build."""
+
+    git: Path = pydantic.Field(strict=False)
+    ref: str = "HEAD"
+
+    @pydantic.field_validator("ref")
+    @classmethod
+    def _check_ref(cls, value: str) -> str:
+        if not _GIT_REF.fullmatch(value) or ".." in value:
+            raise ValueError(f"ref {value!r} is not a branch, tag or commit name")
+        return value
+
+
+class TarballSource(_Strict):
+    """A kernel source tarball (patches apply to it in a throwaway git repository)."""
+
+    tarball: Path = pydantic.Field(strict=False)
+
+
+class DebianSource(_Strict):
+    """Debian's kernel source package (``linux-source-6.1``): fetched, never installed."""
+
+    debian: str = pydantic.Field(pattern=_SOURCE_PACKAGE.pattern)
+
+
+class ConfigSpec(_Strict):
+    """The build's config: a base (a make target or a file) plus fragments, in order.
+
+    swaplab's own fragment for a diskless NFS-swap node is merged last, and the result is
+    checked before anything compiles.
+    """
+
+    base: str = "tinyconfig"
+    fragments: list[LaxPath] = pydantic.Field(default_factory=list, max_length=20)
+
+    @property
+    def base_file(self) -> Path | None:
+        """The base config file, when the base is one (not a make target)."""
+        return None if self.base in CONFIG_TARGETS else Path(self.base)
+
+
+class BuildSpec(_Strict):
+    """A kernel built from a tree, a patch series (mbox or format-patch directory) and a config."""
+
+    source: GitSource | TarballSource | DebianSource
+    patches: Path | None = pydantic.Field(default=None, strict=False)
+    config: ConfigSpec = pydantic.Field(default_factory=ConfigSpec)
+
+    def label(self) -> str:
+        source = self.source
+        if isinstance(source, GitSource):
+            name = f"{source.git.name}@{source.ref}"
+        elif isinstance(source, TarballSource):
+            name = source.tarball.name
+        else:
+            name = source.debian
+        return f"build:{name}" + (f"+{self.patches.name}" if self.patches else "")
+
+    def local_paths(self) -> dict[tuple[str | int, ...], Path]:
+        """Every file or directory of the submitter's this build reads, by field."""
+        paths: dict[tuple[str | int, ...], Path] = {}
+        if isinstance(self.source, GitSource):
+            paths[("source", "git")] = self.source.git
+        elif isinstance(self.source, TarballSource):
+            paths[("source", "tarball")] = self.source.tarball
+        if self.patches is not None:
+            paths[("patches",)] = self.patches
+        if self.config.base_file is not None:
+            paths[("config", "base")] = self.config.base_file
+        for index, fragment in enumerate(self.config.fragments):
+            paths[("config", "fragments", index)] = fragment
+        return paths
+
+
 class KernelSource(pydantic.BaseModel):
-    """Where a kernel comes from: a Debian package, a local .deb, or a local build."""
+    """Where a kernel comes from: a Debian package, a local .deb, a local build, a build
+    swaplab makes from a tree + patches + config, or the kernel a node already runs."""
 
     # strict: YAML's guesses never change a meaning; paths are read from text.
     model_config = pydantic.ConfigDict(frozen=True, extra="forbid", strict=True)
@@ -33,6 +121,7 @@ class KernelSource(pydantic.BaseModel):
     deb: Path | None = pydantic.Field(default=None, strict=False)
     vmlinuz: Path | None = pydantic.Field(default=None, strict=False)
     modules: Path | None = pydantic.Field(default=None, strict=False)
+    build: BuildSpec | None = None
     running: str | None = None
 
     @pydantic.field_validator("package")
@@ -61,10 +150,10 @@ class KernelSource(pydantic.BaseModel):
 
     @pydantic.model_validator(mode="after")
     def _exactly_one(self) -> KernelSource:
-        given = [n for n in ("package", "deb", "vmlinuz", "running") if getattr(self, n) is not None]
+        given = [n for n in ("package", "deb", "vmlinuz", "build", "running") if getattr(self, n) is not None]
         if len(given) != 1:
             got = ", ".join(given) if given else "none"
-            raise ValueError(f"give exactly one of package, deb, vmlinuz, running (got {got})")
+            raise ValueError(f"give exactly one of package, deb, vmlinuz, build, running (got {got})")
         if self.suite is not None and self.package is None:
             raise ValueError("suite only applies to package")
         if (self.vmlinuz is None) != (self.modules is None):
@@ -79,6 +168,8 @@ class KernelSource(pydantic.BaseModel):
             return f"deb:{self.deb.name}"
         if self.running is not None:
             return f"running:{self.running}"
+        if self.build is not None:
+            return self.build.label()
         assert self.vmlinuz is not None
         return f"local:{self.vmlinuz.name}"
 
@@ -90,3 +181,19 @@ class KernelSource(pydantic.BaseModel):
     def accepts_release(self, release: str) -> bool:
         """Whether a node running ``release`` is what this ``running`` kernel expects."""
         return self.running in (ANY_RELEASE, release)
+
+    def local_paths(self) -> dict[tuple[str | int, ...], Path]:
+        """Every file or directory of the submitter's this kernel reads, by field."""
+        if self.build is not None:
+            return {("build", *field): path for field, path in self.build.local_paths().items()}
+        return {(name,): path for name in ("deb", "vmlinuz", "modules") if (path := getattr(self, name)) is not None}
+
+    def with_local_paths(self, paths: dict[tuple[str | int, ...], Path]) -> KernelSource:
+        """A copy with the local paths replaced (resolved), field by field."""
+        data = self.model_dump()
+        for field, path in paths.items():
+            parent: Any = data
+            for part in field[:-1]:
+                parent = parent[part]
+            parent[field[-1]] = str(path)  # text: every path field reads it, and so does config.base
+        return KernelSource.model_validate(data)

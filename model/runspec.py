@@ -59,6 +59,10 @@ class PreparedKernel(BaseModel):
     kver: str = Field(pattern=r"[0-9][0-9A-Za-z.+_~-]{0,99}")
     source: str = Field(max_length=500)
     image_hash: str = Field(pattern=r"[0-9a-f]{64}")
+    # For kernels swaplab built: the artifact's hash and the `uname -v` its build pinned;
+    # a node that reports anything else booted something else.
+    artifact: str | None = Field(default=None, pattern=r"[0-9a-f]{64}")
+    uts_version: str | None = Field(default=None, max_length=200)
 
 
 CAMPAIGN_ID = r"[a-z][a-z0-9_-]{0,40}-[0-9]{8}-[0-9]{6}-[0-9a-f]{4}"
@@ -72,6 +76,16 @@ class _Message(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
+class BuildMessage(_Message):
+    """A run's kernel build, for a worker on the ``build`` queue: which lab (whose inventory
+    says where local kernel files may come from) and the ``build`` kernel."""
+
+    campaign: str = Field(pattern=CAMPAIGN_ID)
+    run_id: str = Field(pattern=RUN_ID)
+    lab: str = Field(pattern=NAME)
+    kernel: KernelSource
+
+
 class RunSetupSpec(_Message):
     """What the run-scope setup needs: which lab and which kernel. The lab's NFS server and
     whether it boots kernels come from the worker's own inventory of that lab."""
@@ -80,6 +94,8 @@ class RunSetupSpec(_Message):
     run_id: str = Field(pattern=RUN_ID)
     lab: str = Field(pattern=NAME)
     kernel: KernelSource
+    # The artifact the run's build made, for a `build` kernel.
+    artifact: str | None = Field(default=None, pattern=r"[0-9a-f]{64}")
 
 
 class NodeRunSpec(_Message):

@@ -13,6 +13,7 @@ the whole contract.
 | ``swaplab:node:<cid>:<rid>:<node>`` | hash | one node of a run (owner, phase, result) |
 | ``swaplab:events:<cid>`` | stream | progress events (``swaplab watch``) |
 | ``swaplab:lock:campaign:<cid>`` | lock | one scheduler step at a time per campaign |
+| ``swaplab:lock:build:<hash>`` | lock | one build of a kernel's inputs at a time |
 | ``swaplab:lease:<lab>:<node>`` | string | the holder of a node, with a TTL |
 | ``swaplab:health:<lab>:<node>`` | hash | boot health of a node |
 | ``swaplab:barrier:<cid>:<rid>:<attempt>`` | prefix | the run's start barrier |
@@ -33,10 +34,11 @@ from model.paths import cache_root
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:16379/0"
 CONTROL_QUEUE = "control"
+BUILD_QUEUE = "build"  # kernel builds: any worker with a toolchain may serve it beside its labs
 _LAB_QUEUE_PREFIX = "lab."
 
 CAMPAIGN_STATES = ("queued", "running", "evaluating", "done", "cancelled")
-RUN_STATES = ("queued", "preparing", "provisioning", "running", "evaluating", "done", "cancelled", "skipped")
+RUN_STATES = ("queued", "building", "preparing", "provisioning", "running", "evaluating", "done", "cancelled", "skipped")
 # skipped: not started because a critical criterion failed in an earlier run.
 TERMINAL = frozenset({"done", "cancelled", "skipped"})
 
@@ -131,6 +133,11 @@ def campaign_lock_key(cid: str) -> str:
     return f"swaplab:lock:campaign:{cid}"
 
 
+def build_lock_key(digest: str) -> str:
+    """One build of a kernel's inputs at a time, across every build worker."""
+    return f"swaplab:lock:build:{digest}"
+
+
 def lease_key(lab: str, node: str) -> str:
     """The key whose value is the holder of ``node``."""
     return f"{LEASE_PREFIX}:{lab}:{node}"
@@ -175,7 +182,7 @@ def as_text(value: Any) -> str:
 
 # Hash fields holding JSON (everything else is text).
 _JSON_FIELDS = frozenset(
-    {"campaign", "runs", "kernel", "workload", "nodes", "result", "verdicts", "prepared", "prepare_failure"}
+    {"campaign", "runs", "kernel", "workload", "nodes", "result", "verdicts", "prepared", "prepare_failure", "built", "build_failure"}
 )
 
 

@@ -43,9 +43,12 @@ def plan_runs(campaign: Campaign) -> list[RunPlan]:
     return runs
 
 
-def run_setup_spec(campaign: Campaign, campaign_id: str, run: RunPlan) -> RunSetupSpec:
-    """What the run's setup needs: the lab (its worker knows its NFS server) and the kernel."""
-    return RunSetupSpec(campaign=campaign_id, run_id=run.run_id, lab=campaign.lab.name, kernel=run.kernel)
+def run_setup_spec(campaign: Campaign, campaign_id: str, run: RunPlan, artifact: str | None = None) -> RunSetupSpec:
+    """What the run's setup needs: the lab (its worker knows its NFS server), the kernel,
+    and for a ``build`` kernel the artifact its build made."""
+    return RunSetupSpec(
+        campaign=campaign_id, run_id=run.run_id, lab=campaign.lab.name, kernel=run.kernel, artifact=artifact
+    )
 
 
 def node_specs(

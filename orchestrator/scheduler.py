@@ -20,6 +20,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,8 +29,8 @@ import redis
 from model.campaign import Campaign, WorkloadSpec
 from model.exitcode import ExitCode
 from model.kernel import KernelSource
-from model.runspec import NodeResult, NodeRunSpec, PreparedKernel, RunSetupSpec
-from model.state import CONTROL_QUEUE, TERMINAL, holder_id, lab_queue, scan_pattern
+from model.runspec import BuildMessage, NodeResult, NodeRunSpec, PreparedKernel, RunSetupSpec
+from model.state import BUILD_QUEUE, CONTROL_QUEUE, TERMINAL, holder_id, lab_queue, scan_pattern
 from model.state import WORKER_PREFIX as _WORKER_PREFIX
 from model.yamlpos import SpecError
 from orchestrator.criteria import Criterion, CriterionSpec
@@ -52,8 +53,27 @@ SETUP_SILENT_S = LEASE_TTL_S
 EVALUATION_CLAIM_S = 600.0
 
 
+@dataclass(frozen=True)
+class SetupStage:
+    """A once-per-run stage before any node is leased, done by a task that beats while it works."""
+
+    name: str  # prefix of its fields in the run's hash: <name>_attempt, _beat, _owner
+    what: str
+    status: str
+    result: str
+    done: str
+    failure: str
+
+
+BUILD = SetupStage("build", "kernel build", "building", "built", "built_at", "build_failure")
+PREPARE = SetupStage("prepare", "run setup", "preparing", "prepared", "prepared_at", "prepare_failure")
+
+
 class Dispatch(Protocol):
     """How the scheduler sends work to the workers (Celery in production, fakes in tests)."""
+
+    def build(self, cid: str, rid: str, attempt: int, message: BuildMessage) -> None:
+        """Send a run's kernel build to the build queue."""
 
     def prepare(self, cid: str, rid: str, attempt: int, spec: RunSetupSpec) -> None:
         """Send a run's setup to its lab's queue."""
@@ -67,6 +87,9 @@ class Dispatch(Protocol):
 
 class JudgeOnly:
     """A Dispatch for a scheduler that only judges again (``swaplab check``): sends nothing."""
+
+    def build(self, cid: str, rid: str, attempt: int, message: BuildMessage) -> None:
+        raise RuntimeError("this scheduler only judges finished runs")
 
     def prepare(self, cid: str, rid: str, attempt: int, spec: RunSetupSpec) -> None:
         raise RuntimeError("this scheduler only judges finished runs")
@@ -143,7 +166,7 @@ class Scheduler:
         runs = list(self.store.runs(cid))
         stopped_by = next((r["run_id"] for r in runs if (r.get("result") or {}).get("stops_campaign")), None)
         for run in runs:
-            if run["status"] not in ("queued", "preparing"):
+            if run["status"] not in ("queued", "building", "preparing"):
                 continue
             if cancel:
                 self.store.set_run_status(cid, run["run_id"], "cancelled")
@@ -155,7 +178,7 @@ class Scheduler:
 
     # -- preparing and starting runs --------------------------------------------------------
     def _step_run(self, cid: str, campaign: Campaign, run: dict[str, Any], book: LeaseBook) -> bool:
-        """Move a queued or preparing run on; False while it has to wait."""
+        """Move a queued, building or preparing run on; False while it has to wait."""
         blocker = self._lab_blocker(campaign, run)
         if blocker == "wait":
             self.store.event(cid, kind="note", run=run["run_id"], detail=f"waiting for a worker on {lab_queue(campaign.lab.name)}")
@@ -163,19 +186,24 @@ class Scheduler:
         if blocker:
             self._refuse_run(cid, run, blocker)
             return True
-        failure = run.get("prepare_failure")
-        if failure:
-            reason = f"run setup failed ({failure['cause']}): {failure['reason']}"
-            self._refuse_run(cid, run, reason, Verdict.INVALID if failure["cause"] == "input" else Verdict.INFRA_ERROR)
-            return True
-        if not run.get("prepared_at"):
-            # Prepared once per run: a run redone after a lost worker keeps its image.
-            if run["status"] == "queued":
-                self._prepare(cid, campaign, run)
+        for stage in self._stages(run):
+            if run.get(stage.done):
+                continue  # done once per run: a run redone after a lost worker keeps it
+            failure = run.get(stage.failure)
+            if failure:
+                reason = f"{stage.what} failed ({failure['cause']}): {failure['reason']}"
+                self._refuse_run(cid, run, reason, Verdict.INVALID if failure["cause"] == "input" else Verdict.INFRA_ERROR)
+                return True
+            if run["status"] != stage.status:
+                self._dispatch_stage(stage, cid, campaign, run)
             else:
-                self._watch_setup(cid, campaign, run)
+                self._watch_stage(stage, cid, campaign, run)
             return False
         return self._start_run(cid, campaign, run, book)
+
+    def _stages(self, run: dict[str, Any]) -> tuple[SetupStage, ...]:
+        kernel = KernelSource.model_validate(run["kernel"])
+        return (BUILD, PREPARE) if kernel.build is not None else (PREPARE,)
 
     def _lab_blocker(self, campaign: Campaign, run: dict[str, Any]) -> str | None:
         """Why the lab cannot take the run: "wait" (no worker yet), a reason to refuse it, or None."""
@@ -195,26 +223,34 @@ class Scheduler:
             )
         return None
 
-    def _prepare(self, cid: str, campaign: Campaign, run: dict[str, Any]) -> None:
+    def _dispatch_stage(self, stage: SetupStage, cid: str, campaign: Campaign, run: dict[str, Any]) -> None:
         rid = run["run_id"]
-        attempt = int(run.get("prepare_attempt") or 0) + 1
-        self.store.set_run_status(
-            cid, rid, "preparing", prepare_attempt=attempt, prepare_beat="", prepared="", prepared_at=""
-        )
-        self.dispatch.prepare(cid, rid, attempt, run_setup_spec(campaign, cid, self._plan(run)))
+        if stage is BUILD and worker_slots(self.redis, BUILD_QUEUE) == 0:
+            self.store.event(cid, kind="note", run=rid, detail=f"waiting for a worker on {BUILD_QUEUE}")
+            return
+        attempt = int(run.get(f"{stage.name}_attempt") or 0) + 1
+        fields = {f"{stage.name}_attempt": attempt, f"{stage.name}_beat": "", stage.result: "", stage.done: ""}
+        self.store.set_run_status(cid, rid, stage.status, **fields)
+        plan = self._plan(run)
+        if stage is BUILD:
+            message = BuildMessage(campaign=cid, run_id=rid, lab=campaign.lab.name, kernel=plan.kernel)
+            self.dispatch.build(cid, rid, attempt, message)
+            return
+        built = run.get("built") or {}
+        self.dispatch.prepare(cid, rid, attempt, run_setup_spec(campaign, cid, plan, built.get("artifact")))
 
-    def _watch_setup(self, cid: str, campaign: Campaign, run: dict[str, Any]) -> None:
-        """A setup whose worker stopped beating is redone once, then the run is an infra-error."""
-        beat = float(run.get("prepare_beat") or 0)
+    def _watch_stage(self, stage: SetupStage, cid: str, campaign: Campaign, run: dict[str, Any]) -> None:
+        """A stage whose worker stopped beating is redone once, then the run is an infra-error."""
+        beat = float(run.get(f"{stage.name}_beat") or 0)
         if not beat or time.time() - beat < SETUP_SILENT_S:
             return  # not picked up yet (waiting in the queue), or alive
-        attempt = int(run.get("prepare_attempt") or 1)
-        reason = f"the worker preparing the run stopped ({run.get('prepare_owner', '?')}; attempt {attempt})"
+        attempt = int(run.get(f"{stage.name}_attempt") or 1)
+        reason = f"the worker of the run's {stage.what} stopped ({run.get(f'{stage.name}_owner', '?')}; attempt {attempt})"
         if attempt >= MAX_ATTEMPTS:
             self._refuse_run(cid, run, reason)
             return
-        self.store.event(cid, kind="run", run=run["run_id"], status="setup-lost", detail=reason)
-        self._prepare(cid, campaign, run)
+        self.store.event(cid, kind="run", run=run["run_id"], status=f"{stage.name}-lost", detail=reason)
+        self._dispatch_stage(stage, cid, campaign, {**run, "status": "queued"})
 
     def _start_run(self, cid: str, campaign: Campaign, run: dict[str, Any], book: LeaseBook) -> bool:
         rid, attempt = run["run_id"], int(run["attempt"]) + 1

@@ -26,7 +26,7 @@ import yaml
 
 from model.lab import Lab
 from model.paths import cache_dir, private_file
-from model.state import DEFAULT_REDIS_URL, lab_queue, redis_url
+from model.state import BUILD_QUEUE, CONTROL_QUEUE, DEFAULT_REDIS_URL, lab_queue, redis_url
 from orchestrator.prometheus import PrometheusApi, prometheus_url
 from workers.exporter import targets_dir
 from workers.nfs import NfsServer, NfsServerError, make_nfs_server
@@ -333,7 +333,9 @@ class LocalServices:
         self.stores = LocalStores(note)
         # The worker serves this lab from its own copy of the inventory, never from messages.
         env = {**os.environ, "SWAPLAB_LABS": str(lab.inventory)}
-        self.worker = LocalWorker(["control", lab_queue(lab.name)], concurrency, log_dir / "worker.log", env=env)
+        # It builds the campaign's `build` kernels too (scripts/setup installs a toolchain).
+        queues = [CONTROL_QUEUE, lab_queue(lab.name), BUILD_QUEUE]
+        self.worker = LocalWorker(queues, concurrency, log_dir / "worker.log", env=env)
         self.lab = lab
         self.nfs_was_serving = False
 

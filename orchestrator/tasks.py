@@ -20,8 +20,8 @@ from celery import chord, signals
 
 from model.campaign import Campaign
 from model.paths import results_root
-from model.runspec import NodeResult, NodeRunSpec, RunSetupSpec
-from model.state import CONTROL_QUEUE, TERMINAL, campaign_key, campaign_lock_key, lab_queue, redis_url
+from model.runspec import BuildMessage, NodeResult, NodeRunSpec, RunSetupSpec
+from model.state import BUILD_QUEUE, CONTROL_QUEUE, TERMINAL, campaign_key, campaign_lock_key, lab_queue, redis_url
 from orchestrator.report import start_skew_ms
 from orchestrator.scheduler import Scheduler
 from orchestrator.store import CampaignStore
@@ -47,7 +47,11 @@ def campaign_lock(client: redis.Redis, cid: str, timeout_s: float | None = None)
 
 
 class CeleryDispatch:
-    """Sends the scheduler's work by task name: setups and node tasks to the lab's queue."""
+    """Sends the scheduler's work by task name: builds to the build queue, setups and node
+    tasks to the lab's queue."""
+
+    def build(self, cid: str, rid: str, attempt: int, message: BuildMessage) -> None:
+        app.send_task("swaplab.build_kernel", (message.model_dump(mode="json"), cid, rid, attempt), queue=BUILD_QUEUE)
 
     def prepare(self, cid: str, rid: str, attempt: int, spec: RunSetupSpec) -> None:
         app.send_task(

@@ -10,8 +10,9 @@ its inventory.
 from __future__ import annotations
 
 from model.campaign import kernel_refusals, size_refusal
+from model.kernel import BuildSpec
 from model.lab import Lab, NodeConfig
-from model.runspec import NodeRunSpec, RunSetupSpec
+from model.runspec import BuildMessage, NodeRunSpec, RunSetupSpec
 from workers.labs import LabNotServed, served_lab, served_node
 from workers.pipeline.step import InputFault
 
@@ -24,6 +25,18 @@ def admit_setup(spec: RunSetupSpec) -> Lab:
         raise InputFault(str(err)) from None
     _refuse_if([message for _field, message in kernel_refusals(spec.kernel, lab)])
     return lab
+
+
+def admit_build(message: BuildMessage) -> BuildSpec:
+    """A build message's spec, if its local files lie where the lab it names allows them."""
+    if message.kernel.build is None:
+        raise InputFault("a build message names no build kernel")
+    try:
+        lab = served_lab(message.lab)
+    except LabNotServed as err:
+        raise InputFault(str(err)) from None
+    _refuse_if([message for _field, message in kernel_refusals(message.kernel, lab)])
+    return message.kernel.build
 
 
 def admit_node(spec: NodeRunSpec) -> tuple[Lab, NodeConfig]:

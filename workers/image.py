@@ -203,7 +203,9 @@ def build_node_image(
     not provision (the ssh driver copies the tool over itself).
     """
     say = progress or (lambda _msg: None)
-    modules = module_load_order(kernel.modules_dir, kernel.kver, list(NODE_MODULES))
+    # A kernel with NFS, virtio and sunrpc built in (a swaplab build) has nothing to load.
+    has_modules = kernel.modules_dir.is_dir()
+    modules = module_load_order(kernel.modules_dir, kernel.kver, list(NODE_MODULES)) if has_modules else []
     entries = _entries(kernel, keys, modules, with_node_tool)
     image_hash = _hash_entries(kernel, entries)
     final = cache_dir("images") / image_hash[:32]

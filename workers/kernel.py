@@ -292,6 +292,16 @@ def parse_one_line_mirror(text: str) -> str | None:
     return None
 
 
+def apt_download(package: str, dest: Path, say: Progress) -> Path:
+    """``apt-get download`` of one package (the host's apt configuration) into ``dest``."""
+    say(f"downloading {package}")
+    _AptContext.for_suite(None, say).run(["apt-get", "download", package], cwd=dest)
+    debs = sorted(dest.glob(f"{package}_*.deb"))
+    if len(debs) != 1:
+        raise KernelError(f"apt-get download {package} gave {len(debs)} files")
+    return debs[0]
+
+
 # ---------------------------------------------------------------- local .deb / build
 
 

@@ -15,17 +15,18 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pydantic
 import redis
 from celery import signals
 
 from model.paths import results_root
-from model.runspec import Failure, NodeResult, NodeRunSpec, RunSetupSpec
+from model.runspec import BuildMessage, Failure, NodeResult, NodeRunSpec, RunSetupSpec
 from model.state import (
     TERMINAL,
     barrier_key,
+    build_lock_key,
     guest_key,
     holder_id,
     lab_of_queue,
@@ -34,11 +35,14 @@ from model.state import (
     worker_key,
 )
 from model.yamlpos import SpecError
-from workers.admission import admit_node
+from workers.admission import admit_build, admit_node
 from workers.app import app
 from workers.drivers import DriverError, PowerControl, make_driver
 from workers.exporter import LEASES_HELD, start_metrics_server
 from workers.health import NodeHealth
+from workers.kbuild.build import BuildError, inputs_digest
+from workers.kbuild.build import build_kernel as build_artifact
+from workers.kernel import KernelError
 from workers.labs import LabNotServed, served_labs, served_node
 from workers.lease import LEASE_TTL_S, LeaseBook, LeaseKeeper
 from workers.node_session import run_node_session
@@ -49,6 +53,7 @@ from workers.run_state import RunState
 
 log = logging.getLogger(__name__)
 WORKER_TTL_S = 60
+BUILD_LOCK_S = 4 * 3600  # longer than any build: a holder that dies frees it after this
 SETUP_BEAT_S = 5.0
 
 
@@ -56,23 +61,83 @@ def _redis() -> redis.Redis:
     return redis.Redis.from_url(redis_url(), socket_timeout=10, health_check_interval=5)
 
 
-# -- the run's setup (lab and run scope) -------------------------------------------------------
+# -- once per run, before nodes are leased: the kernel build, the run's setup -------------------
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+def _stage_message(state: RunState, stage: str, status: str, model: type[M], message: Any, attempt: int) -> M | None:
+    """The validated message of a stage's task, or None when it must do nothing.
+
+    Stale (the scheduler moved on) or redelivered: nothing. Invalid: the stage fails as the
+    input's (the run is invalid), and nothing runs.
+    """
+    run = state.run()
+    if run.get("status") != status or int(run.get(f"{stage}_attempt", 0) or 0) != attempt:
+        return None
+    try:
+        parsed = model.model_validate(message)
+    except pydantic.ValidationError as err:
+        state.set_run(**{f"{stage}_failure": {"cause": "input", "reason": f"{stage} message is invalid: {_errors(err)}"}})
+        return None
+    if (getattr(parsed, "campaign", None), getattr(parsed, "run_id", None)) != (state.cid, state.rid):
+        state.set_run(**{f"{stage}_failure": {"cause": "input", "reason": f"{stage} message names another run"}})
+        return None
+    state.set_run(**{f"{stage}_owner": f"{socket.gethostname()}:{os.getpid()}", f"{stage}_beat": time.time()})
+    return parsed
+
+
+def _note(state: RunState, phase: str) -> Callable[[str], None]:
+    """Run-level progress events under ``phase`` (at most one every 5 s for repeated lines)."""
+    last = [0.0]
+
+    def note(text: str) -> None:
+        if text.startswith("make ") and time.monotonic() - last[0] < 5.0:
+            return
+        last[0] = time.monotonic()
+        _safely(lambda: state.event(kind="phase", node="", phase=phase, detail=text))
+
+    return note
+
+
+@app.task(name="swaplab.build_kernel", ignore_result=True)
+def build_kernel(message: dict[str, Any], cid: str, rid: str, attempt: int) -> None:
+    """Build (or find) a run's ``build`` kernel, on the build queue, once per hash."""
+    client = _redis()
+    state = RunState(client, cid, rid)
+    build = _stage_message(state, "build", "building", BuildMessage, message, attempt)
+    if build is None:
+        return
+    with _Heartbeat(lambda: state.set_run(build_beat=time.time())):
+        outcome = _build(client, build, _note(state, "build"))
+    state.set_run(**outcome)
+
+
+def _build(client: redis.Redis, message: BuildMessage, note: Callable[[str], None]) -> dict[str, Any]:
+    try:
+        spec = admit_build(message)
+        digest = inputs_digest(spec, note)
+        # One build per hash across every build worker; the others find it in the cache after.
+        with client.lock(build_lock_key(digest), timeout=BUILD_LOCK_S, blocking_timeout=BUILD_LOCK_S):
+            artifact = build_artifact(spec, note)
+    except InputFault as refused:
+        return {"build_failure": {"cause": "input", "reason": refused.reason}}
+    except BuildError as failed:
+        note(f"failed ({failed.cause}) at {failed.stage}")
+        return {"build_failure": {"cause": failed.cause, "reason": failed.reason[-4000:]}}
+    except (KernelError, OSError, redis.RedisError) as err:
+        return {"build_failure": {"cause": "infra", "reason": f"{type(err).__name__}: {err}"}}
+    note(f"built {artifact.summary()}")
+    built = {"artifact": artifact.hash, "release": artifact.meta["release"], "uts_version": artifact.meta["uts_version"]}
+    return {"built": built, "built_at": time.time()}
+
+
 @app.task(name="swaplab.prepare_run", ignore_result=True)
 def prepare_run(spec: dict[str, Any], cid: str, rid: str, attempt: int) -> None:
     """Make the lab's NFS server serve and build the run's node image, once per run attempt."""
     state = RunState(_redis(), cid, rid)
-    run = state.run()
-    if run.get("status") != "preparing" or int(run.get("prepare_attempt", 0) or 0) != attempt:
-        return  # stale or redelivered after the scheduler moved on
-    try:
-        setup = RunSetupSpec.model_validate(spec)
-    except pydantic.ValidationError as err:
-        state.set_run(prepare_failure={"cause": "input", "reason": f"run setup message is invalid: {_errors(err)}"})
+    setup = _stage_message(state, "prepare", "preparing", RunSetupSpec, spec, attempt)
+    if setup is None:
         return
-    if (setup.campaign, setup.run_id) != (cid, rid):
-        state.set_run(prepare_failure={"cause": "input", "reason": "run setup message names another run than its task"})
-        return
-    state.set_run(prepare_owner=f"{socket.gethostname()}:{os.getpid()}", prepare_beat=time.time())
     with _Heartbeat(lambda: state.set_run(prepare_beat=time.time())):
         outcome = _prepare(setup, state)
     state.set_run(**outcome)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from orchestrator.cli.build_cmds import build, kernels
 from orchestrator.cli.campaign_cmds import run, validate
 from orchestrator.cli.check_cmds import check
 from orchestrator.cli.distributed_cmds import cancel, results, status, submit, watch
@@ -17,5 +18,5 @@ def main() -> None:
     """swaplab: test Linux kernels on diskless nodes that swap over NFS."""
 
 
-for command in (validate, run, submit, status, watch, cancel, results, check, lab, nfs):
+for command in (validate, run, submit, status, watch, cancel, results, check, build, kernels, lab, nfs):
     main.add_command(command)

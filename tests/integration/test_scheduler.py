@@ -103,3 +103,51 @@ def test_a_setup_whose_worker_went_silent_is_redone_once(redis_server: RedisServ
     store.set_run(CID, "r001", prepare_beat=time.time() - SETUP_SILENT_S - 1)
     assert scheduler.advance(CID) is False
     assert "stopped" in store.run(CID, "r001")["result"]["reasons"][0]
+
+
+def _build_run(redis_server: RedisServer, tmp_path: Path) -> tuple[CampaignStore, Scheduler, RecordingDispatch]:
+    kernels = tmp_path / "kernels"
+    kernels.mkdir()
+    (kernels / "series.mbox").write_text("From 0 Mon Sep 17 00:00:00 2001\n")
+    inventory = tmp_path / "lab.yml"
+    inventory.write_text(
+        (REPO / "inventory/local.yml").read_text().replace("swaplab_lab: local", f"swaplab_lab: local\n    swaplab_kernel_dirs: [{kernels}]")
+    )
+    path = tmp_path / "built.yaml"
+    text = (REPO / "campaigns" / "smoke.yaml").read_text().replace("../inventory/local.yml", str(inventory))
+    path.write_text(text.replace("  - package: linux-image-amd64", "  - build: {source: {debian: linux-source-6.1}, patches: kernels/series.mbox}"))
+    campaign = load_campaign(path)
+    store = CampaignStore(redis_server.client())
+    store.create(CID, campaign, plan_runs(campaign))
+    for queue in ("lab.local", "build"):
+        store.redis.set(worker_key(f"w-{queue}"), json.dumps({"queues": [queue], "concurrency": 4}))
+    dispatch = RecordingDispatch()
+    return store, Scheduler(store.redis, dispatch, tmp_path), dispatch
+
+
+def test_a_build_kernel_is_built_before_the_run_is_prepared(redis_server: RedisServer, tmp_path: Path) -> None:
+    store, scheduler, dispatch = _build_run(redis_server, tmp_path)
+    scheduler.advance(CID)
+    assert [m.kernel.label() for m in dispatch.builds] == ["build:linux-source-6.1+series.mbox"]
+    assert dispatch.prepared == [] and store.run(CID, "r001")["status"] == "building"
+    scheduler.advance(CID)
+    assert len(dispatch.builds) == 1  # not sent twice
+    store.set_run(CID, "r001", built={"artifact": "a" * 64, "release": "6.1.0", "uts_version": "#1"}, built_at=time.time())
+    scheduler.advance(CID)
+    assert [setup.artifact for setup in dispatch.setups] == ["a" * 64]
+    assert store.run(CID, "r001")["status"] == "preparing"
+    assert list(store.redis.scan_iter("swaplab:lease:*")) == []  # no node held while it built and prepared
+
+
+@pytest.mark.parametrize(("cause", "verdict"), [("input", "invalid"), ("infra", "infra-error")])
+def test_a_failed_build_ends_the_run_with_the_builds_reason(
+    redis_server: RedisServer, tmp_path: Path, cause: str, verdict: str
+) -> None:
+    store, scheduler, dispatch = _build_run(redis_server, tmp_path)
+    scheduler.advance(CID)
+    reason = "drivers/foo.c:12:1: error: expected ';' before '}' token"
+    store.set_run(CID, "r001", build_failure={"cause": cause, "reason": reason})
+    assert scheduler.advance(CID) is False
+    result = store.run(CID, "r001")["result"]
+    assert result["verdict"] == verdict and reason in result["reasons"][0]
+    assert dispatch.prepared == []

@@ -365,7 +365,7 @@ def test_the_driver_decides_the_steps() -> None:
     assert isinstance(strategy_for(host), AttachStrategy)
     boot = [s.name for s in BootStrategy().steps(machine)]
     attach = [s.name for s in AttachStrategy().steps(host)]
-    assert boot[:3] == ["image", "swap-file", "boot"]
+    assert boot[:4] == ["image", "swap-file", "boot", "booted"]
     assert attach[:5] == ["connect", "console", "kernel", "fitness", "tool"]
     # From the clock on, both run the same test steps.
     assert boot[boot.index("clock") :] == attach[attach.index("clock") :]

@@ -86,9 +86,17 @@ class IdentifyKernelStep(Step[NodeContext]):
 
     def run(self, ctx: NodeContext, deadline: float) -> None:
         assert ctx.shell is not None
-        release = _out(ctx, "uname -r")
-        version = _out(ctx, "uname -v")
-        ctx.result.kernel = {"package": "running", "version": version, "kver": release, "source": "running on the node"}
+        release = ctx.output("uname -r")
+        version = ctx.output("uname -v")
+        ctx.result.kernel = {
+            "package": "running",
+            "version": version,
+            "kver": release,
+            "source": "running on the node",
+            "uname_r": release,
+            "uname_v": version,
+            "proc_version": ctx.output("cat /proc/version"),
+        }
         ctx.note(f"runs {release} ({version})")
         if not ctx.spec.kernel.accepts_release(release):
             raise InputFault(f"node runs kernel {release}; the campaign expects {ctx.spec.kernel.running}")
@@ -106,7 +114,7 @@ class FitnessStep(Step[NodeContext]):
         cleaned = _clean_leftovers(ctx)
         if cleaned:
             ctx.note(f"cleaned up after an earlier run: {', '.join(cleaned)}")
-        other_swap = [line.split()[0] for line in _out(ctx, "cat /proc/swaps").splitlines()[1:] if line.strip()]
+        other_swap = [line.split()[0] for line in ctx.output("cat /proc/swaps").splitlines()[1:] if line.strip()]
         if other_swap:
             raise LabFault(f"node is not fit: other swap is active ({', '.join(other_swap)})")
         if not ctx.shell or not ctx.shell.run("grep -qw nfs4 /proc/filesystems || modprobe nfsv4", timeout=30).ok:
@@ -122,7 +130,7 @@ class FitnessStep(Step[NodeContext]):
 
     @staticmethod
     def _size_workload(ctx: NodeContext) -> None:
-        mem_kib = int(_out(ctx, "grep MemTotal /proc/meminfo").split()[1])
+        mem_kib = int(ctx.output("grep MemTotal /proc/meminfo").split()[1])
         ram = mem_kib // 1024
         work = ctx.spec.workload
         touch = work.touch_mib(ram)
@@ -147,7 +155,7 @@ class InstallToolStep(Step[NodeContext]):
     phase = "connect"
 
     def run(self, ctx: NodeContext, deadline: float) -> None:
-        arch = _out(ctx, "uname -m")
+        arch = ctx.output("uname -m")
         if arch != TOOL_ARCH:
             raise LabFault(f"node is {arch}; swaplab-node is built for {TOOL_ARCH}")
         binary = node_tool_binary().read_bytes()
@@ -161,7 +169,7 @@ class InstallToolStep(Step[NodeContext]):
         )
         if not copied.ok:
             raise LabFault(f"copying swaplab-node failed: {(copied.stderr or copied.stdout).strip()}")
-        remote = _out(ctx, f"sha256sum {target}").split()[0]
+        remote = ctx.output(f"sha256sum {target}").split()[0]
         if remote != digest:
             raise LabFault(f"swaplab-node on the node has sha256 {remote[:16]}…, expected {digest[:16]}…")
         ctx.tool = target
@@ -169,15 +177,6 @@ class InstallToolStep(Step[NodeContext]):
 
     def cleanup(self, ctx: NodeContext) -> None:
         ctx.remote(f"pkill -x swaplab-node; sleep 0.5; pkill -9 -x swaplab-node; rm -rf {COPIED_TOOL_DIR}; true")
-
-
-def _out(ctx: NodeContext, command: str) -> str:
-    """stdout of a command that must work on any fit node; LabFault otherwise."""
-    assert ctx.shell is not None
-    done = ctx.shell.run(command, timeout=30)
-    if not done.ok:
-        raise LabFault(f"`{command}` failed on the node: {(done.stderr or done.stdout).strip()}")
-    return done.stdout.strip()
 
 
 def _leftovers(ctx: NodeContext) -> list[str]:

@@ -98,3 +98,29 @@ class BootStep(Step[NodeContext]):
         keys = lab_keys(ctx.lab.name)
         host, port = self.driver.ssh_address()
         return SshTarget(host, port, "root", key_file=keys.client_private, host_key=keys.host_public)
+
+
+class BootedKernelStep(Step[NodeContext]):
+    """Proof of what booted: the node's own ``uname -r``, ``uname -v`` and /proc/version,
+    checked against the image it was given. Anything else booted is the lab's fault."""
+
+    name = "booted"
+    phase = "boot"
+
+    def run(self, ctx: NodeContext, deadline: float) -> None:
+        assert ctx.shell is not None and ctx.spec.prepared is not None
+        said = {key: ctx.output(command) for key, command in READ_BACK.items()}
+        ctx.result.kernel.update(said)
+        prepared = ctx.spec.prepared
+        if prepared.artifact:
+            ctx.result.kernel["artifact"] = prepared.artifact
+        if said["uname_r"] != prepared.kver:
+            raise LabFault(f"the node booted {said['uname_r']!r}, not the image's {prepared.kver!r}")
+        if prepared.uts_version is not None and said["uname_v"] != prepared.uts_version:
+            raise LabFault(
+                f"the node booted version {said['uname_v']!r}, not the build's {prepared.uts_version!r} "
+                f"(artifact {str(prepared.artifact)[:12]})"
+            )
+
+
+READ_BACK = {"uname_r": "uname -r", "uname_v": "uname -v", "proc_version": "cat /proc/version"}

@@ -16,7 +16,7 @@ from workers.exporter import BOOT_SECONDS, NODES, NodeSeries
 from workers.image import NodeImage
 from workers.nfs import NfsServer
 from workers.node_ssh import CommandResult, NodeShell
-from workers.pipeline.step import Aborted, Cancelled
+from workers.pipeline.step import Aborted, Cancelled, LabFault
 from workers.samples import Record
 from workers.streams import ConsoleTail, SamplerStream
 
@@ -103,6 +103,14 @@ class NodeContext:
     def keep_waiting(self) -> bool:
         """While booting or connecting: the machine runs, nobody cancelled, no node failed."""
         return self.machine_running() and not self.cancel() and self.barrier.broken() is None
+
+    def output(self, command: str) -> str:
+        """stdout of a command that must work on any node; LabFault otherwise."""
+        assert self.shell is not None
+        done = self.shell.run(command, timeout=30)
+        if not done.ok:
+            raise LabFault(f"`{command}` failed on the node: {(done.stderr or done.stdout).strip()}")
+        return done.stdout.strip()
 
     def remote(self, command: str, timeout: float = 30.0) -> CommandResult | None:
         """Run a command on the node for a cleanup; None when the node is known unreachable."""

@@ -15,6 +15,7 @@ from model.lab import Lab
 from model.runspec import PreparedKernel, RunSetupSpec
 from workers.admission import admit_setup
 from workers.image import ImageError, build_node_image, lab_keys
+from workers.kbuild import artifacts
 from workers.kernel import KernelArtifacts, KernelError, fetch_kernel
 from workers.nfs import NfsServerError, make_nfs_server
 from workers.pipeline.step import LabFault, Pipeline, PipelineHooks, Scope, Step
@@ -65,9 +66,29 @@ class FetchKernelStep(Step[RunContext]):
 
     def run(self, ctx: RunContext, deadline: float) -> None:
         try:
-            ctx.kernel = fetch_kernel(ctx.spec.kernel, progress=lambda text: ctx.note(self.phase, text))
+            if ctx.spec.kernel.build is not None:
+                ctx.kernel = self._built(ctx)
+            else:
+                ctx.kernel = fetch_kernel(ctx.spec.kernel, progress=lambda text: ctx.note(self.phase, text))
         except (KernelError, OSError) as err:
             raise LabFault(f"kernel artifacts: {err}") from err
+
+    @staticmethod
+    def _built(ctx: RunContext) -> KernelArtifacts:
+        """The artifact the run's build made, from this host's cache (shared across hosts)."""
+        artifact = artifacts.find(ctx.spec.artifact) if ctx.spec.artifact else None
+        if artifact is None or not artifact.ok:
+            raise LabFault(f"kernel build {str(ctx.spec.artifact)[:12]} is not in this worker's cache")
+        artifacts.touch(artifact)
+        ctx.note("kernel", f"built kernel {artifact.summary()}")
+        return KernelArtifacts(
+            package=f"build:{artifact.hash[:12]}",
+            version=str(artifact.meta["uts_version"]),
+            kver=str(artifact.meta["release"]),
+            vmlinuz=artifact.bzimage,
+            modules_dir=artifact.modules_dir,
+            source=ctx.spec.kernel.label(),
+        )
 
 
 class BuildImageStep(Step[RunContext]):
@@ -86,12 +107,15 @@ class BuildImageStep(Step[RunContext]):
             image = build_node_image(ctx.kernel, lab_keys(ctx.lab.name), progress=lambda text: ctx.note(self.phase, text))
         except (ImageError, KernelError, OSError) as err:
             raise LabFault(f"node image build: {err}") from err
+        built = ctx.spec.kernel.build is not None
         ctx.prepared = PreparedKernel(
             package=ctx.kernel.package,
             version=ctx.kernel.version,
             kver=ctx.kernel.kver,
             source=ctx.kernel.source,
             image_hash=image.image_hash,
+            artifact=ctx.spec.artifact if built else None,
+            uts_version=ctx.kernel.version if built else None,
         )
 
 
