@@ -1,0 +1,290 @@
+"""What the text and HTML reports show, built once: tables, verdicts with evidence, setup.
+
+The renderers only lay these out (fixed-width text or HTML), so both reports always say
+the same thing. Every string here has been through :func:`record.clean`; the HTML report
+still escapes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.reports.record import (
+    Record,
+    clean,
+    exit_text,
+    figure_specs,
+    figures,
+    fmt_figure,
+    fmt_number,
+    fmt_time,
+    kernel_names,
+    mapping,
+    mappings,
+    nodes,
+    number,
+    redone_lines,
+    run_id,
+    run_label,
+    runs,
+    skipped_runs,
+    texts,
+    verdict_label,
+    workload_label,
+)
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: its header and how its cells read (``verdict`` cells get colour)."""
+
+    header: str
+    kind: str = "text"  # "text", "number" (right-aligned) or "verdict"
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table both reports print; ``keys`` leading columns repeat when text splits it."""
+
+    title: str
+    columns: tuple[Column, ...]
+    rows: tuple[tuple[str, ...], ...]
+    keys: int = 1
+    legend: tuple[str, ...] = ()
+
+
+# -- figures ----------------------------------------------------------------------------
+
+
+def figures_table(record: Record) -> Table | None:
+    """One row per run x node with its figures; None when the record has no figures."""
+    specs = figure_specs(record)
+    if not specs:
+        return None
+    names = kernel_names(record)
+    rows = []
+    disagree = False
+    for run in runs(record):
+        redone = " (redone)" if redone_lines(run) else ""
+        for node in nodes(run):
+            values = figures(node)
+            cells = [_figure_cell(values.get(spec.name, {})) for spec in specs]
+            disagree = disagree or any(cell.endswith("!") for cell in cells)
+            verdict = (clean(node.get("verdict")) or "?") + redone
+            rows.append((run_id(run), clean(node.get("node")), names.get(run_id(run), "?"), verdict, *cells))
+    columns = (
+        Column("run"),
+        Column("node"),
+        Column("kernel"),
+        Column("verdict", "verdict"),
+        *(Column(spec.short, "number") for spec in specs),
+    )
+    legend = [f"{spec.short}: {spec.title} ({spec.unit}), {spec.better} is better" for spec in specs]
+    legend.append("Only rows whose verdict is pass are compared; the others are for inspection.")
+    if disagree:
+        legend.append("! the node's own value and Prometheus' differ for this window (see the JSON).")
+    return Table("Figures", columns, tuple(rows), keys=2, legend=tuple(legend))
+
+
+def no_figures_note(record: Record) -> str | None:
+    """What to say instead of the figures table: nothing when no node ran at all."""
+    if figure_specs(record) or not any(nodes(run) for run in runs(record)):
+        return None
+    return "none recorded (this record predates figures)"
+
+
+def _figure_cell(figure: Mapping[str, Any]) -> str:
+    mark = "!" if figure.get("agrees") is False else ""
+    return fmt_figure(figure.get("value")) + mark
+
+
+# -- runs -------------------------------------------------------------------------------
+
+
+def runs_table(record: Record) -> Table:
+    """One row per run: kernel, workload, verdict (marked when redone), nodes, window."""
+    names = kernel_names(record)
+    rows = []
+    for run in runs(record):
+        window = number(mapping(run.get("window")).get("seconds"))
+        rows.append(
+            (
+                run_id(run),
+                names.get(run_id(run), "?"),
+                workload_label(run),
+                verdict_label(run),
+                ", ".join(clean(n.get("node")) for n in nodes(run)) or "none ran",
+                "-" if window is None else f"{window:.0f}",
+            )
+        )
+    columns = (
+        Column("run"),
+        Column("kernel"),
+        Column("workload"),
+        Column("verdict", "verdict"),
+        Column("nodes"),
+        Column("window s", "number"),
+    )
+    return Table("Runs", columns, tuple(rows))
+
+
+def skipped_table(record: Record) -> Table | None:
+    """Runs that never started, and why; None when every run started."""
+    rows = tuple((run_id(s), run_label(s), clean(s.get("reason")) or "-") for s in skipped_runs(record))
+    if not rows:
+        return None
+    return Table("Skipped runs", (Column("run"), Column("kernel / workload"), Column("why")), rows, keys=2)
+
+
+# -- verdicts and their evidence --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeSummary:
+    """A node's verdict and the lines that explain it (none for a clean pass)."""
+
+    node: str
+    verdict: str
+    evidence: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """A run's verdict, why it was redone, why it was refused, and its nodes'."""
+
+    run_id: str
+    kernel: str
+    workload: str
+    verdict: str
+    label: str  # the verdict, marked when redone ("pass (attempt 2)")
+    exit: str  # "exit 3 (criteria fail)"
+    notes: tuple[str, ...]  # redone attempts, then the run's own reasons
+    nodes: tuple[NodeSummary, ...]
+
+    @property
+    def title(self) -> str:
+        """``r002  6.1.0-57-amd64  overcommit #1``."""
+        return f"{self.run_id}  {self.kernel}  {self.workload}"
+
+
+def run_summaries(record: Record) -> list[RunSummary]:
+    """Every run with its verdict and evidence, in order."""
+    names = kernel_names(record)
+    return [
+        RunSummary(
+            run_id=run_id(run),
+            kernel=names.get(run_id(run), "?"),
+            workload=workload_label(run),
+            verdict=clean(run.get("verdict")) or "?",
+            label=verdict_label(run),
+            exit=exit_text(run.get("exit_code")),
+            notes=tuple(redone_lines(run) + texts(run.get("reasons"))),
+            nodes=tuple(node_summary(node) for node in nodes(run)),
+        )
+        for run in runs(record)
+    ]
+
+
+def node_summary(node: Mapping[str, Any]) -> NodeSummary:
+    """A node's evidence: its reasons, then each criterion that did not pass with its numbers."""
+    unmet = [c for c in mappings(node.get("criteria")) if clean(c.get("outcome")) != "pass"]
+    # The judge words a criterion's reason as "name (severity...): detail"; the criterion
+    # line below says the same with value and threshold, so that reason is not repeated.
+    covered = tuple(f"{clean(c.get('name'))} (" for c in unmet)
+    reasons = [r for r in texts(node.get("reasons")) if not (covered and r.startswith(covered))]
+    return NodeSummary(
+        node=clean(node.get("node")) or "?",
+        verdict=clean(node.get("verdict")) or "?",
+        evidence=tuple(reasons + [criterion_line(c) for c in unmet]),
+    )
+
+
+def criterion_line(criterion: Mapping[str, Any]) -> str:
+    """``criterion psi_full_limit (critical): fail: got 41.7, wanted <= 35; <detail>``."""
+    kind = clean(criterion.get("severity")) or "?"
+    if criterion.get("builtin"):
+        kind += ", built-in"
+    line = (
+        f"criterion {clean(criterion.get('name'))} ({kind}): {clean(criterion.get('outcome'))}: "
+        f"got {fmt_number(criterion.get('value'))}, wanted {clean(criterion.get('op'))} "
+        f"{fmt_number(criterion.get('threshold'))}"
+    )
+    detail = clean(criterion.get("detail"))
+    return f"{line}; {detail}" if detail else line
+
+
+# -- setup and reproduction -------------------------------------------------------------
+
+
+def setups(record: Record) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """The distinct settings of the campaign's runs, each with the runs that used them."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for run in runs(record):
+        lines = settings_lines(mapping(run.get("settings")))
+        if lines:
+            groups.setdefault(lines, []).append(run_id(run))
+    return [(tuple(ids), lines) for lines, ids in groups.items()]
+
+
+def settings_lines(settings: Mapping[str, Any]) -> tuple[str, ...]:
+    """A run's settings in a few lines: NFS, node size and swap, workload, sysctls."""
+    lines = []
+    nfs = mapping(settings.get("nfs"))
+    if nfs:
+        backend = f" ({clean(nfs.get('backend'))})" if nfs.get("backend") else ""
+        # The contract's "options" text, or the campaign's own mount_options list.
+        given = clean(nfs.get("options")) or ",".join(texts(nfs.get("mount_options")))
+        options = f", options {given}" if given else ""
+        lines.append(f"NFS {clean(nfs.get('version')) or '?'}{backend}{options}")
+    sizes = [
+        f"{what} {fmt_number(size)} MiB"
+        for what, size in (("node RAM", settings.get("node_ram_mib")), ("swap file", settings.get("swap_mib")))
+        if number(size) is not None
+    ]
+    if sizes:
+        lines.append(", ".join(sizes))
+    work = mapping(settings.get("workload"))
+    if work:
+        amounts = [
+            f"{fmt_number(value)} {unit}"
+            for value, unit in ((work.get("mib"), "MiB"), (work.get("passes"), "pass(es)"))
+            if number(value) is not None
+        ]
+        lines.append(f"workload {clean(work.get('name')) or '?'}" + (f": {', '.join(amounts)}" if amounts else ""))
+    sysctl = mapping(settings.get("sysctl"))
+    if sysctl:
+        lines.append("sysctl " + " ".join(f"{clean(k)}={clean(v)}" for k, v in sorted(sysctl.items())))
+    return tuple(lines)
+
+
+def reproduce(record: Record) -> tuple[str, str]:
+    """The campaign file and the command that runs it again (derived for older records)."""
+    given = mapping(record.get("reproduce"))
+    file = clean(given.get("file")) or clean(record.get("file")) or "CAMPAIGN.yaml"
+    command = clean(given.get("command")) or f"swaplab run {file}"
+    return file, command
+
+
+def headline(record: Record) -> str:
+    """``campaign pair: FAIL``."""
+    return f"campaign {clean(record.get('campaign')) or '?'}: {(clean(record.get('verdict')) or '?').upper()}"
+
+
+def facts(record: Record) -> list[tuple[str, str]]:
+    """The campaign's key facts as (label, value): id, file, lab, time, runs, results."""
+    wall = number(record.get("wall_s"))
+    started = fmt_time(record.get("started_at")) + ("" if wall is None else f", took {wall:.0f} s")
+    counted = f"{len(runs(record))} run(s), {len(skipped_runs(record))} skipped"
+    redone = [f"{run_id(run)} {line}" for run in runs(record) for line in redone_lines(run)]
+    return [
+        ("verdict", f"{(clean(record.get('verdict')) or '?').upper()}, {exit_text(record.get('exit_code'))}"),
+        ("id", clean(record.get("campaign_id")) or "-"),
+        ("file", clean(record.get("file")) or "-"),
+        ("lab", clean(record.get("lab")) or "-"),
+        ("started", started),
+        ("runs", counted),
+        *(("redone", line) for line in redone),
+        ("results", clean(record.get("result_dir")) or "-"),
+    ]
