@@ -19,6 +19,8 @@ the whole contract.
 | ``swaplab:barrier:<cid>:<rid>:<attempt>`` | prefix | the run's start barrier |
 | ``swaplab:guest:<lab>:<node>`` | string | the guest a node task started (orphan clean-up) |
 | ``swaplab:worker:<hostname>`` | string | a live worker's queues and slots, with a TTL |
+| ``swaplab:results:outbox`` | hash | finished campaigns not yet in the results database (cid → pending, or set aside with its error) |
+| ``swaplab:results:recording`` | string (TTL) | held while a ``swaplab.record_results`` task stores them |
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ LEASE_PREFIX = "swaplab:lease"
 HEALTH_PREFIX = "swaplab:health"
 GUEST_PREFIX = "swaplab:guest"
 WORKER_PREFIX = "swaplab:worker"
+RESULTS_OUTBOX_KEY = "swaplab:results:outbox"  # orchestrator.history.outbox
+RECORD_CHAIN_KEY = "swaplab:results:recording"  # one swaplab.record_results at a time
 
 
 def redis_url() -> str:

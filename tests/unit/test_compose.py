@@ -11,12 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from sqlalchemy.engine import make_url
 
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 # What `docker-compose config` needs besides the environment it runs in.
-PASSWORDS = {"SWAPLAB_REDIS_PASSWORD": "test-only", "SWAPLAB_GRAFANA_PASSWORD": "test-only"}
+PASSWORDS = {
+    "SWAPLAB_REDIS_PASSWORD": "test-only",
+    "SWAPLAB_GRAFANA_PASSWORD": "test-only",
+    "SWAPLAB_DB_PASSWORD": "test-only-db",
+}
 
 
 def compose() -> dict[str, object]:
@@ -159,6 +164,45 @@ def test_compose_refuses_to_start_grafana_without_an_admin_password() -> None:
     env = {k: v for k, v in {**os.environ, **PASSWORDS}.items() if k != "SWAPLAB_GRAFANA_PASSWORD"}
     proc = run_config(env)
     assert proc.returncode != 0 and "SWAPLAB_GRAFANA_PASSWORD" in proc.stderr
+
+
+def test_compose_refuses_to_start_postgres_without_a_password() -> None:
+    env = {k: v for k, v in {**os.environ, **PASSWORDS}.items() if k != "SWAPLAB_DB_PASSWORD"}
+    proc = run_config(env)
+    assert proc.returncode != 0 and "SWAPLAB_DB_PASSWORD" in proc.stderr
+
+
+def test_the_postgres_service_is_private_persistent_and_health_checked() -> None:
+    postgres = services()["postgres"]
+    assert str(postgres["image"]).startswith("postgres:")
+    assert "ports" not in postgres and postgres.get("network_mode") != "host"
+    assert "postgres-data:/var/lib/postgresql/data" in postgres["volumes"]
+    volumes = compose()["volumes"]
+    assert isinstance(volumes, dict) and "postgres-data" in volumes
+    assert postgres["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+
+
+def test_every_service_running_swaplab_reaches_the_results_database() -> None:
+    """The URL each swaplab service gets, as compose resolves it, names the postgres service."""
+    proc = subprocess.run(
+        ["docker-compose", "-f", str(REPO / "docker-compose.yml"), "config"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **PASSWORDS},
+        check=True,
+    )
+    resolved = yaml.safe_load(proc.stdout)["services"]
+    postgres_env = resolved["postgres"]["environment"]
+    swaplab = [name for name, service in services().items() if service.get("image") == "swaplab:latest"]
+    assert {"worker", "beat", "cli", "flower"} <= set(swaplab)
+    for name in swaplab:
+        url = make_url(resolved[name]["environment"]["SWAPLAB_DB_URL"])
+        assert url.drivername == "postgresql+psycopg", name
+        assert (url.host, url.port, url.username, url.database) == ("postgres", 5432, "swaplab", "swaplab"), name
+        assert url.password == PASSWORDS["SWAPLAB_DB_PASSWORD"] == postgres_env["POSTGRES_PASSWORD"], name
+        assert (postgres_env["POSTGRES_USER"], postgres_env["POSTGRES_DB"]) == (url.username, url.database)
+    for name in ("worker", "cli"):  # the services that store and read the history wait for it
+        assert services()[name]["depends_on"]["postgres"] == {"condition": "service_healthy"}
 
 
 def test_the_redis_service_takes_its_password_without_showing_it(tmp_path: Path) -> None:

@@ -1,0 +1,10 @@
+"""The results history: every finished campaign, run, node, criterion and figure, in a database.
+
+Redis is the live state and forgets; this package is what lasts. ``db`` opens the database
+(SQLite in the cache by default, PostgreSQL in the compose stack) and stores and queries
+campaign records; ``outbox`` makes sure a campaign that finishes while the database is down
+is stored when it is back; ``migrations`` (Alembic) creates and evolves the schema.
+
+Nothing here is imported by the package itself, so ``import orchestrator.history.outbox``
+does not load SQLAlchemy.
+"""
