@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
-from typing import Any, TextIO
+from collections.abc import Mapping
+from typing import Any, Protocol, TextIO
 
 import redis
 
@@ -30,22 +32,73 @@ def format_event(event: dict[str, Any]) -> str | None:
 REDIS_OUTAGE_S = 120.0
 
 
-def follow(store: CampaignStore, cid: str, stream: TextIO, poll_ms: int = 1000) -> dict[str, Any]:
-    """Print events until the campaign is done or cancelled; return its final state.
+class EventSink(Protocol):
+    """Where ``follow`` puts what it reads: log lines, or the live terminal view."""
 
+    def event(self, event: Mapping[str, Any]) -> None:
+        """Show one event of the campaign's stream."""
+
+    def message(self, text: str) -> None:
+        """Show a line of the follow loop's own (Redis unreachable)."""
+
+
+class LogLines:
+    """The log-style output, one line per event: for CI, files and pipes."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def event(self, event: Mapping[str, Any]) -> None:
+        """Print the event's line, if it has one; an event of a broken shape is skipped."""
+        try:
+            line = format_event(dict(event))
+        except (KeyError, TypeError, ValueError):
+            return  # a worker's malformed event must not end the follow loop
+        if line:
+            print(line, file=self.stream, flush=True)
+
+    def message(self, text: str) -> None:
+        """Print a line of the follow loop's own."""
+        print(text, file=self.stream, flush=True)
+
+
+def wants_live_view(stream: TextIO) -> bool:
+    """Draw the live view: ``stream`` is a terminal that can take it and no one asked for plain lines."""
+    if os.environ.get("SWAPLAB_PLAIN") or os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # a closed or file-less stream
+        return False
+
+
+def follow(store: CampaignStore, cid: str, stream: TextIO, poll_ms: int = 1000) -> dict[str, Any]:
+    """Show events until the campaign is done or cancelled; return its final state.
+
+    On a terminal the live view (orchestrator.live), else log lines (see wants_live_view).
     A Redis restart (AOF keeps the state) is waited out for up to REDIS_OUTAGE_S.
     """
+    if not wants_live_view(stream):
+        return _follow(store, cid, LogLines(stream), poll_ms)
+    # Imported here: rich stays out of the commands that never draw (validate, status).
+    from orchestrator.live import LiveView
+
+    with LiveView(stream, lookup=lambda rid: store.run(cid, rid)) as view:
+        return _follow(store, cid, view, poll_ms)
+
+
+def _follow(store: CampaignStore, cid: str, sink: EventSink, poll_ms: int) -> dict[str, Any]:
     last = "0-0"
     down_since: float | None = None
     while True:
         try:
-            last, info = _follow_step(store, cid, stream, last, poll_ms)
+            last, info = _follow_step(store, cid, sink, last, poll_ms)
             down_since = None
         except redis.ConnectionError as err:
             down_since = down_since or time.monotonic()
             if time.monotonic() - down_since > REDIS_OUTAGE_S:
                 raise
-            print(f"[{time.strftime('%H:%M:%S')}] redis unreachable ({err}); retrying", file=stream, flush=True)
+            sink.message(f"[{time.strftime('%H:%M:%S')}] redis unreachable ({err}); retrying")
             time.sleep(1.0)
             continue
         if info is not None:
@@ -53,20 +106,18 @@ def follow(store: CampaignStore, cid: str, stream: TextIO, poll_ms: int = 1000) 
 
 
 def _follow_step(
-    store: CampaignStore, cid: str, stream: TextIO, last: str, poll_ms: int
+    store: CampaignStore, cid: str, sink: EventSink, last: str, poll_ms: int
 ) -> tuple[str, dict[str, Any] | None]:
-    """Print new events; return the last event id, and the campaign once it has ended."""
-    last = _print_events(store, cid, stream, last, poll_ms)
+    """Show new events; return the last event id, and the campaign once it has ended."""
+    last = _show_events(store, cid, sink, last, poll_ms)
     info = store.campaign(cid)
     if info.get("status") not in TERMINAL:
         return last, None
-    return _print_events(store, cid, stream, last, 1), info
+    return _show_events(store, cid, sink, last, 1), info
 
 
-def _print_events(store: CampaignStore, cid: str, stream: TextIO, last: str, block_ms: int) -> str:
+def _show_events(store: CampaignStore, cid: str, sink: EventSink, last: str, block_ms: int) -> str:
     for event_id, event in store.read_events(cid, after=last, block_ms=block_ms):
         last = event_id
-        line = format_event(event)
-        if line:
-            print(line, file=stream, flush=True)
+        sink.event(event)
     return last
