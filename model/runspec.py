@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from model.campaign import NfsSpec, check_sysctl
+from model.figures import FIGURE_NAMES, SERIES_KEYS, SERIES_MAX_POINTS
 from model.kernel import KernelSource
 from model.limits import HOG_MIB_MAX, HOG_MIB_MIN, HOG_PASSES_MAX, HOG_PASSES_MIN, HOG_SEED_MAX, HOG_SEED_MIN
 
@@ -198,3 +199,27 @@ class NodeResult(BaseModel):
     metrics_labels: dict[str, str] = Field(default_factory=dict)
     metrics_from: float | None = None
     metrics_to: float | None = None
+    # Performance figures over the workload window, from the node's own samples
+    # (model.figures), and the per-tick series the reports plot.
+    figures: dict[str, float | None] = Field(default_factory=dict)
+    figures_from: float | None = None  # the workload window the rates cover (host epoch s)
+    figures_to: float | None = None
+    series: dict[str, list[float]] = Field(default_factory=dict)
+
+    @field_validator("figures")
+    @classmethod
+    def _known_figures(cls, value: dict[str, float | None]) -> dict[str, float | None]:
+        unknown = sorted(set(value) - set(FIGURE_NAMES))
+        if unknown:
+            raise ValueError(f"unknown figure(s): {', '.join(unknown)}")
+        return value
+
+    @field_validator("series")
+    @classmethod
+    def _bounded_series(cls, value: dict[str, list[float]]) -> dict[str, list[float]]:
+        unknown = sorted(set(value) - set(SERIES_KEYS))
+        if unknown:
+            raise ValueError(f"unknown series: {', '.join(unknown)}")
+        if any(len(points) > SERIES_MAX_POINTS for points in value.values()):
+            raise ValueError(f"a series has more than {SERIES_MAX_POINTS} points")
+        return value

@@ -11,9 +11,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from model.runspec import NodeResult
 from orchestrator.criteria import Criterion, CriterionResult, builtin_criteria, invalid, judge_values, render
+from orchestrator.figures import figure_entries, prometheus_figures
 from orchestrator.prometheus import PrometheusApi, PrometheusError, PrometheusUnreachable
 
 
@@ -89,17 +91,47 @@ def _variables(result: NodeResult, window: RunWindow | None) -> dict[str, str]:
         "lab": labels["lab"],
         "kernel": labels["kernel"],
         "scenario": labels["scenario"],
-        "sel": f'lab="{_quote(labels["lab"])}",node="{_quote(labels["node"])}"',
+        "sel": selector(result),
     }
+
+
+def selector(result: NodeResult) -> str:
+    """The label matchers of exactly this node session's series ("" if it exported none).
+
+    Every label the session's series carry is pinned, not only lab and node: a recorded
+    rate of the previous run on the same node (another kernel) can still be in range when
+    this run's window opens, and must not count as a series of this run.
+    """
+    labels = result.metrics_labels
+    if not all(labels.get(name) for name in ("lab", "node", "kernel", "scenario")):
+        return ""
+    return ",".join(f'{name}="{_quote(labels[name])}"' for name in ("lab", "node", "kernel", "scenario"))
 
 
 def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
+@dataclass(frozen=True)
+class RunEvaluation:
+    """What Prometheus said of a run: its window, each judged node's criteria, each node's figures."""
+
+    window: RunWindow | None
+    criteria: dict[str, list[CriterionResult]]
+    figures: dict[str, dict[str, dict[str, Any]]]
+
+
 def evaluate_run(
     criteria: Callable[[NodeResult], list[Criterion]], api: PrometheusApi, results: list[NodeResult]
-) -> tuple[RunWindow | None, dict[str, list[CriterionResult]]]:
-    """The run's window and each judged node's results of ``criteria(node result)``."""
+) -> RunEvaluation:
+    """The run's window, each judged node's results of ``criteria(node result)``, and every
+    node's figures with Prometheus' values for the same workload window."""
     window = run_window(results)
-    return window, {r.node: evaluate_node(criteria(r), api, r, window) for r in results if judged(r)}
+    judged_nodes = {r.node: evaluate_node(criteria(r), api, r, window) for r in results if judged(r)}
+    figures = {}
+    for result in results:
+        outcomes = judged_nodes.get(result.node, [])
+        answered = any(outcome.value is not None for outcome in outcomes)  # Prometheus was there
+        from_prometheus = prometheus_figures(api, result, selector(result)) if answered else {}
+        figures[result.node] = figure_entries(result, from_prometheus)
+    return RunEvaluation(window, judged_nodes, figures)

@@ -8,13 +8,13 @@ from typing import Any, TextIO
 
 from model.exitcode import ExitCode
 from model.runspec import NodeResult
-from orchestrator.criteria import CriterionResult
-from orchestrator.evaluation import RunWindow
+from orchestrator.evaluation import RunEvaluation
+from orchestrator.reports.record import redone_lines
 from orchestrator.verdict import MIB, NodeVerdict, combine, exit_code, judge_node
 from workers.samples import swap_moved_bytes
 
 
-def node_entry(result: NodeResult, verdict: NodeVerdict) -> dict[str, Any]:
+def node_entry(result: NodeResult, verdict: NodeVerdict, figures: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """One node's part of result.json: verdict, checks, the figures a reader wants first."""
     out, into = swap_moved_bytes(result.counters_first, result.counters_last) if result.counters_first else (0, 0)
     return {
@@ -37,17 +37,15 @@ def node_entry(result: NodeResult, verdict: NodeVerdict) -> dict[str, Any]:
         "left_clean": result.left_clean,
         "cleanup_problems": result.cleanup_problems,
         "files": result.files,
+        "figures": figures,
+        "series": result.series,
     }
 
 
-def run_entry(
-    meta: dict[str, Any],
-    results: list[NodeResult],
-    criteria: dict[str, list[CriterionResult]],
-    window: RunWindow | None,
-) -> dict[str, Any]:
+def run_entry(meta: dict[str, Any], results: list[NodeResult], evaluation: RunEvaluation) -> dict[str, Any]:
     """Judge a run's nodes and build its part of result.json (``meta``: run_id, kernel ...)."""
-    verdicts = [judge_node(result, criteria.get(result.node, [])) for result in results]
+    verdicts = [judge_node(result, evaluation.criteria.get(result.node, [])) for result in results]
+    window = evaluation.window
     return {
         **meta,
         "verdict": combine(v.verdict for v in verdicts).value,
@@ -56,7 +54,7 @@ def run_entry(
         "window": None if window is None else window.to_json(),
         "start_skew_ms": start_skew_ms(results),
         "start_skew_uncertainty_ms": start_skew_uncertainty_ms(results),
-        "nodes": [node_entry(r, v) for r, v in zip(results, verdicts, strict=True)],
+        "nodes": [node_entry(r, v, evaluation.figures.get(r.node, {})) for r, v in zip(results, verdicts, strict=True)],
     }
 
 
@@ -99,6 +97,8 @@ def print_summary(result: dict[str, Any], stream: TextIO) -> None:
             print(f"{run['run_id']:<5} {run['kernel'][:24]:<24} {'-':<7} {run['verdict']:<12}", file=stream)
         for reason in run.get("reasons", []):
             print(f"      - {reason}", file=stream)
+        for line in redone_lines(run):
+            print(f"      {line}", file=stream)
         for node in run["nodes"]:
             phases = node["phases_s"]
             kver = node["kernel"].get("kver", run["kernel"])
@@ -108,6 +108,8 @@ def print_summary(result: dict[str, Any], stream: TextIO) -> None:
                 f"{phases.get('boot', 0):>7.1f} {phases.get('mount', 0):>7.1f} {phases.get('workload', 0):>7.1f}",
                 file=stream,
             )
+            if node.get("figures"):
+                print(f"      figures: {figure_line(node['figures'])}", file=stream)
             criteria = node.get("criteria", [])
             if criteria:
                 passed = sum(1 for c in criteria if c["outcome"] == "pass")
@@ -119,6 +121,28 @@ def print_summary(result: dict[str, Any], stream: TextIO) -> None:
         file=stream,
     )
     print(f"results: {result['result_dir']}", file=stream)
+
+
+_SHORT = {
+    "swap_out_mibps": "out",
+    "swap_in_mibps": "in",
+    "psi_full_share": "psi full",
+    "allocstall_per_s": "stalls",
+    "majfault_per_s": "majflt",
+    "nfs_retrans_per_call": "rpc retrans",
+    "tcp_retrans_per_s": "tcp retrans",
+}
+
+
+def figure_line(figures: dict[str, dict[str, Any]]) -> str:
+    """The main figures of a node on one line (None shown as "-")."""
+    parts = []
+    for name, short in _SHORT.items():
+        entry = figures.get(name) or {}
+        value = entry.get("value")
+        shown = "-" if value is None else f"{value:.3g}"
+        parts.append(f"{short} {shown} {entry.get('unit', '')}".rstrip())
+    return ", ".join(parts)
 
 
 def print_criteria(result: dict[str, Any], stream: TextIO) -> None:

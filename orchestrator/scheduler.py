@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from model.state import WORKER_PREFIX as _WORKER_PREFIX
 from model.yamlpos import SpecError
 from orchestrator.criteria import Criterion, CriterionSpec
 from orchestrator.evaluation import evaluate_run, run_criteria
+from orchestrator.history import outbox
 from orchestrator.planner import RunPlan, node_specs, run_setup_spec
 from orchestrator.prometheus import PrometheusApi
 from orchestrator.report import campaign_exit_code, run_entry, write_result
@@ -181,7 +183,9 @@ class Scheduler:
         """Move a queued, building or preparing run on; False while it has to wait."""
         blocker = self._lab_blocker(campaign, run)
         if blocker == "wait":
-            self.store.event(cid, kind="note", run=run["run_id"], detail=f"waiting for a worker on {lab_queue(campaign.lab.name)}")
+            self.store.event(
+                cid, kind="note", run=run["run_id"], detail=f"waiting for a worker on {lab_queue(campaign.lab.name)}"
+            )
             return False
         if blocker:
             self._refuse_run(cid, run, blocker)
@@ -192,7 +196,9 @@ class Scheduler:
             failure = run.get(stage.failure)
             if failure:
                 reason = f"{stage.what} failed ({failure['cause']}): {failure['reason']}"
-                self._refuse_run(cid, run, reason, Verdict.INVALID if failure["cause"] == "input" else Verdict.INFRA_ERROR)
+                self._refuse_run(
+                    cid, run, reason, Verdict.INVALID if failure["cause"] == "input" else Verdict.INFRA_ERROR
+                )
                 return True
             if run["status"] != stage.status:
                 self._dispatch_stage(stage, cid, campaign, run)
@@ -245,7 +251,9 @@ class Scheduler:
         if not beat or time.time() - beat < SETUP_SILENT_S:
             return  # not picked up yet (waiting in the queue), or alive
         attempt = int(run.get(f"{stage.name}_attempt") or 1)
-        reason = f"the worker of the run's {stage.what} stopped ({run.get(f'{stage.name}_owner', '?')}; attempt {attempt})"
+        reason = (
+            f"the worker of the run's {stage.what} stopped ({run.get(f'{stage.name}_owner', '?')}; attempt {attempt})"
+        )
         if attempt >= MAX_ATTEMPTS:
             self._refuse_run(cid, run, reason)
             return
@@ -373,11 +381,14 @@ class Scheduler:
             "attempt": int(run["attempt"]),
             "started_at": float(run.get("started_at") or 0),
             "finished_at": time.time(),
+            **run_context(campaign, run, results),
         }
         entry = judge_run(campaign, run, meta, results, campaign.spec.criteria, self.prometheus())
         return entry, results
 
-    def commit_evaluation(self, cid: str, rid: str, token: str, entry: dict[str, Any], results: list[NodeResult]) -> bool:
+    def commit_evaluation(
+        self, cid: str, rid: str, token: str, entry: dict[str, Any], results: list[NodeResult]
+    ) -> bool:
         """Under the campaign lock: store the verdict if the claim is still ours."""
         run = self.store.run(cid, rid)
         if run.get("status") != "evaluating" or run.get("evaluation_claim") != token:
@@ -410,6 +421,7 @@ class Scheduler:
                 for key in ("run_id", "kernel", "workload", "repeat", "attempt", "started_at", "finished_at")
                 if key in old
             }
+            meta.update(run_context(campaign, run, results))
             entry = judge_run(
                 campaign,
                 run,
@@ -442,6 +454,7 @@ class Scheduler:
             "campaign_id": cid,
             "campaign": info["name"],
             "file": info["file"],
+            "reproduce": {"file": info["file"], "command": f"swaplab run {shlex.quote(info['file'])}"},
             "lab": info["lab"],
             "started_at": float(info["created_at"]),
             "finished_at": finished_at,
@@ -465,10 +478,45 @@ class Scheduler:
             result_dir=str(result_dir),
             finished_at=finished_at,
         )
+        # To the results database (and its reports) outside this lock: see orchestrator.recording.
+        outbox.enqueue(self.store.redis, cid)
+        self.on_finished(cid)
         return result
 
     def on_judged(self, campaign: Campaign, entry: dict[str, Any], results: list[NodeResult]) -> None:
         """Hook for the orchestrator's own metrics (the control worker sets it)."""
+
+    def on_finished(self, cid: str) -> None:
+        """Hook: the campaign's record is in the outbox (the control worker stores it)."""
+
+
+def run_context(campaign: Campaign, run: dict[str, Any], results: list[NodeResult]) -> dict[str, Any]:
+    """What a run's record says besides its verdict: why it was redone, which kernel it ran
+    (release, source, artifact, patches) and the settings it ran under."""
+    prepared = run.get("prepared") or {}
+    built = run.get("built") or {}
+    booted = next((r.kernel for r in results if r.kernel.get("kver")), {})
+    workload = WorkloadSpec.model_validate(run["workload"])
+    redone = (
+        [{"attempt": int(run["attempt"]) - 1, "reason": str(run["retry_reason"])}] if run.get("retry_reason") else []
+    )
+    return {
+        "redone": redone,
+        "kernel_info": {
+            "release": booted.get("kver") or prepared.get("kver") or built.get("release"),
+            "version": booted.get("uname_v") or built.get("uts_version"),
+            "source": prepared.get("source") or run["label"],
+            "artifact": built.get("artifact") or prepared.get("artifact"),
+            "patches": list(built.get("patches") or []),
+        },
+        "settings": {
+            "nfs": campaign.spec.nfs.model_dump(mode="json"),
+            "sysctl": dict(campaign.spec.node.sysctl),
+            "node_ram_mib": next((r.ram_mib for r in results if r.ram_mib), campaign.ram_mib),
+            "swap_mib": campaign.spec.swap.size_mib,
+            "workload": workload.model_dump(mode="json"),
+        },
+    }
 
 
 def judge_run(
@@ -489,5 +537,4 @@ def judge_run(
         overcommit = result.planned_overcommit_mib if result.planned_overcommit_mib is not None else planned
         return run_criteria(overcommit or 0, criteria)
 
-    window, by_node = evaluate_run(for_node, api, results)
-    return run_entry(meta, results, by_node, window)
+    return run_entry(meta, results, evaluate_run(for_node, api, results))

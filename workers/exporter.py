@@ -60,6 +60,8 @@ NODE_COUNTERS: dict[str, tuple[str, float, str]] = {
     "swaplab_node_nfs_rpc_calls": ("nfs_rpc_calls", 1, "NFS client RPC calls (/proc/net/rpc/nfs)."),
     "swaplab_node_nfs_rpc_retransmissions": ("nfs_rpc_retrans", 1, "NFS client RPC retransmissions."),
     "swaplab_node_pfmemalloc_drops": ("pfmemalloc_drop", 1, "Packets dropped for lack of memory reserves."),
+    "swaplab_node_tcp_out_segments": ("tcp_out_segs", 1, "TCP segments sent (/proc/net/snmp OutSegs)."),
+    "swaplab_node_tcp_retransmitted_segments": ("tcp_retrans_segs", 1, "TCP segments retransmitted (RetransSegs)."),
 }
 # Node gauges: exported name -> (sample key, help). No value before the first sample.
 NODE_GAUGES: dict[str, tuple[str, str]] = {

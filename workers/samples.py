@@ -90,12 +90,24 @@ def parse_netstat(text: str) -> Record:
     return {}
 
 
+def parse_snmp(text: str) -> Record:
+    """/proc/net/snmp: TCP segments sent and retransmitted (over TCP, loss shows here first)."""
+    lines = text.splitlines()
+    for header, values in itertools.pairwise(lines):
+        if header.startswith("Tcp:") and values.startswith("Tcp:"):
+            table = dict(zip(header.split()[1:], values.split()[1:], strict=False))
+            if table.get("RetransSegs", "").isdigit() and table.get("OutSegs", "").isdigit():
+                return {"tcp_retrans_segs": int(table["RetransSegs"]), "tcp_out_segs": int(table["OutSegs"])}
+    return {}
+
+
 _PARSERS = {
     "/proc/vmstat": parse_vmstat,
     "/proc/meminfo": parse_meminfo,
     "/proc/pressure/memory": parse_psi,
     "/proc/net/rpc/nfs": parse_rpc_nfs,
     "/proc/net/netstat": parse_netstat,
+    "/proc/net/snmp": parse_snmp,
 }
 
 

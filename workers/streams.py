@@ -36,6 +36,7 @@ class SamplerStream:
         self._lock = threading.Condition()
         self._first: Record | None = None
         self._latest: Record | None = None
+        self._records: list[Record] = []  # every tick, for the run's figures and plots (~1 KiB each)
         self.count = 0
         self._thread = threading.Thread(target=self._read, name=f"sampler-{path.parent.name}", daemon=True)
         self._thread.start()
@@ -53,6 +54,7 @@ class SamplerStream:
             self._file.flush()
             self._first = self._first or record
             self._latest = record
+            self._records.append(record)
             self.count += 1
             self._lock.notify_all()
         if self._on_record is not None:
@@ -62,6 +64,11 @@ class SamplerStream:
         """The first tick (taken after swapon, before the workload)."""
         with self._lock:
             return self._first
+
+    def records(self) -> list[Record]:
+        """Every tick so far, oldest first."""
+        with self._lock:
+            return list(self._records)
 
     def latest(self) -> Record | None:
         """The most recent tick."""

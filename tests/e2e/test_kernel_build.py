@@ -31,7 +31,9 @@ SWAPON_LINE = re.compile(r'^\s*pr_info\("Adding %uk swap on', re.M)
 
 
 def _git(tree: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(tree), *GIT_IDENTITY, *args], check=True, capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["git", "-C", str(tree), *GIT_IDENTITY, *args], check=True, capture_output=True, text=True
+    ).stdout
 
 
 def make_series(kernels: Path) -> Path:
@@ -43,7 +45,16 @@ def make_series(kernels: Path) -> Path:
         match = SWAPON_LINE.search(text)
         assert match, "mm/swapfile.c has no swapon message to patch next to"
         swapfile.write_text(text[: match.start()] + f'\tpr_info("{MARK}\\n");\n' + text[match.start() :])
-        _git(src, "commit", "-q", "-a", "--author", "Swap Tester <swap@example.org>", "-m", "mm: swap: say when swap is activated")
+        _git(
+            src,
+            "commit",
+            "-q",
+            "-a",
+            "--author",
+            "Swap Tester <swap@example.org>",
+            "-m",
+            "mm: swap: say when swap is activated",
+        )
         (kernels / "series.mbox").write_text(_git(src, "format-patch", "--stdout", "HEAD~1"))
     return kernels / "series.mbox"
 
@@ -51,11 +62,13 @@ def make_series(kernels: Path) -> Path:
 def write_lab(folder: Path, kernels: Path) -> Path:
     inventory = folder / "kbuild.yml"
     inventory.write_text(
-        (REPO / "tests/fixtures/labs/e2e.yml").read_text()
+        (REPO / "tests/fixtures/labs/e2e.yml")
+        .read_text()
         .replace("swaplab_lab: e2e", f"swaplab_lab: {LAB}\n    swaplab_kernel_dirs: [{kernels}]")
         .replace("12052", "12055")
         .replace("47241", "47251")
-        .replace("47242", "47252")
+        # One node: the campaign's two kernels then run back to back on it.
+        .replace("        node2: {ansible_port: 47242}\n", "")
     )
     return inventory
 
@@ -86,11 +99,18 @@ kernels:
       source: {debian: linux-source-6.1}
       patches: kernels/series.mbox
       config: {base: tinyconfig}
+  - package: linux-image-amd64     # then Debian's kernel, right after, on the same node
 nodes: 1
 node: {ram_mib: 256, sysctl: {vm.min_free_kbytes: 16384}}
 swap: {size_mib: 512}
 workloads:
   - {name: small, mib: 320, timeout_s: 240}
+criteria:
+  # The README's own pattern over a recording rule: every series in the window must meet it.
+  - name: swap_out_rate_avg
+    expr: avg_over_time(lab_node:swaplab_node_swap_out_bytes:rate10s{ {{ sel }} }[{{ window }}])
+    op: ">"
+    value: 1048576
 """
     )
     return path
@@ -123,7 +143,7 @@ def test_the_build_applies_the_series_and_pins_its_identity(built: dict[str, Any
 
 
 def test_the_patched_kernel_boots_and_passes_a_small_workload(patched_run: dict[str, Any]) -> None:
-    [run] = patched_run["result"]["runs"]
+    run = patched_run["result"]["runs"][0]
     [node] = run["nodes"]
     assert (patched_run["code"], node["verdict"]) == (0, "pass"), node["reasons"]
     assert node["swap_out_mib"] > 64
@@ -132,7 +152,7 @@ def test_the_patched_kernel_boots_and_passes_a_small_workload(patched_run: dict[
 def test_the_node_proves_it_ran_the_built_kernel_and_its_patch(
     stack: Lab, patched_run: dict[str, Any], built: dict[str, Any]
 ) -> None:
-    [run] = patched_run["result"]["runs"]
+    run = patched_run["result"]["runs"][0]
     [node] = run["nodes"]
     kernel = node["kernel"]
     assert kernel["artifact"] == built["hash"]
@@ -155,3 +175,30 @@ def test_the_same_inputs_are_not_built_again(stack: Lab, campaign: Path, built: 
     listed = json.loads(stack.cli("kernels", "--json").stdout)
     assert built["hash"] in [row["hash"] for row in listed["kernels"]]
     assert listed["disk_bytes"]["artifacts"] > 0
+
+
+def test_the_run_record_names_the_built_kernel_and_its_patches(
+    patched_run: dict[str, Any], built: dict[str, Any]
+) -> None:
+    info = patched_run["result"]["runs"][0]["kernel_info"]
+    assert info["artifact"] == built["hash"] and info["release"] == built["release"]
+    assert info["patches"] == ["mm: swap: say when swap is activated"]
+
+
+def test_a_run_window_holds_only_that_runs_series(stack: Lab, patched_run: dict[str, Any]) -> None:
+    """Two kernels back to back on one node: the second run's window opens seconds after the
+    first ended, while the first's recorded rate would still be in range. Judged over the
+    second window, the recording rule holds one series, its own kernel's, and the criterion
+    passes for both kernels (the first's trailing series once failed the second: exit 3)."""
+    first, second = patched_run["result"]["runs"]
+    assert patched_run["code"] == 0, [n["reasons"] for r in (first, second) for n in r["nodes"]]
+    assert second["window"]["start"] - first["window"]["end"] < 30  # back to back
+    rule = "lab_node:swaplab_node_swap_out_bytes:rate10s"
+    window, kver = second["window"], second["nodes"][0]["kernel"]["kver"]
+    # Both the selector swaplab renders (every label pinned) and a bare lab/node one.
+    for selector in (f'lab="kbuild",node="node1",kernel="{kver}",scenario="small"', 'lab="kbuild",node="node1"'):
+        series = stack.prometheus.api.query(f"avg_over_time({rule}{{{selector}}}[{window['seconds']}s])", window["end"])
+        assert [labels["kernel"] for labels, _value in series] == [kver], (selector, series)
+    for run in (first, second):
+        [criterion] = [c for c in run["nodes"][0]["criteria"] if c["name"] == "swap_out_rate_avg"]
+        assert criterion["outcome"] == "pass", criterion

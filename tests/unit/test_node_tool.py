@@ -20,6 +20,7 @@ SAMPLED = [
     "/proc/pressure/memory",
     "/proc/net/rpc/nfs",
     "/proc/net/netstat",
+    "/proc/net/snmp",
 ]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.samples import TickParser, parse_netstat, parse_psi, parse_ticks, swap_moved_bytes
+from workers.samples import TickParser, parse_netstat, parse_psi, parse_snmp, parse_ticks, swap_moved_bytes
 
 TICK = """@@ 1700000000000000000 5000000000
 ## /proc/vmstat
@@ -30,6 +30,11 @@ TcpExt: SyncookiesSent PFMemallocDrop
 TcpExt: 0 4
 IpExt: InNoRoutes
 IpExt: 0
+## /proc/net/snmp
+Ip: Forwarding DefaultTTL
+Ip: 2 64
+Tcp: RtoAlgorithm RtoMin ActiveOpens OutSegs RetransSegs InErrs
+Tcp: 1 200 3 5120 9 0
 @@end
 """
 
@@ -44,6 +49,7 @@ def test_one_tick_becomes_one_flat_record_in_base_units() -> None:
     assert record["psi_full_seconds"] == 1.0
     assert (record["nfs_rpc_calls"], record["nfs_rpc_retrans"]) == (1234, 7)
     assert record["pfmemalloc_drop"] == 4
+    assert (record["tcp_out_segs"], record["tcp_retrans_segs"]) == (5120, 9)
 
 
 def test_ticks_split_across_chunks_are_reassembled() -> None:
@@ -62,3 +68,4 @@ def test_a_truncated_tick_is_not_a_record() -> None:
 def test_missing_sections_leave_their_keys_out() -> None:
     assert parse_psi("") == {}
     assert parse_netstat("IpExt: A\nIpExt: 1") == {}
+    assert parse_snmp("Tcp: OutSegs RetransSegs\nTcp: 5 x") == {}

@@ -74,7 +74,7 @@ static const struct limit arg_limits[] = {
 
 static const char *const sample_files[] = {
     "/proc/vmstat", "/proc/meminfo", "/proc/pressure/memory",
-    "/proc/net/rpc/nfs", "/proc/net/netstat",
+    "/proc/net/rpc/nfs", "/proc/net/netstat", "/proc/net/snmp",
 };
 
 /* /proc files are small (netstat ~3 KiB, meminfo ~1.5 KiB); one static buffer, no malloc. */

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from model.figures import figures_over, node_series, workload_window
 from workers.nfs import NfsServerError, make_nfs_server
 from workers.nfs.ganesha import nonzero_pages_after_header
 from workers.pipeline import evidence
@@ -192,6 +193,14 @@ class SamplerStep(Step[NodeContext]):
         ctx.result.samples = ctx.sampler.count
         ctx.result.counters_first = ctx.sampler.first() or {}
         ctx.result.counters_last = ctx.sampler.latest() or {}
+        samples = ctx.sampler.records()
+        workload = ctx.result.workload
+        started_s = None if workload.started_host_ns is None else workload.started_host_ns / 1e9
+        window = workload_window(samples, started_s, workload.elapsed_s)
+        ctx.result.figures = figures_over(window, workload.elapsed_s)
+        if window is not None:
+            ctx.result.figures_from, ctx.result.figures_to = window.start, window.end
+        ctx.result.series = node_series(samples, started_s)
         if ctx.series is not None:
             ctx.series.last_sample = None  # the sampler stopped on purpose: no age to report
 
