@@ -21,7 +21,17 @@ from celery import chord, signals
 from model.campaign import Campaign
 from model.paths import results_root
 from model.runspec import BuildMessage, NodeResult, NodeRunSpec, RunSetupSpec
-from model.state import BUILD_QUEUE, CONTROL_QUEUE, TERMINAL, campaign_key, campaign_lock_key, lab_queue, redis_url
+from model.state import (
+    BUILD_QUEUE,
+    CONTROL_QUEUE,
+    RECORD_CHAIN_KEY,
+    TERMINAL,
+    campaign_key,
+    campaign_lock_key,
+    lab_queue,
+    redis_url,
+)
+from orchestrator.history import outbox
 from orchestrator.report import start_skew_ms
 from orchestrator.scheduler import Scheduler
 from orchestrator.store import CampaignStore
@@ -33,6 +43,7 @@ TICK_S = 2.0
 # Longest a scheduler step may hold a campaign's lock; every step is quick (no network
 # calls but Redis), so this only bounds how long a crashed step blocks the next.
 CAMPAIGN_LOCK_S = 60.0
+RECORD_RETRY_S = 30.0
 
 
 def _redis() -> redis.Redis:
@@ -79,6 +90,9 @@ class _MeasuredScheduler(Scheduler):
         if any(r.workload.started_host_ns is not None for r in results):
             skew_ms = start_skew_ms(results) or 0.0  # None for a single node: no spread
             START_SKEW.labels(campaign.lab.name, entry["workload"]).set(skew_ms / 1e3)
+
+    def on_finished(self, cid: str) -> None:
+        record_results.apply_async(queue=CONTROL_QUEUE)
 
 
 def scheduler(client: redis.Redis) -> Scheduler:
@@ -131,12 +145,40 @@ def judge_and_advance(client: redis.Redis, cid: str, rid: str, attempt: int, sch
     return committed
 
 
+@app.task(name="swaplab.record_results", ignore_result=True)
+def record_results() -> None:
+    """Store finished campaigns in the results database and write their reports; while the
+    database is down they stay in the outbox and this task tries again every RECORD_RETRY_S."""
+    from orchestrator.history.db import ResultsDb  # SQLAlchemy only where it is used
+    from orchestrator.recording import record_pending
+
+    client = _redis()
+    if not client.set(RECORD_CHAIN_KEY, "1", nx=True, ex=int(RECORD_RETRY_S * 2)):
+        return  # another record task is at work or waiting; it will see these too
+    try:
+        with ResultsDb() as db:
+            stored, pending = record_pending(client, db)
+    except Exception:
+        log.exception("recording finished campaigns failed; retrying")
+        stored, pending = 0, 1
+    finally:
+        client.delete(RECORD_CHAIN_KEY)
+    if stored:
+        log.info("stored %d finished campaign(s) in the results database", stored)
+    for cid, error in outbox.set_aside(client).items():
+        log.error("campaign %s is set aside, not stored in the results database: %s", cid, error)
+    # Pending now but not after the flush: enqueued while it ran (its own task returned early).
+    if pending or outbox.pending(client):
+        record_results.apply_async(countdown=RECORD_RETRY_S if pending else 1.0, queue=CONTROL_QUEUE)
+
+
 @signals.worker_ready.connect
 def _resume_campaigns(sender: Any = None, **_: Any) -> None:
     """A control worker that starts picks up every campaign that is not finished."""
     queues = sender.app.amqp.queues.consume_from or [] if sender is not None else []
     if CONTROL_QUEUE not in queues:
         return
+    record_results.apply_async(queue=CONTROL_QUEUE)  # whatever finished while no worker ran
     store = CampaignStore(_redis())
     for cid in store.campaign_ids(limit=200):
         if store.campaign(cid).get("status") not in TERMINAL:

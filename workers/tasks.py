@@ -77,7 +77,9 @@ def _stage_message(state: RunState, stage: str, status: str, model: type[M], mes
     try:
         parsed = model.model_validate(message)
     except pydantic.ValidationError as err:
-        state.set_run(**{f"{stage}_failure": {"cause": "input", "reason": f"{stage} message is invalid: {_errors(err)}"}})
+        state.set_run(
+            **{f"{stage}_failure": {"cause": "input", "reason": f"{stage} message is invalid: {_errors(err)}"}}
+        )
         return None
     if (getattr(parsed, "campaign", None), getattr(parsed, "run_id", None)) != (state.cid, state.rid):
         state.set_run(**{f"{stage}_failure": {"cause": "input", "reason": f"{stage} message names another run"}})
@@ -127,7 +129,12 @@ def _build(client: redis.Redis, message: BuildMessage, note: Callable[[str], Non
     except (KernelError, OSError, redis.RedisError) as err:
         return {"build_failure": {"cause": "infra", "reason": f"{type(err).__name__}: {err}"}}
     note(f"built {artifact.summary()}")
-    built = {"artifact": artifact.hash, "release": artifact.meta["release"], "uts_version": artifact.meta["uts_version"]}
+    built = {
+        "artifact": artifact.hash,
+        "release": artifact.meta["release"],
+        "uts_version": artifact.meta["uts_version"],
+        "patches": [str(patch.get("subject", "")) for patch in artifact.meta.get("patches", [])][:500],
+    }
     return {"built": built, "built_at": time.time()}
 
 
@@ -199,7 +206,11 @@ def run_node(self: Any, spec: dict[str, Any], cid: str, rid: str, attempt: int) 
         return {"skipped": "stale attempt"}
     if node_state.get("status") == "done" and node_state.get("result"):
         return dict(node_state["result"])  # redelivered after it finished
-    if node_state.get("owner") and int(node_state.get("attempt", 0)) == attempt and node_state.get("status") != "queued":
+    if (
+        node_state.get("owner")
+        and int(node_state.get("attempt", 0)) == attempt
+        and node_state.get("status") != "queued"
+    ):
         return {"skipped": f"already run by {node_state['owner']}"}  # never a second guest
     return _run_owned_node(client, state, run_spec, attempt)
 
@@ -371,7 +382,11 @@ def _announce_labs(queues: list[str]) -> None:
     for queue in queues:
         lab = lab_of_queue(queue)
         if lab is not None and lab not in labs:
-            log.error("consuming %s, but no inventory of lab %s is configured (SWAPLAB_LABS): its tasks are refused", queue, lab)
+            log.error(
+                "consuming %s, but no inventory of lab %s is configured (SWAPLAB_LABS): its tasks are refused",
+                queue,
+                lab,
+            )
 
 
 def _clean_orphans_of(client: redis.Redis, lab: str) -> None:

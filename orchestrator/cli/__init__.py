@@ -8,6 +8,7 @@ from orchestrator.cli.build_cmds import build, kernels
 from orchestrator.cli.campaign_cmds import run, validate
 from orchestrator.cli.check_cmds import check
 from orchestrator.cli.distributed_cmds import cancel, results, status, submit, watch
+from orchestrator.cli.history_cmds import history, report, show
 from orchestrator.cli.lab_cmds import lab
 from orchestrator.cli.nfs_cmds import nfs
 
@@ -18,5 +19,21 @@ def main() -> None:
     """swaplab: test Linux kernels on diskless nodes that swap over NFS."""
 
 
-for command in (validate, run, submit, status, watch, cancel, results, check, build, kernels, lab, nfs):
+for command in (
+    validate,
+    run,
+    submit,
+    status,
+    watch,
+    cancel,
+    results,
+    check,
+    history,
+    show,
+    report,
+    build,
+    kernels,
+    lab,
+    nfs,
+):
     main.add_command(command)

@@ -82,7 +82,10 @@ def _public(meta: dict[str, Any]) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True)
 def kernels(as_json: bool) -> None:
     """The built kernels in the cache (hash, release, patches, size, last used) and the disk they use."""
-    rows = [{"hash": a.hash, "status": a.meta.get("status"), "label": a.meta.get("label"), **_public(a.meta)} for a in artifacts.listing()]
+    rows = [
+        {"hash": a.hash, "status": a.meta.get("status"), "label": a.meta.get("label"), **_public(a.meta)}
+        for a in artifacts.listing()
+    ]
     usage = artifacts.disk_usage()
     if as_json:
         click.echo(json.dumps({"kernels": rows, "disk_bytes": usage, "cap_bytes": artifacts.cap_bytes()}, indent=2))

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -14,6 +15,7 @@ from model.campaign import Campaign
 from model.exitcode import ExitCode
 from orchestrator.cli.common import CAMPAIGN_FILE, load_lab_or_exit, load_or_exit
 from orchestrator.cli.distributed_cmds import connect, finish_output, submit_campaign
+from orchestrator.history import outbox
 from orchestrator.planner import plan_runs
 from orchestrator.services import LocalServices, ServiceError
 from orchestrator.watch import follow
@@ -68,10 +70,32 @@ def run(campaign_file: Path, as_json: bool, results: Path) -> None:
     try:
         with LocalServices(lab, len(lab.nodes) + 1, results / "services", _note):
             info = _submit_and_follow(campaign)
+            record_finished(info)
     except ServiceError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
     finish_output(info, as_json)
+
+
+def record_finished(info: dict[str, Any]) -> None:
+    """Write the campaign's reports and store it in the results database; say where."""
+    from orchestrator.history.db import ResultsDb  # SQLAlchemy and matplotlib load only here
+    from orchestrator.recording import record_pending, write_campaign_reports
+
+    record = info.get("result")
+    if not isinstance(record, dict):
+        return
+    written = write_campaign_reports(record)
+    if written:
+        _note(f"reports: {', '.join(str(path) for path in written.values())}")
+    store = connect()
+    with ResultsDb() as db:
+        record_pending(store.redis, db)
+        where = db.where
+    if record["campaign_id"] in outbox.pending(store.redis):
+        _note(f"results database {where} unreachable: the record waits in Redis and is stored when it is back")
+    else:
+        _note(f"stored in the results database {where} (swaplab show {record['campaign_id']})")
 
 
 def _note(text: str) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from model.criteria import BUILTIN_CRITERION_NAMES
+from model.figures import FIGURE_NAMES
 from model.paths import cache_dir
 from model.state import local_redis_password_file
 from orchestrator.prometheus import PrometheusApi
@@ -43,6 +44,19 @@ def lab_nfs_server_stopped_afterwards() -> Iterator[None]:
     # The lab's NFS server outlives runs by design; the test suite leaves nothing running.
     yield
     subprocess.run([str(SWAPLAB), "nfs", "stop"], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def results_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A results database of this module's own (never the user's history in the cache)."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('history') / 'results.db'}"
+    before = os.environ.get("SWAPLAB_DB_URL")
+    os.environ["SWAPLAB_DB_URL"] = url
+    yield url
+    if before is None:
+        os.environ.pop("SWAPLAB_DB_URL")
+    else:
+        os.environ["SWAPLAB_DB_URL"] = before
 
 
 PROCESS_LISTS: list[str] = []  # `ps` every half second during the smoke run
@@ -134,6 +148,34 @@ def test_smoke_verdict_comes_from_criteria_with_values(smoke: tuple[int, dict[st
     assert criteria["swap_out_used"]["value"] / MIB == pytest.approx(node["swap_out_mib"], rel=0.1)
     assert criteria["swap_out_used"]["threshold"] == 128 * MIB
     assert smoke[1]["runs"][0]["window"]["seconds"] >= node["phases_s"]["workload"]
+
+
+def test_smoke_figures_agree_with_prometheus_over_the_workload_window(smoke: tuple[int, dict[str, Any], str]) -> None:
+    figures = only_node(smoke[1])["figures"]
+    assert set(figures) == set(FIGURE_NAMES)
+    for name, figure in figures.items():
+        if name == "workload_wall_s":
+            assert figure["value"] == pytest.approx(only_node(smoke[1])["workload"]["elapsed_s"])
+            continue
+        # Node samples vs Prometheus' scrapes of them: within model.figures' tolerance (5 %).
+        assert figure["prometheus"] is not None and figure["agrees"] is True, (name, figure)
+    assert figures["swap_out_mibps"]["value"] > 1 and figures["swap_in_mibps"]["value"] > 1
+    assert figures["swap_out_mibps"]["prometheus"] == pytest.approx(figures["swap_out_mibps"]["value"], rel=0.05)
+
+
+def test_smoke_writes_every_report_and_stores_its_record(smoke: tuple[int, dict[str, Any], str]) -> None:
+    _code, result, stderr = smoke
+    folder = Path(result["result_dir"])
+    for name in ("report.txt", "report.html", "junit.xml", "report.json"):
+        assert (folder / name).stat().st_size > 0, name
+    assert "stored in the results database" in stderr
+    # `swaplab run` stopped its redis: this answer comes from the database alone.
+    shown = subprocess.run([str(SWAPLAB), "show", result["campaign_id"]], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert result["campaign_id"] in shown.stdout and "swaplab run" in shown.stdout
+    listed = subprocess.run([str(SWAPLAB), "history", "smoke", "--json"], capture_output=True, text=True, timeout=60)
+    [row] = [r for r in json.loads(listed.stdout) if r["campaign_id"] == result["campaign_id"]]
+    assert row["verdict"] == "pass" and row["runs"][0]["figures"]["swap_out_mibps"] > 1
 
 
 def test_the_embedded_redis_password_is_in_no_process_list_log_or_result(

@@ -1,0 +1,72 @@
+"""After a campaign ends: its reports in its result directory, its record in the database.
+
+The scheduler only puts a finished campaign in the Redis outbox (quick, under the
+campaign's lock). ``record_pending`` does the slow part outside any lock — the control
+worker's ``swaplab.record_results`` task, retried while the database is down, and
+``swaplab run`` at its end: it stores every pending record (orchestrator.history.outbox)
+and writes the reports (text, html, junit, json) beside result.json when that directory
+is on this host.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from model.paths import results_root
+from orchestrator.history.outbox import flush
+from orchestrator.reports import write_reports
+from orchestrator.store import CampaignStore
+
+log = logging.getLogger(__name__)
+
+
+def finished_record(store: CampaignStore, cid: str) -> dict[str, Any] | None:
+    """The campaign's result record: from Redis, else its result.json on this host (Redis
+    may have forgotten it while the database was down); None while there is none."""
+    result = store.campaign(cid).get("result") if store.exists(cid) else None
+    if isinstance(result, dict):
+        return result
+    path = results_root() / cid / "result.json"
+    try:
+        on_disk = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return on_disk if isinstance(on_disk, dict) and on_disk.get("campaign_id") == cid else None
+
+
+def write_campaign_reports(record: Mapping[str, Any]) -> dict[str, Path]:
+    """Every report format beside result.json, if the result directory is on this host."""
+    directory = Path(str(record.get("result_dir") or ""))
+    if not record.get("result_dir") or not (directory / "result.json").is_file():
+        return {}
+    try:
+        return write_reports(dict(record), directory)
+    except OSError as err:
+        log.warning("reports of %s not written: %s", record.get("campaign_id"), err)
+        return {}
+
+
+class _ReportingDb:
+    """The database as the outbox sees it, writing each record's reports before storing it."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+
+    def store(self, record: Mapping[str, Any]) -> None:
+        self.db.store(record)
+        try:
+            write_campaign_reports(record)
+        except Exception:  # a report that cannot be drawn must not cost the stored record
+            log.exception("reports of %s not written", record.get("campaign_id"))
+
+
+def record_pending(client: redis.Redis, db: Any) -> tuple[int, int]:
+    """Store every pending finished campaign (and write its reports): (stored, still pending)."""
+    store = CampaignStore(client)
+    return flush(client, _ReportingDb(db), lambda cid: finished_record(store, cid))
