@@ -178,8 +178,10 @@ def _resume_campaigns(sender: Any = None, **_: Any) -> None:
     queues = sender.app.amqp.queues.consume_from or [] if sender is not None else []
     if CONTROL_QUEUE not in queues:
         return
-    record_results.apply_async(queue=CONTROL_QUEUE)  # whatever finished while no worker ran
-    store = CampaignStore(_redis())
+    client = _redis()
+    if outbox.pending(client):  # whatever finished while no control worker ran
+        record_results.apply_async(queue=CONTROL_QUEUE)
+    store = CampaignStore(client)
     for cid in store.campaign_ids(limit=200):
         if store.campaign(cid).get("status") not in TERMINAL:
             kick(cid)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import tempfile
 
 import pytest
 from hypothesis import settings
@@ -14,6 +15,10 @@ from hypothesis import settings
 settings.register_profile("ci", derandomize=True, max_examples=400, deadline=None, print_blob=True)
 settings.register_profile("dev", max_examples=100, deadline=None)
 settings.load_profile("ci" if os.environ.get("SWAPLAB_REQUIRE_E2E") else "dev")
+
+# Whatever the tests run (workers, `swaplab run`) stores its campaigns in a database of
+# this test session, never in the user's history (~/.cache/swaplab/results.db).
+os.environ.setdefault("SWAPLAB_DB_URL", f"sqlite:///{tempfile.mkdtemp(prefix='swaplab-tests-')}/results.db")
 
 E2E_TOOLS = (
     "qemu-system-x86_64",

@@ -37,6 +37,8 @@ class Lab:
             "SWAPLAB_RESULTS": str(tmp / "results"),
             "SWAPLAB_PROMETHEUS_URL": prometheus_url,
             "SWAPLAB_PROMETHEUS_SD_DIR": str(tmp / "targets"),
+            # Its own results database: never the user's history in the cache.
+            "SWAPLAB_DB_URL": f"sqlite:///{tmp / 'results.db'}",
             # The worker's own inventories: the labs it serves, whatever a message says.
             "SWAPLAB_LABS": os.pathsep.join(str(lab) for lab in labs),
             # The CLI and the worker read the test redis' generated password from here.
