@@ -10,17 +10,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from model.criteria import BUILTIN_CRITERION_NAMES, CriterionSpec
+from model.figures import FIGURE_NAMES
 from model.kernel import KernelSource
 from model.lab import Lab, LabRef, NodeConfig, load_lab
 from model.limits import HOG_MIB_MAX, HOG_MIB_MIN, HOG_PASSES_MAX, HOG_PASSES_MIN
 from model.yamlpos import LocatedYaml, SpecError, SpecIssue, field_name, load_located
 
-_SYSCTL_NAME = re.compile(r"(vm|kernel)\.[a-z0-9_]{1,64}")
+_SYSCTL_NAME = re.compile(r"(vm|kernel)\.[a-z0-9_][a-z0-9_-]{0,63}")  # vm.page-cluster has a hyphen
 _MOUNT_OPTION = re.compile(r"[a-z][a-z0-9_]*(=[A-Za-z0-9_.:-]+)?")
 # Set by swaplab itself from the lab's NFS server and the campaign's `version`; a campaign
 # overriding them (in any of mount.nfs's spellings) would break the mount in ways that look
@@ -62,31 +63,35 @@ class NodeSize(_Strict):
     _safe_sysctl = field_validator("sysctl")(check_sysctl)
 
 
+def nfs_version_text(value: Any) -> Any:
+    """YAML reads ``version: 4.1`` as a float; the campaign means the text as written (the
+    loader keeps it: ``4.10`` must not become "4.1")."""
+    if isinstance(value, bool):
+        return value
+    return getattr(value, "source", str(value)) if isinstance(value, int | float) else value
+
+
+def check_nfs_version(value: str | None) -> str | None:
+    """An NFS version swaplab can mount over the lab's server (None: the campaign's)."""
+    if value is None:
+        return None
+    if value in ("3", "3.0"):
+        raise ValueError(
+            "NFSv3 needs rpcbind and a fixed mount port, which the ganesha backend does not run yet; use 4.1 or 4.2"
+        )
+    if value not in SUPPORTED_NFS_VERSIONS:
+        raise ValueError(f"unknown NFS version {value!r}; allowed: 4.1, 4.2")
+    return value
+
+
 class NfsSpec(_Strict):
     """NFS protocol version and extra client mount options."""
 
     version: str = "4.1"
     mount_options: list[str] = Field(default_factory=lambda: ["hard", "timeo=600"])
 
-    @field_validator("version", mode="before")
-    @classmethod
-    def _version_text(cls, value: Any) -> Any:
-        # YAML reads `version: 4.1` as a float; the campaign means the text as written
-        # (the loader keeps it: `4.10` must not become "4.1").
-        if isinstance(value, bool):
-            return value
-        return getattr(value, "source", str(value)) if isinstance(value, int | float) else value
-
-    @field_validator("version")
-    @classmethod
-    def _known_version(cls, value: str) -> str:
-        if value in ("3", "3.0"):
-            raise ValueError(
-                "NFSv3 needs rpcbind and a fixed mount port, which the ganesha backend does not run yet; use 4.1 or 4.2"
-            )
-        if value not in SUPPORTED_NFS_VERSIONS:
-            raise ValueError(f"unknown NFS version {value!r}; allowed: 4.1, 4.2")
-        return value
+    _text = field_validator("version", mode="before")(nfs_version_text)
+    _known = field_validator("version")(check_nfs_version)
 
     @field_validator("mount_options")
     @classmethod
@@ -131,6 +136,69 @@ class WorkloadSpec(_Strict):
         return self.mib if self.mib is not None else round(self.ram_ratio * ram_mib)  # type: ignore[operator]
 
 
+class Variant(_Strict):
+    """One value of the campaign's settings axis: its runs add these sysctls to
+    ``node.sysctl`` and may use another NFS version. A comparison names one as baseline."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,30}$")
+    sysctl: dict[str, int] = Field(default_factory=dict)
+    nfs_version: str | None = None
+
+    _safe_sysctl = field_validator("sysctl")(check_sysctl)
+
+    _text = field_validator("nfs_version", mode="before")(nfs_version_text)
+    _known = field_validator("nfs_version")(check_nfs_version)
+
+
+LAST_PASS = "last-pass"
+
+
+class BaselineSide(_Strict):
+    """The side every other one is compared with: one of the campaign's kernels (by its
+    label, e.g. ``linux-image-amd64``) or one of its variants (by name)."""
+
+    kernel: str | None = None
+    variant: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> BaselineSide:
+        if (self.kernel is None) == (self.variant is None):
+            raise ValueError("name exactly one of 'kernel' (a kernel label) or 'variant' (a variant name)")
+        return self
+
+
+class FigurePolicySpec(_Strict):
+    """A campaign's own tolerance or minimum repeats for one figure."""
+
+    tolerance: float | None = Field(default=None, gt=0, le=10)
+    min_repeats: int | None = Field(default=None, ge=2, le=MAX_RUNS)
+
+
+class CompareSpec(_Strict):
+    """How a comparison decides: the figure that decides the verdict, and per-figure policies."""
+
+    primary: str = "swap_out_mibps"
+    figures: dict[str, FigurePolicySpec] = Field(default_factory=dict)
+
+    @field_validator("primary")
+    @classmethod
+    def _known_primary(cls, value: str) -> str:
+        return _known_figure(value)
+
+    @field_validator("figures")
+    @classmethod
+    def _known_figures(cls, value: dict[str, FigurePolicySpec]) -> dict[str, FigurePolicySpec]:
+        for name in value:
+            _known_figure(name)
+        return value
+
+
+def _known_figure(name: str) -> str:
+    if name not in FIGURE_NAMES:
+        raise ValueError(f"unknown figure {name!r}; known: {', '.join(FIGURE_NAMES)}")
+    return name
+
+
 class CampaignSpec(_Strict):
     """A whole campaign file."""
 
@@ -147,6 +215,13 @@ class CampaignSpec(_Strict):
     boot_timeout_s: int = Field(default=240, gt=0, le=3600)
     # PromQL thresholds judged over each run's window, on top of the built-in set.
     criteria: list[CriterionSpec] = Field(default_factory=list, max_length=200)
+    # Settings axis of the matrix (kernels x variants x workloads x repeats).
+    variants: list[Variant] = Field(default_factory=list, max_length=50)
+    # A comparison campaign: one side (a kernel or a variant) every other is compared
+    # with, or "last-pass": the last passing instance of this campaign (same workload,
+    # node size and NFS settings) from the results database.
+    baseline: Literal["last-pass"] | BaselineSide | None = None
+    compare: CompareSpec = Field(default_factory=CompareSpec)
 
 
 @dataclass(frozen=True)
@@ -286,10 +361,54 @@ def _check_plan(doc: LocatedYaml, spec: CampaignSpec, lab: Lab) -> Campaign:
             for key in ("ram_mib", "cpus")
             if getattr(spec.node, key) is not None
         ]
-    issues += _check_criteria_names(doc, spec.criteria)
+    issues += _check_criteria_names(doc, spec.criteria) + _check_variants(doc, spec) + _check_baseline(doc, spec)
     if issues:
         raise SpecError(issues)
     return Campaign(doc.path, spec, LabRef.of(lab), ram, cpus)
+
+
+def _check_variants(doc: LocatedYaml, spec: CampaignSpec) -> list[SpecIssue]:
+    """Variant names say which run is which: unique."""
+    seen: dict[str, int] = {}
+    issues = []
+    for index, variant in enumerate(spec.variants):
+        if variant.name in seen:
+            issues.append(
+                doc.issue(("variants", index, "name"), f"{variant.name!r} is already variants[{seen[variant.name]}]")
+            )
+        seen.setdefault(variant.name, index)
+    return issues
+
+
+def _check_baseline(doc: LocatedYaml, spec: CampaignSpec) -> list[SpecIssue]:
+    """A baseline names a side the campaign has, and there is something to compare it with."""
+    side = spec.baseline
+    if side is None or side == LAST_PASS or not isinstance(side, BaselineSide):
+        return []
+    if side.kernel is not None:
+        labels = [kernel.label() for kernel in spec.kernels]
+        if side.kernel not in labels:
+            return [doc.issue(("baseline", "kernel"), f"{side.kernel!r} is none of the kernels: {', '.join(labels)}")]
+        if len(set(labels)) != len(labels):
+            return [
+                doc.issue(
+                    ("kernels",),
+                    "a baseline kernel needs kernels with distinct labels (compare the same kernel twice with variants)",
+                )
+            ]
+        if len(labels) < 2:
+            return [doc.issue(("baseline", "kernel"), "needs a second kernel to compare with")]
+        return []
+    names = [variant.name for variant in spec.variants]
+    if side.variant not in names:
+        return [
+            doc.issue(
+                ("baseline", "variant"), f"{side.variant!r} is none of the variants: {', '.join(names) or '(none)'}"
+            )
+        ]
+    if len(names) < 2:
+        return [doc.issue(("baseline", "variant"), "needs a second variant to compare with")]
+    return []
 
 
 def _check_matrix(doc: LocatedYaml, spec: CampaignSpec) -> list[SpecIssue]:
@@ -299,13 +418,17 @@ def _check_matrix(doc: LocatedYaml, spec: CampaignSpec) -> list[SpecIssue]:
     for index, workload in enumerate(spec.workloads):
         if workload.name in seen:
             issues.append(
-                doc.issue(("workloads", index, "name"), f"{workload.name!r} is already workloads[{seen[workload.name]}]")
+                doc.issue(
+                    ("workloads", index, "name"), f"{workload.name!r} is already workloads[{seen[workload.name]}]"
+                )
             )
         seen.setdefault(workload.name, index)
-    runs = len(spec.kernels) * len(spec.workloads) * spec.repeats
+    variants = max(1, len(spec.variants))
+    runs = len(spec.kernels) * variants * len(spec.workloads) * spec.repeats
     if runs > MAX_RUNS:
+        axis = f" x {variants} variants" if spec.variants else ""
         message = (
-            f"{len(spec.kernels)} kernels x {len(spec.workloads)} workloads x {spec.repeats} repeats = {runs} runs; "
+            f"{len(spec.kernels)} kernels{axis} x {len(spec.workloads)} workloads x {spec.repeats} repeats = {runs} runs; "
             f"a campaign has at most {MAX_RUNS}"
         )
         issues.append(doc.issue(("repeats",), message))
@@ -350,7 +473,9 @@ def kernel_refusals(kernel: KernelSource, lab: Lab) -> list[Refusal]:
             f"{kernel.label()} there; use 'running: <release>' or 'running: any'"
         )
         return [((), message)]
-    return [(field, refused) for field, path in kernel.local_paths().items() if (refused := lab.kernel_file_refused(path))]
+    return [
+        (field, refused) for field, path in kernel.local_paths().items() if (refused := lab.kernel_file_refused(path))
+    ]
 
 
 def size_refusal(ram_mib: int | None, cpus: int | None, node: NodeConfig) -> str | None:
@@ -479,7 +604,9 @@ def campaign_from_json(data: Any, where: str = "stored campaign") -> Campaign:
     except ValidationError as err:
         raise SpecError([_stored_issue(where, error) for error in err.errors()]) from None
     if stored.ram_mib is None and lab.boots_kernels:
-        raise SpecError([SpecIssue(where, None, "ram_mib", "a campaign on a lab that boots its nodes needs a RAM size")])
+        raise SpecError(
+            [SpecIssue(where, None, "ram_mib", "a campaign on a lab that boots its nodes needs a RAM size")]
+        )
     return Campaign(Path(stored.path), spec, lab, stored.ram_mib, stored.cpus)
 
 

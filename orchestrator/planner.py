@@ -1,4 +1,4 @@
-"""Planning: a campaign's matrix (kernels x workloads x repeats) expanded into runs,
+"""Planning: a campaign's matrix (kernels x variants x workloads x repeats) expanded into runs,
 and each run into the JSON run specs of its nodes."""
 
 from __future__ import annotations
@@ -8,23 +8,25 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from model.campaign import Campaign, WorkloadSpec
+from model.campaign import Campaign, NfsSpec, Variant, WorkloadSpec
 from model.kernel import KernelSource
 from model.runspec import NodeRunSpec, PreparedKernel, RunSetupSpec, WorkloadRef
 
 
 @dataclass(frozen=True)
 class RunPlan:
-    """One cell of the matrix: a kernel, a workload, a repeat number."""
+    """One cell of the matrix: a kernel, a variant of the settings, a workload, a repeat number."""
 
     run_id: str
     kernel: KernelSource
     workload: WorkloadSpec
     repeat: int
+    variant: Variant | None = None
 
     def label(self) -> str:
         """Short human name of the run."""
-        return f"{self.run_id} {self.kernel.label()} / {self.workload.name} #{self.repeat}"
+        variant = f" [{self.variant.name}]" if self.variant is not None else ""
+        return f"{self.run_id} {self.kernel.label()}{variant} / {self.workload.name} #{self.repeat}"
 
 
 def new_campaign_id(name: str) -> str:
@@ -33,14 +35,24 @@ def new_campaign_id(name: str) -> str:
 
 
 def plan_runs(campaign: Campaign) -> list[RunPlan]:
-    """Every run of the campaign, in a stable order."""
+    """Every run of the campaign, in a stable order.
+
+    A comparison campaign (one with a baseline) interleaves its sides: repeat 1 of every
+    kernel and variant, then repeat 2 ... (A B A B, never A A B B), so a drift of the host
+    over the campaign's hours spreads over both sides instead of posing as a change.
+    """
     spec = campaign.spec
-    runs: list[RunPlan] = []
-    for kernel in spec.kernels:
-        for workload in spec.workloads:
-            for repeat in range(1, spec.repeats + 1):
-                runs.append(RunPlan(f"r{len(runs) + 1:03d}", kernel, workload, repeat))
-    return runs
+    variants: list[Variant | None] = list(spec.variants) or [None]
+    cells = [(k, v, w) for k in spec.kernels for v in variants for w in spec.workloads]
+    repeats = range(1, spec.repeats + 1)
+    if spec.baseline is not None:
+        order = [(cell, repeat) for repeat in repeats for cell in cells]
+    else:
+        order = [(cell, repeat) for cell in cells for repeat in repeats]
+    return [
+        RunPlan(f"r{index:03d}", kernel, workload, repeat, variant)
+        for index, ((kernel, variant, workload), repeat) in enumerate(order, 1)
+    ]
 
 
 def run_setup_spec(campaign: Campaign, campaign_id: str, run: RunPlan, artifact: str | None = None) -> RunSetupSpec:
@@ -70,10 +82,10 @@ def node_specs(
             node=name,
             ram_mib=campaign.ram_mib,
             cpus=campaign.cpus,
-            sysctl=spec.node.sysctl,
+            sysctl={**spec.node.sysctl, **(run.variant.sysctl if run.variant else {})},
             kernel=run.kernel,
             prepared=prepared,
-            nfs=spec.nfs,
+            nfs=_nfs(spec.nfs, run.variant),
             swap_mib=spec.swap.size_mib,
             workload=WorkloadRef(
                 name=run.workload.name,
@@ -89,6 +101,12 @@ def node_specs(
         )
         for name in node_names
     ]
+
+
+def _nfs(nfs: NfsSpec, variant: Variant | None) -> NfsSpec:
+    if variant is None or variant.nfs_version is None:
+        return nfs
+    return nfs.model_copy(update={"version": variant.nfs_version})
 
 
 def _seed(*parts: str) -> int:

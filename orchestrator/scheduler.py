@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import redis
 
-from model.campaign import Campaign, WorkloadSpec
+from model.campaign import BaselineSide, Campaign, CompareSpec, Variant, WorkloadSpec
 from model.exitcode import ExitCode
 from model.kernel import KernelSource
 from model.runspec import BuildMessage, NodeResult, NodeRunSpec, PreparedKernel, RunSetupSpec
@@ -39,6 +39,7 @@ from orchestrator.evaluation import evaluate_run, run_criteria
 from orchestrator.history import outbox
 from orchestrator.planner import RunPlan, node_specs, run_setup_spec
 from orchestrator.prometheus import PrometheusApi
+from orchestrator.regression import against_instance, comparable, in_campaign, is_last_pass, regressions
 from orchestrator.report import campaign_exit_code, run_entry, write_result
 from orchestrator.store import CampaignStore
 from orchestrator.verdict import Verdict, combine
@@ -167,6 +168,10 @@ class Scheduler:
         cancel = self.store.cancel_requested(cid)
         runs = list(self.store.runs(cid))
         stopped_by = next((r["run_id"] for r in runs if (r.get("result") or {}).get("stops_campaign")), None)
+        # A comparison runs one run at a time on its lab: its sides' runs must not share the
+        # host with each other, or drift and neighbours would pose as a change.
+        serial = campaign.spec.baseline is not None
+        busy = serial and any(r["status"] not in TERMINAL and r["status"] != "queued" for r in runs)
         for run in runs:
             if run["status"] not in ("queued", "building", "preparing"):
                 continue
@@ -175,8 +180,12 @@ class Scheduler:
             elif stopped_by is not None:
                 reason = f"not started: a critical criterion failed in run {stopped_by}"
                 self.store.set_run_status(cid, run["run_id"], "skipped", skipped_reason=reason)
+            elif busy and run["status"] == "queued":
+                break
             elif not self._step_run(cid, campaign, run, book):
                 break  # runs start in order: a later run never overtakes a waiting one
+            else:
+                busy = busy or serial
 
     # -- preparing and starting runs --------------------------------------------------------
     def _step_run(self, cid: str, campaign: Campaign, run: dict[str, Any], book: LeaseBook) -> bool:
@@ -282,6 +291,7 @@ class Scheduler:
             KernelSource.model_validate(run["kernel"]),
             WorkloadSpec.model_validate(run["workload"]),
             int(run["repeat"]),
+            Variant.model_validate(run["variant"]) if run.get("variant") else None,
         )
 
     def _refuse_run(self, cid: str, run: dict[str, Any], reason: str, verdict: Verdict = Verdict.INFRA_ERROR) -> None:
@@ -466,6 +476,8 @@ class Scheduler:
             "skipped_runs": skipped,
             **({"rechecked_at": time.time()} if rechecked else {}),
         }
+        if not cancelled:
+            self._judge_comparisons(cid, result)
         result_dir.mkdir(parents=True, exist_ok=True)
         write_result(result_dir / "result.json", result)
         status = "cancelled" if cancelled else "done"
@@ -483,11 +495,76 @@ class Scheduler:
         self.on_finished(cid)
         return result
 
+    def _judge_comparisons(self, cid: str, result: dict[str, Any]) -> None:
+        """A comparison campaign's comparisons, and what they do to its verdict: a regression
+        of the primary figure fails it (exit 3); a comparison without enough data to decide
+        leaves it invalid (exit 4), never a pass that compared nothing."""
+        try:
+            spec = self.store.campaign_model(cid).spec
+        except SpecError:
+            return  # refused as a whole already
+        if spec.baseline is None:
+            return
+        reasons: list[str] = []
+        if is_last_pass(spec.baseline):
+            comparisons, note = self._against_last_pass(result, spec.compare)
+            reasons += [note] if note else []
+        else:
+            assert isinstance(spec.baseline, BaselineSide)
+            comparisons = in_campaign(result, spec.baseline, spec.compare)
+        result["comparisons"] = comparisons
+        regressed = regressions(comparisons)
+        undecided = [
+            f"{c['candidate']} vs {c['baseline']} ({c['workload']}): insufficient data"
+            for c in comparisons
+            if c["verdict"] == "insufficient data"
+        ]
+        if regressed:
+            result["exit_code"] = campaign_exit_code([result["exit_code"], int(ExitCode.CRITERIA_FAIL)])
+        elif undecided and result["exit_code"] == ExitCode.PASS:
+            result["exit_code"] = int(ExitCode.INVALID)
+        result["verdict"] = _verdict_of_code(result["exit_code"], result["verdict"])
+        result["reasons"] = reasons + regressed + undecided
+
+    def _against_last_pass(self, result: dict[str, Any], spec: CompareSpec) -> tuple[list[dict[str, Any]], str]:
+        """Compared with the last passing instance of this campaign, from the results database."""
+        try:
+            baseline = self.last_pass(result)
+        except Exception as err:  # the database is down: nothing to compare with is not a pass
+            return [{**entry, "verdict": "insufficient data"} for entry in against_instance(result, None, spec)], (
+                f"baseline unavailable: the results database did not answer ({err})"
+            )
+        if baseline is None:
+            return [], "no earlier passing instance of this campaign with the same settings: nothing compared"
+        return against_instance(result, baseline, spec), ""
+
+    def last_pass(self, result: dict[str, Any]) -> dict[str, Any] | None:
+        """The newest stored passing instance of the campaign with the same settings."""
+        from orchestrator.history.db import ResultsDb  # SQLAlchemy only in the process that judges
+
+        with ResultsDb() as db:
+            for row in db.history(campaign=result["campaign"], limit=50):
+                if row["verdict"] != "pass" or row["campaign_id"] == result["campaign_id"]:
+                    continue
+                record = db.campaign(row["campaign_id"])
+                if record is not None and comparable(result, record):
+                    return record
+        return None
+
     def on_judged(self, campaign: Campaign, entry: dict[str, Any], results: list[NodeResult]) -> None:
         """Hook for the orchestrator's own metrics (the control worker sets it)."""
 
     def on_finished(self, cid: str) -> None:
         """Hook: the campaign's record is in the outbox (the control worker stores it)."""
+
+
+def _verdict_of_code(code: int, verdict: str) -> str:
+    """The campaign verdict after a comparison changed its exit code."""
+    if code == ExitCode.CRITERIA_FAIL:
+        return Verdict.FAIL.value
+    if code == ExitCode.INVALID and verdict == Verdict.PASS.value:
+        return Verdict.INVALID.value
+    return verdict
 
 
 def run_context(campaign: Campaign, run: dict[str, Any], results: list[NodeResult]) -> dict[str, Any]:
@@ -500,8 +577,12 @@ def run_context(campaign: Campaign, run: dict[str, Any], results: list[NodeResul
     redone = (
         [{"attempt": int(run["attempt"]) - 1, "reason": str(run["retry_reason"])}] if run.get("retry_reason") else []
     )
+    variant = run.get("variant") or {}
     return {
         "redone": redone,
+        # The sides a comparison groups runs by: the kernel as the campaign names it, the variant.
+        "kernel_label": KernelSource.model_validate(run["kernel"]).label(),
+        "variant": variant.get("name"),
         "kernel_info": {
             "release": booted.get("kver") or prepared.get("kver") or built.get("release"),
             "version": booted.get("uname_v") or built.get("uts_version"),
@@ -510,8 +591,11 @@ def run_context(campaign: Campaign, run: dict[str, Any], results: list[NodeResul
             "patches": list(built.get("patches") or []),
         },
         "settings": {
-            "nfs": campaign.spec.nfs.model_dump(mode="json"),
-            "sysctl": dict(campaign.spec.node.sysctl),
+            "nfs": {
+                **campaign.spec.nfs.model_dump(mode="json"),
+                **({"version": variant["nfs_version"]} if variant.get("nfs_version") else {}),
+            },
+            "sysctl": {**campaign.spec.node.sysctl, **(variant.get("sysctl") or {})},
             "node_ram_mib": next((r.ram_mib for r in results if r.ram_mib), campaign.ram_mib),
             "swap_mib": campaign.spec.swap.size_mib,
             "workload": workload.model_dump(mode="json"),

@@ -68,6 +68,7 @@ class CampaignStore:
                     "label": run.label(),
                     "kernel": run.kernel.model_dump_json(),
                     "workload": run.workload.model_dump_json(),
+                    "variant": run.variant.model_dump_json() if run.variant is not None else "",
                     "repeat": run.repeat,
                     "status": "queued",
                     "attempt": 0,

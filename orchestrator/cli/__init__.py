@@ -8,7 +8,7 @@ from orchestrator.cli.build_cmds import build, kernels
 from orchestrator.cli.campaign_cmds import run, validate
 from orchestrator.cli.check_cmds import check
 from orchestrator.cli.distributed_cmds import cancel, results, status, submit, watch
-from orchestrator.cli.history_cmds import history, report, show
+from orchestrator.cli.history_cmds import compare, history, report, show
 from orchestrator.cli.lab_cmds import lab
 from orchestrator.cli.nfs_cmds import nfs
 
@@ -31,6 +31,7 @@ for command in (
     history,
     show,
     report,
+    compare,
     build,
     kernels,
     lab,

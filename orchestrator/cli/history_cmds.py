@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 import redis
 
+from model.campaign import CompareSpec
 from model.exitcode import ExitCode
+from model.figures import FIGURE_NAMES
 from model.state import redis_url
 from orchestrator.store import CampaignStore
 
@@ -114,6 +116,50 @@ def report(campaign_id: str, fmt: str, output: Path | None) -> None:
         return
     output.write_text(text)
     click.echo(f"{fmt} report of {campaign_id}: {output}", err=True)
+
+
+@click.command()
+@click.argument("baseline_id")
+@click.argument("candidate_id")
+@click.option(
+    "--primary",
+    type=click.Choice(FIGURE_NAMES),
+    default="swap_out_mibps",
+    show_default=True,
+    help="The figure that decides.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the comparisons as JSON.")
+def compare(baseline_id: str, candidate_id: str, primary: str, as_json: bool) -> None:
+    """Compare two stored campaigns, workload by workload: is CANDIDATE_ID worse than BASELINE_ID?
+
+    Exit 3 when the primary figure regressed, 4 when there is not enough data to say, else 0.
+    """
+    from orchestrator.regression import against_instance, comparable
+
+    baseline, candidate = stored_or_exit(baseline_id), stored_or_exit(candidate_id)
+    comparisons = against_instance(candidate, baseline, CompareSpec(primary=primary))
+    if as_json:
+        click.echo(json.dumps(comparisons, indent=2))
+    else:
+        if not comparable(candidate, baseline):
+            click.echo("note: the two ran with different workloads, node sizes or NFS settings", err=True)
+        for line in comparison_lines(comparisons):
+            click.echo(line)
+    verdicts = {entry["verdict"] for entry in comparisons}
+    if "regression" in verdicts:
+        sys.exit(ExitCode.CRITERIA_FAIL)
+    if not comparisons or "insufficient data" in verdicts:
+        sys.exit(ExitCode.INVALID)
+
+
+def comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
+    """Per comparison: its verdict, then one line per figure (the primary first)."""
+    lines = []
+    for entry in comparisons:
+        lines.append(f"{entry['candidate']} vs {entry['baseline']} ({entry['workload']}): {entry['verdict'].upper()}")
+        figures = sorted(entry.get("figures", []), key=lambda f: f.get("figure") != entry.get("primary"))
+        lines += [f"  {'*' if f.get('figure') == entry.get('primary') else ' '} {f.get('summary', '')}" for f in figures]
+    return lines
 
 
 def stored_or_exit(cid: str, live_too: bool = False) -> dict[str, Any]:

@@ -151,3 +151,28 @@ def test_a_failed_build_ends_the_run_with_the_builds_reason(
     result = store.run(CID, "r001")["result"]
     assert result["verdict"] == verdict and reason in result["reasons"][0]
     assert dispatch.prepared == []
+
+
+def test_a_comparison_runs_one_run_at_a_time(redis_server: RedisServer, tmp_path: Path) -> None:
+    path = tmp_path / "ab.yaml"
+    path.write_text(
+        (REPO / "campaigns" / "smoke.yaml").read_text().replace("../inventory/local.yml", str(REPO / "inventory/local.yml"))
+        + "variants: [{name: base}, {name: pc0, sysctl: {vm.page-cluster: 0}}]\nbaseline: {variant: base}\n"
+    )
+    campaign = load_campaign(path)
+    store = CampaignStore(redis_server.client())
+    store.create(CID, campaign, plan_runs(campaign))
+    store.redis.set(worker_key("w1"), json.dumps({"queues": ["control", "lab.local"], "concurrency": 6}))
+    dispatch = RecordingDispatch()
+    scheduler = Scheduler(store.redis, dispatch, tmp_path)
+    scheduler.advance(CID)
+    assert dispatch.prepared == ["r001"]
+    store.set_run(CID, "r001", prepared=PREPARED, prepared_at=time.time())
+    scheduler.advance(CID)
+    scheduler.advance(CID)
+    # Without a baseline r002 would be prepared and started beside r001 (the lab has 4 nodes).
+    assert dispatch.started == ["r001"] and dispatch.prepared == ["r001"]
+    judged = {"run_id": "r001", "kernel": "k", "verdict": "pass", "exit_code": 0, "nodes": []}
+    store.set_run_status(CID, "r001", "done", verdict="pass", result=judged)
+    scheduler.advance(CID)
+    assert dispatch.prepared == ["r001", "r002"]

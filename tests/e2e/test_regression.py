@@ -1,0 +1,112 @@
+"""A real A/B and A/A on the embedded lab: one kernel, three variants of its settings run
+interleaved, one run at a time; the comparison against the baseline variant flags the
+variant that really swaps in slower (``vm.page-cluster=0``: no swap-in readahead, one NFS
+read per page) with the right direction, and finds no change between the baseline and an
+identical variant.
+
+The effect is measured again here "by hand", from each run's raw samples.jsonl and the
+hog's own elapsed time, not from swaplab's figures: it must lie inside the interval the
+comparison reports.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from model.figures import MIB, PAGE_SIZE
+from tests.conftest import require_tools
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
+SWAPLAB = Path(sys.executable).with_name("swaplab")
+CAMPAIGN = REPO / "campaigns" / "ab-page-cluster.yaml"  # the example in the README, run as it is
+
+
+@pytest.fixture(scope="module")
+def ab(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict[str, Any], str]:
+    require_tools()
+    folder = tmp_path_factory.mktemp("ab")
+    env = {**os.environ, "SWAPLAB_RESULTS": str(folder / "results")}
+    proc = subprocess.run(
+        [str(SWAPLAB), "run", "--json", str(CAMPAIGN)], capture_output=True, text=True, env=env, timeout=1200
+    )
+    sys.stderr.write(proc.stderr)
+    subprocess.run([str(SWAPLAB), "nfs", "stop"], capture_output=True, timeout=60)
+    return proc.returncode, json.loads(proc.stdout), proc.stderr
+
+
+def _comparison(result: dict[str, Any], candidate: str) -> dict[str, Any]:
+    [entry] = [c for c in result["comparisons"] if c["candidate"] == candidate]
+    return entry
+
+
+def _primary(entry: dict[str, Any]) -> dict[str, Any]:
+    [figure] = [f for f in entry["figures"] if f["figure"] == entry["primary"]]
+    return figure
+
+
+def test_every_run_passed_and_the_regression_fails_the_campaign_with_exit_3(
+    ab: tuple[int, dict[str, Any], str],
+) -> None:
+    code, result, _ = ab
+    assert [run["verdict"] for run in result["runs"]] == ["pass"] * 9, [
+        r["nodes"][0]["reasons"] for r in result["runs"]
+    ]
+    assert (code, result["verdict"]) == (3, "fail")
+    [reason] = [r for r in result["reasons"] if r.startswith("regression")]
+    assert "pc0 vs base" in reason and "swap_in_mibps" in reason and "%" in reason
+
+
+def test_the_sides_ran_interleaved_and_one_at_a_time(ab: tuple[int, dict[str, Any], str]) -> None:
+    runs = ab[1]["runs"]
+    assert [run["variant"] for run in runs] == ["base", "same", "pc0"] * 3
+    windows = [(run["window"]["start"], run["window"]["end"]) for run in runs]
+    assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(windows))
+
+
+def test_the_ab_effect_is_flagged_with_its_direction_and_the_hand_measured_size_inside_the_interval(
+    ab: tuple[int, dict[str, Any], str],
+) -> None:
+    result = ab[1]
+    entry = _comparison(result, "pc0")
+    figure = _primary(entry)
+    assert (entry["verdict"], figure["outcome"]) == ("regression", "regression"), figure
+    assert figure["change_pct"] < -30, figure  # the lab's own effect: at least 30 % slower swap-in
+    by_hand = statistics.median(_swap_in_rates(result, "pc0")) / statistics.median(_swap_in_rates(result, "base"))
+    print(f"\nA/B pc0 vs base: swaplab {figure['summary']}; by hand ratio {by_hand:.3f}")
+    assert figure["ci_low"] <= by_hand <= figure["ci_high"], (by_hand, figure)
+
+
+def test_the_aa_comparison_is_no_change(ab: tuple[int, dict[str, Any], str]) -> None:
+    entry = _comparison(ab[1], "same")
+    figure = _primary(entry)
+    print(f"\nA/A same vs base: {figure['summary']}")
+    assert (entry["verdict"], figure["outcome"]) == ("no change", "no change"), figure
+
+
+def test_the_text_report_shows_the_comparison(ab: tuple[int, dict[str, Any], str]) -> None:
+    report = (Path(ab[1]["result_dir"]) / "report.txt").read_text()
+    assert "Comparison" in report and "pc0 vs base" in report and "regression" in report
+
+
+def _swap_in_rates(result: dict[str, Any], variant: str) -> list[float]:
+    """MiB/s swapped in per run of ``variant``: its samples' pswpin over the hog's elapsed time."""
+    rates = []
+    for run in result["runs"]:
+        if run["variant"] != variant:
+            continue
+        folder = Path(result["result_dir"]) / run["run_id"] / "node1"
+        samples = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines() if line]
+        pages = samples[-1]["pswpin"] - samples[0]["pswpin"]
+        elapsed = json.loads((folder / "node-result.json").read_text())["workload"]["elapsed_s"]
+        rates.append(pages * PAGE_SIZE / MIB / elapsed)
+    return rates

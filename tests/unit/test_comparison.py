@@ -1,0 +1,335 @@
+"""The statistics of a regression comparison (orchestrator.comparison), on recorded real figures.
+
+The runs come from ``tests/fixtures/figures/smoke-repeats.json`` (20 runs of one kernel,
+once recorded), else ``recorded.json`` (the real runs this host kept). Either file is
+``{"_source": ..., "runs": [{"figures": {name: value}}, ...]}`` or a plain list of figure
+dicts; a value may be a number, null, or ``{"value": x}`` as in result.json. The tests
+work with any number of runs (at least 3): with fewer than two halves of
+``min_repeats``, both sides are the whole series.
+
+A known step is made by scaling (for a zero figure: shifting) one half of the real
+values, so the true change is known exactly while the noise stays the lab's own.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from model.figures import FIGURE_NAMES
+from orchestrator import comparison
+from orchestrator.comparison import (
+    DEFAULT_MIN_REPEATS,
+    DEFAULT_POLICIES,
+    Comparison,
+    Policy,
+    compare,
+    compare_figure,
+    defaults_table,
+    holm_adjust,
+    resolve_policies,
+    side_values,
+)
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "figures"
+RESAMPLES = 1000  # the default's 2,000 halved: the tests stay fast, the intervals as stable
+PRIMARY = "swap_out_mibps"
+Run = dict[str, float | None]
+
+
+def _value(raw: object) -> float | None:
+    """A figure value as stored: a number, null, or result.json's {"value": x}."""
+    if isinstance(raw, dict):
+        raw = raw.get("value")
+    return None if raw is None else float(raw)  # type: ignore[arg-type]
+
+
+def _runs(entries: Sequence[Any]) -> list[Run]:
+    # An entry is a run with its "figures", or the figures themselves.
+    return [{name: _value(raw) for name, raw in entry.get("figures", entry).items()} for entry in entries]
+
+
+def _fixture() -> tuple[Path, dict[str, Any]]:
+    path = FIXTURES / "smoke-repeats.json"
+    if not path.exists():
+        path = FIXTURES / "recorded.json"
+    data = json.loads(path.read_text())
+    return path, data if isinstance(data, dict) else {"runs": data}
+
+
+FIXTURE_PATH, FIXTURE = _fixture()
+RUNS = _runs(FIXTURE["runs"])
+
+
+def _halves(runs: Sequence[Run] = RUNS) -> tuple[list[Run], list[Run]]:
+    """First half against second half, as a baseline series then a candidate one."""
+    if len(runs) < 2 * DEFAULT_MIN_REPEATS:
+        return list(runs), list(runs)  # too few to split: an A/A of the same runs
+    middle = len(runs) // 2
+    return list(runs[:middle]), list(runs[middle:])
+
+
+def _changed(runs: Sequence[Run], name: str, factor: float = 1.0, shift: float = 0.0) -> list[Run]:
+    """The runs with one figure scaled and shifted: a step of known size."""
+    out = []
+    for run in runs:
+        value = run.get(name)
+        out.append({**run, name: None if value is None else value * factor + shift})
+    return out
+
+
+def _compare(a: Sequence[Run], b: Sequence[Run], **options: Any) -> Comparison:
+    return compare(side_values(a), side_values(b), resamples=RESAMPLES, **options)
+
+
+def _values(runs: Sequence[Run], name: str) -> list[float | None]:
+    return [run.get(name) for run in runs]
+
+
+def test_the_fixture_holds_real_runs_of_one_kernel() -> None:
+    assert "_source" in FIXTURE, f"{FIXTURE_PATH.name}: say where the figures come from"
+    assert len(RUNS) >= 3
+    assert all(isinstance(run.get(PRIMARY), float) and run[PRIMARY] > 0 for run in RUNS)  # type: ignore[operator]
+
+
+def test_every_figure_has_a_default_and_the_docstring_table_is_the_codes() -> None:
+    assert set(DEFAULT_POLICIES) == set(FIGURE_NAMES)
+    doc = comparison.__doc__ or ""
+    for row in defaults_table():
+        assert row in doc, f"module docstring's defaults table lacks: {row}"
+
+
+@pytest.mark.parametrize(("factor", "outcome"), [(0.6, "regression"), (1.5, "improvement")])
+def test_a_known_step_is_found_in_the_right_direction_with_its_size_inside_the_interval(
+    factor: float, outcome: str
+) -> None:
+    a, b = _halves()
+    same = _compare(a, b).figure(PRIMARY)
+    assert same.ci_low is not None and same.ci_high is not None
+    assert same.ci_low <= 1 <= same.ci_high, f"the halves of the series already differ: {same.summary()}"
+
+    result = _compare(a, _changed(b, PRIMARY, factor))
+    step = result.figure(PRIMARY)
+    assert (result.verdict, step.outcome) == (outcome, outcome)
+    assert result.regressed is (outcome == "regression")
+    assert step.change_pct is not None and (step.change_pct < 0) is (factor < 1)
+    # Same seed and sizes, same resamples: the interval moves by exactly the step, so the
+    # true factor lies inside it because 1 lay inside the halves' own interval.
+    assert (step.ci_low, step.ci_high) == pytest.approx((same.ci_low * factor, same.ci_high * factor))
+    assert step.ci_low <= factor <= step.ci_high  # type: ignore[operator]
+    assert step.summary().endswith(f": {outcome}")
+
+
+def test_the_summary_reads_as_the_issue_asks() -> None:
+    a, b = _halves()
+    line = _compare(a, _changed(b, PRIMARY, 0.6)).figure(PRIMARY).summary()
+    number = r"[0-9.]+"
+    signed = r"[+-][0-9]+\.[0-9]"
+    pattern = (
+        rf"swap_out_mibps: {number} -> {number} MiB/s \({signed} %, 95 % CI {signed} \.\. {signed} %\): regression"
+    )
+    assert re.fullmatch(pattern, line), line
+
+
+@pytest.mark.parametrize(("factor", "outcome"), [(1.5, "regression"), (0.6, "improvement")])
+def test_direction_follows_the_figure_a_longer_wall_time_is_a_regression(factor: float, outcome: str) -> None:
+    a, b = _halves()
+    name = "workload_wall_s"
+    result = compare_figure(name, _values(a, name), _values(_changed(b, name, factor), name), resamples=RESAMPLES)
+    assert result.outcome == outcome
+
+
+def _splits(count: int, limit: int = 30) -> list[tuple[int, ...]]:
+    """Ways to pick half of ``count`` runs as side A: all of them, or ``limit`` seeded ones."""
+    half = count // 2
+    if math.comb(count, half) <= limit:
+        return list(itertools.combinations(range(count), half))
+    chooser = random.Random(13)
+    return [tuple(sorted(chooser.sample(range(count), half))) for _ in range(limit)]
+
+
+def test_noise_is_not_a_change_in_any_split_of_one_kernels_runs() -> None:
+    # Too few runs to split: an A/A of the same runs.
+    splits = _splits(len(RUNS)) if len(RUNS) >= 2 * DEFAULT_MIN_REPEATS else [tuple(range(len(RUNS)))]
+    flagged, looked = [], 0
+    for picked in splits:
+        a = [run for i, run in enumerate(RUNS) if i in picked]
+        b = [run for i, run in enumerate(RUNS) if i not in picked] or a
+        result = _compare(a, b)
+        assert result.verdict == "no change", result.figure(PRIMARY).summary()
+        others = [f for f in result.figures if f.name != PRIMARY and f.outcome != "insufficient data"]
+        looked += len(others)
+        flagged += [f.summary() for f in others if f.changed]
+    # The other figures are reported, not decisive; still, noise must rarely pass for a change.
+    assert len(flagged) <= 0.05 * looked, flagged
+
+
+def test_too_few_runs_is_insufficient_data_never_no_change() -> None:
+    a, b = RUNS[:2], _changed(RUNS[-2:], PRIMARY, 0.6)  # a 40 % drop, on two runs a side
+    result = _compare(a, b)
+    primary = result.figure(PRIMARY)
+    assert result.verdict == "insufficient data" and not result.regressed
+    assert (primary.ci_low, primary.ci_high, primary.p_value) == (None, None, None)
+    assert primary.summary().endswith("(2 vs 2 values, at least 3 per side needed): insufficient data")
+    assert _compare(RUNS[:2], RUNS[:2]).verdict == "insufficient data"  # identical runs: still not "no change"
+    # A campaign that accepts two values a side gets an answer, whatever it is.
+    answered = _compare(a, b, policies={PRIMARY: {"min_repeats": 2}})
+    assert answered.verdict != "insufficient data"
+
+
+def test_the_real_two_node_runs_are_too_few_to_compare() -> None:
+    others = _runs(FIXTURE.get("other_runs", []))
+    if not 0 < len(others) < DEFAULT_MIN_REPEATS:
+        pytest.skip(f"{FIXTURE_PATH.name} has no short series of other runs")
+    result = _compare(RUNS, others)
+    assert result.verdict == "insufficient data"
+
+
+def test_none_and_nan_are_dropped_not_read_as_zero() -> None:
+    values = [v for v in _values(RUNS, PRIMARY) if v is not None]
+    clean = compare_figure(PRIMARY, values, values, resamples=RESAMPLES)
+    holed = compare_figure(PRIMARY, [None, *values, math.nan], values, resamples=RESAMPLES)
+    assert (holed.n_a, holed.median_a) == (clean.n_a, clean.median_a)
+    measured = [v for v in _values(RUNS, "tcp_retrans_per_s") if v is not None]
+    assert _compare(RUNS, RUNS).figure("tcp_retrans_per_s").n_a == len(measured)
+
+
+def test_a_change_of_another_figure_alone_is_reported_but_does_not_decide() -> None:
+    a, b = _halves()
+    result = _compare(a, _changed(b, "majfault_per_s", 3.0))
+    faults = result.figure("majfault_per_s")
+    assert faults.outcome == "regression"
+    assert faults in result.others_changed
+    assert (result.verdict, result.regressed) == ("no change", False)
+    assert faults.p_value is not None and faults.p_holm is not None and faults.p_holm >= faults.p_value
+    assert result.figure(PRIMARY).p_holm is None  # the primary is not in the family
+    as_json = result.to_json()
+    assert as_json["verdict"] == "no change"
+    assert {"figure": "majfault_per_s", "outcome": "regression"}.items() <= _by_name(as_json)["majfault_per_s"].items()
+
+
+def _by_name(as_json: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {entry["figure"]: entry for entry in as_json["figures"]}
+
+
+def test_holm_multiplies_the_smallest_p_by_the_family_size_and_keeps_the_order() -> None:
+    adjusted = holm_adjust({"a": 0.01, "b": 0.04, "c": 0.03})
+    assert adjusted == pytest.approx({"a": 0.03, "c": 0.06, "b": 0.06})
+    assert holm_adjust({"a": 0.6, "b": 0.9}) == {"a": 1.0, "b": 1.0}
+
+
+def _zeros(name: str) -> tuple[list[float], list[float]]:
+    zeros = [0.0 for v in _values(RUNS, name) if v == 0]
+    if len(zeros) < DEFAULT_MIN_REPEATS:
+        pytest.skip(f"{FIXTURE_PATH.name}: fewer than {DEFAULT_MIN_REPEATS} runs with {name} = 0")
+    if len(zeros) < 2 * DEFAULT_MIN_REPEATS:
+        return zeros, zeros
+    return zeros[: len(zeros) // 2], zeros[len(zeros) // 2 :]
+
+
+def test_a_zero_baseline_is_compared_by_difference_with_its_absolute_floor() -> None:
+    name = "nfs_retrans_per_call"  # 0 in every recorded run: a healthy network
+    a, b = _zeros(name)
+    floor = DEFAULT_POLICIES[name].abs_tolerance
+    assert floor is not None
+    same = compare_figure(name, a, b, resamples=RESAMPLES)
+    assert (same.scale, same.ratio, same.change_pct, same.outcome) == ("difference", None, None, "no change")
+    assert same.ci_low is not None and same.ci_high is not None and same.ci_low <= 0 <= same.ci_high
+
+    worse = compare_figure(name, a, [v + 10 * floor for v in b], resamples=RESAMPLES)
+    assert (worse.scale, worse.outcome) == ("difference", "regression")
+    assert worse.ci_low is not None and worse.ci_high is not None
+    assert worse.ci_low <= 10 * floor <= worse.ci_high
+    assert "(+0.01 ratio, 95 % CI +0.01 .. +0.01 ratio): regression" in worse.summary()  # in the unit, not in %
+
+    blip = compare_figure(name, a, [v + floor / 2 for v in b], resamples=RESAMPLES)
+    assert blip.outcome == "no change"  # certain, but under the floor
+
+
+def test_the_floor_holds_for_ratios_of_rare_events_too() -> None:
+    name = "direct_throttle_per_s"  # a few events per run
+    assert DEFAULT_POLICIES[name].abs_tolerance is not None
+    a, b = _halves()
+    xa, xb = _values(a, name), _values(_changed(b, name, 10.0), name)
+    found = compare_figure(name, xa, xb, policy=Policy(1.0), resamples=RESAMPLES)
+    if found.scale != "ratio":
+        pytest.skip(f"{FIXTURE_PATH.name}: {name} is mostly 0 here")
+    assert found.outcome == "regression" and found.difference is not None
+    floored = compare_figure(
+        name, xa, xb, policy=Policy(1.0, abs_tolerance=1.5 * found.difference), resamples=RESAMPLES
+    )
+    assert floored.outcome == "no change"  # certain and tenfold, yet smaller than the floor
+    assert (floored.ci_low, floored.ci_high) == (found.ci_low, found.ci_high)
+
+
+def test_an_unbounded_interval_stays_strict_json() -> None:
+    name = "direct_throttle_per_s"
+    measured = [v for v in _values(RUNS, name) if v]
+    # Half of A's values zero: some resamples of A have a median of 0, so B / A is unbounded.
+    result = compare_figure(name, [0.0, 0.0, *measured[:2]], [v * 10 for v in measured], resamples=RESAMPLES)
+    assert result.scale == "ratio" and result.ci_high == math.inf
+    as_json = result.to_json()
+    assert as_json["ci_high"] is None
+    json.dumps(as_json, allow_nan=False)
+    assert "+inf %" in result.summary()
+
+
+def test_the_same_seed_gives_the_same_interval() -> None:
+    a, b = _halves()
+    first, again = _compare(a, b, seed=7), _compare(a, b, seed=7)
+    assert first.to_json() == again.to_json()
+    json.dumps(first.to_json(), allow_nan=False)
+
+
+def test_a_campaigns_override_applies() -> None:
+    a, b = _halves()
+    dropped = _changed(b, PRIMARY, 0.6)
+    assert _compare(a, dropped, policies={PRIMARY: {"tolerance": 1.0}}).verdict == "no change"  # halving tolerated
+    assert _compare(a, dropped, policies={PRIMARY: {"min_repeats": 50}}).verdict == "insufficient data"
+    assert resolve_policies({"allocstall_per_s": {"tolerance": 0.5}})["allocstall_per_s"].tolerance == 0.5
+    assert resolve_policies()["allocstall_per_s"] == DEFAULT_POLICIES["allocstall_per_s"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"swap_out_mbps": {"tolerance": 0.1}}, "unknown figure 'swap_out_mbps'"),
+        ({PRIMARY: {"tolerance": 0}}, r"tolerance must be a number in \(0, 10\]"),
+        ({PRIMARY: {"tolerance": -0.1}}, "tolerance must be"),
+        ({PRIMARY: {"tolerance": 10.5}}, "tolerance must be"),
+        ({PRIMARY: {"tolerance": math.nan}}, "tolerance must be"),
+        ({PRIMARY: {"tolerance": "10%"}}, "tolerance must be"),
+        ({PRIMARY: {"tolerance": True}}, "tolerance must be"),
+        ({PRIMARY: {"min_repeats": 1}}, "min_repeats must be a whole number >= 2"),
+        ({PRIMARY: {"min_repeats": 2.5}}, "min_repeats must be"),
+        ({PRIMARY: {"min_repeats": False}}, "min_repeats must be"),
+        ({PRIMARY: {"repeats": 3}}, r"unknown setting\(s\) repeats"),
+        ({PRIMARY: 0.1}, "expected a mapping"),
+    ],
+)
+def test_bad_overrides_are_refused(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        resolve_policies(overrides)
+    with pytest.raises(ValueError, match=message):
+        _compare(RUNS, RUNS, policies=overrides)
+
+
+def test_unknown_figures_and_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown figure"):
+        compare({"swap_out": [1.0]}, {})
+    with pytest.raises(ValueError, match="unknown figure"):
+        compare({}, {}, primary="swap_out")
+    with pytest.raises(ValueError, match="unknown figure"):
+        compare_figure("swap_out", [1.0], [1.0])
+    with pytest.raises(ValueError, match="resamples"):
+        compare_figure(PRIMARY, [1.0], [1.0], resamples=10)
+    with pytest.raises(ValueError, match="confidence"):
+        compare_figure(PRIMARY, [1.0], [1.0], confidence=95)

@@ -1,0 +1,61 @@
+"""Grouping a comparison campaign's runs into sides, and what a comparison does to the verdict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from model.campaign import BaselineSide, CompareSpec
+from orchestrator.regression import against_instance, comparable, in_campaign, regressions, side_values
+
+SETTINGS = {"nfs": {"version": "4.1"}, "node_ram_mib": 256, "workload": {"name": "small", "mib": 320}}
+
+
+def _run(variant: str, swap_in: float, verdict: str = "pass", kernel: str = "linux-image-amd64") -> dict[str, Any]:
+    figures = {"swap_in_mibps": {"value": swap_in}, "swap_out_mibps": {"value": 20.0}}
+    return {
+        "variant": variant,
+        "kernel_label": kernel,
+        "workload": "small",
+        "verdict": verdict,
+        "settings": SETTINGS,
+        "nodes": [{"figures": figures}],
+    }
+
+
+def _record(runs: list[dict[str, Any]], cid: str = "ab-1") -> dict[str, Any]:
+    return {"campaign_id": cid, "runs": runs}
+
+
+SPEC = CompareSpec(primary="swap_in_mibps")
+
+
+def test_only_passing_runs_give_values() -> None:
+    values = side_values([_run("a", 10.0), _run("a", 99.0, verdict="fail")])
+    assert values["swap_in_mibps"] == [10.0]
+
+
+def test_each_variant_is_compared_with_the_baseline_variant() -> None:
+    runs: list[dict[str, Any]] = []
+    for base, pc0, same in [(14.0, 6.0, 14.3), (14.5, 6.2, 13.9), (13.8, 5.9, 14.1), (14.2, 6.1, 14.0)]:
+        runs += [_run("base", base), _run("pc0", pc0), _run("same", same)]
+    comparisons = {c["candidate"]: c for c in in_campaign(_record(runs), BaselineSide(variant="base"), SPEC)}
+    assert set(comparisons) == {"pc0", "same"}
+    assert comparisons["pc0"]["verdict"] == "regression" and comparisons["same"]["verdict"] == "no change"
+    [line] = regressions(comparisons.values())
+    assert line.startswith("regression: pc0 vs base (small): swap_in_mibps") and "%" in line
+
+
+def test_too_few_passing_runs_is_insufficient_data() -> None:
+    runs = [_run("base", 14.0), _run("pc0", 6.0), _run("base", 14.1), _run("pc0", 6.1)]
+    [entry] = in_campaign(_record(runs), BaselineSide(variant="base"), SPEC)
+    assert entry["verdict"] == "insufficient data"
+
+
+def test_an_instance_is_compared_with_another_of_the_same_settings() -> None:
+    old = _record([_run("", rate) for rate in (14.0, 14.2, 13.9)], "ab-0")
+    new = _record([_run("", rate) for rate in (9.0, 9.1, 8.8)], "ab-1")
+    assert comparable(new, old)
+    [entry] = against_instance(new, old, SPEC)
+    assert (entry["baseline"], entry["candidate"], entry["verdict"]) == ("ab-0", "ab-1", "regression")
+    other = _record([{**_run("", 14.0), "settings": {**SETTINGS, "node_ram_mib": 512}}], "ab-2")
+    assert not comparable(new, other)
