@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -199,6 +200,48 @@ def _known_figure(name: str) -> str:
     return name
 
 
+_CRON_FIELD = re.compile(r"(\*|[0-9]{1,2}(-[0-9]{1,2})?)(/[0-9]{1,2})?(,(\*|[0-9]{1,2}(-[0-9]{1,2})?)(/[0-9]{1,2})?)*")
+# minute, hour, day of month, month, day of week: the ranges crontab(5) allows.
+_CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+
+
+def check_cron(value: str) -> str:
+    """A five-field cron expression of numbers, ranges, steps and lists (no names)."""
+    fields = value.split()
+    if len(fields) != 5:
+        raise ValueError(f"cron {value!r} must have 5 fields: minute hour day-of-month month day-of-week")
+    for field, (low, high), what in zip(
+        fields, _CRON_RANGES, ("minute", "hour", "day of month", "month", "day of week"), strict=True
+    ):
+        if not _CRON_FIELD.fullmatch(field):
+            raise ValueError(f"cron {what} {field!r}: use numbers, ranges (1-5), steps (*/15) and lists (1,3)")
+        numbers = [int(n) for n in re.findall(r"(?<![/0-9])[0-9]+", field)]
+        if any(not low <= n <= high for n in numbers):
+            raise ValueError(f"cron {what} {field!r}: values must lie in {low}..{high}")
+    return " ".join(fields)
+
+
+def check_timezone(value: str) -> str:
+    """An IANA time zone name this host knows (Europe/Berlin, UTC)."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r}; use an IANA name such as UTC or Europe/Berlin") from None
+    return value
+
+
+class ScheduleSpec(_Strict):
+    """When a campaign runs by itself: a cron expression in a time zone, and what to do
+    with a firing missed while beat was down (run it once when beat is back, or skip it)."""
+
+    cron: str
+    timezone: str = "UTC"
+    missed: Literal["run-once", "skip"] = "run-once"
+
+    _cron = field_validator("cron")(check_cron)
+    _tz = field_validator("timezone")(check_timezone)
+
+
 class CampaignSpec(_Strict):
     """A whole campaign file."""
 
@@ -222,6 +265,8 @@ class CampaignSpec(_Strict):
     # node size and NFS settings) from the results database.
     baseline: Literal["last-pass"] | BaselineSide | None = None
     compare: CompareSpec = Field(default_factory=CompareSpec)
+    # Nightly and other scheduled runs (`swaplab schedule add FILE`).
+    schedule: ScheduleSpec | None = None
 
 
 @dataclass(frozen=True)

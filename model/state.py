@@ -21,6 +21,14 @@ the whole contract.
 | ``swaplab:worker:<hostname>`` | string | a live worker's queues and slots, with a TTL |
 | ``swaplab:results:outbox`` | hash | finished campaigns not yet in the results database (cid → pending, or set aside with its error) |
 | ``swaplab:results:recording`` | string (TTL) | held while a ``swaplab.record_results`` task stores them |
+| ``swaplab:notify:campaign:<cid>`` | hash | the webhook notification of a finished campaign (status, attempts, last status and reason, delivered or given up at) |
+| ``swaplab:notify:due`` | zset | campaigns whose notification awaits a retry, by when it is due |
+| ``swaplab:notify:sending:<cid>`` | lock (TTL) | held while one process delivers a campaign's notification |
+| ``swaplab:schedules`` | set | names of the scheduled campaigns |
+| ``swaplab:schedule:<name>`` | hash | a scheduled campaign (stored spec, cron, time zone, missed policy, last instance) |
+| ``swaplab:schedule-log:<name>`` | list | what each firing did: fired, skipped, missed, duplicate (newest first, capped) |
+| ``swaplab:schedule-fired:<name>:<due>`` | string (TTL) | one firing per due minute, whichever beat or tick gets there first |
+| ``swaplab:redbeat:*`` | RedBeat | celery beat's schedule and its lock (one beat sends at a time) |
 """
 
 from __future__ import annotations
@@ -52,6 +60,10 @@ GUEST_PREFIX = "swaplab:guest"
 WORKER_PREFIX = "swaplab:worker"
 RESULTS_OUTBOX_KEY = "swaplab:results:outbox"  # orchestrator.history.outbox
 RECORD_CHAIN_KEY = "swaplab:results:recording"  # one swaplab.record_results at a time
+NOTIFY_KEY = "swaplab:notify"  # orchestrator.notify: the webhook's notifications
+NOTIFY_DUE_KEY = "swaplab:notify:due"  # campaign id -> when its next delivery attempt is due
+SCHEDULES_KEY = "swaplab:schedules"
+REDBEAT_PREFIX = "swaplab:redbeat:"
 
 
 def redis_url() -> str:
@@ -162,6 +174,28 @@ def guest_key(lab: str, node: str) -> str:
 
 def worker_key(hostname: str) -> str:
     return f"{WORKER_PREFIX}:{hostname}"
+
+
+def schedule_key(name: str) -> str:
+    return f"swaplab:schedule:{name}"
+
+
+def schedule_log_key(name: str) -> str:
+    return f"swaplab:schedule-log:{name}"
+
+
+def schedule_fired_key(name: str, due: int) -> str:
+    return f"swaplab:schedule-fired:{name}:{due}"
+
+
+def notify_key(cid: str) -> str:
+    """The hash recording a campaign's webhook notification."""
+    return f"{NOTIFY_KEY}:campaign:{cid}"
+
+
+def notify_claim_key(cid: str) -> str:
+    """Held while one process delivers a campaign's notification."""
+    return f"{NOTIFY_KEY}:sending:{cid}"
 
 
 def holder_id(cid: str, rid: str, attempt: int) -> str:

@@ -85,6 +85,9 @@ def against_instance(
             "candidate": record.get("campaign_id"),
             "axis": "instance",
             "workload": workload,
+            # Which kernels each side ran: a nightly regression names the kernel that changed.
+            "baseline_kernels": releases(theirs),
+            "candidate_kernels": releases(mine),
             **_compare(side_values(theirs), side_values(mine), spec),
         }
         out.append(entry)
@@ -120,8 +123,24 @@ def regressions(comparisons: Iterable[Mapping[str, Any]]) -> list[str]:
     for entry in comparisons:
         if entry.get("verdict") == "regression":
             where = f"{entry['candidate']} vs {entry['baseline']} ({entry['workload']})"
-            lines.append(f"regression: {where}: {primary_figure(entry).get('summary', '')}")
+            lines.append(f"regression: {where}: {primary_figure(entry).get('summary', '')}{kernel_change(entry)}")
     return lines
+
+
+def releases(runs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The kernel releases the passing runs booted, sorted."""
+    found = {str((run.get("kernel_info") or {}).get("release") or "") for run in runs if run.get("verdict") == "pass"}
+    return sorted(found - {""})
+
+
+def kernel_change(entry: Mapping[str, Any]) -> str:
+    """ ", kernel 6.1.0-57-amd64 -> 6.1.0-58-amd64" for an instance comparison (or "same kernel")."""
+    if entry.get("axis") != "instance":
+        return ""
+    before, after = entry.get("baseline_kernels") or [], entry.get("candidate_kernels") or []
+    if before == after:
+        return f", same kernel {', '.join(after)}" if after else ""
+    return f", kernel {', '.join(before) or '?'} -> {', '.join(after) or '?'}"
 
 
 def primary_figure(entry: Mapping[str, Any]) -> Mapping[str, Any]:

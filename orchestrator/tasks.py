@@ -25,13 +25,16 @@ from model.state import (
     BUILD_QUEUE,
     CONTROL_QUEUE,
     RECORD_CHAIN_KEY,
+    REDBEAT_PREFIX,
     TERMINAL,
     campaign_key,
     campaign_lock_key,
     lab_queue,
     redis_url,
 )
+from orchestrator import schedules
 from orchestrator.history import outbox
+from orchestrator.planner import new_campaign_id, plan_runs
 from orchestrator.report import start_skew_ms
 from orchestrator.scheduler import Scheduler
 from orchestrator.store import CampaignStore
@@ -98,6 +101,18 @@ class _MeasuredScheduler(Scheduler):
 def scheduler(client: redis.Redis) -> Scheduler:
     """The scheduler the control worker runs."""
     return _MeasuredScheduler(client, CeleryDispatch(), results_root())
+
+
+def submit(store: CampaignStore, campaign: Campaign) -> str:
+    """Store a validated campaign and start scheduling it; on failure nothing stays."""
+    cid = new_campaign_id(campaign.spec.name)
+    store.create(cid, campaign, plan_runs(campaign))
+    try:
+        kick(cid)
+    except Exception:
+        store.delete(cid)
+        raise
+    return cid
 
 
 def kick(cid: str, countdown: float = 0.0) -> None:
@@ -170,6 +185,33 @@ def record_results() -> None:
     # Pending now but not after the flush: enqueued while it ran (its own task returned early).
     if pending or outbox.pending(client):
         record_results.apply_async(countdown=RECORD_RETRY_S if pending else 1.0, queue=CONTROL_QUEUE)
+
+
+@app.task(name="swaplab.schedule_tick", ignore_result=True)
+def schedule_tick() -> None:
+    """Sent by celery beat every few seconds: fire the scheduled campaigns that are due."""
+    client = _redis()
+    store = CampaignStore(client)
+    for firing in schedules.tick(client, lambda campaign: submit(store, campaign)):
+        log.info("schedule %s: %s %s %s", firing.name, firing.kind, firing.campaign_id, firing.detail)
+
+
+# celery beat with RedBeat: the schedule and its lock in Redis, one beat sending at a time
+# (`celery -A orchestrator.app beat -S redbeat.RedBeatScheduler`). Its only entry is the
+# tick; the campaigns' own crons are evaluated by the tick (orchestrator.schedules).
+app.conf.update(
+    redbeat_redis_url=redis_url(),
+    redbeat_key_prefix=REDBEAT_PREFIX,
+    redbeat_lock_timeout=60,
+    beat_max_loop_interval=5,
+    beat_schedule={
+        "swaplab-schedule-tick": {
+            "task": "swaplab.schedule_tick",
+            "schedule": schedules.tick_seconds(),
+            "options": {"queue": CONTROL_QUEUE, "expires": schedules.tick_seconds()},
+        }
+    },
+)
 
 
 @signals.worker_ready.connect

@@ -11,6 +11,7 @@ from orchestrator.cli.distributed_cmds import cancel, results, status, submit, w
 from orchestrator.cli.history_cmds import compare, history, report, show
 from orchestrator.cli.lab_cmds import lab
 from orchestrator.cli.nfs_cmds import nfs
+from orchestrator.cli.schedule_cmds import schedule
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,5 +37,6 @@ for command in (
     kernels,
     lab,
     nfs,
+    schedule,
 ):
     main.add_command(command)

@@ -14,7 +14,6 @@ from model.campaign import Campaign
 from model.exitcode import ExitCode
 from model.state import redis_url
 from orchestrator.cli.common import CAMPAIGN_FILE, load_or_exit
-from orchestrator.planner import new_campaign_id, plan_runs
 from orchestrator.report import print_summary
 from orchestrator.store import TERMINAL, CampaignStore
 from orchestrator.watch import follow
@@ -35,17 +34,9 @@ def connect() -> CampaignStore:
 
 def submit_campaign(store: CampaignStore, campaign: Campaign) -> str:
     """Store a validated campaign and start scheduling it; on failure nothing stays."""
-    from orchestrator.tasks import kick  # imported late: the Celery app reads its config here
+    from orchestrator.tasks import submit  # imported late: the Celery app reads its config here
 
-    cid = new_campaign_id(campaign.spec.name)
-    runs = plan_runs(campaign)
-    store.create(cid, campaign, runs)
-    try:
-        kick(cid)
-    except Exception:
-        store.delete(cid)
-        raise
-    return cid
+    return submit(store, campaign)
 
 
 def require_campaign(store: CampaignStore, cid: str) -> dict[str, Any]:

@@ -10,9 +10,16 @@ from orchestrator.regression import against_instance, comparable, in_campaign, r
 SETTINGS = {"nfs": {"version": "4.1"}, "node_ram_mib": 256, "workload": {"name": "small", "mib": 320}}
 
 
-def _run(variant: str, swap_in: float, verdict: str = "pass", kernel: str = "linux-image-amd64") -> dict[str, Any]:
+def _run(
+    variant: str,
+    swap_in: float,
+    verdict: str = "pass",
+    kernel: str = "linux-image-amd64",
+    release: str = "6.1.0-57-amd64",
+) -> dict[str, Any]:
     figures = {"swap_in_mibps": {"value": swap_in}, "swap_out_mibps": {"value": 20.0}}
     return {
+        "kernel_info": {"release": release},
         "variant": variant,
         "kernel_label": kernel,
         "workload": "small",
@@ -53,9 +60,11 @@ def test_too_few_passing_runs_is_insufficient_data() -> None:
 
 def test_an_instance_is_compared_with_another_of_the_same_settings() -> None:
     old = _record([_run("", rate) for rate in (14.0, 14.2, 13.9)], "ab-0")
-    new = _record([_run("", rate) for rate in (9.0, 9.1, 8.8)], "ab-1")
+    new = _record([_run("", rate, release="6.1.0-58-amd64") for rate in (9.0, 9.1, 8.8)], "ab-1")
     assert comparable(new, old)
     [entry] = against_instance(new, old, SPEC)
     assert (entry["baseline"], entry["candidate"], entry["verdict"]) == ("ab-0", "ab-1", "regression")
+    [line] = regressions([entry])
+    assert line.endswith(", kernel 6.1.0-57-amd64 -> 6.1.0-58-amd64")  # the night names the kernel that changed
     other = _record([{**_run("", 14.0), "settings": {**SETTINGS, "node_ram_mib": 512}}], "ab-2")
     assert not comparable(new, other)
