@@ -1,10 +1,14 @@
 """Campaign reports: text, HTML, JUnit XML and JSON renderings of a campaign record.
 
 The record is a campaign's ``result.json`` as ``orchestrator/report.py`` assembles it
-(with issue 12's figures, series, redone, kernel_info, settings and reproduce). Every
-report reads it through ``record.py``, which accepts older shapes too (no figures, runs
-refused with ``nodes: []``, nulls); the text and HTML reports lay out the same tables
-(``tables.py``); only the HTML report draws plots (``plots.py``, matplotlib's Agg).
+(with issue 12's figures, series, redone, kernel_info, settings and reproduce; and for a
+comparison campaign, issue 13's ``comparisons``, ``reasons`` and each run's ``variant``
+and ``kernel_label``: a Comparison section, the baseline's median drawn across the
+per-figure plots, a JUnit suite of comparisons). Every report reads it through
+``record.py``, which accepts older shapes too (no figures, runs refused with ``nodes:
+[]``, nulls; a record without comparisons renders exactly as before them); the text and
+HTML reports lay out the same tables (``tables.py``); only the HTML report draws plots
+(``plots.py``, matplotlib's Agg).
 
 :func:`write_reports` writes, into a result directory:
 
@@ -13,7 +17,8 @@ format    file                  what
 ========  ====================  ==================================================
 text      ``report.txt``        plain text for a reply on a mailing list (80 cols)
 html      ``report.html``       one offline page with the plots embedded
-junit     ``junit.xml``         JUnit XML (one suite per run, one case per node)
+junit     ``junit.xml``         JUnit XML (one suite per run, one case per node; one
+                                case per comparison)
 json      ``report.json``       the record itself, indented
 ========  ====================  ==================================================
 """

@@ -4,7 +4,9 @@ CSS is inline and every plot is a PNG in a ``data:`` URI, so the file can be mai
 attached to a CI job or archived and still show everything; nothing is fetched. Every
 string from the record goes through :func:`html.escape` (the record is input: a node's
 reason may quote a console line). Plots carry stable ids so tests and people can find
-them: ``plot-swap-<run>-<node>``, ``plot-memory-<run>-<node>``, ``plot-dist-<figure>``.
+them: ``plot-swap-<run>-<node>``, ``plot-memory-<run>-<node>``, ``plot-dist-<figure>``;
+a comparison campaign's distribution plots draw each baseline's median across the plot and
+name those lines beside it, in ``baseline-dist-<figure>``.
 """
 
 from __future__ import annotations
@@ -17,11 +19,18 @@ from typing import Any
 
 from orchestrator.reports import plots
 from orchestrator.reports.record import (
+    FigureSpec,
     Kernel,
     Record,
+    Reference,
+    Side,
+    baseline_references,
     clean,
+    comparisons,
     distribution,
     figure_specs,
+    fmt_figure,
+    has_variants,
     kernels,
     nodes,
     run_id,
@@ -32,6 +41,7 @@ from orchestrator.reports.tables import (
     NodeSummary,
     RunSummary,
     Table,
+    comparisons_table,
     facts,
     figures_table,
     headline,
@@ -55,7 +65,8 @@ def render_html(record: Record) -> str:
         ("kernels", "Kernels", _kernels(record)),
         ("setup", "Setup", _setup(record)),
         ("figures", "Figures", _table(figures_table(record)) or _note(no_figures_note(record))),
-        ("distributions", "Figures per kernel", _distributions(record)),
+        ("comparison", "Comparison", _table(comparisons_table(record))),
+        ("distributions", _distributions_title(record), _distributions(record)),
         ("runs", "Runs", _table(runs_table(record)) + _runs(record)),
         ("skipped", "Skipped runs", _table(skipped_table(record))),
         ("reproduce", "Reproduce", _reproduce(record)),
@@ -66,12 +77,17 @@ def render_html(record: Record) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>swaplab: {escape(headline(record))}</title>\n<style>{CSS}</style>\n</head>\n"
+        f"<title>swaplab: {escape(headline(record))}</title>\n<style>{_css(record)}</style>\n</head>\n"
         f'<body class="{_class("campaign", verdict)}">\n<main>\n' + "\n".join(body) + "\n</main>\n</body>\n</html>\n"
     )
 
 
 # -- building blocks --------------------------------------------------------------------
+
+
+def _css(record: Record) -> str:
+    """The page's style; a comparison campaign's adds its outcome badges and baseline legends."""
+    return CSS + COMPARISON_CSS.lstrip("\n") if comparisons(record) else CSS
 
 
 def _class(prefix: str, word: str) -> str:
@@ -104,7 +120,7 @@ def _table(table: Table | None) -> str:
 
 
 def _cell(text: str, kind: str) -> str:
-    if kind == "verdict":
+    if kind == "verdict" and text:
         return f"<td>{_badge(text)}</td>"
     return f'<td class="{kind}">{escape(text)}</td>'
 
@@ -171,18 +187,38 @@ def _setup(record: Record) -> str:
     return f'<ul class="setup">{items}</ul>' if items else ""
 
 
+def _distributions_title(record: Record) -> str:
+    return "Figures per kernel and variant" if has_variants(record) else "Figures per kernel"
+
+
 def _distributions(record: Record) -> str:
-    images = [
-        _img("dist", spec.name, plots.distribution_plot(spec, groups), f"{spec.title} per kernel")
+    drawn = [
+        (spec, groups, baseline_references(record, spec.name))
         for spec in figure_specs(record)
         if (groups := distribution(record, spec.name))
     ]
-    if not images:
+    if not drawn:
         return ""
-    note = (
-        "<p>Blue: runs that passed (box over them when there are several); grey crosses: other runs, not compared.</p>"
+    note = "Blue: runs that passed (box over them when there are several); grey crosses: other runs, not compared."
+    if any(references for _, _, references in drawn):
+        note += " Dashed lines: each baseline's median, as its comparison used it (see Comparison)."
+    return f"<p>{note}</p>" + '<div class="grid">' + "".join(_distribution(*plot) for plot in drawn) + "</div>"
+
+
+def _distribution(
+    spec: FigureSpec, groups: list[tuple[Side, list[float], list[float]]], references: list[Reference]
+) -> str:
+    """A figure's plot; with the baseline lines named beside it when there are any."""
+    image = _img("dist", spec.name, plots.distribution_plot(spec, groups, references), f"{spec.title} per kernel")
+    if not references:
+        return image
+    items = "".join(
+        f'<li><span class="ref" style="border-color: {plots.reference_colour(index)}"></span>'
+        f"{escape(reference.label)}: {escape(fmt_figure(reference.value))} {escape(spec.unit)}</li>"
+        for index, reference in enumerate(references)
     )
-    return note + '<div class="grid">' + "".join(images) + "</div>"
+    ident = "baseline-dist-" + re.sub(r"[^A-Za-z0-9_-]+", "_", spec.name)
+    return f'<figure class="dist">{image}<figcaption><ul class="refs" id="{ident}">{items}</ul></figcaption></figure>'
 
 
 def _runs(record: Record) -> str:
@@ -277,4 +313,17 @@ ul.evidence { margin: 4px 0 8px; padding-left: 22px; color: #82071e; }
 .plots, .grid { display: flex; flex-wrap: wrap; gap: 10px; align-items: flex-start; }
 img.plot { max-width: 100%; height: auto; background: #fff; border: 1px solid var(--line); border-radius: 4px; }
 p.noplot { color: var(--muted); font-style: italic; margin: 4px 0; }
+"""
+
+# A comparison campaign's outcomes and baseline lines (only on its page: any other record's
+# page stays byte for byte what it was before comparisons existed).
+COMPARISON_CSS = """
+.v-regression { background: #cf222e; }
+.v-improvement { background: #1a7f37; }
+.v-no { background: #57606a; }
+.v-insufficient { background: #bf8700; }
+figure.dist { margin: 0; }
+ul.refs { list-style: none; margin: 2px 0 0; padding: 0 0 0 4px; font-size: 12px; color: var(--muted); }
+span.ref { display: inline-block; width: 22px; margin-right: 6px; vertical-align: middle;
+  border-top: 2px dashed #E69F00; }
 """

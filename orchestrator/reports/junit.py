@@ -12,6 +12,12 @@ Layout, valid against Jenkins' JUnit schema (xunit-plugin ``junit-10.xsd``):
   ``<system-out>`` says when the run was redone and why, and lists the node's figures.
 - A run refused before any node ran is one ``<testcase>`` named ``KERNEL (no node ran)``
   with an ``<error>``; a skipped run is one with ``<skipped>``.
+- A comparison campaign adds one suite ``CAMPAIGN.comparison`` with a ``<testcase>`` per
+  comparison, named ``CANDIDATE vs BASELINE (WORKLOAD)``: a regression of the figure that
+  decides is a ``<failure>``, "insufficient data" an ``<error>`` (nothing was shown, so
+  nothing passed), "no change" and "improvement" pass; the figures' lines are its text
+  (or its ``<system-out>`` when it passed). A variant's run is named ``KERNEL [VARIANT] on
+  NODE`` and has a ``variant`` property.
 """
 
 from __future__ import annotations
@@ -25,9 +31,11 @@ from orchestrator.reports.record import (
     Kernel,
     Record,
     clean,
+    comparisons,
     figures,
     fmt_figure,
     kernel_by_run,
+    kernel_cell,
     mapping,
     nodes,
     number,
@@ -37,11 +45,14 @@ from orchestrator.reports.record import (
     runs,
     skipped_runs,
     texts,
+    variant,
 )
-from orchestrator.reports.tables import node_summary
+from orchestrator.reports.tables import ComparisonSummary, comparison_summaries, node_summary
 
 # What each verdict becomes; anything else a newer swaplab invents is an error, not a pass.
 OUTCOME = {"pass": None, "fail": "failure", "skipped": "skipped", "cancelled": "skipped"}
+# What each comparison verdict becomes; again, anything unknown is an error.
+COMPARISON_OUTCOME = {"no change": None, "improvement": None, "regression": "failure"}
 
 
 def render_junit(record: Record) -> str:
@@ -50,6 +61,8 @@ def render_junit(record: Record) -> str:
     by_run = kernel_by_run(record)
     suites = [_run_suite(record, campaign, run, by_run.get(run_id(run))) for run in runs(record)]
     suites += [_skipped_suite(campaign, entry) for entry in skipped_runs(record)]
+    if comparisons(record):
+        suites.append(_comparison_suite(record, campaign))
     root = ET.Element("testsuites", name=clean(record.get("campaign_id")) or campaign)
     root.extend(suites)
     _count_all(root)
@@ -64,7 +77,7 @@ def _run_suite(record: Record, campaign: str, run: Mapping[str, Any], kernel: Ke
     rid = run_id(run)
     suite = _suite(f"{campaign}.{rid}", run.get("started_at"))
     suite.append(_properties(record, run, kernel))
-    name = kernel.name if kernel else "?"
+    name = kernel_cell(kernel.name if kernel else "?", run)
     notes = redone_lines(run)
     cases = [_node_case(f"{campaign}.{rid}", name, node, notes) for node in nodes(run)]
     if not cases:  # refused before any node ran: still one case, so CI counts it
@@ -112,6 +125,7 @@ def _properties(record: Record, run: Mapping[str, Any], kernel: Kernel | None) -
         ("run", run_id(run)),
         ("attempt", clean(run.get("attempt"))),
         *known,
+        ("variant", variant(run)),
         ("workload", clean(run.get("workload"))),
     ]
     props = ET.Element("properties")
@@ -133,9 +147,30 @@ def _node_case(classname: str, kernel: str, node: Mapping[str, Any], notes: list
     return case
 
 
-def _outcome(case: ET.Element, verdict: str, evidence: list[str]) -> None:
+def _comparison_suite(record: Record, campaign: str) -> ET.Element:
+    """One case per comparison: failed by a regression, in error without enough data."""
+    classname = f"{campaign}.comparison"
+    suite = _suite(classname, record.get("finished_at"))
+    for summary in comparison_summaries(record):
+        case = ET.SubElement(suite, "testcase", name=summary.title, classname=classname, time="0.000")
+        lines = _comparison_lines(summary)
+        _outcome(case, summary.verdict, lines, COMPARISON_OUTCOME)
+        if COMPARISON_OUTCOME.get(summary.verdict, "error") is None:
+            ET.SubElement(case, "system-out").text = "\n".join(lines) + "\n"
+    _count(suite)
+    return suite
+
+
+def _comparison_lines(summary: ComparisonSummary) -> list[str]:
+    """The figure that decided the verdict (the failure's message), then each figure reported only."""
+    decided = summary.decided.summary if summary.decided else f"{summary.primary}: not in the record"
+    reported = [f"reported only: {change.summary}" for change in summary.reported]
+    return [f"decided by {decided}", *reported]
+
+
+def _outcome(case: ET.Element, verdict: str, evidence: list[str], outcomes: Mapping[str, str | None] = OUTCOME) -> None:
     """The case's failure, error or skipped element, with the evidence as its text."""
-    tag = OUTCOME.get(verdict, "error")
+    tag = outcomes.get(verdict, "error")
     if tag is None:
         return
     message = evidence[0] if evidence else verdict

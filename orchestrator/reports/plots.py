@@ -15,11 +15,18 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from orchestrator.reports.record import FigureSpec
+from orchestrator.reports.record import FigureSpec, Reference, Side
 
 DPI = 96
 # Colour-blind safe (Okabe-Ito); the same meaning keeps the same colour on every plot.
 BLUE, ORANGE, GREEN, VERMILION, PURPLE, GREY = "#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#999999"
+# Baseline reference lines, in order (the HTML legend beside a plot uses the same colours).
+REFERENCE_COLOURS = (ORANGE, GREEN, PURPLE, VERMILION)
+
+
+def reference_colour(index: int) -> str:
+    """The colour of a plot's ``index``-th baseline reference line."""
+    return REFERENCE_COLOURS[index % len(REFERENCE_COLOURS)]
 
 
 def swap_plot(series: dict[str, list[float]], title: str) -> bytes | None:
@@ -54,9 +61,14 @@ def memory_plot(series: dict[str, list[float]], title: str) -> bytes | None:
     return _png(fig)
 
 
-def distribution_plot(spec: FigureSpec, groups: Sequence[tuple[str, list[float], list[float]]]) -> bytes | None:
-    """One figure over the runs x nodes of each kernel: a box and the points of passing
-    runs, grey crosses for the others (shown, never compared); None without values."""
+def distribution_plot(
+    spec: FigureSpec,
+    groups: Sequence[tuple[Side, list[float], list[float]]],
+    references: Sequence[Reference] = (),
+) -> bytes | None:
+    """One figure over the runs x nodes of each side (kernel, variant): a box and the
+    points of passing runs, grey crosses for the others (shown, never compared), and each
+    baseline's median as a dashed line across the plot; None without values."""
     if not groups:
         return None
     fig = _figure(3.9, 2.9)
@@ -66,7 +78,20 @@ def distribution_plot(spec: FigureSpec, groups: Sequence[tuple[str, list[float],
             ax.boxplot([passed], positions=[x], widths=0.5, showfliers=False, medianprops={"color": BLUE})
         ax.scatter(_spread(x, len(passed)), passed, color=BLUE, s=18, zorder=3)
         ax.scatter(_spread(x, len(others)), others, color=GREY, marker="x", s=22, zorder=3)
-    ax.set_xticks(range(len(groups)), [_short(kernel) for kernel, _, _ in groups], fontsize=7)
+    for index, reference in enumerate(references):
+        ax.axhline(reference.value, color=reference_colour(index), linestyle="--", linewidth=1.2, zorder=2)
+        ax.annotate(
+            _short(reference.label, 30),
+            (1, reference.value),
+            xycoords=("axes fraction", "data"),
+            xytext=(-2, 2),
+            textcoords="offset points",
+            ha="right",
+            va="bottom",
+            fontsize=6,
+            color=reference_colour(index),
+        )
+    ax.set_xticks(range(len(groups)), ["\n".join(_short(part) for part in side) for side, _, _ in groups], fontsize=7)
     ax.set_xlim(-0.6, len(groups) - 0.4)
     arrow = "\u2191" if spec.better == "higher" else "\u2193"
     _style(ax, f"{spec.title} {arrow}", spec.unit, legend=False)

@@ -25,6 +25,8 @@ Record = Mapping[str, Any]
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 _LABEL_RUN_PREFIX = re.compile(r"^r\d+ ")
 _LABEL_WORKLOAD_SUFFIX = re.compile(r" / [^/]* #\d+$")
+# A variant's run is labelled ``r001 linux-image-amd64 [base] / small #1`` (a variant name's pattern).
+_LABEL_VARIANT_SUFFIX = re.compile(r" \[([a-z][a-z0-9_-]{0,30})\]$")
 
 
 def clean(value: object) -> str:
@@ -195,8 +197,26 @@ def run_label(run: Mapping[str, Any]) -> str:
 
 
 def spec_label(run: Mapping[str, Any]) -> str:
-    """The campaign's name for the run's kernel: its label without run id and workload."""
-    return _LABEL_WORKLOAD_SUFFIX.sub("", run_label(run)) or "?"
+    """The campaign's name for the run's kernel: its label without run id, variant and workload."""
+    return _LABEL_VARIANT_SUFFIX.sub("", _LABEL_WORKLOAD_SUFFIX.sub("", run_label(run))) or "?"
+
+
+def variant(run: Mapping[str, Any]) -> str:
+    """The variant of the campaign's settings the run ran (from its label when a refused
+    run's record lacks the field); empty for a campaign without variants."""
+    found = _LABEL_VARIANT_SUFFIX.search(_LABEL_WORKLOAD_SUFFIX.sub("", run_label(run)))
+    return clean(run.get("variant")) or (found.group(1) if found else "")
+
+
+def has_variants(record: Record) -> bool:
+    """Whether the campaign ran variants of its settings (a comparison campaign may)."""
+    return any(variant(run) for run in runs(record))
+
+
+def kernel_cell(kernel: str, run: Mapping[str, Any]) -> str:
+    """A run's kernel as the tables show it, with its variant: ``6.1.0-57-amd64 [base]``."""
+    name = variant(run)
+    return f"{kernel} [{name}]" if name else kernel
 
 
 def kernel_identity(run: Mapping[str, Any]) -> dict[str, Any]:
@@ -328,17 +348,100 @@ def series(node: Mapping[str, Any]) -> dict[str, list[float]]:
     return {name: values[: len(t)] for name, values in columns.items()}
 
 
-def distribution(record: Record, name: str) -> list[tuple[str, list[float], list[float]]]:
-    """A figure's values per kernel: (kernel, values of passing nodes, values of the others).
+Side = tuple[str, ...]  # a distribution's group: kernel, then variant and workload when they vary
 
-    Only passing runs are compared; the others are kept apart, for inspection."""
+
+def sides(record: Record) -> dict[str, Side]:
+    """Each run id's side in the per-figure plots: its kernel, with its variant when the
+    campaign has variants. A comparison campaign names the kernel as the campaign does
+    (its ``kernel_label``, as its comparisons do) and adds the workload when it has several
+    (a comparison is always within one workload); any other record names it as the
+    Kernels table does."""
     names = kernel_names(record)
-    groups: dict[str, tuple[list[float], list[float]]] = {k.name: ([], []) for k in kernels(record)}
+    compared = bool(comparisons(record))
+    with_variant = has_variants(record)
+    # A run refused before it started may lack its workload: it has no values to plot.
+    with_workload = compared and len({clean(run.get("workload")) for run in runs(record)} - {""}) > 1
+    found = {}
+    for run in runs(record):
+        kernel = (clean(run.get("kernel_label")) or spec_label(run)) if compared else names.get(run_id(run), "?")
+        side = [kernel]
+        if with_variant:
+            side.append(variant(run) or "-")
+        if with_workload:
+            side.append(clean(run.get("workload")) or "-")
+        found[run_id(run)] = tuple(side)
+    return found
+
+
+def distribution(record: Record, name: str) -> list[tuple[Side, list[float], list[float]]]:
+    """A figure's values per side (:func:`sides`): (side, values of passing nodes, values
+    of the others). Only passing runs are compared; the others are kept apart, for inspection."""
+    by_run = sides(record)
+    groups: dict[Side, tuple[list[float], list[float]]] = {side: ([], []) for side in by_run.values()}
     for run in runs(record):
         passed = clean(run.get("verdict")) == "pass"
         for node in nodes(run):
             value = number(figures(node).get(name, {}).get("value"))
             if value is not None:
-                kernel = groups.setdefault(names.get(run_id(run), "?"), ([], []))
-                kernel[0 if passed and clean(node.get("verdict")) == "pass" else 1].append(value)
-    return [(kernel, good, other) for kernel, (good, other) in groups.items() if good or other]
+                side = groups.setdefault(by_run.get(run_id(run), ("?",)), ([], []))
+                side[0 if passed and clean(node.get("verdict")) == "pass" else 1].append(value)
+    return [(side, good, other) for side, (good, other) in groups.items() if good or other]
+
+
+# -- comparisons ------------------------------------------------------------------------
+
+
+def comparisons(record: Record) -> list[Mapping[str, Any]]:
+    """A comparison campaign's comparisons (empty for any other record)."""
+    return mappings(record.get("comparisons"))
+
+
+def campaign_reasons(record: Record) -> list[str]:
+    """Why the campaign has its verdict beyond its runs' (a regression, no baseline)."""
+    return texts(record.get("reasons"))
+
+
+def compared_figures(entry: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """A comparison's figures, the one that decides its verdict (``primary``) first."""
+    found = mappings(entry.get("figures"))
+    primary = clean(entry.get("primary"))
+    return sorted(found, key=lambda figure: clean(figure.get("figure")) != primary)
+
+
+def comparison_cells(record: Record) -> list[str]:
+    """Where each comparison was made: its workload, and the other axis's value (the kernel
+    of a variant comparison, the variant of a kernel comparison) when the comparisons
+    differ in it: ``small`` or ``small, kernel linux-image-amd64``."""
+    entries = comparisons(record)
+    varying = [axis for axis in ("kernel", "variant") if len({clean(entry.get(axis)) for entry in entries}) > 1]
+    return [
+        ", ".join(
+            [clean(entry.get("workload")) or "-", *(f"{axis} {clean(entry.get(axis)) or '-'}" for axis in varying)]
+        )
+        for entry in entries
+    ]
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A baseline's median drawn across a figure's plot."""
+
+    label: str  # "baseline base", "baseline base (small)" when several cells are compared
+    value: float
+
+
+def baseline_references(record: Record, name: str) -> list[Reference]:
+    """The baseline medians of figure ``name``, one per distinct baseline (the comparison
+    entry's ``median_a``: the baseline side's passing runs, or another campaign's)."""
+    cells = comparison_cells(record)
+    several = len(set(cells)) > 1
+    found: dict[str, float] = {}
+    for entry, cell in zip(comparisons(record), cells, strict=True):
+        figure = next((f for f in compared_figures(entry) if clean(f.get("figure")) == name), {})
+        value = number(figure.get("median_a"))
+        if value is None:
+            continue
+        label = f"baseline {clean(entry.get('baseline')) or '?'}"
+        found.setdefault(f"{label} ({cell})" if several else label, value)
+    return [Reference(label, value) for label, value in found.items()]

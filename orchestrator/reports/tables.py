@@ -13,13 +13,18 @@ from typing import Any
 
 from orchestrator.reports.record import (
     Record,
+    campaign_reasons,
     clean,
+    compared_figures,
+    comparison_cells,
+    comparisons,
     exit_text,
     figure_specs,
     figures,
     fmt_figure,
     fmt_number,
     fmt_time,
+    kernel_cell,
     kernel_names,
     mapping,
     mappings,
@@ -73,7 +78,8 @@ def figures_table(record: Record) -> Table | None:
             cells = [_figure_cell(values.get(spec.name, {})) for spec in specs]
             disagree = disagree or any(cell.endswith("!") for cell in cells)
             verdict = (clean(node.get("verdict")) or "?") + redone
-            rows.append((run_id(run), clean(node.get("node")), names.get(run_id(run), "?"), verdict, *cells))
+            kernel = kernel_cell(names.get(run_id(run), "?"), run)
+            rows.append((run_id(run), clean(node.get("node")), kernel, verdict, *cells))
     columns = (
         Column("run"),
         Column("node"),
@@ -100,6 +106,166 @@ def _figure_cell(figure: Mapping[str, Any]) -> str:
     return fmt_figure(figure.get("value")) + mark
 
 
+# -- comparisons ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FigureChange:
+    """One figure of a comparison, baseline (A) against candidate (B), ready to print."""
+
+    name: str
+    medians: str  # "14.8 → 5.91 MiB/s"
+    change: str  # "-60.0 %", or "+0.3 1/s" when A's median is 0
+    interval: str  # "-62.1 .. -51.5 %", "-" without one
+    outcome: str  # regression, improvement, no change, insufficient data
+    p_values: str  # "0.1 (Holm 0.81)", "-" without a rank test
+    summary: str  # comparison.py's own line: figure, medians, change, interval, outcome
+
+
+@dataclass(frozen=True)
+class ComparisonSummary:
+    """A comparison: candidate against baseline in one cell, its verdict and its figures."""
+
+    candidate: str
+    baseline: str
+    cell: str  # "small" or "small, kernel linux-image-amd64"
+    verdict: str
+    primary: str
+    decided: FigureChange | None  # the primary figure's, which is the verdict
+    reported: tuple[FigureChange, ...]  # the other figures: reported only
+
+    @property
+    def title(self) -> str:
+        """``pc0 vs base (small)``."""
+        return f"{self.candidate} vs {self.baseline} ({self.cell})"
+
+    @property
+    def headline(self) -> str:
+        """``pc0 vs base (small): REGRESSION (decided by swap_in_mibps)``."""
+        return f"{self.title}: {self.verdict.upper()} (decided by {self.primary})"
+
+
+def comparison_summaries(record: Record) -> list[ComparisonSummary]:
+    """A comparison campaign's comparisons, in the record's order (none for other records)."""
+    cells = comparison_cells(record)
+    return [_comparison_summary(entry, cell) for entry, cell in zip(comparisons(record), cells, strict=True)]
+
+
+def _comparison_summary(entry: Mapping[str, Any], cell: str) -> ComparisonSummary:
+    primary = clean(entry.get("primary")) or "?"
+    changes = [(clean(f.get("figure")) == primary, figure_change(f)) for f in compared_figures(entry)]
+    return ComparisonSummary(
+        candidate=clean(entry.get("candidate")) or "?",
+        baseline=clean(entry.get("baseline")) or "?",
+        cell=cell,
+        verdict=clean(entry.get("verdict")) or "?",
+        primary=primary,
+        decided=next((change for is_primary, change in changes if is_primary), None),
+        reported=tuple(change for is_primary, change in changes if not is_primary),
+    )
+
+
+def figure_change(figure: Mapping[str, Any]) -> FigureChange:
+    """A compared figure (``FigureComparison.to_json()``) as the reports print it."""
+    name, unit, outcome = clean(figure.get("figure")) or "?", clean(figure.get("unit")), clean(figure.get("outcome"))
+    a, b = fmt_figure(figure.get("median_a")), fmt_figure(figure.get("median_b"))
+    change, interval = _change(figure, unit)
+    # The record's own summary; for a record without one, the same line (ASCII, as in mail).
+    summary = clean(figure.get("summary")) or f"{name}: {a} -> {b} {unit} ({change}, CI {interval}): {outcome or '?'}"
+    medians = f"{a} \u2192 {b} {unit}".rstrip()
+    return FigureChange(name, medians, change, interval, outcome or "?", _p_values(figure), summary)
+
+
+def _change(figure: Mapping[str, Any], unit: str) -> tuple[str, str]:
+    """The change and its interval: in percent of A (a ratio), or in the unit when A's median is 0."""
+    low, high = number(figure.get("ci_low")), number(figure.get("ci_high"))
+    pct = number(figure.get("change_pct"))
+    if clean(figure.get("scale")) != "difference" and pct is not None:
+        return f"{pct:+.1f} %", _interval(_percent(low), _percent(high), "%")
+    difference = number(figure.get("difference"))
+    if difference is None:
+        return "-", "-"
+    return f"{difference:+.3g} {unit}".rstrip(), _interval(_signed(low), _signed(high), unit)
+
+
+def _interval(low: str | None, high: str | None, unit: str) -> str:
+    """``-62.1 .. -51.5 %``; a null upper end was infinite (A's resampled median could be 0)."""
+    return "-" if low is None else f"{low} .. {high or '+inf'} {unit}".rstrip()
+
+
+def _percent(ratio: float | None) -> str | None:
+    return None if ratio is None else f"{(ratio - 1) * 100:+.1f}"
+
+
+def _signed(value: float | None) -> str | None:
+    return None if value is None else f"{value:+.3g}"
+
+
+def _p_values(figure: Mapping[str, Any]) -> str:
+    p_value, holm = number(figure.get("p_value")), number(figure.get("p_holm"))
+    if p_value is None:
+        return "-"
+    return f"{p_value:.2g}" + ("" if holm is None else f" (Holm {holm:.2g})")
+
+
+def comparison_legend(record: Record) -> tuple[str, ...]:
+    """How the comparisons decided, from the first entry's rule and method (shared by all)."""
+    entries = comparisons(record)
+    if not entries:
+        return ()
+    method = mapping(entries[0].get("method"))
+    confidence = number(method.get("confidence"))
+    level = "95 %" if confidence is None else f"{confidence * 100:g} %"
+    lines = [
+        "A: the baseline, B: the candidate; medians of the passing runs' nodes.",
+        f"change: B / A - 1 (B - A when A's median is 0); CI: its {level} "
+        f"{clean(method.get('interval')) or 'bootstrap'} interval"
+        + (f" ({fmt_number(method.get('resamples'))} resamples)" if number(method.get("resamples")) else "")
+        + ".",
+        f"p: {clean(method.get('rank_test')) or 'rank test'} (Holm-adjusted over the figures reported only).",
+    ]
+    rule = clean(entries[0].get("rule"))
+    return tuple([f"Rule: {rule}." if rule else "Rule: the primary figure's outcome is the verdict.", *lines])
+
+
+def comparisons_table(record: Record) -> Table | None:
+    """One row per comparison x figure, the deciding figure first; None without comparisons."""
+    rows = [row for summary in comparison_summaries(record) for row in _comparison_rows(summary)]
+    if not rows:
+        return None
+    columns = (
+        Column("candidate"),
+        Column("baseline"),
+        Column("workload"),
+        Column("verdict", "verdict"),
+        Column("figure"),
+        Column("A \u2192 B", "number"),
+        Column("change", "number"),
+        Column("CI", "number"),
+        Column("outcome", "verdict"),
+        Column("p", "number"),
+    )
+    return Table("Comparison", columns, tuple(rows), keys=1, legend=comparison_legend(record))
+
+
+def _comparison_rows(summary: ComparisonSummary) -> list[tuple[str, ...]]:
+    """A comparison's rows: who, where and the verdict on the first only, then a figure each."""
+    changes = ([summary.decided] if summary.decided else []) + list(summary.reported)
+    cells = [
+        (
+            f"{c.name} (decides)" if c is summary.decided else c.name,
+            c.medians,
+            c.change,
+            c.interval,
+            c.outcome,
+            c.p_values,
+        )
+        for c in changes
+    ] or [("-", "-", "-", "-", "", "-")]  # a comparison without figures still shows its verdict
+    head = (summary.candidate, summary.baseline, summary.cell, summary.verdict)
+    return [(*(head if n == 0 else ("",) * len(head)), *figure) for n, figure in enumerate(cells)]
+
+
 # -- runs -------------------------------------------------------------------------------
 
 
@@ -112,7 +278,7 @@ def runs_table(record: Record) -> Table:
         rows.append(
             (
                 run_id(run),
-                names.get(run_id(run), "?"),
+                kernel_cell(names.get(run_id(run), "?"), run),
                 workload_label(run),
                 verdict_label(run),
                 ", ".join(clean(n.get("node")) for n in nodes(run)) or "none ran",
@@ -165,7 +331,7 @@ class RunSummary:
 
     @property
     def title(self) -> str:
-        """``r002  6.1.0-57-amd64  overcommit #1``."""
+        """``r002  6.1.0-57-amd64  overcommit #1`` (``6.1.0-57-amd64 [base]`` for a variant's run)."""
         return f"{self.run_id}  {self.kernel}  {self.workload}"
 
 
@@ -175,7 +341,7 @@ def run_summaries(record: Record) -> list[RunSummary]:
     return [
         RunSummary(
             run_id=run_id(run),
-            kernel=names.get(run_id(run), "?"),
+            kernel=kernel_cell(names.get(run_id(run), "?"), run),
             workload=workload_label(run),
             verdict=clean(run.get("verdict")) or "?",
             label=verdict_label(run),
@@ -273,13 +439,15 @@ def headline(record: Record) -> str:
 
 
 def facts(record: Record) -> list[tuple[str, str]]:
-    """The campaign's key facts as (label, value): id, file, lab, time, runs, results."""
+    """The campaign's key facts as (label, value): verdict and why (a comparison campaign's
+    reasons), id, file, lab, time, runs, results."""
     wall = number(record.get("wall_s"))
     started = fmt_time(record.get("started_at")) + ("" if wall is None else f", took {wall:.0f} s")
     counted = f"{len(runs(record))} run(s), {len(skipped_runs(record))} skipped"
     redone = [f"{run_id(run)} {line}" for run in runs(record) for line in redone_lines(run)]
     return [
         ("verdict", f"{(clean(record.get('verdict')) or '?').upper()}, {exit_text(record.get('exit_code'))}"),
+        *(("why", reason) for reason in campaign_reasons(record)),
         ("id", clean(record.get("campaign_id")) or "-"),
         ("file", clean(record.get("file")) or "-"),
         ("lab", clean(record.get("lab")) or "-"),

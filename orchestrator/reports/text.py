@@ -12,8 +12,11 @@ from collections.abc import Callable
 
 from orchestrator.reports.record import Record, kernels
 from orchestrator.reports.tables import (
+    ComparisonSummary,
     RunSummary,
     Table,
+    comparison_legend,
+    comparison_summaries,
     facts,
     figures_table,
     headline,
@@ -35,6 +38,7 @@ def render_text(record: Record) -> str:
         _kernels,
         _setup,
         _figures,
+        _comparison,
         _verdicts,
         _skipped,
         _reproduce,
@@ -111,6 +115,32 @@ def _figures(record: Record) -> list[str]:
     lines = [*_title(table.title), *format_table(table), ""]
     for note in table.legend:
         lines += wrap(note, hang=2)
+    return lines
+
+
+def _comparison(record: Record) -> list[str]:
+    """Each comparison: its verdict, the figure that decided it, then the figures reported only."""
+    summaries = comparison_summaries(record)
+    if not summaries:
+        return []
+    lines = _title("Comparison")
+    for summary in summaries:
+        lines += _comparison_lines(summary)
+    lines.append("")
+    for note in comparison_legend(record):
+        lines += wrap(note, hang=2)
+    return lines
+
+
+def _comparison_lines(summary: ComparisonSummary) -> list[str]:
+    lines = wrap(summary.headline)
+    decided = summary.decided
+    lines += wrap(decided.summary if decided else f"{summary.primary}: not in the record", indent=2, hang=4)
+    if summary.reported:
+        lines += wrap("reported only, not deciding the verdict:", indent=2)
+    for change in summary.reported:
+        p = "" if change.p_values == "-" else f"; p {change.p_values}"
+        lines += wrap(f"{change.summary}{p}", indent=4, hang=4)
     return lines
 
 

@@ -1,15 +1,21 @@
 """Campaign reports (orchestrator/reports): text, HTML, JUnit XML and JSON from a record.
 
-Two records: ``pair-result.json``, a campaign of today's shape with two kernels (one a
+Three records: ``pair-result.json``, a campaign of today's shape with two kernels (one a
 patched build), a redone run, a run refused before any node ran, a failing critical
-criterion, an invalid warning and a skipped run; and ``smoke-old-result.json``, a real
-record written before figures, series and kernel_info existed, kept untouched.
+criterion, an invalid warning and a skipped run; ``smoke-old-result.json``, a real
+record written before figures, series and kernel_info existed, kept untouched; and
+``ab-result.json``, the real record of the e2e A/B campaign (tests/e2e/test_regression.py,
+2026-11-29, kept untouched): one kernel, variants base, same and pc0 (vm.page-cluster=0)
+run interleaved, baseline base, primary figure swap_in_mibps; pc0 regressed (-58.6 %),
+same did not change.
 """
 
 from __future__ import annotations
 
 import base64
 import copy
+import io
+import itertools
 import json
 import re
 import xml.etree.ElementTree as ET
@@ -19,16 +25,19 @@ from typing import Any
 
 import pytest
 import xmlschema
+from PIL import Image
 
-from orchestrator.reports import FILES, FORMATS, render, write_reports
+from orchestrator.reports import FILES, FORMATS, plots, render, write_reports
 from orchestrator.reports.html import render_html
 from orchestrator.reports.junit import render_junit
+from orchestrator.reports.record import Reference, baseline_references, distribution, figure_specs, fmt_figure
 from orchestrator.reports.tables import settings_lines
 from orchestrator.reports.text import render_text
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 NEW = FIXTURES / "results" / "pair-result.json"
 OLD = FIXTURES / "results" / "smoke-old-result.json"
+AB = FIXTURES / "results" / "ab-result.json"
 XSD = FIXTURES / "junit" / "jenkins-junit.xsd"
 REDONE = "attempt 2: worker lost during attempt 1: node task(s) for node1 stopped renewing their lease"
 PATCHES = (
@@ -299,6 +308,267 @@ def test_write_reports_writes_every_format_atomically(tmp_path: Path) -> None:
     assert written["html"].stat().st_mode & 0o044 == 0o044  # readable by a web server or CI agent
 
 
+def test_records_without_comparisons_show_none_of_their_parts(record: dict[str, Any], text: str, page: str) -> None:
+    titles = [line for line, under in itertools.pairwise(text.splitlines()) if set(under) == {"-"}]
+    assert titles == ["Kernels", "Setup", "Figures", "Verdicts", "Skipped runs", "Reproduce"]
+    assert not re.search(r"^why ", text, re.M)
+    assert 'id="comparison"' not in page and "baseline-dist-" not in page and "v-regression" not in page
+    assert "Figures per kernel</h2>" in page
+    assert "comparison" not in render_junit(record)
+
+
 def test_an_unknown_format_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown report format 'pdf'"):
         render({}, "pdf")
+
+
+# -- a comparison campaign --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ab() -> dict[str, Any]:
+    return load(AB)
+
+
+@pytest.fixture(scope="module")
+def ab_text(ab: dict[str, Any]) -> str:
+    return render_text(ab)
+
+
+@pytest.fixture(scope="module")
+def ab_page(ab: dict[str, Any]) -> str:
+    """The HTML report of the comparison campaign, rendered once (~2 s of plots)."""
+    return render_html(ab)
+
+
+def comparison_entry(record: dict[str, Any], candidate: str) -> dict[str, Any]:
+    """The record's comparison of ``candidate`` (exactly one)."""
+    found: list[dict[str, Any]] = [c for c in record["comparisons"] if c["candidate"] == candidate]
+    [entry] = found
+    return entry
+
+
+def primary_of(entry: dict[str, Any]) -> dict[str, Any]:
+    """The comparison's figure that decided its verdict."""
+    found: list[dict[str, Any]] = [f for f in entry["figures"] if f["figure"] == entry["primary"]]
+    [figure] = found
+    return figure
+
+
+def test_text_has_a_comparison_section_after_the_figures(ab: dict[str, Any], ab_text: str) -> None:
+    lines = ab_text.splitlines()
+    assert lines.index("Figures") < lines.index("Comparison") < lines.index("Verdicts")
+    assert "pc0 vs base (small): REGRESSION (decided by swap_in_mibps)" in lines
+    assert "same vs base (small): NO CHANGE (decided by swap_in_mibps)" in lines
+    section = flat(ab_text[ab_text.index("Comparison\n") : ab_text.index("Verdicts\n")])
+    pc0 = comparison_entry(ab, "pc0")
+    assert f"REGRESSION (decided by swap_in_mibps) {primary_of(pc0)['summary']} reported only" in section
+    for figure in pc0["figures"]:  # every other figure with its outcome, marked reported only
+        assert figure["summary"] in section, figure["figure"]
+    assert section.count("reported only, not deciding the verdict:") == 2
+    assert "Rule: the verdict is swap_in_mibps's outcome alone" in section
+
+
+def test_text_gives_the_campaign_reasons_by_its_verdict(ab: dict[str, Any], ab_text: str) -> None:
+    [reason] = ab["reasons"]
+    header = flat(ab_text[: ab_text.index("\nid ")])
+    assert header.endswith(f"verdict FAIL, exit 3 (criteria fail) why {reason}")
+
+
+def too_wide(text: str) -> list[str]:
+    """Lines over 80 columns, but for one the report may not break: a label and a path or
+    hash longer than the width (kept whole, and greppable)."""
+    return [line for line in text.splitlines() if len(line) > 80 and len(line.split()) > 2]
+
+
+def test_comparison_text_fits_a_mail_reply(ab: dict[str, Any], ab_text: str) -> None:
+    section = ab_text[ab_text.index("Comparison\n") : ab_text.index("Verdicts\n")]
+    assert max(len(line) for line in section.splitlines()) <= 80
+    # The only wider line: this record's results directory, a pytest tmp path of 79 characters.
+    assert too_wide(ab_text) == []
+    assert [line for line in ab_text.splitlines() if len(line) > 80] == [f"results   {ab['result_dir']}"]
+    assert "\t" not in ab_text and ab_text.endswith("\n") and not ab_text.endswith("\n\n")
+
+
+def test_a_variant_campaign_runs_one_kernel_on_sides_by_variant(ab: dict[str, Any], ab_text: str) -> None:
+    assert "6.1.0-57-amd64 (runs r001, r002, r003, r004, r005, r006, r007, r008, r009)" in ab_text
+    assert re.search(r"^r003  node1  6\.1\.0-57-amd64 \[pc0\] +pass ", ab_text, re.M)
+    sides = distribution(ab, "swap_in_mibps")
+    # Named as the comparisons name them: the kernel as the campaign does, then the variant.
+    assert [side for side, _, _ in sides] == [("linux-image-amd64", name) for name in ("base", "same", "pc0")]
+    assert [(len(passed), others) for _, passed, others in sides] == [(3, [])] * 3
+
+
+def test_html_tabulates_each_comparison_figure_by_figure(ab: dict[str, Any], ab_page: str) -> None:
+    section = ab_page[ab_page.index('<section id="comparison">') : ab_page.index('<section id="distributions">')]
+    assert ab_page.index('<section id="figures">') < ab_page.index('<section id="comparison">')
+    assert len(re.findall(r"<tr><td", section)) == 2 * 9  # two comparisons x nine figures
+    pc0 = primary_of(comparison_entry(ab, "pc0"))
+    low, high = ((pc0[key] - 1) * 100 for key in ("ci_low", "ci_high"))
+    row = (
+        '<tr><td class="text">pc0</td><td class="text">base</td><td class="text">small</td>'
+        '<td><span class="badge v-regression">regression</span></td>'
+        '<td class="text">swap_in_mibps (decides)</td>'
+        f'<td class="number">{fmt_figure(pc0["median_a"])} \u2192 {fmt_figure(pc0["median_b"])} MiB/s</td>'
+        f'<td class="number">{pc0["change_pct"]:+.1f} %</td><td class="number">{low:+.1f} .. {high:+.1f} %</td>'
+        '<td><span class="badge v-regression">regression</span></td>'
+    )
+    assert row in section
+    verdicts = [entry["verdict"] for entry in ab["comparisons"]]
+    outcomes = verdicts + [figure["outcome"] for entry in ab["comparisons"] for figure in entry["figures"]]
+    for outcome, css in (("no change", "v-no"), ("improvement", "v-improvement"), ("regression", "v-regression")):
+        assert section.count(f'class="badge {css}">{outcome}</span>') == outcomes.count(outcome) > 0
+    assert escape(ab["reasons"][0]) in ab_page[: ab_page.index("</header>")]
+
+
+def test_html_draws_each_baseline_median_across_the_plots(ab: dict[str, Any], ab_page: str) -> None:
+    ids = plots_in(ab_page)
+    assert len(ids) == len(set(ids)) == 2 * 9 + 9  # swap + memory per run's node, one per figure: none added
+    assert "Figures per kernel and variant</h2>" in ab_page and "Dashed lines: each baseline's median" in ab_page
+    pc0 = comparison_entry(ab, "pc0")
+    for figure in pc0["figures"]:  # beside each plot, the line's name and value
+        legend = re.search(rf'<ul class="refs" id="baseline-dist-{figure["figure"]}">(.*?)</ul>', ab_page)
+        assert legend is not None, figure["figure"]
+        assert f"baseline base: {fmt_figure(figure['median_a'])} {figure['unit']}</li>" in legend.group(1)
+    assert baseline_references(ab, "swap_in_mibps") == [Reference("baseline base", primary_of(pc0)["median_a"])]
+    # The dashed line runs across the plot; the same plot without a baseline has none.
+    assert orange_line_width(png_of(ab_page, "plot-dist-swap_in_mibps")) > 0.6
+    [spec] = [spec for spec in figure_specs(ab) if spec.name == "swap_in_mibps"]
+    bare = plots.distribution_plot(spec, distribution(ab, "swap_in_mibps"))
+    assert bare is not None and orange_line_width(bare) == 0
+
+
+def test_a_kernel_comparison_names_its_sides_as_its_comparisons_do(record: dict[str, Any]) -> None:
+    """``baseline: {kernel: ...}``: the plots' sides and the baseline line carry the campaign's
+    names for the kernels (a record without ``kernel_label`` gives them in its run labels)."""
+    entry: dict[str, Any] = {"baseline": "linux-image-amd64", "candidate": "build swaplab-nfs-swap", "axis": "kernel"}
+    entry |= {"workload": "overcommit", "verdict": "no change", "primary": "swap_out_mibps"}
+    entry["figures"] = [{"figure": "swap_out_mibps", "median_a": 10.8, "median_b": 12.9, "outcome": "no change"}]
+    compared = record | {"comparisons": [entry]}
+    sides = [side for side, _, _ in distribution(compared, "swap_out_mibps")]
+    assert sides == [("linux-image-amd64",), ("build swaplab-nfs-swap",)]
+    assert baseline_references(compared, "swap_out_mibps") == [Reference("baseline linux-image-amd64", 10.8)]
+    assert baseline_references(compared, "swap_in_mibps") == []  # no baseline median for it: no line
+    assert "build swaplab-nfs-swap vs linux-image-amd64 (overcommit): NO CHANGE" in render_text(compared)
+
+
+def test_an_instance_comparison_draws_the_other_campaigns_median(ab: dict[str, Any]) -> None:
+    """``baseline: last-pass``: the baseline is another campaign, only its medians are known."""
+    record = copy.deepcopy(ab)
+    entry = comparison_entry(record, "pc0") | {"axis": "instance", "candidate": record["campaign_id"]}
+    entry["baseline"] = "ab-20261129-230000-1a2b"
+    del entry["kernel"]
+    record["comparisons"] = [entry]
+    record["runs"] = [run | {"nodes": [run["nodes"][0] | {"series": {}}]} for run in record["runs"][2::3]]
+    median = primary_of(entry)["median_a"]
+    assert baseline_references(record, "swap_in_mibps") == [Reference("baseline ab-20261129-230000-1a2b", median)]
+    text = render_text(record)
+    assert f"{record['campaign_id']} vs ab-20261129-230000-1a2b (small): REGRESSION" in flat(text)
+    assert too_wide(text) == []
+    page = render_html(record)
+    assert f"baseline ab-20261129-230000-1a2b: {fmt_figure(median)} MiB/s</li>" in page
+    assert orange_line_width(png_of(page, "plot-dist-swap_in_mibps")) > 0.6
+
+
+def test_several_cells_name_their_baseline_lines(ab: dict[str, Any]) -> None:
+    """Comparisons in two workloads: one line per workload's baseline, each named by it."""
+    record = copy.deepcopy(ab)
+    other = copy.deepcopy(comparison_entry(record, "pc0")) | {"workload": "large"}
+    for figure in other["figures"]:
+        figure["median_a"] = None if figure["median_a"] is None else figure["median_a"] * 2
+    record["comparisons"].append(other)
+    labels = [reference.label for reference in baseline_references(record, "swap_in_mibps")]
+    assert labels == ["baseline base (small)", "baseline base (large)"]
+
+
+# -- JUnit of a comparison campaign -----------------------------------------------------
+
+
+def test_junit_has_a_comparison_suite_valid_against_jenkins_schema(
+    ab: dict[str, Any], schema: xmlschema.XMLSchema
+) -> None:
+    xml = render_junit(ab)
+    schema.validate(xml)
+    assert junit_counts(xml) == {"testsuite": 9 + 1, "testcase": 9 + 2, "failure": 1, "error": 0, "skipped": 0}
+    suite = ET.fromstring(xml).find("testsuite[@name='ab-page-cluster.comparison']")
+    assert suite is not None and (suite.get("tests"), suite.get("failures")) == ("2", "1")
+    failure = suite.find("testcase[@name='pc0 vs base (small)']/failure")
+    assert failure is not None and failure.get("type") == "regression"
+    pc0 = comparison_entry(ab, "pc0")
+    assert failure.get("message") == f"decided by {primary_of(pc0)['summary']}"
+    lines = (failure.text or "").splitlines()
+    assert len(lines) == 9 and all(line.startswith("reported only: ") for line in lines[1:])
+    passed = suite.find("testcase[@name='same vs base (small)']")
+    assert passed is not None and passed.find("failure") is None and passed.find("error") is None
+    assert "no change" in (passed.findtext("system-out") or "")
+    assert ET.fromstring(xml).find(".//testcase[@name='6.1.0-57-amd64 [pc0] on node1']") is not None
+
+
+def test_junit_insufficient_data_is_an_error(ab: dict[str, Any], schema: xmlschema.XMLSchema) -> None:
+    record = copy.deepcopy(ab)
+    for entry in record["comparisons"]:
+        entry["verdict"] = "insufficient data"
+    xml = render_junit(record)
+    schema.validate(xml)
+    suite = ET.fromstring(xml).find("testsuite[@name='ab-page-cluster.comparison']")
+    assert suite is not None and (suite.get("failures"), suite.get("errors")) == ("0", "2")
+    error = suite.find("testcase/error")
+    assert error is not None and error.get("type") == "insufficient data"
+
+
+def test_a_comparison_record_without_its_comparisons_renders_as_before_them(ab: dict[str, Any]) -> None:
+    record = {key: value for key, value in ab.items() if key not in ("comparisons", "reasons")}
+    text, junit = render_text(record), render_junit(record)
+    assert "Comparison" not in text and "\nwhy " not in text and "comparison" not in junit
+
+
+def partial_comparisons() -> list[dict[str, Any]]:
+    """Comparison parts missing, null or odd, as a hand-edited or future record may have them."""
+    return [
+        {"comparisons": None, "reasons": None},
+        {"comparisons": [{}, None, "x"], "reasons": ["", None, 3]},
+        {
+            "comparisons": [
+                {"figures": None, "method": None, "verdict": "regression"},
+                {"figures": [{}, {"figure": "x", "ci_low": 0.5, "ci_high": None, "change_pct": "a"}], "primary": "x"},
+                {"figures": [{"figure": "y", "scale": "difference", "difference": 0.2, "ci_low": -0.1}]},
+            ]
+        },
+    ]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("partial", partial_comparisons())
+def test_partial_comparisons_render_without_crashing(
+    partial: dict[str, Any], fmt: str, schema: xmlschema.XMLSchema
+) -> None:
+    out = render(load(OLD) | partial, fmt)
+    if fmt == "junit":
+        schema.validate(out)
+    if fmt == "text":
+        assert max(len(line) for line in out.splitlines()) <= 80
+
+
+def png_of(page: str, ident: str) -> bytes:
+    found = re.search(rf'id="{ident}"[^>]*src="data:image/png;base64,([^"]+)"', page)
+    assert found is not None, ident
+    return base64.b64decode(found.group(1))
+
+
+def orange_line_width(png: bytes) -> float:
+    """The widest horizontal run of the baseline line's orange (anti-aliased: a blend of
+    ORANGE and white), as a share of the image's width."""
+    with Image.open(io.BytesIO(png)) as image:
+        rgb = image.convert("RGB")
+        width, height = rgb.size
+        pixels = rgb.load()
+        assert pixels is not None
+        rows = [[x for x in range(width) if _orange(pixels[x, y])] for y in range(height)]
+    spans = [row[-1] - row[0] for row in rows if len(row) > 20]
+    return max(spans, default=0) / width
+
+
+def _orange(pixel: Any) -> bool:
+    """ORANGE (#E69F00), alone or blended with up to about a third of white."""
+    red, green, blue = pixel[:3]
+    return bool(red > 200 and 140 <= green <= 200 and blue < 110)
