@@ -24,6 +24,7 @@ the whole contract.
 | ``swaplab:notify:campaign:<cid>`` | hash | the webhook notification of a finished campaign (status, attempts, last status and reason, delivered or given up at) |
 | ``swaplab:notify:due`` | zset | campaigns whose notification awaits a retry, by when it is due |
 | ``swaplab:notify:sending:<cid>`` | lock (TTL) | held while one process delivers a campaign's notification |
+| ``swaplab:notify:wakeup`` | string (TTL) | when the next ``swaplab.record_results`` is planned to retry notifications (one planned wake-up) |
 | ``swaplab:schedules`` | set | names of the scheduled campaigns |
 | ``swaplab:schedule:<name>`` | hash | a scheduled campaign (stored spec, cron, time zone, missed policy, last instance) |
 | ``swaplab:schedule-log:<name>`` | list | what each firing did: fired, skipped, missed, duplicate (newest first, capped) |
@@ -62,6 +63,7 @@ RESULTS_OUTBOX_KEY = "swaplab:results:outbox"  # orchestrator.history.outbox
 RECORD_CHAIN_KEY = "swaplab:results:recording"  # one swaplab.record_results at a time
 NOTIFY_KEY = "swaplab:notify"  # orchestrator.notify: the webhook's notifications
 NOTIFY_DUE_KEY = "swaplab:notify:due"  # campaign id -> when its next delivery attempt is due
+NOTIFY_WAKEUP_KEY = "swaplab:notify:wakeup"  # the due time a retry task is already planned for
 SCHEDULES_KEY = "swaplab:schedules"
 REDBEAT_PREFIX = "swaplab:redbeat:"
 

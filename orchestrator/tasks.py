@@ -32,7 +32,7 @@ from model.state import (
     lab_queue,
     redis_url,
 )
-from orchestrator import schedules
+from orchestrator import notify, schedules
 from orchestrator.history import outbox
 from orchestrator.planner import new_campaign_id, plan_runs
 from orchestrator.report import start_skew_ms
@@ -95,6 +95,7 @@ class _MeasuredScheduler(Scheduler):
             START_SKEW.labels(campaign.lab.name, entry["workload"]).set(skew_ms / 1e3)
 
     def on_finished(self, cid: str) -> None:
+        notify.enqueue(self.store.redis, cid)  # one Redis script; nothing without SWAPLAB_WEBHOOK_URL
         record_results.apply_async(queue=CONTROL_QUEUE)
 
 
@@ -163,19 +164,23 @@ def judge_and_advance(client: redis.Redis, cid: str, rid: str, attempt: int, sch
 @app.task(name="swaplab.record_results", ignore_result=True)
 def record_results() -> None:
     """Store finished campaigns in the results database and write their reports; while the
-    database is down they stay in the outbox and this task tries again every RECORD_RETRY_S."""
+    database is down they stay in the outbox and this task tries again every RECORD_RETRY_S.
+    Then tell the webhook (orchestrator.notify) of them, retrying failed deliveries when due."""
     from orchestrator.history.db import ResultsDb  # SQLAlchemy only where it is used
-    from orchestrator.recording import record_pending
+    from orchestrator.recording import finished_record, record_pending
 
     client = _redis()
     if not client.set(RECORD_CHAIN_KEY, "1", nx=True, ex=int(RECORD_RETRY_S * 2)):
         return  # another record task is at work or waiting; it will see these too
     try:
-        with ResultsDb() as db:
-            stored, pending = record_pending(client, db)
-    except Exception:
-        log.exception("recording finished campaigns failed; retrying")
-        stored, pending = 0, 1
+        try:
+            with ResultsDb() as db:
+                stored, pending = record_pending(client, db)
+        except Exception:
+            log.exception("recording finished campaigns failed; retrying")
+            stored, pending = 0, 1
+        store = CampaignStore(client)
+        _notify_due(client, lambda cid: finished_record(store, cid))
     finally:
         client.delete(RECORD_CHAIN_KEY)
     if stored:
@@ -185,6 +190,22 @@ def record_results() -> None:
     # Pending now but not after the flush: enqueued while it ran (its own task returned early).
     if pending or outbox.pending(client):
         record_results.apply_async(countdown=RECORD_RETRY_S if pending else 1.0, queue=CONTROL_QUEUE)
+    # Planned after the key is released: a planned task that found it held has returned early.
+    wake = notify.plan_wakeup(client)
+    if wake is not None:
+        record_results.apply_async(countdown=wake, queue=CONTROL_QUEUE)
+
+
+def _notify_due(client: redis.Redis, load: notify.Loader) -> None:
+    """Deliver the webhook notifications that are due (each outcome is recorded in Redis);
+    nothing here may cost the recording: an error is logged and a later task tries again."""
+    try:
+        delivered, waiting = notify.retry_due(client, load)
+    except Exception:
+        log.exception("webhook notifications not attempted; retrying later")
+        return
+    if delivered or waiting:
+        log.info("webhook: %d notification(s) delivered, %d waiting for a retry", delivered, waiting)
 
 
 @app.task(name="swaplab.schedule_tick", ignore_result=True)
@@ -221,8 +242,13 @@ def _resume_campaigns(sender: Any = None, **_: Any) -> None:
     if CONTROL_QUEUE not in queues:
         return
     client = _redis()
-    if outbox.pending(client):  # whatever finished while no control worker ran
+    # Whatever finished, or failed to notify, while no control worker ran.
+    if outbox.pending(client) or notify.pending_notifications(client):
         record_results.apply_async(queue=CONTROL_QUEUE)
+    try:
+        notify.webhook_url()
+    except notify.WebhookUrlError as exc:  # masked: never the URL's credentials
+        log.error("%s; webhook notifications stay pending until it is fixed", exc)
     store = CampaignStore(client)
     for cid in store.campaign_ids(limit=200):
         if store.campaign(cid).get("status") not in TERMINAL:
