@@ -58,8 +58,17 @@ def query_db(ask: Callable[[ResultsDb], T]) -> T:
 @click.option("--kernel", help="Only runs whose kernel label or release contains this.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
-def history(campaign: str | None, kernel: str | None, limit: int, as_json: bool) -> None:
+@click.option("--changes", is_flag=True, help="Change points over CAMPAIGN's nights, per figure (E-divisive means).")
+@click.option("--all", "show_all", is_flag=True, help="With --changes: also the changes below their figure's tolerance.")
+def history(campaign: str | None, kernel: str | None, limit: int, as_json: bool, changes: bool, show_all: bool) -> None:
     """Past campaigns (all, or those named CAMPAIGN), newest first, with verdicts and figures."""
+    if changes:
+        if campaign is None:
+            raise click.UsageError("--changes needs a CAMPAIGN name")
+        from orchestrator.cli.changes_cmd import history_changes
+
+        history_changes(campaign, as_json, show_all)
+        return
     rows = query_db(lambda db: db.history(campaign=campaign, kernel=kernel, limit=limit))
     if as_json:
         click.echo(json.dumps(rows, indent=2))

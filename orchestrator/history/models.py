@@ -165,3 +165,31 @@ class FigureRow(Base):
     run_passed: Mapped[bool] = mapped_column(Boolean)
 
     node: Mapped[NodeRow] = relationship(back_populates="figures")
+
+
+class ChangePointRow(Base):
+    """One change point of a figure over a campaign's nightly history (``orchestrator.changepoints``).
+
+    Not tied to the campaigns table: a detection over the nights is replaced as a whole
+    (``history.changes.store_change_points``) each time it runs, and a row outlives the
+    pruning of the night it names. ``campaign`` is the campaign's name; ``campaign_id``
+    and ``at`` (that instance's finished_at) the night where the new level starts. Only
+    change points beyond the figure's tolerance are stored. ``workload`` is set when the
+    campaign runs several (one series per workload and figure).
+    """
+
+    __tablename__ = "change_points"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    campaign: Mapped[str] = mapped_column(Text, index=True)
+    figure: Mapped[str] = mapped_column(Text)
+    workload: Mapped[str | None] = mapped_column(Text)
+    campaign_id: Mapped[str] = mapped_column(Text)
+    at: Mapped[float] = mapped_column(Float, index=True)
+    release_before: Mapped[str | None] = mapped_column(Text)
+    release_after: Mapped[str | None] = mapped_column(Text)
+    median_before: Mapped[float] = mapped_column(Float)
+    median_after: Mapped[float] = mapped_column(Float)
+    change_pct: Mapped[float | None] = mapped_column(Float)  # None when the level before was 0
+    worse: Mapped[bool] = mapped_column(Boolean)
+    detected_at: Mapped[float] = mapped_column(Float)
