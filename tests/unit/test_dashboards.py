@@ -236,3 +236,49 @@ def test_the_data_source_scrape_interval_is_prometheus_scrape_interval() -> None
     # interval, rate() windows would hold fewer than two samples and panels go blank.
     config = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
     assert duration_s(str(config["global"]["scrape_interval"])) == SCRAPE_INTERVAL_S
+
+
+def test_the_history_dashboard_queries_the_provisioned_results_database() -> None:
+    """The history dashboard reads the results database (PostgreSQL), not Prometheus: it lives
+    in dashboards/history/, out of dashboard_files() and the PromQL checks above (Grafana's
+    provider reads subdirectories too), and tests/integration/test_history_dashboard.py runs
+    its SQL against a real PostgreSQL. Here: it loads, its uid and title are its own, every
+    panel, target, variable and SQL annotation names the provisioned PostgreSQL data source,
+    and Grafana gets that data source's password from the environment compose gives it."""
+    path = GRAFANA / "dashboards" / "history" / "swaplab-history.json"
+    history = load(path)
+    assert path not in dashboard_files()
+    others = [load(p) for p in dashboard_files()]
+    assert history["uid"] == "swaplab-history" and history["uid"] not in {d["uid"] for d in others}
+    assert history["title"] and history["title"] not in {d["title"] for d in others}
+    assert history.get("schemaVersion") == 38 and history.get("id") is None
+
+    ref = {"type": "grafana-postgresql-datasource", "uid": "swaplab-results"}
+    sources = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "results.yml").read_text())
+    (source,) = sources["datasources"]
+    assert {"type": source["type"], "uid": source["uid"]} == ref
+    assert (source["url"], source["user"], source["jsonData"]["database"]) == ("postgres:5432", "swaplab", "swaplab")
+    # Grafana refuses two default data sources in one organization: Prometheus is it.
+    assert source.get("isDefault") is not True
+    assert source["secureJsonData"]["password"] == "${SWAPLAB_DB_PASSWORD}"
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    grafana_env = compose["services"]["grafana"]["environment"]
+    assert grafana_env["SWAPLAB_DB_PASSWORD"] == "${SWAPLAB_DB_PASSWORD:?set SWAPLAB_DB_PASSWORD}"
+
+    panels = list(iter_panels(history))
+    assert len({p["id"] for p in panels}) == len(panels) >= 3
+    assert {p["type"] for p in panels} <= {"timeseries", "state-timeline", "table"}
+    for panel in panels:
+        assert panel["title"] and panel["datasource"] == ref, panel.get("title")
+        assert panel.get("repeat") in (None, *(v["name"] for v in variables(history))), panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == ref and target["rawSql"].strip(), panel["title"]
+            assert target["format"] in ("time_series", "table") and "expr" not in target, panel["title"]
+    assert [v["name"] for v in variables(history)] == ["campaign", "figure", "workload"]
+    for variable in variables(history):
+        assert variable["type"] == "query" and variable["datasource"] == ref, variable["name"]
+    sql_annotations = [a for a in history["annotations"]["list"] if not a.get("builtIn")]
+    assert [a["name"] for a in sql_annotations] == ["Regressions", "Change points"]
+    for annotation in sql_annotations:
+        assert annotation["datasource"] == ref and annotation["target"]["rawSql"].strip(), annotation["name"]
