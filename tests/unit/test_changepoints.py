@@ -8,7 +8,7 @@ is made by the tests (one real run per night, in the order the runs were recorde
   the smoke campaign);
 * the second series, a known step: the 3 runs of the variant ``pc0`` (``vm.page-cluster=0``,
   swap-in without readahead: swap-in throughput falls to less than half) of the real
-  campaign ``results/ab-page-cluster-20261129-235848-bab2`` (node figures). Three real
+  campaign ab-page-cluster-20261129-235848-bab2 (tests/fixtures/results/ab-result.json). Three real
   values are enough: E-divisive finds the step after 6 one-kernel nights at p <= 0.05
   (no scaled copy of the recorded series is needed). That campaign's 6 ``base``/``same``
   runs (the same kernel and settings as ``pc0`` but for the sysctl) give a second
@@ -45,7 +45,7 @@ from orchestrator.comparison import DEFAULT_POLICIES, Policy
 
 REPO = Path(__file__).resolve().parents[2]
 FIGURES_DIR = REPO / "tests" / "fixtures" / "figures"
-AB_RESULT = REPO / "results" / "ab-page-cluster-20261129-235848-bab2" / "result.json"
+AB_RESULT = REPO / "tests" / "fixtures" / "results" / "ab-result.json"  # the real A/B campaign's result.json
 FIRST_NIGHT = datetime.datetime(2026, 11, 1, 2, 0, tzinfo=datetime.UTC).timestamp()
 DAY = 86400.0
 Figures = dict[str, float | None]
