@@ -5,6 +5,7 @@ health-checked, the monitoring services mount their provisioning from the repo."
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -211,7 +212,11 @@ def test_the_redis_service_takes_its_password_without_showing_it(tmp_path: Path)
     port = free_port()
     argv[-1] += f" --port {port} --bind 127.0.0.1 --dir {tmp_path} --appendonly no"
     password = "s3cret-compose-password"
-    server = subprocess.Popen(argv, env={**os.environ, "SWAPLAB_REDIS_PASSWORD": password}, stdout=subprocess.DEVNULL)
+    # Its own process group: the command is `sh -c "printf … | exec redis-server …"`, and the
+    # redis-server of that pipeline is not the shell, so only the group's end ends it.
+    server = subprocess.Popen(
+        argv, env={**os.environ, "SWAPLAB_REDIS_PASSWORD": password}, stdout=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         probe = ["redis-cli", "-h", "127.0.0.1", "-p", str(port)]
         deadline = time.monotonic() + 10
@@ -222,5 +227,5 @@ def test_the_redis_service_takes_its_password_without_showing_it(tmp_path: Path)
         assert authed.stdout.strip() == "PONG"
         assert password not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=10)
