@@ -4,9 +4,11 @@ variant that really swaps in slower (``vm.page-cluster=0``: no swap-in readahead
 read per page) with the right direction, and finds no change between the baseline and an
 identical variant.
 
-The effect is measured again here "by hand", from each run's raw samples.jsonl and the
-hog's own elapsed time, not from swaplab's figures: it must lie inside the interval the
-comparison reports.
+The effect is measured again here "by hand", from each run's raw samples.jsonl and
+node-result.json, not from swaplab's figures: it must lie inside the interval the
+comparison reports. (Dividing by the hog's own elapsed time instead of the sample-bounded
+window reads short runs up to ~7 % slower, which once put the hand ratio 1.5 % below the
+interval: the two must measure the same thing.)
 """
 
 from __future__ import annotations
@@ -83,7 +85,8 @@ def test_the_ab_effect_is_flagged_with_its_direction_and_the_hand_measured_size_
     assert figure["change_pct"] < -30, figure  # the lab's own effect: at least 30 % slower swap-in
     by_hand = statistics.median(_swap_in_rates(result, "pc0")) / statistics.median(_swap_in_rates(result, "base"))
     print(f"\nA/B pc0 vs base: swaplab {figure['summary']}; by hand ratio {by_hand:.3f}")
-    assert figure["ci_low"] <= by_hand <= figure["ci_high"], (by_hand, figure)
+    # The same quantity from the raw files: equal to swaplab's but for float rounding (1e-6).
+    assert figure["ci_low"] * (1 - 1e-6) <= by_hand <= figure["ci_high"] * (1 + 1e-6), (by_hand, figure)
 
 
 def test_the_aa_comparison_is_no_change(ab: tuple[int, dict[str, Any], str]) -> None:
@@ -99,14 +102,20 @@ def test_the_text_report_shows_the_comparison(ab: tuple[int, dict[str, Any], str
 
 
 def _swap_in_rates(result: dict[str, Any], variant: str) -> list[float]:
-    """MiB/s swapped in per run of ``variant``: its samples' pswpin over the hog's elapsed time."""
+    """MiB/s swapped in per run of ``variant``, from its raw files: pswpin between the last
+    sample at or before the hog started and the first at or after it ended, over the host
+    time between those two samples (the figure's definition, computed without swaplab)."""
     rates = []
     for run in result["runs"]:
         if run["variant"] != variant:
             continue
         folder = Path(result["result_dir"]) / run["run_id"] / "node1"
         samples = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines() if line]
-        pages = samples[-1]["pswpin"] - samples[0]["pswpin"]
-        elapsed = json.loads((folder / "node-result.json").read_text())["workload"]["elapsed_s"]
-        rates.append(pages * PAGE_SIZE / MIB / elapsed)
+        workload = json.loads((folder / "node-result.json").read_text())["workload"]
+        start = workload["started_host_ns"]
+        end = start + workload["elapsed_s"] * 1e9
+        first = [s for s in samples if s["host_time_ns"] <= start][-1]
+        last = next(s for s in samples if s["host_time_ns"] >= end)
+        seconds = (last["host_time_ns"] - first["host_time_ns"]) / 1e9
+        rates.append((last["pswpin"] - first["pswpin"]) * PAGE_SIZE / MIB / seconds)
     return rates
