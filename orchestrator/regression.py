@@ -15,26 +15,28 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from model.campaign import LAST_PASS, BaselineSide, CompareSpec
 from orchestrator.comparison import compare
+from orchestrator.comparison import side_values as comparison_values
 
 Values = dict[str, list[float]]  # figure -> one value per passing node run
 
 
 def side_values(runs: Iterable[Mapping[str, Any]]) -> Values:
-    """Every figure's values over the passing runs' nodes."""
-    values: Values = defaultdict(list)
-    for run in runs:
-        if run.get("verdict") != "pass":
-            continue
-        for node in run.get("nodes") or []:
-            for name, figure in (node.get("figures") or {}).items():
-                value = figure.get("value") if isinstance(figure, Mapping) else None
-                if isinstance(value, int | float):
-                    values[name].append(float(value))
-    return dict(values)
+    """Every figure's values over the passing runs' nodes (comparison.side_values per node)."""
+    per_node = [
+        {name: float(figure["value"]) for name, figure in (node.get("figures") or {}).items() if _numeric(figure)}
+        for run in runs
+        if run.get("verdict") == "pass"
+        for node in run.get("nodes") or []
+    ]
+    return cast(Values, comparison_values(per_node))
+
+
+def _numeric(figure: Any) -> bool:
+    return isinstance(figure, Mapping) and isinstance(figure.get("value"), int | float)
 
 
 def _policies(spec: CompareSpec) -> dict[str, dict[str, Any]]:

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.conftest import free_port
+from tests.conftest import free_port, unavailable
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -118,9 +118,6 @@ class RedisServer:
 def redis_server_fixture(tmp_path: Path) -> Iterator[RedisServer]:
     """A fresh redis-server for one test, stopped afterwards."""
     if not os.path.exists(REDIS_SERVER):
-        message = "redis-server is not installed"
-        if os.environ.get("SWAPLAB_REQUIRE_E2E"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("redis-server is not installed")
     with RedisServer(tmp_path) as server:
         yield server
