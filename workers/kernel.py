@@ -2,8 +2,8 @@
 
 A node boots a stock ``vmlinuz`` plus the few modules it needs (virtio NIC, NFS client).
 Kernels are never installed on the host: the ``.deb`` is downloaded with ``apt-get
-download``, unpacked with ``dpkg-deb -x`` into swaplab's cache and normalised there so the
-image builder sees one layout whatever the Debian release:
+download``, unpacked into swaplab's cache and normalised there so the image builder sees
+one layout whatever the Debian release:
 
 - modules always under ``<root>/lib/modules/<kver>`` (trixie ships ``usr/lib/modules``),
 - modules always uncompressed (busybox ``insmod`` cannot load ``.ko.xz`` / ``.ko.zst``),
@@ -11,26 +11,40 @@ image builder sees one layout whatever the Debian release:
 
 Metapackages (``linux-image-amd64``) resolve to the concrete ABI package at fetch time,
 because Debian drops superseded ABI packages from its mirror.
+
+A local ``.deb`` or build is the submitter's: it is read without following links and
+unpacked (``dpkg-deb --fsys-tarfile`` into Python's tarfile, member by member) or copied
+into a fresh directory, and every member is checked (workers.untrusted) before depmod,
+decompression or the image builder touch it. Decompression opens with ``O_NOFOLLOW`` and
+writes with ``O_EXCL``, bounded.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import lzma
 import os
 import re
 import shutil
+import signal
+import stat
 import subprocess
+import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import IO, Protocol
 
 from model.kernel import PACKAGE_RE, KernelSource
 from model.paths import cache_dir
+from workers import untrusted
 
 Progress = Callable[[str], None]
 
@@ -46,10 +60,21 @@ _KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 _DEFAULT_MIRROR = "http://deb.debian.org/debian"
 _LISTS_MAX_AGE_S = 12 * 3600
 _COMPRESSED = (".ko.xz", ".ko.zst", ".ko.gz")
+# A kernel release as it names lib/modules/<kver> (and reaches depmod's and modprobe's argv).
+_KVER_RE = re.compile(r"[0-9][0-9A-Za-z.+_~-]{0,99}")
+_DEB_PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9+.-]{0,100}")
+# Bounds on what a kernel may unpack to: a whole Debian kernel is about 450 MiB.
+_KERNEL_TREE = untrusted.TreeRules(max_bytes=4 << 30, drop_link=untrusted.kbuild_link)
+_VMLINUZ_MAX = 256 * untrusted.MIB
+_MODULE_MAX = 512 * untrusted.MIB  # one decompressed module (the largest are a few dozen MiB)
 
 
 class KernelError(RuntimeError):
     """A kernel could not be fetched, unpacked or resolved (an infra/input problem)."""
+
+
+class KernelInputError(KernelError):
+    """The submitter's kernel files are refused (a link, a device, setuid ...): the input's fault."""
 
 
 @dataclass(frozen=True)
@@ -89,10 +114,13 @@ def fetch_kernel(source: KernelSource, progress: Progress | None = None) -> Kern
     say = progress or (lambda _msg: None)
     if source.package is not None:
         return _fetch_package(source.package, source.suite, source.label(), say)
-    if source.deb is not None:
-        return _fetch_local_deb(source.deb, say)
-    assert source.vmlinuz is not None and source.modules is not None
-    return _fetch_local_build(source.vmlinuz, source.modules, say)
+    try:
+        if source.deb is not None:
+            return _fetch_local_deb(source.deb, say)
+        assert source.vmlinuz is not None and source.modules is not None
+        return _fetch_local_build(source.vmlinuz, source.modules, say)
+    except untrusted.RefusedFile as refused:
+        raise KernelInputError(str(refused)) from None
 
 
 def module_load_order(modules_dir: Path, kver: str, wanted: list[str]) -> list[Path]:
@@ -142,7 +170,8 @@ def _fetch_package(package: str, suite: str | None, label: str, say: Progress) -
         debs = list(work.glob("*.deb"))
         if len(debs) != 1:
             raise KernelError(f"apt-get download of {concrete}={version} gave {len(debs)} files")
-        _extract_deb(debs[0], work / "root", say)
+        with _opened(debs[0]) as deb:
+            _extract_deb(deb, work / "root", debs[0].name, say)
         debs[0].unlink()  # the unpacked tree is the cache; the .deb is dead weight
         return concrete, version
 
@@ -306,60 +335,100 @@ def apt_download(package: str, dest: Path, say: Progress) -> Path:
 
 
 def _fetch_local_deb(deb: Path, say: Progress) -> KernelArtifacts:
-    if not deb.is_file():
-        raise KernelError(f"no such .deb: {deb}")
-    digest = _sha256(deb)
-    key = f"deb-{digest[:24]}"
-    cached = _load_cached(key)
-    if cached is not None:
-        return cached
-    package = _run(["dpkg-deb", "-f", str(deb), "Package"]).stdout.strip()
-    version = _run(["dpkg-deb", "-f", str(deb), "Version"]).stdout.strip()
+    with _opened(deb) as handle:
+        digest = _sha256(handle)
+        key = f"deb-{digest[:24]}"
+        cached = _load_cached(key)
+        if cached is not None:
+            return cached
+        package = _deb_field(handle, "Package", _DEB_PACKAGE_RE, deb)
+        version = _deb_field(handle, "Version", _VERSION_RE, deb)
 
-    def produce(work: Path) -> tuple[str, str]:
-        _extract_deb(deb, work / "root", say)
-        return package, version
+        def produce(work: Path) -> tuple[str, str]:
+            _extract_deb(handle, work / "root", str(deb), say)
+            return package, version
 
-    return _build_cached(key, f"deb:{deb}", produce, say)
+        return _build_cached(key, f"deb:{deb}", produce, say)
+
+
+def _deb_field(deb: IO[bytes], name: str, pattern: re.Pattern[str], shown: Path) -> str:
+    fd = deb.fileno()
+    proc = _run(["dpkg-deb", "-f", f"/dev/fd/{fd}", name], check=False, pass_fds=(fd,))
+    value = proc.stdout.strip()
+    if proc.returncode != 0 or not pattern.fullmatch(value):
+        raise KernelInputError(f"{shown} is not a Debian package with a usable {name} field")
+    return value
 
 
 def _fetch_local_build(vmlinuz: Path, modules: Path, say: Progress) -> KernelArtifacts:
     """A local build: copied into the cache so depmod/decompression never touch it."""
-    if not vmlinuz.is_file():
-        raise KernelError(f"no such kernel image: {vmlinuz}")
-    kver_dir = _local_kver_dir(modules)
-    kver = kver_dir.name
-    digest = hashlib.sha256(_sha256(vmlinuz).encode() + _tree_signature(kver_dir)).hexdigest()
-    key = f"local-{kver}-{digest[:16]}"
-    cached = _load_cached(key)
-    if cached is not None:
-        return cached
+    with _opened(vmlinuz) as image, _kver_dir(modules) as (kver_fd, kver):
+        digest = hashlib.sha256(_sha256(image).encode() + _tree_signature(kver_fd)).hexdigest()
+        key = f"local-{kver}-{digest[:16]}"
+        cached = _load_cached(key)
+        if cached is not None:
+            return cached
 
-    def produce(work: Path) -> tuple[str, str]:
-        root = work / "root"
-        say(f"copying local kernel {kver}")
-        (root / "boot").mkdir(parents=True)
-        shutil.copy2(vmlinuz, root / "boot" / f"vmlinuz-{kver}")
-        shutil.copytree(kver_dir, root / "lib" / "modules" / kver, symlinks=True)
-        return "local", "local"
+        def produce(work: Path) -> tuple[str, str]:
+            root = work / "root"
+            say(f"copying local kernel {kver}")
+            (root / "boot").mkdir(parents=True)
+            _copy_bounded(image, root / "boot" / f"vmlinuz-{kver}", _VMLINUZ_MAX, vmlinuz)
+            modules_dir = root / "lib" / "modules" / kver
+            modules_dir.mkdir(parents=True)
+            untrusted.copy_tree(kver_fd, modules_dir, _KERNEL_TREE, str(modules))
+            return "local", "local"
 
-    return _build_cached(key, f"local:{vmlinuz}", produce, say)
+        return _build_cached(key, f"local:{vmlinuz}", produce, say)
 
 
-def _local_kver_dir(modules: Path) -> Path:
-    """``modules`` is either ``<kver>`` itself or a root holding ``lib/modules/<kver>``."""
-    if (modules / "kernel").is_dir() or any(modules.glob("modules.*")):
-        return modules
+@contextmanager
+def _kver_dir(modules: Path) -> Iterator[tuple[int, str]]:
+    """``modules`` is either ``<kver>`` itself or a root holding ``lib/modules/<kver>``:
+    an fd of that directory (opened without following links) and its name."""
+    top = untrusted.open_dir(modules)
+    fd, name = top, modules.name
+    try:
+        names = os.listdir(top)
+        if not (_is_dir(top, "kernel") or any(entry.startswith("modules.") for entry in names)):
+            fd, name = _kver_below(top, modules)
+        if not _KVER_RE.fullmatch(name):
+            raise KernelInputError(f"{modules}: {name!r} is not a kernel release (lib/modules/<kver>)")
+        yield fd, name
+    finally:
+        if fd != top:
+            os.close(fd)
+        os.close(top)
+
+
+def _kver_below(top: int, modules: Path) -> tuple[int, str]:
     for sub in ("lib/modules", "usr/lib/modules", "modules"):
-        candidates = [p for p in (modules / sub).glob("*") if p.is_dir()]
-        if len(candidates) == 1:
-            return candidates[0]
-    raise KernelError(f"{modules} holds neither lib/modules/<kver> nor a <kver> directory")
+        try:
+            parent = untrusted.open_dir(Path(sub), dir_fd=top)
+        except untrusted.RefusedFile:
+            continue
+        try:
+            candidates = [entry.name for entry in os.scandir(parent) if entry.is_dir(follow_symlinks=False)]
+            if len(candidates) == 1:
+                return untrusted.open_dir(Path(candidates[0]), dir_fd=parent), candidates[0]
+        finally:
+            os.close(parent)
+    raise KernelInputError(f"{modules} holds neither lib/modules/<kver> nor a <kver> directory")
 
 
-def _tree_signature(tree: Path) -> bytes:
+def _is_dir(dir_fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def _tree_signature(tree_fd: int) -> bytes:
+    """Names, sizes and times of a tree's files (links are not followed): its cache key."""
     entries = sorted(
-        f"{p.relative_to(tree)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in tree.rglob("*") if p.is_file()
+        f"{'/'.join(parts)}:{info.st_size}:{info.st_mtime_ns}"
+        for parts, info in untrusted.walk(tree_fd)
+        if stat.S_ISREG(info.st_mode)
     )
     return "\n".join(entries).encode()
 
@@ -413,10 +482,41 @@ def _build_cached(
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _extract_deb(deb: Path, root: Path, say: Progress) -> None:
-    say(f"unpacking {deb.name}")
-    root.mkdir(parents=True, exist_ok=True)
-    _run(["dpkg-deb", "-x", str(deb), str(root)])
+def unpack_deb(deb: Path, root: Path, say: Progress) -> None:
+    """The files of the package ``deb`` unpacked into ``root`` (new), by the rules above."""
+    try:
+        with _opened(deb) as handle:
+            _extract_deb(handle, root, str(deb), say)
+    except untrusted.RefusedFile as refused:
+        raise KernelInputError(str(refused)) from None
+
+
+def _extract_deb(deb: IO[bytes], root: Path, label: str, say: Progress) -> None:
+    """Unpack a .deb's files into ``root`` (new): dpkg-deb only decompresses its data
+    archive; Python unpacks it, member by member, by workers.untrusted's rules."""
+    say(f"unpacking {Path(label).name}")
+    root.mkdir(parents=True)
+    fd = deb.fileno()
+    argv = ["dpkg-deb", "--fsys-tarfile", f"/dev/fd/{fd}"]
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(fd,), start_new_session=True
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            with tarfile.open(fileobj=proc.stdout, mode="r|") as archive:
+                untrusted.extract_tar(archive, root, _KERNEL_TREE, label)
+            while proc.stdout.read(1 << 16):
+                pass  # the archive's padding: dpkg-deb must not die of SIGPIPE
+        except BaseException as err:
+            # dpkg-deb decompresses in a child of its own: end both, or they wait on the pipe.
+            os.killpg(proc.pid, signal.SIGKILL)
+            if isinstance(err, untrusted.RefusedFile):
+                raise KernelInputError(str(err)) from None
+            raise
+        finally:
+            errors = proc.stderr.read(4096).decode(errors="replace").strip()
+    if proc.returncode != 0:
+        raise KernelInputError(f"dpkg-deb cannot read {label}: {errors[-800:]}")
 
 
 def _normalise_tree(root: Path, say: Progress) -> str:
@@ -428,10 +528,12 @@ def _normalise_tree(root: Path, say: Progress) -> str:
         merged.rename(plain)  # merged-/usr kernels (trixie); depmod -b expects lib/modules
     kvers = [p.name for p in plain.glob("*") if p.is_dir()] if plain.is_dir() else []
     if len(kvers) != 1:
-        raise KernelError(f"expected one lib/modules/<kver> in the kernel, found {kvers}")
+        raise KernelInputError(f"expected one lib/modules/<kver> in the kernel, found {kvers}")
     kver = kvers[0]
-    if not (root / "boot" / f"vmlinuz-{kver}").is_file():
-        raise KernelError(f"no boot/vmlinuz-{kver} in the kernel package")
+    if not _KVER_RE.fullmatch(kver):
+        raise KernelInputError(f"{kver!r} is not a kernel release (lib/modules/<kver>)")
+    if not _is_regular(root / "boot" / f"vmlinuz-{kver}"):
+        raise KernelInputError(f"no boot/vmlinuz-{kver} in the kernel package")
     count = _decompress_modules(plain / kver)
     if count:
         say(f"decompressed {count} modules")
@@ -440,25 +542,82 @@ def _normalise_tree(root: Path, say: Progress) -> str:
     return kver
 
 
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
 def _decompress_modules(tree: Path) -> int:
     """Replace every compressed module by its plain .ko (busybox insmod needs plain ones)."""
-    files = [p for p in tree.rglob("*") if p.name.endswith(_COMPRESSED) and p.is_file()]
+    files = [
+        Path(folder, name)
+        for folder, _dirs, names in os.walk(tree)  # links to directories are not walked
+        for name in names
+        if name.endswith(_COMPRESSED) and _is_regular(Path(folder, name))
+    ]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         list(pool.map(_decompress_one, files))  # lzma/zstd release the GIL or run apart
     return len(files)
 
 
 def _decompress_one(path: Path) -> None:
-    target = path.with_suffix("")  # x.ko.xz -> x.ko
-    if path.suffix == ".xz":
-        target.write_bytes(lzma.decompress(path.read_bytes()))
-    elif path.suffix == ".zst":
-        _run(["zstd", "-d", "-q", "-f", "-o", str(target), str(path)])
-    else:
-        import gzip
-
-        target.write_bytes(gzip.decompress(path.read_bytes()))
+    """``x.ko.xz`` -> ``x.ko``: read without following a link, written only as a new file."""
+    target = path.with_suffix("")
+    source_fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        out_fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except FileExistsError:
+        os.close(source_fd)
+        raise KernelInputError(f"{target.name} and {path.name} are both in the kernel's modules") from None
+    with os.fdopen(source_fd, "rb") as source, os.fdopen(out_fd, "wb") as out:
+        if path.suffix == ".zst":
+            _unzstd(source, out, path)
+        else:
+            try:
+                with _decompressing(source, path.suffix) as plain:
+                    _copy_stream(plain, out, _MODULE_MAX, f"{path.name} decompresses to")
+            except (lzma.LZMAError, gzip.BadGzipFile, zlib.error, EOFError) as err:
+                raise KernelInputError(f"{path.name} does not decompress: {err}") from None
     path.unlink()
+
+
+def _decompressing(source: IO[bytes], suffix: str) -> lzma.LZMAFile | gzip.GzipFile:
+    return lzma.LZMAFile(source) if suffix == ".xz" else gzip.GzipFile(fileobj=source, mode="rb")
+
+
+def _unzstd(source: IO[bytes], out: IO[bytes], path: Path) -> None:
+    argv = ["zstd", "-d", "-q", "-c"]
+    with subprocess.Popen(argv, stdin=source, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as proc:
+        assert proc.stdout is not None
+        try:
+            _copy_stream(proc.stdout, out, _MODULE_MAX, f"{path.name} decompresses to")
+        except KernelInputError:
+            proc.kill()
+            raise
+    if proc.returncode != 0:
+        raise KernelInputError(f"{path.name} does not decompress (zstd exit {proc.returncode})")
+
+
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def _copy_stream(source: _Readable, out: IO[bytes], limit: int, what: str) -> None:
+    """Copy at most ``limit`` bytes; more is refused ("<what> more than N MiB")."""
+    total = 0
+    while chunk := source.read(1 << 20):
+        total += len(chunk)
+        if total > limit:
+            raise KernelInputError(f"{what} more than {limit >> 20} MiB")
+        out.write(chunk)
+
+
+def _copy_bounded(source: IO[bytes], target: Path, limit: int, shown: Path) -> None:
+    source.seek(0)
+    with os.fdopen(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "wb") as out:
+        _copy_stream(source, out, limit, f"{shown} is")
 
 
 # ---------------------------------------------------------------- small helpers
@@ -471,18 +630,27 @@ def _root_of(modules_dir: Path, kver: str) -> Path:
     return modules_dir.parent.parent.parent
 
 
-def _sha256(path: Path) -> str:
+@contextmanager
+def _opened(path: Path) -> Iterator[IO[bytes]]:
+    """``path`` opened for reading: a regular file, reached without following any link."""
+    with os.fdopen(untrusted.open_regular(path), "rb") as handle:
+        yield handle
+
+
+def _sha256(handle: IO[bytes]) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    handle.seek(0)
+    for block in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(block)
     return digest.hexdigest()
 
 
-def _run(argv: list[str], cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+def _run(
+    argv: list[str], cwd: Path | None = None, check: bool = True, pass_fds: tuple[int, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     """Run argv without a shell; raise KernelError with stderr when ``check`` and it fails."""
     try:
-        proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+        proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False, pass_fds=pass_fds)
     except FileNotFoundError as exc:
         raise KernelError(f"{argv[0]} is not installed") from exc
     if check and proc.returncode != 0:

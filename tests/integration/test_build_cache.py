@@ -1,9 +1,11 @@
 """The kernel build cache with a stub builder: the same inputs build once, even when asked
 twice at once (a file lock on one host, the Redis lock across build workers); a failure of
-the inputs is cached with its error and answered at once; one of the host is not cached."""
+the inputs is cached with its error and answered at once; one of the host is not cached.
+Lineages (a build's own tree and ccache) are capped: the least recently used go first."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -15,7 +17,7 @@ from model.kernel import BuildSpec, DebianSource
 from model.runspec import BuildMessage
 from tests.integration.redis_server import RedisServer, redis_server_fixture  # noqa: F401  (the fixture)
 from workers import tasks
-from workers.kbuild import artifacts, build
+from workers.kbuild import artifacts, build, lineage, sandbox
 from workers.kbuild.build import BuildError, Inputs, build_kernel
 from workers.kbuild.tree import SourceTree
 
@@ -51,7 +53,9 @@ def test_two_requests_for_one_hash_at_once_build_once(monkeypatch: pytest.Monkey
     stub = StubBuilder(tmp_path)
     monkeypatch.setattr(build, "_build", stub)
     found: list[str] = []
-    threads = [threading.Thread(target=lambda: found.append(build_kernel(SPEC, lambda _t: None).hash)) for _ in range(3)]
+    threads = [
+        threading.Thread(target=lambda: found.append(build_kernel(SPEC, lambda _t: None).hash)) for _ in range(3)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -121,3 +125,20 @@ class _no_lock:
 
     def __exit__(self, *_exc: object) -> None:
         return None
+
+
+def test_lineages_beyond_the_cap_go_least_recently_used_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    owner = sandbox.Account(os.geteuid(), os.getegid(), switch=False)
+    for age, key in enumerate(("c" * 24, "b" * 24, "a" * 24, "d" * 24)):  # c is the oldest
+        with lineage.held(key, owner) as place:
+            (place.path / "ccache").mkdir()
+            (place.path / "ccache" / "object").write_bytes(b"\0" * 1000)
+        when = time.time() - 1000 * (4 - age)
+        os.utime(place.path.parent / f".{key}.lock", (when, when))
+    with lineage.held("b" * 24, owner):  # in use by a build: never removed
+        removed = lineage.evict(keep="d" * 24, cap=1500)
+    assert removed == ["c" * 24, "a" * 24]
+    assert sorted(path.name for path in (place.path.parent).iterdir() if not path.name.startswith(".")) == [
+        "b" * 24,
+        "d" * 24,
+    ]

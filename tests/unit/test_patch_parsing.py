@@ -6,6 +6,7 @@ The real ``git am`` against the real tree is tests/integration/test_patch_series
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,8 @@ from workers.kbuild.patches import (
     message_subject,
     parse_diff,
     parse_log,
+    read_series,
     rejected_hunk,
-    series_files,
     stopped_at,
     strip_subject,
 )
@@ -200,14 +201,38 @@ def test_the_log_reads_back_subjects_and_authors() -> None:
     assert parse_log("") == []
 
 
-def test_series_files_are_an_mbox_or_a_directorys_patches_in_name_order(tmp_path: Path) -> None:
+def test_a_series_is_an_mbox_or_a_directorys_patches_in_name_order(tmp_path: Path) -> None:
     mbox = tmp_path / "series.mbox"
     mbox.write_text("From x\n")
-    assert series_files(mbox) == [mbox]
+    assert [(file.name, file.data) for file in read_series(mbox)] == [("series.mbox", b"From x\n")]
     folder = tmp_path / "series"
     folder.mkdir()
     for name in ("0002-b.patch", "0010-j.patch", "0001-a.patch", "README", "notes.txt"):
-        (folder / name).write_text("")
-    assert [path.name for path in series_files(folder)] == ["0001-a.patch", "0002-b.patch", "0010-j.patch"]
+        (folder / name).write_text(name)
+    assert [file.name for file in read_series(folder)] == ["0001-a.patch", "0002-b.patch", "0010-j.patch"]
+    assert read_series(folder)[0].data == b"0001-a.patch"
     with pytest.raises(PatchError, match="neither an mbox file nor a directory"):
-        series_files(tmp_path / "nowhere")
+        read_series(tmp_path / "nowhere")
+
+
+def test_a_series_member_that_is_no_regular_file_is_refused_unread(tmp_path: Path) -> None:
+    """A link (to anything), a FIFO (it would block) or a directory named like a patch."""
+    secret = tmp_path / "secret"
+    secret.write_text("Subject: the secret line\n")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for index, make in enumerate(
+        (lambda p: p.symlink_to(secret), lambda p: p.symlink_to(fifo), lambda p: os.mkfifo(p), lambda p: p.mkdir())
+    ):
+        folder = tmp_path / f"series{index}"
+        folder.mkdir()
+        (folder / "0002-fine.patch").write_text("From x\n")
+        make(folder / "0001-bad.patch")
+        with pytest.raises(PatchError, match=r"0001-bad\.patch") as refused:
+            read_series(folder)
+        assert "secret line" not in str(refused.value)
+    linked = tmp_path / "linked.mbox"
+    linked.symlink_to(secret)
+    with pytest.raises(PatchError, match="symbolic link") as refused:
+        read_series(linked)
+    assert "secret line" not in str(refused.value)

@@ -10,14 +10,19 @@ by the host (killed, out of memory, disk full, worker lost) is not cached.
 
 The cache is capped (``SWAPLAB_KBUILD_MAX_GB``, default 20 GiB for artifacts): after a
 build, the least recently used artifacts go first.
+
+The cache is root's (``kbuild/`` is 0700): a build writes only into its own lineage's
+directory, and its artifact reaches this cache as copies root made (workers.kbuild.build).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,7 +33,8 @@ from typing import Any
 
 from model.paths import cache_dir
 
-FORMAT = "swaplab-kbuild-1"
+# 2: builds run as the build user; an artifact of an earlier root build is not trusted.
+FORMAT = "swaplab-kbuild-2"
 
 
 @dataclass(frozen=True)
@@ -67,7 +73,15 @@ class Artifact:
 
 
 def root() -> Path:
+    kbuild_dir()
     return cache_dir("kbuild", "artifacts")
+
+
+def kbuild_dir() -> Path:
+    """``kbuild/`` of the cache, 0700: source trees, lineages, work and artifacts are nobody else's."""
+    path = cache_dir("kbuild")
+    path.chmod(0o700)
+    return path
 
 
 def find(digest: str) -> Artifact | None:
@@ -147,11 +161,17 @@ def evict(keep: str) -> list[str]:
 
 
 def disk_usage() -> dict[str, int]:
-    """Bytes used by source trees, ccache and artifacts (what `swaplab kernels` shows)."""
-    usage = {}
-    for part in ("trees", "debian", "ccache", "artifacts"):
-        usage[part] = sum(path.stat().st_size for path in cache_dir("kbuild", part).rglob("*") if path.is_file())
-    return usage
+    """Bytes used by source trees, lineages (their trees and ccaches) and artifacts (what
+    `swaplab kernels` shows); links are not followed."""
+    return {part: sum(_file_sizes(cache_dir("kbuild", part))) for part in ("trees", "debian", "lineages", "artifacts")}
+
+
+def _file_sizes(folder: Path) -> Iterator[int]:
+    for path in folder.rglob("*"):
+        with contextlib.suppress(OSError):  # removed meanwhile by a build
+            info = path.lstat()
+            if stat.S_ISREG(info.st_mode):
+                yield info.st_size
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -10,14 +10,22 @@ of that expression are not set::
     SWAP is not set: it depends on MMU && BLOCK && !ARCH_NO_SWAP; BLOCK is not set
 
 Also here: the check of a user's base config file or fragment before it reaches kconfig.
+
+The tree is the build's (a patch may have put links or a FIFO in it): its Kconfig files
+are read without following links and bounded (workers.untrusted); a ``source`` that leads
+to a link, out of the tree or into a loop is refused.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+
+from workers import untrusted
 
 # What a node needs built in (=y), mirroring workers/kbuild/swaplab.config (whose comments
 # say why). Helpers the fragment sets only to reach these (NET, NETDEVICES, VIRTIO_MENU ...)
@@ -56,6 +64,11 @@ _MACRO = re.compile(r"\$\([^()]*(?:\([^()]*\)[^()]*)*\)")
 _TOKEN = re.compile(r'\s*(\|\||&&|!=|<=|>=|[!()=<>]|"[^"]*"|[A-Za-z0-9_.+-]+)')
 _VALUE = re.compile(r'[ymn]|-?[0-9]+|(0[xX])?[0-9a-fA-F]+|"(?:[^"\\]|\\.)*"')
 _CONSTANTS = {"y": 2, "m": 1, "n": 0}
+# Bounds on reading a tree's Kconfig files (6.1's x86 build reads about 1,500 of them).
+_KCONFIG_FILE_MAX = 4 * untrusted.MIB
+_KCONFIG_FILES_MAX = 20_000
+_KCONFIG_BYTES_MAX = 256 * untrusted.MIB
+_KCONFIG_DEPTH_MAX = 64
 
 
 @dataclass
@@ -148,7 +161,7 @@ class Kconfig:
     selected_by: dict[str, list[str]]  # the symbols whose `select` turns it on
 
 
-def read_kconfig(tree: Path) -> Kconfig:
+def read_kconfig(tree: Path | int) -> Kconfig:
     """Every ``config``/``menuconfig`` symbol of the x86 build: its dependencies and selectors.
 
     Reads the tree's Kconfig files the way kconfig does for ARCH=x86_64: from the top-level
@@ -159,11 +172,13 @@ def read_kconfig(tree: Path) -> Kconfig:
     several places gets the " || " of its definitions (as in kconfig). Left out: a prompt's
     own ``if`` (``bool "x" if EXPERT``: it hides the question, the default still applies),
     ``visible if``, a ``select``'s ``if``, and the implicit menu nesting under a preceding
-    ``config`` (it adds no dependency).
+    ``config`` (it adds no dependency). ``tree``: its path, or an fd of it.
     """
     found: dict[str, list[str]] = {}
     selected_by: dict[str, list[str]] = {}
-    for entry in _entries(tree):
+    with _TreeFiles.of(tree) as files:
+        entries = _entries(files)
+    for entry in entries:
         found.setdefault(entry.name, []).append(_join(entry.dependencies(), "&&"))
         for target in entry.selects:
             selected_by.setdefault(target, []).append(entry.name)
@@ -171,7 +186,7 @@ def read_kconfig(tree: Path) -> Kconfig:
     return Kconfig(depends_on, {name: list(dict.fromkeys(who)) for name, who in selected_by.items()})
 
 
-def kconfig_dependencies(tree: Path) -> dict[str, str]:
+def kconfig_dependencies(tree: Path | int) -> dict[str, str]:
     """Every symbol of the tree's x86 Kconfig and its ``depends on`` expression (see read_kconfig)."""
     return read_kconfig(tree).depends_on
 
@@ -189,12 +204,50 @@ class _Entry:
         return [expr for block in self.enclosing for expr in block] + self.own
 
 
+class _TreeFiles:
+    """The tree's files, read by path relative to it: no link followed, bounded."""
+
+    def __init__(self, root_fd: int, shown: str) -> None:
+        self.root_fd, self.shown = root_fd, shown
+        self.read_count = self.read_bytes = 0
+
+    @classmethod
+    @contextmanager
+    def of(cls, tree: Path | int) -> Iterator[_TreeFiles]:
+        fd = untrusted.open_dir(tree) if isinstance(tree, Path) else os.dup(tree)
+        try:
+            yield cls(fd, str(tree) if isinstance(tree, Path) else "the tree")
+        finally:
+            os.close(fd)
+
+    def exists(self, path: PurePosixPath) -> bool:
+        try:
+            os.stat(str(path), dir_fd=self.root_fd, follow_symlinks=False)
+        except OSError:
+            return False
+        return True
+
+    def read_text(self, path: PurePosixPath) -> str:
+        self.read_count += 1
+        if self.read_count > _KCONFIG_FILES_MAX:
+            raise untrusted.RefusedFile(f"{self.shown}: more than {_KCONFIG_FILES_MAX} Kconfig files are sourced")
+        if not self.exists(path):
+            raise FileNotFoundError(f"{self.shown}/{path} does not exist")
+        data = untrusted.read_regular(Path(path), _KCONFIG_FILE_MAX, dir_fd=self.root_fd)
+        self.read_bytes += len(data)
+        if self.read_bytes > _KCONFIG_BYTES_MAX:
+            raise untrusted.RefusedFile(
+                f"{self.shown}: its Kconfig files hold more than {_KCONFIG_BYTES_MAX >> 20} MiB"
+            )
+        return data.decode(errors="replace")
+
+
 @dataclass
 class _Frame:
     """One Kconfig file being read, and the blocks enclosing the `source` that named it."""
 
     lines: list[str]
-    path: Path
+    path: PurePosixPath  # relative to the tree
     outer: list[list[str]]
     index: int = 0
     blocks: list[list[str]] = field(default_factory=list)  # this file's open if/menu/choice
@@ -203,10 +256,11 @@ class _Frame:
         return [*self.outer, *self.blocks]
 
 
-def _entries(tree: Path) -> list[_Entry]:
+def _entries(tree: _TreeFiles) -> list[_Entry]:
     """Every config entry, reading the files with an explicit stack (no recursion)."""
     entries: list[_Entry] = []
-    stack = [_Frame(_logical_lines(tree / "Kconfig"), tree / "Kconfig", [])]
+    top = PurePosixPath("Kconfig")
+    stack = [_Frame(_logical_lines(tree.read_text(top)), top, [])]
     deps: list[str] | None = None  # where `depends on` lines go: the entry, menu or choice being read
     entry: _Entry | None = None  # the config entry being read (for its `select` lines)
     while stack:
@@ -229,7 +283,7 @@ def _entries(tree: Path) -> list[_Entry]:
 
 
 def _keyword(
-    tree: Path, stack: list[_Frame], frame: _Frame, line: str, word: str, entries: list[_Entry]
+    tree: _TreeFiles, stack: list[_Frame], frame: _Frame, line: str, word: str, entries: list[_Entry]
 ) -> tuple[list[str] | None, _Entry | None]:
     """Act on a line that starts a new item; (where its `depends on` go, the config entry)."""
     if match := _ENTRY.fullmatch(line):
@@ -244,7 +298,9 @@ def _keyword(
     elif word == "comment":
         return [], None  # a comment's `depends on` is its own
     elif (source := _SOURCE.match(line)) and (child := _sourced(tree, frame.path, source[1], source[2])):
-        stack.append(_Frame(_logical_lines(child), child, frame.enclosing()))
+        if len(stack) >= _KCONFIG_DEPTH_MAX:
+            raise untrusted.RefusedFile(f"{tree.shown}: {child} is sourced more than {_KCONFIG_DEPTH_MAX} deep")
+        stack.append(_Frame(_logical_lines(tree.read_text(child)), child, frame.enclosing()))
     return None, None
 
 
@@ -255,23 +311,25 @@ _PROPERTIES = frozenset(
 )  # fmt: skip
 
 
-def _sourced(tree: Path, here: Path, keyword: str, target: str) -> Path | None:
+def _sourced(tree: _TreeFiles, here: PurePosixPath, keyword: str, target: str) -> PurePosixPath | None:
     """The file a `source`/`rsource`/`osource`/`orsource` names (None: optional and absent)."""
     target = target.replace("$(SRCARCH)", SRCARCH)
-    path = (here.parent if keyword in ("rsource", "orsource") else tree) / target
-    if path.is_file():
-        return path
+    path = (here.parent if keyword in ("rsource", "orsource") else PurePosixPath()) / target
+    if path.is_absolute() or ".." in path.parts:
+        raise untrusted.RefusedFile(f"{tree.shown}/{here}: sources {target}, which is not a path in the tree")
+    if tree.exists(path):
+        return path  # a link or a non-file there is refused when it is read
     if keyword.startswith("o"):
         return None
-    raise FileNotFoundError(f"{here}: sources {target}, which is not in {tree}")
+    raise FileNotFoundError(f"{tree.shown}/{here}: sources {target}, which is not in the tree")
 
 
-def _logical_lines(path: Path) -> list[str]:
+def _logical_lines(text: str) -> list[str]:
     """A Kconfig file's lines: stripped, comments, help text and `\\` continuations removed."""
     lines: list[str] = []
     help_indent: int | None = None  # inside help text: the indentation it started with (0: not yet known)
     carry = ""
-    for raw in path.read_text(errors="replace").splitlines():
+    for raw in text.splitlines():
         if help_indent is not None:
             if not raw.strip():
                 continue
@@ -322,7 +380,7 @@ def _join(exprs: Iterable[str], op: str) -> str:
 
 def missing_options(
     config_text: str,
-    tree: Path,
+    tree: Path | int,
     required: Iterable[str] = REQUIRED,
     kconfig: Kconfig | None = None,
 ) -> list[MissingOption]:

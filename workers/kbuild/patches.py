@@ -11,6 +11,12 @@ git runs with swaplab's settings only — no system or user configuration, no ho
 locale, no ``GIT_*`` variables — because a user's ``am.threeWay``, commit signing or hook
 must not change what applies, ``GIT_DIR`` would redirect ``-C``, and a translated git would
 word its errors so that they no longer parse.
+
+The series is the submitter's: its files are read without following links (a
+``0001.patch`` that is a link, a FIFO or a device is refused unread, and no error quotes a
+refused file), bounded, and copied; git only ever reads the copies. In a build the commits
+are made by the build user in the build's own tree (workers.kbuild.build passes the git
+to run); ``git mailsplit`` runs here, on the copies.
 """
 
 from __future__ import annotations
@@ -19,11 +25,13 @@ import os
 import re
 import subprocess
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 from pathlib import Path
 
+from workers import untrusted
 from workers.kbuild.tree import GIT_IDENTITY, TreeError
 
 _AM = ("am", "--patch-format=mbox", "--no-3way", "--no-gpg-sign", "--committer-date-is-author-date")
@@ -37,6 +45,20 @@ _NOT_THE_ERROR = re.compile(
 )
 # What git mailinfo strips from a subject: "Re:", "[PATCH v2 3/7]", "[RFC]" ... at its start.
 _SUBJECT_TAGS = re.compile(r"^(?:\s*(?:re\s*:|\[[^\]]*\]))+\s*", re.IGNORECASE)
+# Bounds on a series: a large kernel series is a few MiB.
+SERIES_MAX_BYTES = 64 * untrusted.MIB
+SERIES_MAX_FILES = 1000
+
+# Runs ``git <args>`` in the worktree the series goes on; ``check``: PatchError if it fails.
+Git = Callable[[Sequence[str], bool], subprocess.CompletedProcess[str]]
+
+
+@dataclass(frozen=True)
+class SeriesFile:
+    """One file of a series as read (a copy: nothing reads the submitter's file again)."""
+
+    name: str
+    data: bytes
 
 
 @dataclass(frozen=True)
@@ -94,46 +116,104 @@ class PatchError(TreeError):
         self.detail = detail
 
 
-def series_files(patches: Path) -> list[Path]:
-    """The files of a series: an mbox is itself, a directory its ``*.patch`` files in name order."""
-    if patches.is_dir():
+def read_series(patches: Path) -> list[SeriesFile]:
+    """The files of a series, read: an mbox is itself, a directory its ``*.patch`` files in
+    name order. Nothing is followed: a link or a non-regular file is refused, unread."""
+    try:
+        fd = untrusted.open_dir(patches)
+    except untrusted.RefusedFile:
+        return [SeriesFile(patches.name, _read_one(patches))]
+    try:
         # git format-patch numbers its files (0001-..., 0002-...): name order is series order.
-        return sorted((path for path in patches.glob("*.patch") if path.is_file()), key=lambda path: path.name)
-    if patches.is_file():
-        return [patches]
-    raise PatchError(f"patch series {patches} is neither an mbox file nor a directory of .patch files")
+        names = sorted(name for name in os.listdir(fd) if name.endswith(".patch"))
+        if len(names) > SERIES_MAX_FILES:
+            raise PatchError(f"patch series {patches} has more than {SERIES_MAX_FILES} patches")
+        series = [SeriesFile(name, _read_one(patches / name, fd)) for name in names]
+    finally:
+        os.close(fd)
+    if sum(len(file.data) for file in series) > SERIES_MAX_BYTES:
+        raise PatchError(f"patch series {patches} is larger than {SERIES_MAX_BYTES >> 20} MiB")
+    return series
+
+
+def _read_one(path: Path, dir_fd: int | None = None) -> bytes:
+    try:
+        if dir_fd is None:
+            return untrusted.read_regular(path, SERIES_MAX_BYTES)
+        with os.fdopen(untrusted.open_in(dir_fd, path.name, path), "rb") as handle:
+            return untrusted.read_bounded(handle, SERIES_MAX_BYTES, path)
+    except untrusted.RefusedFile as refused:
+        if dir_fd is None and not _exists(path):
+            raise PatchError(f"patch series {path} is neither an mbox file nor a directory of .patch files") from None
+        raise PatchError(f"patch series: {refused}") from None
+
+
+def _exists(path: Path) -> bool:
+    try:
+        path.lstat()
+    except OSError:
+        return False
+    return True
+
+
+def stage_series(series: list[SeriesFile], into: Path) -> list[Path]:
+    """The series' non-blank files written into ``into`` (ours), in order: what git reads."""
+    into.mkdir(parents=True, exist_ok=True)
+    staged = []
+    # A blank file is no message at all (git mailsplit would call it a broken mbox).
+    for index, file in enumerate((file for file in series if file.data.strip()), 1):
+        path = into / f"{index:04d}.patch"
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "wb") as out:
+            out.write(file.data)
+            os.fchmod(out.fileno(), 0o644)  # the build user reads them, whatever the umask
+        staged.append(path)
+    return staged
 
 
 def apply_series(worktree: Path, patches: Path) -> list[AppliedPatch]:
     """Commit each patch of the series on the worktree's HEAD, in order, or none of them."""
-    # A blank file is no message at all (git mailsplit would call it a broken mbox).
-    files = [path for path in series_files(patches) if path.read_bytes().strip()]
+    series = read_series(patches)
+    with tempfile.TemporaryDirectory(prefix="swaplab-series-") as copies:
+        files = stage_series(series, Path(copies))
+        return apply_staged(local_git(worktree), files, [str(path) for path in files], str(patches))
+
+
+def apply_staged(git: Git, files: list[Path], inside: list[str], label: str) -> list[AppliedPatch]:
+    """Commit the staged series (``files`` here, ``inside`` where ``git`` sees them) on HEAD."""
     if not files:
-        raise PatchError(f"patch series {patches} is empty: it holds no patch")
-    base = _git(worktree, "rev-parse", "--verify", "HEAD").stdout.strip()
-    with tempfile.TemporaryDirectory(prefix="swaplab-series-") as split:
-        total = _split(worktree, files, Path(split))
-        am = _git(worktree, *_AM, "--", *map(str, files), check=False)
+        raise PatchError(f"patch series {label} is empty: it holds no patch")
+    base = git(["rev-parse", "--verify", "HEAD"], True).stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="swaplab-split-") as split:
+        total = _split(files, Path(split), label)
+        am = git([*_AM, "--", *inside], False)
         if am.returncode != 0:
-            raise _failure(worktree, base, total, Path(split), am)
-    return parse_log(_git(worktree, "log", "--reverse", "-z", "--format=%s%x1f%an <%ae>", f"{base}..HEAD").stdout)
+            raise _failure(git, base, total, Path(split), am)
+    return parse_log(git(["log", "--reverse", "-z", "--format=%s%x1f%an <%ae>", f"{base}..HEAD"], True).stdout)
 
 
-def _split(worktree: Path, files: list[Path], into: Path) -> int:
+def local_git(worktree: Path) -> Git:
+    """``git -C worktree`` run by this process, with swaplab's settings only."""
+    return lambda args, check: _git(worktree, *args, check=check)
+
+
+def _split(files: list[Path], into: Path, label: str) -> int:
     """The number of messages in the series, split as git am splits it (into 0001, 0002 ...)."""
-    proc = _git(worktree, "mailsplit", "-b", f"-o{into}", "--", *map(str, files), check=False)
+    argv = ["git", "mailsplit", "-b", f"-o{into}", "--", *map(str, files)]
+    proc = subprocess.run(
+        argv, capture_output=True, encoding="utf-8", errors="replace", env=_git_env(), cwd=into, check=False
+    )
     if proc.returncode != 0:
         words = "; ".join(gits_words(proc.stdout, proc.stderr))
-        raise PatchError(f"patch series {', '.join(map(str, files))} is not an mbox: {words}")
+        raise PatchError(f"patch series {label} is not an mbox: {words}")
     return int(proc.stdout.strip())
 
 
-def _failure(worktree: Path, base: str, total: int, split: Path, am: subprocess.CompletedProcess[str]) -> PatchError:
+def _failure(git: Git, base: str, total: int, split: Path, am: subprocess.CompletedProcess[str]) -> PatchError:
     """Undo the partial series (back to ``base``) and say which patch failed, where and why."""
-    applied = _git(worktree, "rev-list", "--count", f"{base}..HEAD").stdout.strip()
+    applied = git(["rev-list", "--count", f"{base}..HEAD"], True).stdout.strip()
     index = int(applied or 0) + 1  # the patches before the failing one are committed
-    diff = _git(worktree, "am", "--show-current-patch=diff", check=False).stdout
-    _git(worktree, "am", "--abort", check=False)  # fails harmlessly when no session started
+    diff = git(["am", "--show-current-patch=diff"], False).stdout
+    git(["am", "--abort"], False)  # fails harmlessly when no session started
     stopped = stopped_at(am.stdout)
     subject = stopped or message_subject(split / f"{index:04d}")
     words = gits_words(am.stdout, am.stderr)

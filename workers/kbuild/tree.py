@@ -1,33 +1,46 @@
-"""Source trees to build from, as git repositories swaplab owns (in its cache).
+"""Source trees to build from: a commit, and where its objects come from.
 
-- a git repository of the user's: a ``git clone --shared`` of it (its objects are borrowed,
-  never written), the ref resolved to a commit — the commit is what counts;
-- a source tarball (Debian's ``linux-source-*`` is the offline default): extracted once
-  and committed as the only commit of a throwaway repository, keyed by the tarball's
-  sha256, so a patch series applies to it with ``git am`` like to any tree.
+- a git repository of the submitter's: the ref resolved to a commit by the build user
+  (root runs no git on a repository someone else wrote: its configuration could name
+  commands), who later fetches that one commit into its lineage's own repository
+  (workers.kbuild.lineage) — the commit is what counts;
+- a source tarball (Debian's ``linux-source-*`` is the offline default): unpacked once by
+  root without following links (workers.untrusted: no link out of the tree, no device,
+  no setuid file, no ``.git``) and committed as the only commit of a repository of root's,
+  keyed by the tarball's sha256; builds borrow its objects read-only.
 
-Each build checks the commit out into its own worktree and removes it afterwards.
+Each build checks the commit out into its lineage's work directory and applies its patches
+there, as the build user.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import os
 import re
 import shutil
 import subprocess
+import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from model.paths import cache_dir
-from workers.kernel import KernelError, apt_download
+from workers import untrusted
+from workers.kbuild import sandbox
+from workers.kernel import KernelError, apt_download, unpack_deb
 
 Progress = Callable[[str], None]
 _REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/+-]{0,199}")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 GIT_IDENTITY = ("-c", "user.name=swaplab", "-c", "user.email=swaplab@localhost")
+# A kernel tree is about 1.4 GB unpacked.
+_SOURCE_TREE = untrusted.TreeRules(max_bytes=8 << 30, max_entries=1_000_000, no_git=True)
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 class TreeError(KernelError):
@@ -44,37 +57,46 @@ class SourceTree:
 
 
 def git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """``git -C repo args`` (its output captured); TreeError with git's words on failure."""
-    proc = subprocess.run(["git", "-C", str(repo), *GIT_IDENTITY, *args], capture_output=True, text=True, check=False)
+    """``git -C repo args`` on a repository of root's own (its output captured); TreeError
+    with git's words on failure. No system or user configuration, no hooks."""
+    argv = ["git", "-C", str(repo), *GIT_IDENTITY, "-c", "core.hooksPath=/dev/null", *args]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=_git_env(), check=False)
     if check and proc.returncode != 0:
         raise TreeError(f"git {' '.join(args[:3])} in {repo}: {(proc.stderr or proc.stdout).strip()}")
     return proc
 
 
+def _git_env() -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("GIT_")}
+    return env | {"LC_ALL": "C", "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}
+
+
 def from_git(repo: Path, ref: str, say: Progress) -> SourceTree:
-    """The commit ``ref`` names in the user's repository ``repo``, via a shared clone."""
+    """The commit ``ref`` names in the submitter's repository ``repo``, as the build user reads it."""
     if not _REF.fullmatch(ref) or ref.startswith("-"):
         raise TreeError(f"ref {ref!r} is not a branch, tag or commit name")
-    if not (repo / ".git").exists() and not (repo / "HEAD").exists():
-        raise TreeError(f"{repo} is not a git repository")
-    commit = git(repo, "rev-parse", "--verify", "--end-of-options", f"{ref}^{{commit}}").stdout.strip()
-    clone = cache_dir("kbuild", "trees") / f"git-{hashlib.sha256(str(repo.resolve()).encode()).hexdigest()[:16]}"
-    with _locked(clone):
-        if not (clone / ".git").exists():
-            say(f"sharing {repo}'s objects")
-            subprocess.run(["git", "clone", "--quiet", "--shared", "--no-checkout", str(repo), str(clone)], check=True)
-        git(clone, "fetch", "--quiet", str(repo), commit)
+    proc = sandbox.Sandbox().run(
+        ["git", "-C", str(repo), "rev-parse", "--verify", "--end-of-options", f"{ref}^{{commit}}"]
+    )
+    commit = proc.stdout.strip()
+    if proc.returncode != 0 or not _COMMIT.fullmatch(commit):
+        words = (proc.stderr or proc.stdout).strip()[-800:]
+        raise TreeError(f"{repo} has no commit {ref!r} that the build user {sandbox.BUILD_USER} can read: {words}")
     say(f"{repo} {ref} is {commit[:12]}")
-    return SourceTree(clone, commit, f"git:{commit}")
+    return SourceTree(repo, commit, f"git:{commit}")
 
 
 def from_tarball(tarball: Path, say: Progress) -> SourceTree:
     """A tarball's tree as the one commit of a repository in the cache (made once)."""
-    digest = _sha256(tarball)
-    repo = cache_dir("kbuild", "trees") / f"tarball-{digest[:16]}"
-    with _locked(repo):
-        if not (repo / ".git").exists():
-            _commit_tarball(tarball, repo, say)
+    try:
+        with os.fdopen(untrusted.open_regular(tarball), "rb") as handle:
+            digest = _sha256(handle)
+            repo = cache_dir("kbuild", "trees") / f"tarball-{digest[:16]}"
+            with _locked(repo):
+                if not (repo / ".git").is_dir():
+                    _commit_tarball(handle, tarball.name, repo, say)
+    except untrusted.RefusedFile as refused:
+        raise TreeError(str(refused)) from None
     commit = git(repo, "rev-parse", "HEAD").stdout.strip()
     return SourceTree(repo, commit, f"tarball:{digest}")
 
@@ -87,28 +109,49 @@ def from_debian(package: str, say: Progress) -> SourceTree:
         if not tarballs:
             with tempfile.TemporaryDirectory(dir=where) as tmp:
                 deb = apt_download(package, Path(tmp), say)
-                subprocess.run(["dpkg-deb", "-x", str(deb), str(where)], check=True)
+                unpack_deb(deb, Path(tmp) / "root", say)
+                (Path(tmp) / "root" / "usr").rename(where / "usr")
             tarballs = sorted(where.glob("usr/src/linux-source-*.tar.*"))
         if len(tarballs) != 1:
             raise TreeError(f"{package} holds {len(tarballs)} source tarballs under /usr/src")
     return from_tarball(tarballs[0], say)
 
 
-def _commit_tarball(tarball: Path, repo: Path, say: Progress) -> None:
+def _commit_tarball(tarball: IO[bytes], name: str, repo: Path, say: Progress) -> None:
     work = Path(tempfile.mkdtemp(prefix=f".{repo.name}.", dir=repo.parent))
     try:
-        say(f"extracting {tarball.name}")
-        subprocess.run(["tar", "-xf", str(tarball), "-C", str(work)], check=True)
-        tops = [entry for entry in work.iterdir() if entry.is_dir()]
-        top = tops[0] if len(tops) == 1 else work
-        say(f"committing {tarball.name} as the base of a throwaway repository")
-        subprocess.run(["git", "init", "--quiet", str(top)], check=True)
+        say(f"extracting {name}")
+        with _tar_stream(tarball) as archive:
+            untrusted.extract_tar(archive, work, _SOURCE_TREE, name)
+        tops = [entry for entry in work.iterdir() if entry.is_dir() and not entry.is_symlink()]
+        top = tops[0] if len(tops) == 1 and len(list(work.iterdir())) == 1 else work
+        say(f"committing {name} as the base of a throwaway repository")
+        git(top, "init", "--quiet")
         # -f: Debian's tarball ends its .gitignore with "/*", which would ignore everything.
         git(top, "add", "--all", "--force")
-        git(top, "commit", "--quiet", "--no-verify", "-m", f"{tarball.name} as released")
+        git(top, "commit", "--quiet", "--no-verify", "-m", f"{name} as released")
         top.rename(repo)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+@contextmanager
+def _tar_stream(tarball: IO[bytes]) -> Iterator[tarfile.TarFile]:
+    """The tarball as a stream of members: gzip, bzip2 and xz by Python, zstd by ``zstd``."""
+    tarball.seek(0)
+    if tarball.read(4) != _ZSTD_MAGIC:
+        tarball.seek(0)
+        with tarfile.open(fileobj=tarball, mode="r|*") as archive:
+            yield archive
+        return
+    tarball.seek(0)
+    with subprocess.Popen(["zstd", "-d", "-q", "-c"], stdin=tarball, stdout=subprocess.PIPE) as proc:
+        assert proc.stdout is not None
+        try:
+            with tarfile.open(fileobj=proc.stdout, mode="r|") as archive:
+                yield archive
+        finally:
+            proc.kill()
 
 
 @contextmanager
@@ -134,9 +177,9 @@ def _locked(path: Path) -> Iterator[None]:
         yield
 
 
-def _sha256(path: Path) -> str:
+def _sha256(file: IO[bytes]) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
+    file.seek(0)
+    while chunk := file.read(1 << 20):
+        digest.update(chunk)
     return digest.hexdigest()

@@ -16,9 +16,9 @@ from model.runspec import PreparedKernel, RunSetupSpec
 from workers.admission import admit_setup
 from workers.image import ImageError, build_node_image, lab_keys
 from workers.kbuild import artifacts
-from workers.kernel import KernelArtifacts, KernelError, fetch_kernel
+from workers.kernel import KernelArtifacts, KernelError, KernelInputError, fetch_kernel
 from workers.nfs import NfsServerError, make_nfs_server
-from workers.pipeline.step import LabFault, Pipeline, PipelineHooks, Scope, Step
+from workers.pipeline.step import InputFault, LabFault, Pipeline, PipelineHooks, Scope, Step
 
 Note = Callable[[str, str], None]  # (phase, text)
 
@@ -70,6 +70,8 @@ class FetchKernelStep(Step[RunContext]):
                 ctx.kernel = self._built(ctx)
             else:
                 ctx.kernel = fetch_kernel(ctx.spec.kernel, progress=lambda text: ctx.note(self.phase, text))
+        except KernelInputError as err:
+            raise InputFault(f"kernel files: {err}") from err
         except (KernelError, OSError) as err:
             raise LabFault(f"kernel artifacts: {err}") from err
 
