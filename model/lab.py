@@ -11,13 +11,18 @@ every ``swaplab_*`` key must be one swaplab knows, with the right type and range
 Driver kinds and NFS backends are described here, not in the data plane: what a driver
 can do decides what a campaign may ask of the lab, and a lab is validated without
 importing any driver. Every problem names the file, the line and the key.
+
+Each node's way to the NFS server (``NfsRoute``) is derived here as well, so the driver
+that forwards it and the server that admits it agree: one export per node, open to one
+client address (127.0.0.N for QEMU nodes, whose relay connects from it).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,7 +61,7 @@ def _address(value: str) -> str:
 class QemuOptions(_Strict):
     """``swaplab_*`` options of a ``qemu`` node."""
 
-    qemu_binary: str = Field(default="qemu-system-x86_64", pattern=r"[A-Za-z0-9_./+-]{1,255}")
+    qemu_binary: str = Field(default="qemu-system-x86_64", pattern=r"^[A-Za-z0-9_./+-]{1,255}$")
     accel: Literal["tcg", "kvm"] = "tcg"
 
 
@@ -67,8 +72,12 @@ class SshOptions(_Strict):
     known_hosts: str | None = None
     console_file: str | None = None
     console_command: str | None = Field(default=None, min_length=1, max_length=1000)
+    # The address the lab's NFS server sees this node's connections come from: the only
+    # client its export admits (default: ansible_host).
+    nfs_client: str | None = None
 
     _paths = field_validator("ssh_key", "known_hosts", "console_file")(_absolute)
+    _client = field_validator("nfs_client")(_address)
 
 
 class GaneshaSettings(_Strict):
@@ -76,8 +85,10 @@ class GaneshaSettings(_Strict):
 
     port: int = Field(default=12049, ge=1, le=65535)
     bind: str = "127.0.0.1"
-    guest_address: str = "10.0.2.2"
-    pseudo: str = Field(default="/export", pattern=r"/[A-Za-z0-9._/-]{0,100}")
+    # Where nodes mount from. For QEMU nodes an unused address of the user-mode network
+    # (10.0.2.0/24) that QEMU forwards to the server; never 10.0.2.2, the host itself there.
+    guest_address: str = "10.0.2.100"
+    pseudo: str = Field(default="/export", pattern=r"^/[A-Za-z0-9._/-]{0,100}$")
     export_dir: str | None = None
     state_dir: str | None = None
 
@@ -104,18 +115,55 @@ class DriverKind:
     # Inventory keys every node of this driver needs.
     required: tuple[str, ...]
     options: type[_Strict]
+    # Reaches NFS only through a per-node relay the driver starts (QEMU's guestfwd).
+    nfs_relay: bool = False
 
 
 DRIVER_KINDS: dict[str, DriverKind] = {
     kind.name: kind
     for kind in (
         DriverKind(
-            "qemu", True, True, ("swaplab_ram_mib", "swaplab_cpus", "ansible_host", "ansible_port"), QemuOptions
+            "qemu",
+            True,
+            True,
+            ("swaplab_ram_mib", "swaplab_cpus", "ansible_host", "ansible_port"),
+            QemuOptions,
+            nfs_relay=True,
         ),
         DriverKind("ssh", False, False, ("ansible_host",), SshOptions),
     )
 }
 NFS_BACKENDS: dict[str, type[_Strict]] = {"ganesha": GaneshaSettings}
+
+# A relayed node mounts this port on the lab's guest address.
+NFS_GUEST_PORT = 2049
+# QEMU user networking's own addresses: network and broadcast, the host (10.0.2.2: QEMU
+# refuses a guestfwd there), its DNS, and what its DHCP hands to guests.
+SLIRP_NETWORK = ipaddress.ip_network("10.0.2.0/24")
+_SLIRP_RESERVED = frozenset(SLIRP_NETWORK[i] for i in (0, 2, 3, *range(15, 31), 255))
+# Relayed nodes connect to the server from 127.0.0.2, 127.0.0.3, ... in inventory order.
+_FIRST_RELAY_SOURCE = ipaddress.ip_address("127.0.0.2")
+
+
+@dataclass(frozen=True)
+class NfsRoute:
+    """How one node reaches its own export on the lab's NFS server, and how the server knows it.
+
+    Every node has an export of its own (``export_id``), open to one client address. A
+    relayed node (QEMU) mounts ``mount_address:mount_port`` inside its user-mode network;
+    QEMU starts a relay per connection that connects to the server from ``client_address``
+    (127.0.0.N, one per node of the lab) and a port below 1024. Other nodes connect
+    directly, from the address the inventory gives them.
+    """
+
+    node: str
+    export_id: int
+    mount_address: str
+    mount_port: int
+    client_address: str
+    server_address: str
+    server_port: int
+    relayed: bool
 
 
 class _NodeVars(_Strict):
@@ -124,9 +172,9 @@ class _NodeVars(_Strict):
     swaplab_driver: str
     swaplab_ram_mib: int | None = Field(default=None, ge=16, le=1 << 20)
     swaplab_cpus: int | None = Field(default=None, ge=1, le=64)
-    ansible_host: str = Field(pattern=r"[A-Za-z0-9][A-Za-z0-9.:-]{0,252}")
+    ansible_host: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,252}$")
     ansible_port: int = Field(default=DEFAULT_SSH_PORT, ge=1, le=65535)
-    ansible_user: str = Field(default=DEFAULT_SSH_USER, pattern=r"[a-z_][a-z0-9_-]{0,31}")
+    ansible_user: str = Field(default=DEFAULT_SSH_USER, pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
 _NODE_VAR_KEYS = set(_NodeVars.model_fields)
@@ -145,6 +193,8 @@ class NodeConfig:
     ssh_port: int
     options: dict[str, str | int | bool]
     ssh_user: str = DEFAULT_SSH_USER
+    # How the node reaches its NFS export (set by load_lab from the lab's NFS settings).
+    nfs_route: NfsRoute | None = None
 
     @property
     def kind(self) -> DriverKind:
@@ -205,7 +255,7 @@ class LabRef(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    name: str = Field(pattern=r"[a-z][a-z0-9-]{0,30}")
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,30}$")
     inventory: str
     nodes: list[str] = Field(min_length=1)
     boots_kernels: bool
@@ -235,8 +285,12 @@ def load_lab(path: Path) -> Lab:
     top = dict(_mapping(doc, ("all", "vars")))
     name = _lab_name(doc, top, path)
     kernel_dirs = _kernel_dirs(doc, top.pop("swaplab_kernel_dirs", []))
-    backend, settings = _nfs_server(doc)
-    return Lab(name, path, backend, settings, _nodes(doc, name, top), kernel_dirs)
+    backend, settings, origin = _nfs_server(doc)
+    nodes = _nodes(doc, name, top)
+    routes = _nfs_routes(doc, NFS_BACKENDS[backend].model_validate(settings), origin, nodes)
+    nodes = tuple(replace(node, nfs_route=routes.get(node.name)) for node in nodes)
+    # The server backend gets the routes with its settings: one export per node.
+    return Lab(name, path, backend, {**settings, "routes": routes}, nodes, kernel_dirs)
 
 
 def _kernel_dirs(doc: LocatedYaml, value: Any) -> tuple[Path, ...]:
@@ -351,7 +405,7 @@ def _issue(doc: LocatedYaml, error: Any, origin: dict[str, FieldPath], where: Fi
 
 
 # -- the NFS server ----------------------------------------------------------------------------------------
-def _nfs_server(doc: LocatedYaml) -> tuple[str, dict[str, Any]]:
+def _nfs_server(doc: LocatedYaml) -> tuple[str, dict[str, Any], dict[str, FieldPath]]:
     hosts = _hosts(doc, _NFS_GROUP)
     if len(hosts) != 1:
         raise SpecError([doc.issue((*_NFS_GROUP, "hosts"), "exactly one NFS server host per lab")])
@@ -378,12 +432,63 @@ def _nfs_server(doc: LocatedYaml) -> tuple[str, dict[str, Any]]:
     _model, problems = _validate(doc, NFS_BACKENDS[backend], settings, settings_origin, loc)
     if issues or problems:
         raise SpecError(issues + [_renamed(p, prefix) for p in problems])
-    return backend, settings
+    return backend, settings, settings_origin
 
 
 def _renamed(issue: SpecIssue, prefix: str) -> SpecIssue:
     # pydantic names the setting ("port"); the file says swaplab_nfs_port.
     return SpecIssue(issue.file, issue.line, issue.field, issue.message.replace("unknown key", "unknown setting"))
+
+
+def _nfs_routes(
+    doc: LocatedYaml, settings: _Strict, origin: dict[str, FieldPath], nodes: tuple[NodeConfig, ...]
+) -> dict[str, NfsRoute]:
+    """Each node's way to its own export; relayed nodes get 127.0.0.2, .3, ... in order."""
+    if not isinstance(settings, GaneshaSettings):
+        return {}
+    relayed = nodes[0].kind.nfs_relay  # a lab's nodes are all of one kind (checked with the pool)
+    if relayed:
+        _check_guest_address(doc, settings.guest_address, origin)
+    sources = (str(a) for a in _relay_sources(settings.bind))
+    routes = {}
+    for export_id, node in enumerate(nodes, start=1):
+        client = next(sources) if relayed else str(node.options.get("nfs_client") or node.ssh_host)
+        routes[node.name] = NfsRoute(
+            node=node.name,
+            export_id=export_id,
+            mount_address=settings.guest_address,
+            mount_port=NFS_GUEST_PORT if relayed else settings.port,
+            client_address=client,
+            server_address=settings.bind,
+            server_port=settings.port,
+            relayed=relayed,
+        )
+    return routes
+
+
+def _relay_sources(bind: str) -> Iterator[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    address = _FIRST_RELAY_SOURCE
+    while True:
+        if str(address) != bind:  # never the server's own address
+            yield address
+        address += 1
+
+
+def _check_guest_address(doc: LocatedYaml, value: str, origin: dict[str, FieldPath]) -> None:
+    address = ipaddress.ip_address(value)
+    if address in SLIRP_NETWORK and address not in _SLIRP_RESERVED:
+        return
+    loc = origin.get("guest_address", _NFS_GROUP)
+    why = "it is QEMU's host address there" if value == str(SLIRP_NETWORK[2]) else "QEMU cannot forward it"
+    raise SpecError(
+        [
+            doc.issue(
+                loc,
+                f"{value} cannot be the NFS address of QEMU nodes ({why}); use an unused address of "
+                f"QEMU's user network {SLIRP_NETWORK}, e.g. 10.0.2.100",
+            )
+        ]
+    )
 
 
 # -- the node pool ---------------------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""The ganesha backend against a real user-space nfs-ganesha on 127.0.0.1."""
+"""The ganesha backend against a real user-space nfs-ganesha on 127.0.0.1: its lifecycle,
+each node's export open to that node's relay address alone (asked over raw NFSv4 RPC, as a
+guest or a local user would), and swap files a guest replaced, never followed nor read."""
 
 from __future__ import annotations
 
@@ -11,17 +13,17 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from model.lab import NfsRoute
+from model.runspec import NodeResult
 from tests.conftest import free_port, require_tools
+from tests.integration.nfs_probe import NFS4_OK, REFUSALS, lookup_status
 from workers.nfs.base import NfsServerError
-from workers.nfs.ganesha import (
-    GaneshaServer,
-    filesystem_problem,
-    nonzero_pages_after_header,
-    statfs_type,
-)
+from workers.nfs.ganesha import GaneshaServer, filesystem_problem, statfs_type
+from workers.pipeline.swap_steps import SwapFileStep
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,14 +52,26 @@ def lab_dir(tmp_path: Path) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-def server(lab_dir: Path) -> Iterator[GaneshaServer]:
-    settings = {
-        "port": free_port(),
+def routes(port: int, count: int = 2) -> dict[str, NfsRoute]:
+    """What load_lab gives a lab of ``count`` QEMU nodes: node1 from 127.0.0.2, node2 from .3 ..."""
+    return {
+        f"node{i}": NfsRoute(f"node{i}", i, "10.0.2.100", 2049, f"127.0.0.{i + 1}", "127.0.0.1", port, True)
+        for i in range(1, count + 1)
+    }
+
+
+def settings_of(lab_dir: Path, port: int, count: int = 2) -> dict[str, object]:
+    return {
+        "port": port,
         "export_dir": str(lab_dir / "export"),
         "state_dir": str(lab_dir / "state"),
+        "routes": routes(port, count),
     }
-    srv = GaneshaServer("itest", settings)
+
+
+@pytest.fixture
+def server(lab_dir: Path) -> Iterator[GaneshaServer]:
+    srv = GaneshaServer("itest", settings_of(lab_dir, free_port()))
     try:
         yield srv
     finally:
@@ -124,28 +138,32 @@ def test_concurrent_processes_share_one_server(server: GaneshaServer) -> None:
 
 
 def test_swap_file_is_allocated_and_formatted(server: GaneshaServer) -> None:
-    path = server.create_swap_file("swap.node1", 16)
-    assert path == server.swap_file_path("swap.node1") == server.export_dir / "swap.node1"
+    path = server.create_swap_file("node1", "swap.node1", 16)
+    assert path == server.swap_file_path("node1", "swap.node1") == server.export_dir / "node1" / "swap.node1"
     st = path.stat()
     assert st.st_size == 16 * 1024 * 1024
     assert st.st_blocks * 512 >= st.st_size  # no holes: swapon would refuse them
     assert st.st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700
     with path.open("rb") as f:
         assert f.read(4096)[4086:4096] == b"SWAPSPACE2"
-    assert nonzero_pages_after_header(path) == 0
+    assert server.written_pages("node1", "swap.node1", 16) == 0
     with path.open("r+b") as f:  # what a node's swap-out looks like on the server
         f.seek(7 * 4096 + 100)
         f.write(b"page")
-    assert nonzero_pages_after_header(path) == 1
-    server.remove_swap_file("swap.node1")
+        f.seek(16 * 1024 * 1024 + 4096)  # past the planned size: never read
+        f.write(b"grown")
+    assert server.written_pages("node1", "swap.node1", 16) == 1
+    server.remove_swap_file("node1", "swap.node1")
     assert not path.exists()
-    server.remove_swap_file("swap.node1")  # idempotent
+    assert server.written_pages("node1", "swap.node1", 16) is None
+    server.remove_swap_file("node1", "swap.node1")  # idempotent
 
 
 def test_swap_file_name_cannot_escape_the_export(server: GaneshaServer) -> None:
     with pytest.raises(NfsServerError, match="invalid swap file name"):
-        server.create_swap_file("../evil", 1)
-    assert not (server.export_dir.parent / "evil").exists()
+        server.create_swap_file("node1", "../evil", 1)
+    assert not (server.export_dir / "evil").exists()
 
 
 def test_port_held_by_another_program_is_reported(server: GaneshaServer) -> None:
@@ -174,3 +192,131 @@ def test_tmpfs_export_is_refused(lab_dir: Path) -> None:
         assert not srv.pid_path.exists()
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+# -- each node's export admits that node alone -------------------------------------------------
+def test_each_node_reaches_its_own_export_and_nobody_else_does(server: GaneshaServer) -> None:
+    server.ensure_serving()
+    secret = server.export_dir / "node2" / "secret"
+    secret.write_bytes(b"node2's pages")
+    where = ("127.0.0.1", server.port)
+    # Each relay address (127.0.0.N, from a port below 1024) reaches its own node's export.
+    assert lookup_status(where, "export/node1", "127.0.0.2") == NFS4_OK
+    assert lookup_status(where, "export/node2/secret", "127.0.0.3") == NFS4_OK
+    # node1's guest asking for node2's export: not there for it.
+    assert lookup_status(where, "export/node2/secret", "127.0.0.2") in REFUSALS
+    # A local user can use node2's address, but only from a port above 1023.
+    assert lookup_status(where, "export/node2/secret", "127.0.0.3", reserved=False) in REFUSALS
+    # Anyone on 127.0.0.1, the one way in for every guest before.
+    assert lookup_status(where, "export/node2/secret", "127.0.0.1") in REFUSALS
+    assert secret.read_bytes() == b"node2's pages"
+
+
+def test_a_node_added_to_the_inventory_is_served_without_a_restart(server: GaneshaServer, lab_dir: Path) -> None:
+    one_node = GaneshaServer("itest", settings_of(lab_dir, server.port, count=1))
+    one_node.ensure_serving()
+    pid = _pid(one_node)
+    where = ("127.0.0.1", server.port)
+    assert lookup_status(where, "export/node2", "127.0.0.3") in REFUSALS
+    server.ensure_serving()  # the same lab, its inventory now with node2: SIGHUP, no restart
+    assert _pid(server) == pid
+    assert lookup_status(where, "export/node2", "127.0.0.3") == NFS4_OK
+    assert lookup_status(where, "export/node1", "127.0.0.2") == NFS4_OK
+
+
+def test_a_planted_link_as_a_node_directory_is_refused(server: GaneshaServer, lab_dir: Path) -> None:
+    elsewhere = lab_dir / "elsewhere"
+    elsewhere.mkdir()
+    server.export_dir.mkdir(parents=True)
+    (server.export_dir / "node1").symlink_to(elsewhere)  # left by a guest of the old, shared export
+    with pytest.raises(NfsServerError, match="not a directory"):
+        server.ensure_serving()
+    with pytest.raises(NfsServerError, match="not a directory"):
+        server.create_swap_file("node1", "swap.x", 1)
+    assert not server.is_serving()
+    assert list(elsewhere.iterdir()) == []
+
+
+# -- what a guest makes of its swap file is neither followed nor read ---------------------------------
+def _stat_of(path: Path) -> tuple[int, int, int, int]:
+    st = os.lstat(path)
+    return st.st_mode, st.st_uid, st.st_size, st.st_mtime_ns
+
+
+@pytest.fixture
+def root_file(lab_dir: Path) -> Path:
+    """A root-only file outside every export, as /etc/shadow is."""
+    target = lab_dir / "shadow"
+    target.write_bytes(b"root:$6$secret\n")
+    target.chmod(0o600)
+    return target
+
+
+@pytest.fixture
+def canary_fifo(lab_dir: Path) -> Iterator[tuple[Path, int]]:
+    """A FIFO outside the exports holding a canary: whoever reads it takes the canary."""
+    fifo = lab_dir / "fifo"
+    os.mkfifo(fifo)
+    fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # a writer and a reader: opening never blocks
+    os.write(fd, b"canary")
+    yield fifo, fd
+    os.close(fd)
+
+
+REPLACEMENTS = ["link to a root file", "link to a FIFO", "a FIFO", "link to /dev/zero", "hard link", "directory"]
+
+
+def _replace(path: Path, how: str, root_file: Path, fifo: Path) -> None:
+    """What a guest (root in its export) can make of its swap file over NFS."""
+    path.unlink()
+    if how == "link to a root file":
+        path.symlink_to(root_file)
+    elif how == "link to a FIFO":
+        path.symlink_to(fifo)
+    elif how == "a FIFO":
+        os.mkfifo(path)
+    elif how == "link to /dev/zero":
+        path.symlink_to("/dev/zero")
+    elif how == "hard link":
+        os.link(root_file, path)  # a file handle a guest forged can be linked in
+    else:
+        path.mkdir()
+        (path / "inner").symlink_to(root_file)
+
+
+@pytest.mark.timeout(30)  # a FIFO or /dev/zero read would hang here, not pass
+@pytest.mark.parametrize("how", REPLACEMENTS)
+def test_a_replaced_swap_file_is_neither_followed_nor_read_and_cleanup_finishes(
+    server: GaneshaServer, root_file: Path, canary_fifo: tuple[Path, int], how: str, tmp_path: Path
+) -> None:
+    fifo, fifo_fd = canary_fifo
+    name = "swap.c1-20260101-000000-abcd.r001.node1"
+    path = server.create_swap_file("node1", name, 4)
+    _replace(path, how, root_file, fifo)
+    before = {target: _stat_of(target) for target in (root_file, fifo)}
+    # The node's cleanup, as the pipeline runs it: inspect, then remove, whatever happens.
+    ctx = SimpleNamespace(
+        nfs=server, name="node1", swap_name=name, spec=SimpleNamespace(swap_mib=4),
+        result=NodeResult(run_id="r001", node="node1"), dir=tmp_path,
+    )  # fmt: skip
+    t0 = time.monotonic()
+    with pytest.raises(NfsServerError, match="not the swap file swaplab made: not read"):
+        SwapFileStep().cleanup(ctx)  # type: ignore[arg-type]
+    assert time.monotonic() - t0 < 5
+    assert ctx.result.swap_file_nonzero_pages is None
+    assert not os.path.lexists(path)  # removed: the link, never its target
+    assert {target: _stat_of(target) for target in (root_file, fifo)} == before
+    assert root_file.read_bytes() == b"root:$6$secret\n"
+    assert os.read(fifo_fd, 100) == b"canary"  # nobody read the FIFO
+
+
+def test_a_link_planted_under_the_next_swap_files_name_is_replaced_not_followed(
+    server: GaneshaServer, root_file: Path
+) -> None:
+    (server.export_dir / "node1").mkdir(parents=True)
+    planted = server.export_dir / "node1" / "swap.next"
+    planted.symlink_to(root_file)
+    before = _stat_of(root_file)
+    path = server.create_swap_file("node1", "swap.next", 4)
+    assert not path.is_symlink() and path.stat().st_size == 4 * 1024 * 1024
+    assert _stat_of(root_file) == before and root_file.read_bytes() == b"root:$6$secret\n"

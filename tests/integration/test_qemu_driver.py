@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from model.lab import NodeConfig
+from model.lab import NfsRoute, NodeConfig
 from tests.conftest import free_port, require_tools
 from workers.drivers import make_driver
 from workers.drivers.base import BootSpec, DriverError
@@ -188,3 +188,29 @@ def test_recycled_pid_in_pid_file_is_not_killed(node: NodeConfig, workdir: Path)
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def _routed(node: NodeConfig, guest_address: str) -> NodeConfig:
+    route = NfsRoute(node.name, 1, guest_address, 2049, "127.0.0.2", "127.0.0.1", free_port(), True)
+    return NodeConfig(**{**node.__dict__, "nfs_route": route})
+
+
+def test_qemu_takes_the_restricted_network_with_its_nfs_relay(
+    boot: BootSpec, node: NodeConfig, workdir: Path, tmp_path: Path
+) -> None:
+    driver = make_driver(_routed(node, "10.0.2.100"), workdir)
+    driver.power_on(boot, tmp_path / "console.log")
+    assert driver.is_running()
+    pid = int((workdir / "qemu.pid").read_text())
+    [netdev] = [arg for arg in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if arg.startswith(b"user,")]
+    assert b",restrict=on," in netdev and b",guestfwd=tcp:10.0.2.100:2049-cmd:" in netdev
+    with socket.create_connection(driver.ssh_address(), timeout=2):
+        pass  # the SSH forward still comes in
+
+
+def test_qemu_refuses_a_forward_to_its_host_address(
+    boot: BootSpec, node: NodeConfig, workdir: Path, tmp_path: Path
+) -> None:
+    # Why the lab model refuses 10.0.2.2 as a QEMU lab's NFS address.
+    with pytest.raises(DriverError, match="QEMU exited at start"):
+        make_driver(_routed(node, "10.0.2.2"), workdir).power_on(boot, tmp_path / "console.log")

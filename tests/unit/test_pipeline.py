@@ -162,16 +162,25 @@ class FakeNfs:
         return FakeNfs.serving
 
     def export(self) -> NfsExport:
-        return NfsExport("10.0.2.2", 2049, "/export")
+        return NfsExport("10.0.2.100", 2049, "/export")
 
-    def create_swap_file(self, name: str, size_mib: int) -> Path:
+    def node_export(self, node: str) -> NfsExport:
+        return NfsExport("10.0.2.100", 2049, f"/export/{node}")
+
+    def data_path(self, node: str) -> str:
+        return "fake"
+
+    def create_swap_file(self, node: str, name: str, size_mib: int) -> Path:
         FakeNfs.calls.append("create swap file")
-        return self.swap_file_path(name)
+        return self.swap_file_path(node, name)
 
-    def remove_swap_file(self, name: str) -> None:
+    def written_pages(self, node: str, name: str, size_mib: int) -> int | None:
+        return None
+
+    def remove_swap_file(self, node: str, name: str) -> None:
         FakeNfs.calls.append("remove swap file")
 
-    def swap_file_path(self, name: str) -> Path:
+    def swap_file_path(self, node: str, name: str) -> Path:
         return self.dir / name
 
     def log_path(self) -> Path:

@@ -1,8 +1,11 @@
 """QEMU (TCG) as a node driver: one diskless guest per node on this host.
 
-The guest boots ``-kernel``/``-initrd`` directly, writes its serial console to a file, and
-reaches the host through QEMU user networking (the host's 127.0.0.1 is 10.0.2.2 inside);
-its sshd is forwarded to 127.0.0.1:<ssh_port>. QEMU runs in its own session so a Ctrl-C
+The guest boots ``-kernel``/``-initrd`` directly, sends its serial console to the worker
+(a socket pair, read into a bounded console.log by ``workers.console_log``), and
+has QEMU user networking with ``restrict=on``: nothing of the host or beyond is reachable
+from inside except the NFS address, which a ``guestfwd`` relays per connection to the lab's
+server from the node's own 127.0.0.N (``workers.nfs.relay``); its sshd is forwarded to
+127.0.0.1:<ssh_port>. QEMU runs in its own session so a Ctrl-C
 in the CLI does not kill guests behind the orchestrator's back; its pid file lets a later
 process find and power off a guest left behind by a crashed worker.
 """
@@ -15,12 +18,15 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 from model.lab import NodeConfig
+from workers.console_log import SocketConsole
 from workers.drivers import register_driver
 from workers.drivers.base import BootSpec, DriverError, MachineState
+from workers.nfs.relay import RelayError, relay_command
 from workers.process import cmdline, pid_alive
 
 DEFAULT_BINARY = "qemu-system-x86_64"
@@ -67,6 +73,8 @@ class QemuDriver:
         self.binary = str(node.options.get("qemu_binary", DEFAULT_BINARY))
         self.accel = str(node.options.get("accel", DEFAULT_ACCEL))
         self._proc: subprocess.Popen[bytes] | None = None
+        self._console: SocketConsole | None = None
+        self._console_fd = -1  # QEMU's end of the console socket pair, while it starts
 
     @property
     def vm_name(self) -> str:
@@ -79,6 +87,31 @@ class QemuDriver:
     @property
     def stderr_path(self) -> Path:
         return self.workdir / "qemu.stderr"
+
+    @property
+    def relay_log_path(self) -> Path:
+        """One line per NFS connection the guest's relay made (or could not make)."""
+        return self.workdir / "nfs-relay.log"
+
+    def netdev(self) -> str:
+        """User networking the guest cannot leave: its sshd forward in, its NFS relay out.
+
+        ``restrict=on`` cuts the guest off from the host (10.0.2.2 is no way to 127.0.0.1)
+        and beyond; a ``guestfwd`` ``cmd:`` starts the relay per connection, so a restarted
+        NFS server is reached again (the ``tcp:`` form connects once, at QEMU's start).
+        """
+        parts = ["user", "id=n0", "restrict=on", f"hostfwd=tcp:127.0.0.1:{self.node.ssh_port}-:22"]
+        route = self.node.nfs_route
+        if route is not None and route.relayed:
+            try:
+                command = relay_command(
+                    sys.executable, route.client_address, route.server_address, route.server_port,
+                    self.relay_log_path.absolute(),
+                )  # fmt: skip
+            except RelayError as err:
+                raise DriverError(f"node {self.node.name}: {err}") from err
+            parts.append(f"guestfwd=tcp:{route.mount_address}:{route.mount_port}-cmd:{command}")
+        return ",".join(parts)
 
     def ssh_address(self) -> tuple[str, int]:
         """Where the guest's forwarded sshd answers."""
@@ -94,7 +127,7 @@ class QemuDriver:
 
     def argv(self, boot: BootSpec, console_log: Path, binary: str) -> list[str]:
         """The QEMU command line (an argv list, never a shell string)."""
-        fwd = f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.node.ssh_port}-:22"
+        fwd = self.netdev()
         return [
             binary,
             "-accel", self.accel,
@@ -106,7 +139,10 @@ class QemuDriver:
             "-kernel", str(boot.kernel),
             "-initrd", str(boot.initrd),
             "-append", boot.cmdline,
-            "-serial", f"file:{console_log}",
+            # The worker reads the serial port and keeps console.log bounded (a WARN loop
+            # fills no disk); when the worker dies the socket closes and QEMU drops output.
+            "-chardev", f"socket,id=console0,fd={self._console_fd}",
+            "-serial", "chardev:console0",
             "-monitor", "none",
             "-netdev", fwd,
             # romfile= skips the iPXE option ROM: we boot -kernel, not PXE.
@@ -122,12 +158,17 @@ class QemuDriver:
         self.workdir.mkdir(parents=True, exist_ok=True)
         console_log.parent.mkdir(parents=True, exist_ok=True)
         self.pid_path.unlink(missing_ok=True)
-        with self.stderr_path.open("wb") as err:
-            self._proc = subprocess.Popen(
-                self.argv(boot, console_log.absolute(), binary),
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                start_new_session=True,
-            )  # fmt: skip
+        self._console = console = SocketConsole(console_log)
+        self._console_fd = console.program_fd()
+        try:
+            with self.stderr_path.open("wb") as err:
+                self._proc = subprocess.Popen(
+                    self.argv(boot, console_log.absolute(), binary),
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                    start_new_session=True, pass_fds=(self._console_fd,),
+                )  # fmt: skip
+        finally:
+            console.start()  # QEMU has its end (or never started): ours is read from now on
         self._wait_past_early_exit()
 
     def _check_can_start(self, boot: BootSpec, console_log: Path) -> str:
@@ -200,6 +241,8 @@ class QemuDriver:
             self._kill(pid)
         if self._proc is not None:
             self._proc.wait()  # reap our child so exit_reason sees its status
+        if self._console is not None:
+            self._console.stop()  # QEMU is gone: the last of its output, then console.log is final
         self.pid_path.unlink(missing_ok=True)
 
     def _kill(self, pid: int) -> None:

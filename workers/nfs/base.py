@@ -1,7 +1,9 @@
 """The NFS server protocol: one long-lived server per lab, shared by concurrent runs.
 
 A run only adds and removes its own swap files; it never restarts a server that other
-runs may be swapping on.
+runs may be swapping on. Each node has an export of its own that admits that node alone;
+what a node leaves there is its own doing (it is root there), so the host inspects and
+removes swap files without following links and reads them only within their size.
 """
 
 from __future__ import annotations
@@ -37,16 +39,25 @@ class NfsServer(Protocol):
         """What and where the server is, for people (e.g. "nfs-ganesha on 127.0.0.1:12049")."""
 
     def export(self) -> NfsExport:
-        """Where nodes mount from."""
+        """The root of the lab's exports, as nodes address the server (for people)."""
 
-    def create_swap_file(self, name: str, size_mib: int) -> Path:
-        """Create a fully allocated, mkswap'ed swap file ``name`` in the export; host path."""
+    def node_export(self, node: str) -> NfsExport:
+        """Where ``node`` mounts its own export from."""
 
-    def remove_swap_file(self, name: str) -> None:
-        """Remove one swap file (idempotent)."""
+    def data_path(self, node: str) -> str:
+        """How ``node``'s NFS traffic reaches the server, in words for its result."""
 
-    def swap_file_path(self, name: str) -> Path:
-        """Host path of swap file ``name`` (to inspect what the node wrote)."""
+    def create_swap_file(self, node: str, name: str, size_mib: int) -> Path:
+        """Create a fully allocated, mkswap'ed swap file ``name`` in ``node``'s export; host path."""
+
+    def written_pages(self, node: str, name: str, size_mib: int) -> int | None:
+        """Pages the node wrote to its swap file (None: gone); NfsServerError if it is no longer a plain file."""
+
+    def remove_swap_file(self, node: str, name: str) -> None:
+        """Remove one swap file, never following what the node made of it (idempotent)."""
+
+    def swap_file_path(self, node: str, name: str) -> Path:
+        """Host path of swap file ``name`` of ``node`` (to name it; never opened by this path)."""
 
     def log_path(self) -> Path:
         """The server's log file, kept for the run's result directory."""

@@ -8,17 +8,19 @@ step changed; a booted node is powered off instead, so only swapoff is done ther
 from __future__ import annotations
 
 import shlex
+import time
 from pathlib import Path
 
 from model.figures import figures_over, node_series, workload_window
 from workers.nfs import NfsServerError, make_nfs_server
-from workers.nfs.ganesha import nonzero_pages_after_header
+from workers.node_ssh import NodeUnreachable
 from workers.pipeline import evidence
 from workers.pipeline.context import MOUNT_POINT, NodeContext
 from workers.pipeline.step import KernelFault, LabFault, Step
 from workers.streams import SamplerStream
 
 SAMPLER_FIRST_TICK_S = 15.0
+CLOCK_ALIVE_PROBE_S = 10.0  # clock-serve went silent: does the node still answer at all?
 
 
 class SwapFileStep(Step[NodeContext]):
@@ -39,19 +41,22 @@ class SwapFileStep(Step[NodeContext]):
             if not ctx.nfs.is_serving():
                 raise LabFault(f"the NFS server of lab {ctx.lab.name} is not serving")
             self.log_offset = _file_size(ctx.nfs.log_path())
-            ctx.nfs.create_swap_file(ctx.swap_name, ctx.spec.swap_mib)
+            # Figures depend on the way there (relay, addresses): the result says which it was.
+            ctx.result.data_path = ctx.nfs.data_path(ctx.name)
+            ctx.nfs.create_swap_file(ctx.name, ctx.swap_name, ctx.spec.swap_mib)
         except (NfsServerError, OSError) as err:
             raise LabFault(f"NFS server: {err}") from err
 
     def cleanup(self, ctx: NodeContext) -> None:
         if ctx.nfs is None:
             return
-        path = ctx.nfs.swap_file_path(ctx.swap_name)
-        if path.exists():
-            # Evidence from the server's side: the node's pages really landed there.
-            ctx.result.swap_file_nonzero_pages = nonzero_pages_after_header(path)
-        ctx.nfs.remove_swap_file(ctx.swap_name)
-        _copy_tail(ctx.nfs.log_path(), self.log_offset, ctx.dir / "nfs-server.log")
+        try:
+            # Evidence from the server's side: the node's pages really landed there. The
+            # node is root in its export: a file it replaced is refused unread.
+            ctx.result.swap_file_nonzero_pages = ctx.nfs.written_pages(ctx.name, ctx.swap_name, ctx.spec.swap_mib)
+        finally:
+            ctx.nfs.remove_swap_file(ctx.name, ctx.swap_name)
+            _copy_tail(ctx.nfs.log_path(), self.log_offset, ctx.dir / "nfs-server.log")
 
 
 class ClockStep(Step[NodeContext]):
@@ -62,7 +67,13 @@ class ClockStep(Step[NodeContext]):
 
     def run(self, ctx: NodeContext, deadline: float) -> None:
         assert ctx.shell is not None
-        ctx.result.clock_offset_ns, ctx.result.clock_uncertainty_ns = ctx.shell.clock_offset(ctx.tool)
+        try:
+            offset = ctx.shell.clock_offset(ctx.tool, timeout_s=max(1.0, deadline - time.monotonic()))
+        except NodeUnreachable as err:
+            if ctx.shell.is_alive(timeout=CLOCK_ALIVE_PROBE_S):
+                raise LabFault(f"clock: {err}") from err  # the node answers, its tool did not
+            raise evidence.stopped_answering(ctx) from err
+        ctx.result.clock_offset_ns, ctx.result.clock_uncertainty_ns = offset
 
 
 class SysctlStep(Step[NodeContext]):
@@ -129,7 +140,7 @@ class MountStep(Step[NodeContext]):
     @staticmethod
     def _command(ctx: NodeContext) -> str:
         assert ctx.nfs is not None
-        export = ctx.nfs.export()
+        export = ctx.nfs.node_export(ctx.name)
         options = [
             f"vers={ctx.spec.nfs.version}",
             "proto=tcp",
