@@ -7,8 +7,15 @@ what each kind of event means.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+
+# What a run keeps of its console events (node-result.json, Redis, result.json): the first
+# EVENTS_PER_KIND of each kind, so a flood of one kind never hides the first of another,
+# and the count of every kind.
+EVENTS_PER_KIND = 20
+EVENT_TEXT_MAX = 1000  # characters of an event's line kept
 
 
 class EventKind(StrEnum):
@@ -41,6 +48,24 @@ _PATTERNS: list[tuple[EventKind, re.Pattern[str]]] = [
     (EventKind.NFS_NOT_RESPONDING, re.compile(r"nfs: server \S+ not responding")),
     (EventKind.NFS_OK, re.compile(r"nfs: server \S+ OK")),
 ]
+
+# Every match of a pattern above holds one of these: most console text has no event, and
+# looking for a few words in a whole chunk costs far less than eight searches per line.
+_EVENT_WORDS = (
+    b"Kernel panic",
+    b"Oops: ",
+    b"BUG",
+    b"general protection fault",
+    b"Unable to handle kernel",
+    b"blocked for more than",
+    b"Out of memory: Kill",
+    b"Memory cgroup out of memory",
+    b"Write error ",
+    b"-error on swap-device",
+    b"swap activate: ",
+    b"swapon: swapfile has holes",
+    b"nfs: server ",
+)
 
 # Kernel health events: any one of these on the console fails the run.
 KERNEL_FAILURE_KINDS = frozenset(
@@ -79,17 +104,73 @@ def classify_line(text: str) -> EventKind | None:
     return None
 
 
+def may_hold_events(data: bytes) -> bool:
+    """False only when no line of ``data`` (UTF-8 console text) can be an event."""
+    return any(word in data for word in _EVENT_WORDS)
+
+
+def event_of_line(number: int, raw: str) -> ConsoleEvent | None:
+    """The event of console line ``number`` (1-based), or None; its text at most EVENT_TEXT_MAX."""
+    line = raw.rstrip("\r")
+    kind = classify_line(line)
+    if kind is None:
+        return None
+    stamp = _PRINTK_TIME.match(line)
+    return ConsoleEvent(kind, number, float(stamp.group(1)) if stamp else None, line.strip()[:EVENT_TEXT_MAX])
+
+
 def parse_console(text: str) -> list[ConsoleEvent]:
     """Every event in a console log, in order."""
-    events = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.rstrip("\r")
-        kind = classify_line(line)
+    numbered = enumerate(text.splitlines(), start=1)
+    return [event for number, raw in numbered if (event := event_of_line(number, raw)) is not None]
+
+
+@dataclass
+class EventTally:
+    """A run's console events as kept: the first ``per_kind`` of each kind, in order, and
+    how many of each kind there were."""
+
+    per_kind: int = EVENTS_PER_KIND
+    kept: list[ConsoleEvent] = field(default_factory=list)
+    counts: dict[EventKind, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, events: Iterable[ConsoleEvent], per_kind: int = EVENTS_PER_KIND) -> EventTally:
+        tally = cls(per_kind)
+        for event in events:
+            tally.add(event)
+        return tally
+
+    def add(self, event: ConsoleEvent) -> bool:
+        """Count ``event``; True when it is kept."""
+        seen = self.counts[event.kind] = self.counts.get(event.kind, 0) + 1
+        if seen > self.per_kind:
+            return False
+        self.kept.append(event)
+        return True
+
+    def add_line(self, number: int, raw: str) -> bool:
+        """Count the event of console line ``number``, if it is one; True when it is kept."""
+        kind = classify_line(raw)
         if kind is None:
-            continue
-        stamp = _PRINTK_TIME.match(line)
-        events.append(ConsoleEvent(kind, number, float(stamp.group(1)) if stamp else None, line.strip()))
-    return events
+            return False
+        if self.counts.get(kind, 0) >= self.per_kind:  # only counted: no event made
+            self.counts[kind] += 1
+            return False
+        event = event_of_line(number, raw)
+        return event is not None and self.add(event)
+
+    @property
+    def dropped(self) -> int:
+        """Events counted but not kept."""
+        return sum(self.counts.values()) - len(self.kept)
+
+    def count_json(self) -> dict[str, int]:
+        """Counts per kind, every kind present (zero when absent)."""
+        return {kind.value: self.counts.get(kind, 0) for kind in EventKind}
+
+    def copy(self) -> EventTally:
+        return EventTally(self.per_kind, list(self.kept), dict(self.counts))
 
 
 def count_by_kind(events: list[ConsoleEvent]) -> dict[str, int]:

@@ -11,12 +11,14 @@ validates them again when it reads them (everything read from Redis is input).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from model.campaign import NfsSpec, check_sysctl
+from model.console import EVENTS_PER_KIND, EventKind
 from model.figures import FIGURE_NAMES, SERIES_KEYS, SERIES_MAX_POINTS
 from model.kernel import KernelSource
 from model.limits import HOG_MIB_MAX, HOG_MIB_MIN, HOG_PASSES_MAX, HOG_PASSES_MIN, HOG_SEED_MAX, HOG_SEED_MIN
@@ -32,7 +34,7 @@ class WorkloadRef(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    name: str = Field(pattern=r"[a-z][a-z0-9_-]{0,30}")
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,30}$")
     # MiB to touch; None: ``ram_ratio`` x the node's RAM, known once the node is reached
     # (a node swaplab does not boot has the RAM it has).
     mib: int | None = Field(default=None, ge=HOG_MIB_MIN, le=HOG_MIB_MAX)
@@ -57,19 +59,24 @@ class PreparedKernel(BaseModel):
 
     package: str = Field(max_length=200)
     version: str = Field(max_length=200)
-    kver: str = Field(pattern=r"[0-9][0-9A-Za-z.+_~-]{0,99}")
+    kver: str = Field(pattern=r"^[0-9][0-9A-Za-z.+_~-]{0,99}$")
     source: str = Field(max_length=500)
-    image_hash: str = Field(pattern=r"[0-9a-f]{64}")
+    image_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
     # For kernels swaplab built: the artifact's hash and the `uname -v` its build pinned;
     # a node that reports anything else booted something else.
-    artifact: str | None = Field(default=None, pattern=r"[0-9a-f]{64}")
+    artifact: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     uts_version: str | None = Field(default=None, max_length=200)
 
 
-CAMPAIGN_ID = r"[a-z][a-z0-9_-]{0,40}-[0-9]{8}-[0-9]{6}-[0-9a-f]{4}"
-RUN_ID = r"r[0-9]{3,4}"
-NAME = r"[a-z][a-z0-9-]{0,30}"
+CAMPAIGN_ID = r"^[a-z][a-z0-9_-]{0,40}-[0-9]{8}-[0-9]{6}-[0-9a-f]{4}$"
+RUN_ID = r"^r[0-9]{3,4}$"
+NAME = r"^[a-z][a-z0-9-]{0,30}$"
 MAX_ATTEMPTS = 10
+
+
+def is_campaign_id(text: object) -> bool:
+    """True when ``text`` is a campaign id as swaplab makes them (safe as one path component)."""
+    return isinstance(text, str) and re.fullmatch(CAMPAIGN_ID, text) is not None
 
 
 class _Message(BaseModel):
@@ -96,7 +103,7 @@ class RunSetupSpec(_Message):
     lab: str = Field(pattern=NAME)
     kernel: KernelSource
     # The artifact the run's build made, for a `build` kernel.
-    artifact: str | None = Field(default=None, pattern=r"[0-9a-f]{64}")
+    artifact: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
 class NodeRunSpec(_Message):
@@ -180,9 +187,14 @@ class NodeResult(BaseModel):
     workload: WorkloadOutcome = Field(default_factory=WorkloadOutcome)
     clock_offset_ns: int | None = None
     clock_uncertainty_ns: int | None = None
-    console_events: list[dict[str, Any]] = Field(default_factory=list)
+    # The first EVENTS_PER_KIND console events of each kind, every kind's count, how many not kept.
+    console_events: list[dict[str, Any]] = Field(default_factory=list, max_length=EVENTS_PER_KIND * len(EventKind))
+    console_event_counts: dict[str, int] = Field(default_factory=dict)
+    console_events_dropped: int = 0
     console_tail: list[str] = Field(default_factory=list)
     swap_file_nonzero_pages: int | None = None
+    # How the node's NFS traffic reached the server (relay, addresses): figures depend on it.
+    data_path: str = Field(default="", max_length=500)
     # Where console.log came from: the serial port swaplab captured, a file or command the
     # lab gives, or `dmesg -w` over SSH (no output from before the session started).
     console_source: str = ""

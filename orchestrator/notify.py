@@ -11,8 +11,13 @@ record only carry :func:`masked` URLs, which hide the credentials and the path t
 not followed, so the credentials never go to a host the URL did not name.
 
 A notification is only news: the result is already in result.json and on its way to the
-results database, and nothing here touches either. A delivery that fails (no connection,
-no answer within the timeout, any status but 2xx) is recorded in Redis and retried:
+results database, and nothing here touches either. A delivery has ``TIMEOUT_S`` in all
+(connect, send, the answer's status line and headers): the socket is shut down when that
+passes, so an endpoint that trickles its answer a byte at a time cannot hold a delivery
+longer. At most ``MAX_IN_FLIGHT`` deliveries run at once in a process (the control worker's
+threads also serve runs); one that finds no room is not attempted and stays due. A
+delivery that fails (no connection, no answer within the timeout, any status but 2xx) is
+recorded in Redis and retried:
 
 =====================  ==========================================================
 Redis key              what
@@ -47,11 +52,13 @@ import http.client
 import json
 import logging
 import os
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
-from contextlib import suppress
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -77,7 +84,8 @@ from orchestrator.reports.record import (
 log = logging.getLogger(__name__)
 
 ENV = "SWAPLAB_WEBHOOK_URL"
-TIMEOUT_S = 10.0
+TIMEOUT_S = 10.0  # one delivery, all of it
+MAX_IN_FLIGHT = 2  # deliveries at once in one process
 RETRY_DELAYS_S = (30.0, 120.0, 600.0)  # after the 1st, 2nd and 3rd failed attempt
 RETRY_EVERY_S = 3600.0  # after any later one
 GIVE_UP_AFTER_S = 24 * 3600.0  # counted from the first attempt
@@ -89,6 +97,7 @@ _BODY_SNIPPET = 160
 
 Clock = Callable[[], float]
 Loader = Callable[[str], Mapping[str, Any] | None]
+_IN_FLIGHT = threading.BoundedSemaphore(MAX_IN_FLIGHT)
 
 # Mark a campaign pending once: a campaign already pending, delivered or given up is left alone.
 _ENQUEUE = """
@@ -268,10 +277,95 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
+class _Deadline:
+    """The whole time of one delivery: every socket it opened is shut down when it passes.
+    (A socket timeout counts per read: a byte every 2 s would never reach it.)"""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def left(self) -> float:
+        return max(0.001, self.at - time.monotonic())
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def connections(self, http_class: Any) -> Callable[..., http.client.HTTPConnection]:
+        """``http_class`` whose sockets this deadline watches from their creation (before
+        any TLS handshake, which a server could trickle too)."""
+
+        def make(*args: Any, **kwargs: Any) -> http.client.HTTPConnection:
+            conn: http.client.HTTPConnection = http_class(*args, **kwargs)
+            create = conn._create_connection  # type: ignore[attr-defined]
+
+            def watched(address: tuple[str, int], timeout: float, *rest: Any) -> socket.socket:
+                sock: socket.socket = create(address, min(timeout, self.left()), *rest)
+                self.watch(sock)
+                return sock
+
+            conn._create_connection = watched  # type: ignore[attr-defined]
+            return conn
+
+        return make
+
+
+def _shut(sock: socket.socket) -> None:
+    with suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _HttpWithin(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def do_open(self, http_class: Any, req: urllib.request.Request, **kwargs: Any) -> http.client.HTTPResponse:
+        return super().do_open(self._deadline.connections(http_class), req, **kwargs)
+
+
+class _HttpsWithin(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def do_open(self, http_class: Any, req: urllib.request.Request, **kwargs: Any) -> http.client.HTTPResponse:
+        return super().do_open(self._deadline.connections(http_class), req, **kwargs)
+
+
+@contextmanager
+def _slot() -> Iterator[bool]:
+    """One of the MAX_IN_FLIGHT delivery slots of this process, if one is free (never waits)."""
+    free = _IN_FLIGHT.acquire(blocking=False)
+    try:
+        yield free
+    finally:
+        if free:
+            _IN_FLIGHT.release()
+
+
 def deliver(record: Mapping[str, Any], url: str, timeout_s: float = TIMEOUT_S) -> Delivery:
     """POST the record's :func:`payload` to ``url`` once: delivered on a 2xx answer; any
-    other answer, no connection, no answer within ``timeout_s`` or a bad URL is a failure
-    with its reason. Never raises for any of these."""
+    other answer, no connection, no complete answer within ``timeout_s`` (in all) or a bad
+    URL is a failure with its reason. Never raises for any of these."""
     started = time.monotonic()
     try:
         hook = parse_webhook(url)
@@ -287,17 +381,23 @@ def _post(hook: Webhook, body: bytes, timeout_s: float) -> tuple[int | None, str
     if hook.authorization:
         headers["Authorization"] = hook.authorization
     request = urllib.request.Request(hook.endpoint, data=body, headers=headers, method="POST")
+    deadline = _Deadline(timeout_s)
     # An opener per call: proxy settings are read from the environment when it is built.
-    opener = urllib.request.build_opener(_NoRedirect)
+    opener = urllib.request.build_opener(_NoRedirect, _HttpWithin(deadline), _HttpsWithin(deadline))
     try:
         with opener.open(request, timeout=timeout_s) as response:
-            return response.status, f"HTTP {response.status}"
+            cut, status = deadline.expired, response.status
+        if cut:  # the headers were cut short at the deadline (an end of input reads as their end)
+            return None, f"{hook.shown}: {_why(TimeoutError(), deadline)}"
+        return status, f"HTTP {status}"
     except urllib.error.HTTPError as exc:
         return exc.code, _scrub(_http_reason(exc), hook)
     except urllib.error.URLError as exc:
-        return None, f"{hook.shown}: {_scrub(_why(exc.reason, timeout_s), hook)}"
+        return None, f"{hook.shown}: {_scrub(_why(exc.reason, deadline), hook)}"
     except (OSError, http.client.HTTPException, ValueError) as exc:
-        return None, f"{hook.shown}: {_scrub(_why(exc, timeout_s), hook)}"
+        return None, f"{hook.shown}: {_scrub(_why(exc, deadline), hook)}"
+    finally:
+        deadline.cancel()
 
 
 def _http_reason(exc: urllib.error.HTTPError) -> str:
@@ -314,10 +414,10 @@ def _http_reason(exc: urllib.error.HTTPError) -> str:
     return f"{reason}: {snippet}" if snippet else reason
 
 
-def _why(error: object, timeout_s: float) -> str:
-    """Why no answer came: a timeout, a refused connection, a TLS error ..."""
-    if isinstance(error, TimeoutError):
-        return f"no answer within {timeout_s:g} s"
+def _why(error: object, deadline: _Deadline) -> str:
+    """Why no answer came: the deadline, a refused connection, a TLS error ..."""
+    if deadline.expired or isinstance(error, TimeoutError):
+        return f"no answer within {deadline.seconds:g} s"  # or only part of one
     return getattr(error, "strerror", None) or str(error) or type(error).__name__
 
 
@@ -398,11 +498,16 @@ def notify(
 ) -> Delivery | None:
     """Attempt to deliver ``cid``'s notification now and record the outcome; a failure
     leaves it pending, due again after :func:`retry_delay`. None when nothing was attempted:
-    no webhook configured, already delivered or given up, or another process delivering it."""
+    no webhook configured, already delivered or given up, another process delivering it,
+    or MAX_IN_FLIGHT deliveries running in this one (it stays due)."""
     target = _webhook_target(url)
     if not target:
         return None
-    return _attempt(client, cid, target, timeout_s, now, lambda: deliver(record, target, timeout_s))
+    with _slot() as free:
+        if not free:
+            log.info("webhook: %d deliveries in flight; campaign %s stays due", MAX_IN_FLIGHT, cid)
+            return None
+        return _attempt(client, cid, target, timeout_s, now, lambda: deliver(record, target, timeout_s))
 
 
 def retry_due(
@@ -416,16 +521,19 @@ def retry_due(
 ) -> tuple[int, int]:
     """Attempt every pending notification that is due, its record from ``load(cid)``:
     (how many were delivered, how many are still pending). With no webhook configured
-    nothing is attempted and the pending ones stay as they are. Attempts stop after
-    ``budget_s`` (the rest stay due for the next call)."""
+    nothing is attempted and the pending ones stay as they are. Attempts (one at a time, in
+    one of the MAX_IN_FLIGHT slots, or none when they are taken) stop after ``budget_s``
+    (the rest stay due for the next call)."""
     target = _webhook_target(url)
     delivered = 0
     started = time.monotonic()
-    for cid in _due(client, now()) if target else []:
-        if time.monotonic() - started >= budget_s:
-            break
-        outcome = _attempt(client, cid, target, timeout_s, now, partial(_deliver_loaded, cid, load, target, timeout_s))
-        delivered += bool(outcome and outcome.ok)
+    with _slot() as free:
+        for cid in _due(client, now()) if target and free else []:
+            if time.monotonic() - started >= budget_s:
+                break
+            send = partial(_deliver_loaded, cid, load, target, timeout_s)
+            outcome = _attempt(client, cid, target, timeout_s, now, send)
+            delivered += bool(outcome and outcome.ok)
     return delivered, len(pending_notifications(client))
 
 

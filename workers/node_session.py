@@ -13,11 +13,12 @@ import json
 import time
 from typing import Any
 
-from model.console import parse_console
+from model.console import EventTally, parse_console
 from model.paths import results_root
 from model.runspec import Failure, NodeResult, NodeRunSpec
 from workers.admission import admit_node
 from workers.collab import Barrier, CancelCheck, Progress
+from workers.console_log import ConsoleLog, tail_lines
 from workers.drivers import DriverError, make_driver
 from workers.drivers.base import NodeAccess
 from workers.exporter import NODES
@@ -123,9 +124,13 @@ class NodeSession(PipelineHooks[NodeContext]):
         self.progress.phase(self.spec.node, "done", "" if failure is None else f"({failure.cause})")
 
     def _record_console(self, ctx: NodeContext) -> None:
-        text = ctx.console_text()
-        self.result.console_events = [event.to_json() for event in parse_console(text)]
-        self.result.console_tail = text.splitlines()[-40:]
+        """The console's events, capped (the first of each kind, every kind counted), and its tail."""
+        log = ConsoleLog.find(ctx.console)  # the writer saw every line, the ones left out of the file too
+        tally = log.tally() if log is not None else EventTally.of(parse_console(ctx.console_text()))
+        self.result.console_events = [event.to_json() for event in tally.kept]
+        self.result.console_event_counts = tally.count_json()
+        self.result.console_events_dropped = tally.dropped
+        self.result.console_tail = tail_lines(ctx.console)
 
     def _finish_metrics(self, ctx: NodeContext) -> None:
         if ctx.series is None:

@@ -1,10 +1,20 @@
 """SSH to a node over fabric: a booted node's dropbear with the lab's pinned host key, or
 a running host with the key (or agent) and known_hosts its inventory names.
 
-Short commands go through fabric's ``Connection.run``; long-running ones (the sampler, the
-workload) through a raw channel of the same connection so the session can watch a
-deadline, a cancel flag and the node's liveness while they run. An unknown host key is
-always refused.
+Commands run on raw channels of fabric's connection: short ones read to their end within
+a timeout; long-running ones (the sampler, the workload) are streamed so the session can
+watch a deadline, a cancel flag and the node's liveness while they run. An unknown host
+key is always refused.
+
+Every conversation with a node has a deadline: the login (TCP connect, banner, paramiko's
+15 s key exchange, authentication), opening a channel and starting its command
+(``CONNECT_TIMEOUT_S``), a command's output (its ``timeout``), a clock exchange
+(``CLOCK_TIMEOUT_S``), a liveness probe. A node that stops answering ends each with
+``NodeUnreachable`` or a timed-out result, never a hang; what that means is for
+``workers.pipeline.evidence`` to say. What a command prints is kept up to
+``MAX_STDOUT_BYTES`` / ``MAX_STDERR_BYTES`` (the rest is read and dropped, with a marker).
+Streams that follow a command for the whole run (``received_chunks``) block in ``recv``
+in their own thread: closing the channel ends them.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from __future__ import annotations
 import base64
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,6 +35,12 @@ CONNECT_TIMEOUT_S = 8.0
 # While waiting for a booting node, each attempt gives up quickly so a broken barrier or a
 # cancel is noticed within seconds (QEMU's port forward accepts TCP long before sshd).
 BOOT_PROBE_TIMEOUT_S = 3.0
+# The clock exchanges take milliseconds; a node silent this long is not answering.
+CLOCK_TIMEOUT_S = 20.0
+CLOCK_LINE_MAX = 64  # a clock-serve answer is one integer
+MAX_STDOUT_BYTES = 1024 * 1024  # short commands print a few lines
+MAX_STDERR_BYTES = 64 * 1024
+_POLL_S = 0.01
 # While a node boots, QEMU's port forward accepts TCP before sshd listens; paramiko logs
 # every such refused handshake as an error with a traceback. Expected noise, not news.
 logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
@@ -129,64 +146,87 @@ class NodeShell:
             raise NodeUnreachable(f"ssh {target.where}: {type(err).__name__}: {err}") from err
 
     def run(self, command: str, timeout: float = 60.0, stdin: bytes | None = None) -> CommandResult:
-        """Run a short command (``stdin`` fed to it when given); a timeout gives status None."""
-        if stdin is not None:
-            return self._run_with_input(command, stdin, timeout)
-        try:
-            result = self._conn.run(command, hide=True, warn=True, timeout=timeout, in_stream=False)
-        except Exception as err:  # invoke's CommandTimedOut and paramiko errors alike
-            if "timed out" in str(err).lower() or isinstance(err, socket.timeout):
-                return CommandResult(None, "", f"timed out after {timeout:.0f} s")
-            raise NodeUnreachable(f"{type(err).__name__}: {err}") from err
-        return CommandResult(result.exited, result.stdout, result.stderr)
-
-    def _run_with_input(self, command: str, data: bytes, timeout: float) -> CommandResult:
+        """Run a short command (``stdin`` fed to it when given, else its stdin is at EOF);
+        a timeout gives status None. Output beyond MAX_STDOUT_BYTES / MAX_STDERR_BYTES is
+        dropped with a marker."""
         deadline = time.monotonic() + timeout
-        channel = self.open_channel(command)
+        channel = self.open_channel(command, timeout=min(timeout, CONNECT_TIMEOUT_S))
+        stdout, stderr = _Capped(MAX_STDOUT_BYTES), _Capped(MAX_STDERR_BYTES)
         try:
-            channel.sendall(data)
+            channel.settimeout(max(0.0, deadline - time.monotonic()))
+            if stdin is not None:
+                channel.sendall(stdin)
             channel.shutdown_write()
-            stdout, stderr = b"", b""
             while not channel.exit_status_ready() or channel.recv_ready() or channel.recv_stderr_ready():
                 if time.monotonic() > deadline:
-                    return CommandResult(None, stdout.decode(errors="replace"), f"timed out after {timeout:.0f} s")
-                stdout += channel.recv(65536) if channel.recv_ready() else b""
-                stderr += channel.recv_stderr(65536) if channel.recv_stderr_ready() else b""
-                time.sleep(0.01)
+                    return CommandResult(None, stdout.text(), f"timed out after {timeout:.0f} s")
+                busy = channel.recv_ready() or channel.recv_stderr_ready()
+                stdout.add(channel.recv(65536) if channel.recv_ready() else b"")
+                stderr.add(channel.recv_stderr(65536) if channel.recv_stderr_ready() else b"")
+                if not busy:
+                    time.sleep(_POLL_S)
             status = channel.recv_exit_status()
+        except TimeoutError:
+            return CommandResult(None, stdout.text(), f"timed out after {timeout:.0f} s (the node took no input)")
         except (OSError, paramiko.SSHException, EOFError) as err:
             raise NodeUnreachable(f"{type(err).__name__}: {err}") from err
         finally:
             channel.close()
-        return CommandResult(status, stdout.decode(errors="replace"), stderr.decode(errors="replace"))
+        return CommandResult(status, stdout.text(), stderr.text())
 
-    def open_channel(self, command: str) -> paramiko.Channel:
-        """Start ``command`` on a raw channel (for streaming output)."""
+    def open_channel(self, command: str, timeout: float = CONNECT_TIMEOUT_S) -> paramiko.Channel:
+        """Start ``command`` on a raw channel (for streaming output); NodeUnreachable when
+        the node does not open the channel or start the command within ``timeout``."""
         transport = self._conn.client.get_transport()
         if transport is None or not transport.is_active():
             raise NodeUnreachable("ssh session is closed")
-        channel: paramiko.Channel = transport.open_session(timeout=CONNECT_TIMEOUT_S)
-        channel.exec_command(command)
+        try:
+            channel: paramiko.Channel = transport.open_session(timeout=timeout)
+        except (OSError, paramiko.SSHException, EOFError) as err:
+            raise NodeUnreachable(f"ssh {self.target.where}: no channel: {type(err).__name__}: {err}") from err
+        # paramiko waits for the answer to exec without a deadline: closing the channel ends the wait.
+        watchdog = threading.Timer(timeout, channel.close)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            channel.exec_command(command)
+        except (OSError, paramiko.SSHException, EOFError) as err:
+            channel.close()
+            late = "" if watchdog.is_alive() else f" within {timeout:g} s"
+            raise NodeUnreachable(f"ssh {self.target.where}: the command did not start{late}: {err}") from err
+        finally:
+            watchdog.cancel()
+        if channel.closed:  # the watchdog fired as the answer came
+            raise NodeUnreachable(f"ssh {self.target.where}: the command did not start within {timeout:g} s")
         return channel
 
-    def clock_offset(self, tool: str = "swaplab-node", rounds: int = 15) -> tuple[int, int]:
+    def clock_offset(
+        self, tool: str = "swaplab-node", rounds: int = 15, timeout_s: float = CLOCK_TIMEOUT_S
+    ) -> tuple[int, int]:
         """Node clock minus host clock (ns), and its uncertainty (half the best round trip).
 
         The exchanges go over one open channel to ``swaplab-node clock-serve``, so a round
         trip is a few ms rather than a channel set-up each time (NTP-style: keep the
-        exchange with the smallest round trip).
+        exchange with the smallest round trip). All of them within ``timeout_s``, else
+        NodeUnreachable; an answer that is not a number is a ValueError.
         """
-        channel = self.open_channel(f"exec {tool} clock-serve")
+        deadline = time.monotonic() + timeout_s
+        channel = self.open_channel(f"exec {tool} clock-serve", timeout=min(timeout_s, CONNECT_TIMEOUT_S))
+        answers = _Answers(channel, deadline, f"clock-serve on {self.target.where}")
+        exchanges = []
         try:
-            reader = channel.makefile("r")
-            exchanges = []
             for _ in range(rounds):
                 sent = time.time_ns()
-                channel.sendall(b"\n")
-                node = int(reader.readline().strip())
+                answers.send(b"\n")
+                node = answers.number()
                 exchanges.append((sent, node, time.time_ns()))
-        finally:
+        except NodeUnreachable:
+            _close_after_exit(channel, timeout_s=1.0)  # silent so far: no long wait for its exit
+            raise
+        except BaseException:
             _close_after_exit(channel)
+            raise
+        _close_after_exit(channel)
         sent, node, received = min(exchanges, key=lambda ex: ex[2] - ex[0])
         return node - (sent + received) // 2, (received - sent) // 2
 
@@ -197,7 +237,7 @@ class NodeShell:
         """
         deadline = time.monotonic() + timeout
         try:
-            channel = self.open_channel("echo alive")
+            channel = self.open_channel("echo alive", timeout=timeout)
             while not channel.exit_status_ready():
                 if time.monotonic() > deadline:
                     channel.close()
@@ -222,6 +262,72 @@ def received_chunks(channel: paramiko.Channel, size: int = 65536) -> Iterator[by
         if not chunk:
             return
         yield chunk
+
+
+class _Capped:
+    """A command's output up to ``limit`` bytes; the rest counted, not kept."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._data = bytearray()
+        self._dropped = 0
+
+    def add(self, chunk: bytes) -> None:
+        room = max(0, self._limit - len(self._data))
+        self._data += chunk[:room]
+        self._dropped += len(chunk) - min(room, len(chunk))
+
+    def text(self) -> str:
+        text = self._data.decode(errors="replace")
+        return text + f"\n[swaplab: {self._dropped} more bytes of output not kept]" if self._dropped else text
+
+
+class _Answers:
+    """A line-by-line conversation on a channel, every read before one deadline."""
+
+    def __init__(self, channel: paramiko.Channel, deadline: float, who: str) -> None:
+        self._channel = channel
+        self._deadline = deadline
+        self._who = who
+        self._pending = b""
+
+    def send(self, data: bytes) -> None:
+        self._channel.settimeout(self._left())
+        try:
+            self._channel.sendall(data)
+        except TimeoutError as err:
+            raise NodeUnreachable(f"{self._who} took no input in time") from err
+        except (OSError, paramiko.SSHException, EOFError) as err:
+            raise NodeUnreachable(f"{self._who}: {type(err).__name__}: {err}") from err
+
+    def number(self) -> int:
+        line = self._line()
+        if not line.isdigit():
+            raise ValueError(f"{self._who} answered {line[:40]!r}, not a number")
+        return int(line)
+
+    def _line(self) -> str:
+        while b"\n" not in self._pending:
+            if len(self._pending) > CLOCK_LINE_MAX:
+                raise ValueError(f"{self._who} sent more than {CLOCK_LINE_MAX} bytes without a newline")
+            self._channel.settimeout(self._left())
+            try:
+                chunk = self._channel.recv(CLOCK_LINE_MAX)
+            except TimeoutError as err:
+                raise NodeUnreachable(f"{self._who} did not answer within the deadline") from err
+            except (OSError, paramiko.SSHException, EOFError) as err:
+                raise NodeUnreachable(f"{self._who}: {type(err).__name__}: {err}") from err
+            if not chunk:
+                raise NodeUnreachable(f"{self._who} ended without an answer")
+            self._pending += chunk
+        line, _, self._pending = self._pending.partition(b"\n")
+        return line.decode(errors="replace").strip()
+
+    def _left(self) -> float:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise NodeUnreachable(f"{self._who} did not answer within the deadline")
+        return left
 
 
 def _sshd_answers(host: str, port: int, timeout_s: float = 2.0) -> bool:

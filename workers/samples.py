@@ -4,6 +4,10 @@ Each tick of the node-side sampler is the raw text of several /proc files betwee
 ``@@ <realtime_ns> <monotonic_ns>`` and ``@@end``. This module turns ticks into flat
 records (base units, one key per counter) that go to samples.jsonl, progress lines and,
 later, the Prometheus exporter.
+
+The node is a peer, not a friend: a line is at most ``MAX_LINE_BYTES`` (longer ones cut),
+a tick at most ``MAX_TICK_LINES`` lines (a longer one is dropped whole), and a section
+that does not parse is left out of its record; the ticks after any of these parse.
 """
 
 from __future__ import annotations
@@ -11,7 +15,10 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 
+from workers.lines import LineCutter, text_of
+
 PAGE_SIZE = 4096
+MAX_TICK_LINES = 2048  # a tick's six files have ~300 lines
 VMSTAT_COUNTERS = (
     "pswpin",
     "pswpout",
@@ -112,45 +119,65 @@ _PARSERS = {
 
 
 def tick_record(realtime_ns: int, monotonic_ns: int, sections: dict[str, str]) -> Record:
-    """One flat record from one tick's raw sections."""
+    """One flat record from one tick's raw sections (a section that does not parse adds nothing)."""
     record: Record = {"node_time_ns": realtime_ns, "node_monotonic_ns": monotonic_ns}
     for path, text in sections.items():
         parser = _PARSERS.get(path)
-        if parser is not None:
+        if parser is None:
+            continue
+        try:
             record.update(parser(text))
+        except (ValueError, IndexError):
+            continue  # garbled by the node: the other sections still count
     return record
 
 
 class TickParser:
-    """Incremental parser: feed stdout text as it arrives, get complete records back."""
+    """Incremental parser: feed stdout as it arrives, get complete records back."""
 
     def __init__(self) -> None:
-        self._pending = ""
+        self._lines = LineCutter()
         self._header: tuple[int, int] | None = None
         self._sections: dict[str, list[str]] = {}
         self._current: list[str] | None = None
+        self._held = 0  # lines of the tick in progress
+        self.dropped = 0  # ticks dropped as too long
 
-    def feed(self, text: str) -> list[Record]:
+    @property
+    def pending(self) -> int:
+        """Bytes held for the line in progress (at most MAX_LINE_BYTES)."""
+        return self._lines.pending
+
+    def feed(self, data: str | bytes) -> list[Record]:
         """Consume a chunk; return the records of every tick completed by it."""
-        self._pending += text
-        *lines, self._pending = self._pending.split("\n")
-        return [record for line in lines if (record := self._line(line)) is not None]
+        _, lines = self._lines.feed(data.encode() if isinstance(data, str) else data)
+        return [record for line in lines if (record := self._line(text_of(line))) is not None]
 
     def _line(self, line: str) -> Record | None:
         if line.startswith("@@ "):
             parts = line.split()
-            self._header = (int(parts[1]), int(parts[2])) if len(parts) == 3 else None
-            self._sections, self._current = {}, None
+            valid = len(parts) == 3 and all(part.isdigit() and len(part) <= 20 for part in parts[1:])
+            self._start((int(parts[1]), int(parts[2])) if valid else None)
         elif line == "@@end" and self._header is not None:
             sections = {path: "\n".join(body) for path, body in self._sections.items()}
             record = tick_record(*self._header, sections)
-            self._header = None
+            self._start(None)
             return record
-        elif line.startswith("## ") and self._header is not None:
+        elif self._header is None:
+            return None
+        elif self._held >= MAX_TICK_LINES:
+            self.dropped += 1
+            self._start(None)  # a tick without end: dropped, and its lines with it
+        elif line.startswith("## "):
+            self._held += 1
             self._current = self._sections.setdefault(line[3:].strip(), [])
         elif self._current is not None:
+            self._held += 1
             self._current.append(line)
         return None
+
+    def _start(self, header: tuple[int, int] | None) -> None:
+        self._header, self._sections, self._current, self._held = header, {}, None, 0
 
 
 def parse_ticks(text: str) -> Iterator[Record]:

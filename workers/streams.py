@@ -3,24 +3,48 @@
 Both read a raw SSH channel. The sampler streams counter ticks for the whole run (a
 reader thread writes samples.jsonl as they arrive, so a node that dies mid-run still
 leaves its evidence); the workload reports its start instant, progress and outcome.
+
+What a node sends is bounded here: lines are cut at ``MAX_LINE_BYTES``
+(``workers.lines``), the sampler takes at most ``TICKS_PER_S`` ticks a second (bursts of
+``TICK_BURST`` after a stall) and keeps at most ``MAX_TICKS_KEPT`` in memory (thinned, the
+first and the last always kept), the workload is read ``DRAIN_BYTES`` at a time and its
+log kept under a cap (head and tail). The sampler's reader thread blocks in ``recv``:
+closing the channel ends it, and the workload step watches the node's liveness meanwhile.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import paramiko
 
 from model.console import EventKind, classify_line
 from model.runspec import WorkloadOutcome
+from workers.console_log import BoundedLog, ConsoleLog
+from workers.lines import MAX_LINE_BYTES, LineCutter, text_of
 from workers.node_ssh import received_chunks
 from workers.samples import Record, TickParser
 
+log = logging.getLogger(__name__)
+
 _POLL_S = 0.2
+MIB = 1024 * 1024
+TICKS_PER_S = 2.0  # the node ticks at 1 Hz
+TICK_BURST = 60  # ticks a stalled link may deliver at once
+MAX_TICKS_KEPT = 10_000  # ~2 KiB each; plots take 600 points, figures the window's two ends
+DRAIN_BYTES = 1 * MIB  # of workload output per poll
+WORKLOAD_LOG_HEAD = WORKLOAD_LOG_TAIL = 1 * MIB
+STDERR_KEPT = 2000  # characters of the workload's stderr kept for the reason of a refusal
+MAX_CORRUPT_LINES = 20  # the tool prints at most 10; the count is in its `done` line
+LAST_LINE_CHARS = 500
+FOLLOW_BYTES = 1 * MIB  # of a console file nobody here writes, per call
 
 
 class SamplerStream:
@@ -33,20 +57,39 @@ class SamplerStream:
         self._on_record = on_record
         self._file = path.open("a", encoding="utf-8")
         self._parser = TickParser()
+        self._rate = _TokenBucket(TICK_BURST, TICKS_PER_S)
         self._lock = threading.Condition()
         self._first: Record | None = None
         self._latest: Record | None = None
-        self._records: list[Record] = []  # every tick, for the run's figures and plots (~1 KiB each)
+        self._records: list[Record] = []  # the ticks for the run's figures and plots (~2 KiB each)
         self.count = 0
+        self.refused = 0  # ticks over the rate
+        self.received = 0  # bytes the node sent
         self._thread = threading.Thread(target=self._read, name=f"sampler-{path.parent.name}", daemon=True)
         self._thread.start()
+
+    @property
+    def malformed(self) -> int:
+        """Ticks dropped as malformed (too long, garbled)."""
+        return self._parser.dropped
 
     def _read(self) -> None:
         for chunk in received_chunks(self._channel):
             received_ns = time.time_ns()
-            for record in self._parser.feed(chunk.decode("utf-8", errors="replace")):
+            self.received += len(chunk)
+            for record in self._parser.feed(chunk):
+                if not self._rate.take(time.monotonic()):
+                    self._refuse()
+                    continue
                 record["host_time_ns"] = received_ns
                 self._add(record)
+
+    def _refuse(self) -> None:
+        self.refused += 1
+        if self.refused == 1:
+            log.warning(
+                "%s: the node sends ticks faster than %g/s; the extra ones are dropped", self._file.name, TICKS_PER_S
+            )
 
     def _add(self, record: Record) -> None:
         with self._lock:
@@ -55,6 +98,8 @@ class SamplerStream:
             self._first = self._first or record
             self._latest = record
             self._records.append(record)
+            if len(self._records) > MAX_TICKS_KEPT:
+                self._records = _thinned(self._records)
             self.count += 1
             self._lock.notify_all()
         if self._on_record is not None:
@@ -66,7 +111,8 @@ class SamplerStream:
             return self._first
 
     def records(self) -> list[Record]:
-        """Every tick so far, oldest first."""
+        """The ticks so far, oldest first: every one, or every 2nd, 4th ... of the older ones
+        once more than MAX_TICKS_KEPT came (the first and the latest always)."""
         with self._lock:
             return list(self._records)
 
@@ -105,8 +151,10 @@ class WorkloadStream:
 
     def __init__(self, channel: paramiko.Channel, log: Path) -> None:
         self._channel = channel
-        self._log = log.open("a", encoding="utf-8")
-        self._pending = ""
+        # Its lines come cut already (and marked): the log must not cut them again.
+        self._log = BoundedLog(log, WORKLOAD_LOG_HEAD, WORKLOAD_LOG_TAIL, max_line=2 * MAX_LINE_BYTES)
+        self._lines = LineCutter()
+        self._more = False  # the last drain stopped at its budget
         self.last_line = ""
         self.stderr = ""  # the tail of what the tool said on stderr (why it refused, say)
         self._outcome = WorkloadOutcome()
@@ -125,23 +173,37 @@ class WorkloadStream:
                 if time.monotonic() >= next_tick:
                     on_tick()
                     next_tick = time.monotonic() + 1.0
-                time.sleep(_POLL_S)
+                if not self._more:  # after a full drain, read on at once (the checks above still ran)
+                    time.sleep(_POLL_S)
         finally:
             self._log.close()
 
     def _drain(self) -> None:
-        while self._channel.recv_ready():
-            self._pending += self._channel.recv(65536).decode("utf-8", errors="replace")
-        while self._channel.recv_stderr_ready():
-            text = self._channel.recv_stderr(65536).decode("utf-8", errors="replace")
-            self.stderr = (self.stderr + text)[-2000:]
-            self._log.write("stderr: " + text)
-        *lines, self._pending = self._pending.split("\n")
-        for line in lines:
-            self._log.write(line + "\n")
-            parse_workload_line(line, self._outcome)
-            self.last_line = line.strip() or self.last_line
-        self._log.flush()
+        """What the tool said since the last poll, at most DRAIN_BYTES of each stream."""
+        self._more = False
+        for data in self._received(self._channel.recv_ready, lambda size: self._channel.recv(size)):
+            _, lines = self._lines.feed(data)
+            for raw in lines:
+                self._log.write(raw + b"\n")
+                line = text_of(raw)
+                parse_workload_line(line, self._outcome)
+                self.last_line = line.strip()[:LAST_LINE_CHARS] or self.last_line
+        for data in self._received(self._channel.recv_stderr_ready, lambda size: self._channel.recv_stderr(size)):
+            self.stderr = (self.stderr + data.decode("utf-8", errors="replace"))[-STDERR_KEPT:]
+            self._log.write(b"stderr: " + data)
+
+    def _received(self, ready: Callable[[], bool], recv: Callable[[int], bytes]) -> Iterator[bytes]:
+        """Chunks ready now, DRAIN_BYTES at most (then ``_more``: read on after the checks)."""
+        budget = DRAIN_BYTES
+        while ready():
+            if budget <= 0:
+                self._more = True
+                return
+            data = recv(min(65536, budget))
+            if not data:
+                return
+            budget -= len(data)
+            yield data
 
     def outcome(self, start_at_host_ns: int, clock_offset_ns: int) -> WorkloadOutcome:
         """What the workload reported, with its start translated to host time."""
@@ -156,29 +218,54 @@ class WorkloadStream:
 
 
 class ConsoleTail:
-    """Follow a growing console log: the events of the lines added since the last call."""
+    """The live event counter: the events of the console lines added since the last call.
+
+    While this process writes the console (a ``ConsoleLog``), the counts are that writer's:
+    every line, the ones left out of the capped file too. A console file nobody here writes
+    is followed by offset, at most FOLLOW_BYTES a call, its lines cut at MAX_LINE_BYTES.
+    """
 
     def __init__(self, path: Path) -> None:
         self._path = path
         self._offset = 0
-        self._pending = ""
+        self._lines = LineCutter()
         self._lock = threading.Lock()
+        self._log: ConsoleLog | None = None
+        self._seen: dict[EventKind, int] = {}
+
+    def new_counts(self, final: bool = False) -> dict[EventKind, int]:
+        """How many new events of each kind (only kinds that have some)."""
+        with self._lock:
+            self._log = self._log or ConsoleLog.find(self._path)
+            if self._log is None:
+                return dict(Counter(self._follow(final)))
+            now = self._log.counts()
+            new = {
+                kind: count - self._seen.get(kind, 0) for kind, count in now.items() if count > self._seen.get(kind, 0)
+            }
+            self._seen = now
+            return new
 
     def new_events(self, final: bool = False) -> list[EventKind]:
         """Kinds of the complete new lines (and the last partial one when ``final``)."""
-        with self._lock:
-            try:
-                with self._path.open("rb") as console:
-                    console.seek(self._offset)
-                    chunk = console.read()
-            except OSError:
-                return []
-            self._offset += len(chunk)
-            self._pending += chunk.decode("utf-8", errors="replace")
-            *lines, self._pending = self._pending.split("\n")
-            if final:
-                lines, self._pending = [*lines, self._pending], ""
-            return [kind for line in lines if (kind := classify_line(line)) is not None]
+        return [kind for kind, count in self.new_counts(final).items() for _ in range(count)]
+
+    def _follow(self, final: bool) -> list[EventKind]:
+        try:
+            fd = os.open(self._path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return []
+        with os.fdopen(fd, "rb") as console:
+            if os.fstat(fd).st_size < self._offset:  # a new file: start over
+                self._offset, self._lines = 0, LineCutter()
+            console.seek(self._offset)
+            chunk = console.read(FOLLOW_BYTES)
+        self._offset += len(chunk)
+        _, lines = self._lines.feed(chunk)
+        if final:
+            _, last = self._lines.flush()
+            lines += [last] if last is not None else []
+        return [kind for line in lines if (kind := classify_line(text_of(line))) is not None]
 
 
 def workload_progress(line: str, mib: int, passes: int) -> float | None:
@@ -191,17 +278,44 @@ def workload_progress(line: str, mib: int, passes: int) -> float | None:
 
 
 def parse_workload_line(line: str, outcome: WorkloadOutcome) -> None:
-    """Fold one line of ``swaplab-node hog`` output into ``outcome``."""
+    """Fold one line of ``swaplab-node hog`` output into ``outcome`` (at most
+    MAX_CORRUPT_LINES ``corrupt`` lines kept; a ``done`` line with a garbled number is
+    no ``done``)."""
     words = line.split()
     if not words:
         return
     if words[0] == "started" and len(words) == 2 and words[1].isdigit():
         outcome.started_node_ns = int(words[1])
     elif words[0] == "corrupt":
-        outcome.corrupt.append(line.strip())
+        if len(outcome.corrupt) < MAX_CORRUPT_LINES:
+            outcome.corrupt.append(line.strip()[:LAST_LINE_CHARS])
     elif words[0] == "done":
         fields = dict(word.split("=", 1) for word in words[1:] if "=" in word)
+        numbers = [fields.get(name, "0") for name in ("pages", "bad", "elapsed_ns")]
+        if not all(number.isdigit() and len(number) <= 20 for number in numbers):
+            return  # garbled: never a verdict on the pages (the workload counts as unfinished)
         outcome.done = True
-        outcome.pages = int(fields.get("pages", 0))
-        outcome.bad_pages = int(fields.get("bad", 0))
-        outcome.elapsed_s = int(fields.get("elapsed_ns", 0)) / 1e9
+        outcome.pages, outcome.bad_pages, elapsed_ns = (int(number) for number in numbers)
+        outcome.elapsed_s = elapsed_ns / 1e9
+
+
+def _thinned(records: list[Record]) -> list[Record]:
+    """Every other record, the first and the last kept."""
+    kept = records[:-1:2]
+    return [*kept, records[-1]]
+
+
+class _TokenBucket:
+    """At most ``rate`` events a second on average, ``burst`` at once."""
+
+    def __init__(self, burst: float, rate: float) -> None:
+        self._burst, self._rate = burst, rate
+        self._tokens, self._at = burst, time.monotonic()
+
+    def take(self, now: float) -> bool:
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True

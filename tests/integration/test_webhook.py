@@ -14,7 +14,9 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -344,6 +346,118 @@ def test_nothing_happens_without_a_webhook(
     assert notify.notify(client, cid, finished) is None
     assert notify.retry_due(client, _load(client)) == (0, 0)
     assert not client.exists(notify_key(cid), NOTIFY_DUE_KEY)
+
+
+class Trickler:
+    """An endpoint that takes the POST, then answers one byte of its headers every 0.3 s."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.ended_after: float | None = None  # when the client ended the connection
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.getsockname()[1]}/hooks/nightly"
+
+    def _serve(self) -> None:
+        conn, _ = self.server.accept()
+        started = time.monotonic()
+        with conn:
+            conn.settimeout(5)
+            conn.recv(65536)
+            try:
+                conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                for _ in range(100):  # 30 s, far past any per-read timeout
+                    conn.sendall(b"X")
+                    time.sleep(0.3)
+                    conn.settimeout(0)
+                    with suppress(BlockingIOError):
+                        if conn.recv(1) == b"":
+                            break  # the client hung up
+                    conn.settimeout(5)
+            except OSError:
+                pass
+        self.ended_after = time.monotonic() - started
+
+    def close(self, timeout_s: float = 5) -> None:
+        self._thread.join(timeout_s)
+        self.server.close()
+
+
+def test_a_trickling_endpoint_is_cut_at_the_deadline(
+    client: redis.Redis, finished: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trickler = Trickler()
+    monkeypatch.setenv(notify.ENV, trickler.url)
+    started = time.monotonic()
+    delivery = notify.notify(client, finished["campaign_id"], finished, now=Clock(), timeout_s=1.5)
+    assert time.monotonic() - started < 2.5  # not the minutes a timeout per read allows
+    assert delivery is not None and not delivery.ok and delivery.status is None
+    assert delivery.reason.endswith(": no answer within 1.5 s")
+    trickler.close()
+    assert trickler.ended_after is not None and trickler.ended_after < 2.5  # the connection ended too
+    state = notify.notification(client, finished["campaign_id"])
+    assert state["status"] == notify.PENDING and state["attempts"] == "1"  # retried later, as any failure
+
+
+def test_deliveries_in_flight_are_bounded(
+    client: redis.Redis, finished: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connected, most, lock = 0, 0, threading.Lock()
+    held: list[socket.socket] = []
+
+    def hold() -> None:  # accepts every connection, answers none, counts them at once
+        nonlocal connected, most
+        while True:
+            try:
+                conn, _ = silent.accept()
+            except OSError:
+                return
+            with lock:
+                held.append(conn)
+                connected = sum(1 for c in held if _open(c))
+                most = max(most, connected)
+
+    silent = socket.create_server(("127.0.0.1", 0), backlog=16)
+    threading.Thread(target=hold, daemon=True).start()
+    monkeypatch.setenv(notify.ENV, f"http://127.0.0.1:{silent.getsockname()[1]}/")
+    cids = [f"{finished['campaign_id']}-{n}" for n in range(6)]
+    for cid in cids:
+        assert notify.enqueue(client, cid, now=Clock())
+    start = threading.Barrier(len(cids))
+    outcomes: dict[str, notify.Delivery | None] = {}
+
+    def attempt(cid: str) -> None:
+        start.wait()
+        outcomes[cid] = notify.notify(client, cid, finished, now=Clock(), timeout_s=1.5)
+
+    threads = [threading.Thread(target=attempt, args=(cid,)) for cid in cids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    silent.close()
+    attempted = [cid for cid, outcome in outcomes.items() if outcome is not None]
+    assert len(outcomes) == len(cids) and len(attempted) == notify.MAX_IN_FLIGHT
+    assert most <= notify.MAX_IN_FLIGHT
+    for cid in set(cids) - set(attempted):  # not attempted: still due, nothing counted against it
+        assert notify.notification(client, cid)["attempts"] == "0"
+        assert client.zscore(NOTIFY_DUE_KEY, cid) == T0
+    for conn in held:
+        conn.close()
+
+
+def _open(conn: socket.socket) -> bool:
+    """The client end of ``conn`` is still connected."""
+    conn.setblocking(False)
+    try:
+        return conn.recv(1, socket.MSG_PEEK) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
 
 
 def _everything_in(client: redis.Redis) -> str:

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from model.console import EventKind, classify_line, count_by_kind, last_kernel_time, parse_console
+from model.console import (
+    EVENT_TEXT_MAX,
+    EventKind,
+    EventTally,
+    classify_line,
+    count_by_kind,
+    last_kernel_time,
+    may_hold_events,
+    parse_console,
+)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "console"
 
@@ -59,6 +68,49 @@ def test_oom_run_console_has_the_oom_kill_with_its_kernel_time() -> None:
 )
 def test_kernel_lines_are_classified(line: str, kind: EventKind | None) -> None:
     assert classify_line(line) == kind
+    assert kind is None or may_hold_events(line.encode())  # the quick look never misses one
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "[    9.1] kernel BUG at mm/swapfile.c:1234!",
+        "[    9.2] BUG: unable to handle page fault for address: ffff888",
+        "[    9.3] Unable to handle kernel paging request at virtual address 0000",
+        "[    9.4] Memory cgroup out of memory: Killed process 5 (hog)",
+        "[    9.5] Out of memory: Kill process 5 (hog) score 900",
+        "[    9.6] Write-error on swap-device (254:0:1234)",
+        "[    9.7] Read-error on swap-device (254:0:1234)",
+        "[    9.8] swapon: swapfile has holes",
+    ],
+)
+def test_every_pattern_is_seen_by_the_quick_look(line: str) -> None:
+    assert classify_line(line) is not None and may_hold_events(line.encode())
+
+
+def test_every_event_of_the_fixtures_is_seen_by_the_quick_look() -> None:
+    for path in FIXTURES.glob("*.log"):
+        for event in parse_console(path.read_text(errors="replace")):
+            assert may_hold_events(event.text.encode()), (path.name, event.text)
+
+
+def test_a_tally_keeps_the_first_events_of_each_kind_and_counts_them_all() -> None:
+    flood = "[ 1.0] nfs: server 10.0.2.100 not responding, still trying\n" * 500
+    text = flood + "[ 2.0] Out of memory: Killed process 9 (hog)\n" + flood
+    tally = EventTally.of(parse_console(text), per_kind=3)
+    assert [(e.kind, e.line) for e in tally.kept] == [
+        (EventKind.NFS_NOT_RESPONDING, 1),
+        (EventKind.NFS_NOT_RESPONDING, 2),
+        (EventKind.NFS_NOT_RESPONDING, 3),
+        (EventKind.OOM_KILL, 501),  # a flood of one kind never hides the first of another
+    ]
+    assert tally.count_json()["nfs_not_responding"] == 1000 and tally.count_json()["panic"] == 0
+    assert tally.dropped == 997
+
+
+def test_an_event_keeps_at_most_a_bounded_text() -> None:
+    [event] = parse_console("[ 3.0] BUG: " + "x" * 10_000)
+    assert len(event.text) == EVENT_TEXT_MAX
 
 
 def test_counts_and_last_kernel_time() -> None:

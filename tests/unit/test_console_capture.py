@@ -8,6 +8,7 @@ from pathlib import Path
 
 from model.console import EventKind, parse_console
 from workers.console_capture import CommandCapture, FileFollower, kmsg_line
+from workers.streams import FOLLOW_BYTES, ConsoleTail
 
 HUNG = "INFO: task kworker/u2:1:57 blocked for more than 120 seconds."
 
@@ -46,3 +47,24 @@ def test_a_console_command_is_captured_until_stopped(tmp_path: Path) -> None:
     _wait_for(target, "serial line one")
     capture.stop()
     assert capture.source == "command sh -c echo serial line one; sleep 30"
+
+
+def test_a_followed_console_file_that_never_ends_its_line_is_cut(tmp_path: Path) -> None:
+    source, target = tmp_path / "conserver.log", tmp_path / "console.log"
+    source.write_text("")
+    follower = FileFollower(source, target)
+    with source.open("ab") as log:
+        log.write(b"y" * 3_000_000)
+        log.write(f"\n[ 12.0] {HUNG}\n".encode())
+    content = _wait_for(target, HUNG)
+    follower.stop()
+    assert len(content) < 8192 and "[swaplab: line cut, 2995904 bytes left out]" in content
+    assert follower.log.counts() == {EventKind.HUNG_TASK: 1}
+
+
+def test_a_console_file_nobody_here_writes_is_read_a_bounded_chunk_at_a_time(tmp_path: Path) -> None:
+    console = tmp_path / "console.log"
+    console.write_bytes(b"z" * (3 * FOLLOW_BYTES) + f"\n[ 1.0] {HUNG}\n".encode())
+    tail = ConsoleTail(console)
+    seen = [tail.new_counts() for _ in range(4)]  # one FOLLOW_BYTES read each
+    assert seen == [{}, {}, {}, {EventKind.HUNG_TASK: 1}]

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from workers.samples import TickParser, parse_netstat, parse_psi, parse_snmp, parse_ticks, swap_moved_bytes
+import pytest
+
+from workers.lines import MAX_LINE_BYTES
+from workers.samples import (
+    MAX_TICK_LINES,
+    TickParser,
+    parse_netstat,
+    parse_psi,
+    parse_snmp,
+    parse_ticks,
+    swap_moved_bytes,
+)
 
 TICK = """@@ 1700000000000000000 5000000000
 ## /proc/vmstat
@@ -69,3 +80,38 @@ def test_missing_sections_leave_their_keys_out() -> None:
     assert parse_psi("") == {}
     assert parse_netstat("IpExt: A\nIpExt: 1") == {}
     assert parse_snmp("Tcp: OutSegs RetransSegs\nTcp: 5 x") == {}
+
+
+def test_a_line_without_end_costs_one_line_and_the_next_tick_parses() -> None:
+    parser = TickParser()
+    assert parser.feed(b"@@ 1 2\n## /proc/vmstat\npswpout ") == []
+    for _ in range(200):  # 12.8 MB without a newline, inside a tick
+        assert parser.feed(b"9" * 64_000) == []
+        assert parser.pending <= MAX_LINE_BYTES
+    cut, after = parser.feed(b"\n@@end\n" + TICK.encode())
+    assert "pswpout" not in cut  # the cut line is no number: it adds nothing
+    assert after["pswpout"] == 20
+
+
+def test_a_tick_without_end_is_dropped_and_the_next_one_parses() -> None:
+    parser = TickParser()
+    endless = "@@ 1 2\n## /proc/vmstat\n" + "pswpout 1\n" * (MAX_TICK_LINES + 10)
+    assert parser.feed(endless) == [] and parser.dropped == 1
+    [record] = parser.feed(TICK)
+    assert record["pswpout"] == 20
+
+
+@pytest.mark.parametrize(
+    "garbled",
+    [
+        TICK.replace("@@ 1700000000000000000 5000000000", "@@ 17e18 x"),
+        TICK.replace("MemTotal:         220000 kB", "MemTotal:         lots kB"),
+        TICK.replace("rpc 1234 7 1234", "rpc many 7"),
+        TICK.replace("avg10=12.50", "avg10=high"),
+        TICK.replace("TcpExt: 0 4", "TcpExt: 0 four"),
+    ],
+)
+def test_a_garbled_tick_never_stops_the_parser(garbled: str) -> None:
+    parser = TickParser()
+    records = parser.feed(garbled + TICK)
+    assert records[-1]["pswpout"] == 20 and len(records) in (1, 2)

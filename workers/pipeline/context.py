@@ -11,6 +11,7 @@ from pathlib import Path
 from model.lab import Lab, NodeConfig
 from model.runspec import NodeResult, NodeRunSpec
 from workers.collab import Barrier, CancelCheck, Progress
+from workers.console_log import ConsoleLog, read_head_tail
 from workers.drivers.base import MachineState, NodeAccess
 from workers.exporter import BOOT_SECONDS, NODES, NodeSeries
 from workers.image import NodeImage
@@ -59,6 +60,7 @@ class NodeContext:
 
     def __post_init__(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
+        ConsoleLog.forget(self.console)  # a console of an earlier session here is not this one's
         self.console_tail = ConsoleTail(self.console)
 
     @property
@@ -83,10 +85,9 @@ class NodeContext:
         self.progress.phase(self.name, self.phase, text)
 
     def console_text(self) -> str:
-        try:
-            return self.console.read_bytes().decode("utf-8", errors="replace")
-        except OSError:
-            return ""
+        """The console as text, never the whole of a big one: its first and last 2 MiB
+        (console.log is kept smaller than that on disk anyway)."""
+        return read_head_tail(self.console)
 
     def machine_running(self) -> bool:
         """False only when the lab knows the machine is gone (unknown counts as running)."""
@@ -140,5 +141,5 @@ class NodeContext:
     def count_console(self, final: bool = False) -> None:
         if self.series is None:
             return
-        for kind in self.console_tail.new_events(final):
-            self.series.console[kind.value] += 1
+        for kind, count in self.console_tail.new_counts(final).items():
+            self.series.console[kind.value] += count
