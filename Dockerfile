@@ -1,6 +1,8 @@
 # The swaplab image: the CLI plus everything a worker needs to run the embedded lab
 # (QEMU TCG, nfs-ganesha in user space, the node image builder), and the stack's extras
-# (Flower; beat health-checked by remote control) for docker-compose.yml.
+# (Flower; beat health-checked by remote control) for docker-compose.yml. One image, several
+# services: only the lab worker's (ganesha's) is given DAC_READ_SEARCH; kernel builds run in
+# the builder service, without it. Nothing here sets file capabilities.
 FROM debian:12
 WORKDIR /opt/swaplab
 COPY . .

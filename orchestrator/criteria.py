@@ -15,7 +15,37 @@ from dataclasses import asdict, dataclass
 
 from model.criteria import MIB, OPERATORS, CriterionSpec, Outcome, Severity, render
 
-__all__ = ["Criterion", "CriterionResult", "CriterionSpec", "Outcome", "Severity", "builtin_criteria", "render"]
+__all__ = [
+    "Criterion",
+    "CriterionResult",
+    "CriterionSpec",
+    "Outcome",
+    "Severity",
+    "builtin_criteria",
+    "label_value",
+    "render",
+]
+
+# Characters a label value keeps as they are inside a PromQL string literal; every other
+# one is written as a \u escape.
+_PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._+~:-")
+
+
+def label_value(value: str) -> str:
+    """``value`` as the inside of a PromQL string literal that means exactly ``value``.
+
+    Template values come from the nodes (an ssh node's ``uname -r`` is its kernel label):
+    a quote in one must not end the string and let the rest choose the query. A \\u
+    escape means the same character in a "..." and a '...' literal, so the value cannot
+    end either; in a `...` raw literal it stays text and matches nothing. Used for every
+    label value put into a query (the templates and ``{{ sel }}``).
+    """
+    return "".join(ch if ch in _PLAIN else _escaped(ch) for ch in value)
+
+
+def _escaped(ch: str) -> str:
+    code = ord(ch)
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from model.runspec import NodeResult
-from orchestrator.criteria import Criterion, CriterionResult, builtin_criteria, invalid, judge_values, render
+from orchestrator.criteria import (
+    Criterion,
+    CriterionResult,
+    builtin_criteria,
+    invalid,
+    judge_values,
+    label_value,
+    render,
+)
 from orchestrator.figures import figure_entries, prometheus_figures
 from orchestrator.prometheus import PrometheusApi, PrometheusError, PrometheusUnreachable
 
@@ -87,10 +95,11 @@ def _variables(result: NodeResult, window: RunWindow | None) -> dict[str, str]:
     return {
         "window": f"{window.seconds}s",
         "window_s": str(window.seconds),
-        "node": labels["node"],
-        "lab": labels["lab"],
-        "kernel": labels["kernel"],
-        "scenario": labels["scenario"],
+        # Label values, escaped for the string literals they are written into.
+        "node": label_value(labels["node"]),
+        "lab": label_value(labels["lab"]),
+        "kernel": label_value(labels["kernel"]),
+        "scenario": label_value(labels["scenario"]),
         "sel": selector(result),
     }
 
@@ -105,11 +114,7 @@ def selector(result: NodeResult) -> str:
     labels = result.metrics_labels
     if not all(labels.get(name) for name in ("lab", "node", "kernel", "scenario")):
         return ""
-    return ",".join(f'{name}="{_quote(labels[name])}"' for name in ("lab", "node", "kernel", "scenario"))
-
-
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
+    return ",".join(f'{name}="{label_value(labels[name])}"' for name in ("lab", "node", "kernel", "scenario"))
 
 
 @dataclass(frozen=True)

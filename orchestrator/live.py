@@ -18,7 +18,6 @@ import math
 import re
 import threading
 import time
-import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -27,6 +26,8 @@ from typing import Any, TextIO
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.text import Text
+
+from model.display import printable
 
 RunLookup = Callable[[str], Mapping[str, Any]]
 """A run's stored hash by run id (``CampaignStore.run`` bound to the campaign)."""
@@ -45,14 +46,12 @@ _WORKLOAD_SIZE = re.compile(r"touch (\d{1,9}) MiB x (\d{1,6}) pass")
 
 # -- untrusted fields -------------------------------------------------------------------------
 def clean_text(value: object, limit: int = TEXT_LIMIT) -> str:
-    """``value`` as one printable line: control characters dropped, at most ``limit`` chars."""
+    """``value`` as one printable line (``model.display.printable``), at most ``limit`` chars."""
     if value is None:
         return ""
     text = value if isinstance(value, str) else str(value)
-    text = text[: limit * 4]  # bound the work before the per-character filter
-    # Cc (escapes, CR, backspace) and Cf (bidi overrides) could move the cursor or hide text.
-    kept = "".join(ch if unicodedata.category(ch) not in ("Cc", "Cf") else " " for ch in text)
-    return " ".join(kept.split())[:limit]
+    text = text[: limit * 4]  # bound the work before the filter
+    return " ".join(printable(text).split())[:limit]
 
 
 def parse_number(value: object) -> float | None:

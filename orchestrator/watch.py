@@ -9,23 +9,29 @@ from typing import Any, Protocol, TextIO
 
 import redis
 
+from model.display import printable
 from orchestrator.store import TERMINAL, CampaignStore
 
 
 def format_event(event: dict[str, Any]) -> str | None:
-    """One human line for an event, or None for events not worth a line."""
+    """One human line for an event, or None for events not worth a line.
+
+    Every field was written by a worker and may quote a guest: it is shown through
+    ``model.display.printable``, so the line cannot drive the terminal it is printed on.
+    """
     stamp = time.strftime("%H:%M:%S", time.localtime(float(event.get("at", 0) or 0)))
     kind = event.get("kind")
-    where = " ".join(part for part in (event.get("run", ""), event.get("node", "")) if part)
+    text = {name: printable(event.get(name, "")) for name in ("run", "node", "phase", "status", "detail")}
+    where = " ".join(part for part in (text["run"], text["node"]) if part)
     if kind == "phase":
-        return f"[{stamp}] {where:<12} {event.get('phase', ''):<9} {event.get('detail', '')}".rstrip()
+        return f"[{stamp}] {where:<12} {text['phase']:<9} {text['detail']}".rstrip()
     if kind == "swap":
-        return f"[{stamp}] {where:<12} {'workload':<9} swapped out {float(event['out_mib']):7.1f} MiB, in {float(event['in_mib']):7.1f} MiB {event.get('detail', '')}".rstrip()
+        return f"[{stamp}] {where:<12} {'workload':<9} swapped out {float(event['out_mib']):7.1f} MiB, in {float(event['in_mib']):7.1f} MiB {text['detail']}".rstrip()
     if kind in ("run", "campaign"):
-        detail = f": {event['detail']}" if event.get("detail") else ""
-        return f"[{stamp}] {where or kind:<12} {event.get('status', '')}{detail}"
+        detail = f": {text['detail']}" if text["detail"] else ""
+        return f"[{stamp}] {where or kind:<12} {text['status']}{detail}"
     if kind == "note":
-        return f"[{stamp}] {where:<12} {event.get('detail', '')}"
+        return f"[{stamp}] {where:<12} {text['detail']}"
     return None
 
 
@@ -58,8 +64,8 @@ class LogLines:
             print(line, file=self.stream, flush=True)
 
     def message(self, text: str) -> None:
-        """Print a line of the follow loop's own."""
-        print(text, file=self.stream, flush=True)
+        """Print a line of the follow loop's own (it may quote an error's text)."""
+        print(printable(text), file=self.stream, flush=True)
 
 
 def wants_live_view(stream: TextIO) -> bool:

@@ -27,7 +27,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from model.paths import cache_dir
+from model.paths import PRIVATE_DIR_MODE, cache_dir, restrict
 from workers.kernel import NODE_MODULES, KernelArtifacts, module_load_order
 
 Progress = Callable[[str], None]
@@ -214,11 +214,12 @@ def build_node_image(
         say(f"node image {image_hash[:12]}: cached")
         return cached
     say(f"building node image {image_hash[:12]} for {kernel.kver} ({len(modules)} modules)")
+    # mkdtemp's 0700 stays: the initrd holds the lab's host key (a PXE server that serves
+    # images will have to be given them, not find them readable).
     work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    work.chmod(0o755)  # readable by a TFTP server or a QEMU running as another user
     try:
         _link_or_copy(kernel.vmlinuz, work / "vmlinuz")
-        (work / "initrd.gz").write_bytes(_gzip(_cpio(entries)))
+        _private_write(work / "initrd.gz", _gzip(_cpio(entries)))
         image = NodeImage(
             kernel=final / "vmlinuz",
             initrd=final / "initrd.gz",
@@ -227,7 +228,7 @@ def build_node_image(
             version=kernel.version,
             image_hash=image_hash,
         )
-        (work / "image.json").write_text(json.dumps(image.to_json(), indent=2) + "\n")
+        _private_write(work / "image.json", (json.dumps(image.to_json(), indent=2) + "\n").encode())
         _publish(work, final)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -251,7 +252,12 @@ def _load_image(folder: Path) -> NodeImage | None:
     if not meta.is_file():
         return None
     image = NodeImage.from_json(json.loads(meta.read_text()))
-    return image if image.kernel.is_file() and image.initrd.is_file() else None
+    if not (image.kernel.is_file() and image.initrd.is_file()):
+        return None
+    # An image an older swaplab built was readable by everyone, host key included.
+    restrict(folder, PRIVATE_DIR_MODE)
+    restrict(image.initrd, 0o600)
+    return image
 
 
 def _publish(work: Path, final: Path) -> None:
@@ -411,6 +417,13 @@ def _link_or_copy(source: Path, target: Path) -> None:
         os.link(source, target)
     except OSError:
         shutil.copy2(source, target)
+
+
+def _private_write(path: Path, data: bytes) -> None:
+    """A new file readable by this user only, from its creation on (not chmod-ed after)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
 
 
 def _atomic_write(path: Path, data: bytes, mode: int) -> None:

@@ -112,6 +112,17 @@ class LeaseBook:
         lost = self._renew(keys=keys, args=[holder, self._ttl_ms, "1" if reclaim_missing else "0"])
         return [nodes[int(index) - 1] for index in lost]
 
+    def confirm(self, holder: str, node: str) -> bool:
+        """True when ``holder`` holds ``node``'s lease now, extended by a full TTL; False
+        when another holder has it, which is then left as it was.
+
+        The check and the extension are one script: a node task that acts on its node
+        after this knows the node was its own a moment before, not someone else's. A lease
+        that expired unheld (its task waited in the queue past the TTL while no scheduler
+        renewed it) is taken again, as ``LeaseKeeper`` does: nobody else holds the node.
+        """
+        return not self.renew(holder, [node], reclaim_missing=True)
+
     def release(self, holder: str, nodes: list[str]) -> None:
         """Give back the nodes ``holder`` still has; others' leases are left alone."""
         if nodes:

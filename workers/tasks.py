@@ -212,6 +212,11 @@ def run_node(self: Any, spec: dict[str, Any], cid: str, rid: str, attempt: int) 
         and node_state.get("status") != "queued"
     ):
         return {"skipped": f"already run by {node_state['owner']}"}  # never a second guest
+    # The lease, not the message, says whose node it is: a message for a node another run
+    # holds must not power off that run's guest, nor boot a second one beside it.
+    holder = holder_id(cid, rid, attempt)
+    if not LeaseBook(client, run_spec.lab, ttl_s=LEASE_TTL_S).confirm(holder, node):
+        return _refuse_message(state, spec, f"node {node} of lab {run_spec.lab} is leased to another run than {holder}")
     return _run_owned_node(client, state, run_spec, attempt)
 
 
@@ -330,7 +335,12 @@ def _safely(action: Callable[[], None]) -> None:
 
 # -- worker start: registry, metrics and orphan cleanup ----------------------------------------------
 def _clean_orphan(client: redis.Redis, lab: str, node: str) -> None:
-    """Power off a guest left by a dead worker for ``node`` (found via its record)."""
+    """Power off a guest left by a dead worker for ``node`` (found via its record).
+
+    Only for a node this process holds the lease of, or one nobody leases: the record may
+    have been written by anyone, but then no live run's guest is on that node (and the
+    driver only kills a process with this node's name and pid file).
+    """
     raw = client.get(guest_key(lab, node))
     if not raw:
         return
@@ -390,12 +400,17 @@ def _announce_labs(queues: list[str]) -> None:
 
 
 def _clean_orphans_of(client: redis.Redis, lab: str) -> None:
-    holders = LeaseBook(client, lab, ttl_s=LEASE_TTL_S).holders()
+    """Power off the guests of nodes nobody leases.
+
+    A leased node is left to its holder's node task, which cleans it once it has confirmed
+    the lease: a guest record is anyone's to write, so its ``holder`` field cannot be what
+    decides that a live run's guest is an orphan.
+    """
+    leased = LeaseBook(client, lab, ttl_s=LEASE_TTL_S).holders()
     prefix = guest_key(lab, "")
     for key in client.scan_iter(scan_pattern(prefix)):
-        node = key.decode()[len(prefix) :]
-        holder = json.loads(client.get(key) or "{}").get("holder", "")
-        if holders.get(node) != holder:
+        node = key.decode(errors="replace")[len(prefix) :]
+        if node not in leased:
             _clean_orphan(client, lab, node)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from model.display import printable
 from model.exitcode import ExitCode
 from orchestrator.cli.common import CAMPAIGN_FILE, load_or_exit
 from workers.kbuild import artifacts
@@ -27,7 +28,7 @@ class _ProgressLine:
         self.tty = sys.stderr.isatty()
 
     def __call__(self, text: str) -> None:
-        line = f"[{time.monotonic() - self.began:5.0f} s] {self.label}: {text}"
+        line = printable(f"[{time.monotonic() - self.began:5.0f} s] {self.label}: {text}")
         if self.tty:
             click.echo(f"\r\033[K{line[:150]}", err=True, nl=False)
         else:
@@ -67,9 +68,9 @@ def _build_one(label: str, spec: Any) -> dict[str, Any]:
         click.echo(f"{label}: FAILED (infra): {err}", err=True)
         return {"kernel": label, "status": "failed", "cause": "infra", "error": str(err)}
     progress.done()
-    click.echo(f"{label}: {artifact.summary()}", err=True)
+    click.echo(printable(f"{label}: {artifact.summary()}"), err=True)
     for index, patch in enumerate(artifact.meta.get("patches", []), 1):
-        click.echo(f"    {index}. {patch['subject']} ({patch['author']})", err=True)
+        click.echo(printable(f"    {index}. {patch['subject']} ({patch['author']})"), err=True)
     return {"kernel": label, "status": "ok", "hash": artifact.hash, **_public(artifact.meta)}
 
 
@@ -92,6 +93,6 @@ def kernels(as_json: bool) -> None:
         return
     for artifact in artifacts.listing():
         used = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(artifact.meta.get("last_used", 0))))
-        click.echo(f"{artifact.summary()}  last used {used}  {artifact.meta.get('label', '')}")
+        click.echo(printable(f"{artifact.summary()}  last used {used}  {artifact.meta.get('label', '')}"))
     parts = ", ".join(f"{name} {size / 2**30:.2f} GiB" for name, size in usage.items())
     click.echo(f"disk: {parts} (artifacts capped at {artifacts.cap_bytes() / 2**30:.0f} GiB, SWAPLAB_KBUILD_MAX_GB)")

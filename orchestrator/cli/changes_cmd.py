@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from model.display import printable
 from model.exitcode import ExitCode
 
 if TYPE_CHECKING:
@@ -47,9 +48,9 @@ def history_changes(campaign: str, as_json: bool, show_all: bool) -> None:
         click.echo(json.dumps(analysis.to_json(show_all), indent=2))
         return
     for line in analysis.lines(show_all):
-        click.echo(line)
+        click.echo(printable(line))
     for note in analysis.notes(show_all):
-        click.echo(f"note: {note}", err=True)
+        click.echo(printable(f"note: {note}"), err=True)
 
 
 def _store(campaign: str, points: list[ChangePoint]) -> None:

@@ -19,6 +19,7 @@ import click
 import redis
 
 from model.campaign import CompareSpec
+from model.display import printable
 from model.exitcode import ExitCode
 from model.figures import FIGURE_NAMES
 from model.state import redis_url
@@ -77,7 +78,7 @@ def history(campaign: str | None, kernel: str | None, limit: int, as_json: bool,
         click.echo("no finished campaign in the results database" + (f" named {campaign!r}" if campaign else ""))
         return
     for line in history_lines(rows):
-        click.echo(line)
+        click.echo(printable(line))
 
 
 def history_lines(rows: list[dict[str, Any]]) -> list[str]:
@@ -153,7 +154,7 @@ def compare(baseline_id: str, candidate_id: str, primary: str, as_json: bool) ->
         if not comparable(candidate, baseline):
             click.echo("note: the two ran with different workloads, node sizes or NFS settings", err=True)
         for line in comparison_lines(comparisons):
-            click.echo(line)
+            click.echo(printable(line))
     verdicts = {entry["verdict"] for entry in comparisons}
     if "regression" in verdicts:
         sys.exit(ExitCode.CRITERIA_FAIL)

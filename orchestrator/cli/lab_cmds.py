@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from model.display import printable
 from model.exitcode import ExitCode
 from orchestrator.cli.common import load_lab_or_exit
 from orchestrator.cli.distributed_cmds import connect
@@ -83,4 +84,4 @@ def status(inventory: Path, as_json: bool) -> None:
             else f"OUT OF THE POOL ({row['consecutive_boot_failures']} boot failures; last: {row['last_reason']}; "
             f"`swaplab lab back {row['node']}` when repaired)"
         )
-        click.echo(f"  {row['node']:<8} {row['driver']:<6} {row['held_by'] or 'free':<40} {health_text}")
+        click.echo(printable(f"  {row['node']:<8} {row['driver']:<6} {row['held_by'] or 'free':<40} {health_text}"))

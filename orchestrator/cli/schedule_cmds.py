@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from model.display import printable
 from model.exitcode import ExitCode
 from orchestrator import schedules
 from orchestrator.cli.common import CAMPAIGN_FILE, load_or_exit
@@ -63,7 +64,7 @@ def run_now(name: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(firing.to_json(), indent=2))
     else:
-        click.echo(f"schedule {name}: {firing.kind} {firing.campaign_id} {firing.detail}".rstrip())
+        click.echo(printable(f"schedule {name}: {firing.kind} {firing.campaign_id} {firing.detail}".rstrip()))
 
 
 def _or_exit(action: Any) -> Any:
@@ -85,4 +86,4 @@ def _show(rows: list[dict[str, Any]], as_json: bool) -> None:
         click.echo(f"{row['name']}: '{row['cron']}' {row['timezone']}, missed: {row['missed']}; next {upcoming}")
         for entry in row["log"][:5]:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry["due"]))
-            click.echo(f"  {when} {entry['kind']:<9} {entry['campaign_id']} {entry['detail']}".rstrip())
+            click.echo(printable(f"  {when} {entry['kind']:<9} {entry['campaign_id']} {entry['detail']}".rstrip()))

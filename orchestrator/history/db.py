@@ -16,6 +16,7 @@ is raised as ``DatabaseUnavailable``, so a caller keeps the record for later (``
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -39,7 +40,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import selectinload, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
-from model.paths import cache_dir
+from model.paths import cache_dir, restrict
 from orchestrator.history.errors import DatabaseUnavailable, InvalidRecord
 from orchestrator.history.models import CampaignRow, NodeRow, RunRow
 from orchestrator.history.record import campaign_row, parse, storable
@@ -234,7 +235,24 @@ def _engine(url: URL) -> Engine:
     engine = create_engine(url, **options)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_foreign_keys)
+        if url.database and url.database != ":memory:" and not url.query.get("uri"):
+            event.listen(engine, "do_connect", functools.partial(_private_sqlite_file, Path(url.database)))
     return engine
+
+
+def _private_sqlite_file(path: Path, *_connect_args: Any) -> None:
+    """Create the database file 0600 before SQLite does (it would use the umask: 0644).
+
+    Every record is in it, and SQLite gives its journal files the database file's mode.
+    A file an older swaplab made readable by everyone is narrowed. Done at the first
+    connection, not when the object is built (that touches nothing).
+    """
+    # A missing directory or a file that is not ours: SQLite's own error says it better.
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    for name in (path, *(path.with_name(path.name + suffix) for suffix in ("-journal", "-wal", "-shm"))):
+        with contextlib.suppress(OSError):
+            restrict(name, 0o600)
 
 
 def _sqlite_foreign_keys(dbapi_connection: Any, _record: Any) -> None:

@@ -16,13 +16,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from model.display import printable
 from model.exitcode import ExitCode
 
 Record = Mapping[str, Any]
 
-# C0 and C1 control characters (ANSI escapes start with ESC), DEL, and the code points XML
-# 1.0 cannot carry at all (lone surrogates, U+FFFE/U+FFFF): one line, no terminal tricks.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 _LABEL_RUN_PREFIX = re.compile(r"^r\d+ ")
 _LABEL_WORKLOAD_SUFFIX = re.compile(r" / [^/]* #\d+$")
 # A variant's run is labelled ``r001 linux-image-amd64 [base] / small #1`` (a variant name's pattern).
@@ -30,8 +28,9 @@ _LABEL_VARIANT_SUFFIX = re.compile(r" \[([a-z][a-z0-9_-]{0,30})\]$")
 
 
 def clean(value: object) -> str:
-    """A value of the record as one line of plain text: control characters become spaces."""
-    return _CONTROL.sub(" ", "" if value is None else str(value)).strip()
+    """A value of the record as one line of plain text (``model.display.printable``): no
+    escape sequence, control or bidi character, nor a code point XML 1.0 cannot carry."""
+    return printable(value).strip()
 
 
 def mapping(value: object) -> Mapping[str, Any]:

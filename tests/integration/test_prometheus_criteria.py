@@ -33,7 +33,9 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusA
         patch.setenv("SWAPLAB_PROMETHEUS_SD_DIR", str(tmp / "targets"))
         exporter.start_metrics_server("itest")
         # Its admin API on: deleting series is how these tests prove a missing series is invalid.
-        server = LocalPrometheus(f"http://127.0.0.1:{free_port()}", data_dir=tmp, targets=tmp / "targets", admin_api=True)
+        server = LocalPrometheus(
+            f"http://127.0.0.1:{free_port()}", data_dir=tmp, targets=tmp / "targets", admin_api=True
+        )
         server.start()
         try:
             yield server.api
@@ -44,9 +46,9 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusA
 class Session:
     """One node session as the exporter sees it, with the window it would record."""
 
-    def __init__(self, api: PrometheusApi, node: str) -> None:
+    def __init__(self, api: PrometheusApi, node: str, kernel: str = "6.1.0-56-amd64") -> None:
         self.api, self.node = api, node
-        self.series = exporter.NODES.begin(LAB, node, "6.1.0-56-amd64", "pressure")
+        self.series = exporter.NODES.begin(LAB, node, kernel, "pressure")
         self.started = time.time()
         self.ended = 0.0
 
@@ -130,6 +132,29 @@ def test_a_deleted_series_is_invalid_not_pass(prometheus: PrometheusApi) -> None
     assert session.judge("no_oom_kill")["no_oom_kill"][0] is Outcome.PASS
     prometheus.delete_series('{__name__=~"swaplab_node_.+",node="deleted"}', session.started - 60, session.ended + 60)
     assert session.judge("no_oom_kill")["no_oom_kill"] == (Outcome.INVALID, None)
+
+
+def test_a_kernel_release_written_as_promql_judges_its_own_series(prometheus: PrometheusApi) -> None:
+    """An ssh node's ``uname -r`` is its kernel label: one that would close the string and
+    add ``or vector(0)`` must still be judged on the node's own series (an OOM kill fails)."""
+    hostile = 'x"}[1s]) or vector(0) or max_over_time(foo{a="'
+    session = Session(prometheus, "hostile", kernel=hostile)
+    session.wait_scraped(0.0)
+    session.series.update_sample({"oom_kill": 1})
+    session.wait_scraped(1.0)
+    session.finish()
+    templated = [
+        Criterion(
+            name,
+            f"max_over_time(swaplab_node_oom_kills_total{{{labels}}}[{{{{ window }}}}])",
+            "==",
+            0,
+            Severity.ERROR,
+            "",
+        )
+        for name, labels in (("by_kernel", 'kernel="{{ kernel }}",node="{{ node }}"'), ("by_session", " {{ sel }} "))
+    ]
+    assert session.judge(extra=templated) == {"by_kernel": (Outcome.FAIL, 1.0), "by_session": (Outcome.FAIL, 1.0)}
 
 
 def test_an_unreachable_prometheus_makes_every_criterion_invalid(tmp_path: Path) -> None:

@@ -65,6 +65,16 @@ def test_racing_holders_never_share_a_node(client: redis.Redis) -> None:
         assert book.holders() == {node: holder for holder, nodes in granted.items() for node in nodes}
 
 
+def test_confirm_never_takes_another_holders_node(client: redis.Redis) -> None:
+    book = LeaseBook(client, "lab", ttl_s=30)
+    assert book.acquire("b:1", ["n1"], 1) == ["n1"]
+    client.pexpire(book.key("n1"), 5_000)
+    assert book.confirm("a:1", "n1") is False  # another run's node: refused, its lease untouched
+    assert client.get(book.key("n1")) == b"b:1" and client.pttl(book.key("n1")) <= 5_000
+    assert book.confirm("b:1", "n1") is True and client.pttl(book.key("n1")) > 5_000  # its own: renewed
+    assert book.confirm("a:1", "n2") is True and book.holders() == {"n1": "b:1", "n2": "a:1"}  # a free one: taken
+
+
 def test_acquire_is_all_or_nothing(client: redis.Redis) -> None:
     book = LeaseBook(client, "lab")
     assert book.acquire("a:1", ["n1"], 1) == ["n1"]

@@ -4,17 +4,23 @@ health-checked, the monitoring services mount their provisioning from the repo."
 
 from __future__ import annotations
 
+import base64
+import functools
+import importlib.util
 import os
 import signal
 import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import yaml
 from sqlalchemy.engine import make_url
 
-from tests.conftest import free_port
+from tests.conftest import free_port, unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 # What `docker-compose config` needs besides the environment it runs in.
@@ -22,7 +28,10 @@ PASSWORDS = {
     "SWAPLAB_REDIS_PASSWORD": "test-only",
     "SWAPLAB_GRAFANA_PASSWORD": "test-only",
     "SWAPLAB_DB_PASSWORD": "test-only-db",
+    "SWAPLAB_FLOWER_PASSWORD": "test-only-flower",
 }
+# Capabilities that open a way out of a container to code running as root in it.
+ESCAPE_CAPABILITIES = {"DAC_READ_SEARCH", "SYS_ADMIN", "SYS_MODULE", "SYS_PTRACE", "ALL"}
 
 
 def compose() -> dict[str, object]:
@@ -195,8 +204,10 @@ def test_every_service_running_swaplab_reaches_the_results_database() -> None:
     resolved = yaml.safe_load(proc.stdout)["services"]
     postgres_env = resolved["postgres"]["environment"]
     swaplab = [name for name, service in services().items() if service.get("image") == "swaplab:latest"]
-    assert {"worker", "beat", "cli", "flower"} <= set(swaplab)
-    for name in swaplab:
+    assert {"worker", "beat", "cli", "flower", "builder"} <= set(swaplab)
+    # The builder runs submitters' code: it gets the broker, not the history's password.
+    assert "SWAPLAB_DB_URL" not in resolved["builder"]["environment"]
+    for name in set(swaplab) - {"builder"}:
         url = make_url(resolved[name]["environment"]["SWAPLAB_DB_URL"])
         assert url.drivername == "postgresql+psycopg", name
         assert (url.host, url.port, url.username, url.database) == ("postgres", 5432, "swaplab", "swaplab"), name
@@ -223,9 +234,129 @@ def test_the_redis_service_takes_its_password_without_showing_it(tmp_path: Path)
         while "NOAUTH" not in (answer := subprocess.run([*probe, "get", "x"], capture_output=True, text=True)).stdout:
             assert time.monotonic() < deadline, answer
             time.sleep(0.1)
-        authed = subprocess.run([*probe, "ping"], env={**os.environ, "REDISCLI_AUTH": password}, capture_output=True, text=True)
+        authed = subprocess.run(
+            [*probe, "ping"], env={**os.environ, "REDISCLI_AUTH": password}, capture_output=True, text=True
+        )
         assert authed.stdout.strip() == "PONG"
         assert password not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=10)
+
+
+# -- Flower behind basic auth ----------------------------------------------------------------
+
+
+@functools.cache
+def resolved_services() -> dict[str, dict[str, Any]]:
+    """The services as ``docker-compose config`` resolves them with the test passwords."""
+    proc = subprocess.run(
+        ["docker-compose", "-f", str(REPO / "docker-compose.yml"), "config"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **PASSWORDS},
+        check=True,
+    )
+    resolved: dict[str, dict[str, Any]] = yaml.safe_load(proc.stdout)["services"]
+    return resolved
+
+
+def test_compose_refuses_to_start_flower_without_a_password() -> None:
+    env = {k: v for k, v in {**os.environ, **PASSWORDS}.items() if k != "SWAPLAB_FLOWER_PASSWORD"}
+    proc = run_config(env)
+    assert proc.returncode != 0 and "SWAPLAB_FLOWER_PASSWORD" in proc.stderr
+
+
+def test_flower_gets_its_credentials_by_the_environment_not_its_command_line() -> None:
+    flower = resolved_services()["flower"]
+    assert flower["environment"]["FLOWER_BASIC_AUTH"] == f"swaplab:{PASSWORDS['SWAPLAB_FLOWER_PASSWORD']}"
+    argv = " ".join([*flower["entrypoint"], *flower["command"]])
+    assert "auth" not in argv and PASSWORDS["SWAPLAB_FLOWER_PASSWORD"] not in argv
+    assert [str(port) for port in services()["flower"]["ports"]] == ["127.0.0.1:5555:5555"]
+
+
+def _get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, dict[str, str]]:
+    request = urllib.request.Request(url)
+    if auth is not None:
+        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return answer.status, dict(answer.headers)
+    except urllib.error.HTTPError as refused:
+        return refused.code, dict(refused.headers)
+
+
+def test_the_flower_service_answers_nobody_without_its_password(tmp_path: Path) -> None:
+    """The service's own command and environment, with a real Flower and redis-server: a
+    request without the password (a local user, a web page in a local browser) is refused."""
+    if importlib.util.find_spec("flower") is None:
+        unavailable("flower is not installed (pip install -e '.[stack]')")
+    redis_port, flower_port = free_port(), free_port()
+    broker = subprocess.Popen(
+        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    service = resolved_services()["flower"]
+    env = {**os.environ, **service["environment"], "SWAPLAB_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}
+    argv = [sys.executable, "-m", *service["entrypoint"], *service["command"], "--address=127.0.0.1"]
+    argv = [part.replace("5555", str(flower_port)) for part in argv]
+    server = subprocess.Popen(
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    base = f"http://127.0.0.1:{flower_port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                health, _ = _get(f"{base}/healthcheck")
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "flower did not start"
+                time.sleep(0.2)
+        assert health == 200  # the compose healthcheck needs no password
+        for path in ("/", "/api/workers", "/tasks"):
+            status, headers = _get(base + path)
+            assert status == 401, path
+            assert "Access-Control-Allow-Origin" not in headers  # no page of another origin reads it
+            assert _get(base + path, ("swaplab", "guessed"))[0] == 401
+        assert _get(f"{base}/", ("swaplab", PASSWORDS["SWAPLAB_FLOWER_PASSWORD"]))[0] == 200
+        processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        assert PASSWORDS["SWAPLAB_FLOWER_PASSWORD"] not in processes
+    finally:
+        for proc in (server, broker):  # nothing of theirs to keep
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+# -- no escape capability next to submitters' code --------------------------------------------
+
+
+def queues(service: dict[str, Any]) -> set[str]:
+    """The queues a Celery worker service consumes (its ``-Q``)."""
+    command = [str(part) for part in service.get("command", [])]
+    return set(command[command.index("-Q") + 1].split(",")) if "-Q" in command else set()
+
+
+def test_no_container_that_runs_builds_has_a_capability_to_escape() -> None:
+    """ganesha (the lab worker) needs DAC_READ_SEARCH; `build:` kernels run the submitter's
+    Makefiles: never both in one container, and nowhere else. The builder holds SYS_ADMIN
+    only to make each build's namespaces (workers/kbuild/sandbox.py), which the build itself
+    runs without: tests/integration/test_build_sandbox.py shows it capability-less."""
+    all_services = services()
+    escaping = {name: set(s.get("cap_add", [])) & ESCAPE_CAPABILITIES for name, s in all_services.items()}
+    assert {name for name, caps in escaping.items() if caps} == {"worker", "builder"}
+    assert escaping["builder"] == {"SYS_ADMIN"} and "DAC_READ_SEARCH" not in escaping["builder"]
+    assert not any(s.get("privileged") for s in all_services.values())
+    assert "build" not in queues(all_services["worker"])
+    builders = {name for name, s in all_services.items() if "build" in queues(s)}
+    assert builders == {"builder"}
+    builder = all_services["builder"]
+    assert "no-new-privileges:true" in builder.get("security_opt", [])
+    assert [str(v) for v in builder["volumes"]] == [
+        "kbuild-cache:/var/cache/swaplab/kbuild"
+    ]  # no keys, images, results
+    # Every queue the stack served before is still served.
+    assert {"control", "lab.local", "build"} <= set().union(*(queues(s) for s in all_services.values()))
+    # The lab worker reads the builder's artifacts from the shared build cache.
+    assert "kbuild-cache:/var/cache/swaplab/kbuild" in all_services["worker"]["volumes"]
