@@ -57,7 +57,7 @@ class TarballSource(_Strict):
 class DebianSource(_Strict):
     """Debian's kernel source package (``linux-source-6.1``): fetched, never installed."""
 
-    debian: str = pydantic.Field(pattern=_SOURCE_PACKAGE.pattern)
+    debian: str = pydantic.Field(pattern=f"^{_SOURCE_PACKAGE.pattern}$")
 
 
 class ConfigSpec(_Strict):

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from model.paths import results_root
+from model.paths import UnsafePath, results_root
+from model.runspec import is_campaign_id
 from orchestrator.history.outbox import flush
 from orchestrator.reports import write_reports
 from orchestrator.store import CampaignStore
@@ -32,22 +35,39 @@ def finished_record(store: CampaignStore, cid: str) -> dict[str, Any] | None:
     result = store.campaign(cid).get("result") if store.exists(cid) else None
     if isinstance(result, dict):
         return result
-    path = results_root() / cid / "result.json"
+    if not is_campaign_id(cid):
+        return None
     try:
-        on_disk = json.loads(path.read_text())
+        on_disk = json.loads(_read_own_file(results_root() / cid / "result.json"))
     except (OSError, ValueError):
         return None
     return on_disk if isinstance(on_disk, dict) and on_disk.get("campaign_id") == cid else None
 
 
+def _read_own_file(path: Path, limit: int = 64 << 20) -> bytes:
+    """A result file, not through a link, at most ``limit`` bytes."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{path} is larger than {limit} bytes")
+    return data
+
+
 def write_campaign_reports(record: Mapping[str, Any]) -> dict[str, Path]:
-    """Every report format beside result.json, if the result directory is on this host."""
-    directory = Path(str(record.get("result_dir") or ""))
-    if not record.get("result_dir") or not (directory / "result.json").is_file():
+    """Every report format beside result.json, if the campaign's result directory is on
+    this host: below this process' own results root, never where the record says."""
+    cid = record.get("campaign_id")
+    if not is_campaign_id(cid):
+        return {}
+    directory = results_root() / str(cid)
+    if not (directory / "result.json").is_file():
         return {}
     try:
         return write_reports(dict(record), directory)
-    except OSError as err:
+    except (OSError, UnsafePath) as err:
         log.warning("reports of %s not written: %s", record.get("campaign_id"), err)
         return {}
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, TextIO
 
+from model.display import printable
 from model.exitcode import ExitCode
-from model.runspec import NodeResult
+from model.paths import UnsafePath, own_subdir, replace_file
+from model.runspec import NodeResult, is_campaign_id
 from orchestrator.evaluation import RunEvaluation
 from orchestrator.reports.record import redone_lines
 from orchestrator.verdict import MIB, NodeVerdict, combine, exit_code, judge_node
@@ -23,6 +26,7 @@ def node_entry(result: NodeResult, verdict: NodeVerdict, figures: dict[str, dict
         "swap_out_mib": round(out / MIB, 1),
         "swap_in_mib": round(into / MIB, 1),
         "swap_file_nonzero_pages": result.swap_file_nonzero_pages,
+        "data_path": result.data_path,
         "phases_s": result.phases,
         "started_at": result.started_at,
         "finished_at": result.finished_at,
@@ -31,6 +35,8 @@ def node_entry(result: NodeResult, verdict: NodeVerdict, figures: dict[str, dict
         "workload": result.workload.model_dump(mode="json"),
         "failure": None if result.failure is None else result.failure.model_dump(mode="json"),
         "console_events": result.console_events,
+        "console_event_counts": result.console_event_counts,
+        "console_events_dropped": result.console_events_dropped,
         "console_source": result.console_source,
         "ram_mib": result.ram_mib,
         "planned_overcommit_mib": result.planned_overcommit_mib,
@@ -80,47 +86,61 @@ def start_skew_uncertainty_ms(results: list[NodeResult]) -> float | None:
     return sum(errors[:2]) / 1e6 if len(errors) >= 2 else None
 
 
-def write_result(path: Path, result: dict[str, Any]) -> None:
-    """Write result.json atomically (a reader never sees half a file)."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(path)
+def write_result(results_root: Path, cid: str, result: dict[str, Any]) -> None:
+    """Write ``results_root/cid/result.json`` atomically (a reader never sees half a file),
+    never through a link (``model.paths.replace_file``)."""
+    if not is_campaign_id(cid):
+        raise UnsafePath(f"not a campaign id: {cid!r}")
+    fd = own_subdir(results_root, cid)
+    try:
+        replace_file(fd, "result.json", (json.dumps(result, indent=2) + "\n").encode())
+    finally:
+        os.close(fd)
 
 
 def print_summary(result: dict[str, Any], stream: TextIO) -> None:
-    """The table at the end of a campaign: one line per node of every run."""
+    """The table at the end of a campaign: one line per node of every run.
+
+    Kernel releases, node names and reasons come from the nodes (``uname -r``, console
+    lines): every line is shown through ``model.display.printable``, and the padded cells
+    are made printable before they are padded, so the columns stay aligned.
+    """
+
+    def say(line: str) -> None:
+        print(printable(line, lines=True), file=stream)
+
     header = f"{'run':<5} {'kernel':<24} {'node':<7} {'verdict':<12} {'out MiB':>8} {'in MiB':>8} {'boot s':>7} {'mount s':>7} {'work s':>7}"
-    print(header, file=stream)
-    print("-" * len(header), file=stream)
+    say(header)
+    say("-" * len(header))
     for run in result["runs"]:
+        rid, verdict = printable(run["run_id"]), printable(run["verdict"])
         if not run["nodes"]:  # refused before any node ran
-            print(f"{run['run_id']:<5} {run['kernel'][:24]:<24} {'-':<7} {run['verdict']:<12}", file=stream)
+            say(f"{rid:<5} {printable(run['kernel'])[:24]:<24} {'-':<7} {verdict:<12}")
         for reason in run.get("reasons", []):
-            print(f"      - {reason}", file=stream)
+            say(f"      - {printable(reason)}")
         for line in redone_lines(run):
-            print(f"      {line}", file=stream)
+            say(f"      {line}")
         for node in run["nodes"]:
             phases = node["phases_s"]
-            kver = node["kernel"].get("kver", run["kernel"])
-            print(
-                f"{run['run_id']:<5} {kver[:24]:<24} {node['node']:<7} {node['verdict']:<12} "
+            kver = printable(node["kernel"].get("kver", run["kernel"]))
+            say(
+                f"{rid:<5} {kver[:24]:<24} {printable(node['node']):<7} {printable(node['verdict']):<12} "
                 f"{node['swap_out_mib']:>8.1f} {node['swap_in_mib']:>8.1f} "
-                f"{phases.get('boot', 0):>7.1f} {phases.get('mount', 0):>7.1f} {phases.get('workload', 0):>7.1f}",
-                file=stream,
+                f"{phases.get('boot', 0):>7.1f} {phases.get('mount', 0):>7.1f} {phases.get('workload', 0):>7.1f}"
             )
             if node.get("figures"):
-                print(f"      figures: {figure_line(node['figures'])}", file=stream)
+                say(f"      figures: {printable(figure_line(node['figures']))}")
             criteria = node.get("criteria", [])
             if criteria:
                 passed = sum(1 for c in criteria if c["outcome"] == "pass")
-                print(f"      criteria: {passed} of {len(criteria)} passed in Prometheus", file=stream)
+                say(f"      criteria: {passed} of {len(criteria)} passed in Prometheus")
             for reason in node["reasons"]:
-                print(f"      - {reason}", file=stream)
-    print(
-        f"\ncampaign {result['campaign_id']}: {result['verdict'].upper()} (exit {result['exit_code']}) in {result['wall_s']:.0f} s",
-        file=stream,
+                say(f"      - {printable(reason)}")
+    say(
+        f"\ncampaign {printable(result['campaign_id'])}: {printable(result['verdict']).upper()} "
+        f"(exit {result['exit_code']}) in {result['wall_s']:.0f} s"
     )
-    print(f"results: {result['result_dir']}", file=stream)
+    say(f"results: {printable(result['result_dir'])}")
 
 
 _SHORT = {
@@ -150,18 +170,24 @@ def print_criteria(result: dict[str, Any], stream: TextIO) -> None:
     for run in result["runs"]:
         window = run.get("window") or {}
         print(
-            f"run {run['run_id']} ({run['kernel']}): {run['verdict'].upper()}, window {window.get('seconds', '-')} s",
+            printable(
+                f"run {run['run_id']} ({run['kernel']}): {run['verdict'].upper()}, window {window.get('seconds', '-')} s"
+            ),
             file=stream,
         )
         for node in run["nodes"]:
-            print(f"  {node['node']}: {node['verdict']}", file=stream)
+            print(printable(f"  {node['node']}: {node['verdict']}"), file=stream)
             for c in node.get("criteria", []):
                 value = "no data" if c["value"] is None else f"{c['value']:.6g}"
                 kind = "built-in" if c["builtin"] else c["severity"]
+                outcome, name = printable(c["outcome"]), printable(c["name"])
                 print(
-                    f"    {c['outcome']:<7} {c['name']:<28} {kind:<9} {value:>14} {c['op']:>2} {c['threshold']:.6g}",
+                    f"    {outcome:<7} {name:<28} {printable(kind):<9} {value:>14} {printable(c['op']):>2} {c['threshold']:.6g}",
                     file=stream,
                 )
                 if c["outcome"] != "pass":
-                    print(f"            {c['detail']}", file=stream)
-    print(f"campaign {result['campaign_id']}: {result['verdict'].upper()} (exit {result['exit_code']})", file=stream)
+                    print(f"            {printable(c['detail'])}", file=stream)  # it may quote a node's labels
+    print(
+        printable(f"campaign {result['campaign_id']}: {result['verdict'].upper()} (exit {result['exit_code']})"),
+        file=stream,
+    )

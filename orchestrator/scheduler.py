@@ -30,7 +30,8 @@ import redis
 from model.campaign import BaselineSide, Campaign, CompareSpec, Variant, WorkloadSpec
 from model.exitcode import ExitCode
 from model.kernel import KernelSource
-from model.runspec import BuildMessage, NodeResult, NodeRunSpec, PreparedKernel, RunSetupSpec
+from model.paths import UnsafePath
+from model.runspec import BuildMessage, NodeResult, NodeRunSpec, PreparedKernel, RunSetupSpec, is_campaign_id
 from model.state import BUILD_QUEUE, CONTROL_QUEUE, TERMINAL, holder_id, lab_queue, scan_pattern
 from model.state import WORKER_PREFIX as _WORKER_PREFIX
 from model.yamlpos import SpecError
@@ -135,6 +136,9 @@ class Scheduler:
 
     def advance(self, cid: str) -> bool:
         """Do what is due for campaign ``cid``; True while it still needs attention."""
+        if not is_campaign_id(cid):  # a forged message: the id names files and keys
+            log.error("not a campaign id, ignored: %r", cid[:100] if isinstance(cid, str) else cid)
+            return False
         info = self.store.campaign(cid)
         if not info or info["status"] in TERMINAL:
             return False
@@ -459,7 +463,8 @@ class Scheduler:
         ]
         cancelled = self.store.cancel_requested(cid)
         exit_code = ExitCode.INTERRUPTED if cancelled else campaign_exit_code([int(run["exit_code"]) for run in runs])
-        result_dir = Path(info.get("result_dir") or self.results_root / cid)
+        # Where results go is this process' own setting, never a path read from Redis.
+        result_dir = self.results_root / cid
         result = {
             "campaign_id": cid,
             "campaign": info["name"],
@@ -478,8 +483,10 @@ class Scheduler:
         }
         if not cancelled:
             self._judge_comparisons(cid, result)
-        result_dir.mkdir(parents=True, exist_ok=True)
-        write_result(result_dir / "result.json", result)
+        try:
+            write_result(self.results_root, cid, result)
+        except (UnsafePath, OSError) as err:  # the record still reaches Redis and the database
+            log.error("%s: result.json not written: %s", cid, err)
         status = "cancelled" if cancelled else "done"
         self.store.set_campaign_status(
             cid,

@@ -16,6 +16,7 @@ import click
 
 from model.campaign import load_criteria
 from model.exitcode import ExitCode
+from model.paths import results_root
 from model.yamlpos import SpecError
 from orchestrator.cli.distributed_cmds import connect, require_campaign
 from orchestrator.criteria import CriterionSpec
@@ -67,5 +68,9 @@ def _recheck(campaign_id: str, criteria: list[CriterionSpec] | None) -> dict[str
     if info["status"] not in TERMINAL:
         click.echo(f"error: campaign {campaign_id} is {info['status']}; check judges finished campaigns", err=True)
         sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
-    scheduler = Scheduler(store.redis, JudgeOnly(), Path(str(info.get("result_dir") or ".")))
-    return scheduler.recheck(campaign_id, criteria)
+    # The new result.json goes below this command's own results root ($SWAPLAB_RESULTS),
+    # never to a directory a Redis record names.
+    scheduler = Scheduler(store.redis, JudgeOnly(), results_root())
+    result = scheduler.recheck(campaign_id, criteria)
+    click.echo(f"swaplab: result.json written in {results_root() / campaign_id}", err=True)
+    return result

@@ -11,8 +11,10 @@ import click
 import redis
 
 from model.campaign import Campaign
+from model.display import printable
 from model.exitcode import ExitCode
-from model.state import redis_url
+from model.runspec import is_campaign_id
+from model.state import redacted, redis_url
 from orchestrator.cli.common import CAMPAIGN_FILE, load_or_exit
 from orchestrator.report import print_summary
 from orchestrator.store import TERMINAL, CampaignStore
@@ -26,7 +28,8 @@ def connect() -> CampaignStore:
         client.ping()
     except redis.RedisError as err:
         click.echo(
-            f"error: cannot reach Redis at {redis_url()} ({err}); start the services or set SWAPLAB_REDIS_URL", err=True
+            f"error: cannot reach Redis at {redacted(redis_url())} ({err}); start the services or set SWAPLAB_REDIS_URL",
+            err=True,
         )
         sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
     return CampaignStore(client)
@@ -40,7 +43,7 @@ def submit_campaign(store: CampaignStore, campaign: Campaign) -> str:
 
 
 def require_campaign(store: CampaignStore, cid: str) -> dict[str, Any]:
-    if not store.exists(cid):
+    if not is_campaign_id(cid) or not store.exists(cid):
         click.echo(f"error: no campaign {cid!r} (see `swaplab status`)", err=True)
         sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
     return store.campaign(cid)
@@ -116,10 +119,10 @@ def status(campaign_id: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(view, indent=2))
         return
-    click.echo(f"campaign {campaign_id}: {info['status']} {info.get('verdict', '')}")
+    click.echo(printable(f"campaign {campaign_id}: {info['status']} {info.get('verdict', '')}"))
     for run in runs:
         phases = ", ".join(f"{n}={s}" for n, s in run["nodes"].items())
-        click.echo(f"  {run['run_id']} {run['status']:<12} {run['verdict']:<11} {run['label']}  {phases}")
+        click.echo(printable(f"  {run['run_id']} {run['status']:<12} {run['verdict']:<11} {run['label']}  {phases}"))
 
 
 @click.command()

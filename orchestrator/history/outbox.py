@@ -9,10 +9,10 @@ store has committed:
 - the database is unavailable (``DatabaseUnavailable``): the campaign stays pending and the
   flush stops there (the next ones would fail the same way); a later flush stores it;
 - ``load`` returns None (no record yet): it stays pending;
-- the record is refused (invalid, ``load`` raised ValueError, or storing failed for any
-  other reason): the error is logged and the campaign is **set aside** — kept in the hash
-  with its error and the time, never retried by ``flush`` (a record that fails today fails
-  tomorrow, and must not block the others). ``set_aside`` lists them; ``enqueue`` of the
+- the record is refused (invalid, not the campaign its key names, ``load`` raised
+  ValueError, or storing failed for any other reason): the error is logged and the
+  campaign is **set aside** — kept in the hash with its error and the time, never retried
+  by ``flush`` (a record that fails today fails tomorrow, and must not block the others). ``set_aside`` lists them; ``enqueue`` of the
   same campaign makes it pending again (after a fix, or a ``swaplab check`` re-judgement).
 
 A campaign enqueued again while a flush is storing it (a re-judgement racing the flush)
@@ -107,6 +107,11 @@ def _flush_one(
     if record is None:
         log.warning("results outbox: no record of campaign %s to store yet; kept pending", cid)
         return _Outcome.KEPT
+    if record.get("campaign_id") != cid:
+        # A record is stored only under its own id: one written under another key would
+        # replace that campaign's stored verdict (and the baselines that follow it).
+        claimed = str(record.get("campaign_id"))[:100]
+        return _set_aside(client, cid, raw, f"the record under {cid} claims to be campaign {claimed!r}")
     try:
         db.store(record)
     except DatabaseUnavailable as exc:

@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import re
 from collections.abc import Callable
 from pathlib import Path
 
+from model.display import printable
+from model.paths import own_subdir, replace_file
 from orchestrator.reports.junit import render_junit
 from orchestrator.reports.record import Record
 from orchestrator.reports.text import render_text
@@ -50,8 +52,28 @@ def render_html(record: Record) -> str:
 
 
 def render_json(record: Record) -> str:
-    """The record itself as indented JSON (what ``--format json`` prints)."""
-    return json.dumps(record, indent=2, ensure_ascii=False) + "\n"
+    """The record itself as indented JSON (what ``--format json`` prints).
+
+    Non-ASCII text stays readable, but what a terminal would act on (C1 controls, bidi
+    and other invisible characters, lone surrogates) is written as ``\\u`` escapes: the
+    same JSON value, nothing for the terminal to obey.
+    """
+    text = json.dumps(record, indent=2, ensure_ascii=False)
+    return _NON_ASCII.sub(_escape_hidden, text) + "\n"
+
+
+_NON_ASCII = re.compile("[^\x00-\x7e]")  # json.dumps escapes C0 itself
+
+
+def _escape_hidden(match: re.Match[str]) -> str:
+    char = match.group()
+    if printable(char) == char:
+        return char
+    code = ord(char)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # beyond the BMP: JSON escapes a UTF-16 surrogate pair
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
 RENDERERS: dict[str, Callable[[Record], str]] = {
@@ -72,25 +94,18 @@ def render(record: Record, fmt: str) -> str:
 def write_reports(record: Record, directory: Path) -> dict[str, Path]:
     """Write every format into ``directory`` (see the table above); returns format -> path.
 
-    Each file is written to a temporary file in the same directory and renamed over the
-    old one, so a reader (a CI job collecting junit.xml, a browser) never sees half a file.
+    Each file is written to a fresh temporary file in the same directory and renamed over
+    the old one, so a reader (a CI job collecting junit.xml, a browser) never sees half a
+    file; ``directory`` must be ours and no write goes through a link
+    (``model.paths.replace_file``). Reports are 0644: a web server or CI agent reads them.
     """
-    directory.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for fmt in FORMATS:
-        path = directory / FILES[fmt]
-        _write_atomically(path, render(record, fmt))
-        written[fmt] = path
-    return written
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    directory = directory.absolute()
+    fd = own_subdir(directory.parent, directory.name)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the report from a web server or CI agent
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        written = {}
+        for fmt in FORMATS:
+            replace_file(fd, FILES[fmt], render(record, fmt).encode("utf-8"), mode=0o644)
+            written[fmt] = directory / FILES[fmt]
+        return written
+    finally:
+        os.close(fd)

@@ -29,6 +29,7 @@ from tests.integration.dispatch import RecordingDispatch
 from tests.integration.redis_server import RedisServer, redis_server_fixture  # noqa: F401  (the fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+C6 = "six-20261129-120000-abcd"
 REPO = Path(__file__).resolve().parents[2]
 NODES = [f"node{i}" for i in range(1, 7)]
 LOCK_S = 2.0
@@ -87,8 +88,8 @@ def test_a_slow_prometheus_cannot_let_two_schedulers_judge_one_run(
     client: redis.Redis = redis_server.client()
     campaign = load_campaign(_six_node_lab(tmp_path))
     store = CampaignStore(client)
-    store.create("c6", campaign, plan_runs(campaign))
-    _finished_run(store, "c6")
+    store.create(C6, campaign, plan_runs(campaign))
+    _finished_run(store, C6)
 
     def make_scheduler(dispatch: RecordingDispatch) -> Scheduler:
         return Scheduler(
@@ -100,34 +101,34 @@ def test_a_slow_prometheus_cannot_let_two_schedulers_judge_one_run(
 
     def judge_first() -> None:
         began = time.monotonic()
-        outcome["judged"] = tasks.judge_and_advance(client, "c6", "r001", 1, make_scheduler(first))
+        outcome["judged"] = tasks.judge_and_advance(client, C6, "r001", 1, make_scheduler(first))
         outcome["seconds"] = time.monotonic() - began
 
     worker = threading.Thread(target=judge_first)
     worker.start()
     deadline = time.monotonic() + 10
-    while store.run("c6", "r001").get("status") != "evaluating":
+    while store.run(C6, "r001").get("status") != "evaluating":
         assert time.monotonic() < deadline, "the first scheduler never claimed the evaluation"
         time.sleep(0.05)
 
     # While the first one waits on Prometheus, a second scheduler acts on the campaign.
     time.sleep(LOCK_S + 0.5)  # the lock would have expired by now, had it been held
     began = time.monotonic()
-    assert tasks.judge_and_advance(client, "c6", "r001", 1, make_scheduler(second)) is False
-    with tasks.campaign_lock(client, "c6"):
-        assert make_scheduler(second).advance("c6") is True
+    assert tasks.judge_and_advance(client, C6, "r001", 1, make_scheduler(second)) is False
+    with tasks.campaign_lock(client, C6):
+        assert make_scheduler(second).advance(C6) is True
     assert time.monotonic() - began < LOCK_S, "the second scheduler waited for a lock held over Prometheus"
     assert second.evaluations == []  # the claim is fresh: nobody asks for it again
     worker.join(timeout=60)
 
     assert outcome["judged"] is True
     assert float(str(outcome["seconds"])) > len(NODES) * QUERY_TIMEOUT_S > LOCK_S
-    run = store.run("c6", "r001")
+    run = store.run(C6, "r001")
     assert run["status"] == "done" and run["verdict"] == "invalid"  # judged once, without data
     done_events = [
         fields
-        for _id, fields in client.xrange(events_key("c6"))
+        for _id, fields in client.xrange(events_key(C6))
         if fields.get(b"kind") == b"run" and fields.get(b"status") == b"done"
     ]
     assert len(done_events) == 1
-    assert store.campaign("c6")["status"] == "done"
+    assert store.campaign(C6)["status"] == "done"

@@ -28,7 +28,7 @@ from tests.integration.redis_server import RedisServer, redis_server_fixture  # 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 REPO = Path(__file__).resolve().parents[2]
 SWAPLAB = Path(sys.executable).parent / "swaplab"  # the CLI installed beside the interpreter running the tests
-CID = "pair-20261130-101500-live"
+CID = "pair-20261130-101500-1bad"
 NODES = ["node1", "node2"]
 WORKLOAD = "touch 320 MiB x 1 pass(es)"
 ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

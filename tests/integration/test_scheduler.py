@@ -21,6 +21,7 @@ from tests.integration.redis_server import RedisServer, redis_server_fixture  # 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 REPO = Path(__file__).resolve().parents[2]
 CID = "one-20261129-120000-abcd"
+C1 = "three-20261129-120000-abcd"
 
 
 def test_a_failed_critical_criterion_skips_the_remaining_runs(redis_server: RedisServer, tmp_path: Path) -> None:
@@ -33,16 +34,16 @@ def test_a_failed_critical_criterion_skips_the_remaining_runs(redis_server: Redi
     )
     campaign = load_campaign(path)
     store = CampaignStore(redis_server.client())
-    store.create("c1", campaign, plan_runs(campaign))
+    store.create(C1, campaign, plan_runs(campaign))
     dispatch = RecordingDispatch()
     scheduler = Scheduler(store.redis, dispatch, tmp_path)
     judged = {"run_id": "r001", "kernel": "k", "verdict": "fail", "exit_code": 3, "stops_campaign": True, "nodes": []}
-    store.set_run_status("c1", "r001", "done", verdict="fail", result=judged)
+    store.set_run_status(C1, "r001", "done", verdict="fail", result=judged)
 
-    assert scheduler.advance("c1") is False  # nothing left to do: the campaign is finished
+    assert scheduler.advance(C1) is False  # nothing left to do: the campaign is finished
     assert dispatch == RecordingDispatch()  # nothing prepared, started or judged
-    assert [run["status"] for run in store.runs("c1")] == ["done", "skipped", "skipped"]
-    result = json.loads((tmp_path / "c1" / "result.json").read_text())
+    assert [run["status"] for run in store.runs(C1)] == ["done", "skipped", "skipped"]
+    result = json.loads((tmp_path / C1 / "result.json").read_text())
     assert (result["verdict"], result["exit_code"]) == ("fail", 3)
     assert [s["run_id"] for s in result["skipped_runs"]] == ["r002", "r003"]
     assert "critical criterion failed in run r001" in result["skipped_runs"][0]["reason"]
