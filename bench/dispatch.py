@@ -97,15 +97,14 @@ def stop_group(proc: subprocess.Popen[bytes]) -> None:
 @contextlib.contextmanager
 def celery_lab(tmp: Path, concurrency: int) -> Iterator[Any]:
     """A redis-server and a threads-pool worker on queue ``bench``; yields the Celery app."""
-    url = f"redis://127.0.0.1:{free_port()}/0"
+    url = f"unix://{tmp / 'redis' / 'redis.sock'}?db=0"
     # workers.app reads SWAPLAB_REDIS_URL (and the password file) when it is imported, here
     # and in the worker process: set them first, import after (hence the imports below).
     os.environ["SWAPLAB_REDIS_URL"] = url
     os.environ["SWAPLAB_REDIS_PASSWORD_FILE"] = str(tmp / "redis" / "password")
     from orchestrator.services import LocalRedis, LocalWorker
 
-    (tmp / "redis").mkdir()
-    server = LocalRedis(url, data_dir=tmp / "redis")
+    server = LocalRedis(data_dir=tmp / "redis")
     server.password  # noqa: B018  (generated now, before the Celery app reads it)
     from workers.app import app
 

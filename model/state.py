@@ -39,11 +39,10 @@ import os
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlparse, urlunparse
+from urllib.parse import parse_qsl, quote, urlencode, urlparse, urlunparse
 
 from model.paths import cache_root
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:16379/0"
 CONTROL_QUEUE = "control"
 BUILD_QUEUE = "build"  # kernel builds: any worker with a toolchain may serve it beside its labs
 _LAB_QUEUE_PREFIX = "lab."
@@ -69,35 +68,56 @@ REDBEAT_PREFIX = "swaplab:redbeat:"
 
 
 def redis_url() -> str:
-    """The Redis that serves as broker, result backend and state store, with its password.
+    """The Redis that serves as broker, result backend and state store, with its password,
+    in redis-py's form (``redis://``, ``rediss://`` or ``unix://``).
 
-    ``SWAPLAB_REDIS_URL`` (default: the embedded redis-server on 127.0.0.1:16379); the
-    password, when the URL has none, from ``SWAPLAB_REDIS_PASSWORD``, the file named by
-    ``SWAPLAB_REDIS_PASSWORD_FILE``, or the embedded server's own file in the cache (mode
-    0600). Never from a command line: argv is what every user of the host can read.
+    ``SWAPLAB_REDIS_URL`` when set (a TCP or ``unix://`` URL of the lab's Redis); else the
+    embedded redis-server, which listens only on a Unix socket in a 0700 directory of the
+    user's cache: no other user of the host can reach it, or take its place to collect
+    the password and answer in its name. The password, when the URL has none, comes from
+    ``SWAPLAB_REDIS_PASSWORD``, the file named by ``SWAPLAB_REDIS_PASSWORD_FILE``, or the
+    embedded server's own file (mode 0600). Never from a command line: argv is what every
+    user of the host can read.
     """
-    url = os.environ.get("SWAPLAB_REDIS_URL", DEFAULT_REDIS_URL)
+    url = os.environ.get("SWAPLAB_REDIS_URL") or f"unix://{embedded_redis_socket()}?db=0"
     parsed = urlparse(url)
     if parsed.password:
         return url
-    password = _redis_password(parsed.port or 6379)
+    password = _redis_password()
     if not password:
         return url
-    netloc = f"{quote(parsed.username or '', safe='')}:{quote(password, safe='')}@{parsed.hostname}"
+    netloc = f"{quote(parsed.username or '', safe='')}:{quote(password, safe='')}@{parsed.hostname or ''}"
     netloc += f":{parsed.port}" if parsed.port else ""
     return urlunparse(parsed._replace(netloc=netloc))
 
 
-def local_redis_password_file(port: int) -> Path:
-    """Where the embedded redis-server on ``port`` keeps its generated password."""
-    return cache_root() / "redis" / str(port) / "password"
+def celery_url(url: str | None = None) -> str:
+    """The same Redis as ``redis_url()`` in the form Celery, kombu and the result backend
+    read: ``unix://…?db=N`` becomes ``redis+socket://…?virtual_host=N``."""
+    url = url or redis_url()
+    parsed = urlparse(url)
+    if parsed.scheme != "unix":
+        return url
+    query = dict(parse_qsl(parsed.query))
+    db = query.pop("db", "0")
+    return urlunparse(parsed._replace(scheme="redis+socket", query=urlencode({**query, "virtual_host": db})))
 
 
-def _redis_password(port: int) -> str | None:
+def embedded_redis_dir() -> Path:
+    """The embedded redis-server's directory: socket, password, config, pid file, AOF."""
+    return cache_root() / "redis"
+
+
+def embedded_redis_socket() -> Path:
+    """The Unix socket the embedded redis-server listens on (its only listener)."""
+    return embedded_redis_dir() / "redis.sock"
+
+
+def _redis_password() -> str | None:
     if os.environ.get("SWAPLAB_REDIS_PASSWORD"):
         return os.environ["SWAPLAB_REDIS_PASSWORD"]
     named = os.environ.get("SWAPLAB_REDIS_PASSWORD_FILE")
-    path = Path(named) if named else local_redis_password_file(port)
+    path = Path(named) if named else embedded_redis_dir() / "password"
     try:
         return path.read_text().strip() or None
     except OSError:
@@ -109,7 +129,7 @@ def redacted(url: str) -> str:
     parsed = urlparse(url)
     if not parsed.password:
         return url
-    netloc = f"{parsed.username or ''}:***@{parsed.hostname}" + (f":{parsed.port}" if parsed.port else "")
+    netloc = f"{parsed.username or ''}:***@{parsed.hostname or ''}" + (f":{parsed.port}" if parsed.port else "")
     return urlunparse(parsed._replace(netloc=netloc))
 
 

@@ -13,6 +13,8 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from model.paths import cache_root
+
 DEFAULT_PROMETHEUS_URL = "http://127.0.0.1:19090"
 
 
@@ -35,6 +37,7 @@ class PrometheusApi:
     def __init__(self, url: str | None = None, timeout_s: float = 10.0) -> None:
         self.url = (url or prometheus_url()).rstrip("/")
         self.timeout_s = timeout_s
+        self._vouched = False
 
     def query(self, expr: str, at: float) -> list[tuple[dict[str, str], float]]:
         """Evaluate ``expr`` at epoch time ``at``: one (labels, value) per series."""
@@ -73,6 +76,9 @@ class PrometheusApi:
             raise PrometheusError(f"{self.url}: delete_series: {err}") from err
 
     def _get(self, path: str, params: dict[str, str]) -> dict[str, Any]:
+        if not self._vouched:
+            _vouch_for_embedded(self.url)
+            self._vouched = True
         address = f"{self.url}{path}?{urllib.parse.urlencode(params)}"
         try:
             with urllib.request.urlopen(address, timeout=self.timeout_s) as response:
@@ -85,6 +91,21 @@ class PrometheusApi:
             raise PrometheusError(f"{body.get('errorType', 'error')}: {body.get('error', body)}")
         data: dict[str, Any] = body["data"]
         return data
+
+
+def _vouch_for_embedded(url: str) -> None:
+    """Before the embedded Prometheus is asked anything: its port must be held by the
+    Prometheus swaplab started (its pid file, this user), or nobody. Whoever else holds
+    127.0.0.1:19090 could answer every criterion; then none is asked (they are invalid)."""
+    if "SWAPLAB_PROMETHEUS_URL" in os.environ or url != DEFAULT_PROMETHEUS_URL:
+        return  # a Prometheus the lab configured: its operators vouch for it
+    from orchestrator.listeners import our_process, stranger_on  # /proc reading, only here
+
+    port = urllib.parse.urlparse(url).port or 19090
+    pid = our_process(cache_root() / "prometheus" / str(port) / "prometheus.pid", "prometheus")
+    stranger = stranger_on(port, pid)
+    if stranger is not None:
+        raise PrometheusUnreachable(f"127.0.0.1:{port} is held by {stranger}, not by the Prometheus swaplab started")
 
 
 def _error_body(err: urllib.error.HTTPError) -> dict[str, Any]:

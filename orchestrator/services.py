@@ -1,6 +1,7 @@
 """The services ``swaplab run`` starts for the embedded default lab when none are
-configured: a redis-server (AOF on, 127.0.0.1, its own port), a Prometheus (127.0.0.1,
-its own port, scraping every local worker through file_sd) and a Celery worker.
+configured: a redis-server (AOF on, on a Unix socket in a private directory), a
+Prometheus (127.0.0.1, its own port, believed only when its listener is proven ours,
+scraping every local worker through file_sd) and a Celery worker.
 
 ``SWAPLAB_REDIS_URL`` set means "services are configured": nothing is started then.
 """
@@ -8,6 +9,7 @@ its own port, scraping every local worker through file_sd) and a Celery worker.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -25,14 +27,18 @@ import redis
 import yaml
 
 from model.lab import Lab
-from model.paths import cache_dir, private_file
-from model.state import BUILD_QUEUE, CONTROL_QUEUE, DEFAULT_REDIS_URL, lab_queue, redis_url
+from model.paths import UnsafePath, cache_dir, private_dir, private_file
+from model.state import BUILD_QUEUE, CONTROL_QUEUE, embedded_redis_dir, lab_queue
+from orchestrator.listeners import our_process, stranger_on
 from orchestrator.prometheus import PrometheusApi, prometheus_url
+from orchestrator.service_users import ServiceUsers
 from workers.exporter import targets_dir
 from workers.nfs import NfsServer, NfsServerError, make_nfs_server
+from workers.process import cmdline, owner_uid, pid_alive, start_ticks
 
 # A judged run is counted a few seconds after its verdict (workers.exporter.count_run).
 METRICS_FLUSH_S = 5.0
+_SUN_PATH_MAX = 107  # a Unix socket's path, in bytes, without its terminating NUL
 RULES_DIR = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "rules"
 
 
@@ -41,47 +47,60 @@ class ServiceError(RuntimeError):
 
 
 class LocalRedis:
-    """redis-server on 127.0.0.1 with an append-only file, so state survives a restart, and
-    a generated password: any other user of the host may reach 127.0.0.1, so without one
-    anybody could read or rewrite every campaign (and what the workers run for it).
+    """redis-server with an append-only file, so state survives a restart, listening only
+    on a Unix socket in a 0700 directory of the user's cache, with a generated password.
 
-    The password lives in ``<data_dir>/password`` (0600, in a 0700 directory), where the
-    CLI and the workers of the same user read it (model.state.redis_url); the server reads
-    it from its own 0600 config file, never from its command line.
+    No other user of the host can connect to it, nor bind its address first and pose as
+    it to collect the password (which a TCP port on 127.0.0.1 allows). The password lives
+    in ``<data_dir>/password`` (0600), where the CLI and the workers of the same user read
+    it (model.state.redis_url); the server reads it from its own 0600 config file, never
+    from its command line.
     """
 
-    def __init__(self, url: str = DEFAULT_REDIS_URL, data_dir: Path | None = None) -> None:
-        parsed = urlparse(url)
-        self.host = parsed.hostname or "127.0.0.1"
-        self.port = parsed.port or 16379
-        self.data_dir = data_dir or cache_dir("redis", str(self.port))
+    def __init__(self, data_dir: Path | None = None) -> None:
+        self.data_dir = data_dir or embedded_redis_dir()
+        self.socket = self.data_dir / "redis.sock"
         self.password_file = self.data_dir / "password"
+        self.pid_file = self.data_dir / "redis.pid"
         self.proc: subprocess.Popen[bytes] | None = None
+        if len(os.fsencode(self.socket)) > _SUN_PATH_MAX:
+            raise ServiceError(f"redis socket path {self.socket} is too long for a Unix socket; set SWAPLAB_CACHE shorter")
+
+    def where(self) -> str:
+        return f"unix socket {self.socket}"
 
     @property
     def password(self) -> str:
         """This server's password, generated on first use."""
+        private_dir(self.data_dir)
         if not self.password_file.exists():
             private_file(self.password_file, secrets.token_urlsafe(32) + "\n")
         return self.password_file.read_text().strip()
 
     @property
     def url(self) -> str:
-        """The URL clients use, password included (never print it: see model.state.redacted)."""
-        return f"redis://:{quote(self.password, safe='')}@{self.host}:{self.port}/0"
+        """The URL redis-py clients use, password included (never print it: model.state.redacted)."""
+        return f"unix://:{quote(self.password, safe='')}@{self.socket}?db=0"
 
     def client(self, **options: Any) -> redis.Redis:
-        return redis.Redis(host=self.host, port=self.port, password=self.password, **options)
+        return redis.Redis(unix_socket_path=str(self.socket), password=self.password, **options)
 
     def ping(self) -> bool:
+        if not self.socket.is_socket():
+            return False
         try:
             return bool(self.client(socket_timeout=1).ping())
         except redis.RedisError:
             return False
 
+    def pid(self) -> int | None:
+        """The running server's pid, when its pid file names a live redis-server of ours on our socket."""
+        pid = our_process(self.pid_file, "redis-server")
+        return pid if pid is not None and f"unixsocket:{self.socket}" in " ".join(cmdline(pid)) else None
+
     def start(self, timeout_s: float = 10.0) -> None:
-        if self.host != "127.0.0.1":
-            raise ServiceError(f"will only start redis on 127.0.0.1, not {self.host}")
+        private_dir(self.data_dir)
+        self.socket.unlink(missing_ok=True)  # a stale socket of ours from a killed server
         config = self.data_dir / "redis.conf"
         private_file(config, self._config())
         try:
@@ -90,21 +109,18 @@ class LocalRedis:
             )
         except FileNotFoundError:
             raise ServiceError("redis-server not found: run scripts/setup (Debian package redis-server)") from None
-        _wait_for(
-            self.ping,
-            timeout_s,
-            lambda: f"redis-server did not answer on 127.0.0.1:{self.port} (log: {self.data_dir / 'redis.log'})",
-        )
+        _wait_for(self.ping, timeout_s, lambda: f"redis-server did not answer on {self.socket} (log: {self.data_dir / 'redis.log'})")
 
     def _config(self) -> str:
         settings = {
-            "bind": "127.0.0.1",
-            "port": str(self.port),
+            "port": "0",  # no TCP listener at all
+            "unixsocket": str(self.socket),
+            "unixsocketperm": "700",
+            "pidfile": str(self.pid_file),
             "dir": str(self.data_dir),
             "appendonly": "yes",
             "appendfsync": "everysec",
             "save": '""',
-            "protected-mode": "yes",
             "logfile": str(self.data_dir / "redis.log"),
             "requirepass": self.password,
         }
@@ -114,20 +130,25 @@ class LocalRedis:
 
     def stop(self) -> None:
         """SHUTDOWN (flushes the AOF), then make sure the process is gone."""
+        pid = self.proc.pid if self.proc is not None else self.pid()
         with contextlib.suppress(redis.RedisError):
             self.client(socket_timeout=5).shutdown(nosave=False)
-        if self.proc is not None:
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if pid is not None and not _wait_gone(pid, self.proc, timeout_s=10):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            _wait_gone(pid, self.proc, timeout_s=5)
 
 
 class LocalPrometheus:
     """Prometheus on 127.0.0.1 (Debian's package), its TSDB in the cache so a finished
     campaign can be judged again later; scrapes every 1 s the workers that announced
-    themselves in the file_sd directory, and loads the recording rules of deploy/."""
+    themselves in the file_sd directory, and loads the recording rules of deploy/.
+
+    Prometheus cannot listen on a Unix socket, and any user may bind its port first: what
+    answers there is believed only when the kernel says the listening socket belongs to
+    the process this class started (its pid file, this user, our config on its command
+    line).
+    """
 
     def __init__(
         self, url: str | None = None, data_dir: Path | None = None, targets: Path | None = None, admin_api: bool = False
@@ -141,10 +162,25 @@ class LocalPrometheus:
         self.port = parsed.port or 19090
         self.api = PrometheusApi(f"http://{self.host}:{self.port}")
         self.data_dir = data_dir or cache_dir("prometheus", str(self.port))
+        self.pid_file = self.data_dir / "prometheus.pid"
+        self.config_file = self.data_dir / "prometheus.yml"
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def where(self) -> str:
+        return self.api.url
+
     def ready(self) -> bool:
-        return self.api.ready()
+        """Our Prometheus answers (a stranger on the port is not ready: see ``squatter``)."""
+        return self.squatter() is None and self.pid() is not None and self.api.ready()
+
+    def pid(self) -> int | None:
+        """The running server's pid, when its pid file names a live Prometheus of ours on our config."""
+        pid = our_process(self.pid_file, "prometheus")
+        return pid if pid is not None and f"--config.file={self.config_file}" in cmdline(pid) else None
+
+    def squatter(self) -> str | None:
+        """Who holds the port if it is not our Prometheus (None when it is ours, or free)."""
+        return stranger_on(self.port, self.pid())
 
     def config(self) -> dict[str, object]:
         """The configuration it runs with (scrape_timeout may not exceed the interval)."""
@@ -162,12 +198,15 @@ class LocalPrometheus:
     def start(self, timeout_s: float = 30.0) -> None:
         if self.host != "127.0.0.1":
             raise ServiceError(f"will only start prometheus on 127.0.0.1, not {self.host}")
-        config = self.data_dir / "prometheus.yml"
-        config.write_text(yaml.safe_dump(self.config(), sort_keys=False))
+        squatter = self.squatter()
+        if squatter is not None:
+            raise PortTaken(self.port, squatter)
+        private_dir(self.data_dir)
+        self.config_file.write_text(yaml.safe_dump(self.config(), sort_keys=False))
         self.targets.mkdir(parents=True, exist_ok=True)
         log_file = self.data_dir / "prometheus.log"
         argv = [
-            "prometheus", f"--config.file={config}", f"--storage.tsdb.path={self.data_dir / 'data'}",
+            "prometheus", f"--config.file={self.config_file}", f"--storage.tsdb.path={self.data_dir / 'data'}",
             f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=30d",
             *(["--web.enable-admin-api"] if self.admin_api else []),
         ]  # fmt: skip
@@ -178,11 +217,14 @@ class LocalPrometheus:
                 )
         except FileNotFoundError:
             raise ServiceError("prometheus not found: run scripts/setup (Debian package prometheus)") from None
+        private_file(self.pid_file, f"{self.proc.pid}\n")
         proc = self.proc
 
         def ready() -> bool:
             if proc.poll() is not None:
-                raise ServiceError(f"prometheus exited at start (log: {log_file})")
+                holder = stranger_on(self.port, None)
+                where = f"; 127.0.0.1:{self.port} is held by {holder}" if holder else ""
+                raise ServiceError(f"prometheus exited at start (log: {log_file}){where}")
             return self.ready()
 
         _wait_for(
@@ -190,14 +232,38 @@ class LocalPrometheus:
         )
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        pid = self.proc.pid if self.proc is not None else self.pid()
+        if pid is None or (self.proc is not None and self.proc.poll() is not None):
             return
-        os.killpg(self.proc.pid, signal.SIGTERM)  # flushes the head block's WAL
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)  # flushes the head block's WAL
+        if not _wait_gone(pid, self.proc, timeout_s=30):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            _wait_gone(pid, self.proc, timeout_s=10)
+        self.pid_file.unlink(missing_ok=True)
+
+
+class PortTaken(ServiceError):
+    """Another program holds the port of an embedded service."""
+
+    def __init__(self, port: int, holder: str) -> None:
+        super().__init__(
+            f"127.0.0.1:{port} is held by {holder}, not by the Prometheus swaplab started: refusing to "
+            "judge runs by its answers. Stop that program, or set SWAPLAB_PROMETHEUS_URL to your Prometheus"
+        )
+
+
+def _wait_gone(pid: int, proc: subprocess.Popen[bytes] | None, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.pid == pid:
+            if proc.poll() is not None:  # our child: reap it
+                return True
+        elif not pid_alive(pid):
+            return True
+        time.sleep(0.1)
+    return False
 
 
 class LocalWorker:
@@ -215,8 +281,12 @@ class LocalWorker:
         log_file: Path,
         name: str = "swaplab-local",
         env: dict[str, str] | None = None,
+        records: Path | None = None,
     ) -> None:
         self.queues = queues
+        # Where each spawned worker is recorded with the command that owns it, so a later
+        # command can find one whose owner died (``end_orphan_workers``).
+        self.records = records
         self.env = dict(env if env is not None else os.environ)  # every restart gets the same
         self.concurrency = concurrency
         self.log_file = log_file
@@ -247,6 +317,7 @@ class LocalWorker:
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, env=self.env
             )
         self.proc = proc
+        self._record(proc.pid)
         prefix = f"swaplab:worker:{self.name}-{token}@"
 
         def registered() -> bool:
@@ -255,6 +326,15 @@ class LocalWorker:
             return any(key.decode().startswith(prefix) for key in client.scan_iter("swaplab:worker:*"))
 
         _wait_for(registered, timeout_s, lambda: f"celery worker did not become ready (log: {self.log_file})")
+
+    def _record(self, pid: int) -> None:
+        if self.records is None:
+            return
+        private_dir(self.records)
+        for stale in self.records.glob(f"*.owner-{os.getpid()}.json"):
+            stale.unlink(missing_ok=True)  # the worker this one replaces
+        owner = {"pid": pid, "name": self.name, "owner": os.getpid(), "owner_start": start_ticks(os.getpid())}
+        private_file(self.records / f"{pid}.owner-{os.getpid()}.json", json.dumps(owner) + "\n")
 
     def _supervise(self, client: redis.Redis) -> None:
         while not self._stopping.wait(1.0):
@@ -275,57 +355,134 @@ class LocalWorker:
         self._stopping.set()
         if self._supervisor is not None:
             self._supervisor.join(timeout=70.0)
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.records is not None:
+            for record in self.records.glob(f"*.owner-{os.getpid()}.json"):
+                record.unlink(missing_ok=True)
+
+
+def end_orphan_workers(records: Path) -> list[str]:
+    """Warm-stop the workers an ended ``swaplab run`` left serving its lab's queues (they
+    finish the tasks they are running, then exit); what was done, one line each."""
+    done = []
+    for path in sorted(records.glob("*.json")) if records.is_dir() else []:
         try:
-            self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+            info = json.loads(path.read_text())
+            pid, name, owner = int(info["pid"]), str(info["name"]), int(info["owner"])
+        except (OSError, ValueError, KeyError, TypeError):
+            path.unlink(missing_ok=True)
+            continue
+        if start_ticks(owner) == info.get("owner_start"):
+            continue  # its command still runs: its worker, not an orphan
+        path.unlink(missing_ok=True)
+        if not _is_our_worker(pid, name):
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        done.append(
+            f"stopped a celery worker (pid {pid}) that an ended swaplab run (pid {owner}) left serving the lab's "
+            "queues; it finishes the tasks it is running, then exits"
+        )
+    return done
+
+
+def _is_our_worker(pid: int, name: str) -> bool:
+    args = cmdline(pid)
+    return (
+        pid_alive(pid)
+        and owner_uid(pid) == os.geteuid()
+        and "celery" in args
+        and any(arg.startswith(f"{name}-") for arg in args)
+    )
 
 
 class LocalStores:
-    """redis-server and Prometheus, each started unless one already answers; ``stop``
-    stops only what ``start`` started. Nothing at all when services are configured."""
+    """The embedded redis-server and Prometheus, shared by the swaplab commands that use
+    them (``orchestrator.service_users``): each is started unless it runs, adopted when an
+    ended command left it running, and stopped by the last command to leave. Nothing at
+    all when services are configured (``SWAPLAB_REDIS_URL``)."""
 
     def __init__(self, note: Callable[[str], None] = lambda _text: None) -> None:
         self.note = note
-        self.redis = LocalRedis(redis_url())
-        self.prometheus = LocalPrometheus()
-        self.started_redis = False
-        self.started_prometheus = False
         self.configured = "SWAPLAB_REDIS_URL" in os.environ
+        self.redis = LocalRedis()
+        self.prometheus = LocalPrometheus()
+        self._joined: list[tuple[str, LocalRedis | LocalPrometheus, ServiceUsers]] = []
 
     def start(self) -> None:
         if self.configured:
             return
-        if not self.redis.ping():
-            self.redis.start()
-            self.started_redis = True
-            self.note(
-                f"started redis-server on 127.0.0.1:{self.redis.port} (append-only file, and its password "
-                f"readable by you only, in {self.redis.data_dir})"
-            )
-        if not self.prometheus.ready():
-            self.prometheus.start()
-            self.started_prometheus = True
-            self.note(f"started prometheus on {self.prometheus.api.url} (TSDB in {self.prometheus.data_dir})")
+        try:
+            self._join("redis-server", self.redis, self.redis.data_dir, self._redis_up)
+            self._join("prometheus", self.prometheus, self.prometheus.data_dir, self._prometheus_up)
+        except UnsafePath as err:
+            raise ServiceError(str(err)) from None
+
+    def _redis_up(self) -> int | None:
+        return self.redis.pid() if self.redis.ping() else None
+
+    def _prometheus_up(self) -> int | None:
+        squatter = self.prometheus.squatter()
+        if squatter is not None:
+            raise PortTaken(self.prometheus.port, squatter)
+        pid = self.prometheus.pid()
+        if pid is not None:
+            _wait_for(self.prometheus.ready, 30.0, lambda: f"prometheus (pid {pid}) does not answer")
+        return pid
+
+    def _join(
+        self, name: str, service: LocalRedis | LocalPrometheus, directory: Path, running: Callable[[], int | None]
+    ) -> None:
+        users = ServiceUsers(private_dir(directory))
+        with users.locked():
+            others = users.live()
+            users.add()
+            self._joined.append((name, service, users))
+            pid = running()
+            if pid is not None:
+                if not others:
+                    self.note(
+                        f"adopted the {name} on {service.where()} (pid {pid}) that an ended swaplab command left "
+                        "running; it stops with this one"
+                    )
+                return
+            service.start()
+        self.note(f"started {name} on {service.where()} ({_STARTED[name].format(dir=directory)})")
 
     def stop(self) -> None:
-        if self.started_prometheus:
-            self.prometheus.stop()
-        if self.started_redis:
-            self.redis.stop()
+        while self._joined:
+            name, service, users = self._joined.pop()
+            with users.locked():
+                users.remove()
+                others = users.live()
+                if not others:
+                    service.stop()
+                    continue
+            pids = ", ".join(map(str, others))
+            self.note(f"{name} on {service.where()} stays up: swaplab (pid {pids}) still uses it and stops it at its end")
+
+
+_STARTED = {
+    "redis-server": "append-only file; socket and password reachable by you only, in {dir}",
+    "prometheus": "TSDB in {dir}",
+}
 
 
 class LocalServices:
     """Context manager: start what is missing for ``lab`` (stores and a worker), stop what
     it started, and say what stays up.
 
-    The lab's NFS server is long-lived and shared by every run of the lab: one that was
-    serving before is left serving (and said so); one that this command's run started is
-    stopped with the other services.
+    A worker that an ended ``swaplab run`` left serving the lab's queues is warm-stopped
+    (said), so no forgotten worker serves the lab beside ours. The lab's NFS server is
+    long-lived and shared by every run of the lab: one that was serving before is left
+    serving (and said so); one that this command's run started is stopped with the other
+    services.
     """
 
     def __init__(self, lab: Lab, concurrency: int, log_dir: Path, note: Callable[[str], None] = lambda _text: None) -> None:
@@ -335,7 +492,8 @@ class LocalServices:
         env = {**os.environ, "SWAPLAB_LABS": str(lab.inventory)}
         # It builds the campaign's `build` kernels too (scripts/setup installs a toolchain).
         queues = [CONTROL_QUEUE, lab_queue(lab.name), BUILD_QUEUE]
-        self.worker = LocalWorker(queues, concurrency, log_dir / "worker.log", env=env)
+        self.records = cache_dir("services", "workers")
+        self.worker = LocalWorker(queues, concurrency, log_dir / "worker.log", env=env, records=self.records)
         self.lab = lab
         self.nfs_was_serving = False
 
@@ -352,7 +510,9 @@ class LocalServices:
         self.nfs_was_serving = nfs is not None and nfs.is_serving()
         try:
             self.stores.start()
-            self.worker.start(redis.Redis.from_url(self.stores.redis.url))
+            for line in end_orphan_workers(self.records):
+                self.note(line)
+            self.worker.start(self.stores.redis.client())
             self.note(f"started a celery worker for {', '.join(self.worker.queues)} (log: {self.worker.log_file})")
         except BaseException:
             self.stores.stop()
@@ -365,8 +525,7 @@ class LocalServices:
         if self.stores.configured:
             return
         self.note("stopping the local services")
-        if self.stores.started_prometheus:
-            time.sleep(METRICS_FLUSH_S)  # let Prometheus scrape the worker's last figures
+        time.sleep(METRICS_FLUSH_S)  # let Prometheus scrape the worker's last figures
         self.worker.stop()
         self.stores.stop()
         self._settle_nfs()

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 from celery import Celery
 
-from model.state import CONTROL_QUEUE, redis_url
+from model.state import CONTROL_QUEUE, celery_url
 
 # Longest run we expect (boot + workload + collect) with a wide margin: a message is only
 # redelivered by Redis after this, so worker loss is detected by node leases instead.
 VISIBILITY_TIMEOUT_S = 6 * 3600
 
-app = Celery("swaplab", broker=redis_url(), backend=redis_url(), include=["workers.tasks", "workers.bench_tasks"])
+app = Celery("swaplab", broker=celery_url(), backend=celery_url(), include=["workers.tasks", "workers.bench_tasks"])
 app.conf.update(
     task_serializer="json",
     result_serializer="json",

@@ -24,3 +24,21 @@ def cmdline(pid: int) -> list[str]:
     except OSError:
         return []
     return [os.fsdecode(arg) for arg in raw.split(b"\0") if arg]
+
+
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks after boot): with the pid, it names one process
+    for good, where a pid alone may be recycled. None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def owner_uid(pid: int) -> int | None:
+    """The real uid ``pid`` runs as (None when it is gone)."""
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None

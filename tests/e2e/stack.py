@@ -24,9 +24,8 @@ class Lab:
 
     def __init__(self, tmp: Path, queues: list[str], labs: list[Path]) -> None:
         self.queues = queues
-        self.url = f"redis://127.0.0.1:{free_port()}/0"
-        self.redis_server = LocalRedis(self.url, data_dir=tmp / "redis")
-        (tmp / "redis").mkdir()
+        self.redis_server = LocalRedis(data_dir=tmp / "redis")
+        self.url = f"unix://{self.redis_server.socket}?db=0"
         # Its own Prometheus, scraping only this module's workers (their file_sd directory).
         prometheus_url = f"http://127.0.0.1:{free_port()}"
         (tmp / "prometheus").mkdir()

@@ -23,7 +23,7 @@ import pytest
 from model.criteria import BUILTIN_CRITERION_NAMES
 from model.figures import FIGURE_NAMES
 from model.paths import cache_dir
-from model.state import local_redis_password_file
+from model.state import embedded_redis_dir
 from orchestrator.prometheus import PrometheusApi
 from orchestrator.services import LocalPrometheus
 from tests import dashboards
@@ -181,12 +181,12 @@ def test_smoke_writes_every_report_and_stores_its_record(smoke: tuple[int, dict[
 def test_the_embedded_redis_password_is_in_no_process_list_log_or_result(
     smoke: tuple[int, dict[str, Any], str],
 ) -> None:
-    password = local_redis_password_file(16379).read_text().strip()
+    password = (embedded_redis_dir() / "password").read_text().strip()
     assert len(password) >= 32 and PROCESS_LISTS and any("redis-server" in ps for ps in PROCESS_LISTS)
     assert not [ps for ps in PROCESS_LISTS if password in ps]
     assert password not in smoke[2] and password not in json.dumps(smoke[1])
     result_dir = Path(smoke[1]["result_dir"])
-    service_logs = [cache_dir("redis", "16379") / "redis.log", cache_dir("prometheus", "19090") / "prometheus.log"]
+    service_logs = [embedded_redis_dir() / "redis.log", cache_dir("prometheus", "19090") / "prometheus.log"]
     files = [path for path in result_dir.parent.rglob("*") if path.is_file()] + service_logs
     assert any(path.name == "worker.log" for path in files)
     leaked = [path for path in files if password.encode() in path.read_bytes()]

@@ -22,11 +22,11 @@ import redis
 from celery import Celery
 
 from model.campaign import Campaign, campaign_to_json, load_campaign
-from model.state import campaign_key, node_key, run_key
+from model.state import campaign_key, celery_url, node_key, run_key
 from orchestrator.planner import plan_runs
 from orchestrator.services import LocalRedis, LocalWorker
 from orchestrator.store import CampaignStore
-from tests.conftest import free_port, require_tools
+from tests.conftest import require_tools
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 REPO = Path(__file__).resolve().parents[2]
@@ -39,11 +39,11 @@ class Stack:
 
     def __init__(self, tmp: Path) -> None:
         (tmp / "redis").mkdir()
-        self.redis = LocalRedis(f"redis://127.0.0.1:{free_port()}/0", data_dir=tmp / "redis")
+        self.redis = LocalRedis(data_dir=tmp / "redis")
         self.tmp = tmp
         self.env = {
             **os.environ,
-            "SWAPLAB_REDIS_URL": f"redis://127.0.0.1:{self.redis.port}/0",
+            "SWAPLAB_REDIS_URL": f"unix://{self.redis.socket}?db=0",
             "SWAPLAB_REDIS_PASSWORD_FILE": str(self.redis.password_file),
             "SWAPLAB_RESULTS": str(tmp / "results"),
             "SWAPLAB_LABS": str(E2E_LAB),
@@ -56,7 +56,7 @@ class Stack:
 
     def send(self, task: str, args: list[Any], queue: str) -> None:
         """A message put in a queue by someone else than swaplab (a Celery client of their own)."""
-        sender = Celery("outsider", broker=self.redis.url)
+        sender = Celery("outsider", broker=celery_url(self.redis.url))
         sender.conf.update(task_serializer="json", broker_connection_retry_on_startup=True)
         sender.send_task(task, args=args, queue=queue)
 
@@ -92,25 +92,27 @@ def _wait_for(condition: Any, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
-def test_another_user_cannot_use_the_embedded_redis_without_its_password(stack: Stack) -> None:
+def test_another_user_cannot_reach_the_embedded_redis_even_with_its_password(stack: Stack) -> None:
     if os.geteuid() != 0:
         pytest.skip("making a second user needs root")
     subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PROBE_USER], check=False)
-    probe = ["runuser", "-u", PROBE_USER, "--", "redis-cli", "-h", "127.0.0.1", "-p", str(stack.redis.port)]
-    without = subprocess.run([*probe, "get", "anything"], capture_output=True, text=True, timeout=30)
-    assert "NOAUTH" in without.stdout + without.stderr
-    written = subprocess.run([*probe, "set", "swaplab:campaigns", "x"], capture_output=True, text=True, timeout=30)
-    assert "NOAUTH" in written.stdout + written.stderr and stack.client().get("swaplab:campaigns") is None
+    probe = ["runuser", "-u", PROBE_USER, "--", "env", f"REDISCLI_AUTH={stack.redis.password}", "redis-cli"]
+    with_password = subprocess.run([*probe, "-s", str(stack.redis.socket), "ping"], capture_output=True, text=True, timeout=30)
+    assert "Permission denied" in with_password.stdout + with_password.stderr
+    written = subprocess.run([*probe, "-s", str(stack.redis.socket), "set", "swaplab:campaigns", "x"], capture_output=True, text=True, timeout=30)
+    assert "Permission denied" in written.stdout + written.stderr
+    assert stack.client().get("swaplab:campaigns") is None
     peek = subprocess.run(["runuser", "-u", PROBE_USER, "--", "cat", str(stack.redis.password_file)], capture_output=True, text=True)
     assert peek.returncode != 0 and "Permission denied" in peek.stderr
     assert oct(stack.redis.password_file.stat().st_mode & 0o777) == "0o600"
-    with_password = subprocess.run(
-        ["runuser", "-u", PROBE_USER, "--", "env", f"REDISCLI_AUTH={stack.redis.password}", *probe[4:], "ping"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert with_password.stdout.strip() == "PONG"
+    assert oct(stack.redis.data_dir.stat().st_mode & 0o777) == "0o700"
+    # No TCP listener at all: nothing of the server's is on the network, loopback included.
+    pid = stack.redis.pid()
+    assert pid is not None
+    sockets = {os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir() if os.readlink(fd).startswith("socket:")}
+    inodes = {int(link[8:-1]) for link in sockets}
+    tcp = [line.split() for table in ("tcp", "tcp6") for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]]
+    assert not [fields for fields in tcp if int(fields[9]) in inodes]
     assert stack.redis.password not in (stack.tmp / "redis" / "redis.log").read_text()
 
 
@@ -207,4 +209,4 @@ def test_the_password_is_in_no_log_and_no_process_list(stack: Stack) -> None:
     assert stack.redis.password not in processes
     for log in logs:
         assert stack.redis.password not in log.read_text(errors="replace"), log
-    assert "redis-server" in processes and f"127.0.0.1:{stack.redis.port}" in (stack.tmp / "worker.log").read_text()
+    assert "redis-server" in processes and str(stack.redis.socket) in (stack.tmp / "worker.log").read_text()
