@@ -84,8 +84,8 @@ def _cli_env(redis_server: RedisServer, tmp_path: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def tmux_env(redis_server: RedisServer, tmp_path: Path) -> Iterator[Tmux]:
+@pytest.fixture(name="tmux_env")
+def tmux_env_fixture(redis_server: RedisServer, tmp_path: Path) -> Iterator[Tmux]:
     require_tools(("tmux",))
     session = Tmux(_cli_env(redis_server, tmp_path))
     try:

@@ -21,8 +21,7 @@ import pytest
 import redis
 
 from model.state import guest_key, holder_id, lease_key, node_key, run_key
-from tests.conftest import require_tools
-from tests.integration.test_trust import Stack, _node_message
+from tests.integration.test_trust import Stack, _node_message, stack_fixture  # noqa: F401  (the fixture)
 from workers.lease import LeaseBook
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -51,16 +50,6 @@ class Guest:
     def stop(self) -> None:
         self.proc.kill()
         self.proc.wait()
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    require_tools(("redis-server",))
-    the_stack = Stack(tmp_path_factory.mktemp("lease"))
-    the_stack.redis.start()
-    yield the_stack
-    the_stack.worker.stop()
-    the_stack.redis.stop()
 
 
 @pytest.fixture(scope="module")

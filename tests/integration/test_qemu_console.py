@@ -9,8 +9,6 @@ line forever (as ``test_qemu_driver.py`` does for its idle guest).
 from __future__ import annotations
 
 import struct
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import suppress
@@ -20,6 +18,7 @@ import pytest
 
 from model.lab import NodeConfig
 from tests.conftest import free_port, require_tools
+from tests.integration.test_qemu_driver import power_on_elsewhere
 from workers import console_log
 from workers.console_log import ConsoleLog, read_head_tail
 from workers.drivers.base import BootSpec
@@ -116,18 +115,7 @@ def test_a_guest_in_a_warn_loop_keeps_its_console_under_the_cap(
 def test_a_guest_whose_worker_died_is_not_held_by_its_console(node: NodeConfig, workdir: Path, tmp_path: Path) -> None:
     boot = _boot(tmp_path, GUEST_LINES)
     # A worker powers the guest on and dies at once: nobody reads the console socket.
-    code = (
-        "import sys; from pathlib import Path; "
-        "from model.lab import NodeConfig; from workers.drivers.base import BootSpec; "
-        "from workers.drivers.qemu import QemuDriver; "
-        "n = NodeConfig('n1', 'itest', 'qemu', 64, 1, '127.0.0.1', int(sys.argv[1]), {}); "
-        "b = BootSpec(Path(sys.argv[2]), Path(sys.argv[3]), 'console=ttyS0', 64, 1); "
-        "QemuDriver(n, Path(sys.argv[4])).power_on(b, Path(sys.argv[5]))"
-    )
-    argv = [sys.executable, "-c", code, str(node.ssh_port), str(boot.kernel),
-            str(boot.initrd), str(workdir), str(tmp_path / "console.log")]  # fmt: skip
-    subprocess.run(argv, cwd=REPO, check=True, timeout=30)
-    pid = int((workdir / "qemu.pid").read_text())
+    pid = power_on_elsewhere(node, boot, workdir, tmp_path / "console.log")
     # The guest waits for its UART before every character, as Linux does: it gets through
     # all its lines (and resets, which ends QEMU) only if nothing holds the UART for a reader.
     deadline = time.monotonic() + 20

@@ -156,18 +156,7 @@ def test_orphan_left_by_a_dead_process_is_powered_off(
     boot: BootSpec, node: NodeConfig, workdir: Path, tmp_path: Path
 ) -> None:
     # Another process powers the node on and exits: its QEMU lives on (own session).
-    code = (
-        "import sys; from pathlib import Path; "
-        "from model.lab import NodeConfig; from workers.drivers.base import BootSpec; "
-        "from workers.drivers.qemu import QemuDriver; "
-        "n = NodeConfig('n1', 'itest', 'qemu', 64, 1, '127.0.0.1', int(sys.argv[1]), {}); "
-        "b = BootSpec(Path(sys.argv[2]), Path(sys.argv[3]), 'console=ttyS0', 64, 1); "
-        "QemuDriver(n, Path(sys.argv[4])).power_on(b, Path(sys.argv[5]))"
-    )
-    argv = [sys.executable, "-c", code, str(node.ssh_port), str(boot.kernel),
-            str(boot.initrd), str(workdir), str(tmp_path / "console.log")]  # fmt: skip
-    subprocess.run(argv, cwd=REPO, check=True, timeout=30)
-    pid = int((workdir / "qemu.pid").read_text())
+    pid = power_on_elsewhere(node, boot, workdir, tmp_path / "console.log")
     assert pid_alive(pid)
     fresh = make_driver(node, workdir)
     assert fresh.is_running()
@@ -214,3 +203,20 @@ def test_qemu_refuses_a_forward_to_its_host_address(
     # Why the lab model refuses 10.0.2.2 as a QEMU lab's NFS address.
     with pytest.raises(DriverError, match="QEMU exited at start"):
         make_driver(_routed(node, "10.0.2.2"), workdir).power_on(boot, tmp_path / "console.log")
+
+
+def power_on_elsewhere(node: NodeConfig, boot: BootSpec, workdir: Path, console: Path) -> int:
+    """Power the node on from another process that exits at once (a worker that died);
+    the guest's QEMU pid."""
+    code = (
+        "import sys; from pathlib import Path; "
+        "from model.lab import NodeConfig; from workers.drivers.base import BootSpec; "
+        "from workers.drivers.qemu import QemuDriver; "
+        "n = NodeConfig('n1', 'itest', 'qemu', 64, 1, '127.0.0.1', int(sys.argv[1]), {}); "
+        "b = BootSpec(Path(sys.argv[2]), Path(sys.argv[3]), 'console=ttyS0', 64, 1); "
+        "QemuDriver(n, Path(sys.argv[4])).power_on(b, Path(sys.argv[5]))"
+    )
+    argv = [sys.executable, "-c", code, str(node.ssh_port), str(boot.kernel),
+            str(boot.initrd), str(workdir), str(console)]  # fmt: skip
+    subprocess.run(argv, cwd=REPO, check=True, timeout=30)
+    return int((workdir / "qemu.pid").read_text())

@@ -8,32 +8,27 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from orchestrator.scheduler import Scheduler
 from orchestrator.store import CampaignStore
-from tests.conftest import require_tools
 from tests.integration.dispatch import RecordingDispatch
 from tests.integration.redis_server import RedisServer, redis_server_fixture  # noqa: F401  (the fixture)
-from tests.integration.test_live_terminal import CID, NODES, SWAPLAB, Tmux, _cli_env, _store
+from tests.integration.test_live_terminal import (  # noqa: F401  (the fixture)
+    CID,
+    NODES,
+    SWAPLAB,
+    Tmux,
+    _store,
+    tmux_env_fixture,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 # Retitle the pane, clear the screen, a magenta background (ESC and C1 forms), reverse the rest.
 ESCAPES = "\x1b]0;pwned\x07\x1b[2J\x1b[45m\x9b45m\u202e"
 KVER = "6.1.0-evil"
-
-
-@pytest.fixture
-def tmux_env(redis_server: RedisServer, tmp_path: Path) -> Iterator[Tmux]:
-    require_tools(("tmux",))
-    session = Tmux(_cli_env(redis_server, tmp_path))
-    try:
-        yield session
-    finally:
-        session.kill()
 
 
 def _hostile_start(store: CampaignStore, rid: str) -> None:

@@ -61,8 +61,8 @@ class Stack:
         sender.send_task(task, args=args, queue=queue)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@pytest.fixture(scope="module", name="stack")
+def stack_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     require_tools(("redis-server",))
     the_stack = Stack(tmp_path_factory.mktemp("trust"))
     the_stack.redis.start()

@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
@@ -164,22 +165,13 @@ def test_a_real_compose_implementation_accepts_the_file() -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-def test_compose_refuses_to_start_redis_without_a_password() -> None:
-    env = {k: v for k, v in {**os.environ, **PASSWORDS}.items() if k != "SWAPLAB_REDIS_PASSWORD"}
+@pytest.mark.parametrize(
+    "password", ["SWAPLAB_REDIS_PASSWORD", "SWAPLAB_GRAFANA_PASSWORD", "SWAPLAB_DB_PASSWORD", "SWAPLAB_FLOWER_PASSWORD"]
+)
+def test_compose_refuses_to_start_without_each_services_password(password: str) -> None:
+    env = {k: v for k, v in {**os.environ, **PASSWORDS}.items() if k != password}
     proc = run_config(env)
-    assert proc.returncode != 0 and "SWAPLAB_REDIS_PASSWORD" in proc.stderr
-
-
-def test_compose_refuses_to_start_grafana_without_an_admin_password() -> None:
-    env = {k: v for k, v in {**os.environ, **PASSWORDS}.items() if k != "SWAPLAB_GRAFANA_PASSWORD"}
-    proc = run_config(env)
-    assert proc.returncode != 0 and "SWAPLAB_GRAFANA_PASSWORD" in proc.stderr
-
-
-def test_compose_refuses_to_start_postgres_without_a_password() -> None:
-    env = {k: v for k, v in {**os.environ, **PASSWORDS}.items() if k != "SWAPLAB_DB_PASSWORD"}
-    proc = run_config(env)
-    assert proc.returncode != 0 and "SWAPLAB_DB_PASSWORD" in proc.stderr
+    assert proc.returncode != 0 and password in proc.stderr
 
 
 def test_the_postgres_service_is_private_persistent_and_health_checked() -> None:
@@ -259,12 +251,6 @@ def resolved_services() -> dict[str, dict[str, Any]]:
     )
     resolved: dict[str, dict[str, Any]] = yaml.safe_load(proc.stdout)["services"]
     return resolved
-
-
-def test_compose_refuses_to_start_flower_without_a_password() -> None:
-    env = {k: v for k, v in {**os.environ, **PASSWORDS}.items() if k != "SWAPLAB_FLOWER_PASSWORD"}
-    proc = run_config(env)
-    assert proc.returncode != 0 and "SWAPLAB_FLOWER_PASSWORD" in proc.stderr
 
 
 def test_flower_gets_its_credentials_by_the_environment_not_its_command_line() -> None:
