@@ -2,7 +2,9 @@
 
 The window runs from the birth of the nodes' series (at zero, before boot) to the scrape
 that read their final values; queries are instant queries at its end with
-``[{{ window }}]`` covering it. It is rounded *down* to whole seconds so it never reaches
+``[{{ window }}]`` covering it to the millisecond: from the birth on, so the zero every
+series is born with is inside (whole seconds rounded down lost it, and an OOM kill in the
+first second read as an increase of 0), and nothing before the birth, so it never reaches
 back into the previous session of the same node.
 """
 
@@ -38,6 +40,11 @@ class RunWindow:
     def seconds(self) -> int:
         """Whole seconds covered, counted back from the end."""
         return max(1, math.floor(self.end - self.start))
+
+    @property
+    def range(self) -> str:
+        """The window as a PromQL range, to the millisecond."""
+        return f"{max(1, math.ceil((self.end - self.start) * 1000))}ms"
 
     def to_json(self) -> dict[str, float]:
         """JSON-able form for result.json."""
@@ -93,7 +100,7 @@ def _variables(result: NodeResult, window: RunWindow | None) -> dict[str, str]:
     if window is None or not labels:
         return {}
     return {
-        "window": f"{window.seconds}s",
+        "window": window.range,
         "window_s": str(window.seconds),
         # Label values, escaped for the string literals they are written into.
         "node": label_value(labels["node"]),

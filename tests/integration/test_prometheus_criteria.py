@@ -76,8 +76,11 @@ class Session:
         return {r.name: (r.outcome, r.value) for r in evaluate_node(wanted, self.api, self.result(), window)}
 
 
-def test_an_oom_kill_in_the_first_second_fails(prometheus: PrometheusApi) -> None:
-    session = Session(prometheus, "oom-early")
+# Twice: the first session of a module meets a Prometheus still slow to scrape, which once
+# hid that a window rounded down to whole seconds could start after the zero baseline.
+@pytest.mark.parametrize("attempt", range(2))
+def test_an_oom_kill_in_the_first_second_fails(prometheus: PrometheusApi, attempt: int) -> None:
+    session = Session(prometheus, f"oom-early{attempt}")
     session.wait_scraped(0.0)  # born at zero before the node booted: the baseline exists
     session.series.update_sample({"oom_kill": 1, "pswpout": 10, "pswpin": 10})
     session.wait_scraped(1.0)
