@@ -27,6 +27,7 @@ import pytest
 
 from orchestrator.listeners import loopback_listeners
 from orchestrator.prometheus import PrometheusApi, PrometheusUnreachable
+from orchestrator.services import LocalPrometheus
 from tests.conftest import free_port, require_tools
 from workers.process import cmdline, pid_alive
 
@@ -70,6 +71,9 @@ def squatters() -> Iterator[Path]:
     if os.geteuid() != 0:
         pytest.skip("running a server as another user needs root")
     require_tools(("redis-server", "runuser"))
+    # An earlier test's `swaplab run` killed by its timeout leaves the embedded Prometheus
+    # (ours, by its pid file) on the port: end it, as the next command would adopt it.
+    LocalPrometheus().stop()
     for port in (REDIS_PORT, PROMETHEUS_PORT):
         if loopback_listeners(port):
             pytest.fail(f"127.0.0.1:{port} is already in use: this test needs it free")
