@@ -60,6 +60,10 @@ def make_series(kernels: Path) -> Path:
     return kernels / "series.mbox"
 
 
+def series_dir() -> Path:
+    return cache_dir("tests", "kbuild-e2e")
+
+
 def write_lab(folder: Path, kernels: Path) -> Path:
     inventory = folder / "kbuild.yml"
     inventory.write_text(
@@ -81,7 +85,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     # The series is made anew (its commit dates differ: a new artifact, really built each
     # time) but always at this path: builds that name the same files share a lineage, whose
     # tree and ccache make the rebuild warm, as for a nightly campaign.
-    kernels = cache_dir("tests", "kbuild-e2e")
+    kernels = series_dir()
     make_series(kernels)
     the_stack = Lab(folder, ["control", f"lab.{LAB}", "build"], [write_lab(folder, kernels)])
     the_stack.start()
@@ -100,7 +104,7 @@ lab: kbuild.yml
 kernels:
   - build:
       source: {debian: linux-source-6.1}
-      patches: kernels/series.mbox
+      patches: SERIES
       config: {base: tinyconfig}
   - package: linux-image-amd64     # then Debian's kernel, right after, on the same node
 nodes: 1
@@ -114,7 +118,7 @@ criteria:
     expr: avg_over_time(lab_node:swaplab_node_swap_out_bytes:rate10s{ {{ sel }} }[{{ window }}])
     op: ">"
     value: 1048576
-"""
+""".replace("SERIES", str(series_dir() / "series.mbox"))
     )
     return path
 
