@@ -22,6 +22,7 @@ from model.console import EVENTS_PER_KIND, EventKind
 from model.figures import FIGURE_NAMES, SERIES_KEYS, SERIES_MAX_POINTS
 from model.kernel import KernelSource
 from model.limits import HOG_MIB_MAX, HOG_MIB_MIN, HOG_PASSES_MAX, HOG_PASSES_MIN, HOG_SEED_MAX, HOG_SEED_MIN
+from model.protocol import PROTOCOL_VERSION
 
 # Whose fault it is that a session stopped early (docs/ARCHITECTURE.md, "Verdicts and exit codes"):
 # kernel -> fail; infra -> infra-error; input -> invalid (a mistake validation should have
@@ -82,6 +83,9 @@ def is_campaign_id(text: object) -> bool:
 class _Message(BaseModel):
     # A message is input: exactly these fields, strictly typed (what validate lets through).
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    # The version the sender speaks (model.protocol): checked before the rest is validated.
+    protocol: int = Field(default=PROTOCOL_VERSION, ge=PROTOCOL_VERSION, le=PROTOCOL_VERSION)
 
 
 class BuildMessage(_Message):

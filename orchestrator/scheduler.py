@@ -31,6 +31,7 @@ from model.campaign import BaselineSide, Campaign, CompareSpec, Variant, Workloa
 from model.exitcode import ExitCode
 from model.kernel import KernelSource
 from model.paths import UnsafePath
+from model.protocol import CampaignStatus, RunStatus
 from model.runspec import BuildMessage, NodeResult, NodeRunSpec, PreparedKernel, RunSetupSpec, is_campaign_id
 from model.state import BUILD_QUEUE, CONTROL_QUEUE, TERMINAL, holder_id, lab_queue, scan_pattern
 from model.state import WORKER_PREFIX as _WORKER_PREFIX
@@ -63,14 +64,14 @@ class SetupStage:
 
     name: str  # prefix of its fields in the run's hash: <name>_attempt, _beat, _owner
     what: str
-    status: str
+    status: RunStatus
     result: str
     done: str
     failure: str
 
 
-BUILD = SetupStage("build", "kernel build", "building", "built", "built_at", "build_failure")
-PREPARE = SetupStage("prepare", "run setup", "preparing", "prepared", "prepared_at", "prepare_failure")
+BUILD = SetupStage("build", "kernel build", RunStatus.BUILDING, "built", "built_at", "build_failure")
+PREPARE = SetupStage("prepare", "run setup", RunStatus.PREPARING, "prepared", "prepared_at", "prepare_failure")
 
 
 class Dispatch(Protocol):
@@ -148,10 +149,10 @@ class Scheduler:
             self._refuse_campaign(cid, err)
             return False
         book = LeaseBook(self.redis, campaign.lab.name, ttl_s=LEASE_TTL_S)
-        if info["status"] == "queued":
-            self.store.set_campaign_status(cid, "running")
+        if info["status"] == CampaignStatus.QUEUED:
+            self.store.set_campaign_status(cid, CampaignStatus.RUNNING)
         for run in list(self.store.runs(cid)):
-            if run["status"] in ("provisioning", "running", "evaluating"):
+            if run["status"] in (RunStatus.PROVISIONING, RunStatus.RUNNING, RunStatus.EVALUATING):
                 self._watch_run(cid, run, book)
         self._start_due_runs(cid, campaign, book)
         if all(run["status"] in TERMINAL for run in self.store.runs(cid)):
@@ -175,16 +176,16 @@ class Scheduler:
         # A comparison runs one run at a time on its lab: its sides' runs must not share the
         # host with each other, or drift and neighbours would pose as a change.
         serial = campaign.spec.baseline is not None
-        busy = serial and any(r["status"] not in TERMINAL and r["status"] != "queued" for r in runs)
+        busy = serial and any(r["status"] not in TERMINAL and r["status"] != RunStatus.QUEUED for r in runs)
         for run in runs:
-            if run["status"] not in ("queued", "building", "preparing"):
+            if run["status"] not in (RunStatus.QUEUED, RunStatus.BUILDING, RunStatus.PREPARING):
                 continue
             if cancel:
-                self.store.set_run_status(cid, run["run_id"], "cancelled")
+                self.store.set_run_status(cid, run["run_id"], RunStatus.CANCELLED)
             elif stopped_by is not None:
                 reason = f"not started: a critical criterion failed in run {stopped_by}"
-                self.store.set_run_status(cid, run["run_id"], "skipped", skipped_reason=reason)
-            elif busy and run["status"] == "queued":
+                self.store.set_run_status(cid, run["run_id"], RunStatus.SKIPPED, skipped_reason=reason)
+            elif busy and run["status"] == RunStatus.QUEUED:
                 break
             elif not self._step_run(cid, campaign, run, book):
                 break  # runs start in order: a later run never overtakes a waiting one
@@ -271,7 +272,7 @@ class Scheduler:
             self._refuse_run(cid, run, reason)
             return
         self.store.event(cid, kind="run", run=run["run_id"], status=f"{stage.name}-lost", detail=reason)
-        self._dispatch_stage(stage, cid, campaign, {**run, "status": "queued"})
+        self._dispatch_stage(stage, cid, campaign, {**run, "status": RunStatus.QUEUED})
 
     def _start_run(self, cid: str, campaign: Campaign, run: dict[str, Any], book: LeaseBook) -> bool:
         rid, attempt = run["run_id"], int(run["attempt"]) + 1
@@ -282,7 +283,9 @@ class Scheduler:
             return False
         prepared = PreparedKernel.model_validate(run["prepared"]) if run.get("prepared") else None
         specs = node_specs(campaign, cid, self._plan(run), attempt, nodes, prepared)
-        self.store.set_run_status(cid, rid, "provisioning", attempt=attempt, nodes=nodes, started_at=time.time())
+        self.store.set_run_status(
+            cid, rid, RunStatus.PROVISIONING, attempt=attempt, nodes=nodes, started_at=time.time()
+        )
         for node in nodes:
             self.store.set_node(cid, rid, node, attempt=attempt, status="queued", owner="", result="")
         self.dispatch.run(cid, rid, attempt, specs)
@@ -310,7 +313,7 @@ class Scheduler:
             "nodes": [],
         }
         self._release(cid, run)
-        self.store.set_run_status(cid, run["run_id"], "done", verdict=entry["verdict"], result=entry)
+        self.store.set_run_status(cid, run["run_id"], RunStatus.DONE, verdict=entry["verdict"], result=entry)
 
     def _release(self, cid: str, run: dict[str, Any]) -> None:
         """Give back the leases of the run's current attempt: the one place leases are released."""
@@ -355,7 +358,7 @@ class Scheduler:
         self.store.event(cid, kind="run", run=rid, status="worker-lost", detail=reason)
         if attempt < MAX_ATTEMPTS:
             self._release(cid, run)
-            self.store.set_run_status(cid, rid, "queued", retry_reason=reason)
+            self.store.set_run_status(cid, rid, RunStatus.QUEUED, retry_reason=reason)
             return
         self._refuse_run(cid, run, f"{reason} (attempt {attempt} of {MAX_ATTEMPTS})")
 
@@ -371,7 +374,7 @@ class Scheduler:
         if run.get("status") in TERMINAL or self._node_results(cid, run) is None:
             return False
         claimed_at = float(run.get("evaluation_claimed_at") or 0)
-        return run.get("status") != "evaluating" or time.time() - claimed_at > EVALUATION_CLAIM_S
+        return run.get("status") != RunStatus.EVALUATING or time.time() - claimed_at > EVALUATION_CLAIM_S
 
     def claim_evaluation(self, cid: str, rid: str, attempt: int) -> str | None:
         """Under the campaign lock: claim the run's evaluation if it is due and unclaimed."""
@@ -379,7 +382,9 @@ class Scheduler:
         if int(run.get("attempt", 0)) != attempt or not self._evaluation_due(cid, run):
             return None
         token = secrets.token_hex(8)
-        self.store.set_run_status(cid, rid, "evaluating", evaluation_claim=token, evaluation_claimed_at=time.time())
+        self.store.set_run_status(
+            cid, rid, RunStatus.EVALUATING, evaluation_claim=token, evaluation_claimed_at=time.time()
+        )
         return token
 
     def judge(self, cid: str, rid: str) -> tuple[dict[str, Any], list[NodeResult]]:
@@ -405,11 +410,11 @@ class Scheduler:
     ) -> bool:
         """Under the campaign lock: store the verdict if the claim is still ours."""
         run = self.store.run(cid, rid)
-        if run.get("status") != "evaluating" or run.get("evaluation_claim") != token:
+        if run.get("status") != RunStatus.EVALUATING or run.get("evaluation_claim") != token:
             log.warning("%s %s: evaluation claim %s was taken over; verdict not stored", cid, rid, token)
             return False
         self._release(cid, run)
-        self.store.set_run_status(cid, rid, "done", verdict=entry["verdict"], result=entry)
+        self.store.set_run_status(cid, rid, RunStatus.DONE, verdict=entry["verdict"], result=entry)
         self.on_judged(self.store.campaign_model(cid), entry, results)
         return True
 
@@ -426,7 +431,7 @@ class Scheduler:
         campaign = self.store.campaign_model(cid)
         for run in self.store.runs(cid):
             old = run.get("result") or {}
-            if run["status"] != "done" or not old.get("nodes"):
+            if run["status"] != RunStatus.DONE or not old.get("nodes"):
                 continue  # refused or skipped runs have nothing to judge
             states = [self.store.node(cid, run["run_id"], node) for node in run.get("nodes") or []]
             results = [NodeResult.model_validate(state["result"]) for state in states if state.get("result")]
@@ -459,7 +464,7 @@ class Scheduler:
         skipped = [
             {"run_id": run["run_id"], "kernel": run["label"], "reason": run.get("skipped_reason", "")}
             for run in self.store.runs(cid)
-            if run["status"] == "skipped"
+            if run["status"] == RunStatus.SKIPPED
         ]
         cancelled = self.store.cancel_requested(cid)
         exit_code = ExitCode.INTERRUPTED if cancelled else campaign_exit_code([int(run["exit_code"]) for run in runs])
@@ -487,7 +492,7 @@ class Scheduler:
             write_result(self.results_root, cid, result)
         except (UnsafePath, OSError) as err:  # the record still reaches Redis and the database
             log.error("%s: result.json not written: %s", cid, err)
-        status = "cancelled" if cancelled else "done"
+        status = CampaignStatus.CANCELLED if cancelled else CampaignStatus.DONE
         self.store.set_campaign_status(
             cid,
             status,

@@ -15,11 +15,10 @@ from typing import Any
 import redis
 
 from model.campaign import Campaign, campaign_from_json, campaign_to_json
+from model.protocol import campaign_status, run_status
 from model.state import (
-    CAMPAIGN_STATES,
     CAMPAIGNS_KEY,
     EVENTS_MAXLEN,
-    RUN_STATES,
     TERMINAL,
     as_text,
     campaign_key,
@@ -123,7 +122,7 @@ class CampaignStore:
         self.redis.hset(campaign_key(cid), mapping=encode_fields(fields))
 
     def set_campaign_status(self, cid: str, status: str, **fields: Any) -> None:
-        assert status in CAMPAIGN_STATES, status
+        status = campaign_status(status)  # an unknown state is refused, also under python -O
         self.set_campaign(cid, status=status, **{f"{status}_at": time.time()}, **fields)
         self.event(cid, kind="campaign", status=status)
 
@@ -131,7 +130,7 @@ class CampaignStore:
         self.redis.hset(run_key(cid, rid), mapping=encode_fields(fields))
 
     def set_run_status(self, cid: str, rid: str, status: str, **fields: Any) -> None:
-        assert status in RUN_STATES, status
+        status = run_status(status)
         self.set_run(cid, rid, status=status, **{f"{status}_at": time.time()}, **fields)
         self.event(cid, kind="run", run=rid, status=status)
 

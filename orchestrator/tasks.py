@@ -18,6 +18,7 @@ from typing import Any
 import redis
 from celery import chord, signals
 
+from model import protocol
 from model.campaign import Campaign
 from model.paths import results_root
 from model.runspec import BuildMessage, NodeResult, NodeRunSpec, RunSetupSpec
@@ -65,17 +66,17 @@ class CeleryDispatch:
     tasks to the lab's queue."""
 
     def build(self, cid: str, rid: str, attempt: int, message: BuildMessage) -> None:
-        app.send_task("swaplab.build_kernel", (message.model_dump(mode="json"), cid, rid, attempt), queue=BUILD_QUEUE)
+        app.send_task(protocol.BUILD_KERNEL, (message.model_dump(mode="json"), cid, rid, attempt), queue=BUILD_QUEUE)
 
     def prepare(self, cid: str, rid: str, attempt: int, spec: RunSetupSpec) -> None:
         app.send_task(
-            "swaplab.prepare_run", (spec.model_dump(mode="json"), cid, rid, attempt), queue=lab_queue(spec.lab)
+            protocol.PREPARE_RUN, (spec.model_dump(mode="json"), cid, rid, attempt), queue=lab_queue(spec.lab)
         )
 
     def run(self, cid: str, rid: str, attempt: int, specs: list[NodeRunSpec]) -> None:
         queue = lab_queue(specs[0].lab)
         header = [
-            app.signature("swaplab.run_node", (spec.model_dump(mode="json"), cid, rid, attempt), queue=queue)
+            app.signature(protocol.RUN_NODE, (spec.model_dump(mode="json"), cid, rid, attempt), queue=queue)
             for spec in specs
         ]
         chord(header)(evaluate_run.s(cid, rid, attempt).set(queue=CONTROL_QUEUE))
@@ -123,7 +124,7 @@ def kick(cid: str, countdown: float = 0.0) -> None:
     advance_campaign.apply_async((cid, token), countdown=countdown, queue=CONTROL_QUEUE)
 
 
-@app.task(name="swaplab.advance_campaign", ignore_result=True)
+@app.task(name=protocol.ADVANCE_CAMPAIGN, ignore_result=True)
 def advance_campaign(cid: str, token: str) -> None:
     """One scheduling step; re-schedules itself while the campaign is active."""
     client = _redis()
@@ -141,7 +142,7 @@ def advance_campaign(cid: str, token: str) -> None:
         advance_campaign.apply_async((cid, token), countdown=TICK_S, queue=CONTROL_QUEUE)
 
 
-@app.task(name="swaplab.evaluate_run", ignore_result=True)
+@app.task(name=protocol.EVALUATE_RUN, ignore_result=True)
 def evaluate_run(_results: list[Any], cid: str, rid: str, attempt: int) -> None:
     """Chord body: claim the run's evaluation, judge it outside the lock, commit, move on."""
     judge_and_advance(_redis(), cid, rid, attempt)
@@ -161,7 +162,7 @@ def judge_and_advance(client: redis.Redis, cid: str, rid: str, attempt: int, sch
     return committed
 
 
-@app.task(name="swaplab.record_results", ignore_result=True)
+@app.task(name=protocol.RECORD_RESULTS, ignore_result=True)
 def record_results() -> None:
     """Store finished campaigns in the results database and write their reports; while the
     database is down they stay in the outbox and this task tries again every RECORD_RETRY_S.
@@ -208,7 +209,7 @@ def _notify_due(client: redis.Redis, load: notify.Loader) -> None:
         log.info("webhook: %d notification(s) delivered, %d waiting for a retry", delivered, waiting)
 
 
-@app.task(name="swaplab.schedule_tick", ignore_result=True)
+@app.task(name=protocol.SCHEDULE_TICK, ignore_result=True)
 def schedule_tick() -> None:
     """Sent by celery beat every few seconds: fire the scheduled campaigns that are due."""
     client = _redis()
@@ -227,7 +228,7 @@ app.conf.update(
     beat_max_loop_interval=5,
     beat_schedule={
         "swaplab-schedule-tick": {
-            "task": "swaplab.schedule_tick",
+            "task": protocol.SCHEDULE_TICK,
             "schedule": schedules.tick_seconds(),
             "options": {"queue": CONTROL_QUEUE, "expires": schedules.tick_seconds()},
         }

@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 
+from model import protocol
 from model.state import redis_url
 from workers.app import app
 from workers.redis_barrier import RedisBarrier
@@ -38,7 +39,7 @@ def _sleep_until(instant_ns: int) -> None:
         time.sleep(remaining_s)
 
 
-@app.task(name="swaplab.bench_barrier")  # type: ignore[untyped-decorator]  # Celery's decorator is untyped
+@app.task(name=protocol.BENCH_BARRIER)  # type: ignore[untyped-decorator]  # Celery's decorator is untyped
 def bench_barrier(
     key: str, parties: int, node: str, lead_s: float = 1.0, poll_s: float = 0.01, timeout_s: float = 120.0
 ) -> dict[str, Any]:

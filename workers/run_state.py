@@ -11,7 +11,19 @@ from typing import Any
 
 import redis
 
+from model.protocol import RunStatus
 from model.state import EVENTS_MAXLEN, campaign_key, decode_fields, encode_fields, events_key, node_key, run_key
+
+# Compare-and-set in one step: a run moves provisioning -> running only while it is still
+# provisioning *this* attempt. A read-then-write from the node task could land after the
+# scheduler re-queued the run (worker lost) and mark a queued run running forever.
+_MARK_RUNNING = """
+if redis.call('HGET', KEYS[1], 'status') == ARGV[1] and redis.call('HGET', KEYS[1], 'attempt') == ARGV[2] then
+  redis.call('HSET', KEYS[1], 'status', ARGV[3], ARGV[3] .. '_at', ARGV[4])
+  return 1
+end
+return 0
+"""
 
 
 class RunState:
@@ -27,6 +39,20 @@ class RunState:
 
     def set_run(self, **fields: Any) -> None:
         self.redis.hset(run_key(self.cid, self.rid), mapping=encode_fields(fields))
+
+    def mark_running(self, attempt: int) -> bool:
+        """The run is running (its first node reached the workload), if it is still
+        provisioning this attempt; False when the scheduler has moved it on."""
+        moved = self.redis.eval(
+            _MARK_RUNNING,
+            1,
+            run_key(self.cid, self.rid),
+            RunStatus.PROVISIONING.value,
+            str(attempt),
+            RunStatus.RUNNING.value,
+            repr(time.time()),
+        )
+        return bool(moved)
 
     def node(self, node: str) -> dict[str, Any]:
         return decode_fields(self.redis.hgetall(node_key(self.cid, self.rid, node)))

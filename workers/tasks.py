@@ -21,8 +21,10 @@ import pydantic
 import redis
 from celery import signals
 
+from model import protocol
 from model.paths import results_root
-from model.runspec import BuildMessage, Failure, NodeResult, NodeRunSpec, RunSetupSpec
+from model.protocol import RunStatus, version_skew
+from model.runspec import BuildMessage, Failure, FailureCause, NodeResult, NodeRunSpec, RunSetupSpec
 from model.state import (
     TERMINAL,
     barrier_key,
@@ -74,6 +76,11 @@ def _stage_message(state: RunState, stage: str, status: str, model: type[M], mes
     run = state.run()
     if run.get("status") != status or int(run.get(f"{stage}_attempt", 0) or 0) != attempt:
         return None
+    skew = version_skew(message)
+    if skew is not None:  # the lab's worker and the control plane disagree: the lab's problem
+        log.error("refused the %s of %s %s: %s", stage, state.cid, state.rid, skew)
+        state.set_run(**{f"{stage}_failure": {"cause": "infra", "reason": skew}})
+        return None
     try:
         parsed = model.model_validate(message)
     except pydantic.ValidationError as err:
@@ -101,12 +108,12 @@ def _note(state: RunState, phase: str) -> Callable[[str], None]:
     return note
 
 
-@app.task(name="swaplab.build_kernel", ignore_result=True)
+@app.task(name=protocol.BUILD_KERNEL, ignore_result=True)
 def build_kernel(message: dict[str, Any], cid: str, rid: str, attempt: int) -> None:
     """Build (or find) a run's ``build`` kernel, on the build queue, once per hash."""
     client = _redis()
     state = RunState(client, cid, rid)
-    build = _stage_message(state, "build", "building", BuildMessage, message, attempt)
+    build = _stage_message(state, "build", RunStatus.BUILDING, BuildMessage, message, attempt)
     if build is None:
         return
     with _Heartbeat(lambda: state.set_run(build_beat=time.time())):
@@ -138,11 +145,11 @@ def _build(client: redis.Redis, message: BuildMessage, note: Callable[[str], Non
     return {"built": built, "built_at": time.time()}
 
 
-@app.task(name="swaplab.prepare_run", ignore_result=True)
+@app.task(name=protocol.PREPARE_RUN, ignore_result=True)
 def prepare_run(spec: dict[str, Any], cid: str, rid: str, attempt: int) -> None:
     """Make the lab's NFS server serve and build the run's node image, once per run attempt."""
     state = RunState(_redis(), cid, rid)
-    setup = _stage_message(state, "prepare", "preparing", RunSetupSpec, spec, attempt)
+    setup = _stage_message(state, "prepare", RunStatus.PREPARING, RunSetupSpec, spec, attempt)
     if setup is None:
         return
     with _Heartbeat(lambda: state.set_run(prepare_beat=time.time())):
@@ -184,11 +191,14 @@ class _Heartbeat:
 
 
 # -- the node task -------------------------------------------------------------------------------
-@app.task(name="swaplab.run_node", bind=True)
+@app.task(name=protocol.RUN_NODE, bind=True)
 def run_node(self: Any, spec: dict[str, Any], cid: str, rid: str, attempt: int) -> dict[str, Any]:
     """Run one node of one run attempt; idempotent under redelivery."""
     client = _redis()
     state = RunState(client, cid, rid)
+    skew = version_skew(spec)
+    if skew is not None:
+        return _refuse_message(state, spec, skew, cause="infra")
     try:
         run_spec = NodeRunSpec.model_validate(spec)
     except pydantic.ValidationError as err:
@@ -220,13 +230,14 @@ def run_node(self: Any, spec: dict[str, Any], cid: str, rid: str, attempt: int) 
     return _run_owned_node(client, state, run_spec, attempt)
 
 
-def _refuse_message(state: RunState, spec: Any, reason: str) -> dict[str, Any]:
-    """A message that fails validation runs nothing: its node's result says why (invalid)."""
+def _refuse_message(state: RunState, spec: Any, reason: str, cause: FailureCause = "input") -> dict[str, Any]:
+    """A message that fails validation runs nothing: its node's result says why (invalid;
+    an infra-error when the message is from another protocol version)."""
     named = spec.get("node") if isinstance(spec, dict) else None
     node = named if isinstance(named, str) and named in (state.run().get("nodes") or []) else "?"
     log.error("refused a node task of %s %s: %s", state.cid, state.rid, reason)
     result = NodeResult(run_id=state.rid, node=node)
-    result.failure = Failure(cause="input", phase="message", reason=reason)
+    result.failure = Failure(cause=cause, phase="message", reason=reason)
     data = result.model_dump(mode="json")
     if node != "?":  # only a node the run really has gets the verdict
         state.set_node(node, status="done", result=data, finished_at=time.time())
@@ -252,7 +263,7 @@ def _run_owned_node(client: redis.Redis, state: RunState, spec: NodeRunSpec, att
         parties = len(state.run().get("nodes") or [])
         barrier = RedisBarrier(client, barrier_key(state.cid, state.rid, attempt), parties=parties)
         cancel = _CancelCheck(state, attempt, lost)
-        result = run_node_session(spec.model_dump(mode="json"), _RedisProgress(state), barrier, cancel)
+        result = run_node_session(spec.model_dump(mode="json"), _RedisProgress(state, attempt), barrier, cancel)
     finally:
         keeper.stop()  # the scheduler releases the run's leases when it judges the run
         LEASES_HELD.labels(lab).dec()
@@ -300,17 +311,17 @@ class _CancelCheck:
 class _RedisProgress:
     """Progress into the campaign's event stream and the node's state hash."""
 
-    def __init__(self, state: RunState) -> None:
+    def __init__(self, state: RunState, attempt: int) -> None:
         self.state = state
+        self.attempt = attempt
         self._last_swap: dict[str, float] = {}
 
     def phase(self, node: str, phase: str, detail: str = "") -> None:
         def record() -> None:
             # "done" is set by the task itself once the node's result is stored.
             self.state.set_node(node, status=phase if phase != "done" else "finishing")
-            if phase == "workload" and self.state.run().get("status") == "provisioning":
-                self.state.set_run(status="running", running_at=time.time())
-                self.state.event(kind="run", status="running")
+            if phase == "workload" and self.state.mark_running(self.attempt):
+                self.state.event(kind="run", status=RunStatus.RUNNING)
             self.state.event(kind="phase", node=node, phase=phase, detail=detail)
 
         _safely(record)

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import redis
 
+from model import protocol
 from model.state import guest_key, holder_id, lease_key, node_key, run_key
 from tests.integration.test_trust import Stack, _node_message, stack_fixture  # noqa: F401  (the fixture)
 from workers.lease import LeaseBook
@@ -109,7 +110,7 @@ def test_a_forged_node_message_for_a_node_another_run_leases_powers_nothing_off(
     client.hset(
         run_key(cid, "r001"), mapping={"run_id": "r001", "attempt": 1, "status": "provisioning", "nodes": '["node1"]'}
     )
-    stack.send("swaplab.run_node", [_node_message(stack.tmp, cid), cid, "r001", 1], "lab.e2e")
+    stack.send(protocol.RUN_NODE, [_node_message(stack.tmp, cid), cid, "r001", 1], "lab.e2e")
     _wait_for(lambda: client.hget(node_key(cid, "r001", "node1"), "result"))
     result = json.loads(client.hget(node_key(cid, "r001", "node1"), "result") or "{}")
     failure = result["failure"]

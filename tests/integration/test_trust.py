@@ -21,6 +21,7 @@ import pytest
 import redis
 from celery import Celery
 
+from model import protocol
 from model.campaign import Campaign, campaign_to_json, load_campaign
 from model.state import campaign_key, celery_url, node_key, run_key
 from orchestrator.planner import plan_runs
@@ -97,12 +98,21 @@ def test_another_user_cannot_reach_the_embedded_redis_even_with_its_password(sta
         pytest.skip("making a second user needs root")
     subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PROBE_USER], check=False)
     probe = ["runuser", "-u", PROBE_USER, "--", "env", f"REDISCLI_AUTH={stack.redis.password}", "redis-cli"]
-    with_password = subprocess.run([*probe, "-s", str(stack.redis.socket), "ping"], capture_output=True, text=True, timeout=30)
+    with_password = subprocess.run(
+        [*probe, "-s", str(stack.redis.socket), "ping"], capture_output=True, text=True, timeout=30
+    )
     assert "Permission denied" in with_password.stdout + with_password.stderr
-    written = subprocess.run([*probe, "-s", str(stack.redis.socket), "set", "swaplab:campaigns", "x"], capture_output=True, text=True, timeout=30)
+    written = subprocess.run(
+        [*probe, "-s", str(stack.redis.socket), "set", "swaplab:campaigns", "x"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert "Permission denied" in written.stdout + written.stderr
     assert stack.client().get("swaplab:campaigns") is None
-    peek = subprocess.run(["runuser", "-u", PROBE_USER, "--", "cat", str(stack.redis.password_file)], capture_output=True, text=True)
+    peek = subprocess.run(
+        ["runuser", "-u", PROBE_USER, "--", "cat", str(stack.redis.password_file)], capture_output=True, text=True
+    )
     assert peek.returncode != 0 and "Permission denied" in peek.stderr
     assert oct(stack.redis.password_file.stat().st_mode & 0o777) == "0o600"
     assert oct(stack.redis.data_dir.stat().st_mode & 0o777) == "0o700"
@@ -111,7 +121,9 @@ def test_another_user_cannot_reach_the_embedded_redis_even_with_its_password(sta
     assert pid is not None
     sockets = {os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir() if os.readlink(fd).startswith("socket:")}
     inodes = {int(link[8:-1]) for link in sockets}
-    tcp = [line.split() for table in ("tcp", "tcp6") for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]]
+    tcp = [
+        line.split() for table in ("tcp", "tcp6") for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]
+    ]
     assert not [fields for fields in tcp if int(fields[9]) in inodes]
     assert stack.redis.password not in (stack.tmp / "redis" / "redis.log").read_text()
 
@@ -139,6 +151,7 @@ def test_a_stored_campaign_carrying_a_program_is_refused_before_anything_runs(st
 
 def _node_message(tmp: Path, cid: str, **changes: Any) -> dict[str, Any]:
     message: dict[str, Any] = {
+        "protocol": protocol.PROTOCOL_VERSION,
         "campaign": cid,
         "run_id": "r001",
         "attempt": 1,
@@ -179,12 +192,41 @@ def test_a_node_task_message_the_worker_cannot_trust_runs_nothing(
         changes = {"options": {"qemu_binary": str(program)}}
     cid = f"msg{abs(hash(case)) % 1000:03d}-20261129-120000-abcd"
     client = stack.client()
-    client.hset(run_key(cid, "r001"), mapping={"run_id": "r001", "attempt": 1, "status": "provisioning", "nodes": '["node1"]'})
-    stack.send("swaplab.run_node", [_node_message(stack.tmp, cid, **changes), cid, "r001", 1], "lab.e2e")
+    client.hset(
+        run_key(cid, "r001"), mapping={"run_id": "r001", "attempt": 1, "status": "provisioning", "nodes": '["node1"]'}
+    )
+    stack.send(protocol.RUN_NODE, [_node_message(stack.tmp, cid, **changes), cid, "r001", 1], "lab.e2e")
     _wait_for(lambda: client.hget(node_key(cid, "r001", "node1"), "result"))
     result = json.loads(client.hget(node_key(cid, "r001", "node1"), "result") or "{}")
     assert result["failure"]["cause"] == "input" and says in result["failure"]["reason"], result["failure"]
     assert not marker.exists()
+    assert not any((stack.tmp / "results").glob(f"{cid}/**/console.log"))  # nothing booted
+
+
+@pytest.mark.parametrize(
+    ("case", "changes", "says"),
+    [
+        # A newer control plane: a field this worker does not know, under its version.
+        ("newer", {"protocol": protocol.PROTOCOL_VERSION + 1, "pressure": {"faults": []}}, "protocol version 2"),
+        ("older", {"protocol": None}, "no protocol version"),
+    ],
+)
+def test_a_node_message_of_another_protocol_version_is_version_skew_not_invalid(
+    stack: Stack, case: str, changes: dict[str, Any], says: str
+) -> None:
+    if not stack.worker.proc:
+        stack.worker.start(stack.redis.client())
+    cid = f"skew-{case}-20261202-120000-abcd"
+    client = stack.client()
+    client.hset(
+        run_key(cid, "r001"), mapping={"run_id": "r001", "attempt": 1, "status": "provisioning", "nodes": '["node1"]'}
+    )
+    message = {key: value for key, value in {**_node_message(stack.tmp, cid), **changes}.items() if value is not None}
+    stack.send(protocol.RUN_NODE, [message, cid, "r001", 1], "lab.e2e")
+    _wait_for(lambda: client.hget(node_key(cid, "r001", "node1"), "result"))
+    failure = json.loads(client.hget(node_key(cid, "r001", "node1"), "result") or "{}")["failure"]
+    assert failure["cause"] == "infra", failure  # the lab's deployment, not the campaign
+    assert failure["reason"].startswith("version skew") and says in failure["reason"], failure
     assert not any((stack.tmp / "results").glob(f"{cid}/**/console.log"))  # nothing booted
 
 
@@ -194,8 +236,14 @@ def test_a_setup_message_for_a_lab_the_worker_does_not_serve_is_refused(stack: S
     cid = "setup-20261129-120000-abcd"
     client = stack.client()
     client.hset(run_key(cid, "r001"), mapping={"run_id": "r001", "status": "preparing", "prepare_attempt": 1})
-    message = {"campaign": cid, "run_id": "r001", "lab": "other", "kernel": {"package": "linux-image-amd64"}}
-    stack.send("swaplab.prepare_run", [message, cid, "r001", 1], "lab.e2e")
+    message = {
+        "protocol": protocol.PROTOCOL_VERSION,
+        "campaign": cid,
+        "run_id": "r001",
+        "lab": "other",
+        "kernel": {"package": "linux-image-amd64"},
+    }
+    stack.send(protocol.PREPARE_RUN, [message, cid, "r001", 1], "lab.e2e")
     _wait_for(lambda: client.hget(run_key(cid, "r001"), "prepare_failure"))
     failure = json.loads(client.hget(run_key(cid, "r001"), "prepare_failure") or "{}")
     assert failure["cause"] == "input" and "does not serve lab 'other'" in failure["reason"]

@@ -1,0 +1,89 @@
+"""The contract between the control plane and the data plane: task names, the protocol
+version every message carries, and the states a campaign and a run go through.
+
+Both planes import these names; neither writes a task name or a state as a literal. A
+worker deployed apart from the control plane may speak another version: a message that
+says so (or says nothing, from before versions) is refused as *version skew* — an
+infra-error naming both versions — never judged as an invalid campaign.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Final
+
+# Bumped whenever a message's or a record's fields change meaning or a required field is added.
+PROTOCOL_VERSION: Final = 1
+
+# -- the data plane's tasks: the control plane sends them by name ----------------------------
+BUILD_KERNEL: Final = "swaplab.build_kernel"
+PREPARE_RUN: Final = "swaplab.prepare_run"
+RUN_NODE: Final = "swaplab.run_node"
+BENCH_BARRIER: Final = "swaplab.bench_barrier"  # bench/ only: the coordinated start alone
+
+# -- the control plane's own tasks ------------------------------------------------------------
+ADVANCE_CAMPAIGN: Final = "swaplab.advance_campaign"
+EVALUATE_RUN: Final = "swaplab.evaluate_run"
+RECORD_RESULTS: Final = "swaplab.record_results"
+SCHEDULE_TICK: Final = "swaplab.schedule_tick"
+
+# What the control plane sends to a lab's or the build queue: a data-plane worker that does
+# not register one of these leaves runs waiting forever, so a test ties the two together.
+SENT_TO_DATA_PLANE: Final = (BUILD_KERNEL, PREPARE_RUN, RUN_NODE)
+CONTROL_TASKS: Final = (ADVANCE_CAMPAIGN, EVALUATE_RUN, RECORD_RESULTS, SCHEDULE_TICK)
+
+
+class CampaignStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    EVALUATING = "evaluating"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    BUILDING = "building"
+    PREPARING = "preparing"
+    PROVISIONING = "provisioning"
+    RUNNING = "running"
+    EVALUATING = "evaluating"
+    DONE = "done"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"  # not started because a critical criterion failed in an earlier run
+
+
+TERMINAL_RUN: Final = frozenset({RunStatus.DONE, RunStatus.CANCELLED, RunStatus.SKIPPED})
+
+
+class UnknownStatus(ValueError):
+    """A state no plane of this version knows: a bug, or a record from another version."""
+
+
+def run_status(value: object) -> RunStatus:
+    try:
+        return RunStatus(str(value))
+    except ValueError:
+        raise UnknownStatus(f"unknown run status {str(value)[:40]!r}") from None
+
+
+def campaign_status(value: object) -> CampaignStatus:
+    try:
+        return CampaignStatus(str(value))
+    except ValueError:
+        raise UnknownStatus(f"unknown campaign status {str(value)[:40]!r}") from None
+
+
+def version_skew(message: object) -> str | None:
+    """Why ``message`` is from another protocol version, or None when it speaks ours.
+
+    Checked before a message is validated: an unknown field from a newer control plane is
+    skew to report, not a campaign to call invalid.
+    """
+    if not isinstance(message, dict):
+        return None  # not a message at all: validation says what is wrong with it
+    theirs = message.get("protocol")
+    if theirs == PROTOCOL_VERSION and type(theirs) is int:
+        return None
+    said = "no protocol version" if theirs is None else f"protocol version {str(theirs)[:20]}"
+    return f"version skew: the message has {said}, this worker speaks version {PROTOCOL_VERSION}"

@@ -1,0 +1,77 @@
+"""A run moves provisioning -> running by a compare-and-set, never over a re-queue.
+
+A real redis-server. The node task reaches its workload just as the scheduler re-queues
+the run (its worker was taken for lost): the old read-then-write saw "provisioning",
+the re-queue landed, and the write made a queued run "running" for good, a run no
+scheduler step would pick up again. Now the move happens only while the run is still
+provisioning the node's own attempt.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from model.protocol import RunStatus, UnknownStatus
+from model.state import run_key
+from orchestrator.store import CampaignStore
+from tests.integration.redis_server import RedisServer, redis_server_fixture  # noqa: F401  (the fixture)
+from workers.run_state import RunState
+from workers.tasks import _RedisProgress
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+CID, RID = "states-20261202-120000-abcd", "r001"
+
+
+def _provisioning(store: CampaignStore, attempt: int) -> None:
+    store.set_run_status(CID, RID, RunStatus.PROVISIONING, attempt=attempt, nodes=["node1"])
+
+
+def test_a_requeue_between_the_nodes_read_and_its_write_wins(redis_server: RedisServer) -> None:
+    client = redis_server.client()
+    store = CampaignStore(client)
+    _provisioning(store, attempt=1)
+    assert RunState(client, CID, RID).run()["status"] == RunStatus.PROVISIONING  # what the node task last saw
+    store.set_run_status(CID, RID, RunStatus.QUEUED, retry_reason="worker lost")  # the scheduler's re-queue
+    _RedisProgress(RunState(client, CID, RID), attempt=1).phase("node1", "workload")
+    run = store.run(CID, RID)
+    assert run["status"] == RunStatus.QUEUED and "running_at" not in run
+
+
+def test_a_stale_attempt_cannot_mark_the_next_one_running(redis_server: RedisServer) -> None:
+    client = redis_server.client()
+    store = CampaignStore(client)
+    _provisioning(store, attempt=2)
+    state = RunState(client, CID, RID)
+    assert not state.mark_running(1)
+    assert store.run(CID, RID)["status"] == RunStatus.PROVISIONING
+    _RedisProgress(state, attempt=2).phase("node1", "workload")
+    run = store.run(CID, RID)
+    assert run["status"] == RunStatus.RUNNING and float(run["running_at"]) > 0
+
+
+def test_racing_requeues_and_marks_end_in_a_state_one_of_them_chose(redis_server: RedisServer) -> None:
+    """Many rounds of the two writers at once: never "running" after the re-queue landed."""
+    client = redis_server.client()
+    store = CampaignStore(client)
+    for round_ in range(200):
+        _provisioning(store, attempt=1)
+        marked: list[bool] = []
+        mark = threading.Thread(target=lambda into=marked: into.append(RunState(client, CID, RID).mark_running(1)))
+        mark.start()
+        store.set_run_status(CID, RID, RunStatus.QUEUED)
+        mark.join()
+        status = store.run(CID, RID)["status"]
+        # Either the mark came first (and the re-queue overrode it) or it was refused.
+        assert status == RunStatus.QUEUED, (round_, marked, status)
+
+
+def test_an_unknown_state_is_refused_even_without_asserts(redis_server: RedisServer) -> None:
+    client = redis_server.client()
+    store = CampaignStore(client)
+    with pytest.raises(UnknownStatus):
+        store.set_run_status(CID, RID, "runnning")
+    with pytest.raises(UnknownStatus):
+        store.set_campaign_status(CID, "skipped")  # a run's state, not a campaign's
+    assert not client.exists(run_key(CID, RID))
