@@ -5,7 +5,8 @@ campaign's lock). ``record_pending`` does the slow part outside any lock — the
 worker's ``swaplab.record_results`` task, retried while the database is down, and
 ``swaplab run`` at its end: it stores every pending record (orchestrator.history.outbox)
 and writes the reports (text, html, junit, json) beside result.json when that directory
-is on this host.
+is on this host; then it updates the campaign's change points in the database (a nightly
+campaign's dashboard is current after every night, with no command run).
 """
 
 from __future__ import annotations
@@ -84,6 +85,24 @@ class _ReportingDb:
             write_campaign_reports(record)
         except Exception:  # a report that cannot be drawn must not cost the stored record
             log.exception("reports of %s not written", record.get("campaign_id"))
+        try:
+            update_change_points(self.db, str(record.get("campaign") or ""))
+        except Exception:  # nor may the analysis: the next night's recording tries again
+            log.exception("change points of %s not updated", record.get("campaign"))
+
+
+def update_change_points(db: Any, campaign: str) -> int | None:
+    """Detect and store the change points of ``campaign``'s stored nights, as each night is
+    recorded, so the history dashboard is current without anyone running a command.
+    None when it has too few instances to have any (how many were stored otherwise)."""
+    from orchestrator.changepoints import HISTORY_NIGHTS, MIN_NIGHTS, detect_changes
+    from orchestrator.history.changes import store_change_points
+
+    instances = db.history(campaign=campaign, limit=HISTORY_NIGHTS) if campaign else []
+    if len(instances) < MIN_NIGHTS:
+        return None
+    stored: int = store_change_points(db, campaign, detect_changes(campaign, instances).change_points)
+    return stored
 
 
 def record_pending(client: redis.Redis, db: Any) -> tuple[int, int]:

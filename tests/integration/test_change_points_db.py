@@ -30,13 +30,17 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlalchemy.orm import Session
 
+from model.state import campaign_key
 from orchestrator.changepoints import ChangePoint
 from orchestrator.cli.changes_cmd import history_changes
+from orchestrator.history import outbox
 from orchestrator.history.changes import store_change_points, stored_change_points
 from orchestrator.history.db import ResultsDb, alembic_config, head_revision
 from orchestrator.history.models import Base
 from orchestrator.history.record import campaign_row, parse, storable
+from orchestrator.recording import record_pending, update_change_points
 from tests.integration.postgres_server import PostgresServer, postgres_server_fixture  # noqa: F401  (the fixture)
+from tests.integration.redis_server import RedisServer, redis_server_fixture  # noqa: F401  (the fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -246,3 +250,40 @@ def test_history_changes_of_a_campaign_never_stored_exits_2(
         history_changes("no-such-campaign", as_json=False, show_all=False)
     assert exited.value.code == 2
     assert "no stored instance of campaign 'no-such-campaign'" in capsys.readouterr().err
+
+
+# -- the recording ----------------------------------------------------------------------------
+def test_a_night_recorded_from_the_outbox_stores_its_change_points_without_any_command(
+    url: str, redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the control worker's record task does when a night ends: the last night goes
+    through the real Redis outbox into the database, and the change points follow."""
+    monkeypatch.setenv("SWAPLAB_RESULTS", str(tmp_path / "results"))  # no report directory here
+    records = nightly_records()
+    *earlier, last = records
+    with ResultsDb(url) as db:
+        for record in earlier[:6]:  # only the old kernel's nights: nothing to detect yet
+            db.store(record)
+        assert update_change_points(db, "nightly") == 0
+        for record in earlier[6:]:
+            db.store(record)
+        assert stored_change_points(db, "nightly") == []  # stored straight, as before: no analysis
+    client = redis_server.client()
+    client.hset(campaign_key(last["campaign_id"]), mapping={"id": last["campaign_id"], "result": json.dumps(last)})
+    outbox.enqueue(client, last["campaign_id"])
+
+    with ResultsDb(url) as db:
+        assert record_pending(client, db) == (1, 0)
+        stored = stored_change_points(db, "nightly")
+    assert [(row["figure"], row["campaign_id"]) for row in stored] == [
+        ("swap_out_mibps", records[7]["campaign_id"]),
+        ("swap_in_mibps", records[7]["campaign_id"]),
+    ]
+
+
+def test_too_few_nights_have_no_change_points_to_store(url: str) -> None:
+    with ResultsDb(url) as db:
+        for record in nightly_records()[:5]:
+            db.store(record)
+        assert update_change_points(db, "nightly") is None
+        assert stored_change_points(db, "nightly") == []
