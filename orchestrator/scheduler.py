@@ -58,6 +58,11 @@ SETUP_SILENT_S = LEASE_TTL_S
 EVALUATION_CLAIM_S = 600.0
 
 
+# The campaign hash's field holding the looked-up last-pass baseline (JSON: record or error).
+LAST_PASS_FIELD = "last_pass_baseline"
+_NOT_PREFETCHED = object()
+
+
 @dataclass(frozen=True)
 class SetupStage:
     """A once-per-run stage before any node is leased, done by a task that beats while it works."""
@@ -519,7 +524,7 @@ class Scheduler:
             return
         reasons: list[str] = []
         if is_last_pass(spec.baseline):
-            comparisons, note = self._against_last_pass(result, spec.compare)
+            comparisons, note = self._against_last_pass(cid, result, spec.compare)
             reasons += [note] if note else []
         else:
             assert isinstance(spec.baseline, BaselineSide)
@@ -538,10 +543,41 @@ class Scheduler:
         result["verdict"] = _verdict_of_code(result["exit_code"], result["verdict"])
         result["reasons"] = reasons + regressed + undecided
 
-    def _against_last_pass(self, result: dict[str, Any], spec: CompareSpec) -> tuple[list[dict[str, Any]], str]:
-        """Compared with the last passing instance of this campaign, from the results database."""
+    def prefetch_last_pass(self, cid: str) -> None:
+        """Outside the campaign lock: once every run is over, look up the last passing
+        instance a ``baseline: last-pass`` campaign compares with (slow: a database engine,
+        maybe a migration, up to 50 records) and keep it in the campaign's hash, where
+        finishing under the lock finds it. Nothing to do for any other campaign."""
+        info = self.store.campaign(cid)
+        if not info or info.get("status") in TERMINAL or info.get(LAST_PASS_FIELD):
+            return
         try:
-            baseline = self.last_pass(result)
+            baseline = self.store.campaign_model(cid).spec.baseline
+        except SpecError:
+            return
+        runs = list(self.store.runs(cid))
+        if not is_last_pass(baseline) or not runs or any(run["status"] not in TERMINAL for run in runs):
+            return
+        settings = {
+            "campaign_id": cid,
+            "campaign": info["name"],
+            "runs": [r["result"] for r in runs if r.get("result")],
+        }
+        try:
+            found: dict[str, Any] = {"record": self.last_pass(settings)}
+        except Exception as err:  # the database is down: finishing says so
+            found = {"error": str(err)[:500]}
+        self.store.set_campaign(cid, **{LAST_PASS_FIELD: json.dumps(found)})
+
+    def _against_last_pass(
+        self, cid: str, result: dict[str, Any], spec: CompareSpec
+    ) -> tuple[list[dict[str, Any]], str]:
+        """Compared with the last passing instance of this campaign, from the results database
+        (looked up before the lock by ``prefetch_last_pass``; here only when it was not)."""
+        try:
+            baseline = self._prefetched_last_pass(cid)
+            if baseline is _NOT_PREFETCHED:
+                baseline = self.last_pass(result)
         except Exception as err:  # the database is down: nothing to compare with is not a pass
             return [{**entry, "verdict": "insufficient data"} for entry in against_instance(result, None, spec)], (
                 f"baseline unavailable: the results database did not answer ({err})"
@@ -549,6 +585,16 @@ class Scheduler:
         if baseline is None:
             return [], "no earlier passing instance of this campaign with the same settings: nothing compared"
         return against_instance(result, baseline, spec), ""
+
+    def _prefetched_last_pass(self, cid: str) -> Any:
+        raw = self.store.campaign(cid).get(LAST_PASS_FIELD)
+        if not raw:
+            return _NOT_PREFETCHED
+        found = json.loads(raw)
+        if "error" in found:
+            raise RuntimeError(found["error"])
+        record = found.get("record")
+        return record if isinstance(record, dict) else None
 
     def last_pass(self, result: dict[str, Any]) -> dict[str, Any] | None:
         """The newest stored passing instance of the campaign with the same settings."""

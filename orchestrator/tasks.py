@@ -132,8 +132,10 @@ def advance_campaign(cid: str, token: str) -> None:
     if current is not None and current.decode() != token:
         return  # a newer chain took over
     try:
+        sched = scheduler(client)
+        sched.prefetch_last_pass(cid)  # the slow database lookup, before the lock
         with campaign_lock(client, cid):
-            active = scheduler(client).advance(cid)
+            active = sched.advance(cid)
     except Exception:
         # The chain must outlive any one failed step (Redis restarting, a bug): log, retry.
         log.exception("advancing campaign %s failed; retrying", cid)
@@ -158,6 +160,8 @@ def judge_and_advance(client: redis.Redis, cid: str, rid: str, attempt: int, sch
     entry, results = sched.judge(cid, rid)
     with campaign_lock(client, cid):
         committed = sched.commit_evaluation(cid, rid, token, entry, results)
+    sched.prefetch_last_pass(cid)  # the last run judged: the baseline, before the lock again
+    with campaign_lock(client, cid):
         sched.advance(cid)
     return committed
 

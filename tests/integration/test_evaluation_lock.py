@@ -13,13 +13,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 from model.campaign import load_campaign
 from model.runspec import NodeResult, WorkloadOutcome
-from model.state import events_key
+from model.state import campaign_lock_key, events_key
 from orchestrator import tasks
 from orchestrator.planner import plan_runs
 from orchestrator.prometheus import PrometheusApi
@@ -132,3 +133,57 @@ def test_a_slow_prometheus_cannot_let_two_schedulers_judge_one_run(
     ]
     assert len(done_events) == 1
     assert store.campaign(C6)["status"] == "done"
+
+
+class _WatchedLastPass(Scheduler):
+    """A scheduler whose results-database lookup notes whether the campaign lock is held."""
+
+    def __init__(self, client: redis.Redis, tmp_path: Path, answer: Exception | None) -> None:
+        super().__init__(
+            client, RecordingDispatch(), tmp_path, prometheus=lambda: PrometheusApi("http://127.0.0.1:9", 0.5)
+        )
+        self.client = client
+        self.answer = answer
+        self.under_lock: list[bool] = []
+
+    def last_pass(self, result: dict[str, Any]) -> dict[str, Any] | None:
+        self.under_lock.append(bool(self.client.exists(campaign_lock_key(result["campaign_id"]))))
+        if self.answer is not None:
+            raise self.answer
+        return None
+
+
+@pytest.mark.parametrize(
+    ("answer", "says"),
+    [
+        (None, "no earlier passing instance"),
+        (ConnectionError("database at db.example:5432 refused"), "baseline unavailable"),
+    ],
+)
+def test_the_last_pass_baseline_is_looked_up_outside_the_campaign_lock(
+    redis_server: RedisServer, tmp_path: Path, answer: Exception | None, says: str
+) -> None:
+    client: redis.Redis = redis_server.client()
+    campaign_file = tmp_path / "nightly.yaml"
+    campaign_file.write_text(
+        (REPO / "campaigns/nightly.yaml")
+        .read_text()
+        .replace("../inventory/local.yml", str(REPO / "tests/fixtures/labs/e2e.yml"))
+        .replace("repeats: 3 ", "repeats: 1 ")
+    )
+    campaign = load_campaign(campaign_file)
+    store = CampaignStore(client)
+    cid = "nightly-20261202-020000-abcd"
+    store.create(cid, campaign, plan_runs(campaign))
+    now = time.time()
+    store.set_run_status(cid, "r001", "running", attempt=1, nodes=["node1"], started_at=now - 60)
+    result = NodeResult(run_id="r001", node="node1", metrics_from=now - 60, metrics_to=now)
+    store.set_node(cid, "r001", "node1", attempt=1, status="done", result=result.model_dump(mode="json"))
+    scheduler = _WatchedLastPass(client, tmp_path, answer)
+
+    assert tasks.judge_and_advance(client, cid, "r001", 1, scheduler) is True
+
+    assert scheduler.under_lock == [False]  # once, and never while other steps wait for the lock
+    info = store.campaign(cid)
+    assert info["status"] == "done"
+    assert any(says in reason for reason in info["result"]["reasons"]), info["result"]["reasons"]
