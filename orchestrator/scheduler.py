@@ -32,6 +32,7 @@ from model.exitcode import ExitCode
 from model.kernel import KernelSource
 from model.paths import UnsafePath
 from model.protocol import CampaignStatus, RunStatus
+from model.result import RESULT_SCHEMA_VERSION, schema_problems
 from model.runspec import BuildMessage, NodeResult, NodeRunSpec, PreparedKernel, RunSetupSpec, is_campaign_id
 from model.state import BUILD_QUEUE, CONTROL_QUEUE, TERMINAL, holder_id, lab_queue, scan_pattern
 from model.state import WORKER_PREFIX as _WORKER_PREFIX
@@ -476,6 +477,7 @@ class Scheduler:
         # Where results go is this process' own setting, never a path read from Redis.
         result_dir = self.results_root / cid
         result = {
+            "schema_version": RESULT_SCHEMA_VERSION,
             "campaign_id": cid,
             "campaign": info["name"],
             "file": info["file"],
@@ -493,6 +495,9 @@ class Scheduler:
         }
         if not cancelled:
             self._judge_comparisons(cid, result)
+        problems = schema_problems(result)
+        if problems:  # a bug here, not a reason to lose the record: said, and written anyway
+            log.error("%s: the record does not match result.json's schema: %s", cid, problems)
         try:
             write_result(self.results_root, cid, result)
         except (UnsafePath, OSError) as err:  # the record still reaches Redis and the database

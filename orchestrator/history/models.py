@@ -23,6 +23,8 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from model.result import CAMPAIGN_ID_MAX
+
 # Constraint names fixed by convention, so the migration and both databases agree on them.
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_name)s",
@@ -30,8 +32,6 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-CAMPAIGN_ID_MAX = 200
 
 
 class Base(DeclarativeBase):

@@ -1,10 +1,11 @@
 """A campaign record (result.json) checked on arrival and turned into rows.
 
 The record crosses a process boundary (Redis, a file on disk, possibly an older swaplab's),
-so it is validated before anything is written: ``campaign_id`` and ``runs`` are required,
-every other field is optional (an older record lacks the figures, kernel_info, settings and
-redone of issue 12) and a missing or null one takes its default. Fields this module does not
-know are ignored here and kept in the stored record.
+so it is validated before anything is written, with the record's own schema
+(``model.result``): ``campaign_id`` and ``runs`` are required, every other field is
+optional (an older record lacks the figures, kernel_info, settings and redone) and a
+missing or null one takes its default. Fields the schema does not know are ignored there
+and kept in the stored record.
 
 Before validation the record is made storable: a non-finite float (NaN, ±inf: Python's json
 writes them, JSON and PostgreSQL's json refuse them) becomes null, and NUL characters
@@ -16,160 +17,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import ValidationError
 
+from model.result import Campaign, Node, Run, SkippedRun
 from orchestrator.history.errors import InvalidRecord
-from orchestrator.history.models import CAMPAIGN_ID_MAX, CampaignRow, CriterionRow, FigureRow, NodeRow, RunRow
-
-Name = Annotated[str, StringConstraints(min_length=1)]
-
-
-class _Part(BaseModel):
-    """A part of a record: unknown keys ignored, a null field taken as missing."""
-
-    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _null_is_missing(cls, data: Any) -> Any:
-        # An older writer puts null where a newer one puts [] or {}: both mean "nothing".
-        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
-
-
-class Figure(_Part):
-    """One performance figure of a node: value, unit, direction, the Prometheus cross-check."""
-
-    value: float | None = None
-    unit: str | None = None
-    better: str | None = None
-    prometheus: float | None = None
-    agrees: bool | None = None
-
-
-class Criterion(_Part):
-    """One criterion judged on a node."""
-
-    name: Name
-    value: float | None = None
-    op: str | None = None
-    threshold: float | None = None
-    outcome: str | None = None
-    severity: str | None = None
-    builtin: bool = False
-    query: str | None = None
-    detail: str | None = None
-
-
-class Node(_Part):
-    """One node's part of a run."""
-
-    node: Name
-    verdict: str | None = None
-    criteria: list[Criterion] = []
-    figures: dict[str, Figure] = {}
-    kernel: dict[str, Any] = {}
-    ram_mib: int | None = None
-
-
-class Redone(_Part):
-    """An earlier attempt of a run and why it was redone."""
-
-    attempt: int | None = None
-    reason: str = ""
-
-
-class KernelInfo(_Part):
-    """The kernel a run booted: release, version, where it came from, its patches."""
-
-    release: str | None = None
-    version: str | None = None
-    source: str | None = None
-    artifact: str | None = None
-    patches: list[str] = []
-
-
-class Nfs(_Part):
-    """The NFS mount a run swapped over."""
-
-    version: str | None = None
-    options: str | None = None
-    backend: str | None = None
-
-
-class Workload(_Part):
-    """The workload a run ran."""
-
-    name: str | None = None
-    mib: int | None = None
-    passes: int | None = None
-
-
-class Settings(_Part):
-    """What a run ran under: NFS, sysctls, node and swap sizes, workload."""
-
-    nfs: Nfs = Field(default_factory=Nfs)
-    sysctl: dict[str, str] = {}
-    node_ram_mib: int | None = None
-    swap_mib: int | None = None
-    workload: Workload = Field(default_factory=Workload)
-
-
-class Run(_Part):
-    """One run of the campaign, as judged."""
-
-    run_id: Name
-    kernel: str = ""
-    workload: str | None = None
-    repeat: int | None = None
-    attempt: int = 1
-    verdict: str | None = None
-    exit_code: int | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    reasons: list[str] = []
-    redone: list[Redone] = []
-    kernel_info: KernelInfo = Field(default_factory=KernelInfo)
-    settings: Settings = Field(default_factory=Settings)
-    nodes: list[Node] = []
-
-    @model_validator(mode="after")
-    def _nodes_unique(self) -> Run:
-        names = [node.node for node in self.nodes]
-        if len(names) != len(set(names)):
-            raise ValueError(f"run {self.run_id} names a node twice: {', '.join(names)}")
-        return self
-
-
-class SkippedRun(_Part):
-    """A run that never started."""
-
-    run_id: Name
-    kernel: str = ""
-    reason: str = ""
-
-
-class Campaign(_Part):
-    """A finished campaign's record (result.json)."""
-
-    campaign_id: Annotated[str, StringConstraints(min_length=1, max_length=CAMPAIGN_ID_MAX)]
-    campaign: str = ""
-    file: str | None = None
-    lab: str | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    verdict: str | None = None
-    exit_code: int | None = None
-    runs: list[Run] = Field(...)  # required: a record without runs is not a finished campaign
-    skipped_runs: list[SkippedRun] = []
-
-    @model_validator(mode="after")
-    def _runs_unique(self) -> Campaign:
-        ids = [run.run_id for run in self.runs] + [run.run_id for run in self.skipped_runs]
-        if len(ids) != len(set(ids)):
-            raise ValueError(f"a run id appears twice: {', '.join(ids)}")
-        return self
+from orchestrator.history.models import CampaignRow, CriterionRow, FigureRow, NodeRow, RunRow
 
 
 def storable(value: Any) -> Any:

@@ -1,8 +1,8 @@
 """Campaign reports: text, HTML, JUnit XML and JSON renderings of a campaign record.
 
 The record is a campaign's ``result.json`` as ``orchestrator/report.py`` assembles it
-(with issue 12's figures, series, redone, kernel_info, settings and reproduce; and for a
-comparison campaign, issue 13's ``comparisons``, ``reasons`` and each run's ``variant``
+(with its figures, series, redone, kernel_info, settings and reproduce; and for a
+comparison campaign, its ``comparisons``, ``reasons`` and each run's ``variant``
 and ``kernel_label``: a Comparison section, the baseline's median drawn across the
 per-figure plots, a JUnit suite of comparisons). Every report reads it through
 ``record.py``, which accepts older shapes too (no figures, runs refused with ``nodes:

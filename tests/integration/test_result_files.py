@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from model.campaign import load_campaign
+from model.result import RESULT_SCHEMA_VERSION, schema_problems
 from model.state import campaign_key
 from orchestrator.history import outbox
 from orchestrator.history.db import ResultsDb
@@ -77,6 +78,8 @@ def test_a_result_dir_named_in_redis_is_ignored(redis_server: RedisServer, tmp_p
     assert sorted(p.name for p in elsewhere.iterdir()) == ["result.json", "result.tmp"]  # links left as they were
     written = json.loads((results / CID / "result.json").read_text())
     assert written["campaign_id"] == CID and written["result_dir"] == str(results / CID)
+    # The record the scheduler writes is the schema every reader loads, at its version.
+    assert written["schema_version"] == RESULT_SCHEMA_VERSION and schema_problems(written) is None
 
 
 def test_a_link_planted_as_result_json_is_replaced_not_followed(

@@ -424,10 +424,26 @@ WORST_CASES: dict[str, Callable[[Path], Path]] = {
 }
 
 
-@pytest.mark.parametrize("build", WORST_CASES.values(), ids=WORST_CASES.keys())
-def test_any_file_is_answered_within_two_seconds(tmp_path: Path, build: Callable[[Path], Path]) -> None:
-    path = build(tmp_path)
-    started = time.monotonic()
+def _cpu_seconds(path: Path) -> float:
+    started = time.process_time()
     with contextlib.suppress(SpecError):
         load_located(path)
-    assert time.monotonic() - started < 2.0
+    return time.process_time() - started
+
+
+@pytest.fixture(scope="module")
+def plain_megabyte_s(tmp_path_factory: pytest.TempPathFactory) -> float:
+    """CPU seconds this host takes to read an ordinary file of the largest size allowed."""
+    path = write(tmp_path_factory.mktemp("plain"), "a: " + "x" * (MAX_BYTES - 4) + "\n")
+    return max(_cpu_seconds(path), 0.05)
+
+
+@pytest.mark.parametrize("build", WORST_CASES.values(), ids=WORST_CASES.keys())
+def test_no_file_costs_more_than_a_few_plain_ones(
+    tmp_path: Path, build: Callable[[Path], Path], plain_megabyte_s: float
+) -> None:
+    """No input blows up: the worst costs a small multiple of an ordinary file of the same
+    size (CPU time, so a busy host neither hides a blow-up nor fails a sound loader; a
+    fifo or a device that would block is caught by the test's timeout)."""
+    path = build(tmp_path)
+    assert _cpu_seconds(path) < 6 * plain_megabyte_s

@@ -1,4 +1,4 @@
-"""Change points over a campaign's nightly history (issue 14), for the history dashboard.
+"""Change points over a campaign's nightly history, for the history dashboard.
 
 Revision ID: 0002
 Revises: 0001

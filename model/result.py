@@ -1,0 +1,179 @@
+"""The schema of a finished campaign's record, result.json: campaign, run and node entries.
+
+Every plane that reads a record reads it through these models: the scheduler checks the
+record it assembles, the results database validates what it stores, and records written
+by an older swaplab still load — ``campaign_id`` and ``runs`` are required, every other
+field is optional and a missing or null one takes its default. Fields a model does not
+know are ignored by it (and kept in the stored document), so a newer record loads too.
+
+``RESULT_SCHEMA_VERSION`` is written into every record (``schema_version``); work that
+adds or changes a field bumps it, and a record without one is version 0.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+
+RESULT_SCHEMA_VERSION: Final = 1
+CAMPAIGN_ID_MAX: Final = 200  # the results database's column holds this many characters
+
+Name = Annotated[str, StringConstraints(min_length=1)]
+
+
+class _Part(BaseModel):
+    """A part of a record: unknown keys ignored, a null field taken as missing."""
+
+    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_missing(cls, data: Any) -> Any:
+        # An older writer puts null where a newer one puts [] or {}: both mean "nothing".
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+
+class Figure(_Part):
+    """One performance figure of a node: value, unit, direction, the Prometheus cross-check."""
+
+    value: float | None = None
+    unit: str | None = None
+    better: str | None = None
+    prometheus: float | None = None
+    agrees: bool | None = None
+
+
+class Criterion(_Part):
+    """One criterion judged on a node."""
+
+    name: Name
+    value: float | None = None
+    op: str | None = None
+    threshold: float | None = None
+    outcome: str | None = None
+    severity: str | None = None
+    builtin: bool = False
+    query: str | None = None
+    detail: str | None = None
+
+
+class Node(_Part):
+    """One node's part of a run."""
+
+    node: Name
+    verdict: str | None = None
+    criteria: list[Criterion] = []
+    figures: dict[str, Figure] = {}
+    kernel: dict[str, Any] = {}
+    ram_mib: int | None = None
+
+
+class Redone(_Part):
+    """An earlier attempt of a run and why it was redone."""
+
+    attempt: int | None = None
+    reason: str = ""
+
+
+class KernelInfo(_Part):
+    """The kernel a run booted: release, version, where it came from, its patches."""
+
+    release: str | None = None
+    version: str | None = None
+    source: str | None = None
+    artifact: str | None = None
+    patches: list[str] = []
+
+
+class Nfs(_Part):
+    """The NFS mount a run swapped over."""
+
+    version: str | None = None
+    options: str | None = None
+    backend: str | None = None
+
+
+class Workload(_Part):
+    """The workload a run ran."""
+
+    name: str | None = None
+    mib: int | None = None
+    passes: int | None = None
+
+
+class Settings(_Part):
+    """What a run ran under: NFS, sysctls, node and swap sizes, workload."""
+
+    nfs: Nfs = Field(default_factory=Nfs)
+    sysctl: dict[str, str] = {}
+    node_ram_mib: int | None = None
+    swap_mib: int | None = None
+    workload: Workload = Field(default_factory=Workload)
+
+
+class Run(_Part):
+    """One run of the campaign, as judged."""
+
+    run_id: Name
+    kernel: str = ""
+    workload: str | None = None
+    repeat: int | None = None
+    attempt: int = 1
+    verdict: str | None = None
+    exit_code: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    reasons: list[str] = []
+    redone: list[Redone] = []
+    kernel_info: KernelInfo = Field(default_factory=KernelInfo)
+    settings: Settings = Field(default_factory=Settings)
+    nodes: list[Node] = []
+
+    @model_validator(mode="after")
+    def _nodes_unique(self) -> Run:
+        names = [node.node for node in self.nodes]
+        if len(names) != len(set(names)):
+            raise ValueError(f"run {self.run_id} names a node twice: {', '.join(names)}")
+        return self
+
+
+class SkippedRun(_Part):
+    """A run that never started."""
+
+    run_id: Name
+    kernel: str = ""
+    reason: str = ""
+
+
+class Campaign(_Part):
+    """A finished campaign's record (result.json)."""
+
+    # 0: a record from before the schema had a version (it loads: every field has a default).
+    schema_version: int = 0
+    campaign_id: Annotated[str, StringConstraints(min_length=1, max_length=CAMPAIGN_ID_MAX)]
+    campaign: str = ""
+    file: str | None = None
+    lab: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    verdict: str | None = None
+    exit_code: int | None = None
+    runs: list[Run] = Field(...)  # required: a record without runs is not a finished campaign
+    skipped_runs: list[SkippedRun] = []
+
+    @model_validator(mode="after")
+    def _runs_unique(self) -> Campaign:
+        ids = [run.run_id for run in self.runs] + [run.run_id for run in self.skipped_runs]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"a run id appears twice: {', '.join(ids)}")
+        return self
+
+
+def schema_problems(record: Any) -> str | None:
+    """What in ``record`` does not match the schema (every field named), or None."""
+    try:
+        Campaign.model_validate(record)
+    except ValidationError as err:
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}" for e in err.errors())
+    return None
