@@ -1,0 +1,75 @@
+"""Judging a run: its criteria in Prometheus, its nodes' verdicts, what its record says.
+
+The scheduler owns the state machine (who judges, under which claim, when a campaign
+ends); what a run's verdict *is* lives here, a pure function of the run, its node results
+and Prometheus' answers, so ``swaplab check`` and re-judging use the same code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from model.campaign import Campaign, WorkloadSpec
+from model.kernel import KernelSource
+from model.runspec import NodeResult
+from orchestrator.criteria import Criterion, CriterionSpec
+from orchestrator.evaluation import evaluate_run, run_criteria
+from orchestrator.prometheus import PrometheusApi
+from orchestrator.report import run_entry
+
+
+def run_context(campaign: Campaign, run: dict[str, Any], results: list[NodeResult]) -> dict[str, Any]:
+    """What a run's record says besides its verdict: why it was redone, which kernel it ran
+    (release, source, artifact, patches) and the settings it ran under."""
+    prepared = run.get("prepared") or {}
+    built = run.get("built") or {}
+    booted = next((r.kernel for r in results if r.kernel.get("kver")), {})
+    workload = WorkloadSpec.model_validate(run["workload"])
+    redone = (
+        [{"attempt": int(run["attempt"]) - 1, "reason": str(run["retry_reason"])}] if run.get("retry_reason") else []
+    )
+    variant = run.get("variant") or {}
+    return {
+        "redone": redone,
+        # The sides a comparison groups runs by: the kernel as the campaign names it, the variant.
+        "kernel_label": KernelSource.model_validate(run["kernel"]).label(),
+        "variant": variant.get("name"),
+        "kernel_info": {
+            "release": booted.get("kver") or prepared.get("kver") or built.get("release"),
+            "version": booted.get("uname_v") or built.get("uts_version"),
+            "source": prepared.get("source") or run["label"],
+            "artifact": built.get("artifact") or prepared.get("artifact"),
+            "patches": list(built.get("patches") or []),
+        },
+        "settings": {
+            "nfs": {
+                **campaign.spec.nfs.model_dump(mode="json"),
+                **({"version": variant["nfs_version"]} if variant.get("nfs_version") else {}),
+            },
+            "sysctl": {**campaign.spec.node.sysctl, **(variant.get("sysctl") or {})},
+            "node_ram_mib": next((r.ram_mib for r in results if r.ram_mib), campaign.ram_mib),
+            "swap_mib": campaign.spec.swap.size_mib,
+            "workload": workload.model_dump(mode="json"),
+        },
+    }
+
+
+def judge_run(
+    campaign: Campaign,
+    run: dict[str, Any],
+    meta: dict[str, Any],
+    results: list[NodeResult],
+    user: list[CriterionSpec],
+    api: PrometheusApi,
+) -> dict[str, Any]:
+    """Evaluate a run's criteria in Prometheus and judge its nodes: its part of result.json."""
+    workload = WorkloadSpec.model_validate(run["workload"])
+    planned = campaign.planned_overcommit_mib(workload)
+    criteria = [Criterion.from_spec(c) for c in user]
+
+    def for_node(result: NodeResult) -> list[Criterion]:
+        # Nodes that run already learn their RAM at run time: their own overcommit.
+        overcommit = result.planned_overcommit_mib if result.planned_overcommit_mib is not None else planned
+        return run_criteria(overcommit or 0, criteria)
+
+    return run_entry(meta, results, evaluate_run(for_node, api, results))
