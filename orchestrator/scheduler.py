@@ -556,12 +556,14 @@ class Scheduler:
         info = self.store.campaign(cid)
         if not info or info.get("status") in TERMINAL or info.get(LAST_PASS_FIELD):
             return
+        runs = list(self.store.runs(cid))  # cheap checks first: this runs before every step
+        if not runs or any(run["status"] not in TERMINAL for run in runs):
+            return
         try:
             baseline = self.store.campaign_model(cid).spec.baseline
         except SpecError:
             return
-        runs = list(self.store.runs(cid))
-        if not is_last_pass(baseline) or not runs or any(run["status"] not in TERMINAL for run in runs):
+        if not is_last_pass(baseline):
             return
         settings = {
             "campaign_id": cid,
