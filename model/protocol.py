@@ -53,7 +53,8 @@ class RunStatus(StrEnum):
     SKIPPED = "skipped"  # not started because a critical criterion failed in an earlier run
 
 
-TERMINAL_RUN: Final = frozenset({RunStatus.DONE, RunStatus.CANCELLED, RunStatus.SKIPPED})
+# A campaign's final states are a run's too (done, cancelled): one set serves both.
+TERMINAL: Final = frozenset({RunStatus.DONE, RunStatus.CANCELLED, RunStatus.SKIPPED})
 
 
 class UnknownStatus(ValueError):

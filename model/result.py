@@ -175,5 +175,10 @@ def schema_problems(record: Any) -> str | None:
     try:
         Campaign.model_validate(record)
     except ValidationError as err:
-        return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}" for e in err.errors())
+        return described(err)
     return None
+
+
+def described(err: ValidationError) -> str:
+    """A record's validation error in one line, every wrong field named by its path."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}" for e in err.errors())

@@ -42,7 +42,8 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlparse, urlunparse
 
 from model.paths import cache_root
-from model.protocol import TERMINAL_RUN, CampaignStatus, RunStatus
+from model.protocol import TERMINAL as TERMINAL  # re-exported: the key layout's users read it here
+from model.protocol import CampaignStatus, RunStatus
 
 CONTROL_QUEUE = "control"
 BUILD_QUEUE = "build"  # kernel builds: any worker with a toolchain may serve it beside its labs
@@ -50,8 +51,6 @@ _LAB_QUEUE_PREFIX = "lab."
 
 CAMPAIGN_STATES = tuple(CampaignStatus)
 RUN_STATES = tuple(RunStatus)
-# A campaign's final states are a run's too (done, cancelled): one set serves both.
-TERMINAL = TERMINAL_RUN
 
 CAMPAIGNS_KEY = "swaplab:campaigns"
 EVENTS_MAXLEN = 20000  # a campaign's progress stream keeps about this many events

@@ -28,6 +28,7 @@ from rich.live import Live
 from rich.text import Text
 
 from model.display import printable
+from model.protocol import TERMINAL as TERMINAL_RUN
 
 RunLookup = Callable[[str], Mapping[str, Any]]
 """A run's stored hash by run id (``CampaignStore.run`` bound to the campaign)."""
@@ -36,7 +37,6 @@ REFRESH_HZ = 4.0
 TEXT_LIMIT = 300  # longer event fields are cut: a line on a terminal, not a log
 BAR_WIDTH = 12
 LATEST_TIME = 32503680000.0  # year 3000: an event time past it is garbage (localtime() would overflow)
-TERMINAL_RUN = frozenset({"done", "cancelled", "skipped"})
 VERDICT_STYLE = {"pass": "bold green", "fail": "bold red", "infra-error": "bold yellow", "invalid": "bold magenta"}
 
 # The workload step's phase detail and the hog's progress line (workers/pipeline/

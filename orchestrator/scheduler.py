@@ -61,7 +61,6 @@ EVALUATION_CLAIM_S = 600.0
 
 # The campaign hash's field holding the looked-up last-pass baseline (JSON: record or error).
 LAST_PASS_FIELD = "last_pass_baseline"
-_NOT_PREFETCHED = object()
 
 
 @dataclass(frozen=True)
@@ -581,10 +580,9 @@ class Scheduler:
     ) -> tuple[list[dict[str, Any]], str]:
         """Compared with the last passing instance of this campaign, from the results database
         (looked up before the lock by ``prefetch_last_pass``; here only when it was not)."""
+        prefetched = self.store.campaign(cid).get(LAST_PASS_FIELD)
         try:
-            baseline = self._prefetched_last_pass(cid)
-            if baseline is _NOT_PREFETCHED:
-                baseline = self.last_pass(result)
+            baseline = _stored_last_pass(prefetched) if prefetched else self.last_pass(result)
         except Exception as err:  # the database is down: nothing to compare with is not a pass
             return [{**entry, "verdict": "insufficient data"} for entry in against_instance(result, None, spec)], (
                 f"baseline unavailable: the results database did not answer ({err})"
@@ -592,16 +590,6 @@ class Scheduler:
         if baseline is None:
             return [], "no earlier passing instance of this campaign with the same settings: nothing compared"
         return against_instance(result, baseline, spec), ""
-
-    def _prefetched_last_pass(self, cid: str) -> Any:
-        raw = self.store.campaign(cid).get(LAST_PASS_FIELD)
-        if not raw:
-            return _NOT_PREFETCHED
-        found = json.loads(raw)
-        if "error" in found:
-            raise RuntimeError(found["error"])
-        record = found.get("record")
-        return record if isinstance(record, dict) else None
 
     def last_pass(self, result: dict[str, Any]) -> dict[str, Any] | None:
         """The newest stored passing instance of the campaign with the same settings."""
@@ -630,3 +618,12 @@ def _verdict_of_code(code: int, verdict: str) -> str:
     if code == ExitCode.INVALID and verdict == Verdict.PASS.value:
         return Verdict.INVALID.value
     return verdict
+
+
+def _stored_last_pass(raw: str) -> dict[str, Any] | None:
+    """The baseline ``prefetch_last_pass`` kept; the database's error raised again."""
+    found = json.loads(raw)
+    if "error" in found:
+        raise RuntimeError(found["error"])
+    record = found.get("record")
+    return record if isinstance(record, dict) else None

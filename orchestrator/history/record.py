@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from model.result import Campaign, Node, Run, SkippedRun
+from model.result import Campaign, Node, Run, SkippedRun, described
 from orchestrator.history.errors import InvalidRecord
 from orchestrator.history.models import CampaignRow, CriterionRow, FigureRow, NodeRow, RunRow
 
@@ -48,7 +48,7 @@ def parse(record: Any) -> Campaign:
     except ValidationError as exc:
         cid = record.get("campaign_id")
         where = f" {cid}" if isinstance(cid, str) and cid else ""
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}" for e in exc.errors())
+        problems = described(exc)
         raise InvalidRecord(f"campaign record{where} refused: {problems}") from None
 
 
