@@ -9,8 +9,15 @@ infra-error naming both versions — never judged as an invalid campaign.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final
+from typing import Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Whose fault a failure is: the kernel under test's, the lab's, the submitter's; or the run
+# was stopped (aborted by the scheduler, cancelled by a user).
+FailureCause = Literal["kernel", "infra", "input", "aborted", "cancelled"]
 
 # Bumped whenever a message's or a record's fields change meaning or a required field is added.
 PROTOCOL_VERSION: Final = 1
@@ -55,6 +62,56 @@ class RunStatus(StrEnum):
 
 # A campaign's final states are a run's too (done, cancelled): one set serves both.
 TERMINAL: Final = frozenset({RunStatus.DONE, RunStatus.CANCELLED, RunStatus.SKIPPED})
+
+
+@dataclass(frozen=True)
+class SetupStage:
+    """A once-per-run stage before any node is leased (the kernel build, the run's setup),
+    done by a data-plane task that beats while it works.
+
+    Its fields in the run's hash: the control plane writes ``<name>_attempt`` when it sends
+    the task; the task writes only ``owner``, ``beat`` and its outcome (``result`` and
+    ``done``, or ``failure``), and only while the run is still in ``status`` at that
+    attempt (``workers.run_state``: a compare-and-set, never a read then a write).
+    """
+
+    name: str
+    what: str
+    status: RunStatus
+    result: str
+    done: str
+    failure: str
+
+    @property
+    def attempt(self) -> str:
+        return f"{self.name}_attempt"
+
+    @property
+    def owner(self) -> str:
+        return f"{self.name}_owner"
+
+    @property
+    def beat(self) -> str:
+        return f"{self.name}_beat"
+
+    def task_fields(self) -> frozenset[str]:
+        """The fields of the run's hash this stage's task may write."""
+        return frozenset({self.owner, self.beat, self.result, self.done, self.failure})
+
+
+BUILD_STAGE: Final = SetupStage("build", "kernel build", RunStatus.BUILDING, "built", "built_at", "build_failure")
+PREPARE_STAGE: Final = SetupStage(
+    "prepare", "run setup", RunStatus.PREPARING, "prepared", "prepared_at", "prepare_failure"
+)
+
+
+class StageFailure(BaseModel):
+    """Why a setup stage failed, as its task writes it and the scheduler reads it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cause: FailureCause
+    reason: str = Field(max_length=8000)
 
 
 class UnknownStatus(ValueError):

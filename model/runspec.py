@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -23,11 +23,11 @@ from model.figures import FIGURE_NAMES, SERIES_KEYS, SERIES_MAX_POINTS
 from model.kernel import KernelSource
 from model.limits import HOG_MIB_MAX, HOG_MIB_MIN, HOG_PASSES_MAX, HOG_PASSES_MIN, HOG_SEED_MAX, HOG_SEED_MIN
 from model.protocol import PROTOCOL_VERSION
+from model.protocol import FailureCause as FailureCause  # re-exported: node results use it
 
 # Whose fault it is that a session stopped early (docs/ARCHITECTURE.md, "Verdicts and exit codes"):
 # kernel -> fail; infra -> infra-error; input -> invalid (a mistake validation should have
 # caught: never a kernel verdict); aborted/cancelled -> the run stopped for another reason.
-FailureCause = Literal["kernel", "infra", "input", "aborted", "cancelled"]
 
 
 class WorkloadRef(BaseModel):

@@ -19,8 +19,9 @@ the whole contract.
 | ``swaplab:barrier:<cid>:<rid>:<attempt>`` | prefix | the run's start barrier |
 | ``swaplab:guest:<lab>:<node>`` | string | the guest a node task started (orphan clean-up) |
 | ``swaplab:worker:<hostname>`` | string | a live worker's queues and slots, with a TTL |
-| ``swaplab:results:outbox`` | hash | finished campaigns not yet in the results database (cid → pending, or set aside with its error) |
-| ``swaplab:results:recording`` | string (TTL) | held while a ``swaplab.record_results`` task stores them |
+| ``swaplab:results:outbox`` | hash | the database sink's outbox: finished campaigns not yet in the results database (cid → pending, or set aside with its error) |
+| ``swaplab:sink:<sink>`` | hash | the outbox of the ``reports`` and ``changes`` sinks, as the database's |
+| ``swaplab:results:recording`` | string (TTL) | held while a ``swaplab.record_results`` task runs the sinks |
 | ``swaplab:notify:campaign:<cid>`` | hash | the webhook notification of a finished campaign (status, attempts, last status and reason, delivered or given up at) |
 | ``swaplab:notify:due`` | zset | campaigns whose notification awaits a retry, by when it is due |
 | ``swaplab:notify:sending:<cid>`` | lock (TTL) | held while one process delivers a campaign's notification |
@@ -58,7 +59,8 @@ LEASE_PREFIX = "swaplab:lease"
 HEALTH_PREFIX = "swaplab:health"
 GUEST_PREFIX = "swaplab:guest"
 WORKER_PREFIX = "swaplab:worker"
-RESULTS_OUTBOX_KEY = "swaplab:results:outbox"  # orchestrator.history.outbox
+RESULTS_OUTBOX_KEY = "swaplab:results:outbox"  # the database sink's outbox (orchestrator.sinks)
+SINK_OUTBOX_PREFIX = "swaplab:sink"  # the other sinks' outboxes
 RECORD_CHAIN_KEY = "swaplab:results:recording"  # one swaplab.record_results at a time
 NOTIFY_KEY = "swaplab:notify"  # orchestrator.notify: the webhook's notifications
 NOTIFY_DUE_KEY = "swaplab:notify:due"  # campaign id -> when its next delivery attempt is due
@@ -208,6 +210,11 @@ def schedule_log_key(name: str) -> str:
 
 def schedule_fired_key(name: str, due: int) -> str:
     return f"swaplab:schedule-fired:{name}:{due}"
+
+
+def sink_outbox_key(sink: str) -> str:
+    """The outbox hash of a post-campaign sink (orchestrator.sinks)."""
+    return f"{SINK_OUTBOX_PREFIX}:{sink}"
 
 
 def notify_key(cid: str) -> str:

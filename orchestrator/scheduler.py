@@ -21,7 +21,6 @@ import secrets
 import shlex
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,14 +30,14 @@ from model.campaign import BaselineSide, Campaign, CompareSpec, Variant, Workloa
 from model.exitcode import ExitCode
 from model.kernel import KernelSource
 from model.paths import UnsafePath
-from model.protocol import CampaignStatus, RunStatus
+from model.protocol import BUILD_STAGE, PREPARE_STAGE, CampaignStatus, RunStatus, SetupStage, StageFailure
 from model.result import RESULT_SCHEMA_VERSION, schema_problems
 from model.runspec import BuildMessage, NodeResult, NodeRunSpec, PreparedKernel, RunSetupSpec, is_campaign_id
 from model.state import BUILD_QUEUE, CONTROL_QUEUE, TERMINAL, holder_id, lab_queue, scan_pattern
 from model.state import WORKER_PREFIX as _WORKER_PREFIX
 from model.yamlpos import SpecError
+from orchestrator import sinks
 from orchestrator.criteria import CriterionSpec
-from orchestrator.history import outbox
 from orchestrator.judging import judge_run, run_context
 from orchestrator.planner import RunPlan, node_specs, run_setup_spec
 from orchestrator.prometheus import PrometheusApi
@@ -63,20 +62,8 @@ EVALUATION_CLAIM_S = 600.0
 LAST_PASS_FIELD = "last_pass_baseline"
 
 
-@dataclass(frozen=True)
-class SetupStage:
-    """A once-per-run stage before any node is leased, done by a task that beats while it works."""
-
-    name: str  # prefix of its fields in the run's hash: <name>_attempt, _beat, _owner
-    what: str
-    status: RunStatus
-    result: str
-    done: str
-    failure: str
-
-
-BUILD = SetupStage("build", "kernel build", RunStatus.BUILDING, "built", "built_at", "build_failure")
-PREPARE = SetupStage("prepare", "run setup", RunStatus.PREPARING, "prepared", "prepared_at", "prepare_failure")
+# The once-per-run stages before any node is leased; their fields are the protocol's.
+BUILD, PREPARE = BUILD_STAGE, PREPARE_STAGE
 
 
 class Dispatch(Protocol):
@@ -212,12 +199,10 @@ class Scheduler:
         for stage in self._stages(run):
             if run.get(stage.done):
                 continue  # done once per run: a run redone after a lost worker keeps it
-            failure = run.get(stage.failure)
+            failure = _stage_failure(stage, run.get(stage.failure))
             if failure:
-                reason = f"{stage.what} failed ({failure['cause']}): {failure['reason']}"
-                self._refuse_run(
-                    cid, run, reason, Verdict.INVALID if failure["cause"] == "input" else Verdict.INFRA_ERROR
-                )
+                reason = f"{stage.what} failed ({failure.cause}): {failure.reason}"
+                self._refuse_run(cid, run, reason, Verdict.INVALID if failure.cause == "input" else Verdict.INFRA_ERROR)
                 return True
             if run["status"] != stage.status:
                 self._dispatch_stage(stage, cid, campaign, run)
@@ -253,8 +238,8 @@ class Scheduler:
         if stage is BUILD and worker_slots(self.redis, BUILD_QUEUE) == 0:
             self.store.event(cid, kind="note", run=rid, detail=f"waiting for a worker on {BUILD_QUEUE}")
             return
-        attempt = int(run.get(f"{stage.name}_attempt") or 0) + 1
-        fields = {f"{stage.name}_attempt": attempt, f"{stage.name}_beat": "", stage.result: "", stage.done: ""}
+        attempt = int(run.get(stage.attempt) or 0) + 1
+        fields = {stage.attempt: attempt, stage.beat: "", stage.result: "", stage.done: ""}
         self.store.set_run_status(cid, rid, stage.status, **fields)
         plan = self._plan(run)
         if stage is BUILD:
@@ -266,13 +251,11 @@ class Scheduler:
 
     def _watch_stage(self, stage: SetupStage, cid: str, campaign: Campaign, run: dict[str, Any]) -> None:
         """A stage whose worker stopped beating is redone once, then the run is an infra-error."""
-        beat = float(run.get(f"{stage.name}_beat") or 0)
+        beat = float(run.get(stage.beat) or 0)
         if not beat or time.time() - beat < SETUP_SILENT_S:
             return  # not picked up yet (waiting in the queue), or alive
-        attempt = int(run.get(f"{stage.name}_attempt") or 1)
-        reason = (
-            f"the worker of the run's {stage.what} stopped ({run.get(f'{stage.name}_owner', '?')}; attempt {attempt})"
-        )
+        attempt = int(run.get(stage.attempt) or 1)
+        reason = f"the worker of the run's {stage.what} stopped ({run.get(stage.owner, '?')}; attempt {attempt})"
         if attempt >= MAX_ATTEMPTS:
             self._refuse_run(cid, run, reason)
             return
@@ -511,8 +494,8 @@ class Scheduler:
             result_dir=str(result_dir),
             finished_at=finished_at,
         )
-        # To the results database (and its reports) outside this lock: see orchestrator.recording.
-        outbox.enqueue(self.store.redis, cid)
+        # Reports, database, change points, webhook: outside this lock (orchestrator.sinks).
+        sinks.enqueue(self.store.redis, cid)
         self.on_finished(cid)
         return result
 
@@ -608,7 +591,17 @@ class Scheduler:
         """Hook for the orchestrator's own metrics (the control worker sets it)."""
 
     def on_finished(self, cid: str) -> None:
-        """Hook: the campaign's record is in the outbox (the control worker stores it)."""
+        """Hook: the campaign is in its sinks' outboxes (the control worker runs them)."""
+
+
+def _stage_failure(stage: SetupStage, raw: Any) -> StageFailure | None:
+    """A stage's failure as its task wrote it; one that does not read as one is the lab's fault."""
+    if not raw:
+        return None
+    try:
+        return StageFailure.model_validate(raw)
+    except ValueError:
+        return StageFailure(cause="infra", reason=f"the {stage.what}'s failure record is unreadable")
 
 
 def _verdict_of_code(code: int, verdict: str) -> str:

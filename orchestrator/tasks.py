@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from celery import chord, signals
@@ -33,8 +33,7 @@ from model.state import (
     lab_queue,
     redis_url,
 )
-from orchestrator import notify, schedules
-from orchestrator.history import outbox
+from orchestrator import notify, schedules, sinks
 from orchestrator.planner import new_campaign_id, plan_runs
 from orchestrator.report import start_skew_ms
 from orchestrator.scheduler import Scheduler
@@ -48,6 +47,7 @@ TICK_S = 2.0
 # calls but Redis), so this only bounds how long a crashed step blocks the next.
 CAMPAIGN_LOCK_S = 60.0
 RECORD_RETRY_S = 30.0
+T = TypeVar("T")
 
 
 def _redis() -> redis.Redis:
@@ -96,8 +96,7 @@ class _MeasuredScheduler(Scheduler):
             START_SKEW.labels(campaign.lab.name, entry["workload"]).set(skew_ms / 1e3)
 
     def on_finished(self, cid: str) -> None:
-        notify.enqueue(self.store.redis, cid)  # one Redis script; nothing without SWAPLAB_WEBHOOK_URL
-        record_results.apply_async(queue=CONTROL_QUEUE)
+        record_results.apply_async(queue=CONTROL_QUEUE)  # its sinks (orchestrator.sinks)
 
 
 def scheduler(client: redis.Redis) -> Scheduler:
@@ -168,49 +167,55 @@ def judge_and_advance(client: redis.Redis, cid: str, rid: str, attempt: int, sch
 
 @app.task(name=protocol.RECORD_RESULTS, ignore_result=True)
 def record_results() -> None:
-    """Store finished campaigns in the results database and write their reports; while the
-    database is down they stay in the outbox and this task tries again every RECORD_RETRY_S.
-    Then tell the webhook (orchestrator.notify) of them, retrying failed deliveries when due."""
-    from orchestrator.history.db import ResultsDb  # SQLAlchemy only where it is used
-    from orchestrator.recording import finished_record, record_pending
-
+    """Run the sinks of the finished campaigns (orchestrator.sinks): reports, database,
+    change points, webhook. What the database could not take yet stays in its outbox and
+    this task tries again every RECORD_RETRY_S; the webhook plans its own retries."""
     client = _redis()
     if not client.set(RECORD_CHAIN_KEY, "1", nx=True, ex=int(RECORD_RETRY_S * 2)):
         return  # another record task is at work or waiting; it will see these too
     try:
-        try:
-            with ResultsDb() as db:
-                stored, pending = record_pending(client, db)
-        except Exception:
-            log.exception("recording finished campaigns failed; retrying")
-            stored, pending = 0, 1
-        store = CampaignStore(client)
-        _notify_due(client, lambda cid: finished_record(store, cid))
+        before = sinks.waiting(client)
+        _run_sinks(client)
+        after = sinks.waiting(client)
     finally:
         client.delete(RECORD_CHAIN_KEY)
-    if stored:
-        log.info("stored %d finished campaign(s) in the results database", stored)
-    for cid, error in outbox.set_aside(client).items():
-        log.error("campaign %s is set aside, not stored in the results database: %s", cid, error)
-    # Pending now but not after the flush: enqueued while it ran (its own task returned early).
-    if pending or outbox.pending(client):
-        record_results.apply_async(countdown=RECORD_RETRY_S if pending else 1.0, queue=CONTROL_QUEUE)
+    for (sink, cid), error in sinks.set_aside(client).items():
+        log.error("campaign %s is set aside by the %s sink: %s", cid, sink, error)
+    # Waiting before and after the pass: a sink could not take it (the database is down, no
+    # record yet), try again later. Only after: enqueued while it ran (its own task returned
+    # early), at once.
+    if after:
+        record_results.apply_async(countdown=RECORD_RETRY_S if before & after else 1.0, queue=CONTROL_QUEUE)
     # Planned after the key is released: a planned task that found it held has returned early.
     wake = notify.plan_wakeup(client)
     if wake is not None:
         record_results.apply_async(countdown=wake, queue=CONTROL_QUEUE)
 
 
-def _notify_due(client: redis.Redis, load: notify.Loader) -> None:
-    """Deliver the webhook notifications that are due (each outcome is recorded in Redis);
-    nothing here may cost the recording: an error is logged and a later task tries again."""
+def _run_sinks(client: redis.Redis) -> None:
+    """One pass over every sink, each failure its own."""
+    from orchestrator.history.db import ResultsDb  # SQLAlchemy only where it is used
+
+    _guarded("reports", lambda: sinks.deliver_reports(client))
     try:
-        delivered, waiting = notify.retry_due(client, load)
+        with ResultsDb() as db:
+            stored = sinks.deliver_to_database(client, db)[sinks.DATABASE].stored
+        if stored:
+            log.info("stored %d finished campaign(s) in the results database", stored)
     except Exception:
-        log.exception("webhook notifications not attempted; retrying later")
-        return
-    if delivered or waiting:
-        log.info("webhook: %d notification(s) delivered, %d waiting for a retry", delivered, waiting)
+        log.exception("storing finished campaigns failed; retrying")
+    notified = _guarded("webhook", lambda: sinks.deliver_notifications(client))
+    if notified and any(notified):
+        log.info("webhook: %d notification(s) delivered, %d waiting for a retry", *notified)
+
+
+def _guarded(sink: str, deliver: Callable[[], T]) -> T | None:
+    """A sink's pass; its error is logged and a later task tries again, nothing else is lost."""
+    try:
+        return deliver()
+    except Exception:
+        log.exception("the %s sink failed; retrying later", sink)
+        return None
 
 
 @app.task(name=protocol.SCHEDULE_TICK, ignore_result=True)
@@ -248,7 +253,7 @@ def _resume_campaigns(sender: Any = None, **_: Any) -> None:
         return
     client = _redis()
     # Whatever finished, or failed to notify, while no control worker ran.
-    if outbox.pending(client) or notify.pending_notifications(client):
+    if sinks.pending(client):
         record_results.apply_async(queue=CONTROL_QUEUE)
     try:
         notify.webhook_url()

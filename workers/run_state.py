@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 
-from model.protocol import RunStatus
+from model.protocol import RunStatus, SetupStage, StageFailure
 from model.state import EVENTS_MAXLEN, campaign_key, decode_fields, encode_fields, events_key, node_key, run_key
 
 # Compare-and-set in one step: a run moves provisioning -> running only while it is still
@@ -20,6 +20,17 @@ from model.state import EVENTS_MAXLEN, campaign_key, decode_fields, encode_field
 _MARK_RUNNING = """
 if redis.call('HGET', KEYS[1], 'status') == ARGV[1] and redis.call('HGET', KEYS[1], 'attempt') == ARGV[2] then
   redis.call('HSET', KEYS[1], 'status', ARGV[3], ARGV[3] .. '_at', ARGV[4])
+  return 1
+end
+return 0
+"""
+
+
+# Write a stage's fields only while the run is still in that stage at the task's attempt: a
+# task the scheduler gave up on (silent too long, redone) must not write into the next one.
+_SET_IF_CURRENT = """
+if redis.call('HGET', KEYS[1], 'status') == ARGV[1] and redis.call('HGET', KEYS[1], ARGV[2]) == ARGV[3] then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 4))
   return 1
 end
 return 0
@@ -37,8 +48,28 @@ class RunState:
     def run(self) -> dict[str, Any]:
         return decode_fields(self.redis.hgetall(run_key(self.cid, self.rid)))
 
-    def set_run(self, **fields: Any) -> None:
-        self.redis.hset(run_key(self.cid, self.rid), mapping=encode_fields(fields))
+    # -- a setup stage's task: its narrow writers, each a compare-and-set ------------------------
+    def claim_stage(self, stage: SetupStage, attempt: int, owner: str) -> bool:
+        """Take the stage's task: False when it is stale (the scheduler moved on) or redelivered
+        after the run left the stage."""
+        return self._set_if_current(stage, attempt, {stage.owner: owner, stage.beat: time.time()})
+
+    def beat_stage(self, stage: SetupStage, attempt: int) -> bool:
+        return self._set_if_current(stage, attempt, {stage.beat: time.time()})
+
+    def finish_stage(self, stage: SetupStage, attempt: int, outcome: StageFailure | Any) -> bool:
+        """The stage's outcome: its failure, or its result (JSON) with the time it was done."""
+        if isinstance(outcome, StageFailure):
+            return self._set_if_current(stage, attempt, {stage.failure: outcome.model_dump()})
+        return self._set_if_current(stage, attempt, {stage.result: outcome, stage.done: time.time()})
+
+    def _set_if_current(self, stage: SetupStage, attempt: int, fields: dict[str, Any]) -> bool:
+        stray = set(fields) - stage.task_fields()
+        if stray:  # not an assert: gone under -O, and this is the contract with the scheduler
+            raise ValueError(f"the {stage.name} task may not write {sorted(stray)}")
+        pairs = [item for field, value in encode_fields(fields).items() for item in (field, value)]
+        key = run_key(self.cid, self.rid)
+        return bool(self.redis.eval(_SET_IF_CURRENT, 1, key, stage.status.value, stage.attempt, str(attempt), *pairs))
 
     def mark_running(self, attempt: int) -> bool:
         """The run is running (its first node reached the workload), if it is still

@@ -23,7 +23,7 @@ from celery import signals
 
 from model import protocol
 from model.paths import results_root
-from model.protocol import RunStatus, version_skew
+from model.protocol import BUILD_STAGE, PREPARE_STAGE, RunStatus, SetupStage, StageFailure, version_skew
 from model.runspec import BuildMessage, Failure, FailureCause, NodeResult, NodeRunSpec, RunSetupSpec
 from model.state import (
     TERMINAL,
@@ -67,31 +67,33 @@ def _redis() -> redis.Redis:
 M = TypeVar("M", bound=pydantic.BaseModel)
 
 
-def _stage_message(state: RunState, stage: str, status: str, model: type[M], message: Any, attempt: int) -> M | None:
-    """The validated message of a stage's task, or None when it must do nothing.
+def _stage_message(state: RunState, stage: SetupStage, model: type[M], message: Any, attempt: int) -> M | None:
+    """The validated message of a stage's task, claimed for this worker; None when it must do nothing.
 
-    Stale (the scheduler moved on) or redelivered: nothing. Invalid: the stage fails as the
-    input's (the run is invalid), and nothing runs.
+    Stale (the scheduler moved on) or redelivered: nothing is written (every write is a
+    compare-and-set on the run's status and the stage's attempt). Of another protocol
+    version: the stage fails as the lab's (infra). Invalid: as the input's (the run is
+    invalid). Either way nothing runs.
     """
-    run = state.run()
-    if run.get("status") != status or int(run.get(f"{stage}_attempt", 0) or 0) != attempt:
-        return None
+    failure: StageFailure | None = None
+    parsed: M | None = None
     skew = version_skew(message)
     if skew is not None:  # the lab's worker and the control plane disagree: the lab's problem
-        log.error("refused the %s of %s %s: %s", stage, state.cid, state.rid, skew)
-        state.set_run(**{f"{stage}_failure": {"cause": "infra", "reason": skew}})
+        log.error("refused the %s of %s %s: %s", stage.name, state.cid, state.rid, skew)
+        failure = StageFailure(cause="infra", reason=skew)
+    else:
+        try:
+            parsed = model.model_validate(message)
+        except pydantic.ValidationError as err:
+            failure = StageFailure(cause="input", reason=f"{stage.name} message is invalid: {_errors(err)}")
+        else:
+            if (getattr(parsed, "campaign", None), getattr(parsed, "run_id", None)) != (state.cid, state.rid):
+                failure = StageFailure(cause="input", reason=f"{stage.name} message names another run")
+    if failure is not None:
+        state.finish_stage(stage, attempt, failure)
         return None
-    try:
-        parsed = model.model_validate(message)
-    except pydantic.ValidationError as err:
-        state.set_run(
-            **{f"{stage}_failure": {"cause": "input", "reason": f"{stage} message is invalid: {_errors(err)}"}}
-        )
+    if not state.claim_stage(stage, attempt, f"{socket.gethostname()}:{os.getpid()}"):
         return None
-    if (getattr(parsed, "campaign", None), getattr(parsed, "run_id", None)) != (state.cid, state.rid):
-        state.set_run(**{f"{stage}_failure": {"cause": "input", "reason": f"{stage} message names another run"}})
-        return None
-    state.set_run(**{f"{stage}_owner": f"{socket.gethostname()}:{os.getpid()}", f"{stage}_beat": time.time()})
     return parsed
 
 
@@ -113,15 +115,15 @@ def build_kernel(message: dict[str, Any], cid: str, rid: str, attempt: int) -> N
     """Build (or find) a run's ``build`` kernel, on the build queue, once per hash."""
     client = _redis()
     state = RunState(client, cid, rid)
-    build = _stage_message(state, "build", RunStatus.BUILDING, BuildMessage, message, attempt)
+    build = _stage_message(state, BUILD_STAGE, BuildMessage, message, attempt)
     if build is None:
         return
-    with _Heartbeat(lambda: state.set_run(build_beat=time.time())):
+    with _Heartbeat(lambda: state.beat_stage(BUILD_STAGE, attempt)):
         outcome = _build(client, build, _note(state, "build"))
-    state.set_run(**outcome)
+    state.finish_stage(BUILD_STAGE, attempt, outcome)
 
 
-def _build(client: redis.Redis, message: BuildMessage, note: Callable[[str], None]) -> dict[str, Any]:
+def _build(client: redis.Redis, message: BuildMessage, note: Callable[[str], None]) -> StageFailure | dict[str, Any]:
     try:
         spec = admit_build(message)
         digest = inputs_digest(spec, note)
@@ -129,12 +131,12 @@ def _build(client: redis.Redis, message: BuildMessage, note: Callable[[str], Non
         with client.lock(build_lock_key(digest), timeout=BUILD_LOCK_S, blocking_timeout=BUILD_LOCK_S):
             artifact = build_artifact(spec, note)
     except InputFault as refused:
-        return {"build_failure": {"cause": "input", "reason": refused.reason}}
+        return StageFailure(cause="input", reason=refused.reason[-4000:])
     except BuildError as failed:
         note(f"failed ({failed.cause}) at {failed.stage}")
-        return {"build_failure": {"cause": failed.cause, "reason": failed.reason[-4000:]}}
+        return StageFailure(cause="input" if failed.cause == "input" else "infra", reason=failed.reason[-4000:])
     except (KernelError, OSError, redis.RedisError) as err:
-        return {"build_failure": {"cause": "infra", "reason": f"{type(err).__name__}: {err}"}}
+        return StageFailure(cause="infra", reason=f"{type(err).__name__}: {err}"[-4000:])
     note(f"built {artifact.summary()}")
     built = {
         "artifact": artifact.hash,
@@ -142,22 +144,22 @@ def _build(client: redis.Redis, message: BuildMessage, note: Callable[[str], Non
         "uts_version": artifact.meta["uts_version"],
         "patches": [str(patch.get("subject", "")) for patch in artifact.meta.get("patches", [])][:500],
     }
-    return {"built": built, "built_at": time.time()}
+    return built
 
 
 @app.task(name=protocol.PREPARE_RUN, ignore_result=True)
 def prepare_run(spec: dict[str, Any], cid: str, rid: str, attempt: int) -> None:
     """Make the lab's NFS server serve and build the run's node image, once per run attempt."""
     state = RunState(_redis(), cid, rid)
-    setup = _stage_message(state, "prepare", RunStatus.PREPARING, RunSetupSpec, spec, attempt)
+    setup = _stage_message(state, PREPARE_STAGE, RunSetupSpec, spec, attempt)
     if setup is None:
         return
-    with _Heartbeat(lambda: state.set_run(prepare_beat=time.time())):
+    with _Heartbeat(lambda: state.beat_stage(PREPARE_STAGE, attempt)):
         outcome = _prepare(setup, state)
-    state.set_run(**outcome)
+    state.finish_stage(PREPARE_STAGE, attempt, outcome)
 
 
-def _prepare(setup: RunSetupSpec, state: RunState) -> dict[str, Any]:
+def _prepare(setup: RunSetupSpec, state: RunState) -> StageFailure | dict[str, Any] | str:
     def note(phase: str, text: str) -> None:
         _safely(lambda: state.event(kind="phase", node="", phase=phase, detail=text))
 
@@ -165,14 +167,14 @@ def _prepare(setup: RunSetupSpec, state: RunState) -> dict[str, Any]:
         prepared = run_setup(setup, note)
     except StepFailure as failure:
         note("prepare", f"failed ({failure.cause}): {failure.reason}")
-        return {"prepare_failure": {"cause": failure.cause, "reason": failure.reason}}
-    return {"prepared": prepared.model_dump(mode="json") if prepared else "", "prepared_at": time.time()}
+        return StageFailure(cause=failure.cause, reason=failure.reason[-4000:])
+    return prepared.model_dump(mode="json") if prepared else ""
 
 
 class _Heartbeat:
     """Calls ``beat`` every few seconds while a long setup runs (the scheduler watches it)."""
 
-    def __init__(self, beat: Callable[[], None]) -> None:
+    def __init__(self, beat: Callable[[], object]) -> None:
         self._beat = beat
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="setup-heartbeat", daemon=True)
@@ -337,7 +339,7 @@ class _RedisProgress:
         )
 
 
-def _safely(action: Callable[[], None]) -> None:
+def _safely(action: Callable[[], object]) -> None:
     try:
         action()
     except redis.RedisError as err:  # progress is best effort; the run goes on

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +14,18 @@ import click
 
 from model.campaign import Campaign
 from model.exitcode import ExitCode
+from model.paths import results_root
+from model.state import redacted
+from orchestrator import sinks
 from orchestrator.cli.common import CAMPAIGN_FILE, load_lab_or_exit, load_or_exit
 from orchestrator.cli.distributed_cmds import connect, finish_output, submit_campaign
-from orchestrator.history import outbox
 from orchestrator.planner import plan_runs
+from orchestrator.reports import FILES
 from orchestrator.services import LocalServices, ServiceError
 from orchestrator.watch import follow
+
+# How long `swaplab run` waits for the control worker's reports and database store.
+SINK_WAIT_S = 120.0
 
 
 @click.command()
@@ -70,32 +77,43 @@ def run(campaign_file: Path, as_json: bool, results: Path) -> None:
     try:
         with LocalServices(lab, len(lab.nodes) + 1, results / "services", _note):
             info = _submit_and_follow(campaign)
-            record_finished(info)
+            await_sinks(info)
     except ServiceError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
     finish_output(info, as_json)
 
 
-def record_finished(info: dict[str, Any]) -> None:
-    """Write the campaign's reports and store it in the results database; say where."""
-    from orchestrator.history.db import ResultsDb  # SQLAlchemy and matplotlib load only here
-    from orchestrator.recording import record_pending, write_campaign_reports
-
-    record = info.get("result")
-    if not isinstance(record, dict):
+def await_sinks(info: dict[str, Any], wait_s: float = SINK_WAIT_S) -> None:
+    """Wait (up to ``wait_s``) for the control worker to write the campaign's reports and
+    store it in the results database (orchestrator.sinks); say what each did."""
+    result = info.get("result")
+    cid = result.get("campaign_id") if isinstance(result, dict) else None
+    if not isinstance(cid, str):
         return
-    written = write_campaign_reports(record)
-    if written:
-        _note(f"reports: {', '.join(str(path) for path in written.values())}")
-    store = connect()
-    with ResultsDb() as db:
-        record_pending(store.redis, db)
-        where = db.where
-    if record["campaign_id"] in outbox.pending(store.redis):
-        _note(f"results database {where} unreachable: the record waits in Redis and is stored when it is back")
+    client = connect().redis
+    deadline = time.monotonic() + wait_s
+    while (waiting := set(sinks.awaiting(client, cid)) & {sinks.REPORTS, sinks.DATABASE}) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    refused = sinks.refused(client, cid)
+    if sinks.REPORTS in waiting or sinks.REPORTS in refused:
+        _note(f"reports not written: {refused.get(sinks.REPORTS, 'the control worker has not got to them yet')}")
     else:
-        _note(f"stored in the results database {where} (swaplab show {record['campaign_id']})")
+        written = [path for path in (results_root() / cid / name for name in FILES.values()) if path.is_file()]
+        _note(f"reports: {', '.join(map(str, written))}" if written else "reports: in the control worker's results directory")
+    where = _database_where()
+    if sinks.DATABASE in refused:
+        _note(f"not stored in the results database {where}: {refused[sinks.DATABASE]}")
+    elif sinks.DATABASE in waiting:
+        _note(f"results database {where} not reached yet: the record waits in Redis and is stored when it is back")
+    else:
+        _note(f"stored in the results database {where} (swaplab show {cid})")
+
+
+def _database_where() -> str:
+    from orchestrator.history.db import database_url  # SQLAlchemy loads only here
+
+    return redacted(database_url())
 
 
 def _note(text: str) -> None:

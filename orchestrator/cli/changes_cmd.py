@@ -2,8 +2,9 @@
 
 The body of the option, as a function the ``history`` command calls: it reads the
 campaign's stored instances, detects the change points per figure
-(``orchestrator.changepoints``), stores them for the history dashboard
-(``orchestrator.history.changes``) and prints one line per change point, or JSON.
+(``orchestrator.changepoints``) and prints one line per change point, or JSON. It only
+reads: the change points the history dashboard shows are stored by the control plane as
+each night is recorded (the ``changes`` sink, orchestrator.sinks).
 
 Everything heavy (SQLAlchemy, numpy, the E-divisive library) is imported when the
 function runs, so ``swaplab history`` without ``--changes`` does not load it.
@@ -13,25 +14,21 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from model.display import printable
 from model.exitcode import ExitCode
 
-if TYPE_CHECKING:
-    from orchestrator.changepoints import ChangePoint
-
 __all__ = ["history_changes"]
 
 
 def history_changes(campaign: str, as_json: bool, show_all: bool) -> None:
-    """Detect, store and print the change points of ``campaign``'s nights.
+    """Detect and print the change points of ``campaign``'s nights.
 
     ``show_all``: also the change points below their figure's tolerance. Exit 2 when the
-    database cannot answer or holds no instance of ``campaign``. Storing is a side
-    effect: when it fails, the change points are still printed, with a warning.
+    database cannot answer or holds no instance of ``campaign``.
     """
     # Imported here, not at the top: history_cmds imports this module.
     from orchestrator.changepoints import HISTORY_NIGHTS, detect_changes
@@ -43,7 +40,6 @@ def history_changes(campaign: str, as_json: bool, show_all: bool) -> None:
         click.echo("(`swaplab history` lists what is stored; a campaign is named as in its file)", err=True)
         sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
     analysis = detect_changes(campaign, instances)
-    _store(campaign, analysis.change_points)
     if as_json:
         click.echo(json.dumps(analysis.to_json(show_all), indent=2))
         return
@@ -52,15 +48,3 @@ def history_changes(campaign: str, as_json: bool, show_all: bool) -> None:
     for note in analysis.notes(show_all):
         click.echo(printable(f"note: {note}"), err=True)
 
-
-def _store(campaign: str, points: list[ChangePoint]) -> None:
-    """Store the change points; a database that went away meanwhile costs a warning, not the answer."""
-    from orchestrator.history.changes import store_change_points
-    from orchestrator.history.db import ResultsDb, database_url
-    from orchestrator.history.errors import DatabaseUnavailable
-
-    try:
-        with ResultsDb(database_url()) as db:
-            store_change_points(db, campaign, points)
-    except DatabaseUnavailable as err:
-        click.echo(f"warning: change points not stored for the dashboard: {err}", err=True)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from model.kernel import BuildSpec, DebianSource
+from model.protocol import StageFailure
 from model.runspec import BuildMessage
 from tests.integration.redis_server import RedisServer, redis_server_fixture  # noqa: F401  (the fixture)
 from workers import tasks
@@ -105,7 +106,7 @@ def test_two_build_workers_build_one_hash_once(
     # Each "worker" its own file lock: only the Redis lock can keep them apart.
     monkeypatch.setattr(artifacts, "building", lambda _digest: _no_lock())
     message = BuildMessage(campaign="c-20261129-120000-abcd", run_id="r001", lab="local", kernel={"build": SPEC})
-    outcomes: list[dict[str, Any]] = []
+    outcomes: list[StageFailure | dict[str, Any]] = []
 
     def worker() -> None:
         outcomes.append(tasks._build(redis_server.client(), message, lambda _t: None))
@@ -116,7 +117,7 @@ def test_two_build_workers_build_one_hash_once(
     for thread in threads:
         thread.join()
     assert stub.builds == 1
-    assert [outcome["built"]["artifact"] for outcome in outcomes] == [DIGEST, DIGEST]
+    assert [outcome["artifact"] for outcome in outcomes if isinstance(outcome, dict)] == [DIGEST, DIGEST]
 
 
 class _no_lock:

@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 from model.kernel import BuildSpec, DebianSource, GitSource, TarballSource
+from model.protocol import StageFailure
 from model.runspec import BuildMessage
 from tests.conftest import require_tools
 from workers import tasks
@@ -125,11 +126,10 @@ def test_a_makefile_patch_runs_as_the_build_user_and_reaches_nothing_of_roots(at
         campaign="c-20261201-120000-abcd", run_id="r001", lab="local", kernel={"build": attack.spec(source)}
     )
 
-    outcome = tasks._build(_NoLock(), message, lambda _text: None)  # type: ignore[arg-type]
+    failure = tasks._build(_NoLock(), message, lambda _text: None)  # type: ignore[arg-type]
 
-    failure = outcome["build_failure"]
-    assert failure["cause"] == "input", failure  # the run is invalid, not a host failure
-    assert "the patch stops the build here" in failure["reason"]
+    assert isinstance(failure, StageFailure) and failure.cause == "input", failure  # invalid, not a host failure
+    assert "the patch stops the build here" in failure.reason
     assert os.listdir(attack.root_only) == ["secret"]
     assert not (artifacts.root() / "owned").exists()
     assert not (attack.other_lineage / "owned").exists()
@@ -160,9 +160,9 @@ def test_without_the_build_user_nothing_is_built(attack: Attack, monkeypatch: py
     message = BuildMessage(
         campaign="c-20261201-120000-abcd", run_id="r001", lab="local", kernel={"build": attack.spec()}
     )
-    outcome = tasks._build(_NoLock(), message, lambda _text: None)  # type: ignore[arg-type]
-    assert outcome["build_failure"]["cause"] == "infra"
-    assert "scripts/setup" in outcome["build_failure"]["reason"]
+    failure = tasks._build(_NoLock(), message, lambda _text: None)  # type: ignore[arg-type]
+    assert isinstance(failure, StageFailure) and failure.cause == "infra"
+    assert "scripts/setup" in failure.reason
     assert not attack.probe.exists() and os.listdir(attack.root_only) == ["secret"]
     assert artifacts.listing() == []  # nothing cached: once set up, the same inputs build
 

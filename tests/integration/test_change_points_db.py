@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import datetime
 import json
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -30,15 +31,16 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlalchemy.orm import Session
 
-from model.state import campaign_key
+from model.state import CONTROL_QUEUE, campaign_key
+from orchestrator import sinks
 from orchestrator.changepoints import ChangePoint
 from orchestrator.cli.changes_cmd import history_changes
-from orchestrator.history import outbox
 from orchestrator.history.changes import store_change_points, stored_change_points
 from orchestrator.history.db import ResultsDb, alembic_config, head_revision
 from orchestrator.history.models import Base
 from orchestrator.history.record import campaign_row, parse, storable
-from orchestrator.recording import record_pending, update_change_points
+from orchestrator.services import LocalWorker
+from orchestrator.sinks import update_change_points
 from tests.integration.postgres_server import PostgresServer, postgres_server_fixture  # noqa: F401  (the fixture)
 from tests.integration.redis_server import RedisServer, redis_server_fixture  # noqa: F401  (the fixture)
 
@@ -225,21 +227,14 @@ def test_history_changes_names_the_night_the_kernel_and_the_figures(
             line,
         ), line
     assert f"1 night(s) without a passing run, not counted: {records[6]['campaign_id']}" in err
-    with ResultsDb(url) as db:
-        stored = stored_change_points(db, "nightly")
-    assert [(r["figure"], r["campaign_id"], r["worse"]) for r in stored] == [
-        ("swap_out_mibps", first_new["campaign_id"], True),
-        ("swap_in_mibps", first_new["campaign_id"], True),
-    ]
-    assert stored[0]["change_pct"] == pytest.approx(-34.0)
 
     history_changes("nightly", as_json=True, show_all=True)
 
     data = json.loads(capsys.readouterr().out)
     assert [p["figure"] for p in data["change_points"]] == ["swap_out_mibps", "swap_in_mibps"]
     assert [s["campaign_id"] for s in data["skipped"]] == [records[6]["campaign_id"]]
-    with ResultsDb(url) as db:  # run again: replaced, not doubled
-        assert len(stored_change_points(db, "nightly")) == 2
+    with ResultsDb(url) as db:  # a read command: storing is the control plane's (the changes sink)
+        assert stored_change_points(db, "nightly") == []
 
 
 def test_history_changes_of_a_campaign_never_stored_exits_2(
@@ -253,12 +248,11 @@ def test_history_changes_of_a_campaign_never_stored_exits_2(
 
 
 # -- the recording ----------------------------------------------------------------------------
-def test_a_night_recorded_from_the_outbox_stores_its_change_points_without_any_command(
-    url: str, redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_night_the_control_worker_records_has_its_change_points_stored_without_any_command(
+    url: str, redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    """What the control worker's record task does when a night ends: the last night goes
-    through the real Redis outbox into the database, and the change points follow."""
-    monkeypatch.setenv("SWAPLAB_RESULTS", str(tmp_path / "results"))  # no report directory here
+    """What happens when a night ends: the night is in its sinks' outboxes in a real Redis,
+    a real control worker starts (and runs the sinks), the change points follow."""
     records = nightly_records()
     *earlier, last = records
     with ResultsDb(url) as db:
@@ -270,15 +264,45 @@ def test_a_night_recorded_from_the_outbox_stores_its_change_points_without_any_c
         assert stored_change_points(db, "nightly") == []  # stored straight, as before: no analysis
     client = redis_server.client()
     client.hset(campaign_key(last["campaign_id"]), mapping={"id": last["campaign_id"], "result": json.dumps(last)})
-    outbox.enqueue(client, last["campaign_id"])
+    sinks.enqueue(client, last["campaign_id"])
+    env = {**os.environ, "SWAPLAB_REDIS_URL": redis_server.url, "SWAPLAB_DB_URL": url}
+    env["SWAPLAB_RESULTS"] = str(tmp_path / "results")  # no report directory here
+    env.pop("SWAPLAB_WEBHOOK_URL", None)
+    worker = LocalWorker([CONTROL_QUEUE], 2, tmp_path / "worker.log", name="sinks", env=env)
+    worker.start(client)  # a control worker that starts runs what waits in the outboxes
+    try:
+        deadline = time.monotonic() + 40
+        while sinks.awaiting(client, last["campaign_id"]) and time.monotonic() < deadline:
+            time.sleep(0.3)
+    finally:
+        worker.stop()
 
+    assert sinks.awaiting(client, last["campaign_id"]) == [], (tmp_path / "worker.log").read_text()[-3000:]
     with ResultsDb(url) as db:
-        assert record_pending(client, db) == (1, 0)
+        assert db.campaign(last["campaign_id"]) is not None
         stored = stored_change_points(db, "nightly")
-    assert [(row["figure"], row["campaign_id"]) for row in stored] == [
-        ("swap_out_mibps", records[7]["campaign_id"]),
-        ("swap_in_mibps", records[7]["campaign_id"]),
+    assert [(row["figure"], row["campaign_id"], row["worse"]) for row in stored] == [
+        ("swap_out_mibps", records[7]["campaign_id"], True),
+        ("swap_in_mibps", records[7]["campaign_id"], True),
     ]
+    assert stored[0]["change_pct"] == pytest.approx(-34.0)
+
+
+def test_the_change_points_wait_for_the_night_to_be_in_the_database(
+    url: str, redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The changes sink runs only once the database sink has the night: not on what it lacks."""
+    monkeypatch.setenv("SWAPLAB_RESULTS", str(tmp_path / "results"))
+    client = redis_server.client()
+    last = nightly_records()[-1]
+    sinks.enqueue(client, last["campaign_id"])  # no record yet: the database sink keeps it
+    with ResultsDb(url) as db:
+        delivered = sinks.deliver(client, db)
+    assert delivered[sinks.DATABASE] == sinks.Delivered(0, 1) and delivered[sinks.CHANGES] == sinks.Delivered(0, 1)
+    client.hset(campaign_key(last["campaign_id"]), mapping={"id": last["campaign_id"], "result": json.dumps(last)})
+    with ResultsDb(url) as db:
+        delivered = sinks.deliver(client, db)
+    assert delivered[sinks.DATABASE] == sinks.Delivered(1, 0) and delivered[sinks.CHANGES] == sinks.Delivered(1, 0)
 
 
 def test_too_few_nights_have_no_change_points_to_store(url: str) -> None:

@@ -17,11 +17,11 @@ import stat
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from model.kernel import BuildSpec, KernelSource, TarballSource
+from model.protocol import StageFailure
 from model.runspec import BuildMessage
 from tests.conftest import require_tools
 from workers import tasks
@@ -157,10 +157,9 @@ def test_a_patch_linked_to_a_root_only_file_is_refused_without_quoting_it(
     monkeypatch.setattr(tasks, "admit_build", lambda message: message.kernel.build)
     said: list[str] = []
 
-    outcome: dict[str, Any] = tasks._build(None, message, said.append)  # type: ignore[arg-type]  # no lock reached
+    failure = tasks._build(None, message, said.append)  # type: ignore[arg-type]  # no lock reached
 
-    failure = outcome["build_failure"]
-    assert failure["cause"] == "input"
-    assert "0001-mm-swap-evil.patch is a symbolic link" in failure["reason"]
-    assert "secret" not in failure["reason"] and not any("secret" in line for line in said)
+    assert isinstance(failure, StageFailure) and failure.cause == "input"
+    assert "0001-mm-swap-evil.patch is a symbolic link" in failure.reason
+    assert "secret" not in failure.reason and not any("secret" in line for line in said)
     _unchanged(target)

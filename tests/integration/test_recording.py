@@ -14,10 +14,9 @@ import redis
 from click.testing import CliRunner
 
 from model.state import campaign_key
+from orchestrator import sinks
 from orchestrator.cli import main
-from orchestrator.history import outbox
 from orchestrator.history.db import ResultsDb
-from orchestrator.recording import record_pending
 from orchestrator.store import CampaignStore
 from tests.integration.redis_server import RedisServer, redis_server_fixture  # noqa: F401
 
@@ -41,7 +40,7 @@ def finished(tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.Monk
         campaign_key(record["campaign_id"]),
         mapping={"id": record["campaign_id"], "status": "done", "result": json.dumps(record)},
     )
-    outbox.enqueue(client, record["campaign_id"])
+    sinks.enqueue(client, record["campaign_id"])
     return record
 
 
@@ -53,7 +52,7 @@ def _cli(*args: str) -> tuple[int, str]:
 def test_a_finished_campaign_is_stored_and_reported(finished: dict[str, Any]) -> None:
     client = redis.Redis.from_url(os.environ["SWAPLAB_REDIS_URL"])
     with ResultsDb() as db:
-        assert record_pending(client, db) == (1, 0)
+        assert sinks.deliver(client, db)[sinks.DATABASE] == sinks.Delivered(1, 0)
         assert db.campaign(finished["campaign_id"]) is not None
     folder = Path(finished["result_dir"])
     for name in ("report.txt", "report.html", "junit.xml", "report.json"):
@@ -63,7 +62,7 @@ def test_a_finished_campaign_is_stored_and_reported(finished: dict[str, Any]) ->
 def test_show_history_and_report_answer_after_redis_forgot(finished: dict[str, Any], tmp_path: Path) -> None:
     client = redis.Redis.from_url(os.environ["SWAPLAB_REDIS_URL"])
     with ResultsDb() as db:
-        record_pending(client, db)
+        sinks.deliver(client, db)
     CampaignStore(client).delete(finished["campaign_id"])
     code, shown = _cli("show", finished["campaign_id"])
     assert code == 0 and finished["campaign_id"] in shown
@@ -79,7 +78,7 @@ def test_a_record_redis_forgot_is_stored_from_its_result_json(finished: dict[str
     client = redis.Redis.from_url(os.environ["SWAPLAB_REDIS_URL"])
     CampaignStore(client).delete(finished["campaign_id"])  # the outbox entry outlives it
     with ResultsDb() as db:
-        assert record_pending(client, db) == (1, 0)
+        assert sinks.deliver(client, db)[sinks.DATABASE] == sinks.Delivered(1, 0)
         assert db.campaign(finished["campaign_id"]) is not None
 
 

@@ -19,10 +19,9 @@ import pytest
 from model.campaign import load_campaign
 from model.result import RESULT_SCHEMA_VERSION, schema_problems
 from model.state import campaign_key
-from orchestrator.history import outbox
+from orchestrator import sinks
 from orchestrator.history.db import ResultsDb
 from orchestrator.planner import plan_runs
-from orchestrator.recording import record_pending
 from orchestrator.scheduler import Scheduler
 from orchestrator.store import CampaignStore
 from tests.integration.dispatch import RecordingDispatch
@@ -113,7 +112,7 @@ def test_a_campaign_directory_swapped_for_a_link_gets_nothing(
     _untouched(target)
     assert [p.name for p in target.parent.iterdir()] == ["shadow"]
     assert store.campaign(CID)["status"] == "done"  # the record itself still reached Redis
-    assert CID in outbox.pending(store.redis)
+    assert sinks.awaiting(store.redis, CID) == list(sinks.OUTBOXES)
 
 
 def test_a_forged_campaign_id_naming_a_path_is_ignored(redis_server: RedisServer, tmp_path: Path) -> None:
@@ -147,10 +146,10 @@ def test_reports_go_below_the_results_root_whatever_the_record_says(
     (results / CID / "junit.xml").symlink_to(target)
     client = redis_server.client()
     client.hset(campaign_key(CID), mapping={"id": CID, "status": "done", "result": json.dumps(record)})
-    outbox.enqueue(client, CID)
+    sinks.enqueue(client, CID)
 
     with ResultsDb() as db:
-        assert record_pending(client, db) == (1, 0)
+        assert sinks.deliver(client, db)[sinks.DATABASE] == sinks.Delivered(1, 0)
 
     _untouched(target)
     assert (elsewhere / "report.txt").is_symlink() and sorted(p.name for p in elsewhere.iterdir()) == [
@@ -170,17 +169,17 @@ def test_a_record_under_a_foreign_key_never_replaces_a_stored_campaign(
     client = redis_server.client()
     victim = _record(CID, "fail")
     client.hset(campaign_key(CID), mapping={"id": CID, "status": "done", "result": json.dumps(victim)})
-    outbox.enqueue(client, CID)
+    sinks.enqueue(client, CID)
     with ResultsDb() as db:
-        assert record_pending(client, db) == (1, 0)
+        assert sinks.deliver(client, db)[sinks.DATABASE] == sinks.Delivered(1, 0)
 
     # The forger writes a passing record claiming to be CID under a key of its own.
     forged_key = "forged-20261201-120000-0bad"
     client.hset(campaign_key(forged_key), mapping={"id": forged_key, "status": "done", "result": json.dumps(_record(CID, "pass"))})
-    outbox.enqueue(client, forged_key)
+    sinks.enqueue(client, forged_key)
     with ResultsDb() as db:
-        assert record_pending(client, db) == (0, 0)
+        assert sinks.deliver(client, db)[sinks.DATABASE] == sinks.Delivered(0, 0)
         stored = db.campaign(CID)
         assert stored is not None and stored["verdict"] == "fail"
         assert db.campaign(forged_key) is None
-    assert "claims to be campaign" in outbox.set_aside(client)[forged_key]
+    assert "claims to be campaign" in sinks.refused(client, forged_key)[sinks.DATABASE]

@@ -25,7 +25,7 @@ from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session
 
 from model.state import RESULTS_OUTBOX_KEY
-from orchestrator.history import outbox
+from orchestrator import outbox
 from orchestrator.history.db import DatabaseUnavailable, InvalidRecord, ResultsDb, head_revision
 from orchestrator.history.models import Base, CampaignRow, CriterionRow, FigureRow, NodeRow, RunRow
 from tests.conftest import free_port
@@ -373,15 +373,15 @@ def test_a_campaign_finished_while_the_database_is_down_is_stored_when_it_is_bac
     records = {SMOKE["campaign_id"]: SMOKE}
     postgres_server.stop()
     try:
-        outbox.enqueue(client, SMOKE["campaign_id"])  # the campaign finishes now
+        outbox.enqueue(client, RESULTS_OUTBOX_KEY, SMOKE["campaign_id"])  # the campaign finishes now
 
-        assert outbox.flush(client, worker_db, records.get) == (0, 1)
-        assert outbox.flush(client, ResultsDb(postgres_server.url(name)), records.get) == (0, 1)  # a fresh worker too
-        assert outbox.pending(client) == [SMOKE["campaign_id"]] and outbox.set_aside(client) == {}
+        assert outbox.flush(client, RESULTS_OUTBOX_KEY, worker_db, records.get) == (0, 1)
+        assert outbox.flush(client, RESULTS_OUTBOX_KEY, ResultsDb(postgres_server.url(name)), records.get) == (0, 1)  # a fresh worker too
+        assert outbox.pending(client, RESULTS_OUTBOX_KEY) == [SMOKE["campaign_id"]] and outbox.set_aside(client, RESULTS_OUTBOX_KEY) == {}
     finally:
         postgres_server.start()
 
-    assert outbox.flush(client, worker_db, records.get) == (1, 0)
+    assert outbox.flush(client, RESULTS_OUTBOX_KEY, worker_db, records.get) == (1, 0)
     assert client.hgetall(RESULTS_OUTBOX_KEY) == {}
     with ResultsDb(postgres_server.url(name)) as reader:
         assert reader.campaign(SMOKE["campaign_id"]) == SMOKE
@@ -404,23 +404,23 @@ def test_the_outbox_sets_aside_what_it_cannot_store_and_keeps_what_it_cannot_rea
         return records.get(cid)  # "later": not written yet
 
     for cid in ("good", "broken", "later", "garbled"):
-        outbox.enqueue(client, cid)
+        outbox.enqueue(client, RESULTS_OUTBOX_KEY, cid)
 
-    assert outbox.flush(client, db, load) == (1, 1)
-    assert outbox.pending(client) == ["later"]
-    aside = outbox.set_aside(client)
+    assert outbox.flush(client, RESULTS_OUTBOX_KEY, db, load) == (1, 1)
+    assert outbox.pending(client, RESULTS_OUTBOX_KEY) == ["later"]
+    aside = outbox.set_aside(client, RESULTS_OUTBOX_KEY)
     assert set(aside) == {"broken", "garbled"}
     assert "runs: Field required" in aside["broken"] and "unreadable record" in aside["garbled"]
     assert db.campaign("good") == records["good"]
 
     loads.clear()
-    assert outbox.flush(client, db, load) == (0, 1)
+    assert outbox.flush(client, RESULTS_OUTBOX_KEY, db, load) == (0, 1)
     assert loads == ["later"]  # what was set aside is not retried
 
     records["broken"] = variant(SMOKE, "broken")  # fixed; enqueueing it again retries it
-    outbox.enqueue(client, "broken")
-    assert outbox.flush(client, db, load) == (1, 1)
-    assert db.campaign("broken") is not None and "broken" not in outbox.set_aside(client)
+    outbox.enqueue(client, RESULTS_OUTBOX_KEY, "broken")
+    assert outbox.flush(client, RESULTS_OUTBOX_KEY, db, load) == (1, 1)
+    assert db.campaign("broken") is not None and "broken" not in outbox.set_aside(client, RESULTS_OUTBOX_KEY)
 
 
 def test_a_campaign_enqueued_again_while_it_is_stored_is_stored_again(db: ResultsDb, redis_server: RedisServer) -> None:
@@ -432,17 +432,17 @@ def test_a_campaign_enqueued_again_while_it_is_stored_is_stored_again(db: Result
         record = current[0]
         if record is first:  # `swaplab check` re-judges the campaign while the flush stores it
             current[0] = second
-            outbox.enqueue(client, cid)
+            outbox.enqueue(client, RESULTS_OUTBOX_KEY, cid)
         return record
 
-    outbox.enqueue(client, "c1")
-    assert outbox.flush(client, db, load_and_rejudge) == (1, 1)
-    assert outbox.flush(client, db, load_and_rejudge) == (1, 0)
+    outbox.enqueue(client, RESULTS_OUTBOX_KEY, "c1")
+    assert outbox.flush(client, RESULTS_OUTBOX_KEY, db, load_and_rejudge) == (1, 1)
+    assert outbox.flush(client, RESULTS_OUTBOX_KEY, db, load_and_rejudge) == (1, 0)
     assert db.campaign("c1") == second
 
 
 def test_the_outbox_loads_no_database_library() -> None:
-    """The scheduler enqueues under a campaign lock: importing the outbox must stay light."""
-    probe = "import sys, orchestrator.history.outbox; print(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'alembic', 'psycopg')))"
+    """The scheduler enqueues under a campaign lock: importing the sinks must stay light."""
+    probe = "import sys, orchestrator.sinks; print(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'alembic', 'psycopg')))"
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=True)
     assert proc.stdout.strip() == "[]"

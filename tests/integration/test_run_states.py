@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from model.protocol import RunStatus, UnknownStatus
+from model.protocol import BUILD_STAGE, PREPARE_STAGE, RunStatus, StageFailure, UnknownStatus
 from model.state import run_key
 from orchestrator.store import CampaignStore
 from tests.integration.redis_server import RedisServer, redis_server_fixture  # noqa: F401  (the fixture)
@@ -75,3 +75,43 @@ def test_an_unknown_state_is_refused_even_without_asserts(redis_server: RedisSer
     with pytest.raises(UnknownStatus):
         store.set_campaign_status(CID, "skipped")  # a run's state, not a campaign's
     assert not client.exists(run_key(CID, RID))
+
+
+# -- the setup stages' tasks write only through their compare-and-set ---------------------------
+def _building(store: CampaignStore, attempt: int) -> None:
+    store.set_run_status(CID, RID, RunStatus.BUILDING, build_attempt=attempt, build_beat="", built="", built_at="")
+
+
+def test_a_build_task_the_scheduler_gave_up_on_writes_nothing_into_the_next_attempt(redis_server: RedisServer) -> None:
+    client = redis_server.client()
+    store = CampaignStore(client)
+    _building(store, attempt=1)
+    old = RunState(client, CID, RID)
+    assert old.claim_stage(BUILD_STAGE, 1, "host-a:1")
+    _building(store, attempt=2)  # silent too long: the scheduler sent the build again
+    assert not old.beat_stage(BUILD_STAGE, 1)
+    assert not old.finish_stage(BUILD_STAGE, 1, StageFailure(cause="infra", reason="the old worker's disk filled up"))
+    assert not old.claim_stage(BUILD_STAGE, 1, "host-a:1")  # redelivered: not taken again
+    run = store.run(CID, RID)
+    assert "build_failure" not in run and run["build_beat"] == "" and run["build_owner"] == "host-a:1"
+
+    new = RunState(client, CID, RID)
+    assert new.claim_stage(BUILD_STAGE, 2, "host-b:2")
+    assert new.finish_stage(BUILD_STAGE, 2, {"artifact": "a" * 64, "release": "9.9.9"})
+    run = store.run(CID, RID)
+    assert run["built"]["release"] == "9.9.9" and float(run["built_at"]) > 0 and run["build_owner"] == "host-b:2"
+    store.set_run_status(CID, RID, RunStatus.PREPARING, prepare_attempt=1)
+    assert not new.finish_stage(BUILD_STAGE, 2, StageFailure(cause="infra", reason="late"))  # the run moved on
+    assert "build_failure" not in store.run(CID, RID)
+
+
+def test_a_stage_task_writes_only_its_own_fields(redis_server: RedisServer) -> None:
+    client = redis_server.client()
+    store = CampaignStore(client)
+    _building(store, attempt=1)
+    state = RunState(client, CID, RID)
+    with pytest.raises(ValueError, match="may not write"):
+        state._set_if_current(BUILD_STAGE, 1, {"status": "done"})
+    with pytest.raises(ValueError, match="may not write"):
+        state._set_if_current(PREPARE_STAGE, 1, {"built": "x"})
+    assert store.run(CID, RID)["status"] == RunStatus.BUILDING

@@ -4,7 +4,7 @@ retried when due — time moved by an injected clock, never slept — until deli
 given up after a day; a URL with a password never in a log or in Redis.
 
 The campaign is set up as the scheduler leaves a finished one (its record in Redis and in
-result.json) and read back with ``orchestrator.recording.finished_record``, as the control
+result.json) and read back with ``orchestrator.sinks.finished_record``, as the control
 worker does."""
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import redis
 
 from model.state import NOTIFY_DUE_KEY, NOTIFY_WAKEUP_KEY, as_text, campaign_key, notify_claim_key, notify_key
 from orchestrator import notify
-from orchestrator.recording import finished_record
 from orchestrator.reports import render
+from orchestrator.sinks import finished_record
 from orchestrator.store import CampaignStore
 from tests.conftest import free_port
 from tests.integration.redis_server import RedisServer, redis_server_fixture  # noqa: F401  (the fixture)

@@ -1,12 +1,13 @@
-"""Nothing finished is lost when the results database is down: an outbox in Redis.
+"""Nothing finished is lost when a sink is down: one outbox in Redis per sink.
 
-When a campaign finishes, ``enqueue(client, cid)`` records in Redis (the hash
-``RESULTS_OUTBOX_KEY``, which lives as long as Redis' own append-only file) that it must
-be stored. ``flush(client, db, load)`` then stores every pending campaign whose record
-``load(cid)`` returns, oldest first, and removes a campaign from the outbox only after its
-store has committed:
+A sink (orchestrator.sinks: the reports, the results database, the change points) has a
+Redis hash as its outbox, which lives as long as Redis' own append-only file. When a
+campaign finishes, ``enqueue(client, key, cid)`` records that the sink must take it.
+``flush(client, key, sink, load)`` then hands every pending campaign whose record
+``load(cid)`` returns to ``sink.store``, oldest first, and removes a campaign from the
+outbox only after the sink has committed it:
 
-- the database is unavailable (``DatabaseUnavailable``): the campaign stays pending and the
+- the sink is unavailable (``DatabaseUnavailable``): the campaign stays pending and the
   flush stops there (the next ones would fail the same way); a later flush stores it;
 - ``load`` returns None (no record yet): it stays pending;
 - the record is refused (invalid, not the campaign its key names, ``load`` raised
@@ -34,7 +35,7 @@ from typing import Any, Protocol
 
 import redis
 
-from model.state import RESULTS_OUTBOX_KEY, as_text
+from model.state import as_text
 from orchestrator.history.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ return 0
 
 
 class Store(Protocol):
-    """What the outbox needs of a results database (``ResultsDb``)."""
+    """What the outbox needs of a sink (``ResultsDb`` is one)."""
 
     def store(self, record: Mapping[str, Any]) -> None: ...
 
@@ -63,79 +64,95 @@ class _Outcome(Enum):
     UNAVAILABLE = "database unavailable"
 
 
-def enqueue(client: redis.Redis, cid: str) -> None:
-    """Record that finished campaign ``cid`` must be stored (again, if it was already)."""
+def enqueue(client: redis.Redis | redis.client.Pipeline, key: str, cid: str) -> None:
+    """Record in outbox ``key`` that finished campaign ``cid`` must be stored (again, if it was already)."""
     if not cid:
         raise ValueError("enqueue: empty campaign id")
     entry = {"queued_at": time.time(), "token": uuid.uuid4().hex}
-    client.hset(RESULTS_OUTBOX_KEY, cid, json.dumps(entry))
+    client.hset(key, cid, json.dumps(entry))
 
 
-def flush(client: redis.Redis, db: Store, load: Callable[[str], Mapping[str, Any] | None]) -> tuple[int, int]:
-    """Store the pending campaigns: (how many were stored, how many are still pending)."""
+def flush(
+    client: redis.Redis,
+    key: str,
+    sink: Store,
+    load: Callable[[str], Mapping[str, Any] | None],
+    ready: Callable[[str], bool] = lambda _cid: True,
+) -> tuple[int, int]:
+    """Store the pending campaigns that are ``ready`` (the others wait, quietly): (how many
+    were stored, how many are still pending)."""
     stored = 0
-    for cid, raw in _pending_entries(client):
-        outcome = _flush_one(client, db, load, cid, raw)
+    for cid, raw in _pending_entries(client, key):
+        if not ready(cid):
+            continue
+        outcome = _flush_one(client, _Outbox(key, sink), load, cid, raw)
         if outcome is _Outcome.UNAVAILABLE:
             break
         stored += outcome is _Outcome.STORED
-    return stored, len(pending(client))
+    return stored, len(pending(client, key))
 
 
-def pending(client: redis.Redis) -> list[str]:
-    """The campaigns waiting to be stored, oldest first."""
-    return [cid for cid, _ in _pending_entries(client)]
+def pending(client: redis.Redis, key: str) -> list[str]:
+    """The campaigns waiting in outbox ``key``, oldest first."""
+    return [cid for cid, _ in _pending_entries(client, key)]
 
 
-def set_aside(client: redis.Redis) -> dict[str, str]:
-    """The campaigns whose record was refused: campaign id → the error."""
+def set_aside(client: redis.Redis, key: str) -> dict[str, str]:
+    """The campaigns outbox ``key`` refused: campaign id → the error."""
     out = {}
-    for key, raw in client.hgetall(RESULTS_OUTBOX_KEY).items():
+    for field, raw in client.hgetall(key).items():
         entry = _entry(raw)
         if "error" in entry:
-            out[as_text(key)] = str(entry["error"])
+            out[as_text(field)] = str(entry["error"])
     return out
 
 
+class _Outbox:
+    """One outbox's key and its sink, as one flush sees them."""
+
+    def __init__(self, key: str, sink: Store) -> None:
+        self.key, self.sink = key, sink
+
+
 def _flush_one(
-    client: redis.Redis, db: Store, load: Callable[[str], Mapping[str, Any] | None], cid: str, raw: Any
+    client: redis.Redis, box: _Outbox, load: Callable[[str], Mapping[str, Any] | None], cid: str, raw: Any
 ) -> _Outcome:
     try:
         record = load(cid)
     except ValueError as exc:  # an unreadable record (bad JSON ...): reading it again will not help
-        return _set_aside(client, cid, raw, f"unreadable record: {exc}")
+        return _set_aside(client, box.key, cid, raw, f"unreadable record: {exc}")
     if record is None:
-        log.warning("results outbox: no record of campaign %s to store yet; kept pending", cid)
+        log.warning("outbox %s: no record of campaign %s to store yet; kept pending", box.key, cid)
         return _Outcome.KEPT
     if record.get("campaign_id") != cid:
         # A record is stored only under its own id: one written under another key would
         # replace that campaign's stored verdict (and the baselines that follow it).
         claimed = str(record.get("campaign_id"))[:100]
-        return _set_aside(client, cid, raw, f"the record under {cid} claims to be campaign {claimed!r}")
+        return _set_aside(client, box.key, cid, raw, f"the record under {cid} claims to be campaign {claimed!r}")
     try:
-        db.store(record)
+        box.sink.store(record)
     except DatabaseUnavailable as exc:
-        log.warning("results outbox: campaign %s kept pending: %s", cid, exc)
+        log.warning("outbox %s: campaign %s kept pending: %s", box.key, cid, exc)
         return _Outcome.UNAVAILABLE
     except Exception as exc:
         # Whatever else went wrong is about this record: set it aside, go on with the others.
-        log.exception("results outbox: campaign %s could not be stored", cid)
-        return _set_aside(client, cid, raw, f"{type(exc).__name__}: {exc}")
-    if not client.eval(_DELETE_IF_SAME, 1, RESULTS_OUTBOX_KEY, cid, raw):
-        log.info("results outbox: campaign %s was enqueued again while stored; kept for the next flush", cid)
+        log.exception("outbox %s: campaign %s could not be stored", box.key, cid)
+        return _set_aside(client, box.key, cid, raw, f"{type(exc).__name__}: {exc}")
+    if not client.eval(_DELETE_IF_SAME, 1, box.key, cid, raw):
+        log.info("outbox %s: campaign %s was enqueued again while stored; kept for the next flush", box.key, cid)
     return _Outcome.STORED
 
 
-def _set_aside(client: redis.Redis, cid: str, raw: Any, error: str) -> _Outcome:
-    log.error("results outbox: campaign %s set aside: %s", cid, error)
+def _set_aside(client: redis.Redis, key: str, cid: str, raw: Any, error: str) -> _Outcome:
+    log.error("outbox %s: campaign %s set aside: %s", key, cid, error)
     entry = {**_entry(raw), "failed_at": time.time(), "error": error}
-    client.eval(_REPLACE_IF_SAME, 1, RESULTS_OUTBOX_KEY, cid, raw, json.dumps(entry))
+    client.eval(_REPLACE_IF_SAME, 1, key, cid, raw, json.dumps(entry))
     return _Outcome.SET_ASIDE
 
 
-def _pending_entries(client: redis.Redis) -> list[tuple[str, Any]]:
+def _pending_entries(client: redis.Redis, key: str) -> list[tuple[str, Any]]:
     """(cid, raw value) of the pending entries, oldest first; raw as Redis returned it."""
-    entries = [(as_text(key), raw, _entry(raw)) for key, raw in client.hgetall(RESULTS_OUTBOX_KEY).items()]
+    entries = [(as_text(field), raw, _entry(raw)) for field, raw in client.hgetall(key).items()]
     waiting = [(_queued_at(entry), cid, raw) for cid, raw, entry in entries if "error" not in entry]
     return [(cid, raw) for _, cid, raw in sorted(waiting, key=lambda item: (item[0], item[1]))]
 
