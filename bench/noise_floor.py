@@ -10,7 +10,7 @@ fixture this script saved earlier. From the passing runs' node figures (result.j
 ``nodes[].figures[name].value``, the node's own samples) it reports per figure:
 
 * n, mean, sd, coefficient of variation (sd / mean, %), min, max;
-* the **false-alarm rate** of ``orchestrator.comparison``: the runs are split at random
+* the **false-alarm rate** of ``orchestrator.stats``: the runs are split at random
   into two disjoint groups of k (k = 3, 5 and n // 2) many times, each split is compared
   (A = one group, B = the other), and every "regression" or "improvement" is counted as a
   false alarm, since every run is the same kernel. For the verdict (the primary figure)
@@ -46,7 +46,7 @@ import yaml
 from model.campaign import load_campaign
 from model.figures import BY_NAME, FIGURE_NAMES
 from model.lab import load_lab
-from orchestrator.comparison import DEFAULT_PRIMARY, OUTCOMES, compare
+from orchestrator.stats import DEFAULT_PRIMARY, OUTCOMES, compare
 
 REPO = Path(__file__).resolve().parent.parent
 SWAPLAB = REPO / ".venv" / "bin" / "swaplab"
@@ -357,7 +357,7 @@ def _render_alarms(report: Mapping[str, Any]) -> list[str]:
     permutations = tests[0]["permutations"]
     lines = [
         f"false alarms: {permutations} random splits into two disjoint groups of k runs, compared "
-        f"(orchestrator.comparison); a regression or improvement is a false alarm; rate [95 % Wilson CI]",
+        f"(orchestrator.stats); a regression or improvement is a false alarm; rate [95 % Wilson CI]",
         f"{'k':>3}  {'verdict (' + report['primary'] + ')':<34} {'regr':>5} {'impr':>5} {'none':>5} {'insuff':>6}",
     ]
     for test in tests:

@@ -31,7 +31,7 @@ same change points, and nothing else in the process has its random numbers chang
 
 **Too few nights.** A series with fewer than ``MIN_NIGHTS`` nights is "too few nights",
 never "no change": six is three a side, the least a comparison accepts
-(``orchestrator.comparison``: the fewest values whose median ignores one wild run).
+(``orchestrator.stats``: the fewest values whose median ignores one wild run).
 
 **What a change point says.** The night where the new level starts (its campaign id and
 finished_at), the kernel release of the night before and of that night (the kernel change
@@ -42,7 +42,7 @@ whether it is worse or better by the figure's direction (``model.figures``).
 
 **Tolerance.** E-divisive finds changes that are real but may be tiny (a very stable
 figure shifting 2 %). A change point is *beyond tolerance* by the comparisons' rule
-(``orchestrator.comparison.DEFAULT_POLICIES``: the ratio of the medians beyond the
+(``orchestrator.stats.DEFAULT_POLICIES``: the ratio of the medians beyond the
 figure's tolerance either way, and the difference beyond its absolute floor); the others
 are "below tolerance": kept, shown only when asked for (``--all``) and never stored.
 """
@@ -66,7 +66,7 @@ from signal_processing_algorithms.energy_statistics.energy_statistics import (  
 )
 
 from model.figures import BY_NAME, FIGURE_NAMES, Better
-from orchestrator.comparison import DEFAULT_POLICIES, Policy
+from orchestrator.stats import DEFAULT_POLICIES, Policy
 
 __all__ = [
     "HISTORY_NIGHTS",

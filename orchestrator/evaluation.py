@@ -25,7 +25,7 @@ from orchestrator.criteria import (
     label_value,
     render,
 )
-from orchestrator.figures import figure_entries, prometheus_figures
+from orchestrator.figure_check import figure_entries, prometheus_figures
 from orchestrator.prometheus import PrometheusApi, PrometheusError, PrometheusUnreachable
 
 

@@ -15,7 +15,7 @@ from model.runspec import NodeResult
 from orchestrator.criteria import Criterion, CriterionSpec
 from orchestrator.evaluation import evaluate_run, run_criteria
 from orchestrator.prometheus import PrometheusApi
-from orchestrator.report import run_entry
+from orchestrator.results import run_entry
 
 
 def run_context(campaign: Campaign, run: dict[str, Any], results: list[NodeResult]) -> dict[str, Any]:

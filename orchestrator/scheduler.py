@@ -37,12 +37,12 @@ from model.state import BUILD_QUEUE, CONTROL_QUEUE, TERMINAL, holder_id, lab_que
 from model.state import WORKER_PREFIX as _WORKER_PREFIX
 from model.yamlpos import SpecError
 from orchestrator import sinks
+from orchestrator.baselines import against_instance, comparable, in_campaign, is_last_pass, regressions
 from orchestrator.criteria import CriterionSpec
 from orchestrator.judging import judge_run, run_context
 from orchestrator.planner import RunPlan, node_specs, run_setup_spec
 from orchestrator.prometheus import PrometheusApi
-from orchestrator.regression import against_instance, comparable, in_campaign, is_last_pass, regressions
-from orchestrator.report import campaign_exit_code, write_result
+from orchestrator.results import campaign_exit_code, write_result
 from orchestrator.store import CampaignStore
 from orchestrator.verdict import Verdict, combine
 from workers.health import NodeHealth

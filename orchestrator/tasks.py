@@ -33,9 +33,9 @@ from model.state import (
     lab_queue,
     redis_url,
 )
-from orchestrator import notify, schedules, sinks
+from orchestrator import notify, sinks, timetable
 from orchestrator.planner import new_campaign_id, plan_runs
-from orchestrator.report import start_skew_ms
+from orchestrator.results import start_skew_ms
 from orchestrator.scheduler import Scheduler
 from orchestrator.store import CampaignStore
 from workers.app import app
@@ -223,13 +223,13 @@ def schedule_tick() -> None:
     """Sent by celery beat every few seconds: fire the scheduled campaigns that are due."""
     client = _redis()
     store = CampaignStore(client)
-    for firing in schedules.tick(client, lambda campaign: submit(store, campaign)):
+    for firing in timetable.tick(client, lambda campaign: submit(store, campaign)):
         log.info("schedule %s: %s %s %s", firing.name, firing.kind, firing.campaign_id, firing.detail)
 
 
 # celery beat with RedBeat: the schedule and its lock in Redis, one beat sending at a time
 # (`celery -A orchestrator.app beat -S redbeat.RedBeatScheduler`). Its only entry is the
-# tick; the campaigns' own crons are evaluated by the tick (orchestrator.schedules).
+# tick; the campaigns' own crons are evaluated by the tick (orchestrator.timetable).
 app.conf.update(
     redbeat_redis_url=redis_url(),
     redbeat_key_prefix=REDBEAT_PREFIX,
@@ -238,8 +238,8 @@ app.conf.update(
     beat_schedule={
         "swaplab-schedule-tick": {
             "task": protocol.SCHEDULE_TICK,
-            "schedule": schedules.tick_seconds(),
-            "options": {"queue": CONTROL_QUEUE, "expires": schedules.tick_seconds()},
+            "schedule": timetable.tick_seconds(),
+            "options": {"queue": CONTROL_QUEUE, "expires": timetable.tick_seconds()},
         }
     },
 )

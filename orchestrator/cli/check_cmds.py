@@ -20,7 +20,7 @@ from model.paths import results_root
 from model.yamlpos import SpecError
 from orchestrator.cli.distributed_cmds import connect, require_campaign
 from orchestrator.criteria import CriterionSpec
-from orchestrator.report import print_criteria
+from orchestrator.results import print_criteria
 from orchestrator.scheduler import JudgeOnly, Scheduler
 from orchestrator.services import LocalStores, ServiceError
 from orchestrator.store import TERMINAL

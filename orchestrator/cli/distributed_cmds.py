@@ -16,7 +16,7 @@ from model.exitcode import ExitCode
 from model.runspec import is_campaign_id
 from model.state import redacted, redis_url
 from orchestrator.cli.common import CAMPAIGN_FILE, load_or_exit
-from orchestrator.report import print_summary
+from orchestrator.results import print_summary
 from orchestrator.store import TERMINAL, CampaignStore
 from orchestrator.watch import follow
 

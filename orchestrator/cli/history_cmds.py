@@ -144,7 +144,7 @@ def compare(baseline_id: str, candidate_id: str, primary: str, as_json: bool) ->
 
     Exit 3 when the primary figure regressed, 4 when there is not enough data to say, else 0.
     """
-    from orchestrator.regression import against_instance, comparable
+    from orchestrator.baselines import against_instance, comparable
 
     baseline, candidate = stored_or_exit(baseline_id), stored_or_exit(candidate_id)
     comparisons = against_instance(candidate, baseline, CompareSpec(primary=primary))

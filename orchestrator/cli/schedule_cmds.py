@@ -1,7 +1,7 @@
 """``swaplab schedule list|add|remove|run-now``: campaigns that run by themselves.
 
 celery beat must run for schedules to fire (``celery -A orchestrator.app beat -S
-redbeat.RedBeatScheduler``; the compose stack's ``beat`` service). See orchestrator.schedules.
+redbeat.RedBeatScheduler``; the compose stack's ``beat`` service). See orchestrator.timetable.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import click
 
 from model.display import printable
 from model.exitcode import ExitCode
-from orchestrator import schedules
+from orchestrator import timetable
 from orchestrator.cli.common import CAMPAIGN_FILE, load_or_exit
 from orchestrator.cli.distributed_cmds import connect
 
@@ -32,7 +32,7 @@ def schedule() -> None:
 def add(campaign_file: Path, as_json: bool) -> None:
     """Schedule CAMPAIGN_FILE by its `schedule:` (cron, timezone, missed); again to update it."""
     campaign = load_or_exit(campaign_file, as_json)
-    info = _or_exit(lambda: schedules.add(connect().redis, campaign))
+    info = _or_exit(lambda: timetable.add(connect().redis, campaign))
     _show([info], as_json)
 
 
@@ -41,14 +41,14 @@ def add(campaign_file: Path, as_json: bool) -> None:
 def listing(as_json: bool) -> None:
     """Every schedule: cron, time zone, next firing, what the last firings did."""
     client = connect().redis
-    _show([schedules.describe(client, name) for name in schedules.names(client)], as_json)
+    _show([timetable.describe(client, name) for name in timetable.names(client)], as_json)
 
 
 @schedule.command("remove")
 @click.argument("name")
 def remove(name: str) -> None:
     """Stop scheduling campaign NAME (its log and past instances stay)."""
-    _or_exit(lambda: schedules.remove(connect().redis, name))
+    _or_exit(lambda: timetable.remove(connect().redis, name))
     click.echo(f"schedule {name} removed")
 
 
@@ -60,7 +60,7 @@ def run_now(name: str, as_json: bool) -> None:
     from orchestrator.tasks import submit  # the Celery app only where a campaign is sent
 
     store = connect()
-    firing = _or_exit(lambda: schedules.run_now(store.redis, name, lambda campaign: submit(store, campaign)))
+    firing = _or_exit(lambda: timetable.run_now(store.redis, name, lambda campaign: submit(store, campaign)))
     if as_json:
         click.echo(json.dumps(firing.to_json(), indent=2))
     else:
@@ -70,7 +70,7 @@ def run_now(name: str, as_json: bool) -> None:
 def _or_exit(action: Any) -> Any:
     try:
         return action()
-    except schedules.ScheduleError as err:
+    except timetable.ScheduleError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
 

@@ -1,6 +1,6 @@
 """Campaign reports: text, HTML, JUnit XML and JSON renderings of a campaign record.
 
-The record is a campaign's ``result.json`` as ``orchestrator/report.py`` assembles it
+The record is a campaign's ``result.json`` as ``orchestrator/results.py`` assembles it
 (with its figures, series, redone, kernel_info, settings and reproduce; and for a
 comparison campaign, its ``comparisons``, ``reasons`` and each run's ``variant``
 and ``kernel_label``: a Comparison section, the baseline's median drawn across the

@@ -119,7 +119,7 @@ class FigureChange:
     interval: str  # "-62.1 .. -51.5 %", "-" without one
     outcome: str  # regression, improvement, no change, insufficient data
     p_values: str  # "0.1 (Holm 0.81)", "-" without a rank test
-    summary: str  # comparison.py's own line: figure, medians, change, interval, outcome
+    summary: str  # orchestrator.stats' own line: figure, medians, change, interval, outcome
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ import pytest
 import redis
 
 from model.campaign import CompareSpec
+from orchestrator.baselines import against_instance
 from orchestrator.history.db import ResultsDb
-from orchestrator.regression import against_instance
 from orchestrator.scheduler import Scheduler
 from tests.integration.dispatch import RecordingDispatch
 

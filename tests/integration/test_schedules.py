@@ -11,7 +11,7 @@ import pytest
 
 from model.campaign import Campaign, load_campaign
 from model.state import campaign_key
-from orchestrator import schedules
+from orchestrator import timetable
 from tests.integration.redis_server import RedisServer, redis_server_fixture  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -51,45 +51,45 @@ class Submitted(list[str]):
 
 def test_a_due_minute_fires_once_however_many_ticks_see_it(redis_server: RedisServer, tmp_path: Path) -> None:
     client = redis_server.client()
-    schedules.add(client, _nightly(tmp_path), now=_at(2026, 11, 30, 0, 50))  # 01:50 in Berlin
+    timetable.add(client, _nightly(tmp_path), now=_at(2026, 11, 30, 0, 50))  # 01:50 in Berlin
     submitted = Submitted(client)
-    first = schedules.tick(client, submitted, now=_at(2026, 11, 30, 1, 0, 10))
+    first = timetable.tick(client, submitted, now=_at(2026, 11, 30, 1, 0, 10))
     client.hset("swaplab:schedule:nightly", "checked_at", _at(2026, 11, 30, 0, 59))  # a second beat's tick, same minute
-    second = schedules.tick(client, submitted, now=_at(2026, 11, 30, 1, 0, 12))
+    second = timetable.tick(client, submitted, now=_at(2026, 11, 30, 1, 0, 12))
     assert [f.kind for f in first] == ["fired"] and [f.kind for f in second] == ["duplicate"]
     assert submitted == ["nightly-1"]
-    assert [entry["kind"] for entry in schedules.log(client, "nightly")] == ["fired"]
+    assert [entry["kind"] for entry in timetable.log(client, "nightly")] == ["fired"]
 
 
 def test_an_instance_still_running_makes_the_next_firing_a_recorded_skip(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     client = redis_server.client()
-    schedules.add(client, _nightly(tmp_path), now=_at(2026, 11, 30, 0, 50))
+    timetable.add(client, _nightly(tmp_path), now=_at(2026, 11, 30, 0, 50))
     submitted = Submitted(client)
-    schedules.tick(client, submitted, now=_at(2026, 11, 30, 1, 0, 10))
-    [skip] = schedules.tick(client, submitted, now=_at(2026, 12, 1, 1, 0, 10))  # nightly-1 still queued
+    timetable.tick(client, submitted, now=_at(2026, 11, 30, 1, 0, 10))
+    [skip] = timetable.tick(client, submitted, now=_at(2026, 12, 1, 1, 0, 10))  # nightly-1 still queued
     assert (skip.kind, skip.campaign_id) == ("skipped", "nightly-1") and submitted == ["nightly-1"]
     client.hset(campaign_key("nightly-1"), "status", "done")
-    [fired] = schedules.tick(client, submitted, now=_at(2026, 12, 2, 1, 0, 10))
+    [fired] = timetable.tick(client, submitted, now=_at(2026, 12, 2, 1, 0, 10))
     assert fired.kind == "fired" and submitted == ["nightly-1", "nightly-2"]
 
 
 def test_missed_firings_run_once_when_beat_is_back(redis_server: RedisServer, tmp_path: Path) -> None:
     client = redis_server.client()
-    schedules.add(client, _nightly(tmp_path), now=_at(2026, 11, 28, 0, 50))
+    timetable.add(client, _nightly(tmp_path), now=_at(2026, 11, 28, 0, 50))
     submitted = Submitted(client)
-    firings = schedules.tick(client, submitted, now=_at(2026, 11, 30, 9, 0))  # beat down for three nights
+    firings = timetable.tick(client, submitted, now=_at(2026, 11, 30, 9, 0))  # beat down for three nights
     assert [f.kind for f in firings] == ["missed", "missed", "missed", "fired"] and submitted == ["nightly-1"]
 
 
 def test_missed_firings_are_skipped_when_the_schedule_says_so(redis_server: RedisServer, tmp_path: Path) -> None:
     client = redis_server.client()
-    schedules.add(client, _nightly(tmp_path, missed="skip"), now=_at(2026, 11, 29, 0, 50))
+    timetable.add(client, _nightly(tmp_path, missed="skip"), now=_at(2026, 11, 29, 0, 50))
     submitted = Submitted(client)
-    firings = schedules.tick(client, submitted, now=_at(2026, 11, 29, 9, 0))
+    firings = timetable.tick(client, submitted, now=_at(2026, 11, 29, 9, 0))
     assert [f.kind for f in firings] == ["missed", "skipped"] and submitted == []
-    assert "beat was down" in schedules.log(client, "nightly")[-1]["detail"]
+    assert "beat was down" in timetable.log(client, "nightly")[-1]["detail"]
 
 
 def test_a_campaign_without_schedule_is_refused_and_remove_forgets(redis_server: RedisServer, tmp_path: Path) -> None:
@@ -100,10 +100,10 @@ def test_a_campaign_without_schedule_is_refused_and_remove_forgets(redis_server:
         .read_text()
         .replace("../inventory/local.yml", str(REPO / "inventory/local.yml"))
     )
-    with pytest.raises(schedules.ScheduleError, match="no 'schedule:'"):
-        schedules.add(client, load_campaign(path))
-    schedules.add(client, _nightly(tmp_path))
-    schedules.remove(client, "nightly")
-    assert schedules.names(client) == []
-    with pytest.raises(schedules.ScheduleError, match="no schedule 'nightly'"):
-        schedules.remove(client, "nightly")
+    with pytest.raises(timetable.ScheduleError, match="no 'schedule:'"):
+        timetable.add(client, load_campaign(path))
+    timetable.add(client, _nightly(tmp_path))
+    timetable.remove(client, "nightly")
+    assert timetable.names(client) == []
+    with pytest.raises(timetable.ScheduleError, match="no schedule 'nightly'"):
+        timetable.remove(client, "nightly")

@@ -41,7 +41,7 @@ from orchestrator.changepoints import (
     detect_changes,
     split_points,
 )
-from orchestrator.comparison import DEFAULT_POLICIES, Policy
+from orchestrator.stats import DEFAULT_POLICIES, Policy
 
 REPO = Path(__file__).resolve().parents[2]
 FIGURES_DIR = REPO / "tests" / "fixtures" / "figures"

@@ -1,4 +1,4 @@
-"""The statistics of a regression comparison (orchestrator.comparison), on recorded real figures.
+"""The statistics of a regression comparison (orchestrator.stats), on recorded real figures.
 
 The runs come from ``tests/fixtures/figures/smoke-repeats.json`` (20 runs of one kernel,
 once recorded), else ``recorded.json`` (the real runs this host kept). Either file is
@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 
 from model.figures import FIGURE_NAMES
-from orchestrator import comparison
-from orchestrator.comparison import (
+from orchestrator import stats
+from orchestrator.stats import (
     DEFAULT_MIN_REPEATS,
     DEFAULT_POLICIES,
     Comparison,
@@ -102,7 +102,7 @@ def test_the_fixture_holds_real_runs_of_one_kernel() -> None:
 
 def test_every_figure_has_a_default_and_the_docstring_table_is_the_codes() -> None:
     assert set(DEFAULT_POLICIES) == set(FIGURE_NAMES)
-    doc = comparison.__doc__ or ""
+    doc = stats.__doc__ or ""
     for row in defaults_table():
         assert row in doc, f"module docstring's defaults table lacks: {row}"
 

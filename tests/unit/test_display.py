@@ -19,8 +19,8 @@ from rich.console import Console
 
 from model.display import printable
 from orchestrator.live import LiveView
-from orchestrator.report import print_criteria, print_summary
 from orchestrator.reports import render
+from orchestrator.results import print_criteria, print_summary
 from orchestrator.watch import LogLines
 
 RECORD = Path(__file__).resolve().parents[1] / "fixtures" / "results" / "pair-result.json"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from model.campaign import campaign_from_json, campaign_to_json, load_campaign
 from model.runspec import NodeResult, WorkloadOutcome
-from orchestrator.report import campaign_exit_code, start_skew_ms, start_skew_uncertainty_ms
+from orchestrator.results import campaign_exit_code, start_skew_ms, start_skew_uncertainty_ms
 from orchestrator.watch import format_event
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,7 +52,7 @@ def test_watch_lines_name_run_node_and_phase() -> None:
 def test_summary_shows_why_a_run_was_refused() -> None:
     import io
 
-    from orchestrator.report import print_summary
+    from orchestrator.results import print_summary
 
     run = {
         "run_id": "r001",

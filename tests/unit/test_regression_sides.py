@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from model.campaign import BaselineSide, CompareSpec
-from orchestrator.regression import against_instance, comparable, in_campaign, regressions, side_values
+from orchestrator.baselines import against_instance, comparable, in_campaign, regressions, side_values
 
 SETTINGS = {"nfs": {"version": "4.1"}, "node_ram_mib": 256, "workload": {"name": "small", "mib": 320}}
 

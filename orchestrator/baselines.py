@@ -8,7 +8,7 @@ instance of the same campaign (same workload, node size and NFS settings) from t
 results database; ``swaplab compare A B`` does the same with any two stored instances.
 
 Only passing runs contribute values (one per node): a failed run's figures say nothing
-about the kernel's speed. The statistics are orchestrator.comparison's.
+about the kernel's speed. The statistics are orchestrator.stats's.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 from model.campaign import LAST_PASS, BaselineSide, CompareSpec
-from orchestrator.comparison import compare
-from orchestrator.comparison import side_values as comparison_values
+from orchestrator.stats import compare
+from orchestrator.stats import side_values as comparison_values
 
 Values = dict[str, list[float]]  # figure -> one value per passing node run
 
