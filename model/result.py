@@ -117,6 +117,8 @@ class Run(_Part):
 
     run_id: Name
     kernel: str = ""
+    kernel_label: str | None = None
+    variant: str | None = None
     workload: str | None = None
     repeat: int | None = None
     attempt: int = 1
@@ -129,6 +131,14 @@ class Run(_Part):
     kernel_info: KernelInfo = Field(default_factory=KernelInfo)
     settings: Settings = Field(default_factory=Settings)
     nodes: list[Node] = []
+
+    def release(self) -> str:
+        """The kernel release the run booted: its kernel_info, or what an older record's
+        first node says of its kernel; empty when no node booted."""
+        if self.kernel_info.release:
+            return self.kernel_info.release
+        booted = next((node.kernel for node in self.nodes if node.kernel), {})
+        return str(booted.get("uname_r") or booted.get("kver") or "")
 
     @model_validator(mode="after")
     def _nodes_unique(self) -> Run:
@@ -146,6 +156,18 @@ class SkippedRun(_Part):
     reason: str = ""
 
 
+class Comparison(_Part):
+    """One comparison of a comparison campaign: a candidate side against the baseline."""
+
+    baseline: str | None = None
+    candidate: str | None = None
+    axis: str | None = None
+    workload: str | None = None
+    kernel: str | None = None
+    primary: str | None = None
+    verdict: str | None = None
+
+
 class Campaign(_Part):
     """A finished campaign's record (result.json)."""
 
@@ -161,6 +183,8 @@ class Campaign(_Part):
     exit_code: int | None = None
     runs: list[Run] = Field(...)  # required: a record without runs is not a finished campaign
     skipped_runs: list[SkippedRun] = []
+    comparisons: list[Comparison] = []
+    reasons: list[str] = []  # why the campaign has its verdict beyond its runs' (a regression)
 
     @model_validator(mode="after")
     def _runs_unique(self) -> Campaign:

@@ -65,21 +65,13 @@ from functools import partial
 from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
+import pydantic
 import redis
 
+from model import result as result_schema
 from model.state import NOTIFY_DUE_KEY, NOTIFY_WAKEUP_KEY, as_text, encode_fields, notify_claim_key, notify_key
 from orchestrator.reports import render
-from orchestrator.reports.record import (
-    campaign_reasons,
-    clean,
-    comparisons,
-    kernel_identity,
-    number,
-    run_id,
-    runs,
-    skipped_runs,
-    variant,
-)
+from orchestrator.reports.record import clean, number
 
 log = logging.getLogger(__name__)
 
@@ -219,23 +211,44 @@ def _split(url: str, source: str, shown: str) -> SplitResult:
 
 
 def payload(record: Mapping[str, Any]) -> dict[str, Any]:
-    """What the webhook receives for a finished campaign ``record`` (result.json's shape)."""
-    name, verdict, code = clean(record.get("campaign")), clean(record.get("verdict")), number(record.get("exit_code"))
-    finished = number(record.get("finished_at"))
+    """What the webhook receives for a finished campaign ``record``, read through
+    result.json's schema (model.result); a record that does not match it is still sent,
+    with what is wrong with it and its text report."""
+    try:
+        parsed = result_schema.Campaign.model_validate(record)
+    except pydantic.ValidationError as err:
+        return _unreadable(record, result_schema.described(err))
+    name, verdict = clean(parsed.campaign), clean(parsed.verdict)
+    code, finished = number(parsed.exit_code), number(parsed.finished_at)
     return {
         "event": "campaign finished",
-        "campaign_id": clean(record.get("campaign_id")),
+        "campaign_id": clean(parsed.campaign_id),
         "campaign": name,
         "summary": f"swaplab: campaign {name or '?'}: {verdict.upper() or '?'} (exit {_code_text(code)})",
         "verdict": verdict,
         "exit_code": None if code is None else int(code),
         "finished_at": finished,
         "finished_at_utc": None if finished is None else datetime.fromtimestamp(finished, UTC).isoformat(),
-        "lab": clean(record.get("lab")),
-        "runs": [_run_summary(run) for run in runs(record)],
-        "skipped_runs": [{"run_id": run_id(r), "reason": clean(r.get("reason"))} for r in skipped_runs(record)],
-        "comparisons": [_comparison_summary(entry) for entry in comparisons(record)],
-        "reasons": campaign_reasons(record),
+        "lab": clean(parsed.lab),
+        "runs": [_run_summary(run) for run in parsed.runs],
+        "skipped_runs": [{"run_id": clean(r.run_id), "reason": clean(r.reason)} for r in parsed.skipped_runs],
+        "comparisons": [_comparison_summary(entry) for entry in parsed.comparisons],
+        "reasons": [text for text in map(clean, parsed.reasons) if text],
+        "text": _text_report(record),
+    }
+
+
+def _unreadable(record: Mapping[str, Any], problems: str) -> dict[str, Any]:
+    """The notification of a record that does not match the schema: news all the same."""
+    cid = clean(record.get("campaign_id"))
+    return {
+        "event": "campaign finished",
+        "campaign_id": cid,
+        "summary": f"swaplab: campaign {cid or '?'}: its record does not match result.json's schema",
+        "verdict": "",
+        "exit_code": None,
+        "finished_at": None,
+        "record_problems": clean(problems)[:2000],
         "text": _text_report(record),
     }
 
@@ -244,19 +257,19 @@ def _code_text(code: float | None) -> str:
     return "?" if code is None else str(int(code))
 
 
-def _run_summary(run: Mapping[str, Any]) -> dict[str, Any]:
+def _run_summary(run: result_schema.Run) -> dict[str, Any]:
     return {
-        "run_id": run_id(run),
-        "kernel_release": kernel_identity(run)["release"],
-        "variant": variant(run),
-        "workload": clean(run.get("workload")),
-        "verdict": clean(run.get("verdict")),
+        "run_id": clean(run.run_id),
+        "kernel_release": clean(run.release()),
+        "variant": clean(run.variant),
+        "workload": clean(run.workload),
+        "verdict": clean(run.verdict),
     }
 
 
-def _comparison_summary(entry: Mapping[str, Any]) -> dict[str, Any]:
+def _comparison_summary(entry: result_schema.Comparison) -> dict[str, Any]:
     keys = ("baseline", "candidate", "axis", "workload", "kernel", "primary", "verdict")
-    return {key: clean(entry.get(key)) for key in keys}
+    return {key: clean(getattr(entry, key)) for key in keys}
 
 
 def _text_report(record: Mapping[str, Any]) -> str:

@@ -75,13 +75,22 @@ def test_payload_of_an_old_record_takes_the_release_from_its_nodes() -> None:
     assert "campaign smoke: PASS" in body["text"]
 
 
-def test_payload_of_a_broken_record_is_still_sent() -> None:
+def test_payload_of_a_broken_record_is_still_sent_with_what_is_wrong() -> None:
     body = payload({"campaign_id": "x\x1b[2J", "runs": [None, {"verdict": 3}], "exit_code": float("nan")})
     assert body["campaign_id"] == "x"  # no escape sequence reaches the receiver (model.display)
     assert body["exit_code"] is None and body["finished_at"] is None
-    assert body["summary"] == "swaplab: campaign ?: ? (exit ?)"
-    assert body["runs"] == [{"run_id": "?", "kernel_release": "", "variant": "", "workload": "", "verdict": "3"}]
+    assert body["summary"] == "swaplab: campaign x: its record does not match result.json's schema"
+    assert "runs.0" in body["record_problems"] and "runs.1.run_id: Field required" in body["record_problems"]
+    assert "runs" not in body  # nothing made up from a record the schema refuses
     json.dumps(body, allow_nan=False)
+
+
+def test_payload_of_a_record_with_nulls_and_unknown_fields_reads_like_the_schema() -> None:
+    record = _record("pair-result.json")
+    record.update(reasons=None, comparisons=None, lab=None, from_a_newer_swaplab={"x": 1})
+    body = payload(record)
+    assert body["reasons"] == [] and body["comparisons"] == [] and body["lab"] == ""
+    assert [run["run_id"] for run in body["runs"]] == [run["run_id"] for run in record["runs"]]
 
 
 # -- the URL ----------------------------------------------------------------------------
