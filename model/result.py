@@ -1,7 +1,7 @@
 """The schema of a finished campaign's record, result.json: campaign, run and node entries.
 
-Every plane that reads a record reads it through these models: the scheduler checks the
-record it assembles, the results database validates what it stores, and records written
+The scheduler checks the record it assembles against these models, the results database
+validates what it stores and the webhook reads its payload through them; records written
 by an older swaplab still load — ``campaign_id`` and ``runs`` are required, every other
 field is optional and a missing or null one takes its default. Fields a model does not
 know are ignored by it (and kept in the stored document), so a newer record loads too.
