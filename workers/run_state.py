@@ -37,6 +37,25 @@ return 0
 """
 
 
+# A node's hash belongs to the attempt the scheduler wrote into it: a node task of an
+# earlier attempt (its worker taken for lost, the run started again) writes nothing there.
+_NODE_SET_IF_ATTEMPT = """
+if redis.call('HGET', KEYS[1], 'attempt') == ARGV[1] then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+  return 1
+end
+return 0
+"""
+# Take a node for this attempt: only from "queued", so a redelivered task never boots a second guest.
+_NODE_CLAIM = """
+if redis.call('HGET', KEYS[1], 'attempt') == ARGV[1] and redis.call('HGET', KEYS[1], 'status') == 'queued' then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+  return 1
+end
+return 0
+"""
+
+
 class RunState:
     """One run of one campaign, as its node and setup tasks see it."""
 
@@ -88,8 +107,24 @@ class RunState:
     def node(self, node: str) -> dict[str, Any]:
         return decode_fields(self.redis.hgetall(node_key(self.cid, self.rid, node)))
 
-    def set_node(self, node: str, **fields: Any) -> None:
-        self.redis.hset(node_key(self.cid, self.rid, node), mapping=encode_fields(fields))
+    # -- a node task: its node's hash, only while the hash is its attempt's -----------------------
+    def claim_node(self, node: str, attempt: int, owner: str) -> bool:
+        """Take ``node`` for ``attempt``: False unless the scheduler queued it for that attempt
+        and no task took it yet."""
+        fields = {"owner": owner, "status": "starting", "started_at": time.time()}
+        return self._node_script(_NODE_CLAIM, node, attempt, fields)
+
+    def node_status(self, node: str, attempt: int, status: str) -> bool:
+        return self._node_script(_NODE_SET_IF_ATTEMPT, node, attempt, {"status": status})
+
+    def node_done(self, node: str, attempt: int, result: dict[str, Any]) -> bool:
+        """The node's result; False (nothing written) when the hash is another attempt's."""
+        fields = {"status": "done", "result": result, "finished_at": time.time()}
+        return self._node_script(_NODE_SET_IF_ATTEMPT, node, attempt, fields)
+
+    def _node_script(self, script: str, node: str, attempt: int, fields: dict[str, Any]) -> bool:
+        pairs = [item for field, value in encode_fields(fields).items() for item in (field, value)]
+        return bool(self.redis.eval(script, 1, node_key(self.cid, self.rid, node), str(attempt), *pairs))
 
     def event(self, **fields: Any) -> None:
         """Append a progress event to the campaign's stream (bounded)."""

@@ -200,17 +200,17 @@ def run_node(self: Any, spec: dict[str, Any], cid: str, rid: str, attempt: int) 
     state = RunState(client, cid, rid)
     skew = version_skew(spec)
     if skew is not None:
-        return _refuse_message(state, spec, skew, cause="infra")
+        return _refuse_message(state, spec, attempt, skew, cause="infra")
     try:
         run_spec = NodeRunSpec.model_validate(spec)
     except pydantic.ValidationError as err:
-        return _refuse_message(state, spec, f"node task message is invalid: {_errors(err)}")
+        return _refuse_message(state, spec, attempt, f"node task message is invalid: {_errors(err)}")
     if (run_spec.campaign, run_spec.run_id, run_spec.attempt) != (cid, rid, attempt):
-        return _refuse_message(state, spec, "node task message names another run than its task")
+        return _refuse_message(state, spec, attempt, "node task message names another run than its task")
     try:
         admit_node(run_spec)  # this worker's lab and node, before it takes a lease or a guest record
     except InputFault as refused:
-        return _refuse_message(state, spec, refused.reason)
+        return _refuse_message(state, spec, attempt, refused.reason)
     node = run_spec.node
     run = state.run()
     node_state = state.node(node)
@@ -218,21 +218,19 @@ def run_node(self: Any, spec: dict[str, Any], cid: str, rid: str, attempt: int) 
         return {"skipped": "stale attempt"}
     if node_state.get("status") == "done" and node_state.get("result"):
         return dict(node_state["result"])  # redelivered after it finished
-    if (
-        node_state.get("owner")
-        and int(node_state.get("attempt", 0)) == attempt
-        and node_state.get("status") != "queued"
-    ):
-        return {"skipped": f"already run by {node_state['owner']}"}  # never a second guest
     # The lease, not the message, says whose node it is: a message for a node another run
     # holds must not power off that run's guest, nor boot a second one beside it.
     holder = holder_id(cid, rid, attempt)
     if not LeaseBook(client, run_spec.lab, ttl_s=LEASE_TTL_S).confirm(holder, node):
-        return _refuse_message(state, spec, f"node {node} of lab {run_spec.lab} is leased to another run than {holder}")
+        return _refuse_message(
+            state, spec, attempt, f"node {node} of lab {run_spec.lab} is leased to another run than {holder}"
+        )
     return _run_owned_node(client, state, run_spec, attempt)
 
 
-def _refuse_message(state: RunState, spec: Any, reason: str, cause: FailureCause = "input") -> dict[str, Any]:
+def _refuse_message(
+    state: RunState, spec: Any, attempt: int, reason: str, cause: FailureCause = "input"
+) -> dict[str, Any]:
     """A message that fails validation runs nothing: its node's result says why (invalid;
     an infra-error when the message is from another protocol version)."""
     named = spec.get("node") if isinstance(spec, dict) else None
@@ -241,8 +239,8 @@ def _refuse_message(state: RunState, spec: Any, reason: str, cause: FailureCause
     result = NodeResult(run_id=state.rid, node=node)
     result.failure = Failure(cause=cause, phase="message", reason=reason)
     data = result.model_dump(mode="json")
-    if node != "?":  # only a node the run really has gets the verdict
-        state.set_node(node, status="done", result=data, finished_at=time.time())
+    if node != "?":  # only a node the run really has gets the verdict, and only for this attempt
+        state.node_done(node, attempt, data)
     return data
 
 
@@ -254,7 +252,9 @@ def _errors(err: pydantic.ValidationError) -> str:
 def _run_owned_node(client: redis.Redis, state: RunState, spec: NodeRunSpec, attempt: int) -> dict[str, Any]:
     node, lab = spec.node, spec.lab
     holder = holder_id(state.cid, state.rid, attempt)
-    state.set_node(node, owner=f"{socket.gethostname()}:{os.getpid()}", status="starting", started_at=time.time())
+    if not state.claim_node(node, attempt, f"{socket.gethostname()}:{os.getpid()}"):
+        owner = state.node(node).get("owner") or "another task"
+        return {"skipped": f"already run by {owner}"}  # redelivered: never a second guest
     _clean_orphan(client, lab, node)
     client.set(guest_key(lab, node), json.dumps({"holder": holder, "workdir": str(spec.result_dir(results_root()))}))
     lost = threading.Event()
@@ -270,7 +270,8 @@ def _run_owned_node(client: redis.Redis, state: RunState, spec: NodeRunSpec, att
         keeper.stop()  # the scheduler releases the run's leases when it judges the run
         LEASES_HELD.labels(lab).dec()
     _record_health(client, lab, node, NodeResult.model_validate(result))
-    state.set_node(node, status="done", result=result, finished_at=time.time())
+    if not state.node_done(node, attempt, result):
+        log.warning("%s %s %s: attempt %d ended after the run moved on; its result is not kept", state.cid, state.rid, node, attempt)
     client.delete(guest_key(lab, node))
     return result
 
@@ -321,7 +322,7 @@ class _RedisProgress:
     def phase(self, node: str, phase: str, detail: str = "") -> None:
         def record() -> None:
             # "done" is set by the task itself once the node's result is stored.
-            self.state.set_node(node, status=phase if phase != "done" else "finishing")
+            self.state.node_status(node, self.attempt, phase if phase != "done" else "finishing")
             if phase == "workload" and self.state.mark_running(self.attempt):
                 self.state.event(kind="run", status=RunStatus.RUNNING)
             self.state.event(kind="phase", node=node, phase=phase, detail=detail)

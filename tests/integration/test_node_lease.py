@@ -110,6 +110,8 @@ def test_a_forged_node_message_for_a_node_another_run_leases_powers_nothing_off(
     client.hset(
         run_key(cid, "r001"), mapping={"run_id": "r001", "attempt": 1, "status": "provisioning", "nodes": '["node1"]'}
     )
+    # The node queued for attempt 1, as the scheduler leaves it before it sends the task.
+    client.hset(node_key(cid, "r001", "node1"), mapping={"attempt": 1, "status": "queued", "owner": "", "result": ""})
     stack.send(protocol.RUN_NODE, [_node_message(stack.tmp, cid), cid, "r001", 1], "lab.e2e")
     _wait_for(lambda: client.hget(node_key(cid, "r001", "node1"), "result"))
     result = json.loads(client.hget(node_key(cid, "r001", "node1"), "result") or "{}")

@@ -115,3 +115,24 @@ def test_a_stage_task_writes_only_its_own_fields(redis_server: RedisServer) -> N
     with pytest.raises(ValueError, match="may not write"):
         state._set_if_current(PREPARE_STAGE, 1, {"built": "x"})
     assert store.run(CID, RID)["status"] == RunStatus.BUILDING
+
+
+# -- a node task writes its node's hash only while the hash is its attempt's -------------------
+def test_a_node_task_of_an_earlier_attempt_writes_nothing_into_the_next(redis_server: RedisServer) -> None:
+    client = redis_server.client()
+    store = CampaignStore(client)
+    store.set_node(CID, RID, "node1", attempt=1, status="queued", owner="", result="")
+    old = RunState(client, CID, RID)
+    assert old.claim_node("node1", 1, "host-a:1")
+    assert not old.claim_node("node1", 1, "host-a:2")  # redelivered: never a second guest
+    # Its worker taken for lost, the run started again on the same node.
+    store.set_node(CID, RID, "node1", attempt=2, status="queued", owner="", result="")
+    assert not old.node_status("node1", 1, "workload")
+    assert not old.node_done("node1", 1, {"run_id": RID, "node": "node1", "verdict": "stale"})
+    assert store.node(CID, RID, "node1")["status"] == "queued"
+
+    new = RunState(client, CID, RID)
+    assert new.claim_node("node1", 2, "host-b:1") and new.node_status("node1", 2, "workload")
+    assert new.node_done("node1", 2, {"run_id": RID, "node": "node1"})
+    node = store.node(CID, RID, "node1")
+    assert (node["status"], node["owner"], node["result"]) == ("done", "host-b:1", {"run_id": RID, "node": "node1"})

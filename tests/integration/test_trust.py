@@ -195,6 +195,8 @@ def test_a_node_task_message_the_worker_cannot_trust_runs_nothing(
     client.hset(
         run_key(cid, "r001"), mapping={"run_id": "r001", "attempt": 1, "status": "provisioning", "nodes": '["node1"]'}
     )
+    # The node queued for attempt 1, as the scheduler leaves it before it sends the task.
+    client.hset(node_key(cid, "r001", "node1"), mapping={"attempt": 1, "status": "queued", "owner": "", "result": ""})
     stack.send(protocol.RUN_NODE, [_node_message(stack.tmp, cid, **changes), cid, "r001", 1], "lab.e2e")
     _wait_for(lambda: client.hget(node_key(cid, "r001", "node1"), "result"))
     result = json.loads(client.hget(node_key(cid, "r001", "node1"), "result") or "{}")
@@ -221,6 +223,8 @@ def test_a_node_message_of_another_protocol_version_is_version_skew_not_invalid(
     client.hset(
         run_key(cid, "r001"), mapping={"run_id": "r001", "attempt": 1, "status": "provisioning", "nodes": '["node1"]'}
     )
+    # The node queued for attempt 1, as the scheduler leaves it before it sends the task.
+    client.hset(node_key(cid, "r001", "node1"), mapping={"attempt": 1, "status": "queued", "owner": "", "result": ""})
     message = {key: value for key, value in {**_node_message(stack.tmp, cid), **changes}.items() if value is not None}
     stack.send(protocol.RUN_NODE, [message, cid, "r001", 1], "lab.e2e")
     _wait_for(lambda: client.hget(node_key(cid, "r001", "node1"), "result"))
