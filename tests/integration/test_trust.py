@@ -25,6 +25,7 @@ from model import protocol
 from model.campaign import Campaign, campaign_to_json, load_campaign
 from model.state import campaign_key, celery_url, node_key, run_key
 from orchestrator.planner import plan_runs
+from orchestrator.reports import FILES as REPORT_FILES
 from orchestrator.services import LocalRedis, LocalWorker
 from orchestrator.store import CampaignStore
 from tests.conftest import require_tools
@@ -145,8 +146,9 @@ def test_a_stored_campaign_carrying_a_program_is_refused_before_anything_runs(st
     reason = result["runs"][0]["reasons"][0]
     assert "does not validate" in reason and "qemu_binary" in reason
     assert not marker.exists()
-    # Only the campaign's result: no run or node directory, nothing set up, nothing booted.
-    assert [p.name for p in (stack.tmp / "results" / cid).iterdir()] == ["result.json"]
+    # Only the campaign's result (and its reports, which the control worker's sinks write
+    # after "done", whenever they get to it): no run or node directory, nothing set up, nothing booted.
+    assert {p.name for p in (stack.tmp / "results" / cid).iterdir()} - set(REPORT_FILES.values()) == {"result.json"}
 
 
 def _node_message(tmp: Path, cid: str, **changes: Any) -> dict[str, Any]:
