@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, field_validator
 
 # Whose fault a failure is: the kernel under test's, the lab's, the submitter's; or the run
 # was stopped (aborted by the scheduler, cancelled by a user).
 FailureCause = Literal["kernel", "infra", "input", "aborted", "cancelled"]
+
+REASON_MAX: Final = 4000  # characters of a stage's failure reason kept in the run's hash
 
 # Bumped whenever a message's or a record's fields change meaning or a required field is added.
 PROTOCOL_VERSION: Final = 1
@@ -111,7 +113,13 @@ class StageFailure(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     cause: FailureCause
-    reason: str = Field(max_length=8000)
+    reason: str
+
+    @field_validator("reason")
+    @classmethod
+    def _tail(cls, reason: str) -> str:
+        # A build log's or a message's last lines say why; the hash keeps no more than that.
+        return reason[-REASON_MAX:]
 
 
 class UnknownStatus(ValueError):

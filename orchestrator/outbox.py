@@ -85,7 +85,7 @@ def flush(
     for cid, raw in _pending_entries(client, key):
         if not ready(cid):
             continue
-        outcome = _flush_one(client, _Outbox(key, sink), load, cid, raw)
+        outcome = _flush_one(client, key, sink, load, cid, raw)
         if outcome is _Outcome.UNAVAILABLE:
             break
         stored += outcome is _Outcome.STORED
@@ -107,39 +107,32 @@ def set_aside(client: redis.Redis, key: str) -> dict[str, str]:
     return out
 
 
-class _Outbox:
-    """One outbox's key and its sink, as one flush sees them."""
-
-    def __init__(self, key: str, sink: Store) -> None:
-        self.key, self.sink = key, sink
-
-
 def _flush_one(
-    client: redis.Redis, box: _Outbox, load: Callable[[str], Mapping[str, Any] | None], cid: str, raw: Any
+    client: redis.Redis, key: str, sink: Store, load: Callable[[str], Mapping[str, Any] | None], cid: str, raw: Any
 ) -> _Outcome:
     try:
         record = load(cid)
     except ValueError as exc:  # an unreadable record (bad JSON ...): reading it again will not help
-        return _set_aside(client, box.key, cid, raw, f"unreadable record: {exc}")
+        return _set_aside(client, key, cid, raw, f"unreadable record: {exc}")
     if record is None:
-        log.warning("outbox %s: no record of campaign %s to store yet; kept pending", box.key, cid)
+        log.warning("outbox %s: no record of campaign %s to store yet; kept pending", key, cid)
         return _Outcome.KEPT
     if record.get("campaign_id") != cid:
         # A record is stored only under its own id: one written under another key would
         # replace that campaign's stored verdict (and the baselines that follow it).
         claimed = str(record.get("campaign_id"))[:100]
-        return _set_aside(client, box.key, cid, raw, f"the record under {cid} claims to be campaign {claimed!r}")
+        return _set_aside(client, key, cid, raw, f"the record under {cid} claims to be campaign {claimed!r}")
     try:
-        box.sink.store(record)
+        sink.store(record)
     except DatabaseUnavailable as exc:
-        log.warning("outbox %s: campaign %s kept pending: %s", box.key, cid, exc)
+        log.warning("outbox %s: campaign %s kept pending: %s", key, cid, exc)
         return _Outcome.UNAVAILABLE
     except Exception as exc:
         # Whatever else went wrong is about this record: set it aside, go on with the others.
-        log.exception("outbox %s: campaign %s could not be stored", box.key, cid)
-        return _set_aside(client, box.key, cid, raw, f"{type(exc).__name__}: {exc}")
-    if not client.eval(_DELETE_IF_SAME, 1, box.key, cid, raw):
-        log.info("outbox %s: campaign %s was enqueued again while stored; kept for the next flush", box.key, cid)
+        log.exception("outbox %s: campaign %s could not be stored", key, cid)
+        return _set_aside(client, key, cid, raw, f"{type(exc).__name__}: {exc}")
+    if not client.eval(_DELETE_IF_SAME, 1, key, cid, raw):
+        log.info("outbox %s: campaign %s was enqueued again while stored; kept for the next flush", key, cid)
     return _Outcome.STORED
 
 

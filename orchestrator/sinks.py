@@ -47,8 +47,8 @@ from orchestrator.store import CampaignStore
 
 log = logging.getLogger(__name__)
 
-REPORTS, DATABASE, CHANGES, WEBHOOK = "reports", "database", "changes", "webhook"
-SINKS = (REPORTS, DATABASE, CHANGES, WEBHOOK)  # the order they run in
+REPORTS, DATABASE, CHANGES = "reports", "database", "changes"
+# The sinks with an outbox, in the order they run (the webhook keeps orchestrator.notify's).
 OUTBOXES = {REPORTS: sink_outbox_key(REPORTS), DATABASE: RESULTS_OUTBOX_KEY, CHANGES: sink_outbox_key(CHANGES)}
 Loader = Callable[[str], Mapping[str, Any] | None]
 
@@ -70,30 +70,31 @@ def enqueue(client: redis.Redis, cid: str) -> None:
     notify.enqueue(client, cid)  # one Redis script; nothing without SWAPLAB_WEBHOOK_URL
 
 
-def awaiting(client: redis.Redis, cid: str) -> list[str]:
-    """The outbox sinks that still have ``cid`` to take (set-aside campaigns are not waiting)."""
-    return [name for name, key in OUTBOXES.items() if cid in outbox.pending(client, key)]
-
-
-def refused(client: redis.Redis, cid: str) -> dict[str, str]:
-    """The sinks that set ``cid`` aside: sink → the error."""
-    out = {name: outbox.set_aside(client, key).get(cid) for name, key in OUTBOXES.items()}
-    return {name: error for name, error in out.items() if error is not None}
-
-
 def waiting(client: redis.Redis) -> set[tuple[str, str]]:
     """(sink, campaign id) of every campaign an outbox sink has still to take."""
     return {(name, cid) for name, key in OUTBOXES.items() for cid in outbox.pending(client, key)}
 
 
-def pending(client: redis.Redis) -> bool:
-    """Is any outbox sink or webhook notification still to be delivered?"""
-    return any(outbox.pending(client, key) for key in OUTBOXES.values()) or bool(notify.pending_notifications(client))
-
-
 def set_aside(client: redis.Redis) -> dict[tuple[str, str], str]:
     """Every campaign a sink refused: (sink, campaign id) → the error."""
-    return {(name, cid): error for name, key in OUTBOXES.items() for cid, error in outbox.set_aside(client, key).items()}
+    return {
+        (name, cid): error for name, key in OUTBOXES.items() for cid, error in outbox.set_aside(client, key).items()
+    }
+
+
+def awaiting(client: redis.Redis, cid: str) -> list[str]:
+    """The outbox sinks that still have ``cid`` to take (set-aside campaigns are not waiting)."""
+    return [name for name in OUTBOXES if (name, cid) in waiting(client)]
+
+
+def refused(client: redis.Redis, cid: str) -> dict[str, str]:
+    """The sinks that set ``cid`` aside: sink → the error."""
+    return {name: error for (name, aside), error in set_aside(client).items() if aside == cid}
+
+
+def pending(client: redis.Redis) -> bool:
+    """Is any outbox sink or webhook notification still to be delivered?"""
+    return bool(waiting(client)) or bool(notify.pending_notifications(client))
 
 
 def loader(client: redis.Redis) -> Loader:
@@ -111,8 +112,8 @@ def deliver_to_database(client: redis.Redis, db: Any) -> dict[str, Delivered]:
     """The database sink, then the change points of what it stored."""
     load = loader(client)
     stored = Delivered(*outbox.flush(client, OUTBOXES[DATABASE], db, load))
-    in_database = set(outbox.pending(client, OUTBOXES[DATABASE]))
-    changes = outbox.flush(client, OUTBOXES[CHANGES], _ChangePoints(db), load, lambda cid: cid not in in_database)
+    not_stored = set(outbox.pending(client, OUTBOXES[DATABASE]))
+    changes = outbox.flush(client, OUTBOXES[CHANGES], _ChangePoints(db), load, lambda cid: cid not in not_stored)
     return {DATABASE: stored, CHANGES: Delivered(*changes)}
 
 

@@ -194,19 +194,21 @@ def record_results() -> None:
 
 def _run_sinks(client: redis.Redis) -> None:
     """One pass over every sink, each failure its own."""
-    from orchestrator.history.db import ResultsDb  # SQLAlchemy only where it is used
-
     _guarded("reports", lambda: sinks.deliver_reports(client))
-    try:
-        with ResultsDb() as db:
-            stored = sinks.deliver_to_database(client, db)[sinks.DATABASE].stored
-        if stored:
-            log.info("stored %d finished campaign(s) in the results database", stored)
-    except Exception:
-        log.exception("storing finished campaigns failed; retrying")
+    stored = _guarded("database", lambda: _store(client))
+    if stored:
+        log.info("stored %d finished campaign(s) in the results database", stored)
     notified = _guarded("webhook", lambda: sinks.deliver_notifications(client))
     if notified and any(notified):
         log.info("webhook: %d notification(s) delivered, %d waiting for a retry", *notified)
+
+
+def _store(client: redis.Redis) -> int:
+    """The database and change-points sinks: how many campaigns the database took."""
+    from orchestrator.history.db import ResultsDb  # SQLAlchemy only where it is used
+
+    with ResultsDb() as db:
+        return sinks.deliver_to_database(client, db)[sinks.DATABASE].stored
 
 
 def _guarded(sink: str, deliver: Callable[[], T]) -> T | None:

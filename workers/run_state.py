@@ -14,45 +14,18 @@ import redis
 from model.protocol import RunStatus, SetupStage, StageFailure
 from model.state import EVENTS_MAXLEN, campaign_key, decode_fields, encode_fields, events_key, node_key, run_key
 
-# Compare-and-set in one step: a run moves provisioning -> running only while it is still
-# provisioning *this* attempt. A read-then-write from the node task could land after the
-# scheduler re-queued the run (worker lost) and mark a queued run running forever.
-_MARK_RUNNING = """
-if redis.call('HGET', KEYS[1], 'status') == ARGV[1] and redis.call('HGET', KEYS[1], 'attempt') == ARGV[2] then
-  redis.call('HSET', KEYS[1], 'status', ARGV[3], ARGV[3] .. '_at', ARGV[4])
-  return 1
+# Every write of a node or setup task is this compare-and-set: the fields are written only
+# while each expected field still holds its value (the run's status, the attempt). A
+# read-then-write could land after the scheduler moved on: mark a re-queued run running
+# forever, or write an abandoned attempt's outcome into the next attempt.
+# ARGV: the number of conditions, then (field, expected) pairs, then (field, value) pairs.
+_SET_IF = """
+local n = tonumber(ARGV[1])
+for i = 0, n - 1 do
+  if redis.call('HGET', KEYS[1], ARGV[2 + 2 * i]) ~= ARGV[3 + 2 * i] then return 0 end
 end
-return 0
-"""
-
-
-# Write a stage's fields only while the run is still in that stage at the task's attempt: a
-# task the scheduler gave up on (silent too long, redone) must not write into the next one.
-_SET_IF_CURRENT = """
-if redis.call('HGET', KEYS[1], 'status') == ARGV[1] and redis.call('HGET', KEYS[1], ARGV[2]) == ARGV[3] then
-  redis.call('HSET', KEYS[1], unpack(ARGV, 4))
-  return 1
-end
-return 0
-"""
-
-
-# A node's hash belongs to the attempt the scheduler wrote into it: a node task of an
-# earlier attempt (its worker taken for lost, the run started again) writes nothing there.
-_NODE_SET_IF_ATTEMPT = """
-if redis.call('HGET', KEYS[1], 'attempt') == ARGV[1] then
-  redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-  return 1
-end
-return 0
-"""
-# Take a node for this attempt: only from "queued", so a redelivered task never boots a second guest.
-_NODE_CLAIM = """
-if redis.call('HGET', KEYS[1], 'attempt') == ARGV[1] and redis.call('HGET', KEYS[1], 'status') == 'queued' then
-  redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-  return 1
-end
-return 0
+redis.call('HSET', KEYS[1], unpack(ARGV, 2 + 2 * n))
+return 1
 """
 
 
@@ -86,23 +59,15 @@ class RunState:
         stray = set(fields) - stage.task_fields()
         if stray:  # not an assert: gone under -O, and this is the contract with the scheduler
             raise ValueError(f"the {stage.name} task may not write {sorted(stray)}")
-        pairs = [item for field, value in encode_fields(fields).items() for item in (field, value)]
-        key = run_key(self.cid, self.rid)
-        return bool(self.redis.eval(_SET_IF_CURRENT, 1, key, stage.status.value, stage.attempt, str(attempt), *pairs))
+        expected = {"status": stage.status.value, stage.attempt: str(attempt)}
+        return self._set_if(run_key(self.cid, self.rid), expected, fields)
 
     def mark_running(self, attempt: int) -> bool:
         """The run is running (its first node reached the workload), if it is still
         provisioning this attempt; False when the scheduler has moved it on."""
-        moved = self.redis.eval(
-            _MARK_RUNNING,
-            1,
-            run_key(self.cid, self.rid),
-            RunStatus.PROVISIONING.value,
-            str(attempt),
-            RunStatus.RUNNING.value,
-            repr(time.time()),
-        )
-        return bool(moved)
+        expected = {"status": RunStatus.PROVISIONING.value, "attempt": str(attempt)}
+        running = {"status": RunStatus.RUNNING.value, "running_at": repr(time.time())}
+        return self._set_if(run_key(self.cid, self.rid), expected, running)
 
     def node(self, node: str) -> dict[str, Any]:
         return decode_fields(self.redis.hgetall(node_key(self.cid, self.rid, node)))
@@ -112,19 +77,21 @@ class RunState:
         """Take ``node`` for ``attempt``: False unless the scheduler queued it for that attempt
         and no task took it yet."""
         fields = {"owner": owner, "status": "starting", "started_at": time.time()}
-        return self._node_script(_NODE_CLAIM, node, attempt, fields)
+        return self._set_if(node_key(self.cid, self.rid, node), {"attempt": str(attempt), "status": "queued"}, fields)
 
     def node_status(self, node: str, attempt: int, status: str) -> bool:
-        return self._node_script(_NODE_SET_IF_ATTEMPT, node, attempt, {"status": status})
+        return self._set_if(node_key(self.cid, self.rid, node), {"attempt": str(attempt)}, {"status": status})
 
     def node_done(self, node: str, attempt: int, result: dict[str, Any]) -> bool:
         """The node's result; False (nothing written) when the hash is another attempt's."""
         fields = {"status": "done", "result": result, "finished_at": time.time()}
-        return self._node_script(_NODE_SET_IF_ATTEMPT, node, attempt, fields)
+        return self._set_if(node_key(self.cid, self.rid, node), {"attempt": str(attempt)}, fields)
 
-    def _node_script(self, script: str, node: str, attempt: int, fields: dict[str, Any]) -> bool:
-        pairs = [item for field, value in encode_fields(fields).items() for item in (field, value)]
-        return bool(self.redis.eval(script, 1, node_key(self.cid, self.rid, node), str(attempt), *pairs))
+    def _set_if(self, key: str, expected: dict[str, str], fields: dict[str, Any]) -> bool:
+        """Write ``fields`` into hash ``key`` only if every ``expected`` field holds its value."""
+        conditions = [item for pair in expected.items() for item in pair]
+        values = [item for pair in encode_fields(fields).items() for item in pair]
+        return bool(self.redis.eval(_SET_IF, 1, key, len(expected), *conditions, *values))
 
     def event(self, **fields: Any) -> None:
         """Append a progress event to the campaign's stream (bounded)."""

@@ -131,12 +131,12 @@ def _build(client: redis.Redis, message: BuildMessage, note: Callable[[str], Non
         with client.lock(build_lock_key(digest), timeout=BUILD_LOCK_S, blocking_timeout=BUILD_LOCK_S):
             artifact = build_artifact(spec, note)
     except InputFault as refused:
-        return StageFailure(cause="input", reason=refused.reason[-4000:])
+        return StageFailure(cause="input", reason=refused.reason)
     except BuildError as failed:
         note(f"failed ({failed.cause}) at {failed.stage}")
-        return StageFailure(cause="input" if failed.cause == "input" else "infra", reason=failed.reason[-4000:])
+        return StageFailure(cause="input" if failed.cause == "input" else "infra", reason=failed.reason)
     except (KernelError, OSError, redis.RedisError) as err:
-        return StageFailure(cause="infra", reason=f"{type(err).__name__}: {err}"[-4000:])
+        return StageFailure(cause="infra", reason=f"{type(err).__name__}: {err}")
     note(f"built {artifact.summary()}")
     built = {
         "artifact": artifact.hash,
@@ -167,7 +167,7 @@ def _prepare(setup: RunSetupSpec, state: RunState) -> StageFailure | dict[str, A
         prepared = run_setup(setup, note)
     except StepFailure as failure:
         note("prepare", f"failed ({failure.cause}): {failure.reason}")
-        return StageFailure(cause=failure.cause, reason=failure.reason[-4000:])
+        return StageFailure(cause=failure.cause, reason=failure.reason)
     return prepared.model_dump(mode="json") if prepared else ""
 
 
