@@ -1,20 +1,29 @@
 """The schema of a finished campaign's record, result.json: campaign, run and node entries.
 
 The scheduler checks the record it assembles against these models, the results database
-validates what it stores and the webhook reads its payload through them; records written
-by an older swaplab still load — ``campaign_id`` and ``runs`` are required, every other
-field is optional and a missing or null one takes its default. Fields a model does not
-know are ignored by it (and kept in the stored document), so a newer record loads too.
+validates what it stores, the webhook reads its payload, the reports render and the
+comparisons read their runs through them; records written by an older swaplab still load —
+``campaign_id`` and ``runs`` are required, every other field is optional and a missing or
+null one takes its default. Fields a model does not know are ignored by it (and kept in
+the stored document), so a newer record loads too.
 
 ``RESULT_SCHEMA_VERSION`` is written into every record (``schema_version``); work that
-adds or changes a field bumps it, and a record without one is version 0.
+changes what a field means, or adds one writers did not write before, bumps it, and a
+record without one is version 0. Reading a field swaplab already wrote is no change of the
+record: the reports' fields (a node's ``series``, ``reasons``, ``phases_s`` and workload
+outcome, a run's ``window``, the campaign's ``reproduce``, ``wall_s`` and ``result_dir``, a
+comparison's ``figures``, ``method`` and kernels) joined the schema at version 1, optional
+and with the shape they always had.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+
+from model.display import printable
 
 RESULT_SCHEMA_VERSION: Final = 1
 CAMPAIGN_ID_MAX: Final = 200  # the results database's column holds this many characters
@@ -58,15 +67,26 @@ class Criterion(_Part):
     detail: str | None = None
 
 
+class NodeWorkload(_Part):
+    """What the workload on a node reported (the reports read how long it ran)."""
+
+    elapsed_s: float | None = None
+
+
 class Node(_Part):
     """One node's part of a run."""
 
     node: Name
     verdict: str | None = None
+    reasons: list[str] = []
     criteria: list[Criterion] = []
     figures: dict[str, Figure] = {}
     kernel: dict[str, Any] = {}
     ram_mib: int | None = None
+    phases_s: dict[str, float | None] = {}
+    workload: NodeWorkload = Field(default_factory=NodeWorkload)
+    # The per-tick samples the reports plot (``t`` is the time axis); a null is a gap.
+    series: dict[str, list[float | None]] = {}
 
 
 class Redone(_Part):
@@ -92,6 +112,7 @@ class Nfs(_Part):
     version: str | None = None
     options: str | None = None
     backend: str | None = None
+    mount_options: list[str] = []  # the campaign's own shape of the options
 
 
 class Workload(_Part):
@@ -99,7 +120,10 @@ class Workload(_Part):
 
     name: str | None = None
     mib: int | None = None
+    ram_ratio: float | None = None
     passes: int | None = None
+    timeout_s: int | None = None
+    allow_oom: bool | None = None
 
 
 class Settings(_Part):
@@ -110,6 +134,14 @@ class Settings(_Part):
     node_ram_mib: int | None = None
     swap_mib: int | None = None
     workload: Workload = Field(default_factory=Workload)
+
+
+class Window(_Part):
+    """The window a run was judged over in Prometheus (epoch seconds)."""
+
+    start: float | None = None
+    end: float | None = None
+    seconds: float | None = None
 
 
 class Run(_Part):
@@ -130,6 +162,7 @@ class Run(_Part):
     redone: list[Redone] = []
     kernel_info: KernelInfo = Field(default_factory=KernelInfo)
     settings: Settings = Field(default_factory=Settings)
+    window: Window = Field(default_factory=Window)
     nodes: list[Node] = []
 
     def release(self) -> str:
@@ -156,6 +189,43 @@ class SkippedRun(_Part):
     reason: str = ""
 
 
+class ComparedFigure(_Part):
+    """One figure of a comparison: baseline (A) against candidate (B), its outcome."""
+
+    figure: Name
+    unit: str | None = None
+    better: str | None = None
+    n_a: int | None = None
+    n_b: int | None = None
+    median_a: float | None = None
+    median_b: float | None = None
+    scale: str | None = None  # "ratio", or "difference" when A's median is 0
+    ratio: float | None = None
+    difference: float | None = None
+    change_pct: float | None = None
+    confidence: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None  # null: the interval's upper end was infinite
+    p_value: float | None = None
+    p_holm: float | None = None
+    tolerance: float | None = None
+    abs_tolerance: float | None = None
+    min_repeats: int | None = None
+    outcome: str | None = None
+    summary: str | None = None
+
+
+class ComparisonMethod(_Part):
+    """How a comparison's figures were compared (the same for every comparison of a campaign)."""
+
+    statistic: str | None = None
+    interval: str | None = None
+    resamples: int | None = None
+    confidence: float | None = None
+    seed: int | None = None
+    rank_test: str | None = None
+
+
 class Comparison(_Part):
     """One comparison of a comparison campaign: a candidate side against the baseline."""
 
@@ -163,9 +233,26 @@ class Comparison(_Part):
     candidate: str | None = None
     axis: str | None = None
     workload: str | None = None
+    # The other axis's value of the cell: the kernel of a variant comparison, the variant
+    # of a kernel comparison.
     kernel: str | None = None
+    variant: str | None = None
     primary: str | None = None
     verdict: str | None = None
+    regressed: bool | None = None
+    rule: str | None = None
+    method: ComparisonMethod = Field(default_factory=ComparisonMethod)
+    figures: list[ComparedFigure] = []
+    # An instance comparison's kernels: the releases each side's passing runs booted.
+    baseline_kernels: list[str] = []
+    candidate_kernels: list[str] = []
+
+
+class Reproduce(_Part):
+    """The campaign file and the command that runs the campaign again."""
+
+    file: str | None = None
+    command: str | None = None
 
 
 class Campaign(_Part):
@@ -176,11 +263,14 @@ class Campaign(_Part):
     campaign_id: Annotated[str, StringConstraints(min_length=1, max_length=CAMPAIGN_ID_MAX)]
     campaign: str = ""
     file: str | None = None
+    reproduce: Reproduce = Field(default_factory=Reproduce)
     lab: str | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    wall_s: float | None = None
     verdict: str | None = None
     exit_code: int | None = None
+    result_dir: str | None = None
     runs: list[Run] = Field(...)  # required: a record without runs is not a finished campaign
     skipped_runs: list[SkippedRun] = []
     comparisons: list[Comparison] = []
@@ -192,6 +282,29 @@ class Campaign(_Part):
         if len(ids) != len(set(ids)):
             raise ValueError(f"a run id appears twice: {', '.join(ids)}")
         return self
+
+
+class RecordError(ValueError):
+    """A record that does not match the schema; its message names every wrong field."""
+
+
+def campaign_of(record: Any) -> Campaign:
+    """``record`` read through the schema (a Campaign is taken as it is). Raises
+    RecordError, in one printable line, naming every field that is wrong."""
+    if isinstance(record, Campaign):
+        return record
+    if not isinstance(record, Mapping):
+        raise RecordError(f"campaign record refused: expected a JSON object, got {type(record).__name__}")
+    try:
+        return Campaign.model_validate(dict(record))
+    except ValidationError as err:
+        cid = printable(record.get("campaign_id")).strip()[:100]
+        where = f" {cid}" if cid else ""
+        # A field's path may hold a key of the record (a figure's name): shown, never obeyed.
+        problems = described(err)
+        raise RecordError(
+            printable(f"campaign record{where} does not match result.json's schema: {problems}")
+        ) from None
 
 
 def schema_problems(record: Any) -> str | None:

@@ -9,6 +9,12 @@ results database; ``swaplab compare A B`` does the same with any two stored inst
 
 Only passing runs contribute values (one per node): a failed run's figures say nothing
 about the kernel's speed. The statistics are orchestrator.stats's.
+
+Records and their runs are read through result.json's schema (``model.result``): a
+function given a record as a mapping validates it first, and one that does not match is
+refused with a ``model.result.RecordError`` (a ValueError) naming every wrong field, never
+compared from what could be read of it. The comparison entries these functions make are plain dicts (they
+are written into the record) of the shape of ``model.result.Comparison``.
 """
 
 from __future__ import annotations
@@ -17,26 +23,40 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
+from pydantic import ValidationError
+
 from model.campaign import LAST_PASS, BaselineSide, CompareSpec
+from model.display import printable
+from model.result import Campaign, ComparedFigure, Comparison, RecordError, Run, campaign_of, described
 from orchestrator.stats import compare
 from orchestrator.stats import side_values as comparison_values
 
 Values = dict[str, list[float]]  # figure -> one value per passing node run
+Record = Campaign | Mapping[str, Any]  # a record as the scheduler or the database hands it over
+Entry = Comparison | Mapping[str, Any]  # a comparison entry, as made here or read back
 
 
-def side_values(runs: Iterable[Mapping[str, Any]]) -> Values:
-    """Every figure's values over the passing runs' nodes (comparison.side_values per node)."""
+def comparison_of(entry: Entry) -> Comparison:
+    """A comparison entry read through result.json's schema (a Comparison as it is)."""
+    if isinstance(entry, Comparison):
+        return entry
+    try:
+        return Comparison.model_validate(entry)
+    except ValidationError as err:
+        raise RecordError(
+            printable(f"comparison entry does not match result.json's schema: {described(err)}")
+        ) from None
+
+
+def side_values(runs: Iterable[Run]) -> Values:
+    """Every figure's values over the passing runs' nodes (stats.side_values per node)."""
     per_node = [
-        {name: float(figure["value"]) for name, figure in (node.get("figures") or {}).items() if _numeric(figure)}
+        {name: figure.value for name, figure in node.figures.items() if figure.value is not None}
         for run in runs
-        if run.get("verdict") == "pass"
-        for node in run.get("nodes") or []
+        if run.verdict == "pass"
+        for node in run.nodes
     ]
     return cast(Values, comparison_values(per_node))
-
-
-def _numeric(figure: Any) -> bool:
-    return isinstance(figure, Mapping) and isinstance(figure.get("value"), int | float)
 
 
 def _policies(spec: CompareSpec) -> dict[str, dict[str, Any]]:
@@ -47,17 +67,17 @@ def _compare(baseline: Values, candidate: Values, spec: CompareSpec) -> dict[str
     return compare(baseline, candidate, primary=spec.primary, policies=_policies(spec)).to_json()
 
 
-def in_campaign(record: Mapping[str, Any], baseline: BaselineSide, spec: CompareSpec) -> list[dict[str, Any]]:
+def in_campaign(record: Record, baseline: BaselineSide, spec: CompareSpec) -> list[dict[str, Any]]:
     """Every side against the baseline side, cell by cell (the other axis and the workload)."""
-    axis = "kernel_label" if baseline.kernel is not None else "variant"
-    other = "variant" if axis == "kernel_label" else "kernel_label"
-    base_name = baseline.kernel if baseline.kernel is not None else baseline.variant
-    cells: dict[tuple[str, str], dict[str, list[Mapping[str, Any]]]] = defaultdict(lambda: defaultdict(list))
-    for run in record.get("runs") or []:
-        cells[(str(run.get(other) or ""), str(run.get("workload") or ""))][str(run.get(axis) or "")].append(run)
+    by_kernel = baseline.kernel is not None
+    base_name = str(baseline.kernel if by_kernel else baseline.variant)
+    cells: dict[tuple[str, str], dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
+    for run in campaign_of(record).runs:
+        side, other = (run.kernel_label, run.variant) if by_kernel else (run.variant, run.kernel_label)
+        cells[(other or "", run.workload or "")][side or ""].append(run)
     out = []
     for (other_value, workload), sides in cells.items():
-        base = side_values(sides.get(str(base_name), []))
+        base = side_values(sides.get(base_name, []))
         for name, runs in sides.items():
             if name == base_name:
                 continue
@@ -65,26 +85,27 @@ def in_campaign(record: Mapping[str, Any], baseline: BaselineSide, spec: Compare
                 {
                     "baseline": base_name,
                     "candidate": name,
-                    "axis": "kernel" if axis == "kernel_label" else "variant",
+                    "axis": "kernel" if by_kernel else "variant",
                     "workload": workload,
-                    **({other.replace("_label", ""): other_value} if other_value else {}),
+                    **({"variant" if by_kernel else "kernel": other_value} if other_value else {}),
                     **_compare(base, side_values(runs), spec),
                 }
             )
     return out
 
 
-def against_instance(
-    record: Mapping[str, Any], baseline: Mapping[str, Any] | None, spec: CompareSpec
-) -> list[dict[str, Any]]:
+def against_instance(record: Record, baseline: Record | None, spec: CompareSpec) -> list[dict[str, Any]]:
     """This campaign's runs against another stored instance's, workload by workload."""
+    mine_all = campaign_of(record)
+    other = campaign_of(baseline) if baseline is not None else None
+    theirs_all = other.runs if other is not None else []
     out = []
-    for workload in sorted({str(run.get("workload") or "") for run in record.get("runs") or []}):
-        mine = [run for run in record.get("runs") or [] if run.get("workload") == workload]
-        theirs = [run for run in (baseline or {}).get("runs") or [] if run.get("workload") == workload]
+    for workload in sorted({run.workload or "" for run in mine_all.runs}):
+        mine = [run for run in mine_all.runs if (run.workload or "") == workload]
+        theirs = [run for run in theirs_all if (run.workload or "") == workload]
         entry = {
-            "baseline": (baseline or {}).get("campaign_id"),
-            "candidate": record.get("campaign_id"),
+            "baseline": other.campaign_id if other is not None else None,
+            "candidate": mine_all.campaign_id,
             "axis": "instance",
             "workload": workload,
             # Which kernels each side ran: a nightly regression names the kernel that changed.
@@ -96,22 +117,17 @@ def against_instance(
     return out
 
 
-def comparable(record: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
+def comparable(record: Record, other: Record) -> bool:
     """Whether ``other`` ran the same workloads on the same node size and NFS settings."""
 
-    def settings(rec: Mapping[str, Any]) -> set[str]:
+    def settings(rec: Campaign) -> set[str]:
         return {
-            repr(
-                sorted(
-                    (k, repr(v))
-                    for k, v in (run.get("settings") or {}).items()
-                    if k in ("nfs", "node_ram_mib", "workload")
-                )
-            )
-            for run in rec.get("runs") or []
+            repr(run.settings.model_dump(include={"nfs", "node_ram_mib", "workload"}, exclude_unset=True))
+            for run in rec.runs
         }
 
-    return bool(settings(record)) and settings(record) == settings(other)
+    mine = settings(campaign_of(record))
+    return bool(mine) and mine == settings(campaign_of(other))
 
 
 def is_last_pass(baseline: object) -> bool:
@@ -119,32 +135,36 @@ def is_last_pass(baseline: object) -> bool:
     return baseline == LAST_PASS
 
 
-def regressions(comparisons: Iterable[Mapping[str, Any]]) -> list[str]:
+def regressions(comparisons: Iterable[Entry]) -> list[str]:
     """One line per comparison whose verdict is a regression (the primary figure's summary)."""
     lines = []
-    for entry in comparisons:
-        if entry.get("verdict") == "regression":
-            where = f"{entry['candidate']} vs {entry['baseline']} ({entry['workload']})"
-            lines.append(f"regression: {where}: {primary_figure(entry).get('summary', '')}{kernel_change(entry)}")
+    for entry in map(comparison_of, comparisons):
+        if entry.verdict == "regression":
+            where = f"{entry.candidate} vs {entry.baseline} ({entry.workload})"
+            figure = primary_figure(entry)
+            summary = figure.summary if figure is not None and figure.summary is not None else ""
+            lines.append(f"regression: {where}: {summary}{kernel_change(entry)}")
     return lines
 
 
-def releases(runs: Iterable[Mapping[str, Any]]) -> list[str]:
+def releases(runs: Iterable[Run]) -> list[str]:
     """The kernel releases the passing runs booted, sorted."""
-    found = {str((run.get("kernel_info") or {}).get("release") or "") for run in runs if run.get("verdict") == "pass"}
+    found = {run.kernel_info.release or "" for run in runs if run.verdict == "pass"}
     return sorted(found - {""})
 
 
-def kernel_change(entry: Mapping[str, Any]) -> str:
+def kernel_change(entry: Entry) -> str:
     """ ", kernel 6.1.0-57-amd64 -> 6.1.0-58-amd64" for an instance comparison (or "same kernel")."""
-    if entry.get("axis") != "instance":
+    compared = comparison_of(entry)
+    if compared.axis != "instance":
         return ""
-    before, after = entry.get("baseline_kernels") or [], entry.get("candidate_kernels") or []
+    before, after = compared.baseline_kernels, compared.candidate_kernels
     if before == after:
         return f", same kernel {', '.join(after)}" if after else ""
     return f", kernel {', '.join(before) or '?'} -> {', '.join(after) or '?'}"
 
 
-def primary_figure(entry: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The comparison of the figure that decided ``entry``'s verdict."""
-    return next((f for f in entry.get("figures") or [] if f.get("figure") == entry.get("primary")), {})
+def primary_figure(entry: Entry) -> ComparedFigure | None:
+    """The comparison of the figure that decided ``entry``'s verdict (None when it has none)."""
+    compared = comparison_of(entry)
+    return next((f for f in compared.figures if f.figure == compared.primary), None)

@@ -71,7 +71,7 @@ import redis
 from model import result as result_schema
 from model.state import NOTIFY_DUE_KEY, NOTIFY_WAKEUP_KEY, as_text, encode_fields, notify_claim_key, notify_key
 from orchestrator.reports import render
-from orchestrator.reports.record import clean, number
+from orchestrator.reports.view import clean, number
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def payload(record: Mapping[str, Any]) -> dict[str, Any]:
         "skipped_runs": [{"run_id": clean(r.run_id), "reason": clean(r.reason)} for r in parsed.skipped_runs],
         "comparisons": [_comparison_summary(entry) for entry in parsed.comparisons],
         "reasons": [text for text in map(clean, parsed.reasons) if text],
-        "text": _text_report(record),
+        "text": _text_report(parsed),
     }
 
 
@@ -249,7 +249,7 @@ def _unreadable(record: Mapping[str, Any], problems: str) -> dict[str, Any]:
         "exit_code": None,
         "finished_at": None,
         "record_problems": clean(problems)[:2000],
-        "text": _text_report(record),
+        "text": "(no text report: the reports render only records that match the schema)\n",
     }
 
 
@@ -272,11 +272,11 @@ def _comparison_summary(entry: result_schema.Comparison) -> dict[str, Any]:
     return {key: clean(getattr(entry, key)) for key in keys}
 
 
-def _text_report(record: Mapping[str, Any]) -> str:
+def _text_report(record: result_schema.Campaign) -> str:
     try:
         return render(record, "text")
     except Exception as exc:  # a report that cannot be drawn must not cost the notification
-        log.exception("webhook: text report of %s not rendered", record.get("campaign_id"))
+        log.exception("webhook: text report of %s not rendered", clean(record.campaign_id))
         return f"(the text report could not be rendered: {type(exc).__name__})\n"
 
 

@@ -10,9 +10,10 @@ from typing import Any, TextIO
 from model.display import printable
 from model.exitcode import ExitCode
 from model.paths import UnsafePath, own_subdir, replace_file
+from model.result import Run
 from model.runspec import NodeResult, is_campaign_id
 from orchestrator.evaluation import RunEvaluation
-from orchestrator.reports.record import redone_lines
+from orchestrator.reports.view import redone_lines
 from orchestrator.verdict import MIB, NodeVerdict, combine, exit_code, judge_node
 from workers.samples import swap_moved_bytes
 
@@ -118,7 +119,7 @@ def print_summary(result: dict[str, Any], stream: TextIO) -> None:
             say(f"{rid:<5} {printable(run['kernel'])[:24]:<24} {'-':<7} {verdict:<12}")
         for reason in run.get("reasons", []):
             say(f"      - {printable(reason)}")
-        for line in redone_lines(run):
+        for line in redone_lines(Run.model_validate(run)):
             say(f"      {line}")
         for node in run["nodes"]:
             phases = node["phases_s"]

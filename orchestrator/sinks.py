@@ -8,7 +8,8 @@ few Redis writes), in the outbox of every sink (``enqueue``). The control worker
 sink          what it does with a finished campaign            its outbox, its retry
 ============  ===============================================  ===========================
 reports       text, HTML, JUnit, JSON beside result.json        ``swaplab:sink:reports``;
-                                                               a failure is set aside
+              (a record result.json's schema refuses is        a failure is set aside
+              set aside, every wrong field named)
 database      its record into the results database             ``swaplab:results:outbox``;
                                                                kept while the database is
                                                                down, retried every 30 s
@@ -39,6 +40,7 @@ from typing import Any
 import redis
 
 from model.paths import results_root
+from model.result import campaign_of
 from model.runspec import is_campaign_id
 from model.state import RESULTS_OUTBOX_KEY, sink_outbox_key
 from orchestrator import notify, outbox
@@ -105,7 +107,21 @@ def loader(client: redis.Redis) -> Loader:
 
 def deliver_reports(client: redis.Redis) -> Delivered:
     """The reports sink: no database needed, so it runs even while the database is down."""
-    return Delivered(*outbox.flush(client, OUTBOXES[REPORTS], _Reports(), loader(client)))
+    return Delivered(*outbox.flush(client, OUTBOXES[REPORTS], _Reports(), _readable(loader(client))))
+
+
+def _readable(load: Loader) -> Loader:
+    """``load``, refusing a record the reports cannot read: its RecordError (a ValueError)
+    has the outbox set the campaign aside with every wrong field named, where a failure
+    while writing would be logged with its traceback."""
+
+    def checked(cid: str) -> Mapping[str, Any] | None:
+        record = load(cid)
+        if record is not None:
+            campaign_of(record)
+        return record
+
+    return checked
 
 
 def deliver_to_database(client: redis.Redis, db: Any) -> dict[str, Delivered]:
@@ -152,7 +168,8 @@ def _read_own_file(path: Path, limit: int = 64 << 20) -> bytes:
 def write_campaign_reports(record: Mapping[str, Any]) -> dict[str, Path]:
     """Every report format beside result.json, if the campaign's result directory is on
     this host: below this process' own results root, never where the record says.
-    Raises OSError or UnsafePath when they cannot be written."""
+    Raises OSError or UnsafePath when they cannot be written, RecordError (naming every
+    wrong field) when the record does not match result.json's schema."""
     cid = record.get("campaign_id")
     if not is_campaign_id(cid):
         return {}

@@ -22,6 +22,7 @@ from model.campaign import CompareSpec
 from model.display import printable
 from model.exitcode import ExitCode
 from model.figures import FIGURE_NAMES
+from model.result import Campaign, RecordError, campaign_of
 from model.state import redis_url
 from orchestrator.store import CampaignStore
 
@@ -60,7 +61,9 @@ def query_db(ask: Callable[[ResultsDb], T]) -> T:
 @click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @click.option("--changes", is_flag=True, help="Change points over CAMPAIGN's nights, per figure (E-divisive means).")
-@click.option("--all", "show_all", is_flag=True, help="With --changes: also the changes below their figure's tolerance.")
+@click.option(
+    "--all", "show_all", is_flag=True, help="With --changes: also the changes below their figure's tolerance."
+)
 def history(campaign: str | None, kernel: str | None, limit: int, as_json: bool, changes: bool, show_all: bool) -> None:
     """Past campaigns (all, or those named CAMPAIGN), newest first, with verdicts and figures."""
     if changes:
@@ -106,10 +109,8 @@ def _shown(value: Any, fmt: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the stored record (result.json) instead.")
 def show(campaign_id: str, as_json: bool) -> None:
     """One finished campaign in full, from the results database."""
-    from orchestrator.reports import render
-
     record = stored_or_exit(campaign_id)
-    click.echo(json.dumps(record, indent=2) if as_json else render(record, "text"), nl=not as_json)
+    click.echo(json.dumps(record, indent=2) if as_json else rendered_or_exit(record, "text"), nl=not as_json)
 
 
 @click.command()
@@ -118,9 +119,7 @@ def show(campaign_id: str, as_json: bool) -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Write to a file, not stdout.")
 def report(campaign_id: str, fmt: str, output: Path | None) -> None:
     """A report of a finished campaign: text (mail), html (plots), junit (CI) or json."""
-    from orchestrator.reports import render
-
-    text = render(stored_or_exit(campaign_id, live_too=True), fmt)
+    text = rendered_or_exit(stored_or_exit(campaign_id, live_too=True), fmt)
     if output is None:
         click.echo(text, nl=False)
         return
@@ -146,7 +145,7 @@ def compare(baseline_id: str, candidate_id: str, primary: str, as_json: bool) ->
     """
     from orchestrator.baselines import against_instance, comparable
 
-    baseline, candidate = stored_or_exit(baseline_id), stored_or_exit(candidate_id)
+    baseline, candidate = (campaign_or_exit(stored_or_exit(cid)) for cid in (baseline_id, candidate_id))
     comparisons = against_instance(candidate, baseline, CompareSpec(primary=primary))
     if as_json:
         click.echo(json.dumps(comparisons, indent=2))
@@ -168,8 +167,32 @@ def comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
     for entry in comparisons:
         lines.append(f"{entry['candidate']} vs {entry['baseline']} ({entry['workload']}): {entry['verdict'].upper()}")
         figures = sorted(entry.get("figures", []), key=lambda f: f.get("figure") != entry.get("primary"))
-        lines += [f"  {'*' if f.get('figure') == entry.get('primary') else ' '} {f.get('summary', '')}" for f in figures]
+        lines += [
+            f"  {'*' if f.get('figure') == entry.get('primary') else ' '} {f.get('summary', '')}" for f in figures
+        ]
     return lines
+
+
+def rendered_or_exit(record: dict[str, Any], fmt: str) -> str:
+    """The record's report in ``fmt``, or a clear error (exit 2) naming every field of a
+    record that does not match result.json's schema."""
+    from orchestrator.reports import render  # the reports (and matplotlib) load only here
+
+    try:
+        return render(record, fmt)
+    except RecordError as err:
+        click.echo(f"error: no report: {err}", err=True)
+        sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
+
+
+def campaign_or_exit(record: dict[str, Any]) -> Campaign:
+    """The record read through result.json's schema, or a clear error (exit 2) naming every
+    field that is wrong."""
+    try:
+        return campaign_of(record)
+    except RecordError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
 
 
 def stored_or_exit(cid: str, live_too: bool = False) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from model.paths import cache_dir, restrict
 from orchestrator.history.errors import DatabaseUnavailable, InvalidRecord
 from orchestrator.history.models import CampaignRow, NodeRow, RunRow
-from orchestrator.history.record import campaign_row, parse, storable
+from orchestrator.history.rows import campaign_row, parse, storable
 
 __all__ = ["DatabaseUnavailable", "InvalidRecord", "ResultsDb", "database_url", "retention_days"]
 

@@ -17,26 +17,8 @@ from collections.abc import Iterable, Mapping
 from html import escape
 from typing import Any
 
+from model.result import Campaign, Run
 from orchestrator.reports import plots
-from orchestrator.reports.record import (
-    FigureSpec,
-    Kernel,
-    Record,
-    Reference,
-    Side,
-    baseline_references,
-    clean,
-    comparisons,
-    distribution,
-    figure_specs,
-    fmt_figure,
-    has_variants,
-    kernels,
-    nodes,
-    run_id,
-    runs,
-    series,
-)
 from orchestrator.reports.tables import (
     NodeSummary,
     RunSummary,
@@ -52,15 +34,33 @@ from orchestrator.reports.tables import (
     setups,
     skipped_table,
 )
+from orchestrator.reports.view import (
+    FigureSpec,
+    Kernel,
+    Reference,
+    Side,
+    baseline_references,
+    campaign_of,
+    clean,
+    distribution,
+    figure_specs,
+    fmt_figure,
+    has_variants,
+    kernels,
+    run_id,
+    series,
+)
 
 # A node's two plots take ~0.15 s and ~80 KB: a 1,000-run campaign would take minutes and
 # weigh 100 MB. Past this many node runs the page keeps the tables and evidence only.
 MAX_SAMPLED_NODES = 60
 
 
-def render_html(record: Record) -> str:
-    """The campaign record as one offline HTML page with its plots embedded."""
-    verdict = clean(record.get("verdict")) or "unknown"
+def render_html(source: Mapping[str, Any] | Campaign) -> str:
+    """The campaign record as one offline HTML page with its plots embedded. Raises
+    RecordError when the record does not match result.json's schema."""
+    record = campaign_of(source)
+    verdict = clean(record.verdict) or "unknown"
     sections = [
         ("kernels", "Kernels", _kernels(record)),
         ("setup", "Setup", _setup(record)),
@@ -85,9 +85,9 @@ def render_html(record: Record) -> str:
 # -- building blocks --------------------------------------------------------------------
 
 
-def _css(record: Record) -> str:
+def _css(record: Campaign) -> str:
     """The page's style; a comparison campaign's adds its outcome badges and baseline legends."""
-    return CSS + COMPARISON_CSS.lstrip("\n") if comparisons(record) else CSS
+    return CSS + COMPARISON_CSS.lstrip("\n") if record.comparisons else CSS
 
 
 def _class(prefix: str, word: str) -> str:
@@ -146,10 +146,10 @@ def _img(kind: str, key: str, png: bytes | None, alt: str) -> str:
 # -- sections ---------------------------------------------------------------------------
 
 
-def _header(record: Record, links: list[tuple[str, str]]) -> str:
+def _header(record: Campaign, links: list[tuple[str, str]]) -> str:
     """Campaign, verdict, key facts and links to the sections present (ours, not the record's)."""
-    verdict = clean(record.get("verdict")) or "unknown"
-    title = f"campaign {clean(record.get('campaign')) or '?'}"
+    verdict = clean(record.verdict) or "unknown"
+    title = f"campaign {clean(record.campaign) or '?'}"
     nav = " ".join(f'<a href="#{anchor}">{text}</a>' for anchor, text in links)
     return (
         f"<header>\n<h1>{escape(title)} {_badge(verdict, verdict.upper())}</h1>\n"
@@ -157,7 +157,7 @@ def _header(record: Record, links: list[tuple[str, str]]) -> str:
     )
 
 
-def _kernels(record: Record) -> str:
+def _kernels(record: Campaign) -> str:
     rows = "\n".join(_kernel_row(kernel) for kernel in kernels(record))
     if not rows:
         return ""
@@ -179,7 +179,7 @@ def _kernel_row(kernel: Kernel) -> str:
     return "<tr>" + "".join(cells) + "</tr>"
 
 
-def _setup(record: Record) -> str:
+def _setup(record: Campaign) -> str:
     groups = setups(record)
     items = "".join(
         f"<li><strong>runs {escape(', '.join(ids))}</strong>: {escape('; '.join(lines))}</li>" for ids, lines in groups
@@ -187,11 +187,11 @@ def _setup(record: Record) -> str:
     return f'<ul class="setup">{items}</ul>' if items else ""
 
 
-def _distributions_title(record: Record) -> str:
+def _distributions_title(record: Campaign) -> str:
     return "Figures per kernel and variant" if has_variants(record) else "Figures per kernel"
 
 
-def _distributions(record: Record) -> str:
+def _distributions(record: Campaign) -> str:
     drawn = [
         (spec, groups, baseline_references(record, spec.name))
         for spec in figure_specs(record)
@@ -221,20 +221,21 @@ def _distribution(
     return f'<figure class="dist">{image}<figcaption><ul class="refs" id="{ident}">{items}</ul></figcaption></figure>'
 
 
-def _runs(record: Record) -> str:
-    by_id: Mapping[str, Mapping[str, Any]] = {run_id(run): run for run in runs(record)}
+def _runs(record: Campaign) -> str:
+    by_id = {run_id(run): run for run in record.runs}
     articles, drawn = [], 0
     for summary in run_summaries(record):
-        articles.append(_run(summary, by_id.get(summary.run_id, {}), drawn < MAX_SAMPLED_NODES))
+        articles.append(_run(summary, by_id.get(summary.run_id), drawn < MAX_SAMPLED_NODES))
         drawn += len(summary.nodes)
     return "\n".join(articles)
 
 
-def _run(summary: RunSummary, run: Mapping[str, Any], draw: bool) -> str:
+def _run(summary: RunSummary, run: Run | None, draw: bool) -> str:
     ident = re.sub(r"[^A-Za-z0-9_-]+", "_", summary.run_id)
     notes = "".join(f"<li>{escape(note)}</li>" for note in summary.notes)
     notes = f'<ul class="notes">{notes}</ul>' if notes else ""
-    samples = {clean(node.get("node")) or "?": series(node) for node in nodes(run)} if draw else None
+    nodes = run.nodes if run else []
+    samples = {clean(node.node) or "?": series(node) for node in nodes} if draw else None
     parts = [_node(summary.run_id, node, samples) for node in summary.nodes]
     if not summary.nodes:
         parts = ['<p class="noplot">no node ran</p>']
@@ -262,7 +263,7 @@ def _node(rid: str, node: NodeSummary, samples: dict[str, dict[str, list[float]]
     return f'<div class="node">{heading}{evidence}<div class="plots">{swap}{memory}</div></div>'
 
 
-def _reproduce(record: Record) -> str:
+def _reproduce(record: Campaign) -> str:
     file, command = reproduce(record)
     return f"<p>campaign file: <code>{escape(file)}</code></p>\n<pre>{escape(command)}</pre>"
 

@@ -27,27 +27,24 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from typing import Any
 
-from orchestrator.reports.record import (
+from model.result import Campaign, Node, Run, SkippedRun
+from orchestrator.reports.tables import ComparisonSummary, comparison_summaries, node_summary
+from orchestrator.reports.view import (
     Kernel,
-    Record,
+    campaign_of,
     clean,
-    comparisons,
     figures,
     fmt_figure,
     kernel_by_run,
     kernel_cell,
-    mapping,
-    nodes,
     number,
+    recorded_attempt,
     redone_lines,
     run_id,
     run_label,
-    runs,
-    skipped_runs,
     texts,
     variant,
 )
-from orchestrator.reports.tables import ComparisonSummary, comparison_summaries, node_summary
 
 # What each verdict becomes; anything else a newer swaplab invents is an error, not a pass.
 OUTCOME = {"pass": None, "fail": "failure", "skipped": "skipped", "cancelled": "skipped"}
@@ -55,51 +52,53 @@ OUTCOME = {"pass": None, "fail": "failure", "skipped": "skipped", "cancelled": "
 COMPARISON_OUTCOME = {"no change": None, "improvement": None, "regression": "failure"}
 
 
-def render_junit(record: Record) -> str:
-    """The campaign record as JUnit XML (UTF-8, with the XML declaration)."""
-    campaign = clean(record.get("campaign")) or "campaign"
+def render_junit(source: Mapping[str, Any] | Campaign) -> str:
+    """The campaign record as JUnit XML (UTF-8, with the XML declaration). Raises
+    RecordError when the record does not match result.json's schema."""
+    record = campaign_of(source)
+    campaign = clean(record.campaign) or "campaign"
     by_run = kernel_by_run(record)
-    suites = [_run_suite(record, campaign, run, by_run.get(run_id(run))) for run in runs(record)]
-    suites += [_skipped_suite(campaign, entry) for entry in skipped_runs(record)]
-    if comparisons(record):
+    suites = [_run_suite(record, campaign, run, by_run.get(run_id(run))) for run in record.runs]
+    suites += [_skipped_suite(campaign, entry) for entry in record.skipped_runs]
+    if record.comparisons:
         suites.append(_comparison_suite(record, campaign))
-    root = ET.Element("testsuites", name=clean(record.get("campaign_id")) or campaign)
+    root = ET.Element("testsuites", name=clean(record.campaign_id) or campaign)
     root.extend(suites)
     _count_all(root)
-    wall = number(record.get("wall_s"))
+    wall = number(record.wall_s)
     if wall is not None:
         root.set("time", f"{wall:.3f}")
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 
 
-def _run_suite(record: Record, campaign: str, run: Mapping[str, Any], kernel: Kernel | None) -> ET.Element:
+def _run_suite(record: Campaign, campaign: str, run: Run, kernel: Kernel | None) -> ET.Element:
     rid = run_id(run)
-    suite = _suite(f"{campaign}.{rid}", run.get("started_at"))
+    suite = _suite(f"{campaign}.{rid}", run.started_at)
     suite.append(_properties(record, run, kernel))
     name = kernel_cell(kernel.name if kernel else "?", run)
     notes = redone_lines(run)
-    cases = [_node_case(f"{campaign}.{rid}", name, node, notes) for node in nodes(run)]
+    cases = [_node_case(f"{campaign}.{rid}", name, node, notes) for node in run.nodes]
     if not cases:  # refused before any node ran: still one case, so CI counts it
-        reasons = texts(run.get("reasons"))
+        reasons = texts(run.reasons)
         case = ET.Element("testcase", name=f"{name} (no node ran)", classname=f"{campaign}.{rid}", time="0.000")
-        _outcome(case, clean(run.get("verdict")) or "invalid", notes + reasons)
+        _outcome(case, clean(run.verdict) or "invalid", notes + reasons)
         cases = [case]
     suite.extend(cases)
     _count(suite)
     return suite
 
 
-def _skipped_suite(campaign: str, entry: Mapping[str, Any]) -> ET.Element:
+def _skipped_suite(campaign: str, entry: SkippedRun) -> ET.Element:
     rid = run_id(entry)
     suite = _suite(f"{campaign}.{rid}", None)
     case = ET.SubElement(suite, "testcase", name=run_label(entry), classname=f"{campaign}.{rid}", time="0.000")
-    ET.SubElement(case, "skipped", message=clean(entry.get("reason")) or "not started")
+    ET.SubElement(case, "skipped", message=clean(entry.reason) or "not started")
     _count(suite)
     return suite
 
 
-def _suite(name: str, started_at: object) -> ET.Element:
+def _suite(name: str, started_at: float | None) -> ET.Element:
     suite = ET.Element("testsuite", name=name)
     start = number(started_at)
     if start is not None:  # JUnit's timestamp: ISO 8601 without a zone, taken as UTC
@@ -107,7 +106,7 @@ def _suite(name: str, started_at: object) -> ET.Element:
     return suite
 
 
-def _properties(record: Record, run: Mapping[str, Any], kernel: Kernel | None) -> ET.Element:
+def _properties(record: Campaign, run: Run, kernel: Kernel | None) -> ET.Element:
     """The run's kernel (release, version, source, artifact, each patch) and workload."""
     known = (
         []
@@ -121,12 +120,12 @@ def _properties(record: Record, run: Mapping[str, Any], kernel: Kernel | None) -
         ]
     )
     pairs = [
-        ("campaign_id", clean(record.get("campaign_id"))),
+        ("campaign_id", clean(record.campaign_id)),
         ("run", run_id(run)),
-        ("attempt", clean(run.get("attempt"))),
+        ("attempt", clean(recorded_attempt(run))),
         *known,
         ("variant", variant(run)),
-        ("workload", clean(run.get("workload"))),
+        ("workload", clean(run.workload)),
     ]
     props = ET.Element("properties")
     for name, value in pairs:
@@ -135,7 +134,7 @@ def _properties(record: Record, run: Mapping[str, Any], kernel: Kernel | None) -
     return props
 
 
-def _node_case(classname: str, kernel: str, node: Mapping[str, Any], notes: list[str]) -> ET.Element:
+def _node_case(classname: str, kernel: str, node: Node, notes: list[str]) -> ET.Element:
     """One run x node: its outcome with the evidence; redone notes and figures as output."""
     summary = node_summary(node)
     case = ET.Element("testcase", name=f"{kernel} on {summary.node}", classname=classname)
@@ -147,10 +146,10 @@ def _node_case(classname: str, kernel: str, node: Mapping[str, Any], notes: list
     return case
 
 
-def _comparison_suite(record: Record, campaign: str) -> ET.Element:
+def _comparison_suite(record: Campaign, campaign: str) -> ET.Element:
     """One case per comparison: failed by a regression, in error without enough data."""
     classname = f"{campaign}.comparison"
-    suite = _suite(classname, record.get("finished_at"))
+    suite = _suite(classname, record.finished_at)
     for summary in comparison_summaries(record):
         case = ET.SubElement(suite, "testcase", name=summary.title, classname=classname, time="0.000")
         lines = _comparison_lines(summary)
@@ -178,19 +177,19 @@ def _outcome(case: ET.Element, verdict: str, evidence: list[str], outcomes: Mapp
     element.text = "\n".join(evidence) + "\n" if evidence else None
 
 
-def _figure_lines(node: Mapping[str, Any]) -> list[str]:
+def _figure_lines(node: Node) -> list[str]:
     """``swap_out_mibps = 12.9 MiB/s (higher is better)``, one line per figure of the node."""
     return [
-        f"{name} = {fmt_figure(figure.get('value'))} {clean(figure.get('unit'))} ({clean(figure.get('better')) or '?'} is better)"
+        f"{name} = {fmt_figure(figure.value)} {clean(figure.unit)} ({clean(figure.better) or '?'} is better)"
         for name, figure in figures(node).items()
     ]
 
 
-def _workload_seconds(node: Mapping[str, Any]) -> float:
+def _workload_seconds(node: Node) -> float:
     """How long the node's workload ran (its phase time, else the tool's own count)."""
-    seconds = number(mapping(node.get("phases_s")).get("workload"))
+    seconds = number(node.phases_s.get("workload"))
     if seconds is None:
-        seconds = number(mapping(node.get("workload")).get("elapsed_s"))
+        seconds = number(node.workload.elapsed_s)
     return seconds or 0.0
 
 

@@ -15,7 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from orchestrator.reports.record import FigureSpec, Reference, Side
+from orchestrator.reports.view import FigureSpec, Reference, Side
 
 DPI = 96
 # Colour-blind safe (Okabe-Ito); the same meaning keeps the same colour on every plot.

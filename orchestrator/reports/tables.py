@@ -1,23 +1,21 @@
 """What the text and HTML reports show, built once: tables, verdicts with evidence, setup.
 
 The renderers only lay these out (fixed-width text or HTML), so both reports always say
-the same thing. Every string here has been through :func:`record.clean`; the HTML report
+the same thing. They read the record as its schema types it (``model.result``, through
+``view.py``); every string here has been through :func:`view.clean`, and the HTML report
 still escapes it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from orchestrator.reports.record import (
-    Record,
+from model.result import Campaign, ComparedFigure, Comparison, Criterion, Figure, Node, Settings
+from orchestrator.reports.view import (
     campaign_reasons,
     clean,
     compared_figures,
     comparison_cells,
-    comparisons,
     exit_text,
     figure_specs,
     figures,
@@ -26,15 +24,10 @@ from orchestrator.reports.record import (
     fmt_time,
     kernel_cell,
     kernel_names,
-    mapping,
-    mappings,
-    nodes,
     number,
     redone_lines,
     run_id,
     run_label,
-    runs,
-    skipped_runs,
     texts,
     verdict_label,
     workload_label,
@@ -63,7 +56,7 @@ class Table:
 # -- figures ----------------------------------------------------------------------------
 
 
-def figures_table(record: Record) -> Table | None:
+def figures_table(record: Campaign) -> Table | None:
     """One row per run x node with its figures; None when the record has no figures."""
     specs = figure_specs(record)
     if not specs:
@@ -71,15 +64,15 @@ def figures_table(record: Record) -> Table | None:
     names = kernel_names(record)
     rows = []
     disagree = False
-    for run in runs(record):
+    for run in record.runs:
         redone = " (redone)" if redone_lines(run) else ""
-        for node in nodes(run):
+        for node in run.nodes:
             values = figures(node)
-            cells = [_figure_cell(values.get(spec.name, {})) for spec in specs]
+            cells = [_figure_cell(values.get(spec.name)) for spec in specs]
             disagree = disagree or any(cell.endswith("!") for cell in cells)
-            verdict = (clean(node.get("verdict")) or "?") + redone
+            verdict = (clean(node.verdict) or "?") + redone
             kernel = kernel_cell(names.get(run_id(run), "?"), run)
-            rows.append((run_id(run), clean(node.get("node")), kernel, verdict, *cells))
+            rows.append((run_id(run), clean(node.node), kernel, verdict, *cells))
     columns = (
         Column("run"),
         Column("node"),
@@ -94,16 +87,17 @@ def figures_table(record: Record) -> Table | None:
     return Table("Figures", columns, tuple(rows), keys=2, legend=tuple(legend))
 
 
-def no_figures_note(record: Record) -> str | None:
+def no_figures_note(record: Campaign) -> str | None:
     """What to say instead of the figures table: nothing when no node ran at all."""
-    if figure_specs(record) or not any(nodes(run) for run in runs(record)):
+    if figure_specs(record) or not any(run.nodes for run in record.runs):
         return None
     return "none recorded (this record predates figures)"
 
 
-def _figure_cell(figure: Mapping[str, Any]) -> str:
-    mark = "!" if figure.get("agrees") is False else ""
-    return fmt_figure(figure.get("value")) + mark
+def _figure_cell(figure: Figure | None) -> str:
+    if figure is None:
+        return fmt_figure(None)
+    return fmt_figure(figure.value) + ("!" if figure.agrees is False else "")
 
 
 # -- comparisons ------------------------------------------------------------------------
@@ -145,44 +139,44 @@ class ComparisonSummary:
         return f"{self.title}: {self.verdict.upper()} (decided by {self.primary})"
 
 
-def comparison_summaries(record: Record) -> list[ComparisonSummary]:
+def comparison_summaries(record: Campaign) -> list[ComparisonSummary]:
     """A comparison campaign's comparisons, in the record's order (none for other records)."""
     cells = comparison_cells(record)
-    return [_comparison_summary(entry, cell) for entry, cell in zip(comparisons(record), cells, strict=True)]
+    return [_comparison_summary(entry, cell) for entry, cell in zip(record.comparisons, cells, strict=True)]
 
 
-def _comparison_summary(entry: Mapping[str, Any], cell: str) -> ComparisonSummary:
-    primary = clean(entry.get("primary")) or "?"
-    changes = [(clean(f.get("figure")) == primary, figure_change(f)) for f in compared_figures(entry)]
+def _comparison_summary(entry: Comparison, cell: str) -> ComparisonSummary:
+    primary = clean(entry.primary) or "?"
+    changes = [(clean(f.figure) == primary, figure_change(f)) for f in compared_figures(entry)]
     return ComparisonSummary(
-        candidate=clean(entry.get("candidate")) or "?",
-        baseline=clean(entry.get("baseline")) or "?",
+        candidate=clean(entry.candidate) or "?",
+        baseline=clean(entry.baseline) or "?",
         cell=cell,
-        verdict=clean(entry.get("verdict")) or "?",
+        verdict=clean(entry.verdict) or "?",
         primary=primary,
         decided=next((change for is_primary, change in changes if is_primary), None),
         reported=tuple(change for is_primary, change in changes if not is_primary),
     )
 
 
-def figure_change(figure: Mapping[str, Any]) -> FigureChange:
+def figure_change(figure: ComparedFigure) -> FigureChange:
     """A compared figure (``FigureComparison.to_json()``) as the reports print it."""
-    name, unit, outcome = clean(figure.get("figure")) or "?", clean(figure.get("unit")), clean(figure.get("outcome"))
-    a, b = fmt_figure(figure.get("median_a")), fmt_figure(figure.get("median_b"))
+    name, unit, outcome = clean(figure.figure) or "?", clean(figure.unit), clean(figure.outcome)
+    a, b = fmt_figure(figure.median_a), fmt_figure(figure.median_b)
     change, interval = _change(figure, unit)
     # The record's own summary; for a record without one, the same line (ASCII, as in mail).
-    summary = clean(figure.get("summary")) or f"{name}: {a} -> {b} {unit} ({change}, CI {interval}): {outcome or '?'}"
+    summary = clean(figure.summary) or f"{name}: {a} -> {b} {unit} ({change}, CI {interval}): {outcome or '?'}"
     medians = f"{a} \u2192 {b} {unit}".rstrip()
     return FigureChange(name, medians, change, interval, outcome or "?", _p_values(figure), summary)
 
 
-def _change(figure: Mapping[str, Any], unit: str) -> tuple[str, str]:
+def _change(figure: ComparedFigure, unit: str) -> tuple[str, str]:
     """The change and its interval: in percent of A (a ratio), or in the unit when A's median is 0."""
-    low, high = number(figure.get("ci_low")), number(figure.get("ci_high"))
-    pct = number(figure.get("change_pct"))
-    if clean(figure.get("scale")) != "difference" and pct is not None:
+    low, high = number(figure.ci_low), number(figure.ci_high)
+    pct = number(figure.change_pct)
+    if clean(figure.scale) != "difference" and pct is not None:
         return f"{pct:+.1f} %", _interval(_percent(low), _percent(high), "%")
-    difference = number(figure.get("difference"))
+    difference = number(figure.difference)
     if difference is None:
         return "-", "-"
     return f"{difference:+.3g} {unit}".rstrip(), _interval(_signed(low), _signed(high), unit)
@@ -201,34 +195,34 @@ def _signed(value: float | None) -> str | None:
     return None if value is None else f"{value:+.3g}"
 
 
-def _p_values(figure: Mapping[str, Any]) -> str:
-    p_value, holm = number(figure.get("p_value")), number(figure.get("p_holm"))
+def _p_values(figure: ComparedFigure) -> str:
+    p_value, holm = number(figure.p_value), number(figure.p_holm)
     if p_value is None:
         return "-"
     return f"{p_value:.2g}" + ("" if holm is None else f" (Holm {holm:.2g})")
 
 
-def comparison_legend(record: Record) -> tuple[str, ...]:
+def comparison_legend(record: Campaign) -> tuple[str, ...]:
     """How the comparisons decided, from the first entry's rule and method (shared by all)."""
-    entries = comparisons(record)
+    entries = record.comparisons
     if not entries:
         return ()
-    method = mapping(entries[0].get("method"))
-    confidence = number(method.get("confidence"))
+    method = entries[0].method
+    confidence = number(method.confidence)
     level = "95 %" if confidence is None else f"{confidence * 100:g} %"
     lines = [
         "A: the baseline, B: the candidate; medians of the passing runs' nodes.",
         f"change: B / A - 1 (B - A when A's median is 0); CI: its {level} "
-        f"{clean(method.get('interval')) or 'bootstrap'} interval"
-        + (f" ({fmt_number(method.get('resamples'))} resamples)" if number(method.get("resamples")) else "")
+        f"{clean(method.interval) or 'bootstrap'} interval"
+        + (f" ({fmt_number(method.resamples)} resamples)" if number(method.resamples) else "")
         + ".",
-        f"p: {clean(method.get('rank_test')) or 'rank test'} (Holm-adjusted over the figures reported only).",
+        f"p: {clean(method.rank_test) or 'rank test'} (Holm-adjusted over the figures reported only).",
     ]
-    rule = clean(entries[0].get("rule"))
+    rule = clean(entries[0].rule)
     return tuple([f"Rule: {rule}." if rule else "Rule: the primary figure's outcome is the verdict.", *lines])
 
 
-def comparisons_table(record: Record) -> Table | None:
+def comparisons_table(record: Campaign) -> Table | None:
     """One row per comparison x figure, the deciding figure first; None without comparisons."""
     rows = [row for summary in comparison_summaries(record) for row in _comparison_rows(summary)]
     if not rows:
@@ -269,19 +263,19 @@ def _comparison_rows(summary: ComparisonSummary) -> list[tuple[str, ...]]:
 # -- runs -------------------------------------------------------------------------------
 
 
-def runs_table(record: Record) -> Table:
+def runs_table(record: Campaign) -> Table:
     """One row per run: kernel, workload, verdict (marked when redone), nodes, window."""
     names = kernel_names(record)
     rows = []
-    for run in runs(record):
-        window = number(mapping(run.get("window")).get("seconds"))
+    for run in record.runs:
+        window = number(run.window.seconds)
         rows.append(
             (
                 run_id(run),
                 kernel_cell(names.get(run_id(run), "?"), run),
                 workload_label(run),
                 verdict_label(run),
-                ", ".join(clean(n.get("node")) for n in nodes(run)) or "none ran",
+                ", ".join(clean(n.node) for n in run.nodes) or "none ran",
                 "-" if window is None else f"{window:.0f}",
             )
         )
@@ -296,9 +290,9 @@ def runs_table(record: Record) -> Table:
     return Table("Runs", columns, tuple(rows))
 
 
-def skipped_table(record: Record) -> Table | None:
+def skipped_table(record: Campaign) -> Table | None:
     """Runs that never started, and why; None when every run started."""
-    rows = tuple((run_id(s), run_label(s), clean(s.get("reason")) or "-") for s in skipped_runs(record))
+    rows = tuple((run_id(s), run_label(s), clean(s.reason) or "-") for s in record.skipped_runs)
     if not rows:
         return None
     return Table("Skipped runs", (Column("run"), Column("kernel / workload"), Column("why")), rows, keys=2)
@@ -335,7 +329,7 @@ class RunSummary:
         return f"{self.run_id}  {self.kernel}  {self.workload}"
 
 
-def run_summaries(record: Record) -> list[RunSummary]:
+def run_summaries(record: Campaign) -> list[RunSummary]:
     """Every run with its verdict and evidence, in order."""
     names = kernel_names(record)
     return [
@@ -343,116 +337,115 @@ def run_summaries(record: Record) -> list[RunSummary]:
             run_id=run_id(run),
             kernel=kernel_cell(names.get(run_id(run), "?"), run),
             workload=workload_label(run),
-            verdict=clean(run.get("verdict")) or "?",
+            verdict=clean(run.verdict) or "?",
             label=verdict_label(run),
-            exit=exit_text(run.get("exit_code")),
-            notes=tuple(redone_lines(run) + texts(run.get("reasons"))),
-            nodes=tuple(node_summary(node) for node in nodes(run)),
+            exit=exit_text(run.exit_code),
+            notes=tuple(redone_lines(run) + texts(run.reasons)),
+            nodes=tuple(node_summary(node) for node in run.nodes),
         )
-        for run in runs(record)
+        for run in record.runs
     ]
 
 
-def node_summary(node: Mapping[str, Any]) -> NodeSummary:
+def node_summary(node: Node) -> NodeSummary:
     """A node's evidence: its reasons, then each criterion that did not pass with its numbers."""
-    unmet = [c for c in mappings(node.get("criteria")) if clean(c.get("outcome")) != "pass"]
+    unmet = [c for c in node.criteria if clean(c.outcome) != "pass"]
     # The judge words a criterion's reason as "name (severity...): detail"; the criterion
     # line below says the same with value and threshold, so that reason is not repeated.
-    covered = tuple(f"{clean(c.get('name'))} (" for c in unmet)
-    reasons = [r for r in texts(node.get("reasons")) if not (covered and r.startswith(covered))]
+    covered = tuple(f"{clean(c.name)} (" for c in unmet)
+    reasons = [r for r in texts(node.reasons) if not (covered and r.startswith(covered))]
     return NodeSummary(
-        node=clean(node.get("node")) or "?",
-        verdict=clean(node.get("verdict")) or "?",
+        node=clean(node.node) or "?",
+        verdict=clean(node.verdict) or "?",
         evidence=tuple(reasons + [criterion_line(c) for c in unmet]),
     )
 
 
-def criterion_line(criterion: Mapping[str, Any]) -> str:
+def criterion_line(criterion: Criterion) -> str:
     """``criterion psi_full_limit (critical): fail: got 41.7, wanted <= 35; <detail>``."""
-    kind = clean(criterion.get("severity")) or "?"
-    if criterion.get("builtin"):
+    kind = clean(criterion.severity) or "?"
+    if criterion.builtin:
         kind += ", built-in"
     line = (
-        f"criterion {clean(criterion.get('name'))} ({kind}): {clean(criterion.get('outcome'))}: "
-        f"got {fmt_number(criterion.get('value'))}, wanted {clean(criterion.get('op'))} "
-        f"{fmt_number(criterion.get('threshold'))}"
+        f"criterion {clean(criterion.name)} ({kind}): {clean(criterion.outcome)}: "
+        f"got {fmt_number(criterion.value)}, wanted {clean(criterion.op)} "
+        f"{fmt_number(criterion.threshold)}"
     )
-    detail = clean(criterion.get("detail"))
+    detail = clean(criterion.detail)
     return f"{line}; {detail}" if detail else line
 
 
 # -- setup and reproduction -------------------------------------------------------------
 
 
-def setups(record: Record) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+def setups(record: Campaign) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
     """The distinct settings of the campaign's runs, each with the runs that used them."""
     groups: dict[tuple[str, ...], list[str]] = {}
-    for run in runs(record):
-        lines = settings_lines(mapping(run.get("settings")))
+    for run in record.runs:
+        lines = settings_lines(run.settings)
         if lines:
             groups.setdefault(lines, []).append(run_id(run))
     return [(tuple(ids), lines) for lines, ids in groups.items()]
 
 
-def settings_lines(settings: Mapping[str, Any]) -> tuple[str, ...]:
-    """A run's settings in a few lines: NFS, node size and swap, workload, sysctls."""
+def settings_lines(settings: Settings) -> tuple[str, ...]:
+    """A run's settings in a few lines: NFS, node size and swap, workload, sysctls (a part
+    the record does not give has no line)."""
     lines = []
-    nfs = mapping(settings.get("nfs"))
-    if nfs:
-        backend = f" ({clean(nfs.get('backend'))})" if nfs.get("backend") else ""
+    nfs = settings.nfs
+    if nfs.model_fields_set:
+        backend = f" ({clean(nfs.backend)})" if nfs.backend else ""
         # The contract's "options" text, or the campaign's own mount_options list.
-        given = clean(nfs.get("options")) or ",".join(texts(nfs.get("mount_options")))
+        given = clean(nfs.options) or ",".join(texts(nfs.mount_options))
         options = f", options {given}" if given else ""
-        lines.append(f"NFS {clean(nfs.get('version')) or '?'}{backend}{options}")
+        lines.append(f"NFS {clean(nfs.version) or '?'}{backend}{options}")
     sizes = [
         f"{what} {fmt_number(size)} MiB"
-        for what, size in (("node RAM", settings.get("node_ram_mib")), ("swap file", settings.get("swap_mib")))
-        if number(size) is not None
+        for what, size in (("node RAM", settings.node_ram_mib), ("swap file", settings.swap_mib))
+        if size is not None
     ]
     if sizes:
         lines.append(", ".join(sizes))
-    work = mapping(settings.get("workload"))
-    if work:
+    work = settings.workload
+    if work.model_fields_set:
         amounts = [
             f"{fmt_number(value)} {unit}"
-            for value, unit in ((work.get("mib"), "MiB"), (work.get("passes"), "pass(es)"))
-            if number(value) is not None
+            for value, unit in ((work.mib, "MiB"), (work.passes, "pass(es)"))
+            if value is not None
         ]
-        lines.append(f"workload {clean(work.get('name')) or '?'}" + (f": {', '.join(amounts)}" if amounts else ""))
-    sysctl = mapping(settings.get("sysctl"))
-    if sysctl:
-        lines.append("sysctl " + " ".join(f"{clean(k)}={clean(v)}" for k, v in sorted(sysctl.items())))
+        lines.append(f"workload {clean(work.name) or '?'}" + (f": {', '.join(amounts)}" if amounts else ""))
+    if settings.sysctl:
+        lines.append("sysctl " + " ".join(f"{clean(k)}={clean(v)}" for k, v in sorted(settings.sysctl.items())))
     return tuple(lines)
 
 
-def reproduce(record: Record) -> tuple[str, str]:
+def reproduce(record: Campaign) -> tuple[str, str]:
     """The campaign file and the command that runs it again (derived for older records)."""
-    given = mapping(record.get("reproduce"))
-    file = clean(given.get("file")) or clean(record.get("file")) or "CAMPAIGN.yaml"
-    command = clean(given.get("command")) or f"swaplab run {file}"
+    file = clean(record.reproduce.file) or clean(record.file) or "CAMPAIGN.yaml"
+    command = clean(record.reproduce.command) or f"swaplab run {file}"
     return file, command
 
 
-def headline(record: Record) -> str:
+def headline(record: Campaign) -> str:
     """``campaign pair: FAIL``."""
-    return f"campaign {clean(record.get('campaign')) or '?'}: {(clean(record.get('verdict')) or '?').upper()}"
+    return f"campaign {clean(record.campaign) or '?'}: {(clean(record.verdict) or '?').upper()}"
 
 
-def facts(record: Record) -> list[tuple[str, str]]:
+def facts(record: Campaign) -> list[tuple[str, str]]:
     """The campaign's key facts as (label, value): verdict and why (a comparison campaign's
     reasons), id, file, lab, time, runs, results."""
-    wall = number(record.get("wall_s"))
-    started = fmt_time(record.get("started_at")) + ("" if wall is None else f", took {wall:.0f} s")
-    counted = f"{len(runs(record))} run(s), {len(skipped_runs(record))} skipped"
-    redone = [f"{run_id(run)} {line}" for run in runs(record) for line in redone_lines(run)]
+    wall = number(record.wall_s)
+    started = fmt_time(record.started_at) + ("" if wall is None else f", took {wall:.0f} s")
+    counted = f"{len(record.runs)} run(s), {len(record.skipped_runs)} skipped"
+    redone = [f"{run_id(run)} {line}" for run in record.runs for line in redone_lines(run)]
     return [
-        ("verdict", f"{(clean(record.get('verdict')) or '?').upper()}, {exit_text(record.get('exit_code'))}"),
+        ("verdict", f"{(clean(record.verdict) or '?').upper()}, {exit_text(record.exit_code)}"),
         *(("why", reason) for reason in campaign_reasons(record)),
-        ("id", clean(record.get("campaign_id")) or "-"),
-        ("file", clean(record.get("file")) or "-"),
-        ("lab", clean(record.get("lab")) or "-"),
+        ("id", clean(record.campaign_id) or "-"),
+        ("file", clean(record.file) or "-"),
+        ("lab", clean(record.lab) or "-"),
         ("started", started),
         ("runs", counted),
         *(("redone", line) for line in redone),
-        ("results", clean(record.get("result_dir")) or "-"),
+        ("results", clean(record.result_dir) or "-"),
     ]

@@ -8,9 +8,10 @@ it as written. The command to reproduce is never wrapped, so it can be pasted in
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from orchestrator.reports.record import Record, kernels
+from model.result import Campaign
 from orchestrator.reports.tables import (
     ComparisonSummary,
     RunSummary,
@@ -26,14 +27,17 @@ from orchestrator.reports.tables import (
     setups,
     skipped_table,
 )
+from orchestrator.reports.view import campaign_of, kernels
 
 WIDTH = 80
 GAP = "  "
 
 
-def render_text(record: Record) -> str:
-    """The campaign record as a plain-text report (UTF-8 text, lines of at most 80 columns)."""
-    sections: list[Callable[[Record], list[str]]] = [
+def render_text(record: Mapping[str, Any] | Campaign) -> str:
+    """The campaign record as a plain-text report (UTF-8 text, lines of at most 80 columns).
+    Raises RecordError when the record does not match result.json's schema."""
+    campaign = campaign_of(record)
+    sections: list[Callable[[Campaign], list[str]]] = [
         _header,
         _kernels,
         _setup,
@@ -43,7 +47,7 @@ def render_text(record: Record) -> str:
         _skipped,
         _reproduce,
     ]
-    blocks = [block for block in (section(record) for section in sections) if block]
+    blocks = [block for block in (section(campaign) for section in sections) if block]
     return "\n\n".join("\n".join(block) for block in blocks) + "\n"
 
 
@@ -73,14 +77,14 @@ def _field(label: str, value: str, indent: int = 2, width: int = 10) -> list[str
 # -- sections ---------------------------------------------------------------------------
 
 
-def _header(record: Record) -> list[str]:
+def _header(record: Campaign) -> list[str]:
     lines = _title(f"swaplab report: {headline(record)}", "=")
     for label, value in facts(record):
         lines += _field(label, value, indent=0)
     return lines
 
 
-def _kernels(record: Record) -> list[str]:
+def _kernels(record: Campaign) -> list[str]:
     found = kernels(record)
     if not found:
         return []
@@ -95,7 +99,7 @@ def _kernels(record: Record) -> list[str]:
     return lines
 
 
-def _setup(record: Record) -> list[str]:
+def _setup(record: Campaign) -> list[str]:
     groups = setups(record)
     if not groups:
         return []
@@ -107,7 +111,7 @@ def _setup(record: Record) -> list[str]:
     return lines
 
 
-def _figures(record: Record) -> list[str]:
+def _figures(record: Campaign) -> list[str]:
     table = figures_table(record)
     if table is None:
         note = no_figures_note(record)
@@ -118,7 +122,7 @@ def _figures(record: Record) -> list[str]:
     return lines
 
 
-def _comparison(record: Record) -> list[str]:
+def _comparison(record: Campaign) -> list[str]:
     """Each comparison: its verdict, the figure that decided it, then the figures reported only."""
     summaries = comparison_summaries(record)
     if not summaries:
@@ -144,7 +148,7 @@ def _comparison_lines(summary: ComparisonSummary) -> list[str]:
     return lines
 
 
-def _verdicts(record: Record) -> list[str]:
+def _verdicts(record: Campaign) -> list[str]:
     summaries = run_summaries(record)
     if not summaries:
         return [*_title("Verdicts"), "no run finished"]
@@ -172,12 +176,12 @@ def _run_lines(summary: RunSummary) -> list[str]:
     return lines
 
 
-def _skipped(record: Record) -> list[str]:
+def _skipped(record: Campaign) -> list[str]:
     table = skipped_table(record)
     return [] if table is None else _title(table.title) + format_table(table)
 
 
-def _reproduce(record: Record) -> list[str]:
+def _reproduce(record: Campaign) -> list[str]:
     file, command = reproduce(record)
     return [*_title("Reproduce"), *wrap(f"campaign file: {file}"), f"  {command}"]
 

@@ -38,7 +38,7 @@ from orchestrator.cli.changes_cmd import history_changes
 from orchestrator.history.changes import store_change_points, stored_change_points
 from orchestrator.history.db import ResultsDb, alembic_config, head_revision
 from orchestrator.history.models import Base
-from orchestrator.history.record import campaign_row, parse, storable
+from orchestrator.history.rows import campaign_row, parse, storable
 from orchestrator.services import LocalWorker
 from orchestrator.sinks import update_change_points
 from tests.integration.postgres_server import PostgresServer, postgres_server_fixture  # noqa: F401  (the fixture)

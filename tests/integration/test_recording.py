@@ -89,3 +89,23 @@ def test_history_with_the_database_down_is_a_clear_error(
     monkeypatch.setenv("SWAPLAB_DB_URL", "postgresql+psycopg://u:p@127.0.0.1:1/none?connect_timeout=2")
     code, output = _cli("history")
     assert code == 2 and "results database cannot answer" in output
+
+
+def test_a_record_the_schema_refuses_is_set_aside_by_the_reports_and_named_by_report(
+    finished: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its reports are set aside with every wrong field named (no traceback in the log), and
+    `swaplab report` answers with the same, exit 2: no report is made up from it."""
+    cid = finished["campaign_id"]
+    broken = finished | {"runs": [finished["runs"][0] | {"attempt": "second"}, *finished["runs"][1:]]}
+    client = redis.Redis.from_url(os.environ["SWAPLAB_REDIS_URL"])
+    client.hset(campaign_key(cid), "result", json.dumps(broken))
+    with caplog.at_level("ERROR"):
+        assert sinks.deliver_reports(client) == sinks.Delivered(0, 0)
+    error = sinks.refused(client, cid)[sinks.REPORTS]
+    assert "does not match result.json's schema" in error and "runs.0.attempt" in error
+    assert all(record.exc_info is None for record in caplog.records)
+    assert not (Path(finished["result_dir"]) / "report.txt").exists()
+    code, output = _cli("report", cid, "--format", "html", "-o", str(tmp_path / "r.html"))
+    assert code == 2 and "runs.0.attempt" in output and "Traceback" not in output
+    assert not (tmp_path / "r.html").exists()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
+import pytest
+
 from model.campaign import BaselineSide, CompareSpec
+from model.result import Campaign, Comparison, RecordError, Run
 from orchestrator.baselines import against_instance, comparable, in_campaign, regressions, side_values
 
 SETTINGS = {"nfs": {"version": "4.1"}, "node_ram_mib": 256, "workload": {"name": "small", "mib": 320}}
@@ -19,14 +23,18 @@ def _run(
 ) -> dict[str, Any]:
     figures = {"swap_in_mibps": {"value": swap_in}, "swap_out_mibps": {"value": 20.0}}
     return {
+        "run_id": f"r{next(_RUN_IDS):03d}",
         "kernel_info": {"release": release},
         "variant": variant,
         "kernel_label": kernel,
         "workload": "small",
         "verdict": verdict,
         "settings": SETTINGS,
-        "nodes": [{"figures": figures}],
+        "nodes": [{"node": "node1", "figures": figures}],
     }
+
+
+_RUN_IDS = itertools.count(1)
 
 
 def _record(runs: list[dict[str, Any]], cid: str = "ab-1") -> dict[str, Any]:
@@ -37,7 +45,7 @@ SPEC = CompareSpec(primary="swap_in_mibps")
 
 
 def test_only_passing_runs_give_values() -> None:
-    values = side_values([_run("a", 10.0), _run("a", 99.0, verdict="fail")])
+    values = side_values([Run.model_validate(_run("a", 10.0)), Run.model_validate(_run("a", 99.0, verdict="fail"))])
     assert values["swap_in_mibps"] == [10.0]
 
 
@@ -47,6 +55,8 @@ def test_each_variant_is_compared_with_the_baseline_variant() -> None:
         runs += [_run("base", base), _run("pc0", pc0), _run("same", same)]
     comparisons = {c["candidate"]: c for c in in_campaign(_record(runs), BaselineSide(variant="base"), SPEC)}
     assert set(comparisons) == {"pc0", "same"}
+    for entry in comparisons.values():  # written into result.json: of its schema
+        Comparison.model_validate(entry)
     assert comparisons["pc0"]["verdict"] == "regression" and comparisons["same"]["verdict"] == "no change"
     [line] = regressions(comparisons.values())
     assert line.startswith("regression: pc0 vs base (small): swap_in_mibps") and "%" in line
@@ -64,7 +74,22 @@ def test_an_instance_is_compared_with_another_of_the_same_settings() -> None:
     assert comparable(new, old)
     [entry] = against_instance(new, old, SPEC)
     assert (entry["baseline"], entry["candidate"], entry["verdict"]) == ("ab-0", "ab-1", "regression")
+    read = Comparison.model_validate(entry)
+    assert (read.baseline_kernels, read.candidate_kernels) == (["6.1.0-57-amd64"], ["6.1.0-58-amd64"])
+    assert [figure.figure for figure in read.figures][:2] == ["swap_out_mibps", "swap_in_mibps"]
+    assert against_instance(Campaign.model_validate(new), Campaign.model_validate(old), SPEC) == [entry]
     [line] = regressions([entry])
     assert line.endswith(", kernel 6.1.0-57-amd64 -> 6.1.0-58-amd64")  # the night names the kernel that changed
     other = _record([{**_run("", 14.0), "settings": {**SETTINGS, "node_ram_mib": 512}}], "ab-2")
     assert not comparable(new, other)
+
+
+def test_a_record_the_schema_refuses_is_never_compared() -> None:
+    runs = [_run("base", 14.0), _run("pc0", 6.0) | {"nodes": [{"figures": {"swap_in_mibps": {"value": "fast"}}}]}]
+    with pytest.raises(RecordError) as refused:
+        in_campaign(_record(runs), BaselineSide(variant="base"), SPEC)
+    assert "ab-1 does not match" in str(refused.value)
+    assert "runs.1.nodes.0.node: Field required" in str(refused.value)
+    assert "runs.1.nodes.0.figures.swap_in_mibps.value" in str(refused.value)
+    with pytest.raises(RecordError, match=r"runs\.0\.run_id"):
+        comparable(_record([{"settings": SETTINGS}]), _record(runs))

@@ -17,6 +17,7 @@ import copy
 import io
 import itertools
 import json
+import math
 import re
 import xml.etree.ElementTree as ET
 from html import escape
@@ -27,12 +28,20 @@ import pytest
 import xmlschema
 from PIL import Image
 
-from orchestrator.reports import FILES, FORMATS, plots, render, write_reports
+from model.result import Campaign, Settings
+from orchestrator.reports import FILES, FORMATS, RecordError, plots, render, write_reports
 from orchestrator.reports.html import render_html
 from orchestrator.reports.junit import render_junit
-from orchestrator.reports.record import Reference, baseline_references, distribution, figure_specs, fmt_figure
 from orchestrator.reports.tables import settings_lines
 from orchestrator.reports.text import render_text
+from orchestrator.reports.view import (
+    Reference,
+    baseline_references,
+    campaign_of,
+    distribution,
+    figure_specs,
+    fmt_figure,
+)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 NEW = FIXTURES / "results" / "pair-result.json"
@@ -150,8 +159,14 @@ def test_an_attempt_above_one_is_marked_even_without_recorded_reasons() -> None:
 def test_settings_read_the_contract_and_the_campaign_shape_of_nfs() -> None:
     contract = {"nfs": {"version": "4.1", "options": "hard,timeo=600", "backend": "ganesha"}, "swap_mib": 512}
     campaign = {"nfs": {"version": "4.2", "mount_options": ["soft", "timeo=50"]}, "sysctl": {"vm.swappiness": 60}}
-    assert settings_lines(contract) == ("NFS 4.1 (ganesha), options hard,timeo=600", "swap file 512 MiB")
-    assert settings_lines(campaign) == ("NFS 4.2, options soft,timeo=50", "sysctl vm.swappiness=60")
+    assert settings_lines(Settings.model_validate(contract)) == (
+        "NFS 4.1 (ganesha), options hard,timeo=600",
+        "swap file 512 MiB",
+    )
+    assert settings_lines(Settings.model_validate(campaign)) == (
+        "NFS 4.2, options soft,timeo=50",
+        "sysctl vm.swappiness=60",
+    )
 
 
 # -- JUnit ------------------------------------------------------------------------------
@@ -263,30 +278,59 @@ def test_the_old_record_renders_in_every_format(schema: xmlschema.XMLSchema) -> 
     assert json.loads(outputs["json"]) == record
 
 
+def test_a_record_of_the_oldest_shape_loads_and_renders(schema: xmlschema.XMLSchema) -> None:
+    """No figures, series, kernel_info, redone, reproduce or window; a run refused before any
+    node ran (``nodes: []``): every format renders it from the schema's defaults."""
+    record = load(OLD)
+    refused = {"run_id": "r002", "kernel": "r002 linux-image-amd64 / overcommit #2", "verdict": "invalid"}
+    record["runs"].append(refused | {"exit_code": 4, "nodes": [], "reasons": ["no node was free"]})
+    for absent in ("figures", "series", "kernel_info", "redone", "reproduce"):
+        assert absent not in json.dumps(record), absent
+    outputs = {fmt: render(record, fmt) for fmt in FORMATS}
+    text = flat(outputs["text"])
+    assert "6.1.0-57-amd64 (runs r001, r002)" in text  # the refused run joins its kernel by name
+    assert "r002 6.1.0-57-amd64 overcommit #2: invalid, exit 4 (invalid) no node was free no node ran" in text
+    assert "none recorded (this record predates figures)" in text
+    schema.validate(outputs["junit"])
+    assert junit_counts(outputs["junit"]) == {"testsuite": 2, "testcase": 2, "failure": 0, "error": 1, "skipped": 0}
+    assert "no node ran" in outputs["html"] and plots_in(outputs["html"]) == []
+    assert json.loads(outputs["json"]) == record
+
+
 def partial_records() -> list[dict[str, Any]]:
-    """Records with every optional part missing, null or odd, as a hand-edited file has."""
+    """Records with every optional part missing, null or empty, as an older swaplab or a
+    run refused early leaves them: the schema gives them their defaults."""
     full = load(NEW)
     node = copy.deepcopy(full["runs"][0]["nodes"][0])
-    node["figures"] = {"swap_out_mibps": {"value": None, "unit": "MiB/s"}, "new_figure": {"value": "x"}}
-    node["series"] = {
-        "t": [0.0, 1.0, 2.0],
-        "swap_out_mibps": [1.0, None, 3.0],
-        "mem_free_mib": [],
-        "psi_full_avg10": None,
-    }
+    node["figures"] = {"swap_out_mibps": {"value": None, "unit": "MiB/s"}, "psi_full_share": {"value": math.nan}}
+    node["series"] = {"t": [0.0, 1.0, 2.0], "swap_out_mibps": [1.0, None, 3.0], "mem_free_mib": []}
     node["criteria"] = [{"name": "c", "outcome": "fail", "value": None, "threshold": None}]
-    empty_series = copy.deepcopy(node) | {"series": {key: [] for key in node["series"]}}
+    empty_series = copy.deepcopy(node) | {"node": "node2", "series": {key: [] for key in node["series"]}}
     return [
-        {},
-        {"runs": None, "skipped_runs": None, "verdict": None, "reproduce": None},
-        {"runs": [{"run_id": "r001", "nodes": [], "window": None, "verdict": "invalid", "exit_code": 4}]},
-        {"runs": [{"run_id": "r001", "nodes": [node, empty_series], "window": None, "redone": [{}], "attempt": 2}]},
-        {"runs": [{"nodes": [{}], "kernel_info": {"patches": None}, "settings": {"nfs": None}}], "skipped_runs": [{}]},
+        {"campaign_id": "c", "runs": []},
+        {"campaign_id": "c", "runs": [], "skipped_runs": None, "verdict": None, "reproduce": None},
+        {"campaign_id": "c", "runs": [{"run_id": "r001", "nodes": [], "window": None, "verdict": "invalid"}]},
+        {
+            "campaign_id": "c",
+            "runs": [{"run_id": "r001", "nodes": [node, empty_series], "window": None, "redone": [{}], "attempt": 2}],
+        },
+        {
+            "campaign_id": "c",
+            "runs": [
+                {
+                    "run_id": "r001",
+                    "nodes": [{"node": "n"}],
+                    "kernel_info": {"patches": None},
+                    "settings": {"nfs": None},
+                }
+            ],
+            "skipped_runs": [{"run_id": "r002"}],
+        },
     ]
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("partial", partial_records(), ids=lambda r: f"keys:{','.join(sorted(r)) or 'none'}")
+@pytest.mark.parametrize("partial", partial_records(), ids=lambda r: f"keys:{','.join(sorted(r))}")
 def test_partial_records_render_without_crashing(
     partial: dict[str, Any], fmt: str, schema: xmlschema.XMLSchema
 ) -> None:
@@ -296,6 +340,69 @@ def test_partial_records_render_without_crashing(
         schema.validate(out)
     if fmt == "text":
         assert max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_a_non_finite_figure_reads_as_missing() -> None:
+    """A schema-valid float may be NaN or infinite: the reports show no such number."""
+    record = load(OLD)
+    record["runs"][0]["nodes"][0]["figures"] = {"swap_out_mibps": {"value": math.inf}, "swap_in_mibps": {"value": 5.0}}
+    text = render_text(record)
+    assert re.search(r"^r001  node1  6\.1\.0-57-amd64  pass +- +5$", text, re.M) and "inf" not in text
+    assert [values for _, values, _ in distribution(campaign_of(record), "swap_out_mibps")] == []
+
+
+def malformed_records() -> list[tuple[dict[str, Any], tuple[str, ...]]]:
+    """Records the schema refuses, each with the fields its error must name."""
+    old = load(OLD)
+    node = old["runs"][0]["nodes"][0]
+    bad_figure = copy.deepcopy(old)
+    bad_figure["runs"][0]["nodes"][0] = node | {"figures": {"new_figure": {"value": "x"}}}
+    bad_series = copy.deepcopy(old)
+    bad_series["runs"][0]["nodes"][0] = node | {"series": {"t": [0.0], "psi_full_avg10": None}}
+    return [
+        ({}, ("record: ", "campaign_id: Field required", "runs: Field required")),
+        ({"campaign_id": "c", "runs": None}, ("runs: Field required",)),
+        (bad_figure, ("runs.0.nodes.0.figures.new_figure.value",)),
+        (bad_series, ("runs.0.nodes.0.series.psi_full_avg10",)),
+        ({"campaign_id": "c", "runs": [{"nodes": [{}]}]}, ("runs.0.run_id", "runs.0.nodes.0.node")),
+        (old | {"runs": [old["runs"][0] | {"attempt": "second"}]}, ("runs.0.attempt",)),
+    ]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize(
+    ("record", "fields"), malformed_records(), ids=lambda v: ",".join(v) if isinstance(v, tuple) else None
+)
+def test_a_record_the_schema_refuses_is_refused_naming_each_wrong_field(
+    record: dict[str, Any], fields: tuple[str, ...], fmt: str
+) -> None:
+    with pytest.raises(RecordError) as refused:
+        render(record, fmt)
+    message = str(refused.value)
+    assert "does not match result.json's schema" in message
+    for field in fields:
+        assert field.removeprefix("record: ") in message, field
+
+
+def test_write_reports_refuses_a_malformed_record_before_writing(tmp_path: Path) -> None:
+    record = load(OLD)
+    record["runs"][0]["nodes"][0]["figures"] = {"swap_out_mibps": {"value": "fast"}}
+    with pytest.raises(RecordError, match=r"smoke-20261129-231308-3f6f .*runs\.0\.nodes\.0\.figures\.swap_out_mibps"):
+        write_reports(record, tmp_path / "results")
+    assert not (tmp_path / "results").exists()
+
+
+def test_not_a_json_object_is_refused() -> None:
+    with pytest.raises(RecordError, match="expected a JSON object, got list"):
+        render_text([])  # type: ignore[arg-type]
+
+
+def test_a_validated_campaign_renders_as_its_mapping_does() -> None:
+    record = load(NEW)
+    campaign = Campaign.model_validate(record)
+    for fmt in ("text", "junit"):
+        assert render(campaign, fmt) == render(record, fmt)
+    assert json.loads(render(campaign, "json")) == campaign.model_dump(mode="json")
 
 
 def test_write_reports_writes_every_format_atomically(tmp_path: Path) -> None:
@@ -393,7 +500,7 @@ def test_comparison_text_fits_a_mail_reply(ab: dict[str, Any], ab_text: str) -> 
 def test_a_variant_campaign_runs_one_kernel_on_sides_by_variant(ab: dict[str, Any], ab_text: str) -> None:
     assert "6.1.0-57-amd64 (runs r001, r002, r003, r004, r005, r006, r007, r008, r009)" in ab_text
     assert re.search(r"^r003  node1  6\.1\.0-57-amd64 \[pc0\] +pass ", ab_text, re.M)
-    sides = distribution(ab, "swap_in_mibps")
+    sides = distribution(campaign_of(ab), "swap_in_mibps")
     # Named as the comparisons name them: the kernel as the campaign does, then the variant.
     assert [side for side, _, _ in sides] == [("linux-image-amd64", name) for name in ("base", "same", "pc0")]
     assert [(len(passed), others) for _, passed, others in sides] == [(3, [])] * 3
@@ -430,11 +537,13 @@ def test_html_draws_each_baseline_median_across_the_plots(ab: dict[str, Any], ab
         legend = re.search(rf'<ul class="refs" id="baseline-dist-{figure["figure"]}">(.*?)</ul>', ab_page)
         assert legend is not None, figure["figure"]
         assert f"baseline base: {fmt_figure(figure['median_a'])} {figure['unit']}</li>" in legend.group(1)
-    assert baseline_references(ab, "swap_in_mibps") == [Reference("baseline base", primary_of(pc0)["median_a"])]
+    assert baseline_references(campaign_of(ab), "swap_in_mibps") == [
+        Reference("baseline base", primary_of(pc0)["median_a"])
+    ]
     # The dashed line runs across the plot; the same plot without a baseline has none.
     assert orange_line_width(png_of(ab_page, "plot-dist-swap_in_mibps")) > 0.6
-    [spec] = [spec for spec in figure_specs(ab) if spec.name == "swap_in_mibps"]
-    bare = plots.distribution_plot(spec, distribution(ab, "swap_in_mibps"))
+    [spec] = [spec for spec in figure_specs(campaign_of(ab)) if spec.name == "swap_in_mibps"]
+    bare = plots.distribution_plot(spec, distribution(campaign_of(ab), "swap_in_mibps"))
     assert bare is not None and orange_line_width(bare) == 0
 
 
@@ -445,10 +554,12 @@ def test_a_kernel_comparison_names_its_sides_as_its_comparisons_do(record: dict[
     entry |= {"workload": "overcommit", "verdict": "no change", "primary": "swap_out_mibps"}
     entry["figures"] = [{"figure": "swap_out_mibps", "median_a": 10.8, "median_b": 12.9, "outcome": "no change"}]
     compared = record | {"comparisons": [entry]}
-    sides = [side for side, _, _ in distribution(compared, "swap_out_mibps")]
+    sides = [side for side, _, _ in distribution(campaign_of(compared), "swap_out_mibps")]
     assert sides == [("linux-image-amd64",), ("build swaplab-nfs-swap",)]
-    assert baseline_references(compared, "swap_out_mibps") == [Reference("baseline linux-image-amd64", 10.8)]
-    assert baseline_references(compared, "swap_in_mibps") == []  # no baseline median for it: no line
+    assert baseline_references(campaign_of(compared), "swap_out_mibps") == [
+        Reference("baseline linux-image-amd64", 10.8)
+    ]
+    assert baseline_references(campaign_of(compared), "swap_in_mibps") == []  # no baseline median for it: no line
     assert "build swaplab-nfs-swap vs linux-image-amd64 (overcommit): NO CHANGE" in render_text(compared)
 
 
@@ -461,7 +572,9 @@ def test_an_instance_comparison_draws_the_other_campaigns_median(ab: dict[str, A
     record["comparisons"] = [entry]
     record["runs"] = [run | {"nodes": [run["nodes"][0] | {"series": {}}]} for run in record["runs"][2::3]]
     median = primary_of(entry)["median_a"]
-    assert baseline_references(record, "swap_in_mibps") == [Reference("baseline ab-20261129-230000-1a2b", median)]
+    assert baseline_references(campaign_of(record), "swap_in_mibps") == [
+        Reference("baseline ab-20261129-230000-1a2b", median)
+    ]
     text = render_text(record)
     assert f"{record['campaign_id']} vs ab-20261129-230000-1a2b (small): REGRESSION" in flat(text)
     assert too_wide(text) == []
@@ -477,7 +590,7 @@ def test_several_cells_name_their_baseline_lines(ab: dict[str, Any]) -> None:
     for figure in other["figures"]:
         figure["median_a"] = None if figure["median_a"] is None else figure["median_a"] * 2
     record["comparisons"].append(other)
-    labels = [reference.label for reference in baseline_references(record, "swap_in_mibps")]
+    labels = [reference.label for reference in baseline_references(campaign_of(record), "swap_in_mibps")]
     assert labels == ["baseline base (small)", "baseline base (large)"]
 
 
@@ -523,14 +636,14 @@ def test_a_comparison_record_without_its_comparisons_renders_as_before_them(ab: 
 
 
 def partial_comparisons() -> list[dict[str, Any]]:
-    """Comparison parts missing, null or odd, as a hand-edited or future record may have them."""
+    """Comparison parts missing, null or empty, as an older or a future record may have them."""
     return [
         {"comparisons": None, "reasons": None},
-        {"comparisons": [{}, None, "x"], "reasons": ["", None, 3]},
+        {"comparisons": [{}], "reasons": ["", 3]},
         {
             "comparisons": [
                 {"figures": None, "method": None, "verdict": "regression"},
-                {"figures": [{}, {"figure": "x", "ci_low": 0.5, "ci_high": None, "change_pct": "a"}], "primary": "x"},
+                {"figures": [{"figure": "x", "ci_low": 0.5, "ci_high": None, "change_pct": math.nan}], "primary": "x"},
                 {"figures": [{"figure": "y", "scale": "difference", "difference": 0.2, "ci_low": -0.1}]},
             ]
         },
@@ -547,6 +660,21 @@ def test_partial_comparisons_render_without_crashing(
         schema.validate(out)
     if fmt == "text":
         assert max(len(line) for line in out.splitlines()) <= 80
+
+
+@pytest.mark.parametrize(
+    ("partial", "field"),
+    [
+        ({"comparisons": [{}, None]}, "comparisons.1: Input should be a valid dictionary"),
+        ({"comparisons": ["x"]}, "comparisons.0: Input should be a valid dictionary"),
+        ({"reasons": ["", None]}, "reasons.1: Input should be a valid string"),
+        ({"comparisons": [{"figures": [{}]}]}, "comparisons.0.figures.0.figure: Field required"),
+        ({"comparisons": [{"figures": [{"figure": "x", "change_pct": "a"}]}]}, "comparisons.0.figures.0.change_pct"),
+    ],
+)
+def test_malformed_comparisons_are_refused_naming_the_field(partial: dict[str, Any], field: str) -> None:
+    with pytest.raises(RecordError, match=re.escape(field)):
+        render(load(OLD) | partial, "text")
 
 
 def png_of(page: str, ident: str) -> bytes:
