@@ -64,6 +64,7 @@ class RunStatus(StrEnum):
 
 # A campaign's final states are a run's too (done, cancelled): one set serves both.
 TERMINAL: Final = frozenset({RunStatus.DONE, RunStatus.CANCELLED, RunStatus.SKIPPED})
+CAMPAIGN_TERMINAL: Final = frozenset({CampaignStatus.DONE, CampaignStatus.CANCELLED})
 
 
 @dataclass(frozen=True)

@@ -269,9 +269,13 @@ def encode_fields(fields: dict[str, Any]) -> dict[Any, Any]:
 
 
 def decode_fields(raw: dict[Any, Any]) -> dict[str, Any]:
-    """The inverse of encode_fields for a whole HGETALL reply."""
+    """The inverse of encode_fields for a whole HGETALL reply (ValueError naming a JSON
+    field that does not parse)."""
     out: dict[str, Any] = {}
     for key, value in raw.items():
         name, text = as_text(key), as_text(value)
-        out[name] = json.loads(text) if name in _JSON_FIELDS and text else text
+        try:
+            out[name] = json.loads(text) if name in _JSON_FIELDS and text else text
+        except ValueError as err:
+            raise ValueError(f"{name}: not JSON ({err})") from None
     return out

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from model.campaign import Campaign, WorkloadSpec
-from model.kernel import KernelSource
+from model.campaign import Campaign
+from model.hashes import RunHash
 from model.runspec import NodeResult
 from orchestrator.criteria import Criterion, CriterionSpec
 from orchestrator.evaluation import evaluate_run, run_criteria
@@ -18,53 +18,49 @@ from orchestrator.prometheus import PrometheusApi
 from orchestrator.results import run_entry
 
 
-def run_context(campaign: Campaign, run: dict[str, Any], results: list[NodeResult]) -> dict[str, Any]:
+def run_context(campaign: Campaign, run: RunHash, results: list[NodeResult]) -> dict[str, Any]:
     """What a run's record says besides its verdict: why it was redone, which kernel it ran
     (release, source, artifact, patches) and the settings it ran under."""
-    prepared = run.get("prepared") or {}
-    built = run.get("built") or {}
+    prepared = run.prepared
+    built = run.built or {}
     booted = next((r.kernel for r in results if r.kernel.get("kver")), {})
-    workload = WorkloadSpec.model_validate(run["workload"])
-    redone = (
-        [{"attempt": int(run["attempt"]) - 1, "reason": str(run["retry_reason"])}] if run.get("retry_reason") else []
-    )
-    variant = run.get("variant") or {}
+    redone = [{"attempt": run.attempt - 1, "reason": run.retry_reason}] if run.retry_reason else []
+    variant = run.variant
     return {
         "redone": redone,
         # The sides a comparison groups runs by: the kernel as the campaign names it, the variant.
-        "kernel_label": KernelSource.model_validate(run["kernel"]).label(),
-        "variant": variant.get("name"),
+        "kernel_label": run.kernel.label(),
+        "variant": variant.name if variant is not None else None,
         "kernel_info": {
-            "release": booted.get("kver") or prepared.get("kver") or built.get("release"),
+            "release": booted.get("kver") or (prepared.kver if prepared else None) or built.get("release"),
             "version": booted.get("uname_v") or built.get("uts_version"),
-            "source": prepared.get("source") or run["label"],
-            "artifact": built.get("artifact") or prepared.get("artifact"),
+            "source": (prepared.source if prepared else None) or run.label,
+            "artifact": built.get("artifact") or (prepared.artifact if prepared else None),
             "patches": list(built.get("patches") or []),
         },
         "settings": {
             "nfs": {
                 **campaign.spec.nfs.model_dump(mode="json"),
-                **({"version": variant["nfs_version"]} if variant.get("nfs_version") else {}),
+                **({"version": variant.nfs_version} if variant is not None and variant.nfs_version else {}),
             },
-            "sysctl": {**campaign.spec.node.sysctl, **(variant.get("sysctl") or {})},
+            "sysctl": {**campaign.spec.node.sysctl, **(variant.sysctl if variant is not None else {})},
             "node_ram_mib": next((r.ram_mib for r in results if r.ram_mib), campaign.ram_mib),
             "swap_mib": campaign.spec.swap.size_mib,
-            "workload": workload.model_dump(mode="json"),
+            "workload": run.workload.model_dump(mode="json"),
         },
     }
 
 
 def judge_run(
     campaign: Campaign,
-    run: dict[str, Any],
+    run: RunHash,
     meta: dict[str, Any],
     results: list[NodeResult],
     user: list[CriterionSpec],
     api: PrometheusApi,
 ) -> dict[str, Any]:
     """Evaluate a run's criteria in Prometheus and judge its nodes: its part of result.json."""
-    workload = WorkloadSpec.model_validate(run["workload"])
-    planned = campaign.planned_overcommit_mib(workload)
+    planned = campaign.planned_overcommit_mib(run.workload)
     criteria = [Criterion.from_spec(c) for c in user]
 
     def for_node(result: NodeResult) -> list[Criterion]:

@@ -26,14 +26,14 @@ from typing import Any, Protocol
 
 import redis
 
-from model.campaign import BaselineSide, Campaign, CompareSpec, Variant, WorkloadSpec
+from model.campaign import BaselineSide, Campaign, CompareSpec
 from model.exitcode import ExitCode
-from model.kernel import KernelSource
+from model.hashes import CorruptHash, RunHash
 from model.paths import UnsafePath
-from model.protocol import BUILD_STAGE, PREPARE_STAGE, CampaignStatus, RunStatus, SetupStage, StageFailure
-from model.result import RESULT_SCHEMA_VERSION, schema_problems
-from model.runspec import BuildMessage, NodeResult, NodeRunSpec, PreparedKernel, RunSetupSpec, is_campaign_id
-from model.state import BUILD_QUEUE, CONTROL_QUEUE, TERMINAL, holder_id, lab_queue, scan_pattern
+from model.protocol import BUILD_STAGE, CAMPAIGN_TERMINAL, PREPARE_STAGE, CampaignStatus, RunStatus, SetupStage
+from model.result import RESULT_SCHEMA_VERSION, RecordError, campaign_of, schema_problems
+from model.runspec import BuildMessage, NodeResult, NodeRunSpec, RunSetupSpec, is_campaign_id
+from model.state import BUILD_QUEUE, CONTROL_QUEUE, TERMINAL, campaign_key, holder_id, lab_queue, scan_pattern
 from model.state import WORKER_PREFIX as _WORKER_PREFIX
 from model.yamlpos import SpecError
 from orchestrator import sinks
@@ -132,8 +132,15 @@ class Scheduler:
         if not is_campaign_id(cid):  # a forged message: the id names files and keys
             log.error("not a campaign id, ignored: %r", cid[:100] if isinstance(cid, str) else cid)
             return False
+        try:
+            return self._advance(cid)
+        except CorruptHash as err:
+            self._abandon(cid, str(err))
+            return False
+
+    def _advance(self, cid: str) -> bool:
         info = self.store.campaign(cid)
-        if not info or info["status"] in TERMINAL:
+        if info is None or info.status in CAMPAIGN_TERMINAL:
             return False
         try:
             campaign = self.store.campaign_model(cid)
@@ -141,43 +148,55 @@ class Scheduler:
             self._refuse_campaign(cid, err)
             return False
         book = LeaseBook(self.redis, campaign.lab.name, ttl_s=LEASE_TTL_S)
-        if info["status"] == CampaignStatus.QUEUED:
+        if info.status == CampaignStatus.QUEUED:
             self.store.set_campaign_status(cid, CampaignStatus.RUNNING)
-        for run in list(self.store.runs(cid)):
-            if run["status"] in (RunStatus.PROVISIONING, RunStatus.RUNNING, RunStatus.EVALUATING):
+        for run in self.store.runs(cid):
+            if run.status in (RunStatus.PROVISIONING, RunStatus.RUNNING, RunStatus.EVALUATING):
                 self._watch_run(cid, run, book)
         self._start_due_runs(cid, campaign, book)
-        if all(run["status"] in TERMINAL for run in self.store.runs(cid)):
+        if all(run.status in TERMINAL for run in self.store.runs(cid)):
             self.finish(cid)
             return False
         return True
+
+    def _abandon(self, cid: str, reason: str) -> None:
+        """A campaign whose state in Redis does not read as swaplab wrote it (another writer,
+        another version) is ended as an infra-error with why, never scheduled on a guess.
+        Its running node tasks see the cancel flag and stop; its leases then expire."""
+        log.error("%s: abandoned: %s", cid, reason)
+        if self.store.status(cid) in (*TERMINAL, None):
+            return
+        code = int(ExitCode.BAD_INPUT_OR_INFRA)
+        fields = {"verdict": Verdict.INFRA_ERROR.value, "exit_code": code, "error": reason[:2000]}
+        self.store.set_campaign(cid, status=CampaignStatus.DONE, finished_at=time.time(), cancel_requested=1, **fields)
+        self.store.event(cid, kind="campaign", status=CampaignStatus.DONE, detail=reason[:500])
 
     def _refuse_campaign(self, cid: str, err: SpecError) -> None:
         """A stored campaign that fails validation runs nothing: every run is invalid, with why."""
         reason = "the stored campaign does not validate (changed in Redis?): " + "; ".join(map(str, err.issues[:5]))
         log.error("%s: %s", cid, reason)
         for run in self.store.runs(cid):
-            if run["status"] not in TERMINAL:
+            if run.status not in TERMINAL:
                 self._refuse_run(cid, run, reason, Verdict.INVALID)
         self.finish(cid)
 
     def _start_due_runs(self, cid: str, campaign: Campaign, book: LeaseBook) -> None:
         cancel = self.store.cancel_requested(cid)
-        runs = list(self.store.runs(cid))
-        stopped_by = next((r["run_id"] for r in runs if (r.get("result") or {}).get("stops_campaign")), None)
+        runs = self.store.runs(cid)
+        stopped_by = next((r.run_id for r in runs if r.stops_campaign), None)
         # A comparison runs one run at a time on its lab: its sides' runs must not share the
         # host with each other, or drift and neighbours would pose as a change.
         serial = campaign.spec.baseline is not None
-        busy = serial and any(r["status"] not in TERMINAL and r["status"] != RunStatus.QUEUED for r in runs)
+        busy = serial and any(r.status not in TERMINAL and r.status != RunStatus.QUEUED for r in runs)
         for run in runs:
-            if run["status"] not in (RunStatus.QUEUED, RunStatus.BUILDING, RunStatus.PREPARING):
+            if run.status not in (RunStatus.QUEUED, RunStatus.BUILDING, RunStatus.PREPARING):
                 continue
             if cancel:
-                self.store.set_run_status(cid, run["run_id"], RunStatus.CANCELLED)
+                self.store.set_run_status(cid, run.run_id, RunStatus.CANCELLED)
             elif stopped_by is not None:
                 reason = f"not started: a critical criterion failed in run {stopped_by}"
-                self.store.set_run_status(cid, run["run_id"], RunStatus.SKIPPED, skipped_reason=reason)
-            elif busy and run["status"] == RunStatus.QUEUED:
+                self.store.set_run_status(cid, run.run_id, RunStatus.SKIPPED, skipped_reason=reason)
+            elif busy and run.status == RunStatus.QUEUED:
                 break
             elif not self._step_run(cid, campaign, run, book):
                 break  # runs start in order: a later run never overtakes a waiting one
@@ -185,37 +204,37 @@ class Scheduler:
                 busy = busy or serial
 
     # -- preparing and starting runs --------------------------------------------------------
-    def _step_run(self, cid: str, campaign: Campaign, run: dict[str, Any], book: LeaseBook) -> bool:
+    def _step_run(self, cid: str, campaign: Campaign, run: RunHash, book: LeaseBook) -> bool:
         """Move a queued, building or preparing run on; False while it has to wait."""
-        blocker = self._lab_blocker(campaign, run)
+        blocker = self._lab_blocker(campaign)
         if blocker == "wait":
             self.store.event(
-                cid, kind="note", run=run["run_id"], detail=f"waiting for a worker on {lab_queue(campaign.lab.name)}"
+                cid, kind="note", run=run.run_id, detail=f"waiting for a worker on {lab_queue(campaign.lab.name)}"
             )
             return False
         if blocker:
             self._refuse_run(cid, run, blocker)
             return True
         for stage in self._stages(run):
-            if run.get(stage.done):
+            if run.stage_done(stage):
                 continue  # done once per run: a run redone after a lost worker keeps it
-            failure = _stage_failure(stage, run.get(stage.failure))
+            failure = run.stage_failure(stage)
             if failure:
                 reason = f"{stage.what} failed ({failure.cause}): {failure.reason}"
                 self._refuse_run(cid, run, reason, Verdict.INVALID if failure.cause == "input" else Verdict.INFRA_ERROR)
                 return True
-            if run["status"] != stage.status:
+            if run.status != stage.status:
                 self._dispatch_stage(stage, cid, campaign, run)
             else:
                 self._watch_stage(stage, cid, campaign, run)
             return False
         return self._start_run(cid, campaign, run, book)
 
-    def _stages(self, run: dict[str, Any]) -> tuple[SetupStage, ...]:
-        kernel = KernelSource.model_validate(run["kernel"])
-        return (BUILD, PREPARE) if kernel.build is not None else (PREPARE,)
+    @staticmethod
+    def _stages(run: RunHash) -> tuple[SetupStage, ...]:
+        return (BUILD, PREPARE) if run.kernel.build is not None else (PREPARE,)
 
-    def _lab_blocker(self, campaign: Campaign, run: dict[str, Any]) -> str | None:
+    def _lab_blocker(self, campaign: Campaign) -> str | None:
         """Why the lab cannot take the run: "wait" (no worker yet), a reason to refuse it, or None."""
         needed = campaign.spec.nodes
         queue = lab_queue(campaign.lab.name)
@@ -233,12 +252,12 @@ class Scheduler:
             )
         return None
 
-    def _dispatch_stage(self, stage: SetupStage, cid: str, campaign: Campaign, run: dict[str, Any]) -> None:
-        rid = run["run_id"]
+    def _dispatch_stage(self, stage: SetupStage, cid: str, campaign: Campaign, run: RunHash) -> None:
+        rid = run.run_id
         if stage is BUILD and worker_slots(self.redis, BUILD_QUEUE) == 0:
             self.store.event(cid, kind="note", run=rid, detail=f"waiting for a worker on {BUILD_QUEUE}")
             return
-        attempt = int(run.get(stage.attempt) or 0) + 1
+        attempt = run.stage_attempt(stage) + 1
         fields = {stage.attempt: attempt, stage.beat: "", stage.result: "", stage.done: ""}
         self.store.set_run_status(cid, rid, stage.status, **fields)
         plan = self._plan(run)
@@ -246,31 +265,30 @@ class Scheduler:
             message = BuildMessage(campaign=cid, run_id=rid, lab=campaign.lab.name, kernel=plan.kernel)
             self.dispatch.build(cid, rid, attempt, message)
             return
-        built = run.get("built") or {}
+        built = run.built or {}
         self.dispatch.prepare(cid, rid, attempt, run_setup_spec(campaign, cid, plan, built.get("artifact")))
 
-    def _watch_stage(self, stage: SetupStage, cid: str, campaign: Campaign, run: dict[str, Any]) -> None:
+    def _watch_stage(self, stage: SetupStage, cid: str, campaign: Campaign, run: RunHash) -> None:
         """A stage whose worker stopped beating is redone once, then the run is an infra-error."""
-        beat = float(run.get(stage.beat) or 0)
+        beat = run.stage_beat(stage)
         if not beat or time.time() - beat < SETUP_SILENT_S:
             return  # not picked up yet (waiting in the queue), or alive
-        attempt = int(run.get(stage.attempt) or 1)
-        reason = f"the worker of the run's {stage.what} stopped ({run.get(stage.owner, '?')}; attempt {attempt})"
+        attempt = max(run.stage_attempt(stage), 1)
+        reason = f"the worker of the run's {stage.what} stopped ({run.stage_owner(stage) or '?'}; attempt {attempt})"
         if attempt >= MAX_ATTEMPTS:
             self._refuse_run(cid, run, reason)
             return
-        self.store.event(cid, kind="run", run=run["run_id"], status=f"{stage.name}-lost", detail=reason)
-        self._dispatch_stage(stage, cid, campaign, {**run, "status": RunStatus.QUEUED})
+        self.store.event(cid, kind="run", run=run.run_id, status=f"{stage.name}-lost", detail=reason)
+        self._dispatch_stage(stage, cid, campaign, run.model_copy(update={"status": RunStatus.QUEUED}))
 
-    def _start_run(self, cid: str, campaign: Campaign, run: dict[str, Any], book: LeaseBook) -> bool:
-        rid, attempt = run["run_id"], int(run["attempt"]) + 1
+    def _start_run(self, cid: str, campaign: Campaign, run: RunHash, book: LeaseBook) -> bool:
+        rid, attempt = run.run_id, run.attempt + 1
         health = NodeHealth(self.redis, campaign.lab.name)
         healthy = [node for node in campaign.lab.nodes if health.is_healthy(node)]
         nodes = book.acquire(holder_id(cid, rid, attempt), healthy, campaign.spec.nodes)
         if nodes is None:
             return False
-        prepared = PreparedKernel.model_validate(run["prepared"]) if run.get("prepared") else None
-        specs = node_specs(campaign, cid, self._plan(run), attempt, nodes, prepared)
+        specs = node_specs(campaign, cid, self._plan(run), attempt, nodes, run.prepared)
         self.store.set_run_status(
             cid, rid, RunStatus.PROVISIONING, attempt=attempt, nodes=nodes, started_at=time.time()
         )
@@ -280,49 +298,44 @@ class Scheduler:
         return True
 
     @staticmethod
-    def _plan(run: dict[str, Any]) -> RunPlan:
-        return RunPlan(
-            run["run_id"],
-            KernelSource.model_validate(run["kernel"]),
-            WorkloadSpec.model_validate(run["workload"]),
-            int(run["repeat"]),
-            Variant.model_validate(run["variant"]) if run.get("variant") else None,
-        )
+    def _plan(run: RunHash) -> RunPlan:
+        return RunPlan(run.run_id, run.kernel, run.workload, run.repeat, run.variant)
 
-    def _refuse_run(self, cid: str, run: dict[str, Any], reason: str, verdict: Verdict = Verdict.INFRA_ERROR) -> None:
+    def _refuse_run(self, cid: str, run: RunHash, reason: str, verdict: Verdict = Verdict.INFRA_ERROR) -> None:
         """End a run that holds no node, with the reason (the leases of any attempt go back)."""
         code = ExitCode.INVALID if verdict is Verdict.INVALID else ExitCode.BAD_INPUT_OR_INFRA
         entry = {
-            "run_id": run["run_id"],
-            "kernel": run["label"],
+            "run_id": run.run_id,
+            "kernel": run.label,
             "verdict": verdict.value,
             "exit_code": int(code),
             "reasons": [reason],
             "nodes": [],
         }
         self._release(cid, run)
-        self.store.set_run_status(cid, run["run_id"], RunStatus.DONE, verdict=entry["verdict"], result=entry)
+        self.store.set_run_status(cid, run.run_id, RunStatus.DONE, verdict=entry["verdict"], result=entry)
 
-    def _release(self, cid: str, run: dict[str, Any]) -> None:
+    def _release(self, cid: str, run: RunHash) -> None:
         """Give back the leases of the run's current attempt: the one place leases are released."""
-        nodes = list(run.get("nodes") or [])
-        if not nodes:
+        if not run.nodes:
             return
-        lab = self.store.campaign(cid)["lab"]
-        holder = holder_id(cid, run["run_id"], int(run.get("attempt") or 0))
-        LeaseBook(self.redis, lab, ttl_s=LEASE_TTL_S).release(holder, nodes)
+        info = self.store.campaign(cid)
+        if info is None:
+            return
+        lab = info.lab
+        LeaseBook(self.redis, lab, ttl_s=LEASE_TTL_S).release(holder_id(cid, run.run_id, run.attempt), run.nodes)
 
     # -- watching runs -------------------------------------------------------------------
-    def _watch_run(self, cid: str, run: dict[str, Any], book: LeaseBook) -> None:
+    def _watch_run(self, cid: str, run: RunHash, book: LeaseBook) -> None:
         """Renew leases of nodes whose task has not started; detect nodes whose worker died."""
-        rid, attempt = run["run_id"], int(run["attempt"])
+        rid, attempt = run.run_id, run.attempt
         holder = holder_id(cid, rid, attempt)
         waiting, lost = [], []
-        for node in run.get("nodes") or []:
+        for node in run.nodes:
             state = self.store.node(cid, rid, node)
-            if state.get("status") in ("done", "lost"):
+            if state is not None and state.status in ("done", "lost"):
                 continue
-            if not state.get("owner"):
+            if state is None or not state.owner:
                 waiting.append(node)
             elif book.holders().get(node) != holder:
                 lost.append(node)
@@ -335,8 +348,8 @@ class Scheduler:
             # lost (or its evaluator died), ask again. Never judged here, under the lock.
             self.dispatch.evaluate(cid, rid, attempt)
 
-    def _handle_lost(self, cid: str, run: dict[str, Any], lost: list[str]) -> None:
-        rid, attempt = run["run_id"], int(run["attempt"])
+    def _handle_lost(self, cid: str, run: RunHash, lost: list[str]) -> None:
+        rid, attempt = run.run_id, run.attempt
         reason = f"worker lost: node task(s) for {', '.join(lost)} stopped renewing their lease"
         log.warning("%s %s attempt %d: %s", cid, rid, attempt, reason)
         for node in lost:
@@ -351,23 +364,26 @@ class Scheduler:
         self._refuse_run(cid, run, f"{reason} (attempt {attempt} of {MAX_ATTEMPTS})")
 
     # -- evaluating ------------------------------------------------------------------------
-    def _node_results(self, cid: str, run: dict[str, Any]) -> list[NodeResult] | None:
+    def _node_results(self, cid: str, run: RunHash) -> list[NodeResult] | None:
         """Every node's result of the run's current attempt, or None while one is missing."""
-        states = [self.store.node(cid, run["run_id"], node) for node in run.get("nodes") or []]
-        if not states or not all(state.get("status") == "done" and state.get("result") for state in states):
-            return None
-        return [NodeResult.model_validate(state["result"]) for state in states]
+        results = []
+        for node in run.nodes:
+            state = self.store.node(cid, run.run_id, node)
+            if state is None or not state.done or state.result is None:
+                return None
+            results.append(state.result)
+        return results or None
 
-    def _evaluation_due(self, cid: str, run: dict[str, Any]) -> bool:
-        if run.get("status") in TERMINAL or self._node_results(cid, run) is None:
+    def _evaluation_due(self, cid: str, run: RunHash) -> bool:
+        if run.status in TERMINAL or self._node_results(cid, run) is None:
             return False
-        claimed_at = float(run.get("evaluation_claimed_at") or 0)
-        return run.get("status") != RunStatus.EVALUATING or time.time() - claimed_at > EVALUATION_CLAIM_S
+        claimed_at = run.evaluation_claimed_at or 0.0
+        return run.status != RunStatus.EVALUATING or time.time() - claimed_at > EVALUATION_CLAIM_S
 
     def claim_evaluation(self, cid: str, rid: str, attempt: int) -> str | None:
         """Under the campaign lock: claim the run's evaluation if it is due and unclaimed."""
         run = self.store.run(cid, rid)
-        if int(run.get("attempt", 0)) != attempt or not self._evaluation_due(cid, run):
+        if run.attempt != attempt or not self._evaluation_due(cid, run):
             return None
         token = secrets.token_hex(8)
         self.store.set_run_status(
@@ -382,11 +398,11 @@ class Scheduler:
         campaign = self.store.campaign_model(cid)
         meta = {
             "run_id": rid,
-            "kernel": run["label"],
-            "workload": WorkloadSpec.model_validate(run["workload"]).name,
-            "repeat": int(run["repeat"]),
-            "attempt": int(run["attempt"]),
-            "started_at": float(run.get("started_at") or 0),
+            "kernel": run.label,
+            "workload": run.workload.name,
+            "repeat": run.repeat,
+            "attempt": run.attempt,
+            "started_at": run.started_at or 0.0,
             "finished_at": time.time(),
             **run_context(campaign, run, results),
         }
@@ -398,7 +414,7 @@ class Scheduler:
     ) -> bool:
         """Under the campaign lock: store the verdict if the claim is still ours."""
         run = self.store.run(cid, rid)
-        if run.get("status") != RunStatus.EVALUATING or run.get("evaluation_claim") != token:
+        if run.status != RunStatus.EVALUATING or run.evaluation_claim != token:
             log.warning("%s %s: evaluation claim %s was taken over; verdict not stored", cid, rid, token)
             return False
         self._release(cid, run)
@@ -418,12 +434,12 @@ class Scheduler:
         """Judge every finished run of ``cid`` again, now (criteria edited or added)."""
         campaign = self.store.campaign_model(cid)
         for run in self.store.runs(cid):
-            old = run.get("result") or {}
-            if run["status"] != RunStatus.DONE or not old.get("nodes"):
+            old = run.result or {}
+            if run.status != RunStatus.DONE or not old.get("nodes"):
                 continue  # refused or skipped runs have nothing to judge
-            states = [self.store.node(cid, run["run_id"], node) for node in run.get("nodes") or []]
-            results = [NodeResult.model_validate(state["result"]) for state in states if state.get("result")]
-            meta = {
+            states = [self.store.node(cid, run.run_id, node) for node in run.nodes]
+            results = [state.result for state in states if state is not None and state.result is not None]
+            meta: dict[str, Any] = {
                 key: old[key]
                 for key in ("run_id", "kernel", "workload", "repeat", "attempt", "started_at", "finished_at")
                 if key in old
@@ -437,9 +453,10 @@ class Scheduler:
                 criteria or campaign.spec.criteria,
                 self.prometheus(),
             )
-            self.store.set_run(cid, run["run_id"], verdict=entry["verdict"], result=entry)
+            self.store.set_run(cid, run.run_id, verdict=entry["verdict"], result=entry)
         info = self.store.campaign(cid)
-        return self._assemble(cid, float(info.get("finished_at") or time.time()), rechecked=True)
+        finished_at = info.finished_at if info is not None and info.finished_at else time.time()
+        return self._assemble(cid, finished_at, rechecked=True)
 
     # -- finishing -----------------------------------------------------------------------
     def finish(self, cid: str) -> dict[str, Any]:
@@ -448,11 +465,14 @@ class Scheduler:
 
     def _assemble(self, cid: str, finished_at: float, rechecked: bool = False) -> dict[str, Any]:
         info = self.store.campaign(cid)
-        runs = [run["result"] for run in self.store.runs(cid) if run.get("result")]
+        if info is None:
+            raise CorruptHash(campaign_key(cid), "the campaign vanished while it was being finished")
+        stored = self.store.runs(cid)
+        runs = [run.result for run in stored if run.result]
         skipped = [
-            {"run_id": run["run_id"], "kernel": run["label"], "reason": run.get("skipped_reason", "")}
-            for run in self.store.runs(cid)
-            if run["status"] == RunStatus.SKIPPED
+            {"run_id": run.run_id, "kernel": run.label, "reason": run.skipped_reason}
+            for run in stored
+            if run.status == RunStatus.SKIPPED
         ]
         cancelled = self.store.cancel_requested(cid)
         exit_code = ExitCode.INTERRUPTED if cancelled else campaign_exit_code([int(run["exit_code"]) for run in runs])
@@ -461,13 +481,13 @@ class Scheduler:
         result = {
             "schema_version": RESULT_SCHEMA_VERSION,
             "campaign_id": cid,
-            "campaign": info["name"],
-            "file": info["file"],
-            "reproduce": {"file": info["file"], "command": f"swaplab run {shlex.quote(info['file'])}"},
-            "lab": info["lab"],
-            "started_at": float(info["created_at"]),
+            "campaign": info.name,
+            "file": info.file,
+            "reproduce": {"file": info.file, "command": f"swaplab run {shlex.quote(info.file)}"},
+            "lab": info.lab,
+            "started_at": info.created_at,
             "finished_at": finished_at,
-            "wall_s": round(finished_at - float(info["created_at"]), 1),
+            "wall_s": round(finished_at - info.created_at, 1),
             "verdict": combine(Verdict(run["verdict"]) for run in runs).value if runs else Verdict.INVALID.value,
             "exit_code": int(exit_code),
             "result_dir": str(result_dir),
@@ -510,12 +530,17 @@ class Scheduler:
         if spec.baseline is None:
             return
         reasons: list[str] = []
-        if is_last_pass(spec.baseline):
-            comparisons, note = self._against_last_pass(cid, result, spec.compare)
-            reasons += [note] if note else []
-        else:
-            assert isinstance(spec.baseline, BaselineSide)
-            comparisons = in_campaign(result, spec.baseline, spec.compare)
+        try:
+            if is_last_pass(spec.baseline):
+                comparisons, note = self._against_last_pass(cid, result, spec.compare)
+                reasons += [note] if note else []
+            else:
+                assert isinstance(spec.baseline, BaselineSide)
+                comparisons = in_campaign(result, spec.baseline, spec.compare)
+        except RecordError as err:  # a bug, not a reason to lose the record: said, compared nothing
+            comparisons, reasons = [], [f"nothing compared: {err}"]
+            if result["exit_code"] == ExitCode.PASS:
+                result["exit_code"] = int(ExitCode.INVALID)
         result["comparisons"] = comparisons
         regressed = regressions(comparisons)
         undecided = [
@@ -536,10 +561,10 @@ class Scheduler:
         maybe a migration, up to 50 records) and keep it in the campaign's hash, where
         finishing under the lock finds it. Nothing to do for any other campaign."""
         info = self.store.campaign(cid)
-        if not info or info.get("status") in TERMINAL or info.get(LAST_PASS_FIELD):
+        if info is None or info.status in CAMPAIGN_TERMINAL or info.last_pass_baseline:
             return
-        runs = list(self.store.runs(cid))  # cheap checks first: this runs before every step
-        if not runs or any(run["status"] not in TERMINAL for run in runs):
+        runs = self.store.runs(cid)  # cheap checks first: this runs before every step
+        if not runs or any(run.status not in TERMINAL for run in runs):
             return
         try:
             baseline = self.store.campaign_model(cid).spec.baseline
@@ -549,8 +574,8 @@ class Scheduler:
             return
         settings = {
             "campaign_id": cid,
-            "campaign": info["name"],
-            "runs": [r["result"] for r in runs if r.get("result")],
+            "campaign": info.name,
+            "runs": [r.result for r in runs if r.result],
         }
         try:
             found: dict[str, Any] = {"record": self.last_pass(settings)}
@@ -563,7 +588,8 @@ class Scheduler:
     ) -> tuple[list[dict[str, Any]], str]:
         """Compared with the last passing instance of this campaign, from the results database
         (looked up before the lock by ``prefetch_last_pass``; here only when it was not)."""
-        prefetched = self.store.campaign(cid).get(LAST_PASS_FIELD)
+        info = self.store.campaign(cid)
+        prefetched = info.last_pass_baseline if info is not None else None
         try:
             baseline = _stored_last_pass(prefetched) if prefetched else self.last_pass(result)
         except Exception as err:  # the database is down: nothing to compare with is not a pass
@@ -578,12 +604,13 @@ class Scheduler:
         """The newest stored passing instance of the campaign with the same settings."""
         from orchestrator.history.db import ResultsDb  # SQLAlchemy only in the process that judges
 
+        mine = campaign_of(result)  # read once, compared with up to 50 stored instances
         with ResultsDb() as db:
-            for row in db.history(campaign=result["campaign"], limit=50):
-                if row["verdict"] != "pass" or row["campaign_id"] == result["campaign_id"]:
+            for row in db.history(campaign=mine.campaign, limit=50):
+                if row["verdict"] != "pass" or row["campaign_id"] == mine.campaign_id:
                     continue
                 record = db.campaign(row["campaign_id"])
-                if record is not None and comparable(result, record):
+                if record is not None and comparable(mine, record):
                     return record
         return None
 
@@ -592,16 +619,6 @@ class Scheduler:
 
     def on_finished(self, cid: str) -> None:
         """Hook: the campaign is in its sinks' outboxes (the control worker runs them)."""
-
-
-def _stage_failure(stage: SetupStage, raw: Any) -> StageFailure | None:
-    """A stage's failure as its task wrote it; one that does not read as one is the lab's fault."""
-    if not raw:
-        return None
-    try:
-        return StageFailure.model_validate(raw)
-    except ValueError:
-        return StageFailure(cause="infra", reason=f"the {stage.what}'s failure record is unreadable")
 
 
 def _verdict_of_code(code: int, verdict: str) -> str:

@@ -141,7 +141,7 @@ def deliver_notifications(client: redis.Redis) -> tuple[int, int]:
 def finished_record(store: CampaignStore, cid: str) -> dict[str, Any] | None:
     """The campaign's result record: from Redis, else its result.json on this host (Redis
     may have forgotten it while the database was down); None while there is none."""
-    result = store.campaign(cid).get("result") if store.exists(cid) else None
+    result = store.record(cid)
     if isinstance(result, dict):
         return result
     if not is_campaign_id(cid):

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import redis
 
 from model.campaign import Campaign, campaign_from_json, campaign_to_json
+from model.hashes import CampaignHash, CorruptHash, NodeHash, RunHash
 from model.protocol import campaign_status, run_status
 from model.state import (
     CAMPAIGNS_KEY,
@@ -33,6 +33,7 @@ from model.state import (
 from orchestrator.planner import RunPlan
 
 __all__ = ["TERMINAL", "CampaignStore"]
+
 
 class CampaignStore:
     """Reads and writes campaign state; every write records when it happened."""
@@ -91,34 +92,62 @@ class CampaignStore:
     def exists(self, cid: str) -> bool:
         return bool(self.redis.exists(campaign_key(cid)))
 
-    def campaign(self, cid: str) -> dict[str, Any]:
-        """The campaign hash, decoded (JSON fields parsed)."""
-        return decode_fields(self.redis.hgetall(campaign_key(cid)))
+    def campaign(self, cid: str) -> CampaignHash | None:
+        """The campaign's hash, or None when there is no such campaign (CorruptHash when it
+        does not read as swaplab wrote it)."""
+        found: CampaignHash | None = CampaignHash.read(campaign_key(cid), self.redis.hgetall(campaign_key(cid)))
+        return found
+
+    def status(self, cid: str) -> str | None:
+        """The campaign's status field alone (readable even when the rest of its hash is not)."""
+        raw = self.redis.hget(campaign_key(cid), "status")
+        return as_text(raw) if raw is not None else None
+
+    def record(self, cid: str) -> dict[str, Any] | None:
+        """The finished campaign's record (result.json) alone; None while there is none or
+        it is not a JSON object (the sinks check it against the schema before using it)."""
+        raw = self.redis.hget(campaign_key(cid), "result")
+        try:
+            found = json.loads(as_text(raw)) if raw else None
+        except ValueError:
+            return None
+        return found if isinstance(found, dict) else None
 
     def campaign_model(self, cid: str) -> Campaign:
         """The validated campaign as it was submitted."""
-        return campaign_from_json(self.campaign(cid)["campaign"])
+        info = self.campaign(cid)
+        if info is None:
+            raise CorruptHash(campaign_key(cid), "no such campaign")
+        return campaign_from_json(info.campaign)
 
     def run_ids(self, cid: str) -> list[str]:
-        return list(self.campaign(cid).get("runs", []))
+        info = self.campaign(cid)
+        return list(info.runs) if info is not None else []
 
-    def run(self, cid: str, rid: str) -> dict[str, Any]:
-        return decode_fields(self.redis.hgetall(run_key(cid, rid)))
+    def run(self, cid: str, rid: str) -> RunHash:
+        """One run's hash (CorruptHash when it is missing or does not read as swaplab wrote it)."""
+        found: RunHash | None = RunHash.read(run_key(cid, rid), self.redis.hgetall(run_key(cid, rid)))
+        if found is None:
+            raise CorruptHash(run_key(cid, rid), "the campaign names this run but it does not exist")
+        return found
 
-    def node(self, cid: str, rid: str, node: str) -> dict[str, Any]:
-        return decode_fields(self.redis.hgetall(node_key(cid, rid, node)))
+    def node(self, cid: str, rid: str, node: str) -> NodeHash | None:
+        """One node's hash of a run's current attempt; None before the run started it."""
+        key = node_key(cid, rid, node)
+        found: NodeHash | None = NodeHash.read(key, self.redis.hgetall(key))
+        return found
 
     def campaign_ids(self, limit: int = 50) -> list[str]:
         """The most recent campaigns first."""
         ids: Any = self.redis.zrevrange(CAMPAIGNS_KEY, 0, limit - 1)
         return [as_text(cid) for cid in ids]
 
-    def runs(self, cid: str) -> Iterator[dict[str, Any]]:
-        for rid in self.run_ids(cid):
-            yield self.run(cid, rid)
+    def runs(self, cid: str) -> list[RunHash]:
+        return [self.run(cid, rid) for rid in self.run_ids(cid)]
 
     # -- writes --------------------------------------------------------------------------
     def set_campaign(self, cid: str, **fields: Any) -> None:
+        CampaignHash.check_writable(fields)
         self.redis.hset(campaign_key(cid), mapping=encode_fields(fields))
 
     def set_campaign_status(self, cid: str, status: str, **fields: Any) -> None:
@@ -127,6 +156,7 @@ class CampaignStore:
         self.event(cid, kind="campaign", status=status)
 
     def set_run(self, cid: str, rid: str, **fields: Any) -> None:
+        RunHash.check_writable(fields)
         self.redis.hset(run_key(cid, rid), mapping=encode_fields(fields))
 
     def set_run_status(self, cid: str, rid: str, status: str, **fields: Any) -> None:
@@ -135,6 +165,7 @@ class CampaignStore:
         self.event(cid, kind="run", run=rid, status=status)
 
     def set_node(self, cid: str, rid: str, node: str, **fields: Any) -> None:
+        NodeHash.check_writable(fields)
         self.redis.hset(node_key(cid, rid, node), mapping=encode_fields(fields))
 
     def request_cancel(self, cid: str) -> None:

@@ -263,5 +263,5 @@ def _resume_campaigns(sender: Any = None, **_: Any) -> None:
         log.error("%s; webhook notifications stay pending until it is fixed", exc)
     store = CampaignStore(client)
     for cid in store.campaign_ids(limit=200):
-        if store.campaign(cid).get("status") not in TERMINAL:
+        if store.status(cid) not in TERMINAL:
             kick(cid)

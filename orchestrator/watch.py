@@ -10,6 +10,8 @@ from typing import Any, Protocol, TextIO
 import redis
 
 from model.display import printable
+from model.hashes import CampaignHash, CorruptHash
+from model.state import campaign_key
 from orchestrator.store import TERMINAL, CampaignStore
 
 
@@ -78,7 +80,7 @@ def wants_live_view(stream: TextIO) -> bool:
         return False
 
 
-def follow(store: CampaignStore, cid: str, stream: TextIO, poll_ms: int = 1000) -> dict[str, Any]:
+def follow(store: CampaignStore, cid: str, stream: TextIO, poll_ms: int = 1000) -> CampaignHash:
     """Show events until the campaign is done or cancelled; return its final state.
 
     On a terminal the live view (orchestrator.live), else log lines (see wants_live_view).
@@ -89,11 +91,11 @@ def follow(store: CampaignStore, cid: str, stream: TextIO, poll_ms: int = 1000) 
     # Imported here: rich stays out of the commands that never draw (validate, status).
     from orchestrator.live import LiveView
 
-    with LiveView(stream, lookup=lambda rid: store.run(cid, rid)) as view:
+    with LiveView(stream, lookup=lambda rid: store.run(cid, rid).model_dump(mode="json")) as view:
         return _follow(store, cid, view, poll_ms)
 
 
-def _follow(store: CampaignStore, cid: str, sink: EventSink, poll_ms: int) -> dict[str, Any]:
+def _follow(store: CampaignStore, cid: str, sink: EventSink, poll_ms: int) -> CampaignHash:
     last = "0-0"
     down_since: float | None = None
     while True:
@@ -113,13 +115,16 @@ def _follow(store: CampaignStore, cid: str, sink: EventSink, poll_ms: int) -> di
 
 def _follow_step(
     store: CampaignStore, cid: str, sink: EventSink, last: str, poll_ms: int
-) -> tuple[str, dict[str, Any] | None]:
+) -> tuple[str, CampaignHash | None]:
     """Show new events; return the last event id, and the campaign once it has ended."""
     last = _show_events(store, cid, sink, last, poll_ms)
-    info = store.campaign(cid)
-    if info.get("status") not in TERMINAL:
+    if store.status(cid) not in TERMINAL:  # the status alone: readable whatever else is wrong
         return last, None
-    return _show_events(store, cid, sink, last, 1), info
+    last = _show_events(store, cid, sink, last, 1)
+    info = store.campaign(cid)
+    if info is None:
+        raise CorruptHash(campaign_key(cid), "the campaign vanished")
+    return last, info
 
 
 def _show_events(store: CampaignStore, cid: str, sink: EventSink, last: str, block_ms: int) -> str:

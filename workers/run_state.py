@@ -11,8 +11,9 @@ from typing import Any
 
 import redis
 
+from model.hashes import NodeHash, RunAttempt, RunHash
 from model.protocol import RunStatus, SetupStage, StageFailure
-from model.state import EVENTS_MAXLEN, campaign_key, decode_fields, encode_fields, events_key, node_key, run_key
+from model.state import EVENTS_MAXLEN, campaign_key, encode_fields, events_key, node_key, run_key
 
 # Every write of a node or setup task is this compare-and-set: the fields are written only
 # while each expected field still holds its value (the run's status, the attempt). A
@@ -37,8 +38,14 @@ class RunState:
         self.cid = cid
         self.rid = rid
 
-    def run(self) -> dict[str, Any]:
-        return decode_fields(self.redis.hgetall(run_key(self.cid, self.rid)))
+    def run(self) -> RunAttempt | None:
+        """What the task checks of its run; None when there is no such run (CorruptHash when
+        it does not read as swaplab wrote it)."""
+        key = run_key(self.cid, self.rid)
+        values: list[Any] = self.redis.hmget(key, list(RunAttempt.FIELDS))
+        raw = {name: value for name, value in zip(RunAttempt.FIELDS, values, strict=True) if value is not None}
+        found: RunAttempt | None = RunAttempt.read(key, raw)
+        return found
 
     # -- a setup stage's task: its narrow writers, each a compare-and-set ------------------------
     def claim_stage(self, stage: SetupStage, attempt: int, owner: str) -> bool:
@@ -60,6 +67,7 @@ class RunState:
         if stray:  # not an assert: gone under -O, and this is the contract with the scheduler
             raise ValueError(f"the {stage.name} task may not write {sorted(stray)}")
         expected = {"status": stage.status.value, stage.attempt: str(attempt)}
+        RunHash.check_writable(fields)
         return self._set_if(run_key(self.cid, self.rid), expected, fields)
 
     def mark_running(self, attempt: int) -> bool:
@@ -67,10 +75,17 @@ class RunState:
         provisioning this attempt; False when the scheduler has moved it on."""
         expected = {"status": RunStatus.PROVISIONING.value, "attempt": str(attempt)}
         running = {"status": RunStatus.RUNNING.value, "running_at": repr(time.time())}
+        RunHash.check_writable(running)
         return self._set_if(run_key(self.cid, self.rid), expected, running)
 
-    def node(self, node: str) -> dict[str, Any]:
-        return decode_fields(self.redis.hgetall(node_key(self.cid, self.rid, node)))
+    def node(self, node: str) -> NodeHash | None:
+        key = node_key(self.cid, self.rid, node)
+        found: NodeHash | None = NodeHash.read(key, self.redis.hgetall(key))
+        return found
+
+    def aborted(self, attempt: int) -> bool:
+        """Whether the scheduler gave up on ``attempt`` (its node tasks stop)."""
+        return self.redis.hget(run_key(self.cid, self.rid), "aborted_attempt") in (str(attempt), str(attempt).encode())
 
     # -- a node task: its node's hash, only while the hash is its attempt's -----------------------
     def claim_node(self, node: str, attempt: int, owner: str) -> bool:

@@ -7,6 +7,7 @@ both validate what they read (the message is input). The control plane sends the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ import redis
 from celery import signals
 
 from model import protocol
+from model.hashes import CorruptHash
 from model.paths import results_root
 from model.protocol import BUILD_STAGE, PREPARE_STAGE, RunStatus, SetupStage, StageFailure, version_skew
 from model.runspec import BuildMessage, Failure, FailureCause, NodeResult, NodeRunSpec, RunSetupSpec
@@ -212,12 +214,15 @@ def run_node(self: Any, spec: dict[str, Any], cid: str, rid: str, attempt: int) 
     except InputFault as refused:
         return _refuse_message(state, spec, attempt, refused.reason)
     node = run_spec.node
-    run = state.run()
-    node_state = state.node(node)
-    if int(run.get("attempt", 0)) != attempt or run.get("status") in TERMINAL:
+    try:
+        run, node_state = state.run(), state.node(node)
+    except CorruptHash as err:  # not swaplab's writing: run nothing on it
+        log.error("refused a node task of %s %s: %s", cid, rid, err)
+        return {"skipped": str(err)[:500]}
+    if run is None or run.attempt != attempt or run.status in TERMINAL:
         return {"skipped": "stale attempt"}
-    if node_state.get("status") == "done" and node_state.get("result"):
-        return dict(node_state["result"])  # redelivered after it finished
+    if node_state is not None and node_state.done and node_state.result is not None:
+        return node_state.result.model_dump(mode="json")  # redelivered after it finished
     # The lease, not the message, says whose node it is: a message for a node another run
     # holds must not power off that run's guest, nor boot a second one beside it.
     holder = holder_id(cid, rid, attempt)
@@ -225,7 +230,7 @@ def run_node(self: Any, spec: dict[str, Any], cid: str, rid: str, attempt: int) 
         return _refuse_message(
             state, spec, attempt, f"node {node} of lab {run_spec.lab} is leased to another run than {holder}"
         )
-    return _run_owned_node(client, state, run_spec, attempt)
+    return _run_owned_node(client, state, run_spec, attempt, parties=len(run.nodes))
 
 
 def _refuse_message(
@@ -234,7 +239,7 @@ def _refuse_message(
     """A message that fails validation runs nothing: its node's result says why (invalid;
     an infra-error when the message is from another protocol version)."""
     named = spec.get("node") if isinstance(spec, dict) else None
-    node = named if isinstance(named, str) and named in (state.run().get("nodes") or []) else "?"
+    node = named if isinstance(named, str) and named in _run_nodes(state) else "?"
     log.error("refused a node task of %s %s: %s", state.cid, state.rid, reason)
     result = NodeResult(run_id=state.rid, node=node)
     result.failure = Failure(cause=cause, phase="message", reason=reason)
@@ -244,16 +249,28 @@ def _refuse_message(
     return data
 
 
+def _run_nodes(state: RunState) -> list[str]:
+    """The nodes of the run's current attempt; none when its hash is missing or unreadable."""
+    try:
+        run = state.run()
+    except CorruptHash:
+        return []
+    return run.nodes if run is not None else []
+
+
 def _errors(err: pydantic.ValidationError) -> str:
     """A validation error in one line, without echoing the (untrusted) values at length."""
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}" for e in err.errors()[:5])
 
 
-def _run_owned_node(client: redis.Redis, state: RunState, spec: NodeRunSpec, attempt: int) -> dict[str, Any]:
+def _run_owned_node(
+    client: redis.Redis, state: RunState, spec: NodeRunSpec, attempt: int, parties: int
+) -> dict[str, Any]:
     node, lab = spec.node, spec.lab
     holder = holder_id(state.cid, state.rid, attempt)
     if not state.claim_node(node, attempt, f"{socket.gethostname()}:{os.getpid()}"):
-        owner = state.node(node).get("owner") or "another task"
+        taken = state.node(node)
+        owner = (taken.owner if taken is not None else "") or "another task"
         return {"skipped": f"already run by {owner}"}  # redelivered: never a second guest
     _clean_orphan(client, lab, node)
     client.set(guest_key(lab, node), json.dumps({"holder": holder, "workdir": str(spec.result_dir(results_root()))}))
@@ -262,7 +279,6 @@ def _run_owned_node(client: redis.Redis, state: RunState, spec: NodeRunSpec, att
     keeper.start()
     LEASES_HELD.labels(lab).inc()
     try:
-        parties = len(state.run().get("nodes") or [])
         barrier = RedisBarrier(client, barrier_key(state.cid, state.rid, attempt), parties=parties)
         cancel = _CancelCheck(state, attempt, lost)
         result = run_node_session(spec.model_dump(mode="json"), _RedisProgress(state, attempt), barrier, cancel)
@@ -271,7 +287,13 @@ def _run_owned_node(client: redis.Redis, state: RunState, spec: NodeRunSpec, att
         LEASES_HELD.labels(lab).dec()
     _record_health(client, lab, node, NodeResult.model_validate(result))
     if not state.node_done(node, attempt, result):
-        log.warning("%s %s %s: attempt %d ended after the run moved on; its result is not kept", state.cid, state.rid, node, attempt)
+        log.warning(
+            "%s %s %s: attempt %d ended after the run moved on; its result is not kept",
+            state.cid,
+            state.rid,
+            node,
+            attempt,
+        )
     client.delete(guest_key(lab, node))
     return result
 
@@ -303,11 +325,8 @@ class _CancelCheck:
             return True
         if time.monotonic() - self._checked > 1.0:
             self._checked = time.monotonic()
-            try:
-                aborted = self.state.run().get("aborted_attempt") == str(self.attempt)
-                self._answer = aborted or self.state.cancel_requested()
-            except redis.RedisError:
-                pass  # Redis restarting: keep going, ask again in a second
+            with contextlib.suppress(redis.RedisError):  # Redis restarting: ask again in a second
+                self._answer = self.state.aborted(self.attempt) or self.state.cancel_requested()
         return self._answer
 
 

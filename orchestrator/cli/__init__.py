@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import click
 
+from model.display import printable
+from model.exitcode import ExitCode
+from model.hashes import CorruptHash
 from orchestrator.cli.build_cmds import build, kernels
 from orchestrator.cli.campaign_cmds import run, validate
 from orchestrator.cli.check_cmds import check
@@ -14,7 +20,19 @@ from orchestrator.cli.nfs_cmds import nfs
 from orchestrator.cli.schedule_cmds import schedule
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """The command group: live state that does not read as swaplab wrote it is a clear
+    error (exit 2), never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CorruptHash as err:
+            click.echo(printable(f"error: {err}"), err=True)
+            sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="swaplab")
 def main() -> None:
     """swaplab: test Linux kernels on diskless nodes that swap over NFS."""

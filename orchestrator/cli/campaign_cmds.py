@@ -8,12 +8,12 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
 from model.campaign import Campaign
 from model.exitcode import ExitCode
+from model.hashes import CampaignHash
 from model.paths import results_root
 from model.state import redacted
 from orchestrator import sinks
@@ -84,23 +84,28 @@ def run(campaign_file: Path, as_json: bool, results: Path) -> None:
     finish_output(info, as_json)
 
 
-def await_sinks(info: dict[str, Any], wait_s: float = SINK_WAIT_S) -> None:
+def await_sinks(info: CampaignHash, wait_s: float = SINK_WAIT_S) -> None:
     """Wait (up to ``wait_s``) for the control worker to write the campaign's reports and
     store it in the results database (orchestrator.sinks); say what each did."""
-    result = info.get("result")
-    cid = result.get("campaign_id") if isinstance(result, dict) else None
-    if not isinstance(cid, str):
+    if info.result is None:
         return
+    cid = info.id
     client = connect().redis
     deadline = time.monotonic() + wait_s
-    while (waiting := set(sinks.awaiting(client, cid)) & {sinks.REPORTS, sinks.DATABASE}) and time.monotonic() < deadline:
+    while (
+        waiting := set(sinks.awaiting(client, cid)) & {sinks.REPORTS, sinks.DATABASE}
+    ) and time.monotonic() < deadline:
         time.sleep(0.5)
     refused = sinks.refused(client, cid)
     if sinks.REPORTS in waiting or sinks.REPORTS in refused:
         _note(f"reports not written: {refused.get(sinks.REPORTS, 'the control worker has not got to them yet')}")
     else:
         written = [path for path in (results_root() / cid / name for name in FILES.values()) if path.is_file()]
-        _note(f"reports: {', '.join(map(str, written))}" if written else "reports: in the control worker's results directory")
+        _note(
+            f"reports: {', '.join(map(str, written))}"
+            if written
+            else "reports: in the control worker's results directory"
+        )
     where = _database_where()
     if sinks.DATABASE in refused:
         _note(f"not stored in the results database {where}: {refused[sinks.DATABASE]}")
@@ -120,7 +125,7 @@ def _note(text: str) -> None:
     click.echo(f"swaplab: {text}", err=True)
 
 
-def _submit_and_follow(campaign: Campaign) -> dict[str, object]:
+def _submit_and_follow(campaign: Campaign) -> CampaignHash:
     store = connect()
     cid = submit_campaign(store, campaign)
     click.echo(f"campaign {cid}: {len(plan_runs(campaign))} run(s) on lab {campaign.lab.name}", err=True)

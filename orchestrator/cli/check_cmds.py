@@ -17,13 +17,13 @@ import click
 from model.campaign import load_criteria
 from model.exitcode import ExitCode
 from model.paths import results_root
+from model.protocol import CAMPAIGN_TERMINAL
 from model.yamlpos import SpecError
 from orchestrator.cli.distributed_cmds import connect, require_campaign
 from orchestrator.criteria import CriterionSpec
 from orchestrator.results import print_criteria
 from orchestrator.scheduler import JudgeOnly, Scheduler
 from orchestrator.services import LocalStores, ServiceError
-from orchestrator.store import TERMINAL
 
 
 @click.command()
@@ -65,8 +65,8 @@ def check(campaign_id: str, criteria_file: Path | None, as_json: bool) -> None:
 def _recheck(campaign_id: str, criteria: list[CriterionSpec] | None) -> dict[str, Any]:
     store = connect()
     info = require_campaign(store, campaign_id)
-    if info["status"] not in TERMINAL:
-        click.echo(f"error: campaign {campaign_id} is {info['status']}; check judges finished campaigns", err=True)
+    if info.status not in CAMPAIGN_TERMINAL:
+        click.echo(f"error: campaign {campaign_id} is {info.status}; check judges finished campaigns", err=True)
         sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
     # The new result.json goes below this command's own results root ($SWAPLAB_RESULTS),
     # never to a directory a Redis record names.

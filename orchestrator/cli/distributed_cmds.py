@@ -13,11 +13,13 @@ import redis
 from model.campaign import Campaign
 from model.display import printable
 from model.exitcode import ExitCode
+from model.hashes import CampaignHash, CorruptHash, NodeHash
+from model.protocol import CAMPAIGN_TERMINAL, CampaignStatus
 from model.runspec import is_campaign_id
 from model.state import redacted, redis_url
 from orchestrator.cli.common import CAMPAIGN_FILE, load_or_exit
 from orchestrator.results import print_summary
-from orchestrator.store import TERMINAL, CampaignStore
+from orchestrator.store import CampaignStore
 from orchestrator.watch import follow
 
 
@@ -42,19 +44,44 @@ def submit_campaign(store: CampaignStore, campaign: Campaign) -> str:
     return submit(store, campaign)
 
 
-def require_campaign(store: CampaignStore, cid: str) -> dict[str, Any]:
-    if not is_campaign_id(cid) or not store.exists(cid):
+def require_campaign(store: CampaignStore, cid: str) -> CampaignHash:
+    info = store.campaign(cid) if is_campaign_id(cid) else None
+    if info is None:
         click.echo(f"error: no campaign {cid!r} (see `swaplab status`)", err=True)
         sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
-    return store.campaign(cid)
+    return info
 
 
-def finish_output(info: dict[str, Any], as_json: bool) -> None:
+def _brief(store: CampaignStore, cid: str) -> dict[str, Any]:
+    """One line of ``swaplab status``: a campaign whose hash is unreadable says so."""
+    try:
+        info = store.campaign(cid)
+    except CorruptHash as err:
+        return {"id": cid, "status": "unreadable", "verdict": None, "exit_code": None, "lab": None, "error": str(err)}
+    if info is None:
+        return {"id": cid, "status": "gone", "verdict": None, "exit_code": None, "lab": None}
+    return {
+        "id": cid,
+        "status": info.status.value,
+        "verdict": info.verdict,
+        "exit_code": info.exit_code,
+        "lab": info.lab,
+    }
+
+
+def _node_status(state: NodeHash | None) -> str:
+    return state.status if state is not None else ""
+
+
+def finish_output(info: CampaignHash, as_json: bool) -> None:
     """Print a finished campaign's result and exit with its code."""
-    result = info.get("result")
+    result = info.result
     if not result:
-        click.echo(f"campaign {info['id']}: {info['status']} (no result)", err=True)
-        sys.exit(ExitCode.INTERRUPTED if info["status"] == "cancelled" else ExitCode.INVALID)
+        error = f": {info.error}" if info.error else " (no result)"
+        click.echo(printable(f"campaign {info.id}: {info.status}{error}"), err=True)
+        if info.error:
+            sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
+        sys.exit(ExitCode.INTERRUPTED if info.status == CampaignStatus.CANCELLED else ExitCode.INVALID)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
@@ -85,8 +112,7 @@ def status(campaign_id: str | None, as_json: bool) -> None:
     """Status of one campaign (runs and node phases), or of the recent ones."""
     store = connect()
     if campaign_id is None:
-        rows = [store.campaign(cid) for cid in store.campaign_ids()]
-        brief = [{k: row.get(k) for k in ("id", "status", "verdict", "exit_code", "lab")} for row in rows]
+        brief = [_brief(store, cid) for cid in store.campaign_ids()]
         click.echo(
             json.dumps(brief, indent=2)
             if as_json
@@ -94,35 +120,33 @@ def status(campaign_id: str | None, as_json: bool) -> None:
         )
         return
     info = require_campaign(store, campaign_id)
-    runs = []
+    runs: list[dict[str, Any]] = []
     for run in store.runs(campaign_id):
-        nodes = {
-            node: store.node(campaign_id, run["run_id"], node).get("status", "") for node in run.get("nodes") or []
-        }
+        nodes = {node: _node_status(store.node(campaign_id, run.run_id, node)) for node in run.nodes}
         runs.append(
             {
-                "run_id": run["run_id"],
-                "label": run["label"],
-                "status": run["status"],
-                "attempt": run.get("attempt"),
-                "verdict": run.get("verdict", ""),
+                "run_id": run.run_id,
+                "label": run.label,
+                "status": run.status.value,
+                "attempt": run.attempt,
+                "verdict": run.verdict or "",
                 "nodes": nodes,
             }
         )
     view = {
         "id": campaign_id,
-        "status": info["status"],
-        "verdict": info.get("verdict", ""),
-        "exit_code": info.get("exit_code", ""),
+        "status": info.status.value,
+        "verdict": info.verdict or "",
+        "exit_code": info.exit_code if info.exit_code is not None else "",
         "runs": runs,
     }
     if as_json:
         click.echo(json.dumps(view, indent=2))
         return
-    click.echo(printable(f"campaign {campaign_id}: {info['status']} {info.get('verdict', '')}"))
-    for run in runs:
-        phases = ", ".join(f"{n}={s}" for n, s in run["nodes"].items())
-        click.echo(printable(f"  {run['run_id']} {run['status']:<12} {run['verdict']:<11} {run['label']}  {phases}"))
+    click.echo(printable(f"campaign {campaign_id}: {info.status} {info.verdict or ''}"))
+    for row in runs:
+        phases = ", ".join(f"{n}={s}" for n, s in row["nodes"].items())
+        click.echo(printable(f"  {row['run_id']} {row['status']:<12} {row['verdict']:<11} {row['label']}  {phases}"))
 
 
 @click.command()
@@ -146,8 +170,8 @@ def cancel(campaign_id: str) -> None:
     """Cancel a campaign: guests powered off, leases released, status cancelled."""
     store = connect()
     info = require_campaign(store, campaign_id)
-    if info["status"] in TERMINAL:
-        click.echo(f"campaign {campaign_id} is already {info['status']}")
+    if info.status in CAMPAIGN_TERMINAL:
+        click.echo(f"campaign {campaign_id} is already {info.status}")
         return
     store.request_cancel(campaign_id)
     click.echo(f"cancel requested for {campaign_id}")
@@ -160,7 +184,7 @@ def results(campaign_id: str, as_json: bool) -> None:
     """The result of a finished campaign (summary table, or result.json with --json)."""
     store = connect()
     info = require_campaign(store, campaign_id)
-    if info["status"] not in TERMINAL:
-        click.echo(f"campaign {campaign_id} is still {info['status']}", err=True)
+    if info.status not in CAMPAIGN_TERMINAL:
+        click.echo(f"campaign {campaign_id} is still {info.status}", err=True)
         sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
     finish_output(info, as_json)

@@ -209,7 +209,7 @@ def stored_or_exit(cid: str, live_too: bool = False) -> dict[str, Any]:
 def _from_redis(cid: str) -> dict[str, Any] | None:
     try:
         store = CampaignStore(redis.Redis.from_url(redis_url(), socket_timeout=5))
-        result = store.campaign(cid).get("result") if store.exists(cid) else None
+        result = store.record(cid)
     except redis.RedisError:
         return None
     return result if isinstance(result, dict) else None

@@ -108,7 +108,7 @@ def test_a_slow_prometheus_cannot_let_two_schedulers_judge_one_run(
     worker = threading.Thread(target=judge_first)
     worker.start()
     deadline = time.monotonic() + 10
-    while store.run(C6, "r001").get("status") != "evaluating":
+    while store.run(C6, "r001").status != "evaluating":
         assert time.monotonic() < deadline, "the first scheduler never claimed the evaluation"
         time.sleep(0.05)
 
@@ -125,14 +125,14 @@ def test_a_slow_prometheus_cannot_let_two_schedulers_judge_one_run(
     assert outcome["judged"] is True
     assert float(str(outcome["seconds"])) > len(NODES) * QUERY_TIMEOUT_S > LOCK_S
     run = store.run(C6, "r001")
-    assert run["status"] == "done" and run["verdict"] == "invalid"  # judged once, without data
+    assert run.status == "done" and run.verdict == "invalid"  # judged once, without data
     done_events = [
         fields
         for _id, fields in client.xrange(events_key(C6))
         if fields.get(b"kind") == b"run" and fields.get(b"status") == b"done"
     ]
     assert len(done_events) == 1
-    assert store.campaign(C6)["status"] == "done"
+    assert store.campaign(C6).status == "done"
 
 
 class _WatchedLastPass(Scheduler):
@@ -185,5 +185,5 @@ def test_the_last_pass_baseline_is_looked_up_outside_the_campaign_lock(
 
     assert scheduler.under_lock == [False]  # once, and never while other steps wait for the lock
     info = store.campaign(cid)
-    assert info["status"] == "done"
-    assert any(says in reason for reason in info["result"]["reasons"]), info["result"]["reasons"]
+    assert info is not None and info.status == "done" and info.result is not None
+    assert any(says in reason for reason in info.result["reasons"]), info.result["reasons"]

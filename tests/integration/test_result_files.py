@@ -111,7 +111,7 @@ def test_a_campaign_directory_swapped_for_a_link_gets_nothing(
 
     _untouched(target)
     assert [p.name for p in target.parent.iterdir()] == ["shadow"]
-    assert store.campaign(CID)["status"] == "done"  # the record itself still reached Redis
+    assert store.campaign(CID).status == "done"  # the record itself still reached Redis
     assert sinks.awaiting(store.redis, CID) == list(sinks.OUTBOXES)
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from model.campaign import load_campaign
-from model.state import worker_key
+from model.state import run_key, worker_key
+from orchestrator.cli.distributed_cmds import finish_output
 from orchestrator.planner import plan_runs
 from orchestrator.scheduler import SETUP_SILENT_S, Scheduler
 from orchestrator.store import CampaignStore
@@ -42,7 +43,7 @@ def test_a_failed_critical_criterion_skips_the_remaining_runs(redis_server: Redi
 
     assert scheduler.advance(C1) is False  # nothing left to do: the campaign is finished
     assert dispatch == RecordingDispatch()  # nothing prepared, started or judged
-    assert [run["status"] for run in store.runs(C1)] == ["done", "skipped", "skipped"]
+    assert [run.status for run in store.runs(C1)] == ["done", "skipped", "skipped"]
     result = json.loads((tmp_path / C1 / "result.json").read_text())
     assert (result["verdict"], result["exit_code"]) == ("fail", 3)
     assert [s["run_id"] for s in result["skipped_runs"]] == ["r002", "r003"]
@@ -70,14 +71,14 @@ def test_a_run_is_prepared_once_before_any_node_is_leased(redis_server: RedisSer
     store, scheduler, dispatch = _one_run(redis_server, tmp_path)
     assert scheduler.advance(CID) and scheduler.advance(CID)
     assert dispatch.prepared == ["r001"] and dispatch.started == []
-    assert store.run(CID, "r001")["status"] == "preparing"
+    assert store.run(CID, "r001").status == "preparing"
     assert list(store.redis.scan_iter("swaplab:lease:*")) == []  # nothing held while it prepares
 
     store.set_run(CID, "r001", prepared=PREPARED, prepared_at=time.time())
     scheduler.advance(CID)
     run = store.run(CID, "r001")
     assert dispatch.started == ["r001"] and dispatch.prepared == ["r001"]
-    assert run["status"] == "provisioning" and run["nodes"] == ["node1"]
+    assert run.status == "provisioning" and run.nodes == ["node1"]
     assert store.redis.get("swaplab:lease:local:node1") == f"{CID}:r001:1".encode()
 
 
@@ -89,7 +90,7 @@ def test_a_failed_setup_ends_the_run_before_it_holds_a_node(
     scheduler.advance(CID)
     store.set_run(CID, "r001", prepare_failure={"cause": cause, "reason": "apt has no usable version"})
     assert scheduler.advance(CID) is False  # the campaign is over
-    result = store.run(CID, "r001")["result"]
+    result = store.run(CID, "r001").result
     assert (result["verdict"], result["exit_code"]) == (verdict, code)
     assert "apt has no usable version" in result["reasons"][0]
     assert dispatch.started == []
@@ -103,7 +104,7 @@ def test_a_setup_whose_worker_went_silent_is_redone_once(redis_server: RedisServ
     assert dispatch.prepared == ["r001", "r001"]
     store.set_run(CID, "r001", prepare_beat=time.time() - SETUP_SILENT_S - 1)
     assert scheduler.advance(CID) is False
-    assert "stopped" in store.run(CID, "r001")["result"]["reasons"][0]
+    assert "stopped" in store.run(CID, "r001").result["reasons"][0]
 
 
 def _build_run(redis_server: RedisServer, tmp_path: Path) -> tuple[CampaignStore, Scheduler, RecordingDispatch]:
@@ -130,13 +131,13 @@ def test_a_build_kernel_is_built_before_the_run_is_prepared(redis_server: RedisS
     store, scheduler, dispatch = _build_run(redis_server, tmp_path)
     scheduler.advance(CID)
     assert [m.kernel.label() for m in dispatch.builds] == ["build:linux-source-6.1+series.mbox"]
-    assert dispatch.prepared == [] and store.run(CID, "r001")["status"] == "building"
+    assert dispatch.prepared == [] and store.run(CID, "r001").status == "building"
     scheduler.advance(CID)
     assert len(dispatch.builds) == 1  # not sent twice
     store.set_run(CID, "r001", built={"artifact": "a" * 64, "release": "6.1.0", "uts_version": "#1"}, built_at=time.time())
     scheduler.advance(CID)
     assert [setup.artifact for setup in dispatch.setups] == ["a" * 64]
-    assert store.run(CID, "r001")["status"] == "preparing"
+    assert store.run(CID, "r001").status == "preparing"
     assert list(store.redis.scan_iter("swaplab:lease:*")) == []  # no node held while it built and prepared
 
 
@@ -149,7 +150,7 @@ def test_a_failed_build_ends_the_run_with_the_builds_reason(
     reason = "drivers/foo.c:12:1: error: expected ';' before '}' token"
     store.set_run(CID, "r001", build_failure={"cause": cause, "reason": reason})
     assert scheduler.advance(CID) is False
-    result = store.run(CID, "r001")["result"]
+    result = store.run(CID, "r001").result
     assert result["verdict"] == verdict and reason in result["reasons"][0]
     assert dispatch.prepared == []
 
@@ -177,3 +178,20 @@ def test_a_comparison_runs_one_run_at_a_time(redis_server: RedisServer, tmp_path
     store.set_run_status(CID, "r001", "done", verdict="pass", result=judged)
     scheduler.advance(CID)
     assert dispatch.prepared == ["r001", "r002"]
+
+
+def test_a_run_hash_another_writer_broke_ends_the_campaign_as_an_infra_error(
+    redis_server: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, scheduler, dispatch = _one_run(redis_server, tmp_path)
+    store.redis.hset(run_key(CID, "r001"), "attempt", "two")  # not swaplab's writing
+
+    assert scheduler.advance(CID) is False  # never scheduled on a guess, never a crash loop
+    info = store.campaign(CID)
+    assert info is not None and (info.status, info.verdict, info.exit_code) == ("done", "infra-error", 2)
+    assert f"{run_key(CID, 'r001')} in Redis does not read as swaplab wrote it: attempt" in info.error
+    assert dispatch == RecordingDispatch() and scheduler.advance(CID) is False
+    # What `swaplab run`, `watch` and `results` print of it: the reason, and exit 2.
+    with pytest.raises(SystemExit) as ended:
+        finish_output(info, as_json=False)
+    assert ended.value.code == 2 and "does not read as swaplab wrote it" in capsys.readouterr().err

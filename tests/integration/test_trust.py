@@ -140,8 +140,8 @@ def test_a_stored_campaign_carrying_a_program_is_refused_before_anything_runs(st
     data["lab"]["qemu_binary"] = str(program)
     stack.client().hset(campaign_key(cid), "campaign", json.dumps(data))
     stack.worker.start(stack.redis.client())  # a starting control worker resumes unfinished campaigns
-    _wait_for(lambda: store.campaign(cid).get("status") == "done")
-    result = store.campaign(cid)["result"]
+    _wait_for(lambda: store.campaign(cid).status == "done")
+    result = store.campaign(cid).result
     assert (result["verdict"], result["exit_code"]) == ("invalid", 4)
     reason = result["runs"][0]["reasons"][0]
     assert "does not validate" in reason and "qemu_binary" in reason

@@ -6,12 +6,14 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Mapping
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import redis
 from rich.console import Console
 
+from model.hashes import CampaignHash
 from orchestrator.live import LiveState, LiveView, progress_fraction, render_rows
 from orchestrator.watch import LogLines, follow, format_event, wants_live_view
 from workers.streams import workload_progress
@@ -237,12 +239,26 @@ class _Store:
             raise redis.ConnectionError("Connection refused")
         return [(eid, event) for eid, event in self.events if int(eid.split("-")[0]) > int(after.split("-")[0])]
 
-    def campaign(self, cid: str) -> dict[str, Any]:
-        return {"id": cid, "status": "done", "result": {"exit_code": 0}}
+    def status(self, cid: str) -> str:
+        return "done"
 
-    def run(self, cid: str, rid: str) -> dict[str, Any]:
+    def campaign(self, cid: str) -> CampaignHash:
+        return CampaignHash(
+            id=cid,
+            name="c",
+            file="c.yaml",
+            lab="local",
+            status="done",
+            created_at=1.0,
+            campaign={},
+            runs=[],
+            result={"exit_code": 0},
+        )
+
+    def run(self, cid: str, rid: str) -> SimpleNamespace:
+        """A run hash as follow's live view reads it (its JSON form)."""
         self.run_reads.append(rid)
-        return self.runs[rid]
+        return SimpleNamespace(model_dump=lambda mode: self.runs[rid])
 
 
 class _Terminal(io.StringIO):
@@ -269,7 +285,7 @@ def test_a_stream_that_is_not_a_terminal_gets_the_log_lines(monkeypatch: pytest.
     info = follow(store, "c1", out)  # type: ignore[arg-type]
 
     expected = [line for event in FINISHED if (line := format_event(event))]
-    assert info["status"] == "done"
+    assert info.status == "done"
     assert out.getvalue().splitlines() == expected
     assert "r001 node1   workload  swapped out    12.1 MiB, in     0.0 MiB progress write 1 144" in out.getvalue()
     assert store.run_reads == []  # the log lines read nothing but the stream
@@ -283,7 +299,7 @@ def test_a_terminal_gets_the_live_view_reading_each_finished_run_once(monkeypatc
     info = follow(store, "c1", out)  # type: ignore[arg-type]
 
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
-    assert info["status"] == "done"
+    assert info.status == "done"
     assert re.search(r"r001 PASS +linux-image-amd64 / overcommit #1", text)
     assert re.search(r"r002 SKIPPED +linux-image-amd64 / overcommit #2  - not started", text)
     assert "campaign     done" in text
