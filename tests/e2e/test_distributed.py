@@ -31,7 +31,10 @@ E2E_LAB = REPO / "tests" / "fixtures" / "labs" / "e2e.yml"
 
 
 def guest_pids(name: str) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", "--", f"-name {name} "], capture_output=True, text=True).stdout
+    # Anchored on QEMU's own command line: the sampler thread's pgrep, running at the same
+    # moment, has the name in its command line too.
+    pattern = f"^([^ ]*/)?qemu-system-[^ ]* .*-name {name} "
+    out = subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True, text=True).stdout
     return [int(pid) for pid in out.split()]
 
 

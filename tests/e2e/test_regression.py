@@ -31,6 +31,8 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 SWAPLAB = Path(sys.executable).with_name("swaplab")
 CAMPAIGN = REPO / "campaigns" / "ab-page-cluster.yaml"  # the example in the README, run as it is
+# Nine runs, one at a time: ~13 minutes on this host on a good day, 21 on a slow one.
+CAMPAIGN_TIMEOUT_S = 1800
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +40,27 @@ def ab(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict[str, Any], s
     require_tools()
     folder = tmp_path_factory.mktemp("ab")
     env = {**os.environ, "SWAPLAB_RESULTS": str(folder / "results")}
-    proc = subprocess.run(
-        [str(SWAPLAB), "run", "--json", str(CAMPAIGN)], capture_output=True, text=True, env=env, timeout=1200
+    proc = subprocess.Popen(
+        [str(SWAPLAB), "run", "--json", str(CAMPAIGN)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
-    sys.stderr.write(proc.stderr)
-    subprocess.run([str(SWAPLAB), "nfs", "stop"], capture_output=True, timeout=60)
-    return proc.returncode, json.loads(proc.stdout), proc.stderr
+    try:
+        out, err = proc.communicate(timeout=CAMPAIGN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        # SIGTERM, not the SIGKILL subprocess.run sends: `swaplab run` then cancels the
+        # campaign and stops the worker and NFS server it started, or later tests share
+        # the host's two cores with them.
+        proc.terminate()
+        out, err = proc.communicate(timeout=120)
+        sys.stderr.write(err)
+        pytest.fail(f"the A/B campaign did not finish in {CAMPAIGN_TIMEOUT_S} s (a slower host?); cancelled")
+    finally:
+        subprocess.run([str(SWAPLAB), "nfs", "stop"], capture_output=True, timeout=60)
+    sys.stderr.write(err)
+    return proc.returncode, json.loads(out), err
 
 
 def _comparison(result: dict[str, Any], candidate: str) -> dict[str, Any]:
