@@ -14,7 +14,7 @@ Fields a model does not name are kept (``extra="allow"``): the times of each sta
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
@@ -53,7 +53,7 @@ class _Hash(BaseModel):
             raise ValueError(f"{cls.__name__} has no field {', '.join(unknown)}")
 
     @classmethod
-    def read(cls, key: str, raw: dict[Any, Any]) -> Any:
+    def read(cls, key: str, raw: dict[Any, Any]) -> Self | None:
         """The hash at ``key`` from an HGETALL reply; None when it does not exist."""
         if not raw:
             return None

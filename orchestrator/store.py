@@ -95,8 +95,7 @@ class CampaignStore:
     def campaign(self, cid: str) -> CampaignHash | None:
         """The campaign's hash, or None when there is no such campaign (CorruptHash when it
         does not read as swaplab wrote it)."""
-        found: CampaignHash | None = CampaignHash.read(campaign_key(cid), self.redis.hgetall(campaign_key(cid)))
-        return found
+        return CampaignHash.read(campaign_key(cid), self.redis.hgetall(campaign_key(cid)))
 
     def status(self, cid: str) -> str | None:
         """The campaign's status field alone (readable even when the rest of its hash is not)."""
@@ -126,7 +125,7 @@ class CampaignStore:
 
     def run(self, cid: str, rid: str) -> RunHash:
         """One run's hash (CorruptHash when it is missing or does not read as swaplab wrote it)."""
-        found: RunHash | None = RunHash.read(run_key(cid, rid), self.redis.hgetall(run_key(cid, rid)))
+        found = RunHash.read(run_key(cid, rid), self.redis.hgetall(run_key(cid, rid)))
         if found is None:
             raise CorruptHash(run_key(cid, rid), "the campaign names this run but it does not exist")
         return found
@@ -134,8 +133,7 @@ class CampaignStore:
     def node(self, cid: str, rid: str, node: str) -> NodeHash | None:
         """One node's hash of a run's current attempt; None before the run started it."""
         key = node_key(cid, rid, node)
-        found: NodeHash | None = NodeHash.read(key, self.redis.hgetall(key))
-        return found
+        return NodeHash.read(key, self.redis.hgetall(key))
 
     def campaign_ids(self, limit: int = 50) -> list[str]:
         """The most recent campaigns first."""

@@ -44,8 +44,7 @@ class RunState:
         key = run_key(self.cid, self.rid)
         values: list[Any] = self.redis.hmget(key, list(RunAttempt.FIELDS))
         raw = {name: value for name, value in zip(RunAttempt.FIELDS, values, strict=True) if value is not None}
-        found: RunAttempt | None = RunAttempt.read(key, raw)
-        return found
+        return RunAttempt.read(key, raw)
 
     # -- a setup stage's task: its narrow writers, each a compare-and-set ------------------------
     def claim_stage(self, stage: SetupStage, attempt: int, owner: str) -> bool:
@@ -80,8 +79,7 @@ class RunState:
 
     def node(self, node: str) -> NodeHash | None:
         key = node_key(self.cid, self.rid, node)
-        found: NodeHash | None = NodeHash.read(key, self.redis.hgetall(key))
-        return found
+        return NodeHash.read(key, self.redis.hgetall(key))
 
     def aborted(self, attempt: int) -> bool:
         """Whether the scheduler gave up on ``attempt`` (its node tasks stop)."""
