@@ -44,7 +44,7 @@ from typing import Any
 import yaml
 
 from model.campaign import load_campaign
-from model.figures import BY_NAME, FIGURE_NAMES
+from model.figures import BY_NAME, FIGURE_NAMES, TIMINGS
 from model.lab import load_lab
 from orchestrator.stats import DEFAULT_PRIMARY, OUTCOMES, compare
 
@@ -140,16 +140,16 @@ def from_fixture(path: Path) -> Series:
     return series
 
 
-def from_campaign_file(path: Path, repeats: int | None) -> Series:
-    """Run the campaign (a copy: repeats overridden, one node) through ``swaplab run``."""
+def from_campaign_file(path: Path, repeats: int | None, timing: str | None = None) -> Series:
+    """Run the campaign (a copy: repeats and timing overridden, one node) through ``swaplab run``."""
     from orchestration import wait_for_lab  # bench/orchestration.py: the lab is shared with others
 
     # Kept afterwards (a few hundred KiB a run): the runs' evidence, should one not pass.
     work = Path(tempfile.mkdtemp(prefix="swaplab-noise-"))
-    copy = campaign_copy(path, work, repeats)
+    copy = campaign_copy(path, work, repeats, timing)
     wait_for_lab(900)
     record = run_swaplab(copy, work / "results", CAMPAIGN_TIMEOUT_S)
-    how = f"repeats {repeats or 'as in the file'}, one node at a time"
+    how = f"repeats {repeats or 'as in the file'}, timing {timing or 'as in the file'}, one node at a time"
     series = Series(source=f"`swaplab run` of {path} ({how}): campaign {record.get('campaign_id')}")
     add_record(series, record)
     log(f"campaign {record.get('campaign_id')}: {record.get('verdict')}; results in {work / 'results'}")
@@ -178,8 +178,8 @@ def one_node_lab(inventory: Path, workdir: Path) -> Path:
     return copy
 
 
-def campaign_copy(path: Path, workdir: Path, repeats: int | None) -> Path:
-    """A copy of the campaign file in ``workdir``: ``repeats`` set, ``lab`` a one-node copy.
+def campaign_copy(path: Path, workdir: Path, repeats: int | None, timing: str | None = None) -> Path:
+    """A copy of the campaign file in ``workdir``: ``repeats`` and ``timing`` set, ``lab`` a one-node copy.
 
     The text is edited rather than re-dumped, so the copy says what the file says (YAML
     float text like ``version: 4.10`` survives). Local kernel files would be relative to
@@ -192,11 +192,15 @@ def campaign_copy(path: Path, workdir: Path, repeats: int | None) -> Path:
     text = _set_top_key(path.read_text(), "lab", json.dumps(str(lab)))  # a JSON string is YAML
     if repeats is not None:
         text = _set_top_key(text, "repeats", str(repeats))
+    if timing is not None:
+        text = _set_top_key(text, "timing", timing)
     copy = workdir / path.name
     copy.write_text(text)
     loaded = load_campaign(copy)  # a copy that says something else must not run
     if repeats is not None and loaded.spec.repeats != repeats:
         raise SystemExit(f"{path}: could not set repeats in a copy (a flow-style campaign?)")
+    if timing is not None and loaded.spec.timing != timing:
+        raise SystemExit(f"{path}: could not set timing in a copy (a flow-style campaign?)")
     return copy
 
 
@@ -261,15 +265,14 @@ def group_sizes(n: int) -> list[int]:
 def permutation_test(series: Series, k: int, permutations: int, seed: int) -> dict[str, Any]:
     """Split the runs into two disjoint random groups of ``k`` many times; count outcomes.
 
-    Each split is compared with its own bootstrap seed (the split's index), so the splits
-    do not share one set of resamples.
+    Each split is compared with the comparison's own (exact, seedless) interval.
     """
     rng = random.Random(seed * 1_000_003 + k)
     verdicts: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
     per_figure: dict[str, dict[str, int]] = {name: dict.fromkeys(OUTCOMES, 0) for name in FIGURE_NAMES}
-    for index in range(permutations):
+    for _ in range(permutations):
         picked = rng.sample(range(len(series.runs)), 2 * k)
-        result = compare(series.values(picked[:k]), series.values(picked[k:]), primary=DEFAULT_PRIMARY, seed=index)
+        result = compare(series.values(picked[:k]), series.values(picked[k:]), primary=DEFAULT_PRIMARY)
         verdicts[result.verdict] += 1
         for figure in result.figures:
             per_figure[figure.name][figure.outcome] += 1
@@ -402,6 +405,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     source.add_argument("--campaign", nargs="+", metavar="ID", help="stored campaign(s) from the results database")
     source.add_argument("--fixture", type=Path, metavar="PATH", help="a series saved with --save-fixture")
     parser.add_argument("--repeats", type=int, help="with --run: override the file's repeats")
+    parser.add_argument("--timing", choices=TIMINGS, help="with --run: override the file's timing")
     parser.add_argument("--permutations", type=int, default=1000, help="random splits per group size (1000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random splits (0)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -418,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Collect the series, save it if asked, print the figures."""
     args = parse_args(argv)
     if args.run is not None:
-        series = from_campaign_file(args.run.resolve(), args.repeats)
+        series = from_campaign_file(args.run.resolve(), args.repeats, args.timing)
     elif args.campaign:
         series = from_database(args.campaign)
     else:

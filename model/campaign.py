@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from model.criteria import BUILTIN_CRITERION_NAMES, CriterionSpec
-from model.figures import FIGURE_NAMES
+from model.figures import FIGURE_NAMES, Timing
 from model.kernel import KernelSource
 from model.lab import Lab, LabRef, NodeConfig, load_lab
 from model.limits import HOG_MIB_MAX, HOG_MIB_MIN, HOG_PASSES_MAX, HOG_PASSES_MIN
@@ -45,6 +45,12 @@ def check_sysctl(values: dict[str, int]) -> dict[str, int]:
         if not -_INT64 - 1 <= value <= _INT64:
             raise ValueError(f"sysctl {name} = {value} does not fit a kernel integer (64 bits)")
     return values
+
+
+# The fewest runs a side with which a comparison's 95 % interval exists (orchestrator.stats:
+# three a side differ completely by chance 10 % of the time), and what README recommends.
+COMPARISON_MIN_REPEATS = 4
+COMPARISON_RECOMMENDED_REPEATS = 5
 
 
 class _Strict(BaseModel):
@@ -172,7 +178,7 @@ class FigurePolicySpec(_Strict):
     """A campaign's own tolerance or minimum repeats for one figure."""
 
     tolerance: float | None = Field(default=None, gt=0, le=10)
-    min_repeats: int | None = Field(default=None, ge=2, le=MAX_RUNS)
+    min_repeats: int | None = Field(default=None, ge=3, le=MAX_RUNS)
 
 
 class CompareSpec(_Strict):
@@ -256,6 +262,9 @@ class CampaignSpec(_Strict):
     workloads: list[WorkloadSpec] = Field(min_length=1, max_length=MAX_RUNS)
     repeats: int = Field(default=1, ge=1, le=MAX_RUNS)
     boot_timeout_s: int = Field(default=240, gt=0, le=3600)
+    # The nodes' clock (model.figures.Timing): "guest" makes the figures independent of
+    # how busy the host is, on labs whose nodes are QEMU guests.
+    timing: Timing = "host"
     # PromQL thresholds judged over each run's window, on top of the built-in set.
     criteria: list[CriterionSpec] = Field(default_factory=list, max_length=200)
     # Settings axis of the matrix (kernels x variants x workloads x repeats).
@@ -394,6 +403,8 @@ def _check_plan(doc: LocatedYaml, spec: CampaignSpec, lab: Lab) -> Campaign:
         issues.append(doc.issue(("nodes",), f"asks for {spec.nodes} nodes; lab {lab.name!r} has {len(lab.nodes)}"))
     issues += _check_matrix(doc, spec) + _check_kernels_fit_lab(doc, spec, lab)
     ram, cpus = None, None
+    if spec.timing == "guest" and not lab.guest_time:
+        issues.append(doc.issue(("timing",), f"lab {lab.name!r} cannot run its nodes on guest time (QEMU nodes can)"))
     if lab.boots_kernels:
         ram, cpus, size_issues = _vm_size(doc, spec, lab)
         issues += size_issues
@@ -426,8 +437,18 @@ def _check_variants(doc: LocatedYaml, spec: CampaignSpec) -> list[SpecIssue]:
 
 
 def _check_baseline(doc: LocatedYaml, spec: CampaignSpec) -> list[SpecIssue]:
-    """A baseline names a side the campaign has, and there is something to compare it with."""
+    """A baseline names a side the campaign has, there is something to compare it with, and
+    enough runs a side that a comparison can decide at all."""
     side = spec.baseline
+    if side is not None and spec.repeats < COMPARISON_MIN_REPEATS:
+        return [
+            doc.issue(
+                ("repeats",),
+                f"a comparison needs at least {COMPARISON_MIN_REPEATS} runs a side for a 95 % interval "
+                f"({spec.repeats} can never tell a change from chance); {COMPARISON_RECOMMENDED_REPEATS} "
+                "are recommended",
+            )
+        ]
     if side is None or side == LAST_PASS or not isinstance(side, BaselineSide):
         return []
     if side.kernel is not None:

@@ -117,6 +117,8 @@ class DriverKind:
     options: type[_Strict]
     # Reaches NFS only through a per-node relay the driver starts (QEMU's guestfwd).
     nfs_relay: bool = False
+    # Can run the guest on an instruction-counted clock (``timing: guest``).
+    guest_time: bool = False
 
 
 DRIVER_KINDS: dict[str, DriverKind] = {
@@ -129,6 +131,7 @@ DRIVER_KINDS: dict[str, DriverKind] = {
             ("swaplab_ram_mib", "swaplab_cpus", "ansible_host", "ansible_port"),
             QemuOptions,
             nfs_relay=True,
+            guest_time=True,
         ),
         DriverKind("ssh", False, False, ("ansible_host",), SshOptions),
     )
@@ -226,6 +229,11 @@ class Lab:
     def boots_kernels(self) -> bool:
         """The lab's nodes are booted by swaplab with the campaign's kernel."""
         return self.nodes[0].kind.boots_kernels
+
+    @property
+    def guest_time(self) -> bool:
+        """Every node of the lab can run on guest time (an instruction-counted clock)."""
+        return all(node.kind.guest_time for node in self.nodes)
 
     @property
     def power_control(self) -> bool:

@@ -134,6 +134,8 @@ class Settings(_Part):
     node_ram_mib: int | None = None
     swap_mib: int | None = None
     workload: Workload = Field(default_factory=Workload)
+    # The nodes' clock (model.figures.timing_label); records from before it was kept ran on host time.
+    timing: str = Field(default="host", max_length=40)
 
 
 class Window(_Part):
@@ -199,7 +201,7 @@ class ComparedFigure(_Part):
     n_b: int | None = None
     median_a: float | None = None
     median_b: float | None = None
-    scale: str | None = None  # "ratio", or "difference" when A's median is 0
+    scale: str | None = None  # "ratio", or "difference" when a side has a 0 (A's median 0 in older records)
     ratio: float | None = None
     difference: float | None = None
     change_pct: float | None = None
@@ -208,6 +210,8 @@ class ComparedFigure(_Part):
     ci_high: float | None = None  # null: the interval's upper end was infinite
     p_value: float | None = None
     p_holm: float | None = None
+    detectable: float | None = None  # the smallest change the runs would see 4 times in 5 (% for ratios)
+    unadjusted: str | None = None  # a secondary figure's outcome before Holm's adjustment undid it
     tolerance: float | None = None
     abs_tolerance: float | None = None
     min_repeats: int | None = None
@@ -246,6 +250,8 @@ class Comparison(_Part):
     # An instance comparison's kernels: the releases each side's passing runs booted.
     baseline_kernels: list[str] = []
     candidate_kernels: list[str] = []
+    # Why a side has nothing to be compared with (an instance comparison's unmatched cell).
+    note: str | None = None
 
 
 class Reproduce(_Part):

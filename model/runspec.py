@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from model.campaign import NfsSpec, check_sysctl
 from model.console import EVENTS_PER_KIND, EventKind
-from model.figures import FIGURE_NAMES, SERIES_KEYS, SERIES_MAX_POINTS
+from model.figures import FIGURE_NAMES, SERIES_KEYS, SERIES_MAX_POINTS, Timing
 from model.kernel import KernelSource
 from model.limits import HOG_MIB_MAX, HOG_MIB_MIN, HOG_PASSES_MAX, HOG_PASSES_MIN, HOG_SEED_MAX, HOG_SEED_MIN
 from model.protocol import PROTOCOL_VERSION
@@ -137,6 +137,8 @@ class NodeRunSpec(_Message):
     # MiB the workload must push past RAM; None until the node's RAM is known.
     planned_overcommit_mib: int | None = Field(ge=1, le=HOG_MIB_MAX)
     boot_timeout_s: int = Field(gt=0, le=3600)
+    # The clock the node runs on (booted nodes only: the lab validated it can).
+    timing: Timing = "host"
 
     _sysctl = field_validator("sysctl")(check_sysctl)
 

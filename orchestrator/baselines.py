@@ -7,8 +7,8 @@ settings. ``last-pass`` compares the whole campaign, per workload, with the last
 instance of the same campaign (same workload, node size and NFS settings) from the
 results database; ``swaplab compare A B`` does the same with any two stored instances.
 
-Only passing runs contribute values (one per node): a failed run's figures say nothing
-about the kernel's speed. The statistics are orchestrator.stats's.
+Only passing runs contribute values (one per run, its nodes' median): a failed run's
+figures say nothing about the kernel's speed. The statistics are orchestrator.stats's.
 
 Records and their runs are read through result.json's schema (``model.result``): a
 function given a record as a mapping validates it first, and one that does not match is
@@ -19,6 +19,7 @@ are written into the record) of the shape of ``model.result.Comparison``.
 
 from __future__ import annotations
 
+import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
@@ -31,7 +32,7 @@ from model.result import Campaign, ComparedFigure, Comparison, RecordError, Run,
 from orchestrator.stats import compare
 from orchestrator.stats import side_values as comparison_values
 
-Values = dict[str, list[float]]  # figure -> one value per passing node run
+Values = dict[str, list[float]]  # figure -> one value per passing run
 Record = Campaign | Mapping[str, Any]  # a record as the scheduler or the database hands it over
 Entry = Comparison | Mapping[str, Any]  # a comparison entry, as made here or read back
 
@@ -49,14 +50,24 @@ def comparison_of(entry: Entry) -> Comparison:
 
 
 def side_values(runs: Iterable[Run]) -> Values:
-    """Every figure's values over the passing runs' nodes (stats.side_values per node)."""
-    per_node = [
-        {name: figure.value for name, figure in node.figures.items() if figure.value is not None}
-        for run in runs
-        if run.verdict == "pass"
-        for node in run.nodes
-    ]
-    return cast(Values, comparison_values(per_node))
+    """Every figure's values over the passing runs: one per run, the median of its nodes.
+
+    The nodes of one run share its boot, its NFS server and its moment on the host: as
+    separate values they would count one run's luck twice (12 % false alarms with two nodes
+    a run, where 5 % is the promise).
+    """
+    per_run = [run_value(run) for run in runs if run.verdict == "pass"]
+    return cast(Values, comparison_values(per_run))
+
+
+def run_value(run: Run) -> dict[str, float]:
+    """A run's figures: per figure, the median over its nodes that have it."""
+    by_figure: dict[str, list[float]] = defaultdict(list)
+    for node in run.nodes:
+        for name, figure in node.figures.items():
+            if figure.value is not None:
+                by_figure[name].append(figure.value)
+    return {name: statistics.median(values) for name, values in by_figure.items()}
 
 
 def _policies(spec: CompareSpec) -> dict[str, dict[str, Any]]:
@@ -94,40 +105,78 @@ def in_campaign(record: Record, baseline: BaselineSide, spec: CompareSpec) -> li
     return out
 
 
+Cell = tuple[str, str, str]  # variant, workload, the settings that change figures
+
+
+def cell_of(run: Run) -> Cell:
+    """What two runs must share for their figures to be compared: variant, workload, and the
+    settings that change the figures (NFS, sysctls, node and swap size, the clock)."""
+    settings = run.settings.model_dump(include={"nfs", "sysctl", "node_ram_mib", "swap_mib", "workload"})
+    return (run.variant or "", run.workload or "", f"{settings!r} timing={run.settings.timing}")
+
+
+def _cells(runs: Iterable[Run]) -> dict[Cell, dict[str, list[Run]]]:
+    """Runs by cell, then by the kernel as the campaign named it."""
+    cells: dict[Cell, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        cells[cell_of(run)][run.kernel_label or run.kernel or ""].append(run)
+    return cells
+
+
+def _partner(kernel: str, baseline_kernels: Mapping[str, list[Run]]) -> list[Run]:
+    """The baseline's runs for ``kernel``: the same kernel, or the baseline's only one."""
+    if kernel in baseline_kernels:
+        return baseline_kernels[kernel]
+    if len(baseline_kernels) == 1:
+        return next(iter(baseline_kernels.values()))
+    return []
+
+
 def against_instance(record: Record, baseline: Record | None, spec: CompareSpec) -> list[dict[str, Any]]:
-    """This campaign's runs against another stored instance's, workload by workload."""
-    mine_all = campaign_of(record)
+    """This campaign's runs against another stored instance's, cell by cell.
+
+    Never pooled: runs are compared only with the baseline's runs of the same variant,
+    workload and settings (``cell_of``), and kernel by kernel: the same kernel, or the
+    baseline's only kernel of that cell. A cell with no partner is an entry with no
+    values on the baseline side (insufficient data) and a note saying why.
+    """
+    mine = campaign_of(record)
     other = campaign_of(baseline) if baseline is not None else None
-    theirs_all = other.runs if other is not None else []
+    theirs = _cells(other.runs) if other is not None else {}
     out = []
-    for workload in sorted({run.workload or "" for run in mine_all.runs}):
-        mine = [run for run in mine_all.runs if (run.workload or "") == workload]
-        theirs = [run for run in theirs_all if (run.workload or "") == workload]
-        entry = {
-            "baseline": other.campaign_id if other is not None else None,
-            "candidate": mine_all.campaign_id,
-            "axis": "instance",
-            "workload": workload,
-            # Which kernels each side ran: a nightly regression names the kernel that changed.
-            "baseline_kernels": releases(theirs),
-            "candidate_kernels": releases(mine),
-            **_compare(side_values(theirs), side_values(mine), spec),
-        }
-        out.append(entry)
+    for cell, kernels in sorted(_cells(mine.runs).items()):
+        variant, workload, _settings = cell
+        for kernel, runs in sorted(kernels.items()):
+            base_runs = _partner(kernel, theirs.get(cell, {}))
+            entry = {
+                "baseline": other.campaign_id if other is not None else None,
+                "candidate": mine.campaign_id,
+                "axis": "instance",
+                "workload": workload,
+                **({"kernel": kernel} if len(kernels) > 1 else {}),
+                **({"variant": variant} if variant else {}),
+                # Which kernels each side ran: a nightly regression names the kernel that changed.
+                "baseline_kernels": releases(base_runs),
+                "candidate_kernels": releases(runs),
+                **_compare(side_values(base_runs), side_values(runs), spec),
+            }
+            if other is not None and not base_runs:
+                entry["note"] = _no_partner(other.campaign_id, kernel, variant, workload, theirs.get(cell, {}))
+            out.append(entry)
     return out
 
 
+def _no_partner(baseline_id: str, kernel: str, variant: str, workload: str, kernels: Mapping[str, Any]) -> str:
+    what = f"kernel {kernel}" + (f", variant {variant}" if variant else "") + f", workload {workload}"
+    if not kernels:
+        return f"{baseline_id} has no runs of {what} with the same settings (NFS, sysctls, sizes, clock)"
+    return f"{baseline_id} ran {', '.join(sorted(kernels))} there, not {kernel}: not compared"
+
+
 def comparable(record: Record, other: Record) -> bool:
-    """Whether ``other`` ran the same workloads on the same node size and NFS settings."""
-
-    def settings(rec: Campaign) -> set[str]:
-        return {
-            repr(run.settings.model_dump(include={"nfs", "node_ram_mib", "workload"}, exclude_unset=True))
-            for run in rec.runs
-        }
-
-    mine = settings(campaign_of(record))
-    return bool(mine) and mine == settings(campaign_of(other))
+    """Whether ``other`` ran the same cells (``cell_of``: variants, workloads, settings, clock)."""
+    mine = {cell_of(run) for run in campaign_of(record).runs}
+    return bool(mine) and mine == {cell_of(run) for run in campaign_of(other).runs}
 
 
 def is_last_pass(baseline: object) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from model.campaign import Campaign
+from model.figures import timing_label
 from model.hashes import RunHash
 from model.runspec import NodeResult
 from orchestrator.criteria import Criterion, CriterionSpec
@@ -47,6 +48,7 @@ def run_context(campaign: Campaign, run: RunHash, results: list[NodeResult]) -> 
             "node_ram_mib": next((r.ram_mib for r in results if r.ram_mib), campaign.ram_mib),
             "swap_mib": campaign.spec.swap.size_mib,
             "workload": run.workload.model_dump(mode="json"),
+            "timing": timing_label(campaign.spec.timing),
         },
     }
 

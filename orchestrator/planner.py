@@ -37,16 +37,18 @@ def new_campaign_id(name: str) -> str:
 def plan_runs(campaign: Campaign) -> list[RunPlan]:
     """Every run of the campaign, in a stable order.
 
-    A comparison campaign (one with a baseline) interleaves its sides: repeat 1 of every
-    kernel and variant, then repeat 2 ... (A B A B, never A A B B), so a drift of the host
-    over the campaign's hours spreads over both sides instead of posing as a change.
+    A comparison campaign (one with a baseline) interleaves its sides, counterbalanced:
+    repeat 1 of every kernel and variant, then repeat 2 in the reverse order ... (A B B A
+    A B B A, never A A B B), so a drift of the host over the campaign's hours spreads over
+    every side alike instead of posing as a change (plain A B A B still favours A when the
+    host slows down steadily).
     """
     spec = campaign.spec
     variants: list[Variant | None] = list(spec.variants) or [None]
     cells = [(k, v, w) for k in spec.kernels for v in variants for w in spec.workloads]
     repeats = range(1, spec.repeats + 1)
     if spec.baseline is not None:
-        order = [(cell, repeat) for repeat in repeats for cell in cells]
+        order = [(cell, repeat) for repeat in repeats for cell in (cells if repeat % 2 else cells[::-1])]
     else:
         order = [(cell, repeat) for cell in cells for repeat in repeats]
     return [
@@ -98,6 +100,7 @@ def node_specs(
             ),
             planned_overcommit_mib=campaign.planned_overcommit_mib(run.workload),
             boot_timeout_s=spec.boot_timeout_s,
+            timing=spec.timing,
         )
         for name in node_names
     ]

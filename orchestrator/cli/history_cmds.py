@@ -151,7 +151,10 @@ def compare(baseline_id: str, candidate_id: str, primary: str, as_json: bool) ->
         click.echo(json.dumps(comparisons, indent=2))
     else:
         if not comparable(candidate, baseline):
-            click.echo("note: the two ran with different workloads, node sizes or NFS settings", err=True)
+            click.echo(
+                "note: the two did not run the same variants, workloads and settings: only the matching ones compare",
+                err=True,
+            )
         for line in comparison_lines(comparisons):
             click.echo(printable(line))
     verdicts = {entry["verdict"] for entry in comparisons}
@@ -165,7 +168,10 @@ def comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
     """Per comparison: its verdict, then one line per figure (the primary first)."""
     lines = []
     for entry in comparisons:
-        lines.append(f"{entry['candidate']} vs {entry['baseline']} ({entry['workload']}): {entry['verdict'].upper()}")
+        cell = ", ".join(str(entry[key]) for key in ("kernel", "variant", "workload") if entry.get(key))
+        lines.append(f"{entry['candidate']} vs {entry['baseline']} ({cell}): {entry['verdict'].upper()}")
+        if entry.get("note"):
+            lines.append(f"  note: {entry['note']}")
         figures = sorted(entry.get("figures", []), key=lambda f: f.get("figure") != entry.get("primary"))
         lines += [
             f"  {'*' if f.get('figure') == entry.get('primary') else ' '} {f.get('summary', '')}" for f in figures

@@ -211,8 +211,8 @@ def comparison_legend(record: Campaign) -> tuple[str, ...]:
     confidence = number(method.confidence)
     level = "95 %" if confidence is None else f"{confidence * 100:g} %"
     lines = [
-        "A: the baseline, B: the candidate; medians of the passing runs' nodes.",
-        f"change: B / A - 1 (B - A when A's median is 0); CI: its {level} "
+        "A: the baseline, B: the candidate; one value per passing run, its nodes' median.",
+        f"change: B / A - 1 (B - A when a side has a 0); CI: its {level} "
         f"{clean(method.interval) or 'bootstrap'} interval"
         + (f" ({fmt_number(method.resamples)} resamples)" if number(method.resamples) else "")
         + ".",

@@ -169,12 +169,11 @@ def test_the_last_pass_baseline_is_looked_up_outside_the_campaign_lock(
         (REPO / "campaigns/nightly.yaml")
         .read_text()
         .replace("../inventory/local.yml", str(REPO / "tests/fixtures/labs/e2e.yml"))
-        .replace("repeats: 3 ", "repeats: 1 ")
     )
     campaign = load_campaign(campaign_file)
     store = CampaignStore(client)
     cid = "nightly-20261202-020000-abcd"
-    store.create(cid, campaign, plan_runs(campaign))
+    store.create(cid, campaign, plan_runs(campaign)[:1])  # one run is enough to reach the judgement
     now = time.time()
     store.set_run_status(cid, "r001", "running", attempt=1, nodes=["node1"], started_at=now - 60)
     result = NodeResult(run_id="r001", node="node1", metrics_from=now - 60, metrics_to=now)

@@ -28,7 +28,7 @@ variants:
   - {{name: pc0, sysctl: {{vm.page-cluster: 0}}, nfs_version: "4.2"}}
 baseline: {{variant: base}}
 compare: {{primary: swap_in_mibps, figures: {{swap_in_mibps: {{tolerance: 0.2, min_repeats: 3}}}}}}
-repeats: 2
+repeats: 4
 """
 
 
@@ -38,10 +38,12 @@ def _campaign(tmp_path: Path, text: str = COMPARISON):  # type: ignore[no-untype
     return load_campaign(path)
 
 
-def test_a_comparison_interleaves_its_sides(tmp_path: Path) -> None:
+def test_a_comparison_interleaves_its_sides_counterbalanced(tmp_path: Path) -> None:
     runs = plan_runs(_campaign(tmp_path))
+    # Every other repeat reversed: a host slowing down steadily weighs on every side alike.
     assert [(r.variant.name if r.variant else None, r.repeat) for r in runs] == [
-        ("base", 1), ("same", 1), ("pc0", 1), ("base", 2), ("same", 2), ("pc0", 2),
+        ("base", 1), ("same", 1), ("pc0", 1), ("pc0", 2), ("same", 2), ("base", 2),
+        ("base", 3), ("same", 3), ("pc0", 3), ("pc0", 4), ("same", 4), ("base", 4),
     ]  # fmt: skip
     assert runs[2].label() == "r003 linux-image-amd64 [pc0] / small #1"
 
@@ -49,7 +51,7 @@ def test_a_comparison_interleaves_its_sides(tmp_path: Path) -> None:
 def test_a_campaign_without_baseline_keeps_each_cells_repeats_together(tmp_path: Path) -> None:
     text = COMPARISON.replace("baseline: {{variant: base}}\n", "")
     runs = plan_runs(_campaign(tmp_path, text))
-    assert [(r.variant.name if r.variant else None, r.repeat) for r in runs][:3] == [("base", 1), ("base", 2), ("same", 1)]
+    assert [(r.variant.name if r.variant else None, r.repeat) for r in runs][3:5] == [("base", 4), ("same", 1)]
 
 
 def test_a_variant_adds_its_sysctls_and_nfs_version_to_its_runs(tmp_path: Path) -> None:
@@ -70,6 +72,8 @@ def test_a_variant_adds_its_sysctls_and_nfs_version_to_its_runs(tmp_path: Path) 
         (("{{variant: base}}", "{{variant: base, kernel: linux-image-amd64}}"), "name exactly one of"),
         (("primary: swap_in_mibps", "primary: swap_speed"), "unknown figure 'swap_speed'"),
         (("min_repeats: 3", "min_repeats: 1"), "compare.figures.swap_in_mibps.min_repeats"),
+        (("min_repeats: 3", "min_repeats: 2"), "compare.figures.swap_in_mibps.min_repeats"),
+        (("repeats: 4", "repeats: 3"), "repeats: a comparison needs at least 4 runs a side"),
         (("{{name: same}}", "{{name: base}}"), "variants[1].name: 'base' is already variants[0]"),
         (('nfs_version: "4.2"', 'nfs_version: "3"'), "NFSv3 needs rpcbind"),
     ],
@@ -83,3 +87,12 @@ def test_comparison_mistakes_name_the_field(tmp_path: Path, change: tuple[str, s
 def test_last_pass_is_a_baseline_of_its_own(tmp_path: Path) -> None:
     campaign = _campaign(tmp_path, COMPARISON.replace("{{variant: base}}", "last-pass"))
     assert campaign.spec.baseline == "last-pass"
+
+
+def test_the_validators_floor_is_the_statistics_own() -> None:
+    # model/ cannot import the statistics: the two numbers are kept equal here.
+    from model.campaign import COMPARISON_MIN_REPEATS, COMPARISON_RECOMMENDED_REPEATS
+    from orchestrator.stats import RECOMMENDED_REPEATS, fewest_per_side
+
+    assert fewest_per_side(0.95) == COMPARISON_MIN_REPEATS
+    assert COMPARISON_RECOMMENDED_REPEATS == RECOMMENDED_REPEATS

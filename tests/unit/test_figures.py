@@ -42,14 +42,16 @@ def test_the_window_is_bounded_by_the_samples_around_the_workload() -> None:
     assert (window.start, window.end) == (99.5, 110.5)
 
 
-def test_rates_are_increases_over_the_window_seconds() -> None:
+def test_rates_are_window_increases_over_the_workloads_own_seconds() -> None:
+    # The window spans 11 s of ticks around a 10 s workload: the rate is over the 10 s the
+    # node measured, so rounding the window out to whole ticks does not dilute it.
     figures = node_figures(SAMPLES, started_s=100.0, elapsed_s=10.0)
     assert set(figures) == set(FIGURE_NAMES)
-    assert figures["swap_out_mibps"] == pytest.approx(2660 * PAGE_SIZE / MIB / 11.0)
-    assert figures["swap_in_mibps"] == pytest.approx(512 * PAGE_SIZE / MIB / 11.0)
-    assert figures["psi_full_share"] == pytest.approx(2.1 / 11.0)
+    assert figures["swap_out_mibps"] == pytest.approx(2660 * PAGE_SIZE / MIB / 10.0)
+    assert figures["swap_in_mibps"] == pytest.approx(512 * PAGE_SIZE / MIB / 10.0)
+    assert figures["psi_full_share"] == pytest.approx(2.1 / 10.0)
     assert figures["nfs_retrans_per_call"] == pytest.approx(5 / 1000)
-    assert figures["tcp_retrans_per_s"] == pytest.approx(21 / 11.0)
+    assert figures["tcp_retrans_per_s"] == pytest.approx(21 / 10.0)
     assert figures["workload_wall_s"] == 10.0
     assert figures["allocstall_per_s"] is None  # not sampled: unknown, never 0
 

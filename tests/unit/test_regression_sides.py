@@ -69,8 +69,8 @@ def test_too_few_passing_runs_is_insufficient_data() -> None:
 
 
 def test_an_instance_is_compared_with_another_of_the_same_settings() -> None:
-    old = _record([_run("", rate) for rate in (14.0, 14.2, 13.9)], "ab-0")
-    new = _record([_run("", rate, release="6.1.0-58-amd64") for rate in (9.0, 9.1, 8.8)], "ab-1")
+    old = _record([_run("", rate) for rate in (14.0, 14.2, 13.9, 14.1)], "ab-0")
+    new = _record([_run("", rate, release="6.1.0-58-amd64") for rate in (9.0, 9.1, 8.8, 9.2)], "ab-1")
     assert comparable(new, old)
     [entry] = against_instance(new, old, SPEC)
     assert (entry["baseline"], entry["candidate"], entry["verdict"]) == ("ab-0", "ab-1", "regression")
@@ -93,3 +93,31 @@ def test_a_record_the_schema_refuses_is_never_compared() -> None:
     assert "runs.1.nodes.0.figures.swap_in_mibps.value" in str(refused.value)
     with pytest.raises(RecordError, match=r"runs\.0\.run_id"):
         comparable(_record([{"settings": SETTINGS}]), _record(runs))
+
+
+def test_two_kernels_on_one_side_are_never_pooled() -> None:
+    # A: six runs of 6.1. B: three of 6.1 and three of 5.10 (an 81 % slower swap-out).
+    # Pooled, B's median sat between the kernels and said "no change"; matched, each
+    # kernel of B is compared with A's only kernel and says what it did.
+    old = _record([_run("", 16.0 + i / 10, kernel="6.1") for i in range(6)], "ab-0")
+    new_runs = [_run("", 16.0 + i / 10, kernel="6.1") for i in range(3)]
+    new_runs += [_run("", 3.0 + i / 10, kernel="5.10", release="5.10.0-30-amd64") for i in range(3)]
+    entries = {entry["kernel"]: entry for entry in against_instance(_record(new_runs), old, SPEC)}
+    assert set(entries) == {"6.1", "5.10"}
+    assert entries["5.10"]["verdict"] == "regression" and entries["6.1"]["verdict"] == "no change"
+    assert [f["n_b"] for f in entries["5.10"]["figures"] if f["figure"] == "swap_in_mibps"] == [3]
+
+
+def test_a_cell_the_baseline_did_not_run_is_said_not_compared_with_something_else() -> None:
+    old = _record([_run("base", 14.0 + i / 10, kernel="6.1") for i in range(4)], "ab-0")
+    other_settings = [
+        {**_run("base", 9.0 + i / 10, kernel="6.1"), "settings": {**SETTINGS, "swap_mib": 1024}} for i in range(4)
+    ]
+    [entry] = against_instance(_record(other_settings), old, SPEC)
+    assert entry["verdict"] == "insufficient data"
+    assert "ab-0 has no runs of kernel 6.1, variant base, workload small with the same settings" in entry["note"]
+    assert not comparable(_record(other_settings), old)
+    # Two baseline kernels and a third on the candidate side: no guess which to compare with.
+    two = _record([_run("", 14.0, kernel=k) for k in ("6.1", "6.6") for _ in range(4)], "ab-0")
+    [entry] = against_instance(_record([_run("", 9.0, kernel="6.12") for _ in range(4)]), two, SPEC)
+    assert entry["note"] == "ab-0 ran 6.1, 6.6 there, not 6.12: not compared"

@@ -43,6 +43,8 @@ class BootSpec:
     cmdline: str
     ram_mib: int
     cpus: int
+    # Guest time (model.figures.Timing): the instruction counter's shift; None: host time.
+    icount_shift: int | None = None
 
 
 @dataclass(frozen=True)

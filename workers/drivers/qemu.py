@@ -150,7 +150,16 @@ class QemuDriver:
             # Host entropy for the guest's CRNG: dropbear otherwise waited for it at first login.
             "-device", "virtio-rng-pci",
             "-pidfile", str(self.pid_path),
+            *self.clock_args(boot),
         ]  # fmt: skip
+
+    @staticmethod
+    def clock_args(boot: BootSpec) -> list[str]:
+        """Guest time: a fixed instruction-counter shift; sleep=on lets an idle guest (waiting
+        on NFS) see real time pass instead of jumping its clock over the wait."""
+        if boot.icount_shift is None:
+            return []
+        return ["-icount", f"shift={boot.icount_shift},sleep=on"]
 
     def power_on(self, boot: BootSpec, console_log: Path) -> None:
         """Start the guest; DriverError if QEMU cannot start or exits at once."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from model.figures import GUEST_ICOUNT_SHIFT
 from workers.drivers.base import BootSpec, DriverError, PowerControl
 from workers.exporter import BOOT_SECONDS
 from workers.image import cached_image, lab_keys
@@ -91,7 +92,8 @@ class BootStep(Step[NodeContext]):
             f"{self.driver.kernel_console_args()} printk.time=1 mitigations=off zswap.enabled=0 "
             f"swaplab.hostname={ctx.name} swaplab.nfs4_id={node_id}"
         )
-        return BootSpec(ctx.image.kernel, ctx.image.initrd, cmdline, ctx.spec.ram_mib, ctx.spec.cpus)
+        shift = GUEST_ICOUNT_SHIFT if ctx.spec.timing == "guest" else None
+        return BootSpec(ctx.image.kernel, ctx.image.initrd, cmdline, ctx.spec.ram_mib, ctx.spec.cpus, shift)
 
     def _ssh_target(self, ctx: NodeContext) -> SshTarget:
         # The lab generated the node's host key and login key itself: pin both.
