@@ -105,12 +105,19 @@ def host_seconds(record: Record) -> float | None:
 
 
 def workload_window(samples: Sequence[Record], started_s: float | None, elapsed_s: float | None) -> Window | None:
-    """The samples bounding the workload; None without a workload or two bounding samples."""
+    """The samples bounding a workload that started at ``started_s`` (host time) and ran
+    ``elapsed_s`` host seconds; None without a workload or two bounding samples."""
     if started_s is None or elapsed_s is None or elapsed_s <= 0:
         return None
+    return window_between(samples, started_s, started_s + elapsed_s)
+
+
+def window_between(samples: Sequence[Record], start_s: float, end_s: float) -> Window | None:
+    """The last sample at or before ``start_s`` and the first at or after ``end_s`` (host
+    receive times); None without both."""
     timed = [(t, record) for record in samples if (t := host_seconds(record)) is not None]
-    before = [pair for pair in timed if pair[0] <= started_s]
-    after = [pair for pair in timed if pair[0] >= started_s + elapsed_s]
+    before = [pair for pair in timed if pair[0] <= start_s]
+    after = [pair for pair in timed if pair[0] >= end_s]
     if not before or not after:
         return None
     (t0, first), (t1, last) = before[-1], after[0]

@@ -173,7 +173,26 @@ class WorkloadOutcome(BaseModel):
     started_host_ns: int | None = None
     start_at_host_ns: int | None = None
     elapsed_s: float | None = None
+    # When the worker read the workload's "started" and "done" lines (host clock). On guest
+    # time the node's clock runs at its own pace: these, not its stamps, place it in host time.
+    started_seen_host_ns: int | None = None
+    done_seen_host_ns: int | None = None
     last_line: str = ""
+
+    def host_window_s(self, guest_clock: bool) -> tuple[float, float] | None:
+        """When the workload ran, in host epoch seconds (None: it never finished).
+
+        Host time: its start on the node's clock translated by the measured offset, plus its
+        elapsed time. Guest time: when the worker saw it start and end (the node's seconds
+        are not the host's).
+        """
+        if guest_clock:
+            if self.started_seen_host_ns is None or self.done_seen_host_ns is None:
+                return None
+            return self.started_seen_host_ns / 1e9, self.done_seen_host_ns / 1e9
+        if self.started_host_ns is None or self.elapsed_s is None or self.elapsed_s <= 0:
+            return None
+        return self.started_host_ns / 1e9, self.started_host_ns / 1e9 + self.elapsed_s
 
 
 class NodeResult(BaseModel):

@@ -187,10 +187,19 @@ class WorkloadStream:
                 self._log.write(raw + b"\n")
                 line = text_of(raw)
                 parse_workload_line(line, self._outcome)
+                self._stamp_seen()
                 self.last_line = line.strip()[:LAST_LINE_CHARS] or self.last_line
         for data in self._received(self._channel.recv_stderr_ready, lambda size: self._channel.recv_stderr(size)):
             self.stderr = (self.stderr + data.decode("utf-8", errors="replace"))[-STDERR_KEPT:]
             self._log.write(b"stderr: " + data)
+
+    def _stamp_seen(self) -> None:
+        """The host time the workload's start and end lines were read, once each."""
+        outcome = self._outcome
+        if outcome.started_node_ns is not None and outcome.started_seen_host_ns is None:
+            outcome.started_seen_host_ns = time.time_ns()
+        if outcome.done and outcome.done_seen_host_ns is None:
+            outcome.done_seen_host_ns = time.time_ns()
 
     def _received(self, ready: Callable[[], bool], recv: Callable[[int], bytes]) -> Iterator[bytes]:
         """Chunks ready now, DRAIN_BYTES at most (then ``_more``: read on after the checks)."""
@@ -205,14 +214,17 @@ class WorkloadStream:
             budget -= len(data)
             yield data
 
-    def outcome(self, start_at_host_ns: int, clock_offset_ns: int) -> WorkloadOutcome:
-        """What the workload reported, with its start translated to host time."""
+    def outcome(self, start_at_host_ns: int, clock_offset_ns: int, guest_clock: bool = False) -> WorkloadOutcome:
+        """What the workload reported, with its start in host time: translated by the clock
+        offset, or on guest time (a node clock of its own pace) when the worker saw it."""
         outcome = self._outcome.model_copy()
         outcome.start_at_host_ns = start_at_host_ns
         outcome.last_line = self.last_line
         if self._channel.exit_status_ready():
             outcome.exit_status = self._channel.recv_exit_status()
-        if outcome.started_node_ns is not None:
+        if guest_clock:
+            outcome.started_host_ns = outcome.started_seen_host_ns
+        elif outcome.started_node_ns is not None:
             outcome.started_host_ns = outcome.started_node_ns - clock_offset_ns
         return outcome
 

@@ -124,8 +124,9 @@ def test_the_text_report_shows_the_comparison(ab: tuple[int, dict[str, Any], str
 
 def _swap_in_rates(result: dict[str, Any], variant: str) -> list[float]:
     """MiB/s swapped in per run of ``variant``, from its raw files: pswpin between the last
-    sample at or before the hog started and the first at or after it ended, over the hog's
-    own elapsed seconds (the figure's definition, computed without swaplab)."""
+    sample at or before the worker saw the hog start and the first at or after it saw it
+    end (guest time: the node's clock is not the host's), over the hog's own elapsed
+    seconds (the figure's definition, computed without swaplab)."""
     rates = []
     for run in result["runs"]:
         if run["variant"] != variant:
@@ -133,8 +134,7 @@ def _swap_in_rates(result: dict[str, Any], variant: str) -> list[float]:
         folder = Path(result["result_dir"]) / run["run_id"] / "node1"
         samples = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines() if line]
         workload = json.loads((folder / "node-result.json").read_text())["workload"]
-        start = workload["started_host_ns"]
-        end = start + workload["elapsed_s"] * 1e9
+        start, end = workload["started_seen_host_ns"], workload["done_seen_host_ns"]
         first = [s for s in samples if s["host_time_ns"] <= start][-1]
         last = next(s for s in samples if s["host_time_ns"] >= end)
         rates.append((last["pswpin"] - first["pswpin"]) * PAGE_SIZE / MIB / workload["elapsed_s"])

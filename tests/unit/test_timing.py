@@ -12,6 +12,7 @@ from model.campaign import load_campaign
 from model.figures import GUEST_ICOUNT_SHIFT, timing_label
 from model.lab import NodeConfig
 from model.result import Campaign
+from model.runspec import WorkloadOutcome
 from model.yamlpos import SpecError
 from orchestrator.baselines import comparable
 from orchestrator.planner import node_specs, plan_runs
@@ -91,3 +92,14 @@ def test_guest_time_figures_are_never_compared_with_host_time_ones() -> None:
     assert comparable(guest, _record(timing_label("guest")))
     assert not comparable(guest, host) and not comparable(host, guest)
     assert comparable(host, older)  # a record from before the mode was kept ran on host time
+
+
+def test_on_guest_time_the_workload_is_placed_by_when_the_worker_saw_it() -> None:
+    # The node's clock ran 2.4 times as fast as the host's: 305 node seconds took 127 host
+    # seconds. Start + elapsed would put the end 3 minutes after the run; the worker's own
+    # receive times place it.
+    seen = {"started_seen_host_ns": 1_000 * 10**9, "done_seen_host_ns": 1_127 * 10**9}
+    outcome = WorkloadOutcome(done=True, started_host_ns=1_000 * 10**9, elapsed_s=305.0, **seen)
+    assert outcome.host_window_s(guest_clock=True) == (1000.0, 1127.0)
+    assert outcome.host_window_s(guest_clock=False) == (1000.0, 1305.0)
+    assert WorkloadOutcome(done=False, started_seen_host_ns=1).host_window_s(guest_clock=True) is None

@@ -11,7 +11,7 @@ import shlex
 import time
 from pathlib import Path
 
-from model.figures import figures_over, node_series, workload_window
+from model.figures import figures_over, node_series, window_between
 from workers.nfs import NfsServerError, make_nfs_server
 from workers.node_ssh import NodeUnreachable
 from workers.pipeline import evidence
@@ -206,12 +206,12 @@ class SamplerStep(Step[NodeContext]):
         ctx.result.counters_last = ctx.sampler.latest() or {}
         samples = ctx.sampler.records()
         workload = ctx.result.workload
-        started_s = None if workload.started_host_ns is None else workload.started_host_ns / 1e9
-        window = workload_window(samples, started_s, workload.elapsed_s)
+        ran = workload.host_window_s(guest_clock=ctx.spec.timing == "guest")
+        window = window_between(samples, *ran) if ran is not None else None
         ctx.result.figures = figures_over(window, workload.elapsed_s)
         if window is not None:
             ctx.result.figures_from, ctx.result.figures_to = window.start, window.end
-        ctx.result.series = node_series(samples, started_s)
+        ctx.result.series = node_series(samples, ran[0] if ran is not None else None)
         if ctx.series is not None:
             ctx.series.last_sample = None  # the sampler stopped on purpose: no age to report
 

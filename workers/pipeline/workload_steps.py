@@ -68,7 +68,7 @@ class WorkloadStep(Step[NodeContext]):
             on_tick=lambda: self._report(ctx, baseline, stream.last_line),
             stop=lambda: ctx.cancel() or not ctx.machine_running() or self._silent(ctx),
         )
-        ctx.result.workload = outcome = stream.outcome(ctx.start_at_ns, offset)
+        ctx.result.workload = outcome = stream.outcome(ctx.start_at_ns, offset, ctx.spec.timing == "guest")
         if ctx.series is not None and outcome.done and outcome.bad_pages == 0 and outcome.exit_status == 0:
             ctx.series.progress, ctx.series.done = 1.0, 1.0
         if not finished:
