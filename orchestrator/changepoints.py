@@ -30,8 +30,13 @@ its previous state restored afterwards, under a lock: the same history always gi
 same change points, and nothing else in the process has its random numbers changed.
 
 **Too few nights.** A series with fewer than ``MIN_NIGHTS`` nights is "too few nights",
-never "no change": six is three a side, the least a comparison accepts
-(``orchestrator.stats``: the fewest values whose median ignores one wild run).
+never "no change": no split of six nights can reach p < 0.05 in a permutation test (three
+a side: 1 of 20 orders at best, two-sided 1 in 10); eight is the fewest that can.
+
+**Minimum segment.** A split that leaves fewer than ``MIN_SEGMENT`` nights on either side
+is dropped: one odd night - the newest, say, a host busy that night - is not a new level
+(the nightly comparison judges that night on its own). A new level shows once it has held
+for ``MIN_SEGMENT`` nights.
 
 **What a change point says.** The night where the new level starts (its campaign id and
 finished_at), the kernel release of the night before and of that night (the kernel change
@@ -71,6 +76,7 @@ from orchestrator.stats import DEFAULT_POLICIES, Policy
 __all__ = [
     "HISTORY_NIGHTS",
     "MIN_NIGHTS",
+    "MIN_SEGMENT",
     "PERMUTATIONS",
     "PVALUE",
     "SEED",
@@ -81,6 +87,7 @@ __all__ = [
     "SkippedNight",
     "beyond_tolerance",
     "detect_changes",
+    "long_enough",
     "nightly_series",
     "split_points",
 ]
@@ -90,7 +97,8 @@ PVALUE = 0.05
 # 199 shuffles: p-values in steps of 1/200, so p <= 0.05 means at most 9 shuffles as extreme.
 PERMUTATIONS = 199
 SEED = 0
-MIN_NIGHTS = 6
+MIN_NIGHTS = 8
+MIN_SEGMENT = 3
 # How many of the newest nights are analysed: a year of nightly runs. The distance matrix
 # and each permutation are quadratic in the nights.
 HISTORY_NIGHTS = 365
@@ -397,6 +405,15 @@ def split_points(
     return sorted(int(i) for i in found)
 
 
+def long_enough(points: Sequence[int], length: int, min_segment: int) -> list[int]:
+    """The split points that leave at least ``min_segment`` nights on each side, in order."""
+    kept: list[int] = []
+    for point in sorted(points):
+        if point - (kept[-1] if kept else 0) >= min_segment and length - point >= min_segment:
+            kept.append(point)
+    return kept
+
+
 def detect_changes(
     campaign: str,
     instances: Iterable[Mapping[str, Any]],
@@ -442,7 +459,8 @@ def _analyse(
         return SeriesResult(figure, workload, len(nights), "too few nights")
     # Every series starts from the same seed: a figure's result does not depend on which
     # other figures were analysed before it.
-    bounds = [0, *split_points([n.value for n in nights], pvalue, permutations, seed), len(nights)]
+    found = split_points([n.value for n in nights], pvalue, permutations, seed)
+    bounds = [0, *long_enough(found, len(nights), MIN_SEGMENT), len(nights)]
     points = tuple(
         _change_point(figure, workload, nights, bounds[k - 1], bounds[k], bounds[k + 1], policy)
         for k in range(1, len(bounds) - 1)

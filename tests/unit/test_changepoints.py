@@ -35,10 +35,12 @@ import pytest
 from model.figures import FIGURE_NAMES
 from orchestrator.changepoints import (
     MIN_NIGHTS,
+    MIN_SEGMENT,
     ChangeAnalysis,
     ChangePoint,
     beyond_tolerance,
     detect_changes,
+    long_enough,
     split_points,
 )
 from orchestrator.stats import DEFAULT_POLICIES, Policy
@@ -141,9 +143,9 @@ def test_the_series_are_real_runs() -> None:
 
 
 # -- one level: no change -----------------------------------------------------------------
-@pytest.mark.parametrize("series", ["one kernel", "ab base and same"])
+@pytest.mark.parametrize("series", ["one kernel", "ab base and same, twice"])
 def test_a_series_of_one_level_has_no_change_point_beyond_tolerance(series: str) -> None:
-    runs = ONE_KERNEL if series == "one kernel" else AB_BASE
+    runs = ONE_KERNEL if series == "one kernel" else [*AB_BASE, *AB_BASE]
     analysis = detect_changes("nightly", nights(runs))
 
     assert analysis.change_points == [], [p.summary() for p in analysis.change_points]
@@ -244,7 +246,28 @@ def test_too_few_nights_is_never_no_change() -> None:
         f"too few nights to tell change points in nightly: 5 with a passing run (2026-11-01 .. {_day(4)}), "
         f"at least {MIN_NIGHTS} needed"
     ]
-    assert any(note.startswith("too few nights (5, at least 6 needed)") for note in analysis.notes())
+    assert any(note.startswith(f"too few nights (5, at least {MIN_NIGHTS} needed)") for note in analysis.notes())
+    # Six nights of one level: still too few (no six-night split can reach p < 0.05).
+    assert all(s.status == "too few nights" for s in detect_changes("nightly", nights(AB_BASE)).series)
+
+
+def test_no_split_of_six_nights_is_significant_and_eight_can_be() -> None:
+    # Three nights at one level, three at a level four times higher: as far apart as nights
+    # can be, and still 1 order in 20 (p = 0.1 two-sided) - noise could have done it.
+    assert split_points([1.0, 1.1, 0.9, 4.0, 4.1, 3.9]) == []
+    assert split_points([1.0, 1.1, 0.9, 1.05, 4.0, 4.1, 3.9, 4.05]) == [4]
+    assert MIN_NIGHTS == 8
+
+
+def test_one_odd_newest_night_is_not_a_step_three_nights_are() -> None:
+    # Twelve nights of one level (a real night's figures, swap-in set within 2 %).
+    release, figures = ONE_KERNEL[0]
+    level = [(release, {**figures, "swap_in_mibps": 16.0 + 0.1 * (i % 4)}) for i in range(12)]
+    odd = detect_changes("nightly", nights(level, PC0[:1]))
+    assert swap_in(odd) == [], [p.summary() for p in swap_in(odd)]
+    held = detect_changes("nightly", nights(level, PC0[:MIN_SEGMENT]))
+    assert [p.nights_after for p in swap_in(held)] == [MIN_SEGMENT]
+    assert long_enough([1, 5, 10, 11], 12, 3) == [5]
 
 
 def test_workloads_are_separate_series() -> None:
