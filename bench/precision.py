@@ -12,18 +12,22 @@ Inputs (both real runs of this machine, committed as fixtures):
   (default ``tests/fixtures/results/ab-result.json``).
 
 What it prints, each figure computed with ``orchestrator.stats.compare`` exactly as a
-campaign's comparison is judged (its defaults, one value per node run):
+campaign's comparison is judged (its defaults; these series have one node a run, so one
+value per run):
 
 * **noise**: per figure n, median, CV %, and its correlation with 1 / wall time (how much
   of the noise is host CPU taken from the guest);
 * **interleaved false alarms**: identical runs split at random into two disjoint groups of
-  k (k = 2 with ``min_repeats: 2``, 3, 5, n // 2): the share of splits the primary figure
-  calls a regression, any change, and in which any of the other figures "changes";
+  k (k = 3, 4, 5, n // 2): the share of splits the primary figure calls a regression, any
+  change, and in which any of the other figures "changes";
 * **across-time false alarms**: k runs of the A/B campaign's identical variants against k
-  runs of the noise series (taken at another time): the same shares;
+  runs of the noise series (taken at another time), k = 4: the same shares;
 * **power**: a true 10 % slowdown — the candidate's values of the noise series made 10 %
-  worse (swap-out MiB/s × 1 / 1.1, wall time × 1.1) — at k = 3, 5, 10, 20, 50 a side,
+  worse (swap-out MiB/s × 1 / 1.1, wall time × 1.1) — at k = 4, 5, 10, 20, 50 a side,
   each side drawn independently with replacement: the share called a regression.
+
+Blocks of guest- and host-time runs taken hours apart have their own study
+(``bench/blocks.py study``).
 
 Rates carry 95 % Wilson intervals over the trials. Later work on the statistics or the
 measurement is judged by these same numbers (bench/README.md keeps them per change).
@@ -52,7 +56,7 @@ NOISE = REPO / "tests/fixtures/figures/smoke-repeats.json"
 AB = REPO / "tests/fixtures/results/ab-result.json"
 IDENTICAL_VARIANTS = ("base", "same")  # the A/B campaign's variants that change nothing
 EFFECT = 0.10  # the true change the power is measured for
-POWER_SIZES = (3, 5, 10, 20, 50)
+POWER_SIZES = (4, 5, 10, 20, 50)
 POWER_FIGURES = (DEFAULT_PRIMARY, "workload_wall_s")
 
 Values = dict[str, list[float | None]]
@@ -131,14 +135,13 @@ class Tally:
         }
 
 
-def tally(draw: Callable[[random.Random], tuple[Values, Values]], trials: int, seed: int, **policy: Any) -> Tally:
+def tally(draw: Callable[[random.Random], tuple[Values, Values]], trials: int, seed: int) -> Tally:
     """Compare ``trials`` pairs of sides ``draw`` makes; count what the comparison called."""
     rng = random.Random(seed)
     regressions = changes = others = 0
-    policies = {name: policy for name in FIGURE_NAMES} if policy else None
     for _ in range(trials):
         a, b = draw(rng)
-        result = compare(a, b, policies=policies)
+        result = compare(a, b)
         regressions += result.verdict == "regression"
         changes += result.verdict in ("regression", "improvement")
         others += bool(result.others_changed)
@@ -187,11 +190,11 @@ def study(series: Series, other: Series, trials: int, seed: int) -> dict[str, An
     n = len(series.runs)
     log(f"noise series: {n} node runs; identical runs at another time: {len(other.runs)}")
     interleaved = {}
-    for k, policy in ((2, {"min_repeats": 2}), (3, {}), (5, {}), (n // 2, {})):
+    for k in (3, 4, 5, n // 2):
         log(f"interleaved, {k} a side ...")
-        interleaved[str(k)] = tally(split(series, k), trials, seed, **policy).to_json()
-    log("across time, 3 a side ...")
-    drift = {str(k): tally(across(other, series, k), trials, seed).to_json() for k in (3,) if k <= len(other.runs)}
+        interleaved[str(k)] = tally(split(series, k), trials, seed).to_json()
+    log("across time, 4 a side ...")
+    drift = {str(k): tally(across(other, series, k), trials, seed).to_json() for k in (4,) if k <= len(other.runs)}
     power: dict[str, dict[str, Any]] = {}
     for figure in POWER_FIGURES:
         power[figure] = {}
@@ -226,8 +229,7 @@ def print_text(result: dict[str, Any]) -> None:
         median = f"{row['median']:10.4g}" if row["median"] is not None else "         -"
         print(f"{name:<24} {row['n']:>3} {median} {cv} {corr}")
     for title, key in (("interleaved", "interleaved_false_alarms"), ("across time", "across_time_false_alarms")):
-        note = "; k = 2 with min_repeats 2" if key.startswith("interleaved") else ""
-        print(f"\nfalse alarms, identical kernels, {title} (k a side{note}):")
+        print(f"\nfalse alarms, identical kernels, {title} (k a side):")
         print(f"{'k':>4}  {'regression':<24} {'any change':<24} {'another figure changed':<24}")
         for k, row in result[key].items():
             print(

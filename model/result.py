@@ -212,6 +212,7 @@ class ComparedFigure(_Part):
     p_holm: float | None = None
     detectable: float | None = None  # the smallest change the runs would see 4 times in 5 (% for ratios)
     unadjusted: str | None = None  # a secondary figure's outcome before Holm's adjustment undid it
+    drift: float | None = None  # the interval's allowance for drift between sides run apart
     tolerance: float | None = None
     abs_tolerance: float | None = None
     min_repeats: int | None = None
@@ -226,6 +227,7 @@ class ComparisonMethod(_Part):
     interval: str | None = None
     resamples: int | None = None
     confidence: float | None = None
+    drift: float | None = None
     seed: int | None = None
     rank_test: str | None = None
 

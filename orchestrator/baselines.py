@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from model.campaign import LAST_PASS, BaselineSide, CompareSpec
 from model.display import printable
 from model.result import Campaign, ComparedFigure, Comparison, RecordError, Run, campaign_of, described
-from orchestrator.stats import compare
+from orchestrator.stats import across_time_drift, compare
 from orchestrator.stats import side_values as comparison_values
 
 Values = dict[str, list[float]]  # figure -> one value per passing run
@@ -74,8 +74,8 @@ def _policies(spec: CompareSpec) -> dict[str, dict[str, Any]]:
     return {name: policy.model_dump(exclude_none=True) for name, policy in spec.figures.items()}
 
 
-def _compare(baseline: Values, candidate: Values, spec: CompareSpec) -> dict[str, Any]:
-    return compare(baseline, candidate, primary=spec.primary, policies=_policies(spec)).to_json()
+def _compare(baseline: Values, candidate: Values, spec: CompareSpec, drift: float = 0.0) -> dict[str, Any]:
+    return compare(baseline, candidate, primary=spec.primary, policies=_policies(spec), drift=drift).to_json()
 
 
 def in_campaign(record: Record, baseline: BaselineSide, spec: CompareSpec) -> list[dict[str, Any]]:
@@ -138,7 +138,9 @@ def against_instance(record: Record, baseline: Record | None, spec: CompareSpec)
     Never pooled: runs are compared only with the baseline's runs of the same variant,
     workload and settings (``cell_of``), and kernel by kernel: the same kernel, or the
     baseline's only kernel of that cell. A cell with no partner is an entry with no
-    values on the baseline side (insufficient data) and a note saying why.
+    values on the baseline side (insufficient data) and a note saying why. The two ran at
+    different times, so every interval carries the clock's drift allowance
+    (``orchestrator.stats.ACROSS_TIME_DRIFT``).
     """
     mine = campaign_of(record)
     other = campaign_of(baseline) if baseline is not None else None
@@ -158,7 +160,8 @@ def against_instance(record: Record, baseline: Record | None, spec: CompareSpec)
                 # Which kernels each side ran: a nightly regression names the kernel that changed.
                 "baseline_kernels": releases(base_runs),
                 "candidate_kernels": releases(runs),
-                **_compare(side_values(base_runs), side_values(runs), spec),
+                # Another instance ran at another time: its drift is not interleaved away.
+                **_compare(side_values(base_runs), side_values(runs), spec, across_time_drift(runs[0].settings.timing)),
             }
             if other is not None and not base_runs:
                 entry["note"] = _no_partner(other.campaign_id, kernel, variant, workload, theirs.get(cell, {}))

@@ -114,6 +114,17 @@ RECOMMENDED_REPEATS = 5
 # Up to this many pairs the interval's cut comes from U's exact distribution (a few ms).
 EXACT_PAIRS_MAX = 2500
 Z_POWER = NormalDist().inv_cdf(0.8)  # "detectable": seen 4 times in 5
+# How far the level of identical runs moved between blocks taken hours apart on this
+# machine, per timing mode (bench/blocks.py study; bench/README.md): a comparison of sides
+# that were not interleaved (another campaign, another night) widens its interval by it.
+ACROSS_TIME_DRIFT: Mapping[str, float] = MappingProxyType({"host": 0.10, "guest-icount5": 0.02})
+
+
+def across_time_drift(timing: str) -> float:
+    """The drift allowance of a timing mode; an unknown one gets host time's, the larger."""
+    return ACROSS_TIME_DRIFT.get(timing, ACROSS_TIME_DRIFT["host"])
+
+
 # Bounds of a campaign's override: a tolerance is a fraction (0.1 is 10 %); beyond 10
 # (an 11-fold change) it would switch the figure off while pretending to compare it.
 MAX_TOLERANCE = 10.0
@@ -257,6 +268,8 @@ class FigureComparison:
     detectable: float | None = None
     # A secondary figure's outcome before Holm's adjustment undid it (else None).
     unadjusted: Outcome | None = None
+    # The allowance for drift between sides run at different times its interval carries.
+    drift: float = 0.0
 
     @property
     def changed(self) -> bool:
@@ -284,7 +297,8 @@ class FigureComparison:
             what = f"{_signed(self.difference)} {unit}, {level} {_signed(self.ci_low)} .. {_signed(self.ci_high)} {unit}"
             could = f"could see {self.detectable:.3g} {unit}" if self.detectable is not None else ""
         held = f" (a {self.unadjusted} before Holm's adjustment, p {self.p_holm:.2g})" if self.unadjusted else ""
-        return f"{medians} ({what}; {could}): {self.outcome}{held}"
+        drift = f"; ±{self.drift * 100:g} % for drift" if self.drift else ""
+        return f"{medians} ({what}{drift}; {could}): {self.outcome}{held}"
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe dict (infinite or undefined numbers are null)."""
@@ -307,6 +321,7 @@ class FigureComparison:
             "p_holm": _finite(self.p_holm),
             "detectable": _finite(self.detectable),
             "unadjusted": self.unadjusted,
+            "drift": self.drift,
             "tolerance": self.policy.tolerance,
             "abs_tolerance": self.policy.abs_tolerance,
             "min_repeats": self.policy.min_repeats,
@@ -438,8 +453,13 @@ def compare_figure(
     b: Sequence[float | None],
     policy: Policy | None = None,
     confidence: float = DEFAULT_CONFIDENCE,
+    drift: float = 0.0,
 ) -> FigureComparison:
     """Compare one figure's baseline values ``a`` with the candidate's ``b``.
+
+    ``drift``: how far (a fraction) the level of identical runs may move between the times
+    the two sides ran, when they were not interleaved; a ratio's interval is widened by it
+    either way, so a drift no larger is never called a change.
 
     None and NaN values are dropped first. Fewer than ``policy.min_repeats`` values on
     either side, or too few for an interval at ``confidence``: "insufficient data".
@@ -466,7 +486,10 @@ def compare_figure(
         return result
     result = replace(result, p_value=_rank_test(xa, xb))
     if xa.min() > 0 and xb.min() > 0:
-        return _by_ratio(result, figure, shift(np.log(xa), np.log(xb), confidence))
+        found = shift(np.log(xa), np.log(xb), confidence)
+        allowance = math.log1p(drift)
+        widened = Shift(found.estimate, found.low - allowance, found.high + allowance)
+        return _by_ratio(replace(result, drift=drift), figure, widened)
     return _by_difference(result, figure, shift(xa, xb, confidence))
 
 
@@ -554,6 +577,7 @@ class Comparison:
     primary: str
     figures: tuple[FigureComparison, ...]
     confidence: float
+    drift: float = 0.0
 
     def figure(self, name: str) -> FigureComparison:
         """One figure's comparison."""
@@ -596,6 +620,7 @@ class Comparison:
                 "statistic": "Hodges-Lehmann change B/A on logs (B-A when a side has a 0), one value per run",
                 "interval": "Mann-Whitney inversion (exact)",
                 "confidence": self.confidence,
+                "drift": self.drift,
                 "rank_test": "Mann-Whitney U, two-sided",
             },
             "figures": [result.to_json() for result in self.figures],
@@ -608,6 +633,7 @@ def compare(
     primary: str = DEFAULT_PRIMARY,
     policies: Mapping[str, Policy | Mapping[str, object]] | None = None,
     confidence: float = DEFAULT_CONFIDENCE,
+    drift: float = 0.0,
 ) -> Comparison:
     """Compare every figure of baseline A with candidate B (values per figure name: one per run).
 
@@ -624,13 +650,13 @@ def compare(
         raise ValueError(f"unknown figure(s) {', '.join(unknown)} (known: {', '.join(FIGURE_NAMES)})")
     resolved = resolve_policies(policies)
     results = [
-        compare_figure(name, a_figures.get(name, ()), b_figures.get(name, ()), resolved[name], confidence)
+        compare_figure(name, a_figures.get(name, ()), b_figures.get(name, ()), resolved[name], confidence, drift)
         for name in FIGURE_NAMES
     ]
     others = {r.name: r.p_value for r in results if r.name != primary and r.p_value is not None}
     adjusted = holm_adjust(others)
     with_holm = tuple(_held(replace(r, p_holm=adjusted.get(r.name)), 1 - confidence) for r in results)
-    return Comparison(primary, with_holm, confidence)
+    return Comparison(primary, with_holm, confidence, drift)
 
 
 def _held(result: FigureComparison, alpha: float) -> FigureComparison:

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.conftest import free_port, unavailable
-from workers.node_ssh import SshTarget
+from workers.node_ssh import NodeShell, SshTarget
 
 _SERVE = """set -e
 mount -t tmpfs -o mode=0700,size=1m swaplab-test /root
@@ -113,3 +113,11 @@ def local_sshd_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loc
     server = start_sshd(tmp_path_factory.mktemp("sshd"))
     yield server
     server.stop()
+
+
+@pytest.fixture(name="node_shell")
+def node_shell_fixture(local_sshd: LocalSshd) -> Iterator[NodeShell]:
+    """A swaplab NodeShell logged in to the local sshd, closed after the test."""
+    shell = NodeShell.connect(local_sshd.target)
+    yield shell
+    shell.close()

@@ -4,30 +4,24 @@ workload's lines, never by the node's own clock (which runs at the guest's pace)
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.local_sshd import LocalSshd, local_sshd_fixture  # noqa: F401  (the fixture)
+from tests.integration.local_sshd import local_sshd_fixture, node_shell_fixture  # noqa: F401  (fixtures)
 from workers.node_ssh import NodeShell
 from workers.streams import WorkloadStream
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 
-@pytest.fixture
-def shell(local_sshd: LocalSshd) -> Iterator[NodeShell]:
-    shell = NodeShell.connect(local_sshd.target)
-    yield shell
-    shell.close()
-
-
-def test_the_workloads_host_window_is_when_the_worker_saw_it_start_and_end(shell: NodeShell, tmp_path: Path) -> None:
+def test_the_workloads_host_window_is_when_the_worker_saw_it_start_and_end(
+    node_shell: NodeShell, tmp_path: Path
+) -> None:
     # A node whose clock is 100 s ahead and says the 1 s it ran took 2.4 s (guest time).
     script = "echo started 1100000000000; sleep 1; echo done pages=3 bad=0 elapsed_ns=2400000000"
     before = time.time_ns()
-    stream = WorkloadStream(shell.open_channel(script), tmp_path / "workload.log")
+    stream = WorkloadStream(node_shell.open_channel(script), tmp_path / "workload.log")
     assert stream.wait(time.monotonic() + 30, on_tick=lambda: None, stop=lambda: False)
     after = time.time_ns()
     guest = stream.outcome(start_at_host_ns=0, clock_offset_ns=100 * 10**9, guest_clock=True)

@@ -14,7 +14,6 @@ import os
 import signal
 import time
 import tracemalloc
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from model.campaign import NfsSpec
 from model.kernel import KernelSource
 from model.lab import Lab, NodeConfig
 from model.runspec import NodeResult, NodeRunSpec, PreparedKernel, WorkloadRef
-from tests.integration.local_sshd import LocalSshd, local_sshd_fixture  # noqa: F401  (the fixture)
+from tests.integration.local_sshd import LocalSshd, local_sshd_fixture, node_shell_fixture  # noqa: F401  (fixtures)
 from workers.drivers.base import MachineState
 from workers.node_ssh import MAX_STDOUT_BYTES, NodeShell
 from workers.pipeline import swap_steps
@@ -39,10 +38,8 @@ TICK = "@@ 1000 2000\n## /proc/vmstat\npswpout 5\npswpin 7\n@@end\n"
 
 
 @pytest.fixture
-def shell(local_sshd: LocalSshd) -> Iterator[NodeShell]:
-    shell = NodeShell.connect(local_sshd.target)
-    yield shell
-    shell.close()
+def shell(node_shell: NodeShell) -> NodeShell:
+    return node_shell
 
 
 def _tool(tmp_path: Path, body: str) -> str:

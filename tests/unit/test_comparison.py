@@ -379,3 +379,17 @@ def test_unknown_figures_and_settings_are_refused() -> None:
         compare_figure("swap_out", [1.0], [1.0])
     with pytest.raises(ValueError, match="confidence"):
         compare_figure(PRIMARY, [1.0], [1.0], confidence=95)
+
+
+def test_sides_run_apart_carry_the_drift_allowance() -> None:
+    values = [10.0, 10.1, 9.9, 10.05, 9.95, 10.02]
+    moved = [v * 0.93 for v in values]  # 7 % lower: what a host can drift in an hour
+    interleaved = compare_figure(PRIMARY, values, moved)
+    apart = compare_figure(PRIMARY, values, moved, drift=0.10)
+    assert (interleaved.outcome, apart.outcome) == ("regression", "no change")
+    assert apart.ci_low is not None and interleaved.ci_low is not None and apart.ci_low < interleaved.ci_low
+    assert "±10 % for drift" in apart.summary() and apart.to_json()["drift"] == 0.10
+    # A change well beyond the drift still shows.
+    assert compare_figure(PRIMARY, values, [v * 0.7 for v in values], drift=0.10).outcome == "regression"
+    assert stats.across_time_drift("host") >= stats.across_time_drift("guest-icount5")
+    assert stats.across_time_drift("something newer") == stats.across_time_drift("host")
