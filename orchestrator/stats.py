@@ -369,19 +369,23 @@ def _figure(name: str) -> Figure:
 
 
 # -- the shift and its interval -----------------------------------------------------------
-@functools.lru_cache(maxsize=512)
+@functools.lru_cache(maxsize=64)
 def rank_null(m: int, n: int) -> NDArray[np.float64]:
     """P(U = u) for u = 0 .. m*n when A and B (m and n values) are alike and untied.
 
-    U counts the pairs (a, b) with b above a. Whichever of the m + n values is the
-    largest: a B value (chance n / (m + n)) lies above all m A values, an A value above
-    none; the rest is the same question one value smaller.
+    U counts the pairs (a, b) with b above a. Of the C(m + n, m) equally likely orders of
+    the values, the number with U = u is the coefficient of q^u in the Gaussian binomial
+    [m + n choose m]_q = prod over i = 1..m of (1 - q^(n+i)) / (1 - q^i), built up factor
+    by factor in exact integers (each step is again a polynomial).
     """
-    if m == 0 or n == 0:
-        return np.ones(1)
-    with_b_on_top = np.concatenate([np.zeros(m), rank_null(m, n - 1)])
-    with_a_on_top = np.concatenate([rank_null(m - 1, n), np.zeros(n)])
-    null = (n * with_b_on_top + m * with_a_on_top) / (m + n)
+    counts = [1] + [0] * (m * n)
+    for i in range(1, m + 1):
+        for j in range(m * n, n + i - 1, -1):  # times (1 - q^(n+i))
+            counts[j] -= counts[j - n - i]
+        for j in range(i, m * n + 1):  # divided by (1 - q^i): r[j] = p[j] + r[j - i]
+            counts[j] += counts[j - i]
+    total = math.comb(m + n, m)
+    null = np.array([count / total for count in counts], dtype=np.float64)
     null.flags.writeable = False  # cached: shared by every caller
     return null
 

@@ -1,9 +1,9 @@
-"""A real A/B and A/A on the embedded lab, on guest time: one kernel, three variants of its
-settings run interleaved and counterbalanced, one run at a time; the comparison against
-the baseline variant flags the variant that really swaps in slower (``vm.page-cluster=0``:
-no swap-in readahead, one NFS read per page) with the right direction, and finds no
-change between the baseline and an identical variant. Every run booting, swapping and
-passing under QEMU's instruction counter is the guest-time mode's end-to-end proof.
+"""A real A/B and A/A on the embedded lab: one kernel, three variants of its settings run
+interleaved and counterbalanced, one run at a time, four a side (the fewest with which a
+95 % interval exists); the comparison against the baseline variant flags the variant
+that really swaps in slower (``vm.page-cluster=0``: no swap-in readahead, one NFS read
+per page) with the right direction, and finds no change between the baseline and an
+identical variant.
 
 The effect is measured again here "by hand", from each run's raw samples.jsonl and
 node-result.json, not from swaplab's figures: the swap-in over the sample-bounded window
@@ -25,15 +25,16 @@ from typing import Any
 
 import pytest
 
-from model.figures import GUEST_ICOUNT_SHIFT, MIB, PAGE_SIZE
+from model.figures import MIB, PAGE_SIZE
 from tests.conftest import require_tools
 
-pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 SWAPLAB = Path(sys.executable).with_name("swaplab")
 CAMPAIGN = REPO / "campaigns" / "ab-page-cluster.yaml"  # the example in the README, run as it is
-# Twelve runs, one at a time: ~17 minutes on this host on a good day, 27 on a slow one.
+# Twelve runs, one at a time: ~15 minutes on this host on a good day, 25 on a slow one.
 CAMPAIGN_TIMEOUT_S = 1800
+# The campaign is the module fixture's setup: the suite's default per-test limit is shorter.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(CAMPAIGN_TIMEOUT_S + 300)]
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,6 @@ def test_every_run_passed_and_the_regression_fails_the_campaign_with_exit_3(
         r["nodes"][0]["reasons"] for r in result["runs"]
     ]
     assert (code, result["verdict"]) == (3, "fail")
-    assert {run["settings"]["timing"] for run in result["runs"]} == {f"guest-icount{GUEST_ICOUNT_SHIFT}"}
     [reason] = [r for r in result["reasons"] if r.startswith("regression")]
     assert "pc0 vs base" in reason and "swap_in_mibps" in reason and "%" in reason
 
@@ -124,9 +124,9 @@ def test_the_text_report_shows_the_comparison(ab: tuple[int, dict[str, Any], str
 
 def _swap_in_rates(result: dict[str, Any], variant: str) -> list[float]:
     """MiB/s swapped in per run of ``variant``, from its raw files: pswpin between the last
-    sample at or before the worker saw the hog start and the first at or after it saw it
-    end (guest time: the node's clock is not the host's), over the hog's own elapsed
-    seconds (the figure's definition, computed without swaplab)."""
+    sample at or before the hog started and the first at or after it ended (host time: its
+    start on the node's clock less the measured offset, plus its elapsed time), over the
+    hog's own elapsed seconds (the figure's definition, computed without swaplab)."""
     rates = []
     for run in result["runs"]:
         if run["variant"] != variant:
@@ -134,7 +134,8 @@ def _swap_in_rates(result: dict[str, Any], variant: str) -> list[float]:
         folder = Path(result["result_dir"]) / run["run_id"] / "node1"
         samples = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines() if line]
         workload = json.loads((folder / "node-result.json").read_text())["workload"]
-        start, end = workload["started_seen_host_ns"], workload["done_seen_host_ns"]
+        start = workload["started_host_ns"]
+        end = start + workload["elapsed_s"] * 1e9
         first = [s for s in samples if s["host_time_ns"] <= start][-1]
         last = next(s for s in samples if s["host_time_ns"] >= end)
         rates.append((last["pswpin"] - first["pswpin"]) * PAGE_SIZE / MIB / workload["elapsed_s"])
