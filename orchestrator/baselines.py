@@ -119,7 +119,8 @@ def _cells(runs: Iterable[Run]) -> dict[Cell, dict[str, list[Run]]]:
     """Runs by cell, then by the kernel as the campaign named it."""
     cells: dict[Cell, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
-        cells[cell_of(run)][run.kernel_label or run.kernel or ""].append(run)
+        # Records from before kernel_label was kept: the release the run booted.
+        cells[cell_of(run)][run.kernel_label or run.release()].append(run)
     return cells
 
 

@@ -43,5 +43,9 @@ def test_the_newest_passing_instance_with_the_same_settings_is_the_baseline(
     scheduler = Scheduler(redis.Redis(), RecordingDispatch(), tmp_path)  # last_pass reads no Redis
     baseline = scheduler.last_pass(tonight)
     assert baseline is not None and baseline["campaign_id"] == "pair-patched-20261102-000000-0002"
-    [entry] = against_instance(tonight, baseline, CompareSpec())
-    assert (entry["axis"], entry["baseline"]) == ("instance", "pair-patched-20261102-000000-0002")
+    # Two kernels a night: each compared with its own runs of the baseline night, never pooled.
+    entries = {entry["kernel"]: entry for entry in against_instance(tonight, baseline, CompareSpec())}
+    assert set(entries) == {"6.1.0-57-amd64", "6.1.192-swaplab+"}
+    for kernel, entry in entries.items():
+        assert (entry["axis"], entry["baseline"]) == ("instance", "pair-patched-20261102-000000-0002")
+        assert entry["baseline_kernels"] == entry["candidate_kernels"] == [kernel]

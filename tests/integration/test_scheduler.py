@@ -160,6 +160,7 @@ def test_a_comparison_runs_one_run_at_a_time(redis_server: RedisServer, tmp_path
     path.write_text(
         (REPO / "campaigns" / "smoke.yaml").read_text().replace("../inventory/local.yml", str(REPO / "inventory/local.yml"))
         + "variants: [{name: base}, {name: pc0, sysctl: {vm.page-cluster: 0}}]\nbaseline: {variant: base}\n"
+        + "repeats: 4\n"
     )
     campaign = load_campaign(path)
     store = CampaignStore(redis_server.client())
