@@ -1,9 +1,9 @@
-"""A real A/B and A/A on the embedded lab: one kernel, three variants of its settings run
+"""A real A/B on the embedded lab: one kernel, two variants of its settings run
 interleaved and counterbalanced, one run at a time, four a side (the fewest with which a
 95 % interval exists); the comparison against the baseline variant flags the variant
 that really swaps in slower (``vm.page-cluster=0``: no swap-in readahead, one NFS read
-per page) with the right direction, and finds no change between the baseline and an
-identical variant.
+per page) with the right direction. That identical runs are not called changed (the
+A/A) is measured as a rate on real runs taken hours apart: tests/unit/test_precision.py.
 
 The effect is measured again here "by hand", from each run's raw samples.jsonl and
 node-result.json, not from swaplab's figures: the swap-in over the sample-bounded window
@@ -31,7 +31,7 @@ from tests.conftest import require_tools
 REPO = Path(__file__).resolve().parents[2]
 SWAPLAB = Path(sys.executable).with_name("swaplab")
 CAMPAIGN = REPO / "campaigns" / "ab-page-cluster.yaml"  # the example in the README, run as it is
-# Twelve runs, one at a time: ~15 minutes on this host on a good day, 25 on a slow one.
+# Eight runs, one at a time: ~12 minutes on this host on a good day, 20 on a slow one.
 CAMPAIGN_TIMEOUT_S = 1800
 # The campaign is the module fixture's setup: the suite's default per-test limit is shorter.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(CAMPAIGN_TIMEOUT_S + 300)]
@@ -79,7 +79,7 @@ def test_every_run_passed_and_the_regression_fails_the_campaign_with_exit_3(
     ab: tuple[int, dict[str, Any], str],
 ) -> None:
     code, result, _ = ab
-    assert [run["verdict"] for run in result["runs"]] == ["pass"] * 12, [
+    assert [run["verdict"] for run in result["runs"]] == ["pass"] * 8, [
         r["nodes"][0]["reasons"] for r in result["runs"]
     ]
     assert (code, result["verdict"]) == (3, "fail")
@@ -89,7 +89,7 @@ def test_every_run_passed_and_the_regression_fails_the_campaign_with_exit_3(
 
 def test_the_sides_ran_interleaved_and_one_at_a_time(ab: tuple[int, dict[str, Any], str]) -> None:
     runs = ab[1]["runs"]
-    assert [run["variant"] for run in runs] == ["base", "same", "pc0", "pc0", "same", "base"] * 2
+    assert [run["variant"] for run in runs] == ["base", "pc0", "pc0", "base"] * 2
     windows = [(run["window"]["start"], run["window"]["end"]) for run in runs]
     assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(windows))
 
@@ -108,13 +108,6 @@ def test_the_ab_effect_is_flagged_with_its_direction_and_the_hand_measured_size_
     # The same quantity from the raw files: equal to swaplab's but for float rounding (1e-6).
     assert by_hand == pytest.approx(figure["ratio"], rel=1e-6), (by_hand, figure)
     assert figure["ci_low"] * (1 - 1e-6) <= by_hand <= figure["ci_high"] * (1 + 1e-6), (by_hand, figure)
-
-
-def test_the_aa_comparison_is_no_change(ab: tuple[int, dict[str, Any], str]) -> None:
-    entry = _comparison(ab[1], "same")
-    figure = _primary(entry)
-    print(f"\nA/A same vs base: {figure['summary']}")
-    assert (entry["verdict"], figure["outcome"]) == ("no change", "no change"), figure
 
 
 def test_the_text_report_shows_the_comparison(ab: tuple[int, dict[str, Any], str]) -> None:
