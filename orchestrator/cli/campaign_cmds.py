@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -122,7 +123,10 @@ def _database_where() -> str:
 
 
 def _note(text: str) -> None:
-    click.echo(f"swaplab: {text}", err=True)
+    # Whoever read stderr may be gone (a killed CI job, a closed pipe): nobody to tell,
+    # and a note must never keep the services from being stopped.
+    with contextlib.suppress(OSError):
+        click.echo(f"swaplab: {text}", err=True)
 
 
 def _submit_and_follow(campaign: Campaign) -> CampaignHash:
