@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from noise_floor import wilson
+from noise_floor import describe, wilson
 
 from model.figures import Record, figures_over, window_between
 from model.runspec import WorkloadOutcome
@@ -200,8 +200,9 @@ def _seconds(stamp: str) -> float:
 
 
 def cv_pct(values: Sequence[float | None]) -> float | None:
-    kept = [v for v in values if v is not None]
-    return 100 * statistics.stdev(kept) / statistics.fmean(kept) if len(kept) > 1 else None
+    """The coefficient of variation in percent, as noise_floor.py describes a series."""
+    cv: float | None = describe(values)["cv_pct"]
+    return cv
 
 
 def study(data: Mapping[str, Any], trials: int, seed: int) -> dict[str, Any]:
