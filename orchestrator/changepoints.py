@@ -29,6 +29,11 @@ night early or late, so the kernel named is that of the two nights around the sp
 its previous state restored afterwards, under a lock: the same history always gives the
 same change points, and nothing else in the process has its random numbers changed.
 
+**One clock.** Figures measured on guest time and on host time (``model.figures.Timing``)
+are different quantities. Only the nights on the newest night's clock form the series; a
+campaign that changed its ``timing`` starts afresh, its older nights skipped with that
+reason, rather than showing the switch as a change point.
+
 **Too few nights.** A series with fewer than ``MIN_NIGHTS`` nights is "too few nights",
 never "no change": no split of six nights can reach p < 0.05 in a permutation test (three
 a side: 1 of 20 orders at best, two-sided 1 in 10); eight is the fewest that can.
@@ -58,7 +63,7 @@ import math
 import statistics
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -103,6 +108,7 @@ MIN_SEGMENT = 3
 # and each permutation are quadratic in the nights.
 HISTORY_NIGHTS = 365
 PASS = "pass"  # orchestrator.verdict.Verdict.PASS, without loading the judging code
+NO_PASSING_RUN = "no passing run"
 
 Status = Literal["change", "no change", "too few nights"]
 SeriesKey = tuple[str | None, str]  # (workload, figure)
@@ -295,9 +301,11 @@ class ChangeAnalysis:
     def notes(self, show_all: bool = False) -> list[str]:
         """What the lines leave out: nights not counted, series too short, hidden small changes."""
         notes = []
-        if self.skipped:
-            ids = ", ".join(s.campaign_id for s in self.skipped)
-            notes.append(f"{len(self.skipped)} night(s) without a passing run, not counted: {ids}")
+        failed = [s.campaign_id for s in self.skipped if s.reason == NO_PASSING_RUN]
+        if failed:
+            notes.append(f"{len(failed)} night(s) without a passing run, not counted: {', '.join(failed)}")
+        other = Counter(s.reason for s in self.skipped if s.reason != NO_PASSING_RUN)
+        notes += [f"{count} night(s) not counted: {reason}" for reason, count in other.items()]
         short = [s for s in self.series if s.status == "too few nights"]
         for (workload, nights), names in _grouped_names(short).items():
             where = f" of workload {workload}" if len(self.workloads) > 1 and workload else ""
@@ -340,23 +348,38 @@ def nightly_series(
     """Per (workload, figure), one value per night, oldest first; and the nights skipped.
 
     ``instances`` are ``ResultsDb.history()`` items in any order (they are sorted by
-    finished_at, then campaign id).
+    finished_at, then campaign id). Only nights measured on the newest night's clock count:
+    figures on guest time and on host time are different quantities, so a campaign that
+    changed its ``timing`` starts a new series (the older nights are skipped, with why).
     """
     series: dict[SeriesKey, list[NightValue]] = defaultdict(list)
     skipped: list[SkippedNight] = []
-    for item in sorted(instances, key=lambda i: (float(i.get("finished_at") or 0), str(i.get("campaign_id")))):
+    nights = sorted(instances, key=lambda i: (float(i.get("finished_at") or 0), str(i.get("campaign_id"))))
+    passing = {str(item.get("campaign_id")): _passing(item) for item in nights}
+    newest = next((_clock(runs) for runs in reversed(list(passing.values())) if runs), None)
+    for item in nights:
         cid, finished = str(item.get("campaign_id")), float(item.get("finished_at") or 0)
-        passing = [run for run in item.get("runs") or [] if run.get("verdict") == PASS]
-        if not passing:
-            skipped.append(SkippedNight(cid, finished, item.get("verdict"), "no passing run"))
+        runs = passing[cid]
+        if not runs or _clock(runs) != newest:
+            why = f"measured on {_clock(runs)} time, the newest nights on {newest}" if runs else NO_PASSING_RUN
+            skipped.append(SkippedNight(cid, finished, item.get("verdict"), why))
             continue
-        for workload, runs in _group_by_workload(passing).items():
-            release = _release(runs)
+        for workload, group in _group_by_workload(runs).items():
+            release = _release(group)
             for name in FIGURE_NAMES:
-                values = [v for run in runs if (v := _finite((run.get("figures") or {}).get(name))) is not None]
+                values = [v for run in group if (v := _finite((run.get("figures") or {}).get(name))) is not None]
                 if values:
                     series[(workload, name)].append(NightValue(cid, finished, release, statistics.median(values)))
     return dict(series), skipped
+
+
+def _passing(item: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [run for run in item.get("runs") or [] if run.get("verdict") == PASS]
+
+
+def _clock(runs: Sequence[Mapping[str, Any]]) -> str:
+    """The night's clock (``model.figures.timing_label``); runs stored before it was kept ran on host time."""
+    return " + ".join(sorted({str(run.get("timing") or "host") for run in runs}))
 
 
 def _group_by_workload(runs: Sequence[Mapping[str, Any]]) -> dict[str | None, list[Mapping[str, Any]]]:

@@ -300,6 +300,7 @@ def _run_item(run: RunRow) -> dict[str, Any]:
         "kernel": run.kernel,
         "release": run.release,
         "workload": run.workload,
+        "timing": run.timing,
         "repeat": run.repeat,
         "verdict": run.verdict,
         "attempt": run.attempt,

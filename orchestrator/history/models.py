@@ -97,6 +97,9 @@ class RunRow(Base):
     sysctls: Mapped[dict[str, str]] = mapped_column(JSON)
     node_ram_mib: Mapped[int | None] = mapped_column(Integer)
     swap_mib: Mapped[int | None] = mapped_column(Integer)
+    # The nodes' clock (model.figures.timing_label): figures of different clocks never meet.
+    # None for a run that never started (skipped).
+    timing: Mapped[str | None] = mapped_column(String)
 
     campaign: Mapped[CampaignRow] = relationship(back_populates="runs")
     nodes: Mapped[list[NodeRow]] = relationship(

@@ -1,6 +1,6 @@
 """Change points in the results database, on SQLite and on a real PostgreSQL.
 
-The migration 0001 -> 0002 (a database that already holds campaigns keeps them), the
+The migrations 0001 -> head (a database that already holds campaigns keeps them), the
 empty database to head, storing and replacing a campaign's change points, and
 ``history_changes`` (the body of ``swaplab history CAMPAIGN --changes``) over stored nights.
 
@@ -29,7 +29,6 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
-from sqlalchemy.orm import Session
 
 from model.state import CONTROL_QUEUE, campaign_key
 from orchestrator import sinks
@@ -38,7 +37,6 @@ from orchestrator.cli.changes_cmd import history_changes
 from orchestrator.history.changes import store_change_points, stored_change_points
 from orchestrator.history.db import ResultsDb, alembic_config, head_revision
 from orchestrator.history.models import Base
-from orchestrator.history.rows import campaign_row, parse, storable
 from orchestrator.services import LocalWorker
 from orchestrator.sinks import update_change_points
 from tests.integration.postgres_server import PostgresServer, postgres_server_fixture  # noqa: F401  (the fixture)
@@ -132,30 +130,37 @@ def point(
     )
 
 
-# -- the migration --------------------------------------------------------------------------
-def test_a_database_at_0001_is_migrated_to_0002_and_keeps_its_campaigns(url: str) -> None:
+# -- the migrations -------------------------------------------------------------------------
+def test_a_database_at_0001_is_migrated_to_head_and_keeps_its_campaigns(url: str) -> None:
     night = stored_night(0, OLD, 24.0, 14.0)
     with ResultsDb(url) as db:
-        with db.engine.begin() as conn:
-            command.upgrade(alembic_config(conn), "0001")
-        clean = storable(night)  # stored as 0001's code stored it
-        with Session(db.engine) as session, session.begin():
-            session.add(campaign_row(parse(clean), clean, time.time()))
+        db.store(night)
+        with db.engine.begin() as conn:  # back to 0001: what 0001's code left behind
+            command.downgrade(alembic_config(conn), "0001")
         assert db.revision() == "0001"
-        assert "change_points" not in inspect(db.engine).get_table_names()
+        assert set(inspect(db.engine).get_table_names()) == TABLES_0001 | {"alembic_version"}
+        assert "timing" not in {c["name"] for c in inspect(db.engine).get_columns("runs")}
+        assert db.campaign(night["campaign_id"]) == night  # the downgrade lost nothing either
 
         db.upgrade()
 
-        assert db.revision() == head_revision() == "0002"
+        assert db.revision() == head_revision() == "0003"
         assert set(inspect(db.engine).get_table_names()) == TABLES_0001 | {"change_points", "alembic_version"}
         with db.engine.connect() as conn:  # the migrations build exactly what the models say
             assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
         assert db.campaign(night["campaign_id"]) == night
-        assert [h["campaign_id"] for h in db.history(campaign="nightly")] == [night["campaign_id"]]
+        [item] = db.history(campaign="nightly")
+        assert item["campaign_id"] == night["campaign_id"]
+        assert [run["timing"] for run in item["runs"]] == ["host"]  # runs before 0003 ran on host time
 
-        with db.engine.begin() as conn:  # and back: 0002 goes, 0001's tables stay
-            command.downgrade(alembic_config(conn), "0001")
-        assert set(inspect(db.engine).get_table_names()) == TABLES_0001 | {"alembic_version"}
+
+def test_a_run_keeps_its_clock(url: str) -> None:
+    night = stored_night(0, OLD, 24.0, 14.0)
+    night["runs"][0]["settings"]["timing"] = "guest-icount5"
+    with ResultsDb(url) as db:
+        db.store(night)
+        [item] = db.history(campaign="nightly")
+    assert [run["timing"] for run in item["runs"]] == ["guest-icount5"]
 
 
 def test_an_empty_database_is_migrated_to_head(url: str) -> None:

@@ -156,6 +156,7 @@ def test_the_smoke_record_round_trips(db: ResultsDb) -> None:
                 # A record before kernel_info: the release the node booted.
                 "release": "6.1.0-57-amd64",
                 "workload": "overcommit",
+                "timing": "host",  # a record before timing was kept: host time
                 "repeat": 1,
                 "verdict": "pass",
                 "attempt": 1,

@@ -227,6 +227,27 @@ def test_a_failed_night_contributes_nothing_and_is_named() -> None:
     assert any("without a passing run, not counted" in note for note in analysis.notes())
 
 
+def test_a_campaign_that_changed_its_clock_starts_a_new_series() -> None:
+    # The pc0 step again, but the nights after it measured on guest time: a different
+    # quantity, so the switch is no change point; the host-time nights are set aside.
+    history = nights(ONE_KERNEL, PC0)
+    for item in history[len(ONE_KERNEL) :]:
+        item["runs"][0]["timing"] = "guest-icount5"
+    analysis = detect_changes("nightly", history)
+
+    assert analysis.all_change_points == []
+    assert [s.campaign_id for s in analysis.skipped] == [i["campaign_id"] for i in history[: len(ONE_KERNEL)]]
+    assert {s.reason for s in analysis.skipped} == {"measured on host time, the newest nights on guest-icount5"}
+    assert all(s.nights == len(PC0) for s in analysis.series)
+    assert f"{len(ONE_KERNEL)} night(s) not counted: measured on host time, the newest nights on guest-icount5" in (
+        analysis.notes()
+    )
+    # Unmarked runs are host time: the same history with the marks removed is the step again.
+    for item in history:
+        item["runs"][0].pop("timing", None)
+    assert swap_in(detect_changes("nightly", history))
+
+
 def test_a_night_failed_by_a_regression_still_counts() -> None:
     # The nightly comparison fails the night it sees a regression; its runs passed.
     history = nights(ONE_KERNEL, PC0)
