@@ -37,6 +37,7 @@ from workers.pipeline.step import (
     StepFailure,
 )
 from workers.pipeline.strategy import AttachStrategy, BootStrategy, strategy_for
+from workers.pipeline.workload_steps import hog_command, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -487,3 +488,19 @@ def test_the_node_tool_refusing_its_arguments_is_an_input_fault_not_a_kernel_fai
     ctx.start_at_ns, ctx.workload_mib = time.time_ns(), 2_000_000
     with pytest.raises(InputFault, match=r"refused its arguments: swaplab-node: --mib needs"):
         WorkloadStep().run(ctx, time.monotonic() + 10)
+
+
+# -- the workload's start instant ---------------------------------------------------------
+def test_on_host_time_the_node_waits_for_the_start_on_its_own_clock() -> None:
+    assert hog_command("/t", 192, 1, 7, 123) == "/t hog --mib 192 --passes 1 --start-at 123 --seed 7"
+    # Guest time: the start instant is kept by the worker; the node starts at once.
+    assert hog_command("/t", 192, 1, 7, None) == "/t hog --mib 192 --passes 1 --seed 7"
+
+
+def test_on_guest_time_the_worker_sleeps_until_the_start_on_the_hosts_clock() -> None:
+    instant = time.time_ns() + 300_000_000
+    wait_until(instant, lambda: False)
+    assert time.time_ns() >= instant
+    began = time.monotonic()
+    wait_until(time.time_ns() + 60 * 10**9, lambda: True)  # a cancel ends the wait at once
+    assert time.monotonic() - began < 1

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from model.campaign import load_campaign
-from model.figures import GUEST_ICOUNT_SHIFT, timing_label
+from model.figures import GUEST_ICOUNT_SHIFT, GUEST_PACE_MAX, HUNG_TASK_TIMEOUT_S, timing_label
 from model.lab import NodeConfig
 from model.result import Campaign
 from model.runspec import WorkloadOutcome
@@ -37,6 +37,23 @@ def test_guest_time_reaches_every_nodes_spec(tmp_path: Path) -> None:
     specs = node_specs(campaign, "smoke-20261202-000000-abcd", run, 1, ["node1"])
     assert [spec.timing for spec in specs] == ["guest"]
     assert load_campaign(REPO / "campaigns" / "smoke.yaml").spec.timing == "host"  # the default
+
+
+def test_on_guest_time_the_hung_task_timer_is_stretched_by_the_guests_pace(tmp_path: Path) -> None:
+    # 120 guest seconds may be 24 host seconds on a busy guest: the report would fire sooner.
+    stretched = {"kernel.hung_task_timeout_secs": HUNG_TASK_TIMEOUT_S * GUEST_PACE_MAX}
+    for timing, sysctl in (("guest", stretched), ("host", {})):
+        campaign = load_campaign(_campaign(tmp_path, timing))
+        [spec] = node_specs(campaign, "smoke-20261202-000000-abcd", plan_runs(campaign)[0], 1, ["node1"])
+        assert spec.sysctl == {**sysctl, **campaign.spec.node.sysctl}
+    # The campaign's own setting wins.
+    own = tmp_path / "own.yaml"
+    own.write_text(
+        _campaign(tmp_path, "guest").read_text().replace("sysctl: {", "sysctl: {kernel.hung_task_timeout_secs: 30, ")
+    )
+    campaign = load_campaign(own)
+    [spec] = node_specs(campaign, "smoke-20261202-000000-abcd", plan_runs(campaign)[0], 1, ["node1"])
+    assert spec.sysctl["kernel.hung_task_timeout_secs"] == 30
 
 
 def test_a_lab_whose_nodes_are_not_qemu_guests_refuses_guest_time(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ common start instant while watching the node, and collect the last counters."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from workers.collab import BarrierBroken
 from workers.pipeline import evidence
@@ -16,6 +17,23 @@ BARRIER_TIMEOUT_S = 600.0
 SILENCE_S = 30.0
 ALIVE_PROBE_S = 10.0
 USAGE_EXIT = 2  # swaplab-node's exit status for arguments it refuses
+
+
+def hog_command(tool: str, mib: int, passes: int, seed: int, start_at_node_ns: int | None) -> str:
+    """The workload's command: from ``start_at_node_ns`` on the node's clock, or at once."""
+    start = "" if start_at_node_ns is None else f"--start-at {start_at_node_ns} "
+    return f"{tool} hog --mib {mib} --passes {passes} {start}--seed {seed}"
+
+
+def wait_until(instant_ns: int, cancelled: Callable[[], bool]) -> None:
+    """Sleep until ``instant_ns`` on this host's clock, or until ``cancelled()``.
+
+    On guest time the start instant is kept here, not on the node: the guest's clock runs
+    at its own pace (icount), so the offset measured before the barrier no longer places
+    host time on it. The start then lags by one SSH exec, the same on every node.
+    """
+    while not cancelled() and (left := (instant_ns - time.time_ns()) / 1e9) > 0:
+        time.sleep(min(left, 0.5))
 
 
 class BarrierStep(Step[NodeContext]):
@@ -56,11 +74,13 @@ class WorkloadStep(Step[NodeContext]):
 
     def run(self, ctx: NodeContext, deadline: float) -> None:
         assert ctx.shell is not None and ctx.sampler is not None and ctx.start_at_ns is not None
+        assert ctx.workload_mib is not None
         work, offset = ctx.spec.workload, ctx.result.clock_offset_ns or 0
-        command = (
-            f"{ctx.tool} hog --mib {ctx.workload_mib} --passes {work.passes} "
-            f"--start-at {ctx.start_at_ns + offset} --seed {work.seed}"
-        )
+        on_node_clock = ctx.spec.timing != "guest"
+        if not on_node_clock:
+            wait_until(ctx.start_at_ns, ctx.cancel)
+        start_at = ctx.start_at_ns + offset if on_node_clock else None
+        command = hog_command(ctx.tool, ctx.workload_mib, work.passes, work.seed, start_at)
         stream = WorkloadStream(ctx.shell.open_channel(command), ctx.dir / "workload.log")
         baseline = ctx.sampler.latest()
         finished = stream.wait(
