@@ -39,9 +39,9 @@ from typing import Any
 
 from noise_floor import describe, wilson
 
-from model.figures import Record, figures_over, window_between
+from model.figures import BY_NAME, Record, figures_over, window_between
 from model.runspec import WorkloadOutcome
-from orchestrator.stats import across_time_drift, compare, side_values
+from orchestrator.stats import DEFAULT_POLICIES, RECOMMENDED_REPEATS, Policy, across_time_drift, compare, side_values
 
 GUEST_PREFIX = "guest"
 
@@ -163,7 +163,7 @@ def verdict(a: Side, b: Side, drift: float = 0.0) -> str:
 
 def slower(side: Side) -> Side:
     """A true 10 % slowdown of the primary figure (higher is better: divided by 1.1)."""
-    return [{**run, PRIMARY: None if run.get(PRIMARY) is None else run[PRIMARY] / (1 + EFFECT)} for run in side]
+    return [{**run, PRIMARY: None if (v := run.get(PRIMARY)) is None else v / (1 + EFFECT)} for run in side]
 
 
 def across_time(blocks: Sequence[Mapping[str, Any]], k: int, effect: bool, drift: float = 0.0) -> Counter[str]:
@@ -186,6 +186,34 @@ def interleaved(runs: Side, k: int, effect: bool, trials: int, rng: random.Rando
         picked = rng.sample(runs, 2 * k)
         a, b = picked[:k], picked[k:]
         outcomes[verdict(a, slower(b) if effect else b)] += 1
+    return outcomes
+
+
+def at_tolerance(side: Side, name: str, policy: Policy) -> Side:
+    """``side`` with ``name`` worse by exactly its tolerance: by the factor (1 + tolerance),
+    or, for an event figure whose runs are mostly 0, by its absolute floor added."""
+    better = BY_NAME[name].better
+    values = [v for run in side if (v := run.get(name)) is not None]
+    event = policy.abs_tolerance is not None and statistics.median(values or [0.0]) == 0
+
+    floor = policy.abs_tolerance or 0.0
+
+    def worse(value: float) -> float:
+        if event:
+            return value + floor if better == "lower" else value - floor
+        return value * (1 + policy.tolerance) if better == "lower" else value / (1 + policy.tolerance)
+
+    return [{**run, name: None if (v := run.get(name)) is None else worse(v)} for run in side]
+
+
+def tolerance_power(runs: Side, name: str, k: int, trials: int, rng: random.Random) -> Counter[str]:
+    """k against k pooled runs with B worse by ``name``'s tolerance, ``name`` the primary figure."""
+    policy = DEFAULT_POLICIES[name]
+    outcomes: Counter[str] = Counter()
+    for _ in range(trials):
+        picked = rng.sample(runs, 2 * k)
+        a, b = picked[:k], at_tolerance(picked[k:], name, policy)
+        outcomes[compare(side_values(a), side_values(b), primary=name).verdict] += 1
     return outcomes
 
 
@@ -214,7 +242,7 @@ def study(data: Mapping[str, Any], trials: int, seed: int) -> dict[str, Any]:
             "blocks": [
                 {"block": b["block"], "started": b["started"], "runs": len(b["runs"])}
                 | {
-                    "median": statistics.median(r[PRIMARY] for r in figures(b)),
+                    "median": statistics.median(v for r in figures(b) if (v := r[PRIMARY]) is not None),
                     "cv_pct": cv_pct([r[PRIMARY] for r in figures(b)]),
                 }
                 for b in blocks
@@ -238,6 +266,9 @@ def study(data: Mapping[str, Any], trials: int, seed: int) -> dict[str, Any]:
                 row["across_power"] = dict(across_time(blocks, k, True, drift))
             mode["sizes"][str(k)] = row
             log(f"{timing}, {k} a side: done")
+        mode["tolerance_power"] = {
+            name: dict(tolerance_power(pooled, name, RECOMMENDED_REPEATS, trials, rng)) for name in DEFAULT_POLICIES
+        }
         out["modes"][timing] = mode
     return out
 
@@ -271,6 +302,9 @@ def print_text(result: Mapping[str, Any]) -> None:
                     alarms = _share(row[f"{key}_false"], "regression", "improvement")
                     power = _share(row[f"{key}_power"], "regression")
                     print(f"     {label:<15} false alarms {alarms}   power {power}")
+        print(f"   a change of each figure's tolerance, {RECOMMENDED_REPEATS} a side, interleaved:")
+        for name, counts in mode["tolerance_power"].items():
+            print(f"     {name:<22} power {_share(counts, 'regression')}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

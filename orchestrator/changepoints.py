@@ -525,9 +525,9 @@ def _change_point(
 
 def beyond_tolerance(before: float, after: float, policy: Policy) -> bool:
     """The comparisons' rule: the ratio beyond the tolerance either way (a factor), and the
-    difference beyond the absolute floor; from a level of 0, any difference beyond the floor."""
+    difference at least the absolute floor; from a level of 0, any difference of the floor or more."""
     difference = after - before
-    above_floor = policy.abs_tolerance is None or abs(difference) > policy.abs_tolerance
+    above_floor = policy.abs_tolerance is None or abs(difference) >= policy.abs_tolerance
     if before <= 0:
         return difference != 0 and above_floor
     factor = 1 + policy.tolerance

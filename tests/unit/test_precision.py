@@ -1,7 +1,8 @@
 """What comparisons make of real identical runs taken at different times (the committed
 blocks fixture, bench/blocks.py): false alarms at most 5 % interleaved and across time,
-and a true 10 % slowdown of the primary figure seen at least 4 times in 5 at the
-recommended repeats — on guest time, the mode comparisons are recommended on.
+and a true 10 % slowdown of the primary figure, and a change of any figure's tolerance,
+seen at least 4 times in 5 at the recommended repeats — on guest time, the mode
+comparisons are recommended on.
 
 These are computations on stored real runs (no lab), seeded: they do not flake. The
 blocks, the machine and the times they were taken at are in the fixture; bench/README.md
@@ -21,7 +22,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import blocks
 
-from orchestrator.stats import RECOMMENDED_REPEATS, across_time_drift
+from orchestrator.stats import DEFAULT_POLICIES, RECOMMENDED_REPEATS, across_time_drift
 
 DATA = blocks.load(blocks.FIXTURE)
 GUEST = blocks.by_timing(DATA)["guest-icount5"]
@@ -67,3 +68,11 @@ def test_a_true_ten_percent_slowdown_is_seen_at_the_recommended_repeats() -> Non
     across = blocks.across_time(GUEST, k, effect=True, drift=DRIFT)
     assert _share(interleaved, "regression") >= 0.8, interleaved
     assert _share(across, "regression") >= 0.8, across
+
+
+@pytest.mark.parametrize("name", sorted(DEFAULT_POLICIES))
+def test_a_change_of_each_figures_tolerance_is_seen_at_the_recommended_repeats(name: str) -> None:
+    # The figure as the primary, B worse by exactly its tolerance (its floor, for a figure
+    # that is 0 in most runs): what README promises of every tolerance.
+    counts = blocks.tolerance_power(POOLED, name, RECOMMENDED_REPEATS, TRIALS, random.Random(2))
+    assert _share(counts, "regression") >= 0.8, counts
