@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from model.criteria import BUILTIN_CRITERION_NAMES, CriterionSpec
-from model.figures import FIGURE_NAMES, Timing
+from model.figures import FIGURE_NAMES, Timing, guest_clock_sysctl
 from model.kernel import KernelSource
 from model.lab import Lab, LabRef, NodeConfig, load_lab
 from model.limits import HOG_MIB_MAX, HOG_MIB_MIN, HOG_PASSES_MAX, HOG_PASSES_MIN
@@ -276,6 +276,10 @@ class CampaignSpec(_Strict):
     compare: CompareSpec = Field(default_factory=CompareSpec)
     # Nightly and other scheduled runs (`swaplab schedule add FILE`).
     schedule: ScheduleSpec | None = None
+
+    def sysctl_of(self, variant: Variant | None) -> dict[str, int]:
+        """The sysctls a run's nodes get: the clock's own, the node's, the variant's (later wins)."""
+        return {**guest_clock_sysctl(self.timing), **self.node.sysctl, **(variant.sysctl if variant else {})}
 
 
 @dataclass(frozen=True)

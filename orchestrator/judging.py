@@ -44,7 +44,7 @@ def run_context(campaign: Campaign, run: RunHash, results: list[NodeResult]) -> 
                 **campaign.spec.nfs.model_dump(mode="json"),
                 **({"version": variant.nfs_version} if variant is not None and variant.nfs_version else {}),
             },
-            "sysctl": {**campaign.spec.node.sysctl, **(variant.sysctl if variant is not None else {})},
+            "sysctl": campaign.spec.sysctl_of(variant),
             "node_ram_mib": next((r.ram_mib for r in results if r.ram_mib), campaign.ram_mib),
             "swap_mib": campaign.spec.swap.size_mib,
             "workload": run.workload.model_dump(mode="json"),

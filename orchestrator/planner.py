@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass
 
 from model.campaign import Campaign, NfsSpec, Variant, WorkloadSpec
-from model.figures import guest_clock_sysctl
 from model.kernel import KernelSource
 from model.runspec import NodeRunSpec, PreparedKernel, RunSetupSpec, WorkloadRef
 
@@ -85,11 +84,7 @@ def node_specs(
             node=name,
             ram_mib=campaign.ram_mib,
             cpus=campaign.cpus,
-            sysctl={
-                **guest_clock_sysctl(spec.timing),
-                **spec.node.sysctl,
-                **(run.variant.sysctl if run.variant else {}),
-            },
+            sysctl=spec.sysctl_of(run.variant),
             kernel=run.kernel,
             prepared=prepared,
             nfs=_nfs(spec.nfs, run.variant),

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from model.criteria import BUILTIN_CRITERION_NAMES
-from model.figures import FIGURE_NAMES, GUEST_ICOUNT_SHIFT
+from model.figures import FIGURE_NAMES, GUEST_ICOUNT_SHIFT, GUEST_PACE_MAX, HUNG_TASK_TIMEOUT_S
 from model.paths import cache_dir
 from model.state import embedded_redis_dir
 from orchestrator.prometheus import PrometheusApi
@@ -153,7 +153,14 @@ def test_smoke_ran_on_guest_time_placed_in_host_time_by_the_worker(smoke: tuple[
     seen = (work["done_seen_host_ns"] - work["started_seen_host_ns"]) / 1e9
     # The node's clock runs at the guest's pace: its elapsed seconds are not the host's.
     assert seen > 0 and work["elapsed_s"] > 0 and work["started_host_ns"] == work["started_seen_host_ns"]
-    print(f"\nguest time: {work['elapsed_s']:.1f} node s in {seen:.1f} host s")
+    # The start instant was kept on the worker's clock: the workload began after it, within
+    # one SSH exec (a node clock running ahead would have started it early).
+    lag = (work["started_seen_host_ns"] - work["start_at_host_ns"]) / 1e9
+    assert 0 <= lag < 5, lag
+    # The hung-task watchdog was stretched by the guest's pace, and the node took it (a
+    # sysctl the node refuses fails the run).
+    assert run["settings"]["sysctl"]["kernel.hung_task_timeout_secs"] == HUNG_TASK_TIMEOUT_S * GUEST_PACE_MAX
+    print(f"\nguest time: {work['elapsed_s']:.1f} node s in {seen:.1f} host s, started {lag:.2f} s after the instant")
 
 
 def test_smoke_verdict_comes_from_criteria_with_values(smoke: tuple[int, dict[str, Any], str]) -> None:
