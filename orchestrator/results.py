@@ -60,7 +60,7 @@ def run_entry(meta: dict[str, Any], results: list[NodeResult], evaluation: RunEv
         "stops_campaign": any(v.stops_campaign for v in verdicts),
         "window": None if window is None else window.to_json(),
         "start_skew_ms": start_skew_ms(results),
-        "start_skew_uncertainty_ms": start_skew_uncertainty_ms(results),
+        "start_skew_uncertainty_ms": start_skew_uncertainty_ms(results, _on_guest_clock(meta)),
         "nodes": [node_entry(r, v, evaluation.figures.get(r.node, {})) for r, v in zip(results, verdicts, strict=True)],
     }
 
@@ -81,8 +81,18 @@ def start_skew_ms(results: list[NodeResult]) -> float | None:
     return (max(starts) - min(starts)) / 1e6
 
 
-def start_skew_uncertainty_ms(results: list[NodeResult]) -> float | None:
-    """How far the corrected skew may be off: the two largest clock-offset uncertainties."""
+def _on_guest_clock(meta: dict[str, Any]) -> bool:
+    return str((meta.get("settings") or {}).get("timing") or "host") != "host"
+
+
+def start_skew_uncertainty_ms(results: list[NodeResult], guest_clock: bool = False) -> float | None:
+    """How far the corrected skew may be off: the two largest clock-offset uncertainties.
+
+    None on guest time: its starts are the worker's receive times, which no clock offset
+    corrects, so the offsets' uncertainty says nothing about them.
+    """
+    if guest_clock:
+        return None
     errors = sorted((r.clock_uncertainty_ns for r in results if r.clock_uncertainty_ns is not None), reverse=True)
     return sum(errors[:2]) / 1e6 if len(errors) >= 2 else None
 

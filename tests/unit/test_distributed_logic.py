@@ -38,6 +38,7 @@ def test_skew_is_the_spread_of_corrected_starts_with_its_uncertainty() -> None:
     results = [node(1_000_000_000, 2_000_000), node(1_000_400_000, 3_000_000), node(1_000_100_000, 1_000_000)]
     assert start_skew_ms(results) == 0.4
     assert start_skew_uncertainty_ms(results) == 5.0
+    assert start_skew_uncertainty_ms(results, guest_clock=True) is None  # receive times: no offset applies
     assert start_skew_ms(results[:1]) is None
 
 
