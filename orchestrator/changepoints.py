@@ -422,10 +422,22 @@ def split_points(
         state = np.random.get_state()
         np.random.seed(seed)
         try:
-            found = e_divisive(series, pvalue=pvalue, permutations=permutations)
+            found = e_divisive(series, pvalue=_library_level(pvalue, permutations), permutations=permutations)
         finally:
             np.random.set_state(state)
     return sorted(int(i) for i in found)
+
+
+def _library_level(pvalue: float, permutations: int) -> float:
+    """The level to hand the library for an exact permutation test at ``pvalue``.
+
+    The library counts the shuffles at least as extreme as the split found (ties count
+    against it, as they should) but divides by ``permutations + 1`` without counting the
+    observed order itself, one shuffle too few. The exact p-value is (extreme + 1) /
+    (permutations + 1); it is <= pvalue exactly when the library's is <= pvalue - 1 /
+    (permutations + 1).
+    """
+    return pvalue - 1 / (permutations + 1)
 
 
 def long_enough(points: Sequence[int], length: int, min_segment: int) -> list[int]:
