@@ -51,7 +51,7 @@ def status(inventory: Path, as_json: bool) -> None:
         "serving": server.is_serving(),
         "export": f"{export.server}:{export.path}",
         "port": export.port,
-        "log": str(server.log_path()),
+        "log": server.describe_log(),
     }
     click.echo(json.dumps(info, indent=2) if as_json else " ".join(f"{k}={v}" for k, v in info.items()))
 

@@ -106,6 +106,13 @@ def test_start_is_idempotent_and_stop_keeps_the_log(server: GaneshaServer) -> No
     assert not server.is_serving()
     assert not _alive(pid)
     assert "NFS SERVER INITIALIZED" in server.log_path().read_text()
+    # The log as operations: from an offset, bounded to its last bytes.
+    end = server.log_end()
+    assert end == server.log_path().stat().st_size > 0
+    assert b"NFS SERVER INITIALIZED" in server.read_log(0, end)
+    assert server.read_log(end, 1 << 20) == b""
+    assert server.read_log(0, 10) == server.log_path().read_bytes()[-10:]
+    assert server.describe_log() == str(server.log_path())
     server.stop()  # idempotent
 
 
@@ -138,7 +145,7 @@ def test_concurrent_processes_share_one_server(server: GaneshaServer) -> None:
 
 
 def test_swap_file_is_allocated_and_formatted(server: GaneshaServer) -> None:
-    path = server.create_swap_file("node1", "swap.node1", 16)
+    path = Path(server.create_swap_file("node1", "swap.node1", 16))
     assert path == server.swap_file_path("node1", "swap.node1") == server.export_dir / "node1" / "swap.node1"
     st = path.stat()
     assert st.st_size == 16 * 1024 * 1024
@@ -291,7 +298,7 @@ def test_a_replaced_swap_file_is_neither_followed_nor_read_and_cleanup_finishes(
 ) -> None:
     fifo, fifo_fd = canary_fifo
     name = "swap.c1-20260101-000000-abcd.r001.node1"
-    path = server.create_swap_file("node1", name, 4)
+    path = Path(server.create_swap_file("node1", name, 4))
     _replace(path, how, root_file, fifo)
     before = {target: _stat_of(target) for target in (root_file, fifo)}
     # The node's cleanup, as the pipeline runs it: inspect, then remove, whatever happens.
@@ -317,6 +324,6 @@ def test_a_link_planted_under_the_next_swap_files_name_is_replaced_not_followed(
     planted = server.export_dir / "node1" / "swap.next"
     planted.symlink_to(root_file)
     before = _stat_of(root_file)
-    path = server.create_swap_file("node1", "swap.next", 4)
+    path = Path(server.create_swap_file("node1", "swap.next", 4))
     assert not path.is_symlink() and path.stat().st_size == 4 * 1024 * 1024
     assert _stat_of(root_file) == before and root_file.read_bytes() == b"root:$6$secret\n"

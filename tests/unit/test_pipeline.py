@@ -171,9 +171,9 @@ class FakeNfs:
     def data_path(self, node: str) -> str:
         return "fake"
 
-    def create_swap_file(self, node: str, name: str, size_mib: int) -> Path:
+    def create_swap_file(self, node: str, name: str, size_mib: int) -> str:
         FakeNfs.calls.append("create swap file")
-        return self.swap_file_path(node, name)
+        return str(self.dir / name)
 
     def written_pages(self, node: str, name: str, size_mib: int) -> int | None:
         return None
@@ -181,11 +181,14 @@ class FakeNfs:
     def remove_swap_file(self, node: str, name: str) -> None:
         FakeNfs.calls.append("remove swap file")
 
-    def swap_file_path(self, node: str, name: str) -> Path:
-        return self.dir / name
+    def log_end(self) -> int:
+        return 0
 
-    def log_path(self) -> Path:
-        return self.dir / "nfs.log"
+    def read_log(self, offset: int, limit: int) -> bytes:
+        return b""
+
+    def describe_log(self) -> str:
+        return "nowhere"
 
     def stop(self) -> None: ...
 

@@ -1,7 +1,8 @@
 """The NFS server protocol: one long-lived server per lab, shared by concurrent runs.
 
 A run only adds and removes its own swap files; it never restarts a server that other
-runs may be swapping on. Each node has an export of its own that admits that node alone;
+runs may be swapping on. The protocol is operations with evidence, never host paths: a
+server may be a daemon on this host (ganesha) or another machine reached over SSH. Each node has an export of its own that admits that node alone;
 what a node leaves there is its own doing (it is root there), so the host inspects and
 removes swap files without following links and reads them only within their size.
 """
@@ -9,7 +10,6 @@ removes swap files without following links and reads them only within their size
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 
@@ -47,8 +47,8 @@ class NfsServer(Protocol):
     def data_path(self, node: str) -> str:
         """How ``node``'s NFS traffic reaches the server, in words for its result."""
 
-    def create_swap_file(self, node: str, name: str, size_mib: int) -> Path:
-        """Create a fully allocated, mkswap'ed swap file ``name`` in ``node``'s export; host path."""
+    def create_swap_file(self, node: str, name: str, size_mib: int) -> str:
+        """Create a fully allocated, mkswap'ed swap file ``name`` in ``node``'s export; where it is, for people."""
 
     def written_pages(self, node: str, name: str, size_mib: int) -> int | None:
         """Pages the node wrote to its swap file (None: gone); NfsServerError if it is no longer a plain file."""
@@ -56,11 +56,14 @@ class NfsServer(Protocol):
     def remove_swap_file(self, node: str, name: str) -> None:
         """Remove one swap file, never following what the node made of it (idempotent)."""
 
-    def swap_file_path(self, node: str, name: str) -> Path:
-        """Host path of swap file ``name`` of ``node`` (to name it; never opened by this path)."""
+    def log_end(self) -> int:
+        """Where the server's log ends now: the offset a run reads its part of the log from."""
 
-    def log_path(self) -> Path:
-        """The server's log file, kept for the run's result directory."""
+    def read_log(self, offset: int, limit: int) -> bytes:
+        """The server's log from ``offset`` to its end, at most the last ``limit`` bytes of it."""
+
+    def describe_log(self) -> str:
+        """Where the server's log is, for people (a file, a journal on a host)."""
 
     def stop(self) -> None:
         """Stop the server cleanly (idempotent)."""

@@ -267,6 +267,27 @@ class GaneshaServer:
         """The server's log file (kept across restarts; ganesha appends)."""
         return self.state_dir / "ganesha.log"
 
+    def log_end(self) -> int:
+        """The log file's size now (0 when there is none yet)."""
+        try:
+            return self.log_path().stat().st_size
+        except OSError:
+            return 0
+
+    def read_log(self, offset: int, limit: int) -> bytes:
+        """The log from ``offset`` on, at most its last ``limit`` bytes; b"" when it is gone."""
+        try:
+            with self.log_path().open("rb") as log:
+                end = log.seek(0, os.SEEK_END)
+                log.seek(max(offset, end - limit) if end >= offset else max(0, end - limit))
+                return log.read(limit)
+        except OSError:
+            return b""
+
+    def describe_log(self) -> str:
+        """The log file's path."""
+        return str(self.log_path())
+
     def where(self) -> str:
         """The daemon and its address."""
         return f"nfs-ganesha on {self.bind}:{self.port}"
@@ -508,8 +529,8 @@ class GaneshaServer:
 
     # -- swap files ----------------------------------------------------------------------
 
-    def create_swap_file(self, node: str, name: str, size_mib: int) -> Path:
-        """A fully allocated, mkswap'ed swap file in ``node``'s export; returns its host path."""
+    def create_swap_file(self, node: str, name: str, size_mib: int) -> str:
+        """A fully allocated, mkswap'ed swap file in ``node``'s export; its host path, for people."""
         path = self.swap_file_path(node, name)
         if size_mib < MIN_SWAP_MIB:
             raise NfsServerError(f"swap file {name}: size {size_mib} MiB is too small")
@@ -530,7 +551,7 @@ class GaneshaServer:
                 os.close(fd)
         finally:
             os.close(dir_fd)
-        return path
+        return str(path)
 
     def written_pages(self, node: str, name: str, size_mib: int) -> int | None:
         """Non-zero pages past the header of ``node``'s swap file ``name``; None when it is gone.

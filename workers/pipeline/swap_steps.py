@@ -7,9 +7,9 @@ step changed; a booted node is powered off instead, so only swapoff is done ther
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import time
-from pathlib import Path
 
 from model.figures import figures_over, node_series, window_between
 from workers.nfs import NfsServerError, make_nfs_server
@@ -20,6 +20,8 @@ from workers.pipeline.step import KernelFault, LabFault, Step
 from workers.streams import SamplerStream
 
 SAMPLER_FIRST_TICK_S = 15.0
+# The server's log written during a node's run, kept with its result: its last MiB at most.
+SERVER_LOG_MAX = 1 << 20
 CLOCK_ALIVE_PROBE_S = 10.0  # clock-serve went silent: does the node still answer at all?
 
 
@@ -40,7 +42,7 @@ class SwapFileStep(Step[NodeContext]):
             ctx.nfs = make_nfs_server(ctx.lab.nfs_backend, ctx.lab.name, ctx.lab.nfs_settings)
             if not ctx.nfs.is_serving():
                 raise LabFault(f"the NFS server of lab {ctx.lab.name} is not serving")
-            self.log_offset = _file_size(ctx.nfs.log_path())
+            self.log_offset = ctx.nfs.log_end()
             # Figures depend on the way there (relay, addresses): the result says which it was.
             ctx.result.data_path = ctx.nfs.data_path(ctx.name)
             ctx.nfs.create_swap_file(ctx.name, ctx.swap_name, ctx.spec.swap_mib)
@@ -56,7 +58,7 @@ class SwapFileStep(Step[NodeContext]):
             ctx.result.swap_file_nonzero_pages = ctx.nfs.written_pages(ctx.name, ctx.swap_name, ctx.spec.swap_mib)
         finally:
             ctx.nfs.remove_swap_file(ctx.name, ctx.swap_name)
-            _copy_tail(ctx.nfs.log_path(), self.log_offset, ctx.dir / "nfs-server.log")
+            _keep_server_log(ctx, self.log_offset)
 
 
 class ClockStep(Step[NodeContext]):
@@ -216,17 +218,7 @@ class SamplerStep(Step[NodeContext]):
             ctx.series.last_sample = None  # the sampler stopped on purpose: no age to report
 
 
-def _file_size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _copy_tail(source: Path, offset: int, target: Path) -> None:
-    try:
-        with source.open("rb") as src:
-            src.seek(offset)
-            target.write_bytes(src.read())
-    except OSError:
-        pass  # the server's log is evidence, not a requirement
+def _keep_server_log(ctx: NodeContext, offset: int) -> None:
+    assert ctx.nfs is not None
+    with contextlib.suppress(NfsServerError, OSError):  # the server's log is evidence, not a requirement
+        (ctx.dir / "nfs-server.log").write_bytes(ctx.nfs.read_log(offset, SERVER_LOG_MAX))
