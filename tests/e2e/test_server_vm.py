@@ -24,6 +24,7 @@ import pytest
 
 from tests.conftest import require_tools
 from workers.image import LabKeys, lab_keys
+from workers.lab.provision import PlaybookRun, ProvisionError, run_playbook
 from workers.lab.server_image import HOSTNAME, RECIPE_VERSION, ServerImage, build_server_image
 from workers.lab.server_vm import ServerVm, port_free
 from workers.process import cmdline, pid_alive
@@ -173,6 +174,45 @@ def test_sshd_refuses_passwords(vm: ServerVm, image: ServerImage) -> None:
 def test_openssh_logs_in_with_the_pinned_host_key(vm: ServerVm) -> None:
     proc = subprocess.run(vm.ssh_argv("echo", "ok"), capture_output=True, text=True, timeout=60, check=False)
     assert (proc.returncode, proc.stdout) == (0, "ok\n"), proc.stderr
+
+
+# -- provisioning the kernel NFS server through ansible-runner ------------------------------
+PLAYBOOK = Path(__file__).resolve().parents[2] / "playbooks" / "nfs_server.yml"
+EXPORTS = "/srv/swaplab"
+NODES = [{"name": "node1", "address": "10.77.0.11"}, {"name": "node2", "address": "10.77.0.12"}]
+
+
+def _provision(vm: ServerVm, artifacts: Path, **variables: Any) -> PlaybookRun:
+    inventory = {"nfs_server": {"hosts": {"nfs": vm.ansible_vars()}}}
+    extravars = {"swaplab_nfs_export_dir": EXPORTS, "swaplab_nfs_nodes": NODES, **variables}
+    lines: list[str] = []
+    run = run_playbook(PLAYBOOK, inventory, artifacts, extravars, progress=lines.append)
+    assert any(line.startswith("ansible: task ") for line in lines), lines
+    return run
+
+
+def test_the_nfs_playbook_exports_each_node_its_own_directory_and_a_second_run_changes_nothing(
+    vm: ServerVm, tmp_path: Path
+) -> None:
+    first = _provision(vm, tmp_path / "artifacts")
+    second = _provision(vm, tmp_path / "artifacts")
+    measured["provision"] = f"{first.seconds:.1f} s, again {second.seconds:.1f} s"
+    assert first.changed > 0, first
+    assert second.changed == 0 and second.successful, second
+    # knfsd's own view: each directory exported to its node's address alone, synchronously.
+    exported = _ok(vm, "exportfs -s")  # one line per export: path, then client(options)
+    for node in NODES:
+        [line] = [line for line in exported.splitlines() if line.startswith(f"{EXPORTS}/{node['name']}")]
+        assert f" {node['address']}/32(sync," in line and "no_root_squash" in line, exported
+    assert "*" not in exported and "<world>" not in exported, exported
+    assert _ok(vm, f"stat -c %a {EXPORTS}/node1") == "700"
+
+
+def test_a_failed_provisioning_task_names_the_host_and_the_task(vm: ServerVm, tmp_path: Path) -> None:
+    _ok(vm, "touch /srv/not-a-directory")
+    with pytest.raises(ProvisionError) as failed:
+        _provision(vm, tmp_path / "artifacts", swaplab_nfs_export_dir="/srv/not-a-directory/exports")
+    assert "nfs: task 'Create the export directory'" in str(failed.value), failed.value
 
 
 def test_the_cached_disk_is_not_written_by_the_guest(

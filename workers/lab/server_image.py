@@ -55,6 +55,7 @@ PACKAGES = (
     "nfs-kernel-server",
     "openssh-server",
     "python3",  # Ansible's modules run with it
+    "python3-apt",  # Ansible's apt module (package state) needs it on the target
     "iproute2",
 )
 HOSTNAME = "swaplab-nfs"

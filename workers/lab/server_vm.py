@@ -290,6 +290,21 @@ class ServerVm:
             f"{target.user}@{target.host}", *command,
         ]  # fmt: skip
 
+    def ansible_vars(self) -> dict[str, str]:
+        """The inventory variables Ansible reaches this VM with: the same key, user and
+        pinned host key as ``ssh_argv`` (never ``StrictHostKeyChecking=no``)."""
+        target = self.target()
+        return {
+            "ansible_host": target.host,
+            "ansible_port": str(target.port),
+            "ansible_user": target.user,
+            "ansible_ssh_private_key_file": str(self.keys.client_private),
+            "ansible_ssh_common_args": (
+                f"-o IdentitiesOnly=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={self.known_hosts}"
+            ),
+            "ansible_python_interpreter": "/usr/bin/python3",
+        }
+
     # ---------------------------------------------------------------- state and stop
 
     def is_running(self) -> bool:
