@@ -4,6 +4,8 @@ again from pid files, and a pid is only trusted when its command line says it is
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from pathlib import Path
 
 
@@ -15,6 +17,20 @@ def pid_alive(pid: int) -> bool:
         return False
     # The state follows the parenthesised command name, which may contain spaces.
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def wait_gone(pid: int, timeout: float, child: subprocess.Popen[bytes] | None = None, poll_s: float = 0.05) -> bool:
+    """Whether ``pid`` is gone within ``timeout`` s. When it is ``child`` (our own), it is
+    reaped: a child of ours stays a zombie until then, and pid_alive would never say so."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child is not None and child.pid == pid:
+            if child.poll() is not None:
+                return True
+        elif not pid_alive(pid):
+            return True
+        time.sleep(poll_s)
+    return False
 
 
 def cmdline(pid: int) -> list[str]:

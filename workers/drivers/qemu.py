@@ -27,7 +27,7 @@ from workers.console_log import SocketConsole
 from workers.drivers import register_driver
 from workers.drivers.base import BootSpec, DriverError, MachineState
 from workers.nfs.relay import RelayError, relay_command
-from workers.process import cmdline, pid_alive
+from workers.process import cmdline, pid_alive, wait_gone
 
 DEFAULT_BINARY = "qemu-system-x86_64"
 # KVM hangs or aborts with stock kernels on these hosts (see the local lab recipe).
@@ -265,16 +265,7 @@ class QemuDriver:
         raise DriverError(f"node {self.node.name}: QEMU pid {pid} survived SIGKILL")
 
     def _wait_gone(self, pid: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            # Our own child stays a zombie until reaped: poll() reaps it.
-            if self._proc is not None and self._proc.pid == pid:
-                if self._proc.poll() is not None:
-                    return True
-            elif not pid_alive(pid):
-                return True
-            time.sleep(POLL_S)
-        return False
+        return wait_gone(pid, timeout, self._proc, POLL_S)
 
 
 @register_driver("qemu")

@@ -39,7 +39,7 @@ from model.paths import cache_dir, private_dir
 from workers.image import LabKeys
 from workers.lab.server_image import MGMT_MAC, ServerImage
 from workers.node_ssh import CommandResult, NodeShell, NodeUnreachable, SshTarget
-from workers.process import cmdline, pid_alive
+from workers.process import cmdline, pid_alive, wait_gone
 
 QEMU = "qemu-system-x86_64"
 QEMU_IMG = "qemu-img"
@@ -368,16 +368,7 @@ class ServerVm:
         raise ServerVmError(f"server VM {self.name}: QEMU pid {pid} survived SIGKILL")
 
     def _wait_gone(self, pid: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            # Our own child stays a zombie until reaped: poll() reaps it.
-            if self._proc is not None and self._proc.pid == pid:
-                if self._proc.poll() is not None:
-                    return True
-            elif not pid_alive(pid):
-                return True
-            time.sleep(_POLL_S)
-        return False
+        return wait_gone(pid, timeout, self._proc, _POLL_S)
 
     def _discard_overlay(self) -> None:
         self.overlay.unlink(missing_ok=True)
