@@ -279,7 +279,8 @@ class GaneshaServer:
         try:
             with self.log_path().open("rb") as log:
                 end = log.seek(0, os.SEEK_END)
-                log.seek(max(offset, end - limit) if end >= offset else max(0, end - limit))
+                start = offset if offset <= end else 0  # a log shorter than the offset was started anew
+                log.seek(max(start, end - limit))
                 return log.read(limit)
         except OSError:
             return b""
