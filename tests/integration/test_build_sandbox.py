@@ -152,6 +152,29 @@ def test_a_makefile_patch_runs_as_the_build_user_and_reaches_nothing_of_roots(at
     assert [(found.meta["status"], found.meta["stage"]) for found in failed] == [("failed", "config")]
 
 
+def test_a_checkout_killed_mid_way_does_not_wedge_its_lineage(attack: Attack) -> None:
+    """A build killed inside ``git worktree add`` leaves the entry locked and work/ gone
+    (a reboot empties nothing of the cache): the next build of that lineage still checks out."""
+    message = BuildMessage(
+        campaign="c-20261201-120000-abcd", run_id="r001", lab="local", kernel={"build": attack.spec()}
+    )
+    first = tasks._build(_NoLock(), message, lambda _text: None)  # type: ignore[arg-type]
+    assert isinstance(first, StageFailure) and first.cause == "input", first
+    (home,) = [path for path in (artifacts.kbuild_dir() / "lineages").iterdir() if path.is_dir()]
+    stale = home / "repo" / ".git" / "worktrees" / "src"
+    stale.mkdir(parents=True, exist_ok=True)
+    (stale / "gitdir").write_text("/run/swaplab-build/lineage/work/src/.git\n")
+    (stale / "locked").write_text("initializing")
+    shutil.rmtree(home / "work", ignore_errors=True)
+    for failed in artifacts.listing():  # the failure is cached: forget it so the build runs again
+        shutil.rmtree(failed.path)
+
+    again = tasks._build(_NoLock(), message, lambda _text: None)  # type: ignore[arg-type]
+
+    assert isinstance(again, StageFailure) and again.cause == "input", again  # the patch's error, not git's
+    assert "the patch stops the build here" in again.reason
+
+
 def test_without_the_build_user_nothing_is_built(attack: Attack, monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker set up before builds dropped root: an infra-error naming scripts/setup."""
     monkeypatch.setattr(sandbox, "BUILD_USER", "swaplab-no-such-user")

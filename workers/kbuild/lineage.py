@@ -62,7 +62,10 @@ else
   case $origin in /*) ;; *) echo "not an absolute path: $origin" >&2; exit 2 ;; esac
   git -C repo fetch --quiet --depth=1 --no-tags "$origin" "$commit"
 fi
-git -C repo worktree prune
+# A build killed inside `worktree add` (a reboot, a lost worker) leaves its entry locked
+# ("initializing"), and prune keeps locked entries; this lineage's only worktree was
+# work/src, removed above, and the lineage lock keeps any other build out: forget them all.
+rm -rf repo/.git/worktrees
 git -C repo worktree add --quiet --detach /run/swaplab-build/lineage/work/src "$commit"
 """
 
