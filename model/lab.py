@@ -103,6 +103,37 @@ class GaneshaSettings(_Strict):
         return value
 
 
+class KnfsdSettings(_Strict):
+    """``swaplab_nfs_*`` settings of the ``knfsd`` backend: the kernel's NFS server in a
+    Debian VM swaplab boots on the lab's own network (the lab-in-a-box).
+
+    The lab network is a bridge in a network namespace of the lab's own: the server is
+    .1 of ``subnet``, the nodes .11 upward in inventory order; these addresses exist only
+    inside the namespace. Each node has an export of its own, open to its address alone.
+    """
+
+    subnet: str = "10.77.0.0/24"
+    export_dir: str = Field(default="/srv/swaplab/exports", pattern=r"^/[A-Za-z0-9._/-]{1,100}$")
+    # sync: a page the server reports written is on its disk (async is faster, and lies).
+    sync: bool = True
+    ram_mib: int = Field(default=512, ge=256, le=8192)
+    # The VM's data disk, where the swap files live (sparse on the host; gone with the VM).
+    data_disk_mib: int = Field(default=4096, ge=256, le=1 << 20)
+    # Refresh apt's lists before installing nfs-kernel-server (a server with a mirror).
+    update_cache: bool = False
+
+    @field_validator("subnet")
+    @classmethod
+    def _private_subnet(cls, value: str) -> str:
+        try:
+            subnet = ipaddress.IPv4Network(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv4 network such as 10.77.0.0/24") from None
+        if not subnet.is_private or not 16 <= subnet.prefixlen <= 27:
+            raise ValueError(f"{value} must be a private IPv4 network from /16 to /27")
+        return value
+
+
 @dataclass(frozen=True)
 class DriverKind:
     """What a node driver can do, as far as planning and validation care."""
@@ -136,7 +167,13 @@ DRIVER_KINDS: dict[str, DriverKind] = {
         DriverKind("ssh", False, False, ("ansible_host",), SshOptions),
     )
 }
-NFS_BACKENDS: dict[str, type[_Strict]] = {"ganesha": GaneshaSettings}
+NFS_BACKENDS: dict[str, type[_Strict]] = {"ganesha": GaneshaSettings, "knfsd": KnfsdSettings}
+# The lab network's plan: the server is .1, nodes .11 upward; a node's tap is
+# "tap-<node>", and Linux interface names have at most 15 characters.
+LAB_SERVER_HOST = 1
+LAB_FIRST_NODE_HOST = 11
+LAB_NODE_NAME_MAX = 11
+NFS_PORT = 2049
 
 # A relayed node mounts this port on the lab's guest address.
 NFS_GUEST_PORT = 2049
@@ -167,6 +204,13 @@ class NfsRoute:
     server_address: str
     server_port: int
     relayed: bool
+    # Over the lab network (its subnet, e.g. 10.77.0.0/24): the node's NIC on the lab's
+    # bridge carries ``client_address``; None for every other way.
+    lab_subnet: str | None = None
+
+    @property
+    def lab_network(self) -> bool:
+        return self.lab_subnet is not None
 
 
 class _NodeVars(_Strict):
@@ -181,6 +225,15 @@ class _NodeVars(_Strict):
 
 
 _NODE_VAR_KEYS = set(_NodeVars.model_fields)
+
+
+class _ServerHostVars(_Strict):
+    """The Ansible keys of the NFS server host that reach Ansible or SSH."""
+
+    ansible_host: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,252}$")
+    ansible_port: int | None = Field(default=None, ge=1, le=65535)
+    ansible_user: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    ansible_connection: Literal["local", "ssh"] | None = None
 
 
 @dataclass(frozen=True)
@@ -430,7 +483,10 @@ def _nfs_server(doc: LocatedYaml) -> tuple[str, dict[str, Any], dict[str, FieldP
             ]
         )
     prefix = "swaplab_nfs_"
-    issues = [
+    # Ansible's own keys are Ansible's, but those that say where it connects are checked.
+    connection = {key: merged[key] for key in _ServerHostVars.model_fields if key in merged}
+    _host, host_problems = _validate(doc, _ServerHostVars, connection, origin, loc)
+    issues = host_problems + [
         doc.issue(origin[key], f"unknown key for an NFS server; allowed: swaplab_nfs and {prefix}<setting>")
         for key in merged
         if key.startswith(_PREFIX) and key != "swaplab_nfs" and not key.startswith(prefix)
@@ -452,6 +508,8 @@ def _nfs_routes(
     doc: LocatedYaml, settings: _Strict, origin: dict[str, FieldPath], nodes: tuple[NodeConfig, ...]
 ) -> dict[str, NfsRoute]:
     """Each node's way to its own export; relayed nodes get 127.0.0.2, .3, ... in order."""
+    if isinstance(settings, KnfsdSettings):
+        return _lab_network_routes(doc, settings, nodes)
     if not isinstance(settings, GaneshaSettings):
         return {}
     relayed = nodes[0].kind.nfs_relay  # a lab's nodes are all of one kind (checked with the pool)
@@ -472,6 +530,40 @@ def _nfs_routes(
             relayed=relayed,
         )
     return routes
+
+
+def _lab_network_routes(
+    doc: LocatedYaml, settings: KnfsdSettings, nodes: tuple[NodeConfig, ...]
+) -> dict[str, NfsRoute]:
+    """Nodes on the lab's bridge: node N of the inventory at .(10+N), the server at .1."""
+    subnet = ipaddress.IPv4Network(settings.subnet)
+    issues = []
+    for node in nodes:
+        loc = (*_NODE_GROUP, "hosts", node.name)
+        if len(node.name) > LAB_NODE_NAME_MAX:
+            why = f"its tap is tap-<name>: at most {LAB_NODE_NAME_MAX} characters on a lab network"
+            issues.append(doc.issue(loc, f"node name {node.name!r} is too long ({why})"))
+        if not node.kind.nfs_relay:
+            issues.append(doc.issue(loc, f"a {node.driver} node cannot be put on a lab network (a qemu node can)"))
+    if len(nodes) > subnet.num_addresses - 1 - LAB_FIRST_NODE_HOST:
+        issues.append(doc.issue(_NODE_GROUP, f"{len(nodes)} nodes do not fit in {subnet} from .{LAB_FIRST_NODE_HOST}"))
+    if issues:
+        raise SpecError(issues)
+    server = str(subnet.network_address + LAB_SERVER_HOST)
+    return {
+        node.name: NfsRoute(
+            node=node.name,
+            export_id=export_id,
+            mount_address=server,
+            mount_port=NFS_PORT,
+            client_address=str(subnet.network_address + LAB_FIRST_NODE_HOST + export_id - 1),
+            server_address=server,
+            server_port=NFS_PORT,
+            relayed=False,
+            lab_subnet=str(subnet),
+        )
+        for export_id, node in enumerate(nodes, start=1)
+    }
 
 
 def _relay_sources(bind: str) -> Iterator[ipaddress.IPv4Address | ipaddress.IPv6Address]:

@@ -73,6 +73,16 @@ class NodeWorkload(_Part):
     elapsed_s: float | None = None
 
 
+class NfsServer(_Part):
+    """The NFS server that served a node (records before it was kept say nothing)."""
+
+    backend: str | None = None
+    address: str | None = None
+    kernel: str | None = None
+    export: str | None = None
+    export_options: str | None = None
+
+
 class Node(_Part):
     """One node's part of a run."""
 
@@ -85,6 +95,8 @@ class Node(_Part):
     ram_mib: int | None = None
     phases_s: dict[str, float | None] = {}
     workload: NodeWorkload = Field(default_factory=NodeWorkload)
+    data_path: str = ""
+    nfs_server: NfsServer = Field(default_factory=NfsServer)
     # The per-tick samples the reports plot (``t`` is the time axis); a null is a gap.
     series: dict[str, list[float | None]] = {}
 

@@ -195,6 +195,19 @@ class WorkloadOutcome(BaseModel):
         return self.started_host_ns / 1e9, self.started_host_ns / 1e9 + self.elapsed_s
 
 
+class NfsServerInfo(BaseModel):
+    """Which NFS server served a node: backend, address, the server's kernel, the export and
+    its options (sync or async, who may mount it) as the server lists them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: str = Field(default="", max_length=40)
+    address: str = Field(default="", max_length=100)
+    kernel: str = Field(default="", max_length=200)
+    export: str = Field(default="", max_length=300)
+    export_options: str = Field(default="", max_length=500)
+
+
 class NodeResult(BaseModel):
     """Evidence from one node for one run; the verdict is judged from it elsewhere."""
 
@@ -220,6 +233,7 @@ class NodeResult(BaseModel):
     swap_file_nonzero_pages: int | None = None
     # How the node's NFS traffic reached the server (relay, addresses): figures depend on it.
     data_path: str = Field(default="", max_length=500)
+    nfs_server: NfsServerInfo = Field(default_factory=NfsServerInfo)
     # Where console.log came from: the serial port swaplab captured, a file or command the
     # lab gives, or `dmesg -w` over SSH (no output from before the session started).
     console_source: str = ""

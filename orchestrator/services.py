@@ -537,7 +537,7 @@ class LocalServices:
         if self.nfs_was_serving:
             self.note(
                 f"lab {self.lab.name}'s {nfs.where()} stays up as it was (shared by every run of the lab; "
-                f"`swaplab nfs stop -i {self.lab.inventory}` stops it)"
+                f"`swaplab lab down -i {self.lab.inventory}` takes it down)"
             )
             return
         nfs.stop()

@@ -1,26 +1,35 @@
-"""``swaplab lab status | back``: a lab's nodes, who holds them, their health; putting a
-node back in the pool once a person repaired it."""
+"""``swaplab lab status | back | up | down``: a lab's nodes, who holds them, their health;
+putting a node back in the pool once a person repaired it; bringing a lab's long-lived
+parts (its NFS server; for a lab-in-a-box the network and the server VM) up and down."""
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from model.display import printable
 from model.exitcode import ExitCode
+from model.lab import Lab
 from orchestrator.cli.common import load_lab_or_exit
 from orchestrator.cli.distributed_cmds import connect
 from orchestrator.cli.nfs_cmds import DEFAULT_INVENTORY
 from orchestrator.scheduler import worker_slots
 from workers.health import NodeHealth
 from workers.lease import LEASE_TTL_S, LeaseBook
+from workers.nfs import NfsServerError, make_nfs_server
+
+if TYPE_CHECKING:
+    from workers.lab.labbox import LabUp
 
 
 @click.group()
 def lab() -> None:
-    """Inspect a lab's node pool."""
+    """A lab's node pool and its long-lived parts."""
 
 
 _inventory = click.option(
@@ -85,3 +94,90 @@ def status(inventory: Path, as_json: bool) -> None:
             f"`swaplab lab back {row['node']}` when repaired)"
         )
         click.echo(printable(f"  {row['node']:<8} {row['driver']:<6} {row['held_by'] or 'free':<40} {health_text}"))
+
+
+@lab.command()
+@_inventory
+@click.option("--json", "as_json", is_flag=True, help="Print what runs as JSON (progress goes to stderr).")
+def up(inventory: Path, as_json: bool) -> None:
+    """Bring the lab's long-lived parts up: its NFS server and, for a lab-in-a-box, the lab
+    network and the server VM, provisioned. What is up already stays as it is."""
+    from workers.lab import labbox  # SSH and Ansible: loaded by the commands that use them
+    from workers.lab.network import LabNetworkError
+    from workers.lab.provision import ProvisionError
+    from workers.lab.server_image import ServerImageError
+    from workers.lab.server_vm import ServerVmError
+
+    the_lab = load_lab_or_exit(inventory, as_json)
+    began = time.monotonic()
+    say = _progress(as_json)
+    try:
+        if the_lab.nfs_backend == "knfsd":
+            report = labbox.up(labbox.Box.of_lab(the_lab), say)
+            view = _lab_box_view(the_lab, report)
+        else:
+            server = make_nfs_server(the_lab.nfs_backend, the_lab.name, the_lab.nfs_settings)
+            server.ensure_serving(say)
+            view = {"lab": the_lab.name, "nfs": server.where(), "seconds": round(time.monotonic() - began, 1)}
+    except (
+        NfsServerError,
+        labbox.LabBoxError,
+        LabNetworkError,
+        ServerVmError,
+        ServerImageError,
+        ProvisionError,
+    ) as err:
+        click.echo(printable(f"error: lab {the_lab.name} did not come up: {err}"), err=True)
+        raise SystemExit(ExitCode.BAD_INPUT_OR_INFRA) from None
+    view["stop_with"] = f"swaplab lab down -i {inventory}"
+    if as_json:
+        click.echo(json.dumps(view, indent=2))
+        return
+    for key, value in view.items():
+        click.echo(printable(f"{key:>12}: {value}"))
+
+
+@lab.command()
+@_inventory
+@click.option("--json", "as_json", is_flag=True)
+def down(inventory: Path, as_json: bool) -> None:
+    """Take the lab's long-lived parts down (runs in progress lose their NFS server)."""
+    from workers.lab import labbox
+    from workers.lab.network import LabNetworkError
+    from workers.lab.server_vm import ServerVmError
+
+    the_lab = load_lab_or_exit(inventory, as_json)
+    try:
+        if the_lab.nfs_backend == "knfsd":
+            stopped = labbox.down(labbox.Box.of_lab(the_lab))
+        else:
+            server = make_nfs_server(the_lab.nfs_backend, the_lab.name, the_lab.nfs_settings)
+            stopped = [server.where()] if server.is_serving() else []
+            server.stop()
+    except (NfsServerError, labbox.LabBoxError, LabNetworkError, ServerVmError) as err:
+        click.echo(printable(f"error: lab {the_lab.name} did not come down: {err}"), err=True)
+        raise SystemExit(ExitCode.BAD_INPUT_OR_INFRA) from None
+    if as_json:
+        click.echo(json.dumps({"lab": the_lab.name, "stopped": stopped}, indent=2))
+        return
+    click.echo(f"lab {the_lab.name}: " + ("; ".join(f"stopped {what}" for what in stopped) or "nothing was up"))
+
+
+def _progress(as_json: bool) -> Callable[[str], None]:
+    began = time.monotonic()
+
+    def say(line: str) -> None:
+        click.echo(printable(f"[{time.monotonic() - began:5.0f} s] {line}"), err=as_json)
+
+    return say
+
+
+def _lab_box_view(the_lab: Lab, report: LabUp) -> dict[str, Any]:
+    return {
+        "lab": the_lab.name,
+        "network": f"namespace {report.namespace}, server {report.server_address}",
+        "server_vm": f"pid {report.server_pid} ({'booted now' if report.booted else 'was running'})",
+        "provisioned": "now" if report.provisioned else "earlier (since the VM booted)",
+        "ssh": report.ssh,
+        "seconds": report.seconds,
+    }

@@ -157,10 +157,13 @@ class FakeNfs:
     def __init__(self, lab: str, settings: dict[str, Any]) -> None:
         self.dir = Path(str(settings["dir"]))
 
-    def ensure_serving(self) -> None: ...
+    def ensure_serving(self, progress: Any = None) -> None: ...
 
     def is_serving(self) -> bool:
         return FakeNfs.serving
+
+    def describe_server(self, node: str) -> dict[str, str]:
+        return {"backend": "fake", "address": "10.0.2.100:2049"}
 
     def export(self) -> NfsExport:
         return NfsExport("10.0.2.100", 2049, "/export")

@@ -14,8 +14,9 @@ import sys
 from model.lab import DRIVER_KINDS, NFS_BACKENDS
 
 READ = (
-    "import json; from workers.drivers import driver_names; from workers.nfs import backend_names; "
-    "print(json.dumps({'drivers': driver_names(), 'backends': backend_names()}))"
+    "import importlib, json; from workers.drivers import driver_names; import workers.nfs as nfs; "
+    "names = nfs.backend_names(); [importlib.import_module(module) for module in nfs._MODULES.values()]; "
+    "print(json.dumps({'drivers': driver_names(), 'backends': names, 'registered': sorted(nfs._BACKENDS)}))"
 )
 
 
@@ -29,3 +30,5 @@ def test_the_models_names_and_the_workers_registries_are_the_same_sets() -> None
     registries = _worker_registries()
     assert sorted(DRIVER_KINDS) == registries["drivers"]
     assert sorted(NFS_BACKENDS) == registries["backends"]
+    # Each backend's module, once loaded, registers the backend it is named for.
+    assert sorted(NFS_BACKENDS) == registries["registered"]

@@ -8,10 +8,17 @@ server from the node's own 127.0.0.N (``workers.nfs.relay``); its sshd is forwar
 127.0.0.1:<ssh_port>. QEMU runs in its own session so a Ctrl-C
 in the CLI does not kill guests behind the orchestrator's back; its pid file lets a later
 process find and power off a guest left behind by a crashed worker.
+
+A node of a lab network (``knfsd`` labs) has a second NIC on the lab's bridge: its tap,
+opened inside the lab's namespace and handed to QEMU as an fd, with the MAC the lab's
+anti-spoofing rules admit on that port; NFS goes over it, SSH stays on user networking.
+Every guest has a QMP socket in a 0700 directory of its own (``qmp_path``), through which
+faults pause and resume it.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import os
 import shutil
@@ -23,9 +30,11 @@ import time
 from pathlib import Path
 
 from model.lab import NodeConfig
+from model.paths import private_dir
 from workers.console_log import SocketConsole
 from workers.drivers import register_driver
 from workers.drivers.base import BootSpec, DriverError, MachineState
+from workers.lab import network
 from workers.nfs.relay import RelayError, relay_command
 from workers.process import cmdline, pid_alive, wait_gone
 
@@ -35,6 +44,7 @@ DEFAULT_ACCEL = "tcg"
 EARLY_EXIT_S = 1.0
 TERM_TIMEOUT_S = 5.0
 POLL_S = 0.05
+QMP_ROOT = Path("/run/swaplab/qmp")  # short: a unix socket path has at most 107 bytes
 
 
 def _port_free(port: int) -> bool:
@@ -75,6 +85,7 @@ class QemuDriver:
         self._proc: subprocess.Popen[bytes] | None = None
         self._console: SocketConsole | None = None
         self._console_fd = -1  # QEMU's end of the console socket pair, while it starts
+        self._tap_fd = -1  # the lab network's tap, while QEMU starts
 
     @property
     def vm_name(self) -> str:
@@ -113,6 +124,35 @@ class QemuDriver:
             parts.append(f"guestfwd=tcp:{route.mount_address}:{route.mount_port}-cmd:{command}")
         return ",".join(parts)
 
+    @property
+    def qmp_path(self) -> Path:
+        """The guest's QMP socket (in a 0700 directory: QMP can do anything to the VM)."""
+        return QMP_ROOT / self.vm_name / "qmp.sock"
+
+    def lab_nic_args(self) -> list[str]:
+        """The NIC on the lab's bridge (its tap is open as ``_tap_fd``), or none."""
+        route = self.node.nfs_route
+        if route is None or not route.lab_network:
+            return []
+        mac = network.port_mac(self.node.lab, ipaddress.IPv4Address(route.client_address))
+        return [
+            "-netdev", f"tap,id=lab,fd={self._tap_fd}",
+            "-device", f"virtio-net-pci,netdev=lab,mac={mac},romfile=",
+        ]  # fmt: skip
+
+    def _open_lab_tap(self) -> None:
+        route = self.node.nfs_route
+        if route is None or not route.lab_network:
+            return
+        try:
+            net = network.LabNetwork(self.node.lab, ipaddress.IPv4Network(route.lab_subnet), ())
+            self._tap_fd = network.open_tap(net, network.Port(
+                self.node.name, "node", network.port_mac(self.node.lab, ipaddress.IPv4Address(route.client_address)),
+                ipaddress.IPv4Address(route.client_address),
+            ), inheritable=True)  # fmt: skip
+        except (network.LabNetworkError, ValueError) as err:
+            raise DriverError(f"node {self.node.name}: lab network of {self.node.lab}: {err}") from err
+
     def ssh_address(self) -> tuple[str, int]:
         """Where the guest's forwarded sshd answers."""
         return ("127.0.0.1", self.node.ssh_port)
@@ -150,6 +190,8 @@ class QemuDriver:
             # Host entropy for the guest's CRNG: dropbear otherwise waited for it at first login.
             "-device", "virtio-rng-pci",
             "-pidfile", str(self.pid_path),
+            "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
+            *self.lab_nic_args(),
             *self.clock_args(boot),
         ]  # fmt: skip
 
@@ -167,17 +209,24 @@ class QemuDriver:
         self.workdir.mkdir(parents=True, exist_ok=True)
         console_log.parent.mkdir(parents=True, exist_ok=True)
         self.pid_path.unlink(missing_ok=True)
+        private_dir(self.qmp_path.parent)
+        self.qmp_path.unlink(missing_ok=True)
+        self._open_lab_tap()
         self._console = console = SocketConsole(console_log)
         self._console_fd = console.program_fd()
+        fds = (self._console_fd, *([self._tap_fd] if self._tap_fd >= 0 else []))
         try:
             with self.stderr_path.open("wb") as err:
                 self._proc = subprocess.Popen(
                     self.argv(boot, console_log.absolute(), binary),
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                    start_new_session=True, pass_fds=(self._console_fd,),
+                    start_new_session=True, pass_fds=fds,
                 )  # fmt: skip
         finally:
             console.start()  # QEMU has its end (or never started): ours is read from now on
+            if self._tap_fd >= 0:
+                os.close(self._tap_fd)  # QEMU holds its own copy now
+                self._tap_fd = -1
         self._wait_past_early_exit()
 
     def _check_can_start(self, boot: BootSpec, console_log: Path) -> str:

@@ -39,21 +39,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from model.lab import LAB_FIRST_NODE_HOST, LAB_SERVER_HOST
+
 NAMESPACE_PREFIX = "swaplab-"
 NETNS_DIR = Path("/var/run/netns")  # where `ip netns add` mounts a named namespace
 BRIDGE = "br0"
 TAP_PREFIX = "tap-"
 NFT_TABLE = "swaplab"
 DEFAULT_SUBNET = ipaddress.IPv4Network("10.77.0.0/24")
-SERVER_HOST = 1  # the server is .1 of the subnet
-FIRST_NODE_HOST = 11  # nodes are .11 upward
+SERVER_HOST = LAB_SERVER_HOST  # the server is .1 of the subnet
+FIRST_NODE_HOST = LAB_FIRST_NODE_HOST  # nodes are .11 upward (the inventory's routes agree)
 COMMAND_TIMEOUT_S = 15.0
 
 # Linux interface names have at most 15 characters (IFNAMSIZ - 1): "tap-" leaves 11.
 _PORT_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,10}")
 # A lab name only names the namespace (a file name), but it stays short and plain too.
 _LAB_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
-_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
 # Kernel constants (linux/sched.h, linux/if_tun.h); Python 3.11 has no os.setns.
 _CLONE_NEWNET = 0x40000000
@@ -149,7 +151,7 @@ def namespace(lab: str) -> str:
 
 
 def _check_mac(name: str, mac: str) -> None:
-    if not _MAC.fullmatch(mac):
+    if not MAC_RE.fullmatch(mac):
         raise ValueError(f"port {name}: MAC {mac!r} is not lower-case aa:bb:cc:dd:ee:ff")
     first = int(mac[:2], 16)
     # Guests get made-up MACs: they must never pose as a vendor's card, nor as a group.
@@ -177,17 +179,21 @@ def lab_network(
     first = FIRST_NODE_HOST
     if subnet.num_addresses - 2 < first - 1 + len(nodes):
         raise ValueError(f"lab {lab}: {subnet} has no room for {len(nodes)} nodes from .{first}")
-    lab_bytes = hashlib.sha256(lab.encode()).digest()[:3]
-    ports = [_planned_port(server, "server", subnet.network_address + SERVER_HOST, lab_bytes)]
-    ports += [
-        _planned_port(node, "node", subnet.network_address + first + i, lab_bytes) for i, node in enumerate(nodes)
+    ports = [
+        Port(
+            server, "server", port_mac(lab, subnet.network_address + SERVER_HOST), subnet.network_address + SERVER_HOST
+        )
     ]
+    for i, node in enumerate(nodes):
+        address = subnet.network_address + first + i
+        ports.append(Port(node, "node", port_mac(lab, address), address))
     return LabNetwork(lab, subnet, tuple(ports))
 
 
-def _planned_port(name: str, kind: PortKind, address: ipaddress.IPv4Address, lab_bytes: bytes) -> Port:
-    mac = bytes([0x02, *lab_bytes]) + address.packed[2:]
-    return Port(name, kind, ":".join(f"{byte:02x}" for byte in mac), address)
+def port_mac(lab: str, address: ipaddress.IPv4Address) -> str:
+    """The MAC of the guest at ``address`` on ``lab``'s network (the plan's, always the same)."""
+    mac = bytes([0x02, *hashlib.sha256(lab.encode()).digest()[:3]]) + address.packed[2:]
+    return ":".join(f"{byte:02x}" for byte in mac)
 
 
 # --- commands --------------------------------------------------------------------------
@@ -332,6 +338,25 @@ def clean_leftovers(keep: set[str]) -> list[str]:
     for lab in removed:
         down(lab)
     return removed
+
+
+# --- inside a guest ------------------------------------------------------------------
+
+
+def guest_link_command(mac: str, address_cidr: str) -> str:
+    """Shell lines, run in a guest, giving its NIC with ``mac`` the address ``address_cidr``
+    (and no other): how a node or the server takes its place on the lab network. Both
+    values are checked here, so nothing but a MAC and an address reaches the shell."""
+    ipaddress.IPv4Interface(address_cidr)  # refuses anything but an address/prefix
+    if not MAC_RE.fullmatch(mac):
+        raise LabNetworkError(f"{mac!r} is not a MAC address")
+    return (
+        f'dev=$(for d in /sys/class/net/*; do [ "$(cat $d/address)" = {mac} ] && basename $d; done; true)\n'
+        f'[ -n "$dev" ] || {{ echo "no NIC with MAC {mac}" >&2; exit 1; }}\n'
+        f'ip addr flush dev "$dev"\n'
+        f'ip addr add {address_cidr} dev "$dev"\n'
+        f'ip link set "$dev" up\n'
+    )
 
 
 # --- nftables --------------------------------------------------------------------------

@@ -6,12 +6,20 @@ whose backing file is the cached ``disk.ext4``: the guest writes to the overlay 
 the cached image stays as it was built and serves the next VM too. The overlay is thrown
 away when the VM stops.
 
+A data disk (``data.img``, sparse, ext4 labelled ``swaplab-data``, made by ``mke2fs`` on
+the host without a mount) holds what the server keeps for nodes, their swap files; like
+the overlay it lives in the run directory and goes when the VM stops.
+
 The management path is QEMU user networking: DHCP gives the guest 10.0.2.15 and sshd is
 forwarded to a port on 127.0.0.1 chosen at start; nothing is added to the host's network.
 ``restrict=on`` by default, as for the nodes: the guest then reaches neither the host
 (10.0.2.2 would be the host's loopback, with its Redis and Prometheus) nor beyond. The
-lab network comes later as a second NIC (a tap passed as an open fd): ``extra_netdev_args``
-and ``pass_fds`` leave room for it.
+lab network is a second NIC: a tap passed as an open fd (``extra_netdev_args`` and
+``pass_fds``).
+
+A started VM outlives the process that started it (``swaplab lab up`` returns, workers
+use the server): ``state.json`` in the run directory says its SSH port and image, and
+``ServerVm.adopt`` gives another process the same VM to run commands on and to stop.
 
 The sshd host key is pinned (the image recorded it at build time), never learnt on first
 use. The serial console goes to ``console.log`` in the run directory, QEMU's own errors
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import re
 import shutil
@@ -37,7 +46,7 @@ from types import TracebackType
 
 from model.paths import cache_dir, private_dir
 from workers.image import LabKeys
-from workers.lab.server_image import MGMT_MAC, ServerImage
+from workers.lab.server_image import MGMT_MAC, ServerImage, load_server_image
 from workers.node_ssh import CommandResult, NodeShell, NodeUnreachable, SshTarget
 from workers.process import cmdline, pid_alive, wait_gone
 
@@ -52,6 +61,7 @@ START_ATTEMPTS = 3  # a free port can be taken between our probe and QEMU's bind
 _POLL_S = 0.1
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 _CONSOLE_TAIL_LINES = 25
+DATA_LABEL = "swaplab-data"
 
 
 class ServerVmError(RuntimeError):
@@ -103,6 +113,7 @@ class ServerVm:
         extra_netdev_args: Sequence[str] = (),
         pass_fds: Sequence[int] = (),
         restrict: bool = True,
+        data_disk_mib: int | None = None,
     ) -> None:
         if not _NAME.fullmatch(name):
             raise ServerVmError(f"server VM name {name!r}: use lower-case letters, digits and '-'")
@@ -114,6 +125,7 @@ class ServerVm:
         self.extra_netdev_args = list(extra_netdev_args)  # e.g. a lab tap: -netdev tap,fd=N -device ...
         self.pass_fds = tuple(pass_fds)  # the fds those arguments name, inherited by QEMU
         self.restrict = restrict
+        self.data_disk_mib = data_disk_mib
         self.ssh_port: int | None = None
         self.boot_seconds: float | None = None  # start() to the first SSH command answered
         self._proc: subprocess.Popen[bytes] | None = None
@@ -147,18 +159,44 @@ class ServerVm:
     def known_hosts(self) -> Path:
         return self.run_dir / "known_hosts"
 
+    @property
+    def data_disk(self) -> Path:
+        return self.run_dir / "data.img"
+
+    @property
+    def state_path(self) -> Path:
+        return self.run_dir / "state.json"
+
+    @classmethod
+    def adopt(cls, keys: LabKeys, run_dir: Path, name: str) -> ServerVm | None:
+        """The VM another process started in ``run_dir``, if it still runs (else None)."""
+        try:
+            state = json.loads((run_dir / "state.json").read_text())
+            image = load_server_image(Path(state["image"]), "cached", time.monotonic())
+            port = int(state["ssh_port"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if image is None:
+            return None
+        vm = cls(image, keys, run_dir, name=name)
+        vm.ssh_port = port
+        return vm if vm.is_running() else None
+
     # ---------------------------------------------------------------- start
 
     def start(self) -> None:
         """Create the overlay and start QEMU on a free port; ServerVmError if it exits at once."""
         qemu = self._check_can_start()
         private_dir(self.run_dir)
+        self.state_path.unlink(missing_ok=True)
         self._make_overlay()
+        self._make_data_disk()
         self.console_log.unlink(missing_ok=True)
         for attempt in range(1, START_ATTEMPTS + 1):
             self.ssh_port = _free_port()
             self._write_known_hosts()
             if self._launch(qemu):
+                self._write_state()
                 return
             stderr = _tail(self.stderr_path)
             # Only a lost race for the port is worth another try; anything else is for a person.
@@ -192,6 +230,24 @@ class ServerVm:
             raise ServerVmError(f"server VM {self.name}: qemu-img create failed: {proc.stderr.strip()[-800:]}")
         self.overlay.chmod(0o600)
 
+    def _make_data_disk(self) -> None:
+        """A sparse ext4 file system for the guest's data, made without mounting it."""
+        self.data_disk.unlink(missing_ok=True)
+        if self.data_disk_mib is None:
+            return
+        with self.data_disk.open("wb") as disk:
+            disk.truncate(self.data_disk_mib << 20)
+        self.data_disk.chmod(0o600)
+        argv = ["mke2fs", "-q", "-F", "-t", "ext4", "-L", DATA_LABEL, "-m", "0", str(self.data_disk)]
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise ServerVmError(f"server VM {self.name}: mke2fs of the data disk failed: {proc.stderr.strip()[-800:]}")
+
+    def _write_state(self) -> None:
+        """What another process needs to adopt this VM (its pid is in the pid file)."""
+        state = {"ssh_port": self.ssh_port, "image": str(self.image.folder)}
+        self.state_path.write_text(json.dumps(state) + "\n")
+
     def _write_known_hosts(self) -> None:
         """The pinned host key for OpenSSH clients (``ssh_argv``), at this start's port."""
         line = f"[127.0.0.1]:{self.ssh_port} {self.image.host_key}\n"
@@ -214,6 +270,7 @@ class ServerVm:
             "-initrd", str(self.image.initrd),
             "-append", self.image.cmdline,
             "-drive", f"file={self.overlay},if=virtio,format=qcow2",
+            *(["-drive", f"file={self.data_disk},if=virtio,format=raw"] if self.data_disk_mib else []),
             "-serial", f"file:{self.console_log}",
             "-monitor", "none",
             "-netdev", netdev,
@@ -274,11 +331,20 @@ class ServerVm:
         self.boot_seconds = round(time.monotonic() - self._started, 1)
         return self.boot_seconds
 
-    def run(self, command: str, timeout: float = 60.0) -> CommandResult:
-        """Run a short command as root over the session wait_ready opened."""
+    def run(self, command: str, timeout: float = 60.0, stdin: bytes | None = None) -> CommandResult:
+        """Run a short command as root (over wait_ready's session, or a new one for an
+        adopted VM); NodeUnreachable when the VM does not answer."""
         if self._shell is None:
-            raise ServerVmError(f"server VM {self.name}: not ready (call wait_ready first)")
-        return self._shell.run(command, timeout=timeout)
+            if self.ssh_port is None or not self.is_running():
+                raise ServerVmError(f"server VM {self.name}: not running")
+            self._shell = NodeShell.connect(self.target())
+        return self._shell.run(command, timeout=timeout, stdin=stdin)
+
+    def close(self) -> None:
+        """Close this process's session (the VM keeps running)."""
+        if self._shell is not None:
+            self._shell.close()
+            self._shell = None
 
     def ssh_argv(self, *command: str) -> list[str]:
         """An OpenSSH client command line for this VM (for people, Ansible and tests)."""
@@ -311,6 +377,11 @@ class ServerVm:
         """True while this VM's QEMU process is alive."""
         return self._pid() is not None
 
+    @property
+    def pid(self) -> int | None:
+        """The live QEMU process of this VM, or None."""
+        return self._pid()
+
     def _pid(self) -> int | None:
         """The live QEMU of this VM: our child, or the one named in the pid file."""
         if self._proc is not None and self._proc.poll() is None:
@@ -340,16 +411,18 @@ class ServerVm:
         pid = self._pid()
         if pid is not None and not (self._poweroff() and self._wait_gone(pid, timeout)):
             self._kill(pid)
-        if self._shell is not None:
-            self._shell.close()
-            self._shell = None
+        self.close()
         if self._proc is not None:
             self._proc.wait()  # reap our child
         self.pid_path.unlink(missing_ok=True)
+        self.state_path.unlink(missing_ok=True)
         self._discard_overlay()
 
     def _poweroff(self) -> bool:
         """Ask systemd to power off; False when there is no session to ask over."""
+        if self._shell is None and self.ssh_port is not None:
+            with contextlib.suppress(NodeUnreachable, OSError):
+                self._shell = NodeShell.connect(self.target())  # an adopted VM
         if self._shell is None:
             return False
         # The session may drop before the answer comes: that is the poweroff working.
@@ -372,6 +445,7 @@ class ServerVm:
 
     def _discard_overlay(self) -> None:
         self.overlay.unlink(missing_ok=True)
+        self.data_disk.unlink(missing_ok=True)
 
     def __enter__(self) -> ServerVm:
         return self

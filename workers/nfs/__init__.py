@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -23,20 +24,21 @@ def register_backend(name: str) -> Callable[[NfsFactory], NfsFactory]:
 
 def backend_names() -> list[str]:
     """Names an inventory may use for ``swaplab_nfs``."""
-    return sorted(_BACKENDS)
+    return sorted(set(_MODULES) | set(_BACKENDS))
+
+
+# Where each built-in backend lives: imported when a lab uses it (knfsd brings SSH and Ansible).
+_MODULES = {"ganesha": "workers.nfs.ganesha", "knfsd": "workers.nfs.knfsd"}
 
 
 def make_nfs_server(backend: str, lab: str, settings: dict[str, Any]) -> NfsServer:
     """The NFS server of ``lab``; ``settings`` are the inventory's ``swaplab_nfs_*`` vars."""
-    try:
-        factory = _BACKENDS[backend]
-    except KeyError:
-        raise NfsServerError(
-            f"lab {lab}: unknown NFS backend {backend!r} (known: {', '.join(backend_names())})"
-        ) from None
+    if backend not in _BACKENDS and backend in _MODULES:
+        importlib.import_module(_MODULES[backend])  # registers its factory
+    factory = _BACKENDS.get(backend)
+    if factory is None:
+        raise NfsServerError(f"lab {lab}: unknown NFS backend {backend!r} (known: {', '.join(backend_names())})")
     return factory(lab, settings)
 
 
-from workers.nfs import ganesha  # noqa: E402,F401  (registers the built-in backend)
-
-__all__ = ["NfsExport", "NfsServer", "NfsServerError", "make_nfs_server", "register_backend"]
+__all__ = ["NfsExport", "NfsServer", "NfsServerError", "backend_names", "make_nfs_server", "register_backend"]

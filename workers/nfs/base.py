@@ -9,6 +9,7 @@ removes swap files without following links and reads them only within their size
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,8 +30,9 @@ class NfsExport:
 class NfsServer(Protocol):
     """Control of one lab's NFS server."""
 
-    def ensure_serving(self) -> None:
-        """Start the server if it is not already up, and wait until it serves."""
+    def ensure_serving(self, progress: Callable[[str], None] = ...) -> None:
+        """Start the server if it is not already up, and wait until it serves (long work
+        says what it does through ``progress``)."""
 
     def is_serving(self) -> bool:
         """True when the server process is alive and accepts connections."""
@@ -46,6 +48,9 @@ class NfsServer(Protocol):
 
     def data_path(self, node: str) -> str:
         """How ``node``'s NFS traffic reaches the server, in words for its result."""
+
+    def describe_server(self, node: str) -> dict[str, str]:
+        """Which server serves ``node``: backend, address, kernel, export and its options."""
 
     def create_swap_file(self, node: str, name: str, size_mib: int) -> str:
         """Create a fully allocated, mkswap'ed swap file ``name`` in ``node``'s export; where it is, for people."""

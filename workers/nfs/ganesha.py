@@ -27,7 +27,7 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -313,6 +313,18 @@ class GaneshaServer:
             )
         return f"direct, {route.mount_address}:{route.mount_port} from {route.client_address} -> {server}"
 
+    def describe_server(self, node: str) -> dict[str, str]:
+        """Which server serves ``node``: nfs-ganesha in user space on this host."""
+        route = self._route(node)
+        access = "RW, No_Root_Squash, NFSv4/TCP" + (", privileged port" if route.relayed else "")
+        return {
+            "backend": "ganesha",
+            "address": f"{self.bind}:{self.port}",
+            "kernel": f"{os.uname().release} (host; the server runs in user space)",
+            "export": str(self.export_dir / route.node),
+            "export_options": f"{route.client_address}({access})",
+        }
+
     def swap_file_path(self, node: str, name: str) -> Path:
         """Host path of swap file ``name`` in ``node``'s export (for people: never opened by path)."""
         validate_swap_name(name)
@@ -326,7 +338,7 @@ class GaneshaServer:
 
     # -- server lifecycle ----------------------------------------------------------------
 
-    def ensure_serving(self) -> None:
+    def ensure_serving(self, progress: Callable[[str], None] = lambda line: None) -> None:
         """Start ganesha unless this lab's instance already serves; wait until it does."""
         self._check_prerequisites()
         with self._lock():

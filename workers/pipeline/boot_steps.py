@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import time
 
 from model.figures import GUEST_ICOUNT_SHIFT
 from workers.drivers.base import BootSpec, DriverError, PowerControl
 from workers.exporter import BOOT_SECONDS
 from workers.image import cached_image, lab_keys
+from workers.lab import network
 from workers.node_ssh import NodeShell, NodeUnreachable, SshTarget
 from workers.pipeline import evidence
 from workers.pipeline.context import NodeContext
@@ -126,3 +128,27 @@ class BootedKernelStep(Step[NodeContext]):
 
 
 READ_BACK = {"uname_r": "uname -r", "uname_v": "uname -v", "proc_version": "cat /proc/version"}
+
+
+class LabLinkStep(Step[NodeContext]):
+    """The node's NIC on the lab network (found by the MAC QEMU gave it) takes the node's
+    lab address; its NFS traffic goes over it, its SSH stays on the management NIC."""
+
+    name = "lab-link"
+    phase = "boot"
+
+    def describe(self, ctx: NodeContext) -> str:
+        route = ctx.driver.node.nfs_route
+        return f"lab network address {route.client_address if route else '?'}"
+
+    def run(self, ctx: NodeContext, deadline: float) -> None:
+        assert ctx.shell is not None
+        route = ctx.driver.node.nfs_route
+        if route is None or route.lab_subnet is None:
+            raise LabFault(f"node {ctx.name} is not on a lab network")
+        address = ipaddress.IPv4Address(route.client_address)
+        prefix = ipaddress.IPv4Network(route.lab_subnet).prefixlen
+        command = network.guest_link_command(network.port_mac(ctx.lab.name, address), f"{address}/{prefix}")
+        done = ctx.shell.run(command, timeout=max(5.0, deadline - time.monotonic()))
+        if not done.ok:
+            raise LabFault(f"lab network: {(done.stderr or done.stdout).strip()}")

@@ -44,9 +44,15 @@ class EnsureNfsServerStep(Step[RunContext]):
     def describe(self, ctx: RunContext) -> str:
         return f"{ctx.lab.nfs_backend} server of lab {ctx.lab.name}"
 
+    def timeout_s(self, ctx: RunContext) -> float:
+        # A lab-in-a-box's first start builds the server image, boots it under TCG and
+        # provisions it: minutes, once per lab start.
+        return 1800.0
+
     def run(self, ctx: RunContext, deadline: float) -> None:
         try:
-            make_nfs_server(ctx.lab.nfs_backend, ctx.lab.name, ctx.lab.nfs_settings).ensure_serving()
+            server = make_nfs_server(ctx.lab.nfs_backend, ctx.lab.name, ctx.lab.nfs_settings)
+            server.ensure_serving(lambda text: ctx.note(self.phase, text))
         except (NfsServerError, OSError) as err:
             raise LabFault(f"NFS server: {err}") from err
 

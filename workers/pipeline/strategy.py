@@ -11,7 +11,7 @@ from typing import Protocol
 
 from workers.drivers.base import AlreadyRunning, NodeAccess, PowerControl
 from workers.pipeline.attach_steps import ConnectStep, ConsoleStep, FitnessStep, IdentifyKernelStep, InstallToolStep
-from workers.pipeline.boot_steps import BootedKernelStep, BootStep, PreparedImageStep
+from workers.pipeline.boot_steps import BootedKernelStep, BootStep, LabLinkStep, PreparedImageStep
 from workers.pipeline.context import NodeContext
 from workers.pipeline.step import Pipeline, Step
 from workers.pipeline.swap_steps import ClockStep, MountStep, SamplerStep, SwapFileStep, SwaponStep, SysctlStep
@@ -55,7 +55,9 @@ class BootStrategy:
 
     def steps(self, driver: NodeAccess) -> list[Step[NodeContext]]:
         assert isinstance(driver, PowerControl)
-        return [PreparedImageStep(), SwapFileStep(), BootStep(driver), BootedKernelStep(), *_test_steps()]
+        route = driver.node.nfs_route
+        link: list[Step[NodeContext]] = [LabLinkStep()] if route is not None and route.lab_network else []
+        return [PreparedImageStep(), SwapFileStep(), BootStep(driver), BootedKernelStep(), *link, *_test_steps()]
 
 
 class AttachStrategy:

@@ -12,6 +12,7 @@ import shlex
 import time
 
 from model.figures import figures_over, node_series, window_between
+from model.runspec import NfsServerInfo
 from workers.nfs import NfsServerError, make_nfs_server
 from workers.node_ssh import NodeUnreachable
 from workers.pipeline import evidence
@@ -45,6 +46,7 @@ class SwapFileStep(Step[NodeContext]):
             self.log_offset = ctx.nfs.log_end()
             # Figures depend on the way there (relay, addresses): the result says which it was.
             ctx.result.data_path = ctx.nfs.data_path(ctx.name)
+            ctx.result.nfs_server = NfsServerInfo.model_validate(ctx.nfs.describe_server(ctx.name))
             ctx.nfs.create_swap_file(ctx.name, ctx.swap_name, ctx.spec.swap_mib)
         except (NfsServerError, OSError) as err:
             raise LabFault(f"NFS server: {err}") from err
