@@ -178,6 +178,13 @@ def _lab_box_view(the_lab: Lab, report: LabUp) -> dict[str, Any]:
         "network": f"namespace {report.namespace}, server {report.server_address}",
         "server_vm": f"pid {report.server_pid} ({'booted now' if report.booted else 'was running'})",
         "provisioned": "now" if report.provisioned else "earlier (since the VM booted)",
+        "provisioning": None
+        if report.provisioned is None
+        else {
+            "changed": report.provisioned.changed,
+            "seconds": round(report.provisioned.seconds, 1),
+            "artifacts": str(report.provisioned.artifacts),
+        },
         "ssh": report.ssh,
         "seconds": report.seconds,
     }

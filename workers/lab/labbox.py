@@ -151,7 +151,7 @@ def down(box: Box) -> list[str]:
             vm.stop()
             stopped.append(f"server VM of lab {box.name}")
         (run_dir(box) / PROVISIONED).unlink(missing_ok=True)
-        if network.namespace(box.name) in network.leftovers():
+        if box.name in network.leftovers():
             network.down(box.name)
             stopped.append(f"network namespace {network.namespace(box.name)}")
     return stopped

@@ -1,0 +1,424 @@
+"""The lab-in-a-box for real: a lab network, a Debian server VM running knfsd provisioned
+by Ansible, and QEMU nodes swapping to it over their taps.
+
+The session's ``lab_in_a_box`` (tests/e2e/conftest.py) is brought up by ``swaplab lab up``;
+this module checks what it brought up (the server image, the VM, Ansible's provisioning
+and its idempotence), runs a campaign on it (one node swaps to knfsd and passes; the
+result names the server and the node's address), then does from inside a second guest
+what a hostile kernel's root would (mount its neighbour's export, take its neighbour's
+address, reach the server's sshd), and finally takes the lab down and looks for anything
+left. With ``-s`` it prints what it measured.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import json
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paramiko
+import pytest
+
+from model.kernel import KernelSource
+from tests.conftest import require_tools
+from tests.e2e.conftest import LabInABox
+from tests.e2e.stack import Lab as Stack
+from workers.drivers.base import BootSpec
+from workers.drivers.qemu import QemuDriver
+from workers.image import LabKeys, NodeImage, build_node_image, lab_keys
+from workers.kernel import fetch_kernel
+from workers.lab import labbox, network
+from workers.lab.labbox import Box
+from workers.lab.provision import ProvisionError, run_playbook
+from workers.lab.server_image import HOSTNAME, RECIPE_VERSION, ServerImage, build_server_image
+from workers.lab.server_vm import ServerVm, port_free
+from workers.process import cmdline, pid_alive
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
+REPO = Path(__file__).resolve().parents[2]
+MIB = 2**20
+CACHED_MAX_S = 90.0  # a cache hit resolves the package set (apt's indices, a few seconds)
+GUEST_RAM_MIB = 192
+BOOT_TIMEOUT_S = 180.0
+measured: dict[str, Any] = {}
+
+Fingerprint = tuple[int, int, str]
+
+
+def _fingerprint(disk: Path) -> Fingerprint:
+    """Size, mtime and the hash of the first MiB (superblock, group descriptors)."""
+    info = disk.stat()
+    with disk.open("rb") as handle:
+        head = hashlib.sha256(handle.read(MIB)).hexdigest()
+    return info.st_size, info.st_mtime_ns, head
+
+
+@pytest.fixture(scope="module")
+def box(lab_in_a_box: LabInABox) -> Box:
+    return Box.of_lab(lab_in_a_box.lab)
+
+
+@pytest.fixture(scope="module")
+def vm(box: Box) -> Iterator[ServerVm]:
+    """The lab's server VM, adopted as any worker would (this process did not start it)."""
+    server = labbox.server_vm(box)
+    assert server is not None, "the lab is up but its server VM is not running"
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def image(vm: ServerVm) -> ServerImage:
+    return vm.image
+
+
+@pytest.fixture(scope="module")
+def disk_before(image: ServerImage) -> Fingerprint:
+    return _fingerprint(image.disk)
+
+
+def _ok(server: ServerVm, command: str) -> str:
+    result = server.run(command)
+    assert result.ok, f"{command}: {result}"
+    return result.stdout.strip()
+
+
+# -- what `swaplab lab up` brought up ---------------------------------------------------------------
+
+
+def test_lab_up_made_the_network_booted_the_server_and_provisioned_it(lab_in_a_box: LabInABox, box: Box) -> None:
+    report = lab_in_a_box.report
+    measured["lab up"] = f"{lab_in_a_box.up_seconds} s"
+    assert report["lab"] == "e2ebox" and report["stop_with"].startswith("swaplab lab down -i ")
+    assert "booted now" in report["server_vm"] and report["provisioned"] == "now", report
+    assert report["provisioning"]["changed"] > 0, report  # a fresh VM: the playbook changed it
+    measured["provisioning (fresh VM)"] = f"{report['provisioning']['seconds']} s"
+    assert Path(report["provisioning"]["artifacts"], "stdout").is_file()
+    progress = "\n".join(lab_in_a_box.progress)
+    assert "ansible: task Export each node's directory to that node alone" in progress, progress
+    assert "changed" in progress and "server VM answers SSH after" in progress
+    assert "e2ebox" in network.leftovers()
+    links = network._links(network.namespace("e2ebox"))
+    assert {"br0", "tap-server", "tap-node1", "tap-node2"} <= set(links), links
+
+
+def test_a_second_lab_up_finds_it_up_and_changes_nothing(lab_in_a_box: LabInABox) -> None:
+    began = time.monotonic()
+    proc = lab_in_a_box.cli("lab", "up", "--json", "-i", str(lab_in_a_box.inventory))
+    measured["lab up, already up"] = f"{time.monotonic() - began:.1f} s"
+    assert proc.returncode == 0, proc.stderr
+    again = json.loads(proc.stdout)
+    assert "was running" in again["server_vm"] and again["provisioned"].startswith("earlier"), again
+    assert again["provisioning"] is None
+    assert again["server_vm"].split()[1] == lab_in_a_box.report["server_vm"].split()[1]  # the same pid
+
+
+def test_the_manifest_lists_the_server_packages_with_versions(image: ServerImage) -> None:
+    manifest = json.loads(image.manifest.read_text())
+    assert manifest["builder"] == RECIPE_VERSION
+    assert manifest["key"] == image.folder.name == image.key
+    packages = manifest["packages"]
+    for name in ("nfs-kernel-server", "linux-image-amd64", "openssh-server", "python3", "systemd-sysv"):
+        assert packages.get(name, "")[:1].isdigit(), f"{name} has no version in the manifest: {packages.get(name)!r}"
+    kernel = manifest["kernel"]
+    assert kernel["package"] == f"linux-image-{kernel['release']}"
+    assert packages[kernel["package"]] == kernel["version"]
+    # The image's files are this user's only (the disk holds sshd's host keys).
+    for path in (image.disk, image.vmlinuz, image.initrd, image.manifest):
+        assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
+    measured["server image build (cold, from its manifest)"] = f"{image.build_seconds:.0f} s"
+
+
+def test_a_second_image_build_is_a_cache_hit(image: ServerImage, disk_before: Fingerprint) -> None:
+    again = build_server_image(lab_keys("e2ebox"))
+    measured["server image, cached"] = f"{again.seconds:.1f} s"
+    assert again.state == "cached" and again.seconds < CACHED_MAX_S
+    assert (again.folder, again.key, again.build_seconds) == (image.folder, image.key, image.build_seconds)
+    assert _fingerprint(again.disk) == disk_before, "the cache hit rewrote the disk"
+
+
+def test_the_server_runs_the_images_kernel_and_is_named_swaplab_nfs(vm: ServerVm, image: ServerImage) -> None:
+    release = _ok(vm, "uname -r")
+    assert release == image.kernel_release
+    assert image.packages[f"linux-image-{release}"] == image.kernel_version
+    assert _ok(vm, "hostname") == HOSTNAME == "swaplab-nfs"
+    assert _ok(vm, "python3 --version").startswith("Python 3.11")  # Ansible's modules run with it
+    assert _ok(vm, "systemctl is-enabled nfs-server") == "enabled"
+    assert _ok(vm, "systemctl is-active nfs-server") == "active"
+
+
+def test_the_server_has_its_lab_address_and_its_data_disk(vm: ServerVm) -> None:
+    addresses = _ok(vm, "ip -4 -br addr")
+    assert " 10.77.0.1/24" in addresses, addresses
+    assert _ok(vm, "findmnt -n -o SOURCE,FSTYPE /srv/swaplab") == "/dev/vdb ext4"
+
+
+def test_sshd_takes_the_pinned_key_and_refuses_passwords(vm: ServerVm, image: ServerImage) -> None:
+    effective = _ok(vm, "sshd -T | grep -Ei '^(passwordauthentication|kbdinteractiveauthentication|permitrootlogin) '")
+    assert sorted(effective.splitlines()) == [
+        "kbdinteractiveauthentication no",
+        "passwordauthentication no",
+        "permitrootlogin without-password",
+    ]
+    assert vm.ssh_port is not None
+    transport = paramiko.Transport(("127.0.0.1", vm.ssh_port))
+    try:
+        transport.start_client(timeout=30)
+        server_key = transport.get_remote_server_key()
+        assert f"{server_key.get_name()} {server_key.get_base64()}" == image.host_key
+        with pytest.raises(paramiko.BadAuthenticationType) as offered:
+            transport.auth_none("root")
+        assert offered.value.allowed_types == ["publickey"]
+        with pytest.raises(paramiko.AuthenticationException):
+            transport.auth_password("root", "root")
+    finally:
+        transport.close()
+    proc = subprocess.run(vm.ssh_argv("echo", "ok"), capture_output=True, text=True, timeout=60, check=False)
+    assert (proc.returncode, proc.stdout) == (0, "ok\n"), proc.stderr
+
+
+# -- provisioning through ansible-runner ---------------------------------------------------------------
+
+
+def test_provisioning_again_changes_nothing_and_each_node_has_its_own_export(
+    vm: ServerVm, box: Box, lab_in_a_box: LabInABox
+) -> None:
+    again = labbox._provision(box, vm, labbox.plan(box), progress=lambda line: None)
+    measured["provisioning, again"] = f"{again.seconds:.1f} s"
+    assert again.successful and again.changed == 0, again
+    # knfsd's own view: each node's directory exported to that node's address alone, synchronously.
+    exported = _ok(vm, "exportfs -s")
+    for node, address in (("node1", "10.77.0.11"), ("node2", "10.77.0.12")):
+        [line] = [line for line in exported.splitlines() if line.startswith(f"/srv/swaplab/exports/{node} ")]
+        assert f" {address}/32(sync," in line and "no_root_squash" in line, exported
+    assert "*" not in exported and "<world>" not in exported, exported
+    assert _ok(vm, "stat -c %a /srv/swaplab/exports/node1") == "700"
+    # Ansible's artifacts are kept with the lab's logs, without the worker's environment.
+    assert (again.artifacts / "stdout").is_file()
+    assert "SWAPLAB_REDIS" not in (again.artifacts / "command").read_text()
+
+
+def test_a_failed_provisioning_task_names_the_host_and_the_task(vm: ServerVm, tmp_path: Path) -> None:
+    _ok(vm, "touch /srv/not-a-directory")
+    inventory = {"nfs_server": {"hosts": {"server": vm.ansible_vars()}}}
+    extravars = {
+        "swaplab_nfs_export_dir": "/srv/not-a-directory/exports",
+        "swaplab_nfs_nodes": [{"name": "node1", "address": "10.77.0.11"}],
+    }
+    with pytest.raises(ProvisionError) as failed:
+        run_playbook(labbox.PLAYBOOK, inventory, tmp_path / "artifacts", extravars)
+    assert "server: task 'Create the export directory'" in str(failed.value), failed.value
+    assert "/srv/swaplab/exports/node1" in _ok(vm, "exportfs -s")  # the lab's exports are untouched
+
+
+def test_the_cached_disk_is_not_written_by_the_guest(
+    vm: ServerVm, image: ServerImage, disk_before: Fingerprint
+) -> None:
+    _ok(vm, "echo written > /root/written-by-the-guest && sync")
+    assert _ok(vm, "cat /root/written-by-the-guest") == "written"
+    assert _fingerprint(image.disk) == disk_before
+    assert vm.overlay.is_file()
+
+
+# -- a campaign on the lab network -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stack(lab_in_a_box: LabInABox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    require_tools(("redis-server", "prometheus"))
+    the_stack = Stack(tmp_path_factory.mktemp("labbox"), ["control", "lab.e2ebox"], [lab_in_a_box.inventory])
+    the_stack.start()
+    yield the_stack
+    the_stack.stop()
+
+
+@pytest.fixture(scope="module")
+def campaign_result(stack: Stack, lab_in_a_box: LabInABox, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    text = (REPO / "campaigns" / "netlab-smoke.yaml").read_text()
+    text = text.replace("../inventory/netlab.yml", str(lab_in_a_box.inventory))
+    text = text.replace("ram_mib: 256", f"ram_mib: {GUEST_RAM_MIB}").replace("size_mib: 512", "size_mib: 384")
+    text = text.replace("    mib: 384\n", "    mib: 288\n")
+    campaign = tmp_path_factory.mktemp("labbox-campaign") / "netlab-smoke.yaml"
+    campaign.write_text(text)
+    began = time.monotonic()
+    proc = stack.cli("run", "--json", str(campaign), timeout=1200)
+    measured["campaign on the lab network"] = f"{time.monotonic() - began:.0f} s"
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+def test_a_node_on_the_lab_network_swaps_to_knfsd_and_passes(campaign_result: dict[str, Any]) -> None:
+    assert campaign_result["verdict"] == "pass", campaign_result.get("runs")
+    [run] = campaign_result["runs"]
+    [node] = run["nodes"]
+    assert node["verdict"] == "pass", node
+    assert node["data_path"] == "lab network 10.77.0.0/24: 10.77.0.11 (tap-node1) -> knfsd 10.77.0.1:2049"
+    server = node["nfs_server"]
+    assert server["backend"] == "knfsd" and server["address"] == "10.77.0.1:2049", server
+    assert server["kernel"].endswith("-amd64") and server["export"] == "/srv/swaplab/exports/node1"
+    assert server["export_options"].startswith("10.77.0.11/32(sync,") and "no_root_squash" in server["export_options"]
+    # The node's pages really landed on the server's disk, and swap moved both ways.
+    assert node["swap_file_nonzero_pages"] > 0
+    assert node["swap_out_mib"] > 0 and node["swap_in_mib"] > 0
+
+
+# -- what a guest on the lab network can do --------------------------------------------------------------
+
+
+class Guest:
+    """node2 of the lab, booted by swaplab's QEMU driver on the lab network; root over SSH."""
+
+    def __init__(self, driver: QemuDriver, keys: LabKeys, console: Path) -> None:
+        self.driver, self.keys, self.console = driver, keys, console
+        self.client: paramiko.SSHClient | None = None
+
+    def connect(self) -> None:
+        client = paramiko.SSHClient()
+        key_type, blob = self.keys.host_public.split()[:2]
+        host, port = self.driver.ssh_address()
+        client.get_host_keys().add(f"[{host}]:{port}", key_type, paramiko.Ed25519Key(data=base64.b64decode(blob)))
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        client.connect(host, port=port, username="root", key_filename=str(self.keys.client_private),
+                       look_for_keys=False, allow_agent=False, timeout=20)  # fmt: skip
+        self.client = client
+
+    def sh(self, command: str, timeout: float = 90) -> tuple[int, str]:
+        assert self.client is not None
+        _stdin, stdout, _stderr = self.client.exec_command(f"{command} 2>&1", timeout=timeout)
+        out = stdout.read().decode(errors="replace")
+        return stdout.channel.recv_exit_status(), out
+
+    def take_address(self, address: str) -> None:
+        mac = network.port_mac("e2ebox", ipaddress.IPv4Address("10.77.0.12"))
+        status, out = self.sh(network.guest_link_command(mac, f"{address}/24"))
+        assert status == 0, out
+
+    def mount(self, export: str, where: str) -> tuple[int, str]:
+        # Soft, one try, short timeouts: a mount the network swallows must fail, not hang.
+        options = "vers=4.1,proto=tcp,port=2049,addr=10.77.0.1,soft,timeo=30,retrans=1"
+        return self.sh(f"mkdir -p {where} && timeout 40 mount -t nfs4 -o {options} 10.77.0.1:{export} {where}")
+
+    def console_text(self) -> str:
+        return self.console.read_text(errors="replace") if self.console.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def node_image(campaign_result: dict[str, Any]) -> NodeImage:
+    """The image the campaign's nodes booted (cached by then), for a guest of our own."""
+    return build_node_image(fetch_kernel(KernelSource(package="linux-image-amd64")), lab_keys("e2ebox"))
+
+
+@pytest.fixture(scope="module")
+def guest(lab_in_a_box: LabInABox, node_image: NodeImage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
+    node = lab_in_a_box.lab.node("node2")
+    where = tmp_path_factory.mktemp("labbox-guest")
+    driver = QemuDriver(node, where)
+    console = where / "console.log"
+    cmdline = (
+        f"{driver.kernel_console_args()} printk.time=1 mitigations=off zswap.enabled=0 "
+        f"swaplab.hostname=node2 swaplab.nfs4_id=e2ebox-node2-{time.time_ns()}"
+    )
+    driver.power_on(BootSpec(node_image.kernel, node_image.initrd, cmdline, GUEST_RAM_MIB, 1), console)
+    the_guest = Guest(driver, lab_keys("e2ebox"), console)
+    try:
+        deadline = time.monotonic() + BOOT_TIMEOUT_S
+        while "swaplab: ready" not in the_guest.console_text():
+            assert driver.is_running(), f"guest exited: {driver.exit_reason()}"
+            assert time.monotonic() < deadline, the_guest.console_text()[-3000:]
+            time.sleep(0.5)
+        the_guest.connect()
+        the_guest.take_address("10.77.0.12")
+        yield the_guest
+    finally:
+        if the_guest.client is not None:
+            the_guest.client.close()
+        driver.power_off()
+
+
+def test_the_guest_has_a_qmp_socket_only_root_can_reach(guest: Guest) -> None:
+    qmp = guest.driver.qmp_path
+    assert qmp.is_socket()
+    assert qmp.parent.stat().st_mode & 0o777 == 0o700
+    # It answers: the greeting, capabilities negotiated, the VM running.
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(qmp))
+        replies = sock.makefile("r")
+        assert "QMP" in json.loads(replies.readline())
+        sock.sendall(b'{"execute": "qmp_capabilities"}\n')
+        assert json.loads(replies.readline()) == {"return": {}}
+        sock.sendall(b'{"execute": "query-status"}\n')
+        assert json.loads(replies.readline())["return"]["status"] == "running"
+
+
+def test_a_node_mounts_its_own_export_and_is_refused_its_neighbours(guest: Guest) -> None:
+    status, out = guest.mount("/srv/swaplab/exports/node2", "/mnt/own")
+    assert status == 0, f"node2 could not mount its own export: {out}"
+    status, out = guest.sh("touch /mnt/own/probe && stat -c '%u:%g' /mnt/own/probe && umount /mnt/own")
+    assert (status, out.strip()) == (0, "0:0"), out  # root stays root there (no_root_squash)
+    status, out = guest.mount("/srv/swaplab/exports/node1", "/mnt/neighbour")
+    # NFSv4's pseudo file system shows a client only the exports open to it: to node2's
+    # address node1's directory does not exist at all.
+    assert status != 0, f"node2 mounted node1's export: {out}"
+    assert "No such file or directory" in out, out
+
+
+def test_a_node_that_takes_its_neighbours_address_reaches_nothing(guest: Guest) -> None:
+    guest.take_address("10.77.0.11")  # node1's: the bridge drops what it sends from it
+    try:
+        status, out = guest.mount("/srv/swaplab/exports/node1", "/mnt/spoofed")
+        assert status != 0, f"a spoofed address mounted node1's export: {out}"
+        status, out = guest.sh("ping -c 2 -W 2 10.77.0.1")
+        assert status != 0, f"the server answered a spoofed address: {out}"
+    finally:
+        guest.take_address("10.77.0.12")
+    status, out = guest.sh("ping -c 2 -W 5 10.77.0.1")
+    assert status == 0, f"node2's own address no longer reaches the server: {out}"
+
+
+def test_a_node_cannot_reach_the_servers_sshd_on_the_lab_network(guest: Guest) -> None:
+    status, out = guest.sh("timeout 10 nc -w 5 10.77.0.1 22 </dev/null")
+    assert status != 0 and "SSH-" not in out, out
+
+
+# -- down ------------------------------------------------------------------------------------------------------
+
+
+def test_lab_down_leaves_nothing(
+    lab_in_a_box: LabInABox, vm: ServerVm, image: ServerImage, disk_before: Fingerprint, guest: Guest
+) -> None:
+    guest.driver.power_off()  # the module's own guest first: then the lab is as a run leaves it
+    pid, port = vm.pid, vm.ssh_port
+    assert pid is not None and port is not None
+    began = time.monotonic()
+    proc = lab_in_a_box.down()
+    measured["lab down"] = f"{time.monotonic() - began:.1f} s"
+    assert proc.returncode == 0, proc.stderr
+    stopped = json.loads(proc.stdout)["stopped"]
+    assert stopped == ["server VM of lab e2ebox", "network namespace swaplab-e2ebox"], stopped
+    assert not pid_alive(pid)
+    assert "e2ebox" not in network.leftovers()
+    assert not Path("/var/run/netns/swaplab-e2ebox").exists()
+    left = [p for p in _pids() if any("e2ebox" in arg for arg in cmdline(p)) and "qemu" in " ".join(cmdline(p))]
+    assert left == [], f"QEMU processes of the lab remain: {left}"
+    assert port_free(port)
+    for leftover in (vm.overlay, vm.data_disk, vm.state_path, vm.pid_path):
+        assert not leftover.exists(), leftover
+    assert _fingerprint(image.disk) == disk_before
+    assert labbox.server_vm(Box.of_lab(lab_in_a_box.lab)) is None
+    again = lab_in_a_box.down()
+    assert again.returncode == 0 and json.loads(again.stdout)["stopped"] == []
+    print("\n  measured: " + "; ".join(f"{k}: {v}" for k, v in measured.items()), flush=True)
+
+
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
