@@ -40,11 +40,11 @@ import numpy as np
 from model.campaign import Campaign, load_campaign
 from model.runspec import Failure, NodeResult
 from orchestrator.planner import new_campaign_id, node_specs, plan_runs, run_setup_spec
+from workers.coordination.streams import WorkloadStream
 from workers.node_session import NodeSession
 from workers.pipeline.context import NodeContext
 from workers.pipeline.run_setup import prepare_run
 from workers.pipeline.step import KernelFault, Pipeline, Step, StepFailure
-from workers.streams import WorkloadStream
 
 REPO = Path(__file__).resolve().parent.parent
 SWAPLAB = REPO / ".venv" / "bin" / "swaplab"

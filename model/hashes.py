@@ -4,7 +4,7 @@ A hash crosses a process boundary (any Redis writer, a worker of another version
 is read through these models: every field the planes act on is typed here, a hash that
 does not match raises :class:`CorruptHash` naming the key and the wrong fields, and the
 scheduler turns that into a verdict rather than acting on a guess. Writes go through
-``orchestrator.store`` (the control plane) and ``workers.run_state``'s compare-and-sets
+``orchestrator.store`` (the control plane) and ``workers.coordination.run_state``'s compare-and-sets
 (the data plane), with ``model.state.encode_fields``: JSON for containers, "" for None.
 
 Fields a model does not name are kept (``extra="allow"``): the times of each status
@@ -90,7 +90,7 @@ class RunHash(_Hash):
     """``swaplab:run:<cid>:<rid>``: one run, its status and attempt, its setup stages, its verdict.
 
     The scheduler writes all of it but the stage fields a stage's task owns
-    (``SetupStage.task_fields``) and ``running`` (``workers.run_state.mark_running``).
+    (``SetupStage.task_fields``) and ``running`` (``workers.coordination.run_state.mark_running``).
     """
 
     run_id: str

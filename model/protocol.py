@@ -75,7 +75,7 @@ class SetupStage:
     Its fields in the run's hash: the control plane writes ``<name>_attempt`` when it sends
     the task; the task writes only ``owner``, ``beat`` and its outcome (``result`` and
     ``done``, or ``failure``), and only while the run is still in ``status`` at that
-    attempt (``workers.run_state``: a compare-and-set, never a read then a write).
+    attempt (``workers.coordination.run_state``: a compare-and-set, never a read then a write).
     """
 
     name: str

@@ -40,7 +40,7 @@ LATEST_TIME = 32503680000.0  # year 3000: an event time past it is garbage (loca
 VERDICT_STYLE = {"pass": "bold green", "fail": "bold red", "infra-error": "bold yellow", "invalid": "bold magenta"}
 
 # The workload step's phase detail and the hog's progress line (workers/pipeline/
-# workload_steps.py describe(), workers/streams.py workload_progress()).
+# workload_steps.py describe(), workers/coordination/streams.py workload_progress()).
 _WORKLOAD_SIZE = re.compile(r"touch (\d{1,9}) MiB x (\d{1,6}) pass")
 
 
@@ -75,7 +75,7 @@ def workload_size(detail: str) -> tuple[int, int] | None:
 
 
 def progress_fraction(detail: str, mib: int, passes: int) -> float | None:
-    """Fraction done from "progress <write|verify> <pass> <MiB>" (as workers.streams computes it).
+    """Fraction done from "progress <write|verify> <pass> <MiB>" (as workers.coordination.streams computes it).
 
     Each pass writes every MiB, then verifies it: 2 x MiB x passes steps in all.
     """

@@ -45,8 +45,8 @@ from orchestrator.prometheus import PrometheusApi
 from orchestrator.results import campaign_exit_code, write_result
 from orchestrator.store import CampaignStore
 from orchestrator.verdict import Verdict, combine
-from workers.health import NodeHealth
-from workers.lease import LEASE_TTL_S, LeaseBook
+from workers.coordination.health import NodeHealth
+from workers.coordination.lease import LEASE_TTL_S, LeaseBook
 
 log = logging.getLogger(__name__)
 

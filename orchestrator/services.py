@@ -33,7 +33,7 @@ from orchestrator.listeners import our_process, stranger_on
 from orchestrator.prometheus import PrometheusApi, prometheus_url
 from orchestrator.service_users import ServiceUsers
 from workers.exporter import targets_dir
-from workers.nfs import NfsServer, NfsServerError, make_nfs_server
+from workers.lab.nfs import NfsServer, NfsServerError, make_nfs_server
 from workers.process import cmdline, owner_uid, pid_alive, start_ticks
 
 # A judged run is counted a few seconds after its verdict (workers.exporter.count_run).

@@ -2,7 +2,7 @@
 
 Everything a command or the scheduler needs to know about a campaign lives here, so any
 process can pick it up after a restart. The key layout is model.state's; a node task
-writes only its own node's part of it (workers.run_state).
+writes only its own node's part of it (workers.coordination.run_state).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import redis
 from model import protocol
 from model.state import redis_url
 from workers.app import app
-from workers.redis_barrier import RedisBarrier
+from workers.coordination.barrier import RedisBarrier
 
 _client: redis.Redis | None = None
 _client_lock = threading.Lock()

@@ -2,7 +2,7 @@
 
 The node session never knows it runs inside a Celery worker: it talks to these small
 protocols, implemented over Redis beside the Celery app (workers.tasks,
-workers.redis_barrier) and by plain fakes in tests.
+workers.coordination.barrier) and by plain fakes in tests.
 """
 
 from __future__ import annotations

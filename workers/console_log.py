@@ -13,7 +13,7 @@ the node's console goes through one :class:`ConsoleLog`, which
   ``HEAD_BYTES + 2 * TAIL_BYTES`` plus that marker;
 - classifies every line as it passes, left out or not: the counts per kind and the events
   kept (:class:`model.console.EventTally`) are exact whatever was cut. The live event
-  counter (``workers.streams.ConsoleTail``) and the node result read them here, found by
+  counter (``workers.coordination.streams.ConsoleTail``) and the node result read them here, found by
   the file's path (:meth:`ConsoleLog.find`) in this process.
 
 Readers never take the file whole: :func:`read_head_tail` and :func:`tail_lines` read a

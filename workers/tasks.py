@@ -41,19 +41,19 @@ from model.state import (
 from model.yamlpos import SpecError
 from workers.admission import admit_build, admit_node
 from workers.app import app
+from workers.coordination.barrier import RedisBarrier
+from workers.coordination.health import NodeHealth
+from workers.coordination.lease import LEASE_TTL_S, LeaseBook, LeaseKeeper
+from workers.coordination.run_state import RunState
 from workers.drivers import DriverError, PowerControl, make_driver
 from workers.exporter import LEASES_HELD, start_metrics_server
-from workers.health import NodeHealth
 from workers.kbuild.build import BuildError, inputs_digest
 from workers.kbuild.build import build_kernel as build_artifact
 from workers.kernel import KernelError
 from workers.labs import LabNotServed, served_labs, served_node
-from workers.lease import LEASE_TTL_S, LeaseBook, LeaseKeeper
 from workers.node_session import run_node_session
 from workers.pipeline.run_setup import prepare_run as run_setup
 from workers.pipeline.step import InputFault, StepFailure
-from workers.redis_barrier import RedisBarrier
-from workers.run_state import RunState
 
 log = logging.getLogger(__name__)
 WORKER_TTL_S = 60

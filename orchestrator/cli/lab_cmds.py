@@ -19,9 +19,9 @@ from orchestrator.cli.common import load_lab_or_exit
 from orchestrator.cli.distributed_cmds import connect
 from orchestrator.cli.nfs_cmds import DEFAULT_INVENTORY
 from orchestrator.scheduler import worker_slots
-from workers.health import NodeHealth
-from workers.lease import LEASE_TTL_S, LeaseBook
-from workers.nfs import NfsServerError, make_nfs_server
+from workers.coordination.health import NodeHealth
+from workers.coordination.lease import LEASE_TTL_S, LeaseBook
+from workers.lab.nfs import NfsServerError, make_nfs_server
 
 if TYPE_CHECKING:
     from workers.lab.labbox import LabUp

@@ -10,7 +10,7 @@ import click
 from model.exitcode import ExitCode
 from model.lab import Lab
 from orchestrator.cli.common import load_lab_or_exit
-from workers.nfs import NfsServer, NfsServerError, make_nfs_server
+from workers.lab.nfs import NfsServer, NfsServerError, make_nfs_server
 
 DEFAULT_INVENTORY = Path(__file__).resolve().parents[2] / "inventory" / "local.yml"
 

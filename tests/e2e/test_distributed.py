@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import require_tools
 from tests.e2e.stack import Lab
-from workers.lease import LEASE_TTL_S
+from workers.coordination.lease import LEASE_TTL_S
 from workers.process import pid_alive
 
 pytestmark = pytest.mark.e2e

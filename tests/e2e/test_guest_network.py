@@ -28,8 +28,8 @@ from workers.drivers.base import BootSpec
 from workers.drivers.qemu import QemuDriver
 from workers.image import LabKeys, NodeImage, build_node_image, lab_keys
 from workers.kernel import fetch_kernel
-from workers.nfs import make_nfs_server
-from workers.nfs.ganesha import GaneshaServer, filesystem_problem, statfs_type
+from workers.lab.nfs import make_nfs_server
+from workers.lab.nfs.ganesha import GaneshaServer, filesystem_problem, statfs_type
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]

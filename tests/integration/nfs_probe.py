@@ -12,7 +12,7 @@ import socket
 import struct
 import time
 
-from workers.nfs.relay import connect_from
+from workers.lab.nfs.relay import connect_from
 
 NFS4_OK = 0
 NFS4ERR_PERM = 1

@@ -23,8 +23,8 @@ from model.console import EVENTS_PER_KIND, EventKind
 from model.runspec import NodeResult
 from workers.console_capture import CommandCapture
 from workers.console_log import ConsoleLog, SocketConsole, read_head_tail, tail_lines
+from workers.coordination.streams import ConsoleTail
 from workers.pipeline.evidence import last_line
-from workers.streams import ConsoleTail
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

@@ -21,8 +21,8 @@ from model.lab import NfsRoute
 from model.runspec import NodeResult
 from tests.conftest import free_port, require_tools
 from tests.integration.nfs_probe import NFS4_OK, REFUSALS, lookup_status
-from workers.nfs.base import NfsServerError
-from workers.nfs.ganesha import GaneshaServer, filesystem_problem, statfs_type
+from workers.lab.nfs.base import NfsServerError
+from workers.lab.nfs.ganesha import GaneshaServer, filesystem_problem, statfs_type
 from workers.pipeline.swap_steps import SwapFileStep
 
 REPO = Path(__file__).resolve().parents[2]
@@ -132,7 +132,7 @@ def test_restart_right_after_stop_and_after_a_crash(server: GaneshaServer) -> No
 
 def test_concurrent_processes_share_one_server(server: GaneshaServer) -> None:
     code = (
-        "import sys; from workers.nfs.ganesha import GaneshaServer; "
+        "import sys; from workers.lab.nfs.ganesha import GaneshaServer; "
         "s = GaneshaServer('itest', {'port': int(sys.argv[1]), 'export_dir': sys.argv[2], "
         "'state_dir': sys.argv[3]}); s.ensure_serving(); print(open(s.pid_path).read())"
     )

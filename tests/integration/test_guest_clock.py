@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration.local_sshd import local_sshd_fixture, node_shell_fixture  # noqa: F401  (fixtures)
+from workers.coordination.streams import WorkloadStream
 from workers.node_ssh import NodeShell
-from workers.streams import WorkloadStream
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

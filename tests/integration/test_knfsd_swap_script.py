@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import require_tools
-from workers.nfs.knfsd import _SWAP_SCRIPT
+from workers.lab.nfs.knfsd import _SWAP_SCRIPT
 
 pytestmark = pytest.mark.integration
 MIB = 1 << 20

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
-from workers.nfs.relay import relay_command
+from workers.lab.nfs.relay import relay_command
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,7 @@ import redis
 from model import protocol
 from model.state import guest_key, holder_id, lease_key, node_key, run_key
 from tests.integration.test_trust import Stack, _node_message, stack_fixture  # noqa: F401  (the fixture)
-from workers.lease import LeaseBook
+from workers.coordination.lease import LeaseBook
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 VICTIM = "victim-20261129-120000-abcd"

@@ -23,12 +23,12 @@ from model.kernel import KernelSource
 from model.lab import Lab, NodeConfig
 from model.runspec import NodeResult, NodeRunSpec, PreparedKernel, WorkloadRef
 from tests.integration.local_sshd import LocalSshd, local_sshd_fixture, node_shell_fixture  # noqa: F401  (fixtures)
+from workers.coordination.streams import SamplerStream, WorkloadStream
 from workers.drivers.base import MachineState
 from workers.node_ssh import MAX_STDOUT_BYTES, NodeShell
 from workers.pipeline import swap_steps
 from workers.pipeline.context import NodeContext
 from workers.pipeline.step import KernelFault, LabFault
-from workers.streams import SamplerStream, WorkloadStream
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

@@ -14,9 +14,9 @@ from redis.retry import Retry
 
 from tests.integration.redis_server import RedisServer, redis_server_fixture  # noqa: F401  (the fixture)
 from workers.collab import BarrierBroken
-from workers.health import NodeHealth
-from workers.lease import LeaseBook, LeaseKeeper
-from workers.redis_barrier import RedisBarrier
+from workers.coordination.barrier import RedisBarrier
+from workers.coordination.health import NodeHealth
+from workers.coordination.lease import LeaseBook, LeaseKeeper
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

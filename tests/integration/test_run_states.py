@@ -20,7 +20,7 @@ from model.state import run_key
 from orchestrator.planner import plan_runs
 from orchestrator.store import CampaignStore
 from tests.integration.redis_server import RedisServer, redis_server_fixture  # noqa: F401  (the fixture)
-from workers.run_state import RunState
+from workers.coordination.run_state import RunState
 from workers.tasks import _RedisProgress
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

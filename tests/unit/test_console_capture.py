@@ -8,7 +8,7 @@ from pathlib import Path
 
 from model.console import EventKind, parse_console
 from workers.console_capture import CommandCapture, FileFollower, kmsg_line
-from workers.streams import FOLLOW_BYTES, ConsoleTail
+from workers.coordination.streams import FOLLOW_BYTES, ConsoleTail
 
 HUNG = "INFO: task kworker/u2:1:57 blocked for more than 120 seconds."
 

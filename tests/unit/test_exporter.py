@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from workers import exporter
-from workers.streams import ConsoleTail, workload_progress
+from workers.coordination.streams import ConsoleTail, workload_progress
 
 ALLOWED_LABELS = {"lab", "node", "kernel", "scenario", "kind", "phase", "verdict", "le"}
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from model.lab import NfsRoute
-from workers.nfs import make_nfs_server
-from workers.nfs.base import NfsExport, NfsServerError
-from workers.nfs.ganesha import (
+from workers.lab.nfs import make_nfs_server
+from workers.lab.nfs.base import NfsExport, NfsServerError
+from workers.lab.nfs.ganesha import (
     DEFAULT_PORT,
     GaneshaServer,
     filesystem_problem,

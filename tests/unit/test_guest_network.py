@@ -12,10 +12,10 @@ from model.lab import NfsRoute, NodeConfig, load_lab
 from model.yamlpos import SpecError
 from workers.drivers.base import BootSpec, DriverError
 from workers.drivers.qemu import QemuDriver
-from workers.nfs.relay import RelayError, relay_command
+from workers.lab.nfs.relay import RelayError, relay_command
 
 REPO = Path(__file__).resolve().parents[2]
-RELAY = REPO / "workers" / "nfs" / "relay.py"
+RELAY = REPO / "workers" / "lab" / "nfs" / "relay.py"
 
 
 def _inventory(tmp_path: Path, nfs: str, nodes: str, driver: str = "qemu") -> Path:

@@ -15,8 +15,8 @@ from workers.drivers.base import BootSpec
 from workers.drivers.qemu import QemuDriver
 from workers.lab import network
 from workers.lab.labbox import Box, plan
-from workers.nfs import make_nfs_server
-from workers.nfs.knfsd import KnfsdServer, export_options
+from workers.lab.nfs import make_nfs_server
+from workers.lab.nfs.knfsd import KnfsdServer, export_options
 
 REPO = Path(__file__).resolve().parents[2]
 TWO_NODES = "        node1: {ansible_port: 47001}\n        node2: {ansible_port: 47002}\n"

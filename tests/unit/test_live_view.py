@@ -16,7 +16,7 @@ from rich.console import Console
 from model.hashes import CampaignHash
 from orchestrator.live import LiveState, LiveView, progress_fraction, render_rows
 from orchestrator.watch import LogLines, follow, format_event, wants_live_view
-from workers.streams import workload_progress
+from workers.coordination.streams import workload_progress
 
 T0 = 1_700_000_000.0
 WIDTH = 100

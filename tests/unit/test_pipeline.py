@@ -19,8 +19,8 @@ from workers import labs, node_session
 from workers.drivers import register_driver
 from workers.drivers.base import BootSpec, ConsoleSpec, MachineState
 from workers.image import NodeImage
-from workers.nfs import register_backend
-from workers.nfs.base import NfsExport
+from workers.lab.nfs import register_backend
+from workers.lab.nfs.base import NfsExport
 from workers.node_session import NodeSession
 from workers.node_ssh import NodeUnreachable, SshTarget
 from workers.pipeline import boot_steps, evidence

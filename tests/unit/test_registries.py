@@ -14,7 +14,7 @@ import sys
 from model.lab import DRIVER_KINDS, NFS_BACKENDS
 
 READ = (
-    "import importlib, json; from workers.drivers import driver_names; import workers.nfs as nfs; "
+    "import importlib, json; from workers.drivers import driver_names; import workers.lab.nfs as nfs; "
     "names = nfs.backend_names(); [importlib.import_module(module) for module in nfs._MODULES.values()]; "
     "print(json.dumps({'drivers': driver_names(), 'backends': names, 'registered': sorted(nfs._BACKENDS)}))"
 )

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from model.runspec import WorkloadOutcome
-from workers import streams
-from workers.streams import MAX_CORRUPT_LINES, TICK_BURST, SamplerStream, parse_workload_line
+from workers.coordination import streams
+from workers.coordination.streams import MAX_CORRUPT_LINES, TICK_BURST, SamplerStream, parse_workload_line
 
 TICK = b"@@ %d 2\n## /proc/vmstat\npswpout %d\n@@end\n"
 

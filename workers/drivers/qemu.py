@@ -4,7 +4,7 @@ The guest boots ``-kernel``/``-initrd`` directly, sends its serial console to th
 (a socket pair, read into a bounded console.log by ``workers.console_log``), and
 has QEMU user networking with ``restrict=on``: nothing of the host or beyond is reachable
 from inside except the NFS address, which a ``guestfwd`` relays per connection to the lab's
-server from the node's own 127.0.0.N (``workers.nfs.relay``); its sshd is forwarded to
+server from the node's own 127.0.0.N (``workers.lab.nfs.relay``); its sshd is forwarded to
 127.0.0.1:<ssh_port>. QEMU runs in its own session so a Ctrl-C
 in the CLI does not kill guests behind the orchestrator's back; its pid file lets a later
 process find and power off a guest left behind by a crashed worker.
@@ -35,7 +35,7 @@ from workers.console_log import SocketConsole
 from workers.drivers import register_driver
 from workers.drivers.base import BootSpec, DriverError, MachineState
 from workers.lab import network
-from workers.nfs.relay import RelayError, relay_command
+from workers.lab.nfs.relay import RelayError, relay_command
 from workers.process import cmdline, pid_alive, wait_gone
 
 DEFAULT_BINARY = "qemu-system-x86_64"

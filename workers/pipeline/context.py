@@ -12,14 +12,14 @@ from model.lab import Lab, NodeConfig
 from model.runspec import NodeResult, NodeRunSpec
 from workers.collab import Barrier, CancelCheck, Progress
 from workers.console_log import ConsoleLog, read_head_tail
+from workers.coordination.streams import ConsoleTail, SamplerStream
 from workers.drivers.base import MachineState, NodeAccess
 from workers.exporter import BOOT_SECONDS, NODES, NodeSeries
 from workers.image import NodeImage
-from workers.nfs import NfsServer
+from workers.lab.nfs import NfsServer
 from workers.node_ssh import CommandResult, NodeShell
 from workers.pipeline.step import Aborted, Cancelled, LabFault
 from workers.samples import Record
-from workers.streams import ConsoleTail, SamplerStream
 
 MOUNT_POINT = "/mnt/swaplab"
 # Where a booted node's image has the tool; nodes that run already get a copy here.

@@ -17,7 +17,7 @@ from workers.admission import admit_setup
 from workers.image import ImageError, build_node_image, lab_keys
 from workers.kbuild import artifacts
 from workers.kernel import KernelArtifacts, KernelError, KernelInputError, fetch_kernel
-from workers.nfs import NfsServerError, make_nfs_server
+from workers.lab.nfs import NfsServerError, make_nfs_server
 from workers.pipeline.step import InputFault, LabFault, Pipeline, PipelineHooks, Scope, Step
 
 Note = Callable[[str, str], None]  # (phase, text)

@@ -13,12 +13,12 @@ import time
 
 from model.figures import figures_over, node_series, window_between
 from model.runspec import NfsServerInfo
-from workers.nfs import NfsServerError, make_nfs_server
+from workers.coordination.streams import SamplerStream
+from workers.lab.nfs import NfsServerError, make_nfs_server
 from workers.node_ssh import NodeUnreachable
 from workers.pipeline import evidence
 from workers.pipeline.context import MOUNT_POINT, NodeContext
 from workers.pipeline.step import KernelFault, LabFault, Step
-from workers.streams import SamplerStream
 
 SAMPLER_FIRST_TICK_S = 15.0
 # The server's log written during a node's run, kept with its result: its last MiB at most.

@@ -7,10 +7,10 @@ import time
 from collections.abc import Callable
 
 from workers.collab import BarrierBroken
+from workers.coordination.streams import WorkloadStream, workload_progress
 from workers.pipeline import evidence
 from workers.pipeline.context import NodeContext
 from workers.pipeline.step import Aborted, Cancelled, InputFault, KernelFault, Step, StepFailure
-from workers.streams import WorkloadStream, workload_progress
 
 BARRIER_TIMEOUT_S = 600.0
 # A sampler silent this long makes the session ask the node whether it still answers.

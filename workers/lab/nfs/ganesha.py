@@ -34,8 +34,8 @@ from typing import Any
 
 from model.lab import NfsRoute
 from model.paths import cache_dir
-from workers.nfs import register_backend
-from workers.nfs.base import NfsExport, NfsServerError
+from workers.lab.nfs import register_backend
+from workers.lab.nfs.base import NfsExport, NfsServerError
 from workers.process import cmdline, pid_alive
 
 DEFAULT_PORT = 12049

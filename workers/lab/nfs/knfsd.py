@@ -22,12 +22,12 @@ from model.lab import NfsRoute
 from workers.lab import labbox
 from workers.lab.labbox import Box, LabBoxError
 from workers.lab.network import LabNetworkError
+from workers.lab.nfs import register_backend
+from workers.lab.nfs.base import NfsExport, NfsServerError
+from workers.lab.nfs.ganesha import validate_swap_name
 from workers.lab.provision import ProvisionError
 from workers.lab.server_image import ServerImageError
 from workers.lab.server_vm import ServerVm, ServerVmError
-from workers.nfs import register_backend
-from workers.nfs.base import NfsExport, NfsServerError
-from workers.nfs.ganesha import validate_swap_name
 from workers.node_ssh import NodeUnreachable
 
 SWAP_TIMEOUT_S = 600.0  # fallocate + mkswap, or reading a swap file back, under TCG

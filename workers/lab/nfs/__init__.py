@@ -6,7 +6,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from workers.nfs.base import NfsExport, NfsServer, NfsServerError
+from workers.lab.nfs.base import NfsExport, NfsServer, NfsServerError
 
 NfsFactory = Callable[[str, dict[str, Any]], NfsServer]
 _BACKENDS: dict[str, NfsFactory] = {}
@@ -28,7 +28,7 @@ def backend_names() -> list[str]:
 
 
 # Where each built-in backend lives: imported when a lab uses it (knfsd brings SSH and Ansible).
-_MODULES = {"ganesha": "workers.nfs.ganesha", "knfsd": "workers.nfs.knfsd"}
+_MODULES = {"ganesha": "workers.lab.nfs.ganesha", "knfsd": "workers.lab.nfs.knfsd"}
 
 
 def make_nfs_server(backend: str, lab: str, settings: dict[str, Any]) -> NfsServer:

@@ -19,7 +19,7 @@ from types import TracebackType
 from redis import Redis
 
 from model.state import as_text, health_key, lease_key, scan_pattern
-from workers.health import HEALTHY_FIELD
+from workers.coordination.health import HEALTHY_FIELD
 
 log = logging.getLogger(__name__)
 

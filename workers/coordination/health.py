@@ -8,7 +8,7 @@ Only lab faults (QEMU, image, NFS server, SSH keys ...) should be recorded as fa
 a kernel under test that panics at boot is that kernel's verdict and must not take a good
 node out of the pool (docs/ARCHITECTURE.md, "Verdicts and exit codes"). The caller decides.
 
-``workers.lease.LeaseBook.acquire`` reads the ``healthy`` field of the same keys inside its
+``workers.coordination.lease.LeaseBook.acquire`` reads the ``healthy`` field of the same keys inside its
 Lua script, so a node marked unhealthy is never handed out.
 """
 
