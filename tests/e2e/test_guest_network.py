@@ -9,7 +9,6 @@ other node's export; then it swaps over NFS and restarts ganesha in the middle o
 
 from __future__ import annotations
 
-import base64
 import os
 import shutil
 import socket
@@ -18,14 +17,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import paramiko
 import pytest
 
 from model.kernel import KernelSource
 from model.lab import Lab, load_lab
 from tests.conftest import free_port, require_tools
-from workers.drivers.base import BootSpec
-from workers.drivers.qemu import QemuDriver
+from tests.e2e.guests import Guest, booted_guest
 from workers.image import LabKeys, NodeImage, build_node_image, lab_keys
 from workers.kernel import fetch_kernel
 from workers.lab.nfs import make_nfs_server
@@ -97,56 +94,10 @@ def server(lab: Lab) -> Iterator[GaneshaServer]:
     srv.stop()
 
 
-class Guest:
-    """guest1, booted by swaplab's QEMU driver; commands as root over its pinned SSH."""
-
-    def __init__(self, driver: QemuDriver, keys: LabKeys, console: Path) -> None:
-        self.driver, self.keys, self.console = driver, keys, console
-        self.client: paramiko.SSHClient | None = None
-
-    def connect(self) -> None:
-        client = paramiko.SSHClient()
-        key_type, blob = self.keys.host_public.split()[:2]
-        host, port = self.driver.ssh_address()
-        client.get_host_keys().add(f"[{host}]:{port}", key_type, paramiko.Ed25519Key(data=base64.b64decode(blob)))
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        client.connect(host, port=port, username="root", key_filename=str(self.keys.client_private),
-                       look_for_keys=False, allow_agent=False, timeout=20)  # fmt: skip
-        self.client = client
-
-    def sh(self, command: str, timeout: float = 60) -> tuple[int, str]:
-        assert self.client is not None
-        _stdin, stdout, _stderr = self.client.exec_command(command, timeout=timeout)
-        out = stdout.read().decode(errors="replace")
-        return stdout.channel.recv_exit_status(), out
-
-    def console_text(self) -> str:
-        return self.console.read_text(errors="replace") if self.console.exists() else ""
-
-
 @pytest.fixture(scope="module")
 def guest(lab: Lab, server: GaneshaServer, image: NodeImage, keys: LabKeys, lab_dir: Path) -> Iterator[Guest]:
-    node = lab.node("guest1")
-    driver = QemuDriver(node, lab_dir / "guest1")
-    console = lab_dir / "guest1" / "console.log"
-    cmdline = (
-        f"{driver.kernel_console_args()} printk.time=1 mitigations=off zswap.enabled=0 "
-        f"swaplab.hostname=guest1 swaplab.nfs4_id=guestnet-guest1-{time.time_ns()}"
-    )
-    driver.power_on(BootSpec(image.kernel, image.initrd, cmdline, RAM_MIB, 1), console)
-    the_guest = Guest(driver, keys, console)
-    try:
-        deadline = time.monotonic() + BOOT_TIMEOUT_S
-        while "swaplab: ready" not in the_guest.console_text():
-            assert driver.is_running(), f"guest exited: {driver.exit_reason()}"
-            assert time.monotonic() < deadline, the_guest.console_text()[-3000:]
-            time.sleep(0.5)
-        the_guest.connect()
+    with booted_guest(lab.node("guest1"), image, keys, lab_dir / "guest1", RAM_MIB) as the_guest:
         yield the_guest
-    finally:
-        if the_guest.client is not None:
-            the_guest.client.close()
-        driver.power_off()
 
 
 class Listener:

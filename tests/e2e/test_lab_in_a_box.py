@@ -12,7 +12,6 @@ left. With ``-s`` it prints what it measured.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import ipaddress
 import json
@@ -30,10 +29,9 @@ import pytest
 from model.kernel import KernelSource
 from tests.conftest import require_tools
 from tests.e2e.conftest import LabInABox
+from tests.e2e.guests import Guest, booted_guest
 from tests.e2e.stack import Lab as Stack
-from workers.drivers.base import BootSpec
-from workers.drivers.qemu import QemuDriver
-from workers.image import LabKeys, NodeImage, build_node_image, lab_keys
+from workers.image import NodeImage, build_node_image, lab_keys
 from workers.kernel import fetch_kernel
 from workers.lab import labbox, network
 from workers.lab.labbox import Box
@@ -274,41 +272,18 @@ def test_a_node_on_the_lab_network_swaps_to_knfsd_and_passes(campaign_result: di
 # -- what a guest on the lab network can do --------------------------------------------------------------
 
 
-class Guest:
-    """node2 of the lab, booted by swaplab's QEMU driver on the lab network; root over SSH."""
-
-    def __init__(self, driver: QemuDriver, keys: LabKeys, console: Path) -> None:
-        self.driver, self.keys, self.console = driver, keys, console
-        self.client: paramiko.SSHClient | None = None
-
-    def connect(self) -> None:
-        client = paramiko.SSHClient()
-        key_type, blob = self.keys.host_public.split()[:2]
-        host, port = self.driver.ssh_address()
-        client.get_host_keys().add(f"[{host}]:{port}", key_type, paramiko.Ed25519Key(data=base64.b64decode(blob)))
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        client.connect(host, port=port, username="root", key_filename=str(self.keys.client_private),
-                       look_for_keys=False, allow_agent=False, timeout=20)  # fmt: skip
-        self.client = client
-
-    def sh(self, command: str, timeout: float = 90) -> tuple[int, str]:
-        assert self.client is not None
-        _stdin, stdout, _stderr = self.client.exec_command(f"{command} 2>&1", timeout=timeout)
-        out = stdout.read().decode(errors="replace")
-        return stdout.channel.recv_exit_status(), out
+class LabGuest(Guest):
+    """node2 of the lab on the lab network; it takes addresses and mounts as its root may."""
 
     def take_address(self, address: str) -> None:
         mac = network.port_mac("e2ebox", ipaddress.IPv4Address("10.77.0.12"))
-        status, out = self.sh(network.guest_link_command(mac, f"{address}/24"))
+        status, out = self.sh(f"{{ {network.guest_link_command(mac, f'{address}/24')}}} 2>&1")
         assert status == 0, out
 
     def mount(self, export: str, where: str) -> tuple[int, str]:
         # Soft, one try, short timeouts: a mount the network swallows must fail, not hang.
         options = "vers=4.1,proto=tcp,port=2049,addr=10.77.0.1,soft,timeo=30,retrans=1"
-        return self.sh(f"mkdir -p {where} && timeout 40 mount -t nfs4 -o {options} 10.77.0.1:{export} {where}")
-
-    def console_text(self) -> str:
-        return self.console.read_text(errors="replace") if self.console.exists() else ""
+        return self.sh(f"mkdir -p {where} && timeout 40 mount -t nfs4 -o {options} 10.77.0.1:{export} {where} 2>&1")
 
 
 @pytest.fixture(scope="module")
@@ -318,33 +293,18 @@ def node_image(campaign_result: dict[str, Any]) -> NodeImage:
 
 
 @pytest.fixture(scope="module")
-def guest(lab_in_a_box: LabInABox, node_image: NodeImage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
+def guest(
+    lab_in_a_box: LabInABox, node_image: NodeImage, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LabGuest]:
     node = lab_in_a_box.lab.node("node2")
     where = tmp_path_factory.mktemp("labbox-guest")
-    driver = QemuDriver(node, where)
-    console = where / "console.log"
-    cmdline = (
-        f"{driver.kernel_console_args()} printk.time=1 mitigations=off zswap.enabled=0 "
-        f"swaplab.hostname=node2 swaplab.nfs4_id=e2ebox-node2-{time.time_ns()}"
-    )
-    driver.power_on(BootSpec(node_image.kernel, node_image.initrd, cmdline, GUEST_RAM_MIB, 1), console)
-    the_guest = Guest(driver, lab_keys("e2ebox"), console)
-    try:
-        deadline = time.monotonic() + BOOT_TIMEOUT_S
-        while "swaplab: ready" not in the_guest.console_text():
-            assert driver.is_running(), f"guest exited: {driver.exit_reason()}"
-            assert time.monotonic() < deadline, the_guest.console_text()[-3000:]
-            time.sleep(0.5)
-        the_guest.connect()
+    with booted_guest(node, node_image, lab_keys("e2ebox"), where, GUEST_RAM_MIB, LabGuest) as the_guest:
+        assert isinstance(the_guest, LabGuest)
         the_guest.take_address("10.77.0.12")
         yield the_guest
-    finally:
-        if the_guest.client is not None:
-            the_guest.client.close()
-        driver.power_off()
 
 
-def test_the_guest_has_a_qmp_socket_only_root_can_reach(guest: Guest) -> None:
+def test_the_guest_has_a_qmp_socket_only_root_can_reach(guest: LabGuest) -> None:
     qmp = guest.driver.qmp_path
     assert qmp.is_socket()
     assert qmp.parent.stat().st_mode & 0o777 == 0o700
@@ -360,7 +320,7 @@ def test_the_guest_has_a_qmp_socket_only_root_can_reach(guest: Guest) -> None:
         assert json.loads(replies.readline())["return"]["status"] == "running"
 
 
-def test_a_node_mounts_its_own_export_and_is_refused_its_neighbours(guest: Guest) -> None:
+def test_a_node_mounts_its_own_export_and_is_refused_its_neighbours(guest: LabGuest) -> None:
     status, out = guest.mount("/srv/swaplab/exports/node2", "/mnt/own")
     assert status == 0, f"node2 could not mount its own export: {out}"
     status, out = guest.sh("touch /mnt/own/probe && stat -c '%u:%g' /mnt/own/probe && umount /mnt/own")
@@ -372,7 +332,7 @@ def test_a_node_mounts_its_own_export_and_is_refused_its_neighbours(guest: Guest
     assert "No such file or directory" in out, out
 
 
-def test_a_node_that_takes_its_neighbours_address_reaches_nothing(guest: Guest) -> None:
+def test_a_node_that_takes_its_neighbours_address_reaches_nothing(guest: LabGuest) -> None:
     guest.take_address("10.77.0.11")  # node1's: the bridge drops what it sends from it
     try:
         status, out = guest.mount("/srv/swaplab/exports/node1", "/mnt/spoofed")
@@ -385,7 +345,7 @@ def test_a_node_that_takes_its_neighbours_address_reaches_nothing(guest: Guest) 
     assert status == 0, f"node2's own address no longer reaches the server: {out}"
 
 
-def test_a_node_cannot_reach_the_servers_sshd_on_the_lab_network(guest: Guest) -> None:
+def test_a_node_cannot_reach_the_servers_sshd_on_the_lab_network(guest: LabGuest) -> None:
     status, out = guest.sh("timeout 10 nc -w 5 10.77.0.1 22 </dev/null")
     assert status != 0 and "SSH-" not in out, out
 
@@ -394,7 +354,7 @@ def test_a_node_cannot_reach_the_servers_sshd_on_the_lab_network(guest: Guest) -
 
 
 def test_lab_down_leaves_nothing(
-    lab_in_a_box: LabInABox, vm: ServerVm, image: ServerImage, disk_before: Fingerprint, guest: Guest
+    lab_in_a_box: LabInABox, vm: ServerVm, image: ServerImage, disk_before: Fingerprint, guest: LabGuest
 ) -> None:
     guest.driver.power_off()  # the module's own guest first: then the lab is as a run leaves it
     pid, port = vm.pid, vm.ssh_port
@@ -408,6 +368,8 @@ def test_lab_down_leaves_nothing(
     assert not pid_alive(pid)
     assert "e2ebox" not in network.leftovers()
     assert not Path("/var/run/netns/swaplab-e2ebox").exists()
+    assert "swaplab-e2ebox" not in Path("/proc/self/mounts").read_text()  # the namespace's bind mount
+    assert not guest.driver.qmp_path.parent.exists()
     left = [p for p in _pids() if any("e2ebox" in arg for arg in cmdline(p)) and "qemu" in " ".join(cmdline(p))]
     assert left == [], f"QEMU processes of the lab remain: {left}"
     assert port_free(port)

@@ -18,6 +18,7 @@ faults pause and resume it.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import itertools
 import os
@@ -302,6 +303,9 @@ class QemuDriver:
         if self._console is not None:
             self._console.stop()  # QEMU is gone: the last of its output, then console.log is final
         self.pid_path.unlink(missing_ok=True)
+        self.qmp_path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # gone already, or not ours to remove
+            self.qmp_path.parent.rmdir()
 
     def _kill(self, pid: int) -> None:
         for sig, timeout in ((signal.SIGTERM, TERM_TIMEOUT_S), (signal.SIGKILL, 5.0)):
