@@ -5,15 +5,16 @@ driver's abilities choose the steps."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from model.campaign import NfsSpec
 from model.kernel import KernelSource
-from model.lab import Lab, NodeConfig
+from model.lab import Lab, NfsRoute, NodeConfig
 from model.runspec import NodeResult, NodeRunSpec, PreparedKernel, WorkloadRef
 from workers import labs, node_session
 from workers.drivers import register_driver
@@ -25,6 +26,7 @@ from workers.node_session import NodeSession
 from workers.node_ssh import NodeUnreachable, SshTarget
 from workers.pipeline import boot_steps, evidence
 from workers.pipeline.context import NodeContext
+from workers.pipeline.run_setup import run_setup_pipeline
 from workers.pipeline.step import (
     Aborted,
     Cancelled,
@@ -33,10 +35,11 @@ from workers.pipeline.step import (
     LabFault,
     Pipeline,
     PipelineHooks,
+    PipelineOrderError,
     Step,
     StepFailure,
 )
-from workers.pipeline.strategy import AttachStrategy, BootStrategy, strategy_for
+from workers.pipeline.strategy import AttachStrategy, BootStrategy, node_pipeline, strategy_for
 from workers.pipeline.workload_steps import hog_command, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -116,7 +119,13 @@ def test_a_stop_between_steps_runs_the_cleanups() -> None:
 
 @pytest.mark.parametrize(
     ("failure", "cause"),
-    [(KernelFault, "kernel"), (LabFault, "infra"), (InputFault, "input"), (Cancelled, "cancelled"), (Aborted, "aborted")],
+    [
+        (KernelFault, "kernel"),
+        (LabFault, "infra"),
+        (InputFault, "input"),
+        (Cancelled, "cancelled"),
+        (Aborted, "aborted"),
+    ],
 )
 def test_each_failure_type_names_its_cause(failure: type[StepFailure], cause: str) -> None:
     assert failure("x").cause == cause
@@ -386,6 +395,36 @@ def test_the_driver_decides_the_steps() -> None:
     # From the clock on, both run the same test steps.
     assert boot[boot.index("clock") :] == attach[attach.index("clock") :]
     assert not BootStrategy.persistent and AttachStrategy.persistent
+
+
+def test_every_strategy_and_the_run_setup_assemble_in_an_order_that_feeds_each_step() -> None:
+    route = NfsRoute("n", 1, "10.77.0.1", 2049, "10.77.0.11", "10.77.0.1", 2049, False, "10.77.0.0/24")
+    on_lab_network = FakeMachine(replace(_node("fake-machine"), nfs_route=route), Path("."))
+    for driver in (
+        FakeMachine(_node("fake-machine"), Path(".")),
+        on_lab_network,
+        FakeHost(_node("fake-host"), Path(".")),
+    ):
+        pipeline, _strategy = node_pipeline(driver)  # a misplaced step would raise here
+        assert pipeline.names[-1] == "collect"
+    assert "lab-link" in node_pipeline(on_lab_network)[0].names
+    for boots in (True, False):
+        lab = SimpleNamespace(boots_kernels=boots)
+        assert run_setup_pipeline(lab).names[0] == "nfs-server"  # type: ignore[arg-type]
+
+
+def test_a_step_before_what_it_needs_is_refused_when_the_pipeline_is_assembled() -> None:
+    machine = FakeMachine(_node("fake-machine"), Path("."))
+    steps = BootStrategy().steps(machine)
+    mount = next(step for step in steps if step.name == "mount")
+    misplaced = [mount, *(step for step in steps if step is not mount)]
+    with pytest.raises(PipelineOrderError) as refused:
+        Pipeline(misplaced)
+    message = str(refused.value)
+    assert message.startswith("step mount needs nfs (provided by swap-file, later); shell (provided by boot, later)")
+    without = [step for step in steps if step.name != "swap-file"]
+    with pytest.raises(PipelineOrderError, match="needs nfs \\(provided by no step\\)"):
+        Pipeline(without)
 
 
 def test_a_driver_no_strategy_accepts_is_refused() -> None:

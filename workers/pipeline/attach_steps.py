@@ -25,6 +25,7 @@ TOOL_ARCH = "x86_64"  # swaplab-node is built static for the worker's own archit
 class ConnectStep(Step[NodeContext]):
     """Log in with the node's own credentials; an unknown host key is refused."""
 
+    provides = frozenset({"shell"})
     name = "connect"
     phase = "connect"
 
@@ -53,6 +54,7 @@ class ConnectStep(Step[NodeContext]):
 class ConsoleStep(Step[NodeContext]):
     """Capture the lab's console for the node, else its kernel log over SSH."""
 
+    needs = frozenset({"shell"})
     name = "console"
     phase = "connect"
 
@@ -81,6 +83,7 @@ class ConsoleStep(Step[NodeContext]):
 class IdentifyKernelStep(Step[NodeContext]):
     """Read the running kernel back and check it is the one the campaign expects."""
 
+    needs = frozenset({"shell"})
     name = "kernel"
     phase = "connect"
 
@@ -107,6 +110,8 @@ class FitnessStep(Step[NodeContext]):
     """The node is fit for the run (no other swap, an NFSv4 client, no leftovers), its RAM
     sizes the workload; at cleanup, check it is left as found."""
 
+    needs = frozenset({"shell"})
+    provides = frozenset({"sizes"})
     name = "fitness"
     phase = "connect"
 
@@ -138,7 +143,9 @@ class FitnessStep(Step[NodeContext]):
         ctx.ram_mib, ctx.workload_mib = ram, touch
         ctx.result.ram_mib, ctx.result.planned_overcommit_mib = ram, overcommit
         if not HOG_MIB_MIN <= touch <= HOG_MIB_MAX:
-            raise InputFault(f"workload touches {touch} MiB; the node's workload tool takes {HOG_MIB_MIN}..{HOG_MIB_MAX}")
+            raise InputFault(
+                f"workload touches {touch} MiB; the node's workload tool takes {HOG_MIB_MIN}..{HOG_MIB_MAX}"
+            )
         if overcommit <= 0:
             raise InputFault(f"workload touches {touch} MiB, which fits in the node's {ram} MiB: nothing would swap")
         if overcommit > ctx.spec.swap_mib and not work.allow_oom:
@@ -151,6 +158,7 @@ class FitnessStep(Step[NodeContext]):
 class InstallToolStep(Step[NodeContext]):
     """Copy the static ``swaplab-node`` to the node and check it by hash; remove it at the end."""
 
+    needs = frozenset({"shell"})
     name = "tool"
     phase = "connect"
 

@@ -19,6 +19,7 @@ from workers.pipeline.step import LabFault, Step
 class PreparedImageStep(Step[NodeContext]):
     """The node image the run's setup built (kernel + initramfs), from this host's cache."""
 
+    provides = frozenset({"image", "sizes"})
     name = "image"
     phase = "image"
 
@@ -50,6 +51,8 @@ class PreparedImageStep(Step[NodeContext]):
 class BootStep(Step[NodeContext]):
     """Power the node on with the image and wait until its sshd answers; power off at cleanup."""
 
+    needs = frozenset({"image"})
+    provides = frozenset({"shell"})
     name = "boot"
     phase = "boot"
 
@@ -108,6 +111,7 @@ class BootedKernelStep(Step[NodeContext]):
     """Proof of what booted: the node's own ``uname -r``, ``uname -v`` and /proc/version,
     checked against the image it was given. Anything else booted is the lab's fault."""
 
+    needs = frozenset({"shell"})
     name = "booted"
     phase = "boot"
 
@@ -134,6 +138,7 @@ class LabLinkStep(Step[NodeContext]):
     """The node's NIC on the lab network (found by the MAC QEMU gave it) takes the node's
     lab address; its NFS traffic goes over it, its SSH stays on the management NIC."""
 
+    needs = frozenset({"shell"})
     name = "lab-link"
     phase = "boot"
 

@@ -37,6 +37,7 @@ class RunContext:
 class EnsureNfsServerStep(Step[RunContext]):
     """The lab's NFS server serves (started now if it did not); shared by every run of the lab."""
 
+    provides = frozenset({"nfs-server"})
     name = "nfs-server"
     phase = "nfs"
     scope = Scope.LAB
@@ -60,6 +61,7 @@ class EnsureNfsServerStep(Step[RunContext]):
 class FetchKernelStep(Step[RunContext]):
     """The run's kernel in this host's cache (metapackages resolved now, once per run)."""
 
+    provides = frozenset({"kernel"})
     name = "kernel"
     phase = "kernel"
     scope = Scope.RUN
@@ -102,6 +104,8 @@ class FetchKernelStep(Step[RunContext]):
 class BuildImageStep(Step[RunContext]):
     """The node image every node of the run boots (kernel, modules, tools, the lab's keys)."""
 
+    needs = frozenset({"kernel"})
+    provides = frozenset({"prepared"})
     name = "image"
     phase = "image"
     scope = Scope.RUN
@@ -112,7 +116,9 @@ class BuildImageStep(Step[RunContext]):
     def run(self, ctx: RunContext, deadline: float) -> None:
         assert ctx.kernel is not None
         try:
-            image = build_node_image(ctx.kernel, lab_keys(ctx.lab.name), progress=lambda text: ctx.note(self.phase, text))
+            image = build_node_image(
+                ctx.kernel, lab_keys(ctx.lab.name), progress=lambda text: ctx.note(self.phase, text)
+            )
         except (ImageError, KernelError, OSError) as err:
             raise LabFault(f"node image build: {err}") from err
         built = ctx.spec.kernel.build is not None

@@ -5,6 +5,11 @@ timeout, ``run(ctx, deadline)`` and ``cleanup(ctx)``. The pipeline runs steps in
 stops at the first failure and calls ``cleanup`` of every step that started, in reverse
 order, whatever happened.
 
+Steps say what they need from the context and what they provide to it (``needs``,
+``provides``: names such as "shell" or "nfs"), and a pipeline checks the order when it
+is assembled: a step placed before what it needs is a ``PipelineOrderError`` naming both,
+raised by whoever assembles it, never an assertion failing mid-run and blamed on the lab.
+
 A step says whose fault its failures are by the exception it raises: ``KernelFault``
 (the kernel under test: fail), ``LabFault`` (the lab's own parts: infra-error),
 ``InputFault`` (a mistake in the campaign that validation could not see: invalid), and
@@ -82,6 +87,9 @@ class Step(Generic[Ctx]):
     scope: ClassVar[Scope] = Scope.NODE
     # Whose fault an unexpected exception in this step is.
     unexpected: ClassVar[type[StepFailure]] = LabFault
+    # What the step uses of the context, and what it puts there for later steps.
+    needs: ClassVar[frozenset[str]] = frozenset()
+    provides: ClassVar[frozenset[str]] = frozenset()
 
     def timeout_s(self, ctx: Ctx) -> float:
         """How long ``run`` may take."""
@@ -97,6 +105,10 @@ class Step(Generic[Ctx]):
 
     def cleanup(self, ctx: Ctx) -> None:
         """Undo what ``run`` did, as far as it got (called even when ``run`` failed)."""
+
+
+class PipelineOrderError(ValueError):
+    """A pipeline was assembled with a step before what it needs."""
 
 
 class PipelineHooks(Generic[Ctx]):
@@ -122,6 +134,7 @@ class Pipeline(Generic[Ctx]):
         names = [step.name for step in steps]
         if len(set(names)) != len(names):
             raise ValueError(f"step names repeat: {names}")
+        _check_order(steps)
         self.steps = list(steps)
 
     @property
@@ -152,6 +165,21 @@ class Pipeline(Generic[Ctx]):
             raise step.unexpected(f"{step.name}: {type(err).__name__}: {err}") from err
         finally:
             hooks.left(step, time.monotonic() - began)
+
+
+def _check_order(steps: Sequence[Step[Ctx]]) -> None:
+    """Every step's needs are provided by a step before it."""
+    provided: dict[str, str] = {}
+    for step in steps:
+        missing = sorted(step.needs - provided.keys())
+        if missing:
+            later = {what: other.name for other in steps for what in other.provides if what in missing}
+            where = "; ".join(
+                f"{what} ({f'provided by {later[what]}, later' if what in later else 'provided by no step'})"
+                for what in missing
+            )
+            raise PipelineOrderError(f"step {step.name} needs {where}: order {[s.name for s in steps]}")
+        provided.update(dict.fromkeys(step.provides, step.name))
 
 
 def _cleanup(step: Step[Ctx], ctx: Ctx, hooks: PipelineHooks[Ctx]) -> None:

@@ -29,6 +29,7 @@ CLOCK_ALIVE_PROBE_S = 10.0  # clock-serve went silent: does the node still answe
 class SwapFileStep(Step[NodeContext]):
     """The node's swap file on the lab's NFS server (which the run's setup made sure serves)."""
 
+    provides = frozenset({"nfs"})
     name = "swap-file"
     phase = "nfs"
 
@@ -66,6 +67,7 @@ class SwapFileStep(Step[NodeContext]):
 class ClockStep(Step[NodeContext]):
     """The node's clock offset from the host, measured over the open session."""
 
+    needs = frozenset({"shell"})
     name = "clock"
     phase = "clock"
 
@@ -83,6 +85,7 @@ class ClockStep(Step[NodeContext]):
 class SysctlStep(Step[NodeContext]):
     """The campaign's vm.*/kernel.* tunables; a node that outlives the run gets its own back."""
 
+    needs = frozenset({"shell"})
     name = "sysctl"
     phase = "mount"
 
@@ -114,6 +117,8 @@ class SysctlStep(Step[NodeContext]):
 class MountStep(Step[NodeContext]):
     """Mount the lab's export on the node."""
 
+    needs = frozenset({"shell", "nfs"})
+    provides = frozenset({"mount"})
     name = "mount"
     phase = "mount"
 
@@ -162,6 +167,8 @@ class MountStep(Step[NodeContext]):
 class SwaponStep(Step[NodeContext]):
     """Swap on the NFS file; a refusal is the kernel's (the file is fine: the lab made it)."""
 
+    needs = frozenset({"shell", "mount"})
+    provides = frozenset({"swap"})
     name = "swapon"
     phase = "mount"
 
@@ -190,6 +197,8 @@ class SwaponStep(Step[NodeContext]):
 class SamplerStep(Step[NodeContext]):
     """The node's own counters every second, streamed to samples.jsonl and the exporter."""
 
+    needs = frozenset({"shell"})
+    provides = frozenset({"sampler"})
     name = "sampler"
     phase = "mount"
 

@@ -39,6 +39,8 @@ def wait_until(instant_ns: int, cancelled: Callable[[], bool]) -> None:
 class BarrierStep(Step[NodeContext]):
     """Every node of the run arrives after swapon; they learn one start instant."""
 
+    needs = frozenset({"sampler", "swap"})
+    provides = frozenset({"start"})
     name = "barrier"
     phase = "barrier"
 
@@ -59,6 +61,7 @@ class BarrierStep(Step[NodeContext]):
 class WorkloadStep(Step[NodeContext]):
     """``swaplab-node hog`` from the start instant to its verdict on every page."""
 
+    needs = frozenset({"shell", "sampler", "start", "sizes", "swap"})
     name = "workload"
     phase = "workload"
 
@@ -155,6 +158,7 @@ class WorkloadStep(Step[NodeContext]):
 class CollectStep(Step[NodeContext]):
     """A couple more sampler ticks, so the final counters cover the whole workload."""
 
+    needs = frozenset({"sampler"})
     name = "collect"
     phase = "collect"
 
