@@ -19,7 +19,6 @@ faults pause and resume it.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import itertools
 import os
 import shutil
@@ -135,10 +134,10 @@ class QemuDriver:
         route = self.node.nfs_route
         if route is None or not route.lab_network:
             return []
-        mac = network.port_mac(self.node.lab, ipaddress.IPv4Address(route.client_address))
+        port, _net = network.node_port(self.node.lab, route)
         return [
             "-netdev", f"tap,id=lab,fd={self._tap_fd}",
-            "-device", f"virtio-net-pci,netdev=lab,mac={mac},romfile=",
+            "-device", f"virtio-net-pci,netdev=lab,mac={port.mac},romfile=",
         ]  # fmt: skip
 
     def _open_lab_tap(self) -> None:
@@ -146,11 +145,8 @@ class QemuDriver:
         if route is None or not route.lab_network:
             return
         try:
-            net = network.LabNetwork(self.node.lab, ipaddress.IPv4Network(route.lab_subnet), ())
-            self._tap_fd = network.open_tap(net, network.Port(
-                self.node.name, "node", network.port_mac(self.node.lab, ipaddress.IPv4Address(route.client_address)),
-                ipaddress.IPv4Address(route.client_address),
-            ), inheritable=True)  # fmt: skip
+            port, net = network.node_port(self.node.lab, route)
+            self._tap_fd = network.open_tap(net, port, inheritable=True)
         except (network.LabNetworkError, ValueError) as err:
             raise DriverError(f"node {self.node.name}: lab network of {self.node.lab}: {err}") from err
 

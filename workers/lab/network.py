@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from model.lab import LAB_FIRST_NODE_HOST, LAB_SERVER_HOST
+from model.lab import LAB_FIRST_NODE_HOST, LAB_SERVER_HOST, NfsRoute
 
 NAMESPACE_PREFIX = "swaplab-"
 NETNS_DIR = Path("/var/run/netns")  # where `ip netns add` mounts a named namespace
@@ -188,6 +188,16 @@ def lab_network(
         address = subnet.network_address + first + i
         ports.append(Port(node, "node", port_mac(lab, address), address))
     return LabNetwork(lab, subnet, tuple(ports))
+
+
+def node_port(lab: str, route: NfsRoute) -> tuple[Port, LabNetwork]:
+    """A lab-network node's port (its MAC, address and tap), and its lab's network, from the
+    route the inventory gave it: what its QEMU and its guest set up."""
+    if route.lab_subnet is None:
+        raise LabNetworkError(f"node {route.node} is not on a lab network")
+    address = ipaddress.IPv4Address(route.client_address)
+    net = LabNetwork(lab, ipaddress.IPv4Network(route.lab_subnet))
+    return Port(route.node, "node", port_mac(lab, address), address), net
 
 
 def port_mac(lab: str, address: ipaddress.IPv4Address) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import time
 
 from model.figures import GUEST_ICOUNT_SHIFT
@@ -151,9 +150,8 @@ class LabLinkStep(Step[NodeContext]):
         route = ctx.driver.node.nfs_route
         if route is None or route.lab_subnet is None:
             raise LabFault(f"node {ctx.name} is not on a lab network")
-        address = ipaddress.IPv4Address(route.client_address)
-        prefix = ipaddress.IPv4Network(route.lab_subnet).prefixlen
-        command = network.guest_link_command(network.port_mac(ctx.lab.name, address), f"{address}/{prefix}")
+        port, net = network.node_port(ctx.lab.name, route)
+        command = network.guest_link_command(port.mac, f"{port.address}/{net.subnet.prefixlen}")
         done = ctx.shell.run(command, timeout=max(5.0, deadline - time.monotonic()))
         if not done.ok:
             raise LabFault(f"lab network: {(done.stderr or done.stdout).strip()}")

@@ -18,7 +18,7 @@ import json
 import shlex
 from typing import Any
 
-from model.lab import NfsRoute
+from model.lab import NFS_PORT, NfsRoute
 from workers.lab import labbox
 from workers.lab.labbox import Box, LabBoxError
 from workers.lab.network import LabNetworkError
@@ -156,12 +156,15 @@ class KnfsdServer:
         return route
 
     def where(self) -> str:
-        address = next(iter(self.routes.values())).server_address if self.routes else "?"
-        return f"knfsd in the server VM of lab {self.lab_name} at {address}:2049 (lab network)"
+        return f"knfsd in the server VM of lab {self.lab_name} at {self._server_address}:{NFS_PORT} (lab network)"
 
     def export(self) -> NfsExport:
-        address = next(iter(self.routes.values())).server_address if self.routes else ""
-        return NfsExport(address, 2049, self.export_dir)
+        return NfsExport(self._server_address, NFS_PORT, self.export_dir)
+
+    @property
+    def _server_address(self) -> str:
+        """The server's lab address (every node's route names the same one)."""
+        return next(iter(self.routes.values())).server_address if self.routes else ""
 
     def node_export(self, node: str) -> NfsExport:
         route = self._route(node)
