@@ -11,6 +11,7 @@ task and result became a progress line.
 from __future__ import annotations
 
 import hashlib
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -79,3 +80,13 @@ def test_an_unreachable_host_is_a_provision_error(tmp_path: Path) -> None:
 def test_names_ansible_would_read_as_patterns_are_refused(name: str) -> None:
     with pytest.raises(ValueError, match="letters, digits"):
         check_inventory({"lab_servers": {"hosts": {name: {}}}})
+
+
+def test_a_playbook_leaves_the_processs_signal_handlers_as_they_were(tmp_path: Path) -> None:
+    # ansible-runner would install its own SIGTERM/SIGINT handlers in the main thread for
+    # good: Ctrl-C and SIGTERM swallowed afterwards, the next playbook "canceled".
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    target = tmp_path / "target"
+    target.mkdir()
+    run_playbook(PLAYBOOK, inventory(), tmp_path / "artifacts", {"check_dir": str(target), "check_secret": "x"})
+    assert {sig: signal.getsignal(sig) for sig in before} == before

@@ -117,6 +117,10 @@ def run_playbook(
             extravars=dict(extravars or {}),
             envvars={**_QUIET_ENV, "PATH": _path_with_ansible(), **(envvars or {})},
             event_handler=lambda event: _on_event(event, outcome, progress),
+            # Without a cancel callback of its own, ansible-runner takes over SIGTERM and
+            # SIGINT in the main thread for the rest of the process: a later Ctrl-C or
+            # SIGTERM would be swallowed, and would cancel the next playbook instead.
+            cancel_callback=lambda: False,
             quiet=True,
         )
     finally:
