@@ -31,7 +31,9 @@ from pathlib import Path
 import paramiko
 from fabric import Connection
 
-CONNECT_TIMEOUT_S = 8.0
+# Opening a channel and starting its command. A TCG guest on a busy host is slow to fork:
+# with three guests booting on two cores dropbear once took more than 8 s to start one.
+CONNECT_TIMEOUT_S = 20.0
 # While waiting for a booting node, each attempt gives up quickly so a broken barrier or a
 # cancel is noticed within seconds (QEMU's port forward accepts TCP long before sshd).
 BOOT_PROBE_TIMEOUT_S = 3.0

@@ -116,7 +116,7 @@ class BootedKernelStep(Step[NodeContext]):
 
     def run(self, ctx: NodeContext, deadline: float) -> None:
         assert ctx.shell is not None and ctx.spec.prepared is not None
-        said = {key: ctx.output(command) for key, command in READ_BACK.items()}
+        said = _read_back(ctx, deadline)
         ctx.result.kernel.update(said)
         prepared = ctx.spec.prepared
         if prepared.artifact:
@@ -131,6 +131,23 @@ class BootedKernelStep(Step[NodeContext]):
 
 
 READ_BACK = {"uname_r": "uname -r", "uname_v": "uname -v", "proc_version": "cat /proc/version"}
+
+
+def _read_back(ctx: NodeContext, deadline: float) -> dict[str, str]:
+    """READ_BACK in one command (one line each). A node that just came up on a busy host
+    may not start a command within the connect timeout: that is retried until ``deadline``."""
+    command = "; ".join(READ_BACK.values())
+    while True:
+        try:
+            lines = ctx.output(command).splitlines()
+            break
+        except NodeUnreachable:
+            if time.monotonic() + 1.0 >= deadline:
+                raise
+            time.sleep(1.0)
+    if len(lines) != len(READ_BACK):
+        raise LabFault(f"`{command}` printed {len(lines)} line(s), not {len(READ_BACK)}: {lines!r}"[:500])
+    return dict(zip(READ_BACK, (line.strip() for line in lines), strict=True))
 
 
 class LabLinkStep(Step[NodeContext]):
