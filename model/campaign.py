@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from model.criteria import BUILTIN_CRITERION_NAMES, CriterionSpec
+from model.faults import FAULTS_MAX, LINK_KINDS, FaultSpec, check_fault_order
 from model.figures import FIGURE_NAMES, Timing, guest_clock_sysctl
 from model.kernel import KernelSource
 from model.lab import Lab, LabRef, NodeConfig, load_lab
@@ -34,6 +35,7 @@ _RESERVED_MOUNT_OPTIONS = {
 }  # fmt: skip
 SUPPORTED_NFS_VERSIONS = ("4.1", "4.2")
 MAX_RUNS = 1000  # kernels x workloads x repeats
+STALLED_AFTER_S = 120  # a TCG guest's slowest healthy swap still moves pages every few seconds
 _INT64 = 2**63 - 1
 
 
@@ -131,6 +133,9 @@ class WorkloadSpec(_Strict):
     passes: int = Field(default=1, ge=HOG_PASSES_MIN, le=min(1000, HOG_PASSES_MAX))
     timeout_s: int = Field(default=600, gt=0, le=7 * 24 * 3600)
     allow_oom: bool = False
+    # The progress watchdog: a node that answers but neither swaps nor reports progress
+    # for this long (outside a fault's window) is stalled, a kernel fail.
+    stalled_after_s: int = Field(default=STALLED_AFTER_S, ge=10, le=7 * 24 * 3600)
 
     @model_validator(mode="after")
     def _one_size(self) -> WorkloadSpec:
@@ -276,6 +281,8 @@ class CampaignSpec(_Strict):
     compare: CompareSpec = Field(default_factory=CompareSpec)
     # Nightly and other scheduled runs (`swaplab schedule add FILE`).
     schedule: ScheduleSpec | None = None
+    # Disturbances of the NFS path while the workload swaps (model.faults).
+    faults: list[FaultSpec] = Field(default_factory=list, max_length=FAULTS_MAX)
 
     def sysctl_of(self, variant: Variant | None) -> dict[str, int]:
         """The sysctls a run's nodes get: the clock's own, the node's, the variant's (later wins)."""
@@ -414,6 +421,7 @@ def _check_plan(doc: LocatedYaml, spec: CampaignSpec, lab: Lab) -> Campaign:
         issues += size_issues
         for index, workload in enumerate(spec.workloads):
             issues += _check_workload_fits(doc, spec, index, workload, ram)
+        issues += _check_squeezes_fit(doc, spec, ram)
     else:
         # A running node has the RAM it has: the workload is checked against it at run time.
         issues += [
@@ -422,9 +430,30 @@ def _check_plan(doc: LocatedYaml, spec: CampaignSpec, lab: Lab) -> Campaign:
             if getattr(spec.node, key) is not None
         ]
     issues += _check_criteria_names(doc, spec.criteria) + _check_variants(doc, spec) + _check_baseline(doc, spec)
+    issues += _check_faults(doc, spec, lab)
     if issues:
         raise SpecError(issues)
     return Campaign(doc.path, spec, LabRef.of(lab), ram, cpus)
+
+
+def _check_faults(doc: LocatedYaml, spec: CampaignSpec, lab: Lab) -> list[SpecIssue]:
+    """Faults fit the lab and the run: a link to disturb, a node that exists, no overlap."""
+    issues = [doc.issue(("faults", index, "at_s"), message) for index, message in check_fault_order(spec.faults)]
+    for index, fault in enumerate(spec.faults):
+        if fault.kind in LINK_KINDS and not lab.lab_network:
+            message = (
+                f"{fault.kind} disturbs a node's link on a lab network; lab {lab.name!r} has none "
+                "(its nodes reach the server through this host)"
+            )
+            issues.append(doc.issue(("faults", index, "kind"), message))
+        node = fault.node_index
+        if node is not None and node >= spec.nodes:
+            issues.append(doc.issue(("faults", index, "target"), f"the run has {spec.nodes} node(s)"))
+    for index, criterion in enumerate(spec.criteria):
+        if criterion.fault is not None and criterion.fault > len(spec.faults):
+            message = f"the campaign has {len(spec.faults)} fault(s): 'fault' numbers one of them, from 1"
+            issues.append(doc.issue(("criteria", index, "fault"), message))
+    return issues
 
 
 def _check_variants(doc: LocatedYaml, spec: CampaignSpec) -> list[SpecIssue]:
@@ -600,6 +629,24 @@ def _check_workload_fits(
             )
         ]
     return []
+
+
+def _check_squeezes_fit(doc: LocatedYaml, spec: CampaignSpec, ram: int) -> list[SpecIssue]:
+    """A memory squeeze beside the largest workload must still fit in RAM + swap, unless
+    the workloads opted into the OOM killer."""
+    if not spec.workloads or any(workload.allow_oom for workload in spec.workloads):
+        return []
+    touch = max(workload.touch_mib(ram) for workload in spec.workloads)
+    issues = []
+    for index, fault in enumerate(spec.faults):
+        if fault.mib is not None and touch + fault.mib > ram + spec.swap.size_mib:
+            message = (
+                f"{fault.mib} MiB squeezed beside a workload of {touch} MiB exceeds the node's {ram} MiB of RAM "
+                f"+ {spec.swap.size_mib} MiB of swap: the OOM killer would end the run; squeeze less, or set "
+                "'allow_oom: true' on the workloads"
+            )
+            issues.append(doc.issue(("faults", index, "mib"), message))
+    return issues
 
 
 def _issue_from_pydantic(doc: LocatedYaml, error: Any) -> SpecIssue:

@@ -29,6 +29,9 @@ class EventKind(StrEnum):
     SWAP_ACTIVATE_ERROR = "swap_activate_error"
     NFS_NOT_RESPONDING = "nfs_not_responding"
     NFS_OK = "nfs_ok"
+    # The allocator refused an allocation (often atomic, in the network path): reported, not
+    # a failure by itself — what it led to (a swap write error, a hang) is.
+    PAGE_ALLOCATION_FAILURE = "page_allocation_failure"
 
 
 # Order matters only for readability; each line yields at most one event (first match).
@@ -47,6 +50,7 @@ _PATTERNS: list[tuple[EventKind, re.Pattern[str]]] = [
     (EventKind.SWAP_ACTIVATE_ERROR, re.compile(r"swap activate: |swapon: swapfile has holes")),
     (EventKind.NFS_NOT_RESPONDING, re.compile(r"nfs: server \S+ not responding")),
     (EventKind.NFS_OK, re.compile(r"nfs: server \S+ OK")),
+    (EventKind.PAGE_ALLOCATION_FAILURE, re.compile(r"page allocation failure: order:\d+")),
 ]
 
 # Every match of a pattern above holds one of these: most console text has no event, and
@@ -65,6 +69,7 @@ _EVENT_WORDS = (
     b"swap activate: ",
     b"swapon: swapfile has holes",
     b"nfs: server ",
+    b"page allocation failure",
 )
 
 # Kernel health events: any one of these on the console fails the run.
@@ -90,6 +95,9 @@ class ConsoleEvent:
     line: int
     kernel_time_s: float | None
     text: str
+    # When the worker read the line (host epoch s; None when parsed from a file later):
+    # what places an event inside or outside a fault's window.
+    host_time_s: float | None = None
 
     def to_json(self) -> dict[str, object]:
         """JSON-able form for result files."""
@@ -109,14 +117,15 @@ def may_hold_events(data: bytes) -> bool:
     return any(word in data for word in _EVENT_WORDS)
 
 
-def event_of_line(number: int, raw: str) -> ConsoleEvent | None:
+def event_of_line(number: int, raw: str, host_time_s: float | None = None) -> ConsoleEvent | None:
     """The event of console line ``number`` (1-based), or None; its text at most EVENT_TEXT_MAX."""
     line = raw.rstrip("\r")
     kind = classify_line(line)
     if kind is None:
         return None
     stamp = _PRINTK_TIME.match(line)
-    return ConsoleEvent(kind, number, float(stamp.group(1)) if stamp else None, line.strip()[:EVENT_TEXT_MAX])
+    kernel_time = float(stamp.group(1)) if stamp else None
+    return ConsoleEvent(kind, number, kernel_time, line.strip()[:EVENT_TEXT_MAX], host_time_s)
 
 
 def parse_console(text: str) -> list[ConsoleEvent]:
@@ -149,7 +158,7 @@ class EventTally:
         self.kept.append(event)
         return True
 
-    def add_line(self, number: int, raw: str) -> bool:
+    def add_line(self, number: int, raw: str, host_time_s: float | None = None) -> bool:
         """Count the event of console line ``number``, if it is one; True when it is kept."""
         kind = classify_line(raw)
         if kind is None:
@@ -157,7 +166,7 @@ class EventTally:
         if self.counts.get(kind, 0) >= self.per_kind:  # only counted: no event made
             self.counts[kind] += 1
             return False
-        event = event_of_line(number, raw)
+        event = event_of_line(number, raw, host_time_s)
         return event is not None and self.add(event)
 
     @property

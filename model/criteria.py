@@ -15,10 +15,13 @@ from enum import StrEnum
 from typing import Literal
 
 import promql_parser
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MIB = 2**20
 Op = Literal[">", ">=", "<", "<=", "==", "!="]
+# A fault's phases: from the run's start to the fault's, the fault itself, from its end to
+# the run's end. A criterion with a phase is judged over that window alone.
+Phase = Literal["before", "during", "after"]
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,
     ">=": operator.ge,
@@ -84,6 +87,15 @@ class CriterionSpec(BaseModel):
     value: float
     severity: Severity = Field(default=Severity.ERROR, strict=False)
     description: str = ""
+    # Judge over one phase of the campaign's N-th fault (1-based) instead of the whole run.
+    fault: int | None = Field(default=None, ge=1, le=20)
+    phase: Phase | None = None
+
+    @model_validator(mode="after")
+    def _phase_of_a_fault(self) -> CriterionSpec:
+        if (self.fault is None) != (self.phase is None):
+            raise ValueError("a criterion's phase belongs to a fault: give both 'fault' (its number) and 'phase'")
+        return self
 
     @field_validator("expr")
     @classmethod

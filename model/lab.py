@@ -289,6 +289,11 @@ class Lab:
         return all(node.kind.guest_time for node in self.nodes)
 
     @property
+    def lab_network(self) -> bool:
+        """Every node reaches the NFS server over the lab's own network (a link to disturb)."""
+        return all(node.nfs_route is not None and node.nfs_route.lab_network for node in self.nodes)
+
+    @property
     def power_control(self) -> bool:
         """swaplab can power the lab's nodes off and on."""
         return self.nodes[0].kind.power_control

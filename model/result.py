@@ -83,6 +83,23 @@ class NfsServer(_Part):
     export_options: str | None = None
 
 
+class Fault(_Part):
+    """A fault a node's session injected, as it happened (model.faults.FaultRecord)."""
+
+    index: int | None = None
+    kind: str | None = None
+    target: str | None = None
+    node: str | None = None
+    measured_on: str = ""
+    planned: str | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    swap_out_mibps_before: float | None = None
+    recovery_s: float | None = None
+    recovery_note: str = ""
+    missed: str = ""
+
+
 class Node(_Part):
     """One node's part of a run."""
 
@@ -97,6 +114,7 @@ class Node(_Part):
     workload: NodeWorkload = Field(default_factory=NodeWorkload)
     data_path: str = ""
     nfs_server: NfsServer = Field(default_factory=NfsServer)
+    faults: list[Fault] = []
     # The per-tick samples the reports plot (``t`` is the time axis); a null is a gap.
     series: dict[str, list[float | None]] = {}
 
@@ -148,6 +166,9 @@ class Settings(_Part):
     workload: Workload = Field(default_factory=Workload)
     # The nodes' clock (model.figures.timing_label); records from before it was kept ran on host time.
     timing: str = Field(default="host", max_length=40)
+    # The faults the run injected, as the campaign planned them: runs with faults are
+    # compared only with runs with the same faults.
+    faults: list[str] = []
 
 
 class Window(_Part):

@@ -17,8 +17,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from model.campaign import NfsSpec, check_sysctl
+from model.campaign import STALLED_AFTER_S, NfsSpec, check_sysctl
 from model.console import EVENTS_PER_KIND, EventKind
+from model.faults import FAULTS_MAX, SERVER_TARGET, FaultRecord, FaultSpec
 from model.figures import FIGURE_NAMES, SERIES_KEYS, SERIES_MAX_POINTS, Timing
 from model.kernel import KernelSource
 from model.limits import HOG_MIB_MAX, HOG_MIB_MIN, HOG_PASSES_MAX, HOG_PASSES_MIN, HOG_SEED_MAX, HOG_SEED_MIN
@@ -44,6 +45,7 @@ class WorkloadRef(BaseModel):
     timeout_s: int = Field(gt=0, le=7 * 24 * 3600)
     seed: int = Field(ge=HOG_SEED_MIN, le=HOG_SEED_MAX)
     allow_oom: bool = False
+    stalled_after_s: int = Field(default=STALLED_AFTER_S, ge=10, le=7 * 24 * 3600)
 
     def touch_mib(self, ram_mib: int) -> int:
         """MiB this workload touches on a node with ``ram_mib`` of RAM."""
@@ -139,8 +141,23 @@ class NodeRunSpec(_Message):
     boot_timeout_s: int = Field(gt=0, le=3600)
     # The clock the node runs on (booted nodes only: the lab validated it can).
     timing: Timing = "host"
+    # The campaign's faults, and this node's place in the run (which of them it injects).
+    faults: list[FaultSpec] = Field(default_factory=list, max_length=FAULTS_MAX)
+    run_index: int = Field(default=0, ge=0, le=999)
 
     _sysctl = field_validator("sysctl")(check_sysctl)
+
+    def own_faults(self) -> list[tuple[int, FaultSpec]]:
+        """The faults this node session injects, with their place in the campaign's list."""
+        return [(index, fault) for index, fault in enumerate(self.faults) if fault.injected_by(self.run_index)]
+
+    def observed_faults(self) -> list[tuple[int, FaultSpec]]:
+        """The server's faults another node session injects: they disturb this node too."""
+        return [
+            (index, fault)
+            for index, fault in enumerate(self.faults)
+            if fault.target == SERVER_TARGET and not fault.injected_by(self.run_index)
+        ]
 
     def result_dir(self, results_root: Path) -> Path:
         """Where this node writes its evidence, below the worker's own results root."""
@@ -256,6 +273,8 @@ class NodeResult(BaseModel):
     figures_from: float | None = None  # the workload window the rates cover (host epoch s)
     figures_to: float | None = None
     series: dict[str, list[float]] = Field(default_factory=dict)
+    # The faults this node session injected (model.faults), as they happened.
+    faults: list[FaultRecord] = Field(default_factory=list, max_length=FAULTS_MAX)
 
     @field_validator("figures")
     @classmethod

@@ -15,6 +15,7 @@ the whole contract.
 | ``swaplab:lock:campaign:<cid>`` | lock | one scheduler step at a time per campaign |
 | ``swaplab:lock:build:<hash>`` | lock | one build of a kernel's inputs at a time |
 | ``swaplab:lease:<lab>:<node>`` | string | the holder of a node, with a TTL |
+| ``swaplab:lab-exclusive:<lab>`` | string | the holder that has the whole lab (a run with faults), with a TTL |
 | ``swaplab:health:<lab>:<node>`` | hash | boot health of a node |
 | ``swaplab:barrier:<cid>:<rid>:<attempt>`` | prefix | the run's start barrier |
 | ``swaplab:guest:<lab>:<node>`` | string | the guest a node task started (orphan clean-up) |
@@ -56,6 +57,7 @@ RUN_STATES = tuple(RunStatus)
 CAMPAIGNS_KEY = "swaplab:campaigns"
 EVENTS_MAXLEN = 20000  # a campaign's progress stream keeps about this many events
 LEASE_PREFIX = "swaplab:lease"
+EXCLUSIVE_PREFIX = "swaplab:lab-exclusive"
 HEALTH_PREFIX = "swaplab:health"
 GUEST_PREFIX = "swaplab:guest"
 WORKER_PREFIX = "swaplab:worker"
@@ -181,6 +183,12 @@ def build_lock_key(digest: str) -> str:
 def lease_key(lab: str, node: str) -> str:
     """The key whose value is the holder of ``node``."""
     return f"{LEASE_PREFIX}:{lab}:{node}"
+
+
+def exclusive_key(lab: str) -> str:
+    """The key whose value is the holder that has all of ``lab`` to itself (its faults
+    must disturb no other run)."""
+    return f"{EXCLUSIVE_PREFIX}:{lab}"
 
 
 def health_key(lab: str, node: str) -> str:

@@ -49,6 +49,7 @@ def run_context(campaign: Campaign, run: RunHash, results: list[NodeResult]) -> 
             "swap_mib": campaign.spec.swap.size_mib,
             "workload": run.workload.model_dump(mode="json"),
             "timing": timing_label(campaign.spec.timing),
+            "faults": [fault.describe() for fault in campaign.spec.faults],
         },
     }
 

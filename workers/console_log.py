@@ -200,8 +200,9 @@ class ConsoleLog(BoundedLog):
         self._lines_seen += len(lines)
         if not may_hold_events(b"\n".join(lines)):
             return
+        seen = time.time()
         for number, line in enumerate(lines, start=first):
-            if may_hold_events(line) and self._tally.add_line(number, text_of(line)):
+            if may_hold_events(line) and self._tally.add_line(number, text_of(line), seen):
                 self._kept_at.append(offset)
             offset += len(line) + 1
 

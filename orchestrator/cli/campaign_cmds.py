@@ -51,6 +51,8 @@ def validate(campaign_file: Path, as_json: bool) -> None:
         click.echo(
             f"{campaign_file}: valid — campaign {campaign.spec.name!r} on lab {campaign.lab.name!r}: {len(runs)} run(s) x {campaign.spec.nodes} node(s)"
         )
+        for fault in campaign.spec.faults:  # what the run will do to the lab, in words
+            click.echo(f"  fault: {fault.describe()} (the run has the lab to itself)")
 
 
 @click.command()

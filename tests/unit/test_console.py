@@ -62,6 +62,10 @@ def test_oom_run_console_has_the_oom_kill_with_its_kernel_time() -> None:
         ("[   88.000000] Write error -5 on dio swapfile (8388608)", EventKind.SWAP_WRITE_ERROR),
         ("[   20.000000] swap activate: swapfile has holes", EventKind.SWAP_ACTIVATE_ERROR),
         ("[   50.123456] Out of memory: Killed process 211 (swaplab-node) total-vm:459012kB", EventKind.OOM_KILL),
+        (
+            "[   61.204110] kworker/u2:2: page allocation failure: order:0, mode:0x820(GFP_ATOMIC), nodemask=(null)",
+            EventKind.PAGE_ALLOCATION_FAILURE,
+        ),
         ("[    0.000000] Linux version 6.1.0-56-amd64 (debian-kernel@lists.debian.org)", None),
         ("swaplab: ready hostname=node1 kver=6.1.0-56-amd64", None),
     ],
