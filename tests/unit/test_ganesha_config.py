@@ -28,7 +28,9 @@ def _route(node: str, export_id: int, client: str, relayed: bool = True, port: i
 ROUTES = (_route("node1", 1, "127.0.0.2"), _route("node2", 2, "127.0.0.3"))
 
 
-def _config(port: int = 12049, bind: str = "127.0.0.1", routes: tuple[NfsRoute, ...] = ROUTES) -> str:
+def _config(
+    port: int = 12049, bind: str = "127.0.0.1", routes: tuple[NfsRoute, ...] = ROUTES, grace: bool = False
+) -> str:
     return render_config(
         port=port,
         bind=bind,
@@ -36,6 +38,7 @@ def _config(port: int = 12049, bind: str = "127.0.0.1", routes: tuple[NfsRoute, 
         pseudo="/export",
         recovery_root=Path("/srv/swaplab/ganesha/recovery"),
         routes=routes,
+        grace=grace,
     )
 
 
@@ -60,6 +63,14 @@ def test_config_is_nfsv4_only_without_side_protocols() -> None:
     assert "Lease_Lifetime = 30;" in text
     assert "RecoveryBackend = fs;" in text
     assert 'RecoveryRoot = "/srv/swaplab/ganesha/recovery";' in text
+
+
+def test_the_start_after_a_restart_fault_has_a_grace_period_within_the_lease() -> None:
+    text = _config(grace=True)
+    assert "Graceless = false;" in text and "Graceless = true;" not in text
+    assert "Grace_Period = 30;" in text and "Lease_Lifetime = 30;" in text
+    assert 'RecoveryRoot = "/srv/swaplab/ganesha/recovery";' in text  # where the clients to reclaim are
+    assert text.count("{") == text.count("}")
 
 
 def test_config_has_one_export_per_node_open_to_its_address_alone() -> None:

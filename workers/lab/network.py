@@ -433,6 +433,16 @@ def load_rules(net: LabNetwork) -> None:
 # --- taps for a process in the host namespace -------------------------------------------
 
 
+def load_nft(ns: str, script: str) -> None:
+    """Load an nft script in namespace ``ns`` (faults add and delete tables of their own)."""
+    _run(["ip", "netns", "exec", ns, "nft", "-f", "-"], stdin=script)
+
+
+def tc(ns: str, *args: str) -> str:
+    """Run ``tc`` in namespace ``ns`` (bandwidth faults shape the lab's taps, never the host's)."""
+    return _run(["ip", "netns", "exec", ns, "tc", *args])
+
+
 def open_tap(net: LabNetwork, port: Port | str, inheritable: bool = False) -> int:
     """An open fd on ``port``'s tap in the lab's namespace, for a process in the host's
     (``-netdev tap,fd=N``). Close-on-exec unless ``inheritable``. The caller closes it.

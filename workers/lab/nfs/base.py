@@ -72,3 +72,22 @@ class NfsServer(Protocol):
 
     def stop(self) -> None:
         """Stop the server cleanly (idempotent)."""
+
+    def stop_for_restart(self) -> None:
+        """Stop serving as a restart fault does: the server's state on disk is kept, so its
+        clients can reclaim their state when it starts again."""
+
+    def start_after_restart(self) -> None:
+        """Serve again after ``stop_for_restart``, in a grace period in which clients reclaim
+        their open files; returns once the server serves."""
+
+    def delay_to(self, address: str, ms: float) -> None:
+        """Delay what the server sends to ``address`` by ``ms`` (a latency fault); NfsServerError
+        when this server cannot."""
+
+    def undelay_to(self, address: str) -> None:
+        """End ``delay_to(address)`` (idempotent)."""
+
+    def serving_pid(self) -> int | None:
+        """The process on this host whose stop stalls the whole server (a server fault
+        pauses it); None when the server is not a process here."""

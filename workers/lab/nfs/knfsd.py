@@ -14,7 +14,9 @@ backend keeps on this host.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 import shlex
 from typing import Any
 
@@ -115,6 +117,12 @@ class KnfsdServer:
         except (LabBoxError, LabNetworkError, ServerVmError, ServerImageError, ProvisionError, OSError) as err:
             raise NfsServerError(f"lab {self.lab_name}: {err}") from err
         if not self.is_serving():
+            # A restart fault's worker may have died with knfsd stopped: start it once.
+            self._run("systemctl start nfs-server", "starting knfsd")
+        # A latency fault's worker may have died with the delay on: a run starting here has
+        # the lab to itself or has no faults, so no live delay is lost.
+        self._run(clear_delays_script(self._server_address), "clearing leftover delays")
+        if not self.is_serving():
             raise NfsServerError(f"lab {self.lab_name}: knfsd in the server VM does not serve after provisioning")
 
     def is_serving(self) -> bool:
@@ -130,6 +138,29 @@ class KnfsdServer:
     def stop(self) -> None:
         """Take the lab down: the VM powered off, the network removed."""
         labbox.down(self.box)
+
+    def stop_for_restart(self) -> None:
+        """Stop knfsd in the server VM (its client records stay with nfsdcld)."""
+        self._run("systemctl stop nfs-server", "stopping knfsd")
+
+    def start_after_restart(self) -> None:
+        """Start knfsd again: it begins in its grace period, in which the clients reclaim."""
+        self._run("systemctl start nfs-server", "starting knfsd")
+        if not self.is_serving():
+            raise NfsServerError(f"lab {self.lab_name}: knfsd did not serve again after its restart")
+
+    def delay_to(self, address: str, ms: float) -> None:
+        """netem in the server VM's own kernel, on its lab NIC, for frames to ``address`` only."""
+        self._run(delay_script(self._server_address, address, ms), f"delaying what reaches {address}")
+
+    def undelay_to(self, address: str) -> None:
+        """Remove ``address``'s filter; the prio root and its netem go with the last one."""
+        self._run(undelay_script(self._server_address, address), f"ending the delay to {address}")
+
+    def serving_pid(self) -> int | None:
+        """The server VM's QEMU: stopping it pauses the whole VM, knfsd with it."""
+        vm = labbox.server_vm(self.box)
+        return vm.pid if vm is not None else None
 
     def _server(self) -> ServerVm:
         if self._vm is None:
@@ -234,6 +265,52 @@ class KnfsdServer:
 
     def describe_log(self) -> str:
         return f"the server VM's journal (kernel, rpc.mountd, nfs-server) of lab {self.lab_name}"
+
+
+# A prio root whose default priomap uses bands 1-3 only: band 4 (with the netem) gets
+# what a node's filter sends it, nothing else.
+_PRIO = "prio bands 4 priomap 1 2 2 2 1 2 0 0 1 1 1 1 1 1 1 1"
+
+
+def _lab_nic(server_address: str) -> str:
+    ipaddress.IPv4Address(server_address)  # only an address reaches the shell
+    return (
+        f"dev=$(ip -o -4 addr show | awk '$4 ~ /^{re.escape(server_address)}\\//{{print $2; exit}}')\n"
+        '[ -n "$dev" ] || { echo "no lab NIC" >&2; exit 1; }\n'
+    )
+
+
+def _filter_prio(address: str) -> int:
+    """A filter priority of the node's own (1..255: the last octet of its address)."""
+    return int(ipaddress.IPv4Address(address)) & 0xFF or 1
+
+
+def delay_script(server_address: str, address: str, ms: float) -> str:
+    """Shell lines for the server VM: delay what its lab NIC sends ``address`` by ``ms``."""
+    ipaddress.IPv4Address(address)
+    return (
+        "set -e\n"
+        + _lab_nic(server_address)
+        + f'tc qdisc show dev "$dev" | grep -q "qdisc prio 5e:" || tc qdisc add dev "$dev" root handle 5e: {_PRIO}\n'
+        + f'tc qdisc replace dev "$dev" parent 5e:4 handle 5f: netem delay {float(ms):g}ms limit 100000\n'
+        + f'tc filter add dev "$dev" parent 5e: protocol ip prio {_filter_prio(address)} '
+        + f"u32 match ip dst {address}/32 flowid 5e:4\n"
+    )
+
+
+def undelay_script(server_address: str, address: str) -> str:
+    """Shell lines for the server VM: end the delay to ``address`` (idempotent)."""
+    ipaddress.IPv4Address(address)
+    return (
+        _lab_nic(server_address)
+        + f'tc filter del dev "$dev" parent 5e: protocol ip prio {_filter_prio(address)} 2>/dev/null || true\n'
+        + 'tc filter show dev "$dev" parent 5e: | grep -q . || tc qdisc del dev "$dev" root handle 5e: 2>/dev/null || true\n'
+    )
+
+
+def clear_delays_script(server_address: str) -> str:
+    """Shell lines for the server VM: remove every latency fault's qdisc (idempotent)."""
+    return _lab_nic(server_address) + 'tc qdisc del dev "$dev" root handle 5e: 2>/dev/null || true\n'
 
 
 def export_options(exportfs_v: str, path: str) -> str:

@@ -1,0 +1,1 @@
+"""Faults injected into a run's NFS path: the actions on the lab and the injector that times them."""
