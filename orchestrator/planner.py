@@ -97,12 +97,15 @@ def node_specs(
                 timeout_s=run.workload.timeout_s,
                 seed=_seed(campaign_id, run.run_id, name),
                 allow_oom=run.workload.allow_oom,
+                stalled_after_s=run.workload.stalled_after_s,
             ),
             planned_overcommit_mib=campaign.planned_overcommit_mib(run.workload),
             boot_timeout_s=spec.boot_timeout_s,
             timing=spec.timing,
+            faults=spec.faults,
+            run_index=index,
         )
-        for name in node_names
+        for index, name in enumerate(node_names)
     ]
 
 

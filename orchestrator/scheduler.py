@@ -285,7 +285,9 @@ class Scheduler:
         rid, attempt = run.run_id, run.attempt + 1
         health = NodeHealth(self.redis, campaign.lab.name)
         healthy = [node for node in campaign.lab.nodes if health.is_healthy(node)]
-        nodes = book.acquire(holder_id(cid, rid, attempt), healthy, campaign.spec.nodes)
+        # A run with faults has the lab to itself: its faults disturb no other campaign's run.
+        exclusive = list(campaign.lab.nodes) if campaign.spec.faults else None
+        nodes = book.acquire(holder_id(cid, rid, attempt), healthy, campaign.spec.nodes, exclusive_of=exclusive)
         if nodes is None:
             return False
         specs = node_specs(campaign, cid, self._plan(run), attempt, nodes, run.prepared)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from model.faults import FaultTimes
+
 
 class BarrierBroken(RuntimeError):
     """Another node of the run failed before the barrier; this node must stop."""
@@ -35,6 +37,13 @@ class Barrier(Protocol):
 
     def broken(self) -> str | None:
         """Why the barrier was broken, or None: nodes still booting stop early on it."""
+
+    def note_fault(self, index: int, times: FaultTimes) -> bool:
+        """Tell the run's other nodes when the run's fault ``index`` (0-based) began and
+        ended; False when it could not (the caller retries)."""
+
+    def fault_times(self) -> dict[int, FaultTimes]:
+        """What the injecting sessions told of the run's faults so far, by index."""
 
 
 class CancelCheck(Protocol):

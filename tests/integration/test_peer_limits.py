@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from model.campaign import NfsSpec
+from model.faults import FaultTimes
 from model.kernel import KernelSource
 from model.lab import Lab, NodeConfig
 from model.runspec import NodeResult, NodeRunSpec, PreparedKernel, WorkloadRef
@@ -156,6 +157,12 @@ class _Quiet:
 
     def arrive_and_wait(self, node: str, timeout_s: float) -> int:
         raise AssertionError("no barrier here")
+
+    def note_fault(self, index: int, times: FaultTimes) -> bool:
+        return True
+
+    def fault_times(self) -> dict[int, FaultTimes]:
+        return {}
 
 
 def _context(tmp_path: Path, shell: NodeShell, tool: str) -> NodeContext:

@@ -12,6 +12,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from model.faults import FaultTimes
 from tests.integration.redis_server import RedisServer, redis_server_fixture  # noqa: F401  (the fixture)
 from workers.collab import BarrierBroken
 from workers.coordination.barrier import RedisBarrier
@@ -301,6 +302,18 @@ def test_timeout_raises_and_breaks_the_barrier(client: redis.Redis) -> None:
         barrier.arrive_and_wait("n2", timeout_s=5)
 
 
+def test_a_fault_told_through_the_barrier_reaches_the_runs_other_nodes_checked(client: redis.Redis) -> None:
+    injector = RedisBarrier(client, "b:faults", parties=2)
+    other = RedisBarrier(client, "b:faults", parties=2)  # another worker process, same run
+    injector.note_fault(0, FaultTimes(node="node1", started_at=1000.5))
+    assert other.fault_times() == {0: FaultTimes(node="node1", started_at=1000.5)}
+    injector.note_fault(0, FaultTimes(node="node1", started_at=1000.5, ended_at=1005.25))
+    # What another writer of Redis put there is input: what does not read as a fault is skipped.
+    client.hset("b:faults:state", mapping={"fault:1": '{"node": "x", "started_at": "now"}', "fault:999": "{}"})
+    assert other.fault_times() == {0: FaultTimes(node="node1", started_at=1000.5, ended_at=1005.25)}
+    assert 0 < client.pttl("b:faults:state") <= 3600 * 1000  # expires with the barrier
+
+
 def test_barrier_wakeup_spread_of_50_waiters(client: redis.Redis) -> None:
     parties = 50
     barrier = RedisBarrier(client, "b:spread", parties=parties, lead_s=0)  # start_at = the instant it completed
@@ -321,3 +334,51 @@ def test_barrier_wakeup_spread_of_50_waiters(client: redis.Redis) -> None:
         f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {late_ms[-1]:.1f} ms, min {late_ms[0]:.1f} ms after start_at"
     )
     assert p99 < 50
+
+
+def test_a_run_with_faults_takes_the_lab_only_when_nobody_else_is_on_it(client: redis.Redis) -> None:
+    book = LeaseBook(client, "lab", ttl_s=30)
+    lab = ["n1", "n2", "n3"]
+    assert book.acquire("plain", ["n1"], 1) == ["n1"]
+    # Another run is on n1: a run with faults would disturb it, so it waits, even for n2.
+    assert book.acquire("faults", ["n2", "n3"], 1, exclusive_of=lab) is None
+    assert client.get("swaplab:lab-exclusive:lab") is None
+    book.release("plain", ["n1"])
+    assert book.acquire("faults", ["n1", "n2", "n3"], 1, exclusive_of=lab) == ["n1"]
+    assert book.exclusive_holder() == "faults"
+    # While it has the lab, nobody gets a node of it, even one it does not use.
+    assert book.acquire("plain", ["n2", "n3"], 1) is None
+    assert book.acquire("other-faults", ["n2"], 1, exclusive_of=lab) is None
+    # A redelivered step of the same holder gets the same node.
+    assert book.acquire("faults", ["n1", "n2", "n3"], 1, exclusive_of=lab) == ["n1"]
+
+
+def test_the_labs_exclusivity_lives_and_dies_with_its_holders_node_leases(client: redis.Redis) -> None:
+    book = LeaseBook(client, "lab", ttl_s=1.0)
+    assert book.acquire("faults", ["n1"], 1, exclusive_of=["n1", "n2"]) == ["n1"]
+    for _ in range(3):  # renewing the nodes renews the lab's key too
+        time.sleep(0.5)
+        assert book.renew("faults", ["n1"]) == []
+    assert book.exclusive_holder() == "faults"
+    book.release("faults", ["n1"])
+    assert book.exclusive_holder() is None and book.acquire("plain", ["n2"], 1) == ["n2"]
+    # A holder that stops renewing (its worker died) loses the lab with its nodes.
+    book.release("plain", ["n2"])
+    assert book.acquire("faults", ["n1"], 1, exclusive_of=["n1", "n2"]) == ["n1"]
+    time.sleep(1.3)
+    assert book.exclusive_holder() is None and book.acquire("plain", ["n2"], 1) == ["n2"]
+
+
+def test_a_keeper_stops_renewing_once_its_session_outlived_its_budget(client: redis.Redis) -> None:
+    book = LeaseBook(client, "lab", ttl_s=1.0)
+    assert book.acquire("stuck", ["n1"], 1) == ["n1"]
+    keeper = LeaseKeeper(book, "stuck", ["n1"], interval_s=0.2).start()
+    keeper.renew_until(time.monotonic() + 1.0)
+    try:
+        time.sleep(0.8)
+        assert book.holders() == {"n1": "stuck"} and keeper.renewals >= 2
+        time.sleep(2.0)  # past the budget: no renewal, and the lease runs out
+        assert keeper.expired and not keeper.is_alive()
+        assert book.holders() == {}
+    finally:
+        keeper.stop()

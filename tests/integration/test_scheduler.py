@@ -196,3 +196,32 @@ def test_a_run_hash_another_writer_broke_ends_the_campaign_as_an_infra_error(
     with pytest.raises(SystemExit) as ended:
         finish_output(info, as_json=False)
     assert ended.value.code == 2 and "does not read as swaplab wrote it" in capsys.readouterr().err
+
+
+def test_a_run_with_faults_has_the_lab_to_itself(redis_server: RedisServer, tmp_path: Path) -> None:
+    store, scheduler, dispatch = _one_run(redis_server, tmp_path)  # a plain campaign, CID
+    stall = tmp_path / "stall.yaml"
+    stall.write_text(
+        (REPO / "campaigns" / "faults.yaml")
+        .read_text()
+        .replace("../inventory/local.yml", str(REPO / "inventory/local.yml"))
+    )
+    faults = "stall-20261129-120000-abcd"
+    campaign = load_campaign(stall)
+    store.create(faults, campaign, plan_runs(campaign))
+    for cid in (faults, CID):
+        scheduler.advance(cid)
+        store.set_run(cid, "r001", prepared=PREPARED, prepared_at=time.time())
+    scheduler.advance(faults)
+    assert store.run(faults, "r001").status == "provisioning"
+    assert store.redis.get("swaplab:lab-exclusive:local") == f"{faults}:r001:1".encode()
+    # The lab has a free node, but the stall would disturb a run on it: the plain run waits.
+    for _ in range(3):
+        scheduler.advance(CID)
+    assert store.run(CID, "r001").status == "preparing" and dispatch.started == ["r001"]
+    # Once the faulted run gives its nodes back, the plain one starts.
+    store.set_run(faults, "r001", status="done", verdict="pass", result=json.dumps({"run_id": "r001"}))
+    scheduler._release(faults, store.run(faults, "r001"))
+    scheduler.advance(CID)
+    assert store.run(CID, "r001").status == "provisioning"
+    assert store.redis.get("swaplab:lab-exclusive:local") is None

@@ -3,7 +3,9 @@
 Keys, all under the barrier's ``key`` and all expiring after ``ttl_s``:
 
 * ``<key>:arrived`` — set of the nodes that arrived (a redelivered task arriving twice counts once);
-* ``<key>:state``   — hash with ``start_at`` (ns) once everyone arrived, or ``broken`` (the reason).
+* ``<key>:state``   — hash with ``start_at`` (ns) once everyone arrived, or ``broken`` (the reason);
+  and ``fault:<index>``: when a fault of the run began and ended, as its injecting session
+  tells the others (a server's fault disturbs every node: each measures it on its own).
 
 The arrival that completes the set decides ``start_at`` inside a Lua script from Redis's own
 ``TIME`` plus ``lead_s``, so every node gets the same value and no two arrivals can both
@@ -28,6 +30,7 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 
+from model.faults import FAULTS_MAX, FaultTimes
 from workers.collab import BarrierBroken
 
 log = logging.getLogger(__name__)
@@ -127,6 +130,41 @@ class RedisBarrier:
         """Why the barrier was broken, or None (also None while Redis is unreachable)."""
         state = self._poll()
         return state[1] if state[0] == "broken" else None
+
+    def note_fault(self, index: int, times: FaultTimes) -> bool:
+        """Publish a fault's real start and end for the run's other nodes; False when Redis
+        could not be reached (the caller retries)."""
+        try:
+            pipe = self._redis.pipeline()
+            pipe.hset(self._state_key, f"fault:{index}", times.model_dump_json())
+            pipe.pexpire(self._state_key, self._ttl_ms)
+            pipe.execute()
+        except RedisError as exc:
+            log.warning("barrier %s: could not publish fault %d: %s", self.key, index, exc)
+            return False
+        return True
+
+    def fault_times(self) -> dict[int, FaultTimes]:
+        """The run's faults as published, by index; an entry that does not read as one is
+        skipped (it crossed a process boundary: checked like any input)."""
+        try:
+            fields = self._redis.hgetall(self._state_key)
+        except RedisError as exc:
+            log.warning("barrier %s: could not read the faults: %s", self.key, exc)
+            return {}
+        times = {}
+        for field, value in fields.items():
+            name = _text(field)
+            if not name.startswith("fault:"):
+                continue
+            try:
+                index = int(name.removeprefix("fault:"))
+                if not 0 <= index < FAULTS_MAX:
+                    raise ValueError(f"index {index} out of range")
+                times[index] = FaultTimes.model_validate_json(_text(value))
+            except ValueError as exc:  # pydantic's ValidationError is one
+                log.warning("barrier %s: %s refused: %s", self.key, name, exc)
+        return times
 
     def start_at(self) -> int | None:
         value = self._redis.hget(self._state_key, "start_at")

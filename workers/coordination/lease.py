@@ -1,5 +1,11 @@
 """Node leases in Redis: two runs never hold the same node, and a dead worker's nodes come back.
 
+A run may also take its lab *exclusively* (a run with faults: a stalled server or a lossy
+lab network must disturb no other run): it gets its nodes only when no other holder has
+any node of the lab, and while it holds ``swaplab:lab-exclusive:<lab>`` nobody else gets
+a node there. That key is renewed and released with the holder's node leases, so a dead
+worker's exclusivity expires with its nodes.
+
 A lease is the key ``swaplab:lease:<lab>:<node>`` holding the holder id (``"<campaign>:<run>"``)
 with a PX expiry. Every change is a compare-and-act Lua script, so a holder only ever
 extends or deletes its own keys, and taking several nodes is all-or-nothing. A worker that
@@ -13,12 +19,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from types import TracebackType
 
 from redis import Redis
 
-from model.state import as_text, health_key, lease_key, scan_pattern
+from model.state import as_text, exclusive_key, health_key, lease_key, scan_pattern
 from workers.coordination.health import HEALTHY_FIELD
 
 log = logging.getLogger(__name__)
@@ -27,12 +34,25 @@ log = logging.getLogger(__name__)
 # nodes after it, and the scheduler redoes their run (no waiting for Redis' visibility timeout).
 LEASE_TTL_S = 30.0
 
-# KEYS = lease keys of the candidates, then their health keys (same order).
-# ARGV = holder, count, ttl_ms, name of the health field. Returns candidate indexes or nil.
-# Nodes the holder already has count first: a redelivered scheduler step gets the same nodes.
+# KEYS = lease keys of the candidates, their health keys (same order), the lab's exclusive
+# key, then the lease keys of the lab's other nodes. ARGV = holder, count, ttl_ms, name of
+# the health field, number of candidates, exclusive ("1": the whole lab). Returns candidate
+# indexes or nil. Nodes the holder already has count first: a redelivered scheduler step
+# gets the same nodes.
 _ACQUIRE = """
 local holder, count, ttl, field = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local n = #KEYS / 2
+local n, exclusive = tonumber(ARGV[5]), ARGV[6] == '1'
+local exkey = KEYS[2 * n + 1]
+local owner = redis.call('GET', exkey)
+if owner and owner ~= holder then return false end
+if exclusive then
+  for i = 1, #KEYS do
+    if i <= n or i > 2 * n + 1 then
+      local current = redis.call('GET', KEYS[i])
+      if current and current ~= holder then return false end
+    end
+  end
+end
 local chosen, free = {}, {}
 for i = 1, n do
   local current = redis.call('GET', KEYS[i])
@@ -47,14 +67,19 @@ if #free < need then return false end
 for j = 1, need do table.insert(chosen, free[j]) end
 table.sort(chosen)
 for _, i in ipairs(chosen) do redis.call('SET', KEYS[i], holder, 'PX', ttl) end
+if exclusive then redis.call('SET', exkey, holder, 'PX', ttl) end
 return chosen
 """
 
+# KEYS = node lease keys, then the lab's exclusive key (extended when the holder has it).
 # ARGV = holder, ttl_ms, reclaim ("1": a vanished key is taken again). Returns lost indexes.
 _RENEW = """
 local holder, ttl, reclaim = ARGV[1], ARGV[2], ARGV[3]
 local lost = {}
-for i, key in ipairs(KEYS) do
+local exkey = KEYS[#KEYS]
+if redis.call('GET', exkey) == holder then redis.call('PEXPIRE', exkey, ttl) end
+for i = 1, #KEYS - 1 do
+  local key = KEYS[i]
   local current = redis.call('GET', key)
   if current == holder then
     redis.call('PEXPIRE', key, ttl)
@@ -90,11 +115,20 @@ class LeaseBook:
     def key(self, node: str) -> str:
         return lease_key(self.lab, node)
 
-    def acquire(self, holder: str, candidates: list[str], count: int) -> list[str] | None:
-        """Take ``count`` free, healthy nodes among ``candidates`` (in order), or none at all."""
+    def acquire(
+        self, holder: str, candidates: list[str], count: int, *, exclusive_of: list[str] | None = None
+    ) -> list[str] | None:
+        """Take ``count`` free, healthy nodes among ``candidates`` (in order), or none at all.
+
+        ``exclusive_of``: every node of the lab; the holder then takes the lab exclusively,
+        only when no other holder has any of them.
+        """
         nodes = list(dict.fromkeys(candidates))  # a duplicate candidate must not count twice
+        others = [node for node in dict.fromkeys(exclusive_of or []) if node not in nodes]
         keys = [self.key(node) for node in nodes] + [health_key(self.lab, node) for node in nodes]
-        reply = self._acquire(keys=keys, args=[holder, count, self._ttl_ms, HEALTHY_FIELD])
+        keys += [exclusive_key(self.lab)] + [self.key(node) for node in others]
+        exclusive = "1" if exclusive_of is not None else "0"
+        reply = self._acquire(keys=keys, args=[holder, count, self._ttl_ms, HEALTHY_FIELD, len(nodes), exclusive])
         if reply is None:
             return None
         return [nodes[int(index) - 1] for index in reply]
@@ -108,7 +142,7 @@ class LeaseBook:
         """
         if not nodes:
             return []
-        keys = [self.key(node) for node in nodes]
+        keys = [self.key(node) for node in nodes] + [exclusive_key(self.lab)]
         lost = self._renew(keys=keys, args=[holder, self._ttl_ms, "1" if reclaim_missing else "0"])
         return [nodes[int(index) - 1] for index in lost]
 
@@ -126,7 +160,12 @@ class LeaseBook:
     def release(self, holder: str, nodes: list[str]) -> None:
         """Give back the nodes ``holder`` still has; others' leases are left alone."""
         if nodes:
-            self._release(keys=[self.key(node) for node in nodes], args=[holder])
+            self._release(keys=[self.key(node) for node in nodes] + [exclusive_key(self.lab)], args=[holder])
+
+    def exclusive_holder(self) -> str | None:
+        """Who has the whole lab now (a run with faults), or None."""
+        value = self._redis.get(exclusive_key(self.lab))
+        return as_text(value) if value is not None else None
 
     def holders(self) -> dict[str, str]:
         """Node -> holder for every leased node of the lab."""
@@ -176,6 +215,8 @@ class LeaseKeeper:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lease-keeper-{holder}", daemon=True)
         self.lost: list[str] = []
+        self._until: float | None = None
+        self.expired = False  # it stopped renewing at its deadline
         self.renewals = 0
         self.errors = 0
 
@@ -197,9 +238,18 @@ class LeaseKeeper:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
 
+    def renew_until(self, monotonic_deadline: float) -> None:
+        """Stop renewing at ``monotonic_deadline``: a session that outlived every budget it
+        had is stuck, and its leases expire so the scheduler's lost-worker path takes over."""
+        self._until = monotonic_deadline
+
     def _run(self) -> None:
         wait_s = self._interval_s
         while not self._stop.wait(wait_s):
+            if self._until is not None and time.monotonic() > self._until:
+                self.expired = True
+                log.error("%s outlived its session's budget: its leases are no longer renewed", self._holder)
+                return
             wait_s = self._interval_s if self._renew_once() else self._retry_s
 
     def _renew_once(self) -> bool:
