@@ -188,6 +188,12 @@ START_SKEW = Gauge(
     ("lab", "scenario"),
     registry=REGISTRY,
 )
+FAULT_ACTIVE = Gauge(
+    "swaplab_fault_active",
+    "1 while a fault this worker injected disturbs a node's NFS path (model.faults), else 0.",
+    ("lab", "node", "kind"),
+    registry=REGISTRY,
+)
 LEASES_HELD = Gauge("swaplab_leases_held", "Node leases held by this worker's tasks.", ("lab",), registry=REGISTRY)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from model.console import EventTally, parse_console
@@ -29,9 +30,18 @@ from workers.pipeline.strategy import node_pipeline
 RESULT_FILES = ("console.log", "samples.jsonl", "workload.log", "nfs-server.log")
 
 
-def run_node_session(spec: dict[str, Any], progress: Progress, barrier: Barrier, cancel: CancelCheck) -> dict[str, Any]:
-    """Run one node of one run end to end; JSON in, JSON out."""
+def run_node_session(
+    spec: dict[str, Any],
+    progress: Progress,
+    barrier: Barrier,
+    cancel: CancelCheck,
+    on_budget: Callable[[float], None] = lambda seconds: None,
+) -> dict[str, Any]:
+    """Run one node of one run end to end; JSON in, JSON out. ``on_budget`` learns the
+    most the session may take (its pipeline's budget) before it starts."""
     session = NodeSession(NodeRunSpec.model_validate(spec), progress, barrier, cancel)
+    if session.pipeline is not None and session.ctx is not None:
+        on_budget(session.pipeline.budget_s(session.ctx))
     return session.run().model_dump(mode="json")
 
 

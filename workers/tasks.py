@@ -47,6 +47,7 @@ from workers.coordination.lease import LEASE_TTL_S, LeaseBook, LeaseKeeper
 from workers.coordination.run_state import RunState
 from workers.drivers import DriverError, PowerControl, make_driver
 from workers.exporter import LEASES_HELD, start_metrics_server
+from workers.faults.actions import undo_leftovers
 from workers.kbuild.build import BuildError, inputs_digest
 from workers.kbuild.build import build_kernel as build_artifact
 from workers.kernel import KernelError
@@ -281,7 +282,13 @@ def _run_owned_node(
     try:
         barrier = RedisBarrier(client, barrier_key(state.cid, state.rid, attempt), parties=parties)
         cancel = _CancelCheck(state, attempt, lost)
-        result = run_node_session(spec.model_dump(mode="json"), _RedisProgress(state, attempt), barrier, cancel)
+        result = run_node_session(
+            spec.model_dump(mode="json"),
+            _RedisProgress(state, attempt),
+            barrier,
+            cancel,
+            on_budget=lambda seconds: keeper.renew_until(time.monotonic() + seconds),
+        )
     finally:
         keeper.stop()  # the scheduler releases the run's leases when it judges the run
         LEASES_HELD.labels(lab).dec()
@@ -412,6 +419,8 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
         lab = lab_of_queue(queue)
         if lab is not None:
             _clean_orphans_of(client, lab)
+    for undone in undo_leftovers():
+        log.warning("undid a fault a dead worker left: %s", undone)
 
 
 def _announce_labs(queues: list[str]) -> None:

@@ -4,6 +4,7 @@ driver's abilities choose the steps."""
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from model.campaign import NfsSpec
+from model.faults import FaultTimes
 from model.kernel import KernelSource
 from model.lab import Lab, NfsRoute, NodeConfig
 from model.runspec import NodeResult, NodeRunSpec, PreparedKernel, WorkloadRef
@@ -25,6 +27,7 @@ from workers.lab.nfs.base import NfsExport
 from workers.node_session import NodeSession
 from workers.node_ssh import NodeUnreachable, SshTarget
 from workers.pipeline import boot_steps, evidence
+from workers.pipeline import step as step_module
 from workers.pipeline.context import NodeContext
 from workers.pipeline.run_setup import run_setup_pipeline
 from workers.pipeline.step import (
@@ -38,6 +41,7 @@ from workers.pipeline.step import (
     PipelineOrderError,
     Step,
     StepFailure,
+    StepTimedOut,
 )
 from workers.pipeline.strategy import AttachStrategy, BootStrategy, node_pipeline, strategy_for
 from workers.pipeline.workload_steps import hog_command, wait_until
@@ -94,6 +98,70 @@ def test_a_failing_cleanup_does_not_skip_the_others() -> None:
     assert hooks.cleanup_errors == ["mount: stuck"]
 
 
+class _Blocking(_Noting):
+    """A step whose run (or cleanup) ignores its deadline: it blocks until released."""
+
+    release: threading.Event
+    block_cleanup = False
+
+    def timeout_s(self, ctx: list[str]) -> float:
+        return 0.2
+
+    def cleanup_timeout_s(self, ctx: list[str]) -> float:
+        return 0.3
+
+    def run(self, ctx: list[str], deadline: float) -> None:
+        ctx.append(f"run {self.name}")
+        if not self.block_cleanup:
+            self.release.wait(60)
+
+    def cleanup(self, ctx: list[str]) -> None:
+        ctx.append(f"cleanup {self.name}")
+        if self.block_cleanup:
+            self.release.wait(60)
+
+
+def Blocking(name: str, release: threading.Event, block_cleanup: bool = False) -> _Blocking:
+    attrs = {"name": name, "release": release, "block_cleanup": block_cleanup}
+    return type(f"Blocking_{name}", (_Blocking,), attrs)()  # type: ignore[no-any-return]
+
+
+def test_a_step_that_blocks_past_its_timeout_is_abandoned_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(step_module, "STEP_GRACE_S", 0.3)
+    calls: list[str] = []
+    release = threading.Event()
+    pipeline = Pipeline([Noting("boot"), Blocking("mount", release), Noting("workload")])
+    began = time.monotonic()
+    try:
+        with pytest.raises(StepTimedOut, match=r"step mount did not end within its 0 s .*abandoned") as caught:
+            pipeline.run(calls, Recorder())
+    finally:
+        release.set()
+    assert time.monotonic() - began < 5  # the pipeline did not wait on the stuck thread
+    assert caught.value.cause == "infra"
+    assert calls[:2] == ["run boot", "run mount"] and "run workload" not in calls
+    assert calls[-2:] == ["cleanup mount", "cleanup boot"]  # the cleanups (power off!) ran
+
+
+def test_a_cleanup_that_outlives_its_budget_does_not_keep_the_others_from_running() -> None:
+    calls: list[str] = []
+    hooks = Recorder()
+    release = threading.Event()
+    try:
+        Pipeline([Noting("power"), Blocking("mount", release, block_cleanup=True)]).run(calls, hooks)
+    finally:
+        release.set()
+    assert calls == ["run power", "run mount", "cleanup mount", "cleanup power"]
+    assert hooks.cleanup_errors == ["mount: did not end within its 0 s: abandoned"]
+
+
+def test_a_pipelines_budget_is_every_steps_timeout_grace_and_cleanup_budget() -> None:
+    release = threading.Event()
+    pipeline = Pipeline([Noting("a"), Blocking("b", release)])
+    expected = (60 + step_module.STEP_GRACE_S + 120) + (0.2 + step_module.STEP_GRACE_S + 0.3)
+    assert pipeline.budget_s([]) == pytest.approx(expected)
+
+
 def test_an_unexpected_error_becomes_the_steps_own_cause() -> None:
     class KernelSide(_Noting):
         unexpected = KernelFault
@@ -137,6 +205,7 @@ def test_each_failure_type_names_its_cause(failure: type[StepFailure], cause: st
 @dataclass
 class FakeBarrier:
     aborted: list[str] = field(default_factory=list)
+    faults: dict[int, FaultTimes] = field(default_factory=dict)
 
     def arrive_and_wait(self, node: str, timeout_s: float) -> int:
         raise AssertionError("not reached in these tests")
@@ -146,6 +215,13 @@ class FakeBarrier:
 
     def broken(self) -> str | None:
         return None
+
+    def note_fault(self, index: int, times: FaultTimes) -> bool:
+        self.faults[index] = times
+        return True
+
+    def fault_times(self) -> dict[int, FaultTimes]:
+        return dict(self.faults)
 
 
 @dataclass

@@ -56,6 +56,10 @@ class NodeContext:
     start_at_ns: int | None = None
     # Set once the node stopped answering: cleanups then skip commands on it.
     unreachable: bool = False
+    # Until when (epoch s) this session's own faults excuse a node that makes no progress;
+    # and the run's server faults another session injects (it tells this one).
+    faults_quiet_until: float = 0.0
+    observed_quiet_until: float = 0.0
     console_tail: ConsoleTail = field(init=False)
 
     def __post_init__(self) -> None:
@@ -104,6 +108,10 @@ class NodeContext:
     def keep_waiting(self) -> bool:
         """While booting or connecting: the machine runs, nobody cancelled, no node failed."""
         return self.machine_running() and not self.cancel() and self.barrier.broken() is None
+
+    def quiet_until(self) -> float:
+        """Until when (epoch s) a fault excuses a node that is silent or makes no progress."""
+        return max(self.faults_quiet_until, self.observed_quiet_until)
 
     def output(self, command: str) -> str:
         """stdout of a command that must work on any node; LabFault otherwise."""

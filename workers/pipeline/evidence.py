@@ -99,5 +99,8 @@ def stopped_answering(ctx: NodeContext) -> StepFailure:
 
 
 def _last_sample_time(ctx: NodeContext) -> str:
+    """When the node last sent a sample, and how long it has been silent since."""
     last = ctx.sampler.last_host_time() if ctx.sampler is not None else None
-    return time.strftime("%H:%M:%S", time.localtime(last)) if last else "before the first sample"
+    if not last:
+        return "before the first sample"
+    return f"{time.strftime('%H:%M:%S', time.localtime(last))}, silent for {time.time() - last:.0f} s"

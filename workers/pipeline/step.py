@@ -10,6 +10,15 @@ Steps say what they need from the context and what they provide to it (``needs``
 is assembled: a step placed before what it needs is a ``PipelineOrderError`` naming both,
 raised by whoever assembles it, never an assertion failing mid-run and blamed on the lab.
 
+The pipeline enforces every step's timeout (a step is not trusted to keep it): ``run``
+goes on in a thread of its own, and a step still running ``STEP_GRACE_S`` past its
+timeout is abandoned — a Python thread cannot be killed, so the pipeline stops waiting,
+fails with ``StepTimedOut`` naming the step, and the cleanups (which power the guest off
+and end the step's processes) run. Each cleanup has its own budget
+(``cleanup_timeout_s``); one that outlives it is a cleanup problem and the others still
+run. ``Pipeline.budget_s`` is the most a session may take: past it, whoever keeps its
+node leased stops renewing, and the scheduler's lost-worker path takes over.
+
 A step says whose fault its failures are by the exception it raises: ``KernelFault``
 (the kernel under test: fail), ``LabFault`` (the lab's own parts: infra-error),
 ``InputFault`` (a mistake in the campaign that validation could not see: invalid), and
@@ -19,12 +28,17 @@ escape is the step's ``unexpected`` cause, which is the lab's unless a step says
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import ClassVar, Generic, TypeVar
 
 from model.runspec import FailureCause
+
+# How long past its timeout a step may take to notice it before it is abandoned.
+STEP_GRACE_S = 60.0
+CLEANUP_TIMEOUT_S = 120.0
 
 
 class Scope(StrEnum):
@@ -64,6 +78,10 @@ class InputFault(StepFailure):
     cause = "input"
 
 
+class StepTimedOut(LabFault):
+    """A step ran past its timeout and the pipeline abandoned it."""
+
+
 class Cancelled(StepFailure):
     """Someone cancelled the run (or the worker lost the node's lease)."""
 
@@ -98,6 +116,10 @@ class Step(Generic[Ctx]):
     def describe(self, ctx: Ctx) -> str:
         """A detail for the progress line when the step starts its phase."""
         return ""
+
+    def cleanup_timeout_s(self, ctx: Ctx) -> float:
+        """How long ``cleanup`` may take before the pipeline goes on without it."""
+        return CLEANUP_TIMEOUT_S
 
     def run(self, ctx: Ctx, deadline: float) -> None:
         """Do the step's work by ``deadline`` (monotonic seconds); raise a StepFailure if not."""
@@ -141,6 +163,10 @@ class Pipeline(Generic[Ctx]):
     def names(self) -> list[str]:
         return [step.name for step in self.steps]
 
+    def budget_s(self, ctx: Ctx) -> float:
+        """The most a run of this pipeline may take: every step's timeout and grace, every cleanup's budget."""
+        return sum(step.timeout_s(ctx) + STEP_GRACE_S + step.cleanup_timeout_s(ctx) for step in self.steps)
+
     def run(self, ctx: Ctx, hooks: PipelineHooks[Ctx]) -> None:
         """Run every step; the first StepFailure (typed) propagates after the cleanups."""
         started: list[Step[Ctx]] = []
@@ -157,12 +183,19 @@ class Pipeline(Generic[Ctx]):
     def _run_step(step: Step[Ctx], ctx: Ctx, hooks: PipelineHooks[Ctx]) -> None:
         hooks.enter(step)
         began = time.monotonic()
+        timeout = step.timeout_s(ctx)
         try:
-            step.run(ctx, began + step.timeout_s(ctx))
-        except StepFailure:
-            raise
-        except Exception as err:  # a bug or an unforeseen fault: typed, never a hang or a pass
-            raise step.unexpected(f"{step.name}: {type(err).__name__}: {err}") from err
+            finished, error = _bounded(
+                f"step-{step.name}", lambda: step.run(ctx, began + timeout), timeout + STEP_GRACE_S
+            )
+            if not finished:
+                raise StepTimedOut(
+                    f"step {step.name} did not end within its {timeout:.0f} s (and {STEP_GRACE_S:.0f} s of grace): abandoned"
+                )
+            if isinstance(error, StepFailure):
+                raise error
+            if error is not None:  # a bug or an unforeseen fault: typed, never a hang or a pass
+                raise step.unexpected(f"{step.name}: {type(error).__name__}: {error}") from error
         finally:
             hooks.left(step, time.monotonic() - began)
 
@@ -183,10 +216,34 @@ def _check_order(steps: Sequence[Step[Ctx]]) -> None:
 
 
 def _cleanup(step: Step[Ctx], ctx: Ctx, hooks: PipelineHooks[Ctx]) -> None:
-    try:
-        step.cleanup(ctx)
-    except Exception as err:  # one failed cleanup must not skip the others (power off!)
-        hooks.cleanup_failed(step, err)
+    budget = step.cleanup_timeout_s(ctx)
+    finished, error = _bounded(f"cleanup-{step.name}", lambda: step.cleanup(ctx), budget)
+    if not finished:  # one stuck cleanup must not keep the others (power off!) from running
+        hooks.cleanup_failed(step, TimeoutError(f"did not end within its {budget:.0f} s: abandoned"))
+    elif error is not None:  # one failed cleanup must not skip the others
+        hooks.cleanup_failed(step, error)
+
+
+def _bounded(name: str, work: Callable[[], None], seconds: float) -> tuple[bool, Exception | None]:
+    """Run ``work`` in a daemon thread for at most ``seconds``: (finished, what it raised).
+
+    Unfinished work is left running (a thread cannot be killed); the caller goes on."""
+    raised: list[Exception] = []
+
+    def body() -> None:
+        try:
+            work()
+        except Exception as err:  # handed to the pipeline's thread, which decides
+            raised.append(err)
+        except BaseException as err:  # SystemExit and the like: never read as "finished fine"
+            raised.append(RuntimeError(f"{type(err).__name__}: {err}"))
+
+    thread = threading.Thread(target=body, name=f"swaplab-{name}", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        return False, None
+    return True, raised[0] if raised else None
 
 
 def wait_until(condition: Callable[[], bool], deadline: float, poll_s: float = 0.2) -> bool:

@@ -13,6 +13,7 @@ from workers.drivers.base import AlreadyRunning, NodeAccess, PowerControl
 from workers.pipeline.attach_steps import ConnectStep, ConsoleStep, FitnessStep, IdentifyKernelStep, InstallToolStep
 from workers.pipeline.boot_steps import BootedKernelStep, BootStep, LabLinkStep, PreparedImageStep
 from workers.pipeline.context import NodeContext
+from workers.pipeline.fault_steps import FaultStep
 from workers.pipeline.step import Pipeline, Step
 from workers.pipeline.swap_steps import ClockStep, MountStep, SamplerStep, SwapFileStep, SwaponStep, SysctlStep
 from workers.pipeline.workload_steps import BarrierStep, CollectStep, WorkloadStep
@@ -39,6 +40,7 @@ def _test_steps() -> list[Step[NodeContext]]:
         SwaponStep(),
         SamplerStep(),
         BarrierStep(),
+        FaultStep(),
         WorkloadStep(),
         CollectStep(),
     ]

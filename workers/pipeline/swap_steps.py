@@ -26,6 +26,9 @@ SERVER_LOG_MAX = 1 << 20
 CLOCK_ALIVE_PROBE_S = 10.0  # clock-serve went silent: does the node still answer at all?
 
 
+SWAP_FILE_TIMEOUT_S = 900.0
+
+
 class SwapFileStep(Step[NodeContext]):
     """The node's swap file on the lab's NFS server (which the run's setup made sure serves)."""
 
@@ -38,6 +41,14 @@ class SwapFileStep(Step[NodeContext]):
 
     def describe(self, ctx: NodeContext) -> str:
         return f"{ctx.spec.swap_mib} MiB swap file on the {ctx.lab.nfs_backend} server of lab {ctx.lab.name}"
+
+    def timeout_s(self, ctx: NodeContext) -> float:
+        # A knfsd server VM under TCG allocates and mkswaps the file over SSH (up to 10 min).
+        return SWAP_FILE_TIMEOUT_S
+
+    def cleanup_timeout_s(self, ctx: NodeContext) -> float:
+        # ... and reads it back to count the pages the node wrote.
+        return SWAP_FILE_TIMEOUT_S
 
     def run(self, ctx: NodeContext, deadline: float) -> None:
         try:

@@ -11,10 +11,14 @@ from workers.coordination.streams import WorkloadStream, workload_progress
 from workers.pipeline import evidence
 from workers.pipeline.context import NodeContext
 from workers.pipeline.step import Aborted, Cancelled, InputFault, KernelFault, Step, StepFailure
+from workers.pipeline.watchdog import ProgressWatchdog
 
 BARRIER_TIMEOUT_S = 600.0
 # A sampler silent this long makes the session ask the node whether it still answers.
 SILENCE_S = 30.0
+# A node "answers" for the progress watchdog while its sampler ticked this recently (it
+# ticks every second).
+ANSWERING_S = 5.0
 ALIVE_PROBE_S = 10.0
 USAGE_EXIT = 2  # swaplab-node's exit status for arguments it refuses
 
@@ -67,6 +71,7 @@ class WorkloadStep(Step[NodeContext]):
 
     def __init__(self) -> None:
         self._next_probe = 0.0
+        self._stall: str | None = None
 
     def timeout_s(self, ctx: NodeContext) -> float:
         lead_s = max(0.0, ((ctx.start_at_ns or 0) - time.time_ns()) / 1e9)
@@ -86,10 +91,13 @@ class WorkloadStep(Step[NodeContext]):
         command = hog_command(ctx.tool, ctx.workload_mib, work.passes, work.seed, start_at)
         stream = WorkloadStream(ctx.shell.open_channel(command), ctx.dir / "workload.log")
         baseline = ctx.sampler.latest()
+        watchdog = ProgressWatchdog(_stall_bound(ctx), ctx.quiet_until)
         finished = stream.wait(
             deadline=deadline,
             on_tick=lambda: self._report(ctx, baseline, stream.last_line),
-            stop=lambda: ctx.cancel() or not ctx.machine_running() or self._silent(ctx),
+            stop=lambda: (
+                ctx.cancel() or not ctx.machine_running() or self._silent(ctx) or self._stalled(ctx, watchdog, stream)
+            ),
         )
         ctx.result.workload = outcome = stream.outcome(ctx.start_at_ns, offset, ctx.spec.timing == "guest")
         if ctx.series is not None and outcome.done and outcome.bad_pages == 0 and outcome.exit_status == 0:
@@ -126,14 +134,30 @@ class WorkloadStep(Step[NodeContext]):
         last = ctx.sampler.last_host_time()
         if last is None or time.time() - last < SILENCE_S or time.monotonic() < self._next_probe:
             return False
+        if time.time() < ctx.quiet_until():
+            return False  # a node silent during a fault and its grace may yet recover: judged after
         self._next_probe = time.monotonic() + ALIVE_PROBE_S
         return not ctx.shell.is_alive(timeout=ALIVE_PROBE_S)
 
+    def _stalled(self, ctx: NodeContext, watchdog: ProgressWatchdog, stream: WorkloadStream) -> bool:
+        """The node answers (its sampler ticks) but makes no progress (the watchdog)."""
+        assert ctx.sampler is not None
+        last = ctx.sampler.last_host_time()
+        if last is None or time.time() - last > ANSWERING_S:
+            # Not ticking now: a node silent for a moment is not known to answer (a frozen
+            # guest is a hang, not a stall), and a silent one is the silence probe's to judge.
+            return False
+        watchdog.observe(ctx.sampler.latest(), stream.last_line)
+        self._stall = watchdog.stalled()
+        return self._stall is not None
+
     def _stopped(self, ctx: NodeContext) -> StepFailure:
-        """Why the workload did not finish: cancelled, lab gone, node silent, or too slow."""
+        """Why the workload did not finish: cancelled, lab gone, node silent, stalled, or too slow."""
         assert ctx.shell is not None
         if ctx.cancel():
             return Cancelled("cancelled")
+        if self._stall is not None:
+            return KernelFault(self._stall)
         gone = evidence.machine_or_server_gone(ctx)
         if gone is not None:
             return gone
@@ -153,6 +177,17 @@ class WorkloadStep(Step[NodeContext]):
             raise gone
         if not ctx.shell.is_alive(timeout=ALIVE_PROBE_S):
             raise evidence.stopped_answering(ctx)
+
+
+def _stall_bound(ctx: NodeContext) -> float:
+    """The watchdog's bound; on a node that does not inject the run's server faults (it
+    cannot see their windows) long enough to sit through the longest of them and its grace."""
+    others = [
+        f.for_s + f.grace_s
+        for i, f in enumerate(ctx.spec.faults)
+        if f.target == "server" and not f.injected_by(ctx.spec.run_index)
+    ]
+    return ctx.spec.workload.stalled_after_s + max(others, default=0.0)
 
 
 class CollectStep(Step[NodeContext]):
