@@ -112,7 +112,8 @@ def cell_of(run: Run) -> Cell:
     """What two runs must share for their figures to be compared: variant, workload, and the
     settings that change the figures (NFS, sysctls, node and swap size, the clock)."""
     settings = run.settings.model_dump(include={"nfs", "sysctl", "node_ram_mib", "swap_mib", "workload"})
-    return (run.variant or "", run.workload or "", f"{settings!r} timing={run.settings.timing}")
+    faults = f" faults={run.settings.faults}" if run.settings.faults else ""
+    return (run.variant or "", run.workload or "", f"{settings!r} timing={run.settings.timing}{faults}")
 
 
 def _cells(runs: Iterable[Run]) -> dict[Cell, dict[str, list[Run]]]:

@@ -30,9 +30,10 @@ its previous state restored afterwards, under a lock: the same history always gi
 same change points, and nothing else in the process has its random numbers changed.
 
 **One clock.** Figures measured on guest time and on host time (``model.figures.Timing``)
-are different quantities. Only the nights on the newest night's clock form the series; a
-campaign that changed its ``timing`` starts afresh, its older nights skipped with that
-reason, rather than showing the switch as a change point.
+are different quantities, and so are figures of runs with faults and without. Only the
+nights on the newest night's clock and faults form the series; a campaign that changed its
+``timing`` or its ``faults`` starts afresh, its older nights skipped with that reason,
+rather than showing the switch as a change point.
 
 **Too few nights.** A series with fewer than ``MIN_NIGHTS`` nights is "too few nights",
 never "no change": no split of six nights can reach p < 0.05 in a permutation test (three
@@ -348,7 +349,7 @@ def nightly_series(
     """Per (workload, figure), one value per night, oldest first; and the nights skipped.
 
     ``instances`` are ``ResultsDb.history()`` items in any order (they are sorted by
-    finished_at, then campaign id). Only nights measured on the newest night's clock count:
+    finished_at, then campaign id). Only nights measured on the newest night's clock (and faults) count:
     figures on guest time and on host time are different quantities, so a campaign that
     changed its ``timing`` starts a new series (the older nights are skipped, with why).
     """
@@ -361,7 +362,7 @@ def nightly_series(
         cid, finished = str(item.get("campaign_id")), float(item.get("finished_at") or 0)
         runs = passing[cid]
         if not runs or _clock(runs) != newest:
-            why = f"measured on {_clock(runs)} time, the newest nights on {newest}" if runs else NO_PASSING_RUN
+            why = f"measured on {_clock(runs)}, the newest nights on {newest}" if runs else NO_PASSING_RUN
             skipped.append(SkippedNight(cid, finished, item.get("verdict"), why))
             continue
         for workload, group in _group_by_workload(runs).items():
@@ -378,8 +379,11 @@ def _passing(item: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 
 def _clock(runs: Sequence[Mapping[str, Any]]) -> str:
-    """The night's clock (``model.figures.timing_label``); runs stored before it was kept ran on host time."""
-    return " + ".join(sorted({str(run.get("timing") or "host") for run in runs}))
+    """The night's clock (``model.figures.timing_label``; runs stored before it was kept ran
+    on host time), and its faults if it had any: nights of other conditions never meet."""
+    clock = " + ".join(sorted({str(run.get("timing") or "host") for run in runs}))
+    faults = sorted({fault for run in runs for fault in run.get("faults") or []})
+    return f"{clock} time with faults ({'; '.join(faults)})" if faults else f"{clock} time"
 
 
 def _group_by_workload(runs: Sequence[Mapping[str, Any]]) -> dict[str | None, list[Mapping[str, Any]]]:

@@ -11,7 +11,7 @@ data" into a number (``or vector(0)``) is refused when the campaign is loaded.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from model.criteria import MIB, OPERATORS, CriterionSpec, Outcome, Severity, render
 
@@ -62,11 +62,30 @@ class Criterion:
     # A built-in that measures whether the run exercised anything (swap really used)
     # makes the run invalid, not failed, when unmet.
     unmet: Outcome = Outcome.FAIL
+    # Judged over one phase of the campaign's N-th fault (1-based), not the whole run.
+    fault: int | None = None
+    phase: str | None = None
+    # The gauge (seconds since the node's last sign of life) a silence criterion reads:
+    # on a node a fault disturbed, judged outside each fault's window and grace only.
+    silence: str | None = None
 
     @classmethod
     def from_spec(cls, spec: CriterionSpec) -> Criterion:
         """A user criterion from the campaign file."""
-        return cls(spec.name, spec.expr, spec.op, spec.value, spec.severity, spec.description)
+        return cls(
+            spec.name,
+            spec.expr,
+            spec.op,
+            spec.value,
+            spec.severity,
+            spec.description,
+            fault=spec.fault,
+            phase=spec.phase,
+        )
+
+    def over(self) -> str:
+        """The window it is judged over, for people: "the run's window", "during fault 1"."""
+        return f"{self.phase} fault {self.fault}" if self.phase else "the run's window"
 
 
 @dataclass(frozen=True)
@@ -102,6 +121,7 @@ class CriterionResult:
 
 
 _SEL = "{{{ sel }}}"
+_SAMPLE_AGE = "swaplab_node_sample_age_seconds" + _SEL
 
 
 def _console(kind_regex: str) -> str:
@@ -145,12 +165,15 @@ def builtin_criteria(planned_overcommit_mib: int) -> list[Criterion]:
             f"at least the planned overcommit ({planned_overcommit_mib} MiB) swapped back in",
             unmet=Outcome.INVALID,
         ),
-        builtin(
-            "node_alive",
-            "max_over_time(swaplab_node_sample_age_seconds" + _SEL + "[{{ window }}])",
-            "<",
-            10,
-            "the node's sampler never went silent for 10 s",
+        replace(
+            builtin(
+                "node_alive",
+                "max_over_time(" + _SAMPLE_AGE + "[{{ window }}])",
+                "<",
+                10,
+                "the node's sampler never went silent for 10 s (outside a fault's window and grace)",
+            ),
+            silence=_SAMPLE_AGE,
         ),
         builtin(
             "workload_done",
@@ -166,15 +189,21 @@ def judge_values(criterion: Criterion, query: str, values: list[float]) -> Crite
     """Outcome of ``criterion`` from the values its query returned (one per series)."""
     finite = [v for v in values if not math.isnan(v)]
     if not finite:
-        detail = "no data in the run's window" if not values else "the query returned NaN only"
+        detail = f"no data {_over(criterion)}" if not values else "the query returned NaN only"
         return _result(criterion, query, None, Outcome.INVALID, detail)
     compare = OPERATORS[criterion.op]
     failing = [v for v in finite if not compare(v, criterion.value)]
     value = failing[0] if failing else finite[0]
     shown = f"{_fmt(value)} {criterion.op} {_fmt(criterion.value)}"
+    if criterion.phase:
+        shown += f" ({criterion.over()})"
     if not failing:
         return _result(criterion, query, value, Outcome.PASS, shown)
     return _result(criterion, query, value, criterion.unmet, f"{shown} is false")
+
+
+def _over(criterion: Criterion) -> str:
+    return f"{criterion.over()}" if criterion.phase else "in the run's window"
 
 
 def invalid(criterion: Criterion, query: str, reason: str) -> CriterionResult:

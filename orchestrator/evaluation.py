@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from model.faults import FaultRecord, faults_of
 from model.runspec import NodeResult
 from orchestrator.criteria import (
     Criterion,
@@ -27,6 +28,9 @@ from orchestrator.criteria import (
 )
 from orchestrator.figure_check import figure_entries, prometheus_figures
 from orchestrator.prometheus import PrometheusApi, PrometheusError, PrometheusUnreachable
+
+# The scrape interval: a silence criterion reads its gauge at every scrape.
+SILENCE_STEP_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -70,29 +74,123 @@ def judged(result: NodeResult) -> bool:
     return result.failure is None or result.failure.cause == "kernel"
 
 
+def phase_window(criterion: Criterion, window: RunWindow, faults: dict[int, FaultRecord]) -> RunWindow | str:
+    """The window ``criterion`` is judged over: the run's, or a phase of one of its faults
+    (before: from the run's start to the fault's; during; after: from its end to the
+    run's); why it has none otherwise."""
+    if criterion.fault is None or criterion.phase is None:
+        return window
+    fault = faults.get(criterion.fault)
+    if fault is None or fault.started_at is None or fault.ended_at is None:
+        missed = f": {fault.missed}" if fault is not None and fault.missed else ""
+        return f"fault {criterion.fault} did not happen in this run{missed}"
+    start, end = {
+        "before": (window.start, fault.started_at),
+        "during": (fault.started_at, fault.ended_at),
+        "after": (fault.ended_at, window.end),
+    }[criterion.phase]
+    if end <= start:
+        return f"{criterion.over()} is empty (from {start:.3f} to {end:.3f})"
+    return RunWindow(start, end)
+
+
+def run_faults(results: list[NodeResult]) -> dict[int, FaultRecord]:
+    """The run's faults by number (1-based) as they happened: a server's fault as the node
+    session that injected it recorded it (the others measured it too), a link's by each of
+    its nodes (the first that began counts)."""
+    faults: dict[int, FaultRecord] = {}
+
+    def rank(fault: FaultRecord) -> tuple[bool, bool]:
+        return fault.started_at is not None, not fault.measured_on
+
+    for result in results:
+        for fault in result.faults:
+            known = faults.get(fault.index + 1)
+            if known is None or rank(fault) > rank(known):
+                faults[fault.index + 1] = fault
+    return faults
+
+
+def node_faults(result: NodeResult, faults: dict[int, FaultRecord]) -> dict[int, FaultRecord]:
+    """The run's faults by number as ``result``'s node saw them: its own records (its
+    link's, or a server's measured on it) over the run's."""
+    own = {f.index + 1: f for f in faults_of(result.node, list(result.faults)) if f.started_at is not None}
+    return {**faults, **own}
+
+
 def evaluate_node(
-    criteria: list[Criterion], api: PrometheusApi, result: NodeResult, window: RunWindow | None
+    criteria: list[Criterion],
+    api: PrometheusApi,
+    result: NodeResult,
+    window: RunWindow | None,
+    faults: dict[int, FaultRecord] | None = None,
 ) -> list[CriterionResult]:
     """Every criterion for one node; no window or no labels means every one is invalid."""
-    variables = _variables(result, window)
+    # A fault on this node's own link is judged by its own record (each node's begins apart).
+    faults = node_faults(result, faults or {})
     outcomes = []
     unreachable = ""
     for criterion in criteria:
+        over = phase_window(criterion, window, faults) if window is not None else None
+        variables = _variables(result, over if isinstance(over, RunWindow) else window)
         query = render(criterion.expr, variables) if variables else criterion.expr
         if window is None or not variables:
             outcomes.append(invalid(criterion, query, "the node exported no metrics in this run"))
             continue
+        if isinstance(over, str):
+            outcomes.append(invalid(criterion, query, over))
+            continue
         if unreachable:
             outcomes.append(invalid(criterion, query, unreachable))  # not 8 more timeouts
             continue
+        assert over is not None
+        windows = _disturbed(result, faults) if criterion.silence and criterion.phase is None else []
         try:
-            values = [value for _labels, value in api.query(query, window.end)]
+            if windows:
+                assert criterion.silence is not None
+                outcomes.append(_judge_silence(criterion, api, render(criterion.silence, variables), over, windows))
+                continue
+            values = [value for _labels, value in api.query(query, over.end)]
         except PrometheusError as err:
             unreachable = str(err) if isinstance(err, PrometheusUnreachable) else ""
             outcomes.append(invalid(criterion, query, str(err)))
             continue
         outcomes.append(judge_values(criterion, query, values))
     return outcomes
+
+
+def _disturbed(result: NodeResult, faults: dict[int, FaultRecord]) -> list[tuple[float, float]]:
+    """The windows (start, end + grace) of the faults that disturbed ``result``'s node."""
+    windows = [fault.window() for fault in faults.values() if fault.affects(result.node)]
+    return sorted(window for window in windows if window is not None)
+
+
+def _judge_silence(
+    criterion: Criterion, api: PrometheusApi, gauge: str, window: RunWindow, faults: list[tuple[float, float]]
+) -> CriterionResult:
+    """A silence criterion on a node faults disturbed: its sampler's own allocations may
+    reclaim through the disturbed NFS path, so it may fall silent for a whole fault. Only
+    the silence outside every fault's window and grace counts."""
+    series = api.query_range(gauge, window.start, window.end, SILENCE_STEP_S)
+    if not series:
+        return invalid(criterion, gauge, "no data in the run's window")
+    longest = max(silence_outside(points, faults) for _labels, points in series)
+    result = judge_values(criterion, gauge, [longest])
+    return replace(
+        result, detail=f"{result.detail}: the longest silence outside {len(faults)} fault window(s) and grace"
+    )
+
+
+def silence_outside(points: list[tuple[float, float]], windows: list[tuple[float, float]]) -> float:
+    """The longest silence outside ``windows``: at each (time, age) point outside them, its
+    age — counted from no earlier than the end of the last window before it."""
+    longest = 0.0
+    for at, age in points:
+        if math.isnan(age) or any(start <= at <= end for start, end in windows):
+            continue
+        ended = [end for _start, end in windows if end < at]
+        longest = max(longest, min(age, at - max(ended)) if ended else age)
+    return longest
 
 
 def _variables(result: NodeResult, window: RunWindow | None) -> dict[str, str]:
@@ -139,7 +237,8 @@ def evaluate_run(
     """The run's window, each judged node's results of ``criteria(node result)``, and every
     node's figures with Prometheus' values for the same workload window."""
     window = run_window(results)
-    judged_nodes = {r.node: evaluate_node(criteria(r), api, r, window) for r in results if judged(r)}
+    faults = run_faults(results)
+    judged_nodes = {r.node: evaluate_node(criteria(r), api, r, window, faults) for r in results if judged(r)}
     figures = {}
     for result in results:
         outcomes = judged_nodes.get(result.node, [])

@@ -51,11 +51,11 @@ class PrometheusApi:
 
     def query_range(
         self, expr: str, start: float, end: float, step_s: float
-    ) -> list[tuple[dict[str, str], list[float]]]:
-        """Evaluate ``expr`` from start to end every ``step_s``: the values of each series."""
+    ) -> list[tuple[dict[str, str], list[tuple[float, float]]]]:
+        """Evaluate ``expr`` from start to end every ``step_s``: each series' (time, value) points."""
         params = {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step_s}"}
         data = self._get("/api/v1/query_range", params)
-        return [(dict(item["metric"]), [float(v) for _t, v in item["values"]]) for item in data["result"]]
+        return [(dict(item["metric"]), [(float(t), float(v)) for t, v in item["values"]]) for item in data["result"]]
 
     def ready(self) -> bool:
         """True when the server answers /-/ready."""

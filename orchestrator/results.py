@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 from model.display import printable
 from model.exitcode import ExitCode
+from model.faults import faults_of
 from model.paths import UnsafePath, own_subdir, replace_file
 from model.result import Run
 from model.runspec import NodeResult, is_campaign_id
@@ -47,12 +48,21 @@ def node_entry(result: NodeResult, verdict: NodeVerdict, figures: dict[str, dict
         "files": result.files,
         "figures": figures,
         "series": result.series,
+        "faults": [fault.model_dump(mode="json") for fault in result.faults],
     }
 
 
 def run_entry(meta: dict[str, Any], results: list[NodeResult], evaluation: RunEvaluation) -> dict[str, Any]:
     """Judge a run's nodes and build its part of result.json (``meta``: run_id, kernel ...)."""
-    verdicts = [judge_node(result, evaluation.criteria.get(result.node, [])) for result in results]
+    faults = [fault for result in results for fault in result.faults]
+    verdicts = [
+        judge_node(
+            result,
+            evaluation.criteria.get(result.node, []),
+            faults_of(result.node, faults),
+        )
+        for result in results
+    ]
     window = evaluation.window
     return {
         **meta,

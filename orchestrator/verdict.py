@@ -8,13 +8,15 @@ passes only when every check passes and every error/critical criterion passed wi
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
 from model.console import KERNEL_FAILURE_KINDS, EventKind
 from model.exitcode import ExitCode
+from model.faults import FaultRecord
 from model.runspec import NodeResult
+from orchestrator.blame import excuse_criteria, excused_by, fault_outcome
 from orchestrator.criteria import CriterionResult, Outcome, Severity
 from orchestrator.evaluation import judged
 
@@ -77,9 +79,14 @@ class NodeVerdict:
         }
 
 
-def judge_node(result: NodeResult, criteria: list[CriterionResult]) -> NodeVerdict:
-    """Judge one node: fail for the kernel, infra-error for the lab, invalid without data."""
-    checks = _console_checks(result) + _workload_checks(result)
+def judge_node(result: NodeResult, criteria: list[CriterionResult], faults: Sequence[FaultRecord] = ()) -> NodeVerdict:
+    """Judge one node: fail for the kernel, infra-error for the lab, invalid without data.
+
+    ``faults``: the run's faults that disturbed this node (orchestrator.blame): the
+    messages they explain do not fail it; one that hit nothing makes it invalid.
+    """
+    criteria = excuse_criteria(criteria, result.console_events, result.console_event_counts, faults)
+    checks = _console_checks(result, faults) + _workload_checks(result) + _fault_checks(result, faults)
     if result.failure is not None:
         checks.append(_failure_check(result))
     if judged(result) and not criteria:
@@ -113,7 +120,22 @@ def _reasons(result: NodeResult, checks: list[Check], criteria: list[CriterionRe
     return reasons
 
 
-def _console_checks(result: NodeResult) -> list[Check]:
+def _fault_checks(result: NodeResult, faults: Sequence[FaultRecord]) -> list[Check]:
+    checks = []
+    for fault in faults:
+        outcome, detail = fault_outcome(fault, result.node)
+        if outcome is Outcome.PASS and result.failure is not None and result.failure.cause == "kernel":
+            outcome, detail = Outcome.FAIL, f"{fault.planned}: the node did not recover: {result.failure.reason}"
+        checks.append(Check(f"fault_{fault.index + 1}", outcome, detail))
+    excused = [e for e in result.console_events if excused_by(e, faults) is not None]
+    if excused:
+        kinds = sorted({str(e.get("kind")) for e in excused})
+        detail = f"{len(excused)} console message(s) within fault windows ({', '.join(kinds)})"
+        checks.append(Check("expected_messages", Outcome.PASS, detail))
+    return checks
+
+
+def _console_checks(result: NodeResult, faults: Sequence[FaultRecord] = ()) -> list[Check]:
     names = {
         EventKind.PANIC: "no_panic",
         EventKind.OOPS: "no_oops",
@@ -124,7 +146,7 @@ def _console_checks(result: NodeResult) -> list[Check]:
     }
     checks = []
     for kind in sorted(KERNEL_FAILURE_KINDS):
-        seen = [e for e in result.console_events if e.get("kind") == kind.value]
+        seen = [e for e in result.console_events if e.get("kind") == kind.value and excused_by(e, faults) is None]
         detail = f"console line {seen[0]['line']}: {seen[0]['text']}" if seen else "console clean"
         checks.append(Check(names[kind], Outcome.FAIL if seen else Outcome.PASS, detail))
     return checks

@@ -48,6 +48,8 @@ ALL_VALUE = ".*"
 # Roughly a panel's width in pixels: Grafana's maxDataPoints, which sets $__interval.
 MAX_DATA_POINTS = 1000
 VARIABLE_TITLE_PREFIX = "variable "
+# An annotation's query has data only while what it marks happens (a fault): no data is normal.
+ANNOTATION_TITLE_PREFIX = "annotation "
 
 Json = dict[str, Any]
 
@@ -120,7 +122,8 @@ def variable_query(variable: Json) -> str | None:
 
 def dashboard_queries(path: Path) -> list[tuple[str, str]]:
     """(panel title, expr) for every target of every panel, then ("variable NAME", query)
-    for every query variable. Rows' nested panels are included; rows have no targets."""
+    for every query variable and ("annotation NAME", expr) for every Prometheus annotation.
+    Rows' nested panels are included; rows have no targets."""
     dashboard = load(path)
     queries: list[tuple[str, str]] = []
     for panel in iter_panels(dashboard):
@@ -131,6 +134,10 @@ def dashboard_queries(path: Path) -> list[tuple[str, str]]:
     for variable in variables(dashboard):
         if variable.get("type") == "query" and (query := variable_query(variable)) is not None:
             queries.append((VARIABLE_TITLE_PREFIX + str(variable.get("name")), query))
+    for annotation in dashboard.get("annotations", {}).get("list", []):
+        expr = annotation.get("expr")
+        if isinstance(expr, str) and expr.strip():
+            queries.append((ANNOTATION_TITLE_PREFIX + str(annotation.get("name")), expr))
     return queries
 
 

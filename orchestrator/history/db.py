@@ -301,6 +301,7 @@ def _run_item(run: RunRow) -> dict[str, Any]:
         "release": run.release,
         "workload": run.workload,
         "timing": run.timing,
+        "faults": list(run.faults or []),
         "repeat": run.repeat,
         "verdict": run.verdict,
         "attempt": run.attempt,

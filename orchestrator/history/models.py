@@ -100,6 +100,8 @@ class RunRow(Base):
     # The nodes' clock (model.figures.timing_label): figures of different clocks never meet.
     # None for a run that never started (skipped).
     timing: Mapped[str | None] = mapped_column(String)
+    # The faults the run injected (model.faults, as planned): runs with and without never meet.
+    faults: Mapped[list[str] | None] = mapped_column(JSON)
 
     campaign: Mapped[CampaignRow] = relationship(back_populates="runs")
     nodes: Mapped[list[NodeRow]] = relationship(

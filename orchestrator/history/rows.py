@@ -104,6 +104,7 @@ def run_row(position: int, run: Run) -> RunRow:
         node_ram_mib=settings.node_ram_mib or (run.nodes[0].ram_mib if run.nodes else None),
         swap_mib=settings.swap_mib,
         timing=settings.timing,
+        faults=list(settings.faults),
         nodes=[node_row(node, passed) for node in run.nodes],
     )
 

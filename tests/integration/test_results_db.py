@@ -88,6 +88,20 @@ def db(url: str) -> Iterator[ResultsDb]:
 
 
 # -- schema -------------------------------------------------------------------------------
+def test_a_runs_faults_are_stored_and_come_back_in_its_history(db: ResultsDb) -> None:
+    faulted = variant(PAIR, "pair-20261203-120000-f00d")
+    for run in faulted["runs"]:
+        run.setdefault("settings", {})["faults"] = ["server-stall on server at +10 s for 5 s"]
+    db.store(PAIR)
+    db.store(faulted)
+    by_id = {item["campaign_id"]: item for item in db.history()}
+    ran = [r for r in by_id[faulted["campaign_id"]]["runs"] if r["verdict"] != "skipped"]
+    assert ran and {tuple(r["faults"]) for r in ran} == {
+        ("server-stall on server at +10 s for 5 s",)
+    }
+    assert all(r["faults"] == [] for r in by_id[PAIR["campaign_id"]]["runs"])
+
+
 def test_migration_creates_everything_from_an_empty_database(url: str) -> None:
     with ResultsDb(url) as db:
         assert set(inspect(db.engine).get_table_names()) == set()
@@ -157,6 +171,7 @@ def test_the_smoke_record_round_trips(db: ResultsDb) -> None:
                 "release": "6.1.0-57-amd64",
                 "workload": "overcommit",
                 "timing": "host",  # a record before timing was kept: host time
+                "faults": [],  # and before faults were: none
                 "repeat": 1,
                 "verdict": "pass",
                 "attempt": 1,

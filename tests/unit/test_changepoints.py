@@ -227,6 +227,21 @@ def test_a_failed_night_contributes_nothing_and_is_named() -> None:
     assert any("without a passing run, not counted" in note for note in analysis.notes())
 
 
+def test_nights_with_faults_never_join_a_series_of_nights_without() -> None:
+    # The pc0 step again, but the nights before it ran with a fault: runs under a stalled
+    # server are another quantity, so they are set aside, not compared with the rest.
+    history = nights(ONE_KERNEL, PC0)
+    for item in history[: len(ONE_KERNEL)]:
+        item["runs"][0]["faults"] = ["server-stall on server at +10 s for 5 s"]
+    analysis = detect_changes("nightly", history)
+
+    assert analysis.all_change_points == []
+    assert [s.campaign_id for s in analysis.skipped] == [i["campaign_id"] for i in history[: len(ONE_KERNEL)]]
+    assert {s.reason for s in analysis.skipped} == {
+        "measured on host time with faults (server-stall on server at +10 s for 5 s), the newest nights on host time"
+    }
+
+
 def test_a_campaign_that_changed_its_clock_starts_a_new_series() -> None:
     # The pc0 step again, but the nights after it measured on guest time: a different
     # quantity, so the switch is no change point; the host-time nights are set aside.
@@ -237,9 +252,9 @@ def test_a_campaign_that_changed_its_clock_starts_a_new_series() -> None:
 
     assert analysis.all_change_points == []
     assert [s.campaign_id for s in analysis.skipped] == [i["campaign_id"] for i in history[: len(ONE_KERNEL)]]
-    assert {s.reason for s in analysis.skipped} == {"measured on host time, the newest nights on guest-icount5"}
+    assert {s.reason for s in analysis.skipped} == {"measured on host time, the newest nights on guest-icount5 time"}
     assert all(s.nights == len(PC0) for s in analysis.series)
-    assert f"{len(ONE_KERNEL)} night(s) not counted: measured on host time, the newest nights on guest-icount5" in (
+    assert f"{len(ONE_KERNEL)} night(s) not counted: measured on host time, the newest nights on guest-icount5 time" in (
         analysis.notes()
     )
     # Unmarked runs are host time: the same history with the marks removed is the step again.

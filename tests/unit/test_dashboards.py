@@ -119,6 +119,15 @@ def test_every_panel_queries_the_provisioned_data_source() -> None:
             assert target["datasource"]["uid"] == DATASOURCE_UID, where
 
 
+def test_the_node_dashboard_marks_faults_from_the_workers_fault_series() -> None:
+    node = load(GRAFANA / "dashboards" / "swaplab-node.json")
+    [faults] = [a for a in node["annotations"]["list"] if a.get("name") == "Faults"]
+    assert faults["datasource"] == {"type": "prometheus", "uid": "swaplab-prometheus"} and faults["enable"]
+    assert "swaplab_fault_active" in faults["expr"] and "{{kind}}" in faults["titleFormat"]
+    titles = [title for title, _ in dashboard_queries(GRAFANA / "dashboards" / "swaplab-node.json")]
+    assert "annotation Faults" in titles  # so the checks of every query (exported, parses) cover it
+
+
 def test_rows_nested_panels_are_walked() -> None:
     node = load(GRAFANA / "dashboards" / "swaplab-node.json")
     collapsed = [p for p in node["panels"] if p.get("type") == "row" and p.get("collapsed")]
