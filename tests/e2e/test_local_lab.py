@@ -12,8 +12,12 @@ criteria, and the dashboards' queries are sent to the Prometheus that scraped it
 
 from __future__ import annotations
 
+import base64
+import itertools
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import paramiko
 import pytest
 
 from model.criteria import BUILTIN_CRITERION_NAMES
@@ -32,6 +37,7 @@ from orchestrator.prometheus import PrometheusApi
 from orchestrator.services import LocalPrometheus
 from tests import dashboards
 from tests.conftest import require_tools
+from workers.image import lab_keys
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -113,9 +119,11 @@ def impossible(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict[str,
     return run_campaign(FIXTURES / "campaigns" / "impossible.yaml", tmp_path_factory.mktemp("impossible"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def prometheus() -> Iterator[PrometheusApi]:
-    """The Prometheus ``swaplab run`` used (its TSDB is kept), running again for queries."""
+    """The Prometheus ``swaplab run`` used (its TSDB is kept), running again for queries.
+
+    Per test: a ``swaplab run`` of a later fixture stops the local services it finds."""
     server = LocalPrometheus(admin_api=True)  # one test deletes series; swaplab run never opens it
     started = not server.ready()
     if started:
@@ -294,9 +302,11 @@ def test_every_dashboard_query_returns_data_for_the_smoke_run(
     empty = []
     for path in dashboards.dashboard_files():
         for title, query in dashboards.dashboard_queries(path):
+            if title.startswith(dashboards.ANNOTATION_TITLE_PREFIX):
+                continue  # it marks faults; the smoke run has none (the stall run's test queries it)
             promql = dashboards.render(query, values, range_s=int(end - start))
             series = prometheus.query_range(promql, start, end, step_s=2)
-            if not any(v == v for _labels, points in series for v in points):  # v == v: not NaN
+            if not any(v == v for _labels, points in series for _t, v in points):  # v == v: not NaN
                 empty.append(f"{path.name}: {title}: {promql}")
     assert not empty, "queries without data:\n" + "\n".join(empty)
 
@@ -342,3 +352,221 @@ def test_an_oom_kill_at_the_start_of_the_workload_fails_with_exit_code_1(
     no_oom = criteria_of(result)["no_oom_kill"]
     assert no_oom["outcome"] == "fail" and no_oom["value"] >= 1
     assert {c["name"]: c["outcome"] for c in node["checks"]}["no_oom_kill"] == "fail"
+
+
+# -- faults: the NFS server stalls mid swap-out, and later restarts ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def stall(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict[str, Any], str]:
+    return run_campaign(REPO / "campaigns" / "faults.yaml", tmp_path_factory.mktemp("stall"))
+
+
+def samples_of(result: dict[str, Any]) -> list[dict[str, Any]]:
+    path = Path(result["result_dir"]) / "r001" / "node1" / "samples.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_ganesha_stall_mid_swap_out_is_recovered_with_its_recovery_time(
+    stall: tuple[int, dict[str, Any], str],
+) -> None:
+    code, result, progress = stall
+    assert (code, result["verdict"]) == (0, "pass"), only_node(result)["reasons"]
+    node = only_node(result)
+    fault = node["faults"][0]
+    assert fault["kind"] == "server-stall" and fault["node"] == "node1" and not fault["missed"]
+    assert 14.5 <= fault["ended_at"] - fault["started_at"] <= 18
+    assert fault["swap_out_mibps_before"] > 0  # swap-out was under way: the fault hit it
+    assert fault["recovery_s"] is not None and 0 <= fault["recovery_s"] < 60
+    check = {c["name"]: c for c in node["checks"]}["fault_1"]
+    assert check["outcome"] == "pass" and f"recovered {fault['recovery_s']:.1f} s after its end" in check["detail"]
+    assert "fault 1: server-stall on server after 24 MiB swapped out for 15 s began" in progress
+    assert result["runs"][0]["settings"]["faults"] == [
+        "server-stall on server after 24 MiB swapped out for 15 s",
+        "memory-squeeze of 48 MiB on node-1 after 160 MiB swapped out for 60 s",
+        "server-restart on server after 240 MiB swapped out for 1 s",
+    ]
+
+
+def test_a_ganesha_restart_mid_swap_out_is_recovered_through_its_grace_period(
+    stall: tuple[int, dict[str, Any], str],
+) -> None:
+    _, result, progress = stall
+    node = only_node(result)
+    restart = node["faults"][2]
+    assert restart["kind"] == "server-restart" and not restart["missed"], restart
+    assert restart["swap_out_mibps_before"] > 0  # it hit swap-out under way
+    assert restart["recovery_s"] is not None and 0 <= restart["recovery_s"] < 60, restart
+    check = {c["name"]: c for c in node["checks"]}["fault_3"]
+    assert check["outcome"] == "pass", check
+    # The restarted server began in its grace period and the node reclaimed its open
+    # swap file in it: otherwise the kernel loses the file's state and swap writes fail.
+    log = Path(result["result_dir"], "r001", "node1", "nfs-server.log").read_text(errors="replace")
+    assert "NFS Server Now IN GRACE" in log, log[-2000:]
+    assert re.search(r"reclaim complete\([1-9]", log), log[-2000:]  # ganesha counted the node's reclaim
+    assert not [e for e in node["console_events"] if e["kind"] in ("swap_write_error", "oops")]
+    assert "fault 3: server-restart on server after 240 MiB swapped out for 1 s began" in progress
+    # The campaign's criterion on the phase after the restart: judged over that window alone.
+    after = criteria_of(result)["swap_out_after_restart"]
+    assert after["outcome"] == "pass" and after["detail"].endswith("(after fault 3)"), after
+
+
+def test_a_memory_squeeze_beside_the_workload_got_its_pages_back_intact(
+    stall: tuple[int, dict[str, Any], str],
+) -> None:
+    _, result, _ = stall
+    node = only_node(result)
+    squeeze = node["faults"][1]
+    assert squeeze["kind"] == "memory-squeeze" and not squeeze["missed"] and squeeze["swap_out_mibps_before"] > 0
+    assert squeeze["ended_at"] - squeeze["started_at"] < 55, squeeze  # its hog finished: the fault ended then
+    log = Path(result["result_dir"], "r001", "node1", "squeeze-2.log").read_text()
+    [done] = [
+        dict(word.split("=") for word in line.split()[1:]) for line in log.splitlines() if line.startswith("done ")
+    ]
+    assert (done["pages"], done["bad"]) == (str(48 * 256), "0"), log[-500:]  # every page read back as written
+    assert {c["name"]: c["outcome"] for c in node["checks"]}["fault_2"] == "pass"
+
+
+def test_swap_out_stood_still_while_ganesha_was_stopped_and_resumed_after(
+    stall: tuple[int, dict[str, Any], str],
+) -> None:
+    _, result, _ = stall
+    fault = only_node(result)["faults"][0]
+    at = [(s["host_time_ns"] / 1e9, s["pswpout"]) for s in samples_of(result) if "host_time_ns" in s]
+    during = [out for t, out in at if fault["started_at"] + 1 <= t <= fault["ended_at"] - 0.5]
+    before_end = [out for t, out in at if t < fault["ended_at"]]
+    after = [out for t, out in at if fault["ended_at"] <= t <= fault["ended_at"] + 10]
+    if len(during) >= 2:
+        assert max(during) - min(during) <= 64, during  # a few pages in flight at most
+    else:
+        # The sampler's own allocations reclaim through the stalled server, so it may fall
+        # silent for the whole window (it ticks every second otherwise): that is the stall too.
+        gaps = [
+            b - a for (a, _), (b, _) in itertools.pairwise(at) if a < fault["ended_at"] and b > fault["started_at"] + 1
+        ]
+        assert max(gaps) >= 2.5, gaps
+    assert max(after) - max(before_end) > 256, after  # more than a MiB once it answered again
+
+
+def test_the_fault_is_a_series_the_node_dashboard_draws(
+    stall: tuple[int, dict[str, Any], str], prometheus: PrometheusApi
+) -> None:
+    _, result, _ = stall
+    fault = only_node(result)["faults"][0]
+    node = json.loads((REPO / "deploy" / "grafana" / "dashboards" / "swaplab-node.json").read_text())
+    [annotation] = [a for a in node["annotations"]["list"] if a.get("name") == "Faults"]
+    promql = dashboards.render(annotation["expr"], {"lab": "local", "node": "node1"}, range_s=60)
+    series = prometheus.query_range(promql, fault["started_at"] - 5, fault["ended_at"] + 5, step_s=1)
+    active = [v for labels, points in series if labels.get("kind") == "server-stall" for _t, v in points if v == v]
+    assert len(active) >= 2, series
+
+
+def test_a_stall_longer_than_the_hung_task_timeout_shows_hung_tasks_the_campaign_expects(
+    stall: tuple[int, dict[str, Any], str],
+) -> None:
+    _, result, _ = stall
+    node = only_node(result)
+    fault = node["faults"][0]  # 15 s, with kernel.hung_task_timeout_secs = 5
+    assert fault["kind"] == "server-stall" and not fault["missed"] and fault["swap_out_mibps_before"] > 0, fault
+    window = (fault["started_at"], fault["ended_at"] + fault["grace_s"])
+    hung = [e for e in node["console_events"] if e["kind"] == "hung_task"]
+    inside = [e for e in hung if window[0] <= e["host_time_s"] <= window[1]]
+    assert inside, (window, hung)  # the evidence: tasks blocked on the stalled server
+    blocked = [int(re.search(r"blocked for more than (\d+) seconds", e["text"]).group(1)) for e in inside]  # type: ignore[union-attr]
+    assert min(blocked) >= 5 and max(blocked) <= 15 + 30, blocked  # past the timeout, within the fault + grace
+    assert {c["name"]: c["outcome"] for c in node["checks"]}["fault_1"] == "pass"
+    assert criteria_of(result)["no_hung_task"]["outcome"] == "pass"  # excused: each inside a fault's window
+    # The sampler may fall silent for a whole stall: only a silence outside the windows counts.
+    alive = criteria_of(result)["node_alive"]
+    assert alive["outcome"] == "pass" and "outside 3 fault window(s)" in alive["detail"], alive
+
+
+def once_it_reports(results: Path, pattern: str, done: threading.Event) -> Path | None:
+    """The workload log matching ``pattern`` once its workload reported progress (None: the campaign ended)."""
+    while not done.is_set():
+        logs = list(results.glob(pattern))
+        if logs and "progress" in logs[0].read_text(errors="replace"):
+            return logs[0]
+        time.sleep(0.5)
+    return None
+
+
+def stop_the_hog_once_it_reports(results: Path, done: threading.Event) -> None:
+    """SIGSTOP the first run's workload (not the sampler) once it reported progress."""
+    keys = lab_keys("local")
+    if once_it_reports(results, "stalled-hog-*/r001/node1/workload.log", done) is None:
+        return
+    client = paramiko.SSHClient()
+    key_type, blob = keys.host_public.split()[:2]
+    client.get_host_keys().add("[127.0.0.1]:47221", key_type, paramiko.Ed25519Key(data=base64.b64decode(blob)))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client.connect("127.0.0.1", port=47221, username="root", key_filename=str(keys.client_private),
+                   look_for_keys=False, allow_agent=False, timeout=20)  # fmt: skip
+    # The node image has ps but no pkill: the workload by its command line, never the sampler.
+    stop = 'ps -eo pid=,args= | while read pid args; do case "$args" in "/usr/bin/swaplab-node hog"*) kill -STOP $pid && echo $pid;; esac; done'
+    _in, out, _err = client.exec_command(stop)
+    STOPPED.append(out.read().decode())
+    client.close()
+    # The second run (on whichever node was free): its guest frozen whole (QMP stop) once
+    # its workload reports.
+    log = once_it_reports(results, "stalled-hog-*/r002/*/workload.log", done)
+    if log is None:
+        return
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(f"/run/swaplab/qmp/swaplab-local-{log.parent.name}/qmp.sock")
+        reader = sock.makefile("r")
+        reader.readline()  # the greeting
+        for execute in ("qmp_capabilities", "stop"):
+            sock.sendall(json.dumps({"execute": execute}).encode() + b"\n")
+            reply: dict[str, Any] = {}
+            while "return" not in reply and "error" not in reply:  # events may come first
+                reply = json.loads(reader.readline())
+        FROZEN.append(reply)
+
+
+STOPPED: list[str] = []
+FROZEN: list[dict[str, Any]] = []
+
+
+@pytest.fixture(scope="module")
+def stalled(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict[str, Any], str]:
+    results, done = tmp_path_factory.mktemp("stalled"), threading.Event()
+    stopper = threading.Thread(target=stop_the_hog_once_it_reports, args=(results, done), daemon=True)
+    stopper.start()
+    try:
+        return run_campaign(FIXTURES / "campaigns" / "stalled-hog.yaml", results)
+    finally:
+        done.set()
+        stopper.join(30)
+
+
+def test_a_workload_that_stops_progressing_ends_as_stalled_long_before_its_timeout(
+    stalled: tuple[int, dict[str, Any], str],
+) -> None:
+    code, result, _ = stalled
+    assert STOPPED and STOPPED[0].strip(), "the test never stopped the workload"
+    first, _, third = result["runs"]
+    [node] = first["nodes"]
+    assert (code, first["verdict"]) == (1, "fail")
+    failure = node["failure"]
+    assert failure["cause"] == "kernel" and failure["reason"].startswith("stalled: no progress for "), failure
+    assert "while the node answered" in failure["reason"] and "MiB out" in failure["reason"]
+    assert node["phases_s"]["workload"] < 120  # the bound is 20 s; the timeout 600 s
+    # The node was released and the campaign went on: the next run on it passed.
+    assert third["verdict"] == "pass", third["nodes"][0]["reasons"]
+
+
+def test_a_frozen_guest_is_a_kernel_hang_that_says_how_long_it_was_silent(
+    stalled: tuple[int, dict[str, Any], str],
+) -> None:
+    _, result, _ = stalled
+    assert FROZEN == [{"return": {}}], "the test never froze the guest"
+    frozen = result["runs"][1]
+    [node] = frozen["nodes"]
+    assert frozen["verdict"] == "fail"
+    failure = node["failure"]
+    assert failure["cause"] == "kernel" and not failure["takes_node_out"], failure  # its QEMU is killed
+    assert "node stopped answering while its machine and the NFS server were up (hang)" in failure["reason"]
+    silent = int(re.search(r"silent for (\d+) s", failure["reason"]).group(1))  # type: ignore[union-attr]
+    assert 30 <= silent < 120, failure  # the silence bound, and the probe that found it dead
+    assert not node["reasons"][0].startswith("stalled"), node["reasons"]  # answered nothing: no watchdog
