@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from model.campaign import Campaign, load_campaign
+from model.faults import FaultTimes
 from model.runspec import Failure, NodeResult
 from orchestrator.planner import new_campaign_id, node_specs, plan_runs, run_setup_spec
 from workers.coordination.streams import WorkloadStream
@@ -119,6 +120,14 @@ class _AloneBarrier:
     def broken(self) -> str | None:
         """Never broken."""
         return None
+
+    def note_fault(self, index: int, times: FaultTimes) -> bool:
+        """Nobody else to tell."""
+        return True
+
+    def fault_times(self) -> dict[int, FaultTimes]:
+        """No fault here."""
+        return {}
 
 
 class BareHogStep(Step[NodeContext]):
