@@ -114,11 +114,6 @@ def oom(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict[str, Any], 
     return run_campaign(FIXTURES / "campaigns" / "oom-at-start.yaml", tmp_path_factory.mktemp("oom"))
 
 
-@pytest.fixture(scope="module")
-def impossible(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict[str, Any], str]:
-    return run_campaign(FIXTURES / "campaigns" / "impossible.yaml", tmp_path_factory.mktemp("impossible"))
-
-
 @pytest.fixture
 def prometheus() -> Iterator[PrometheusApi]:
     """The Prometheus ``swaplab run`` used (its TSDB is kept), running again for queries.
@@ -311,6 +306,21 @@ def test_every_dashboard_query_returns_data_for_the_smoke_run(
     assert not empty, "queries without data:\n" + "\n".join(empty)
 
 
+def test_an_impossible_threshold_fails_with_exit_code_3_naming_it(
+    smoke: tuple[int, dict[str, Any], str], prometheus: PrometheusApi
+) -> None:
+    # The smoke run judged again with a threshold no node can meet: the same judgement and
+    # exit codes as `swaplab run`, without a run of its own.
+    code, result = check(smoke[1]["campaign_id"], "--criteria", str(FIXTURES / "criteria" / "impossible.yaml"))
+    assert (code, result["verdict"]) == (3, "fail")
+    criteria = criteria_of(result)
+    assert criteria["swap_out_peak_rate"]["outcome"] == "fail"
+    assert 0 < criteria["swap_out_peak_rate"]["value"] < 10 * 2**30
+    assert all(criteria[name]["outcome"] == "pass" for name in BUILTIN)
+    assert criteria["retrans_ratio"]["value"] is not None  # a warning, judged with data
+    assert any(r.startswith("swap_out_peak_rate (error)") for r in only_node(result)["reasons"])
+
+
 def test_smoke_recheck_after_its_series_were_deleted_is_invalid(
     smoke: tuple[int, dict[str, Any], str], prometheus: PrometheusApi
 ) -> None:
@@ -322,19 +332,6 @@ def test_smoke_recheck_after_its_series_were_deleted_is_invalid(
     code, result = check(smoke[1]["campaign_id"])
     assert (code, result["verdict"]) == (4, "invalid")
     assert {c["outcome"] for c in criteria_of(result).values()} == {"invalid"}
-
-
-def test_an_impossible_threshold_fails_with_exit_code_3_naming_it(
-    impossible: tuple[int, dict[str, Any], str],
-) -> None:
-    code, result, _ = impossible
-    assert (code, result["verdict"]) == (3, "fail")
-    criteria = criteria_of(result)
-    assert criteria["swap_out_peak_rate"]["outcome"] == "fail"
-    assert 0 < criteria["swap_out_peak_rate"]["value"] < 10 * 2**30
-    assert all(criteria[name]["outcome"] == "pass" for name in BUILTIN)
-    assert criteria["retrans_ratio"]["value"] is not None  # a warning, judged with data
-    assert any(r.startswith("swap_out_peak_rate (error)") for r in only_node(result)["reasons"])
 
 
 def test_an_oom_kill_at_the_start_of_the_workload_fails_with_exit_code_1(
