@@ -1,0 +1,109 @@
+"""IPMI power control against a real BMC peer: OpenIPMI's ipmi_sim over RMCP+ on loopback.
+
+The machine behind the simulated BMC is a real process (a stand-in for a QEMU node):
+power on starts it, power off kills it, the next boot device reaches the chassis. A
+wrong password and a BMC that does not answer are clear errors within the timeout, and
+the password is in no process's argv, no log the simulator writes and no error.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require_tools
+from workers.bmc.base import BmcCredentials, BmcError, BmcUnreachable, BootDevice, PowerState
+from workers.bmc.chassis import start_time
+from workers.bmc.ipmi import IpmiBmc
+from workers.bmc.simulator import BmcSimulator, SimulatedBmc
+
+MACHINE = ["sleep", "1000"]
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def simulator(tmp_path: Path) -> Iterator[BmcSimulator]:
+    require_tools(("ipmi_sim",))
+    creds = BmcCredentials("swaplab", secrets.token_urlsafe(12))
+    sim = BmcSimulator(SimulatedBmc("node1", "127.0.0.1", free_udp_port(), creds, tmp_path / "bmc"), MACHINE)
+    sim.start()
+    yield sim
+    sim.stop()
+
+
+def bmc_of(sim: BmcSimulator, password: str | None = None, timeout_s: float = 20.0) -> IpmiBmc:
+    creds = sim.bmc.credentials
+    return IpmiBmc(sim.bmc.host, BmcCredentials(creds.user, password or creds.password), sim.bmc.port, timeout_s)
+
+
+def test_power_on_starts_the_machine_and_power_off_kills_it(simulator: BmcSimulator) -> None:
+    bmc = bmc_of(simulator)
+    assert bmc.power_state() is PowerState.OFF and simulator.machine_pid() is None
+    bmc.boot_next(BootDevice.PXE)
+    bmc.power_on()
+    pid = simulator.machine_pid()
+    assert pid is not None and bmc.power_state() is PowerState.ON
+    bmc.power_off()
+    assert bmc.power_state() is PowerState.OFF and start_time(pid) is None
+    assert simulator.actions() == ["boot pxe", "power 1", "power 0"]
+
+
+def test_a_power_cycle_is_a_new_machine(simulator: BmcSimulator) -> None:
+    bmc = bmc_of(simulator)
+    bmc.power_on()
+    first = simulator.machine_pid()
+    bmc.power_cycle()
+    second = simulator.machine_pid()
+    assert first is not None and second is not None and second != first and start_time(first) is None
+
+
+def test_stopping_the_bmc_pulls_its_machines_plug(simulator: BmcSimulator) -> None:
+    bmc_of(simulator).power_on()
+    pid = simulator.machine_pid()
+    assert pid is not None
+    simulator.stop()
+    assert start_time(pid) is None
+
+
+def test_a_wrong_password_is_refused_naming_the_bmc_and_user_only(simulator: BmcSimulator) -> None:
+    wrong = secrets.token_urlsafe(12)
+    bmc = bmc_of(simulator, password=wrong)
+    with pytest.raises(BmcError, match=r"refused user 'swaplab'") as caught:
+        bmc.power_state()
+    assert not isinstance(caught.value, BmcUnreachable) and bmc.address in str(caught.value)
+    assert wrong not in str(caught.value) and simulator.bmc.credentials.password not in str(caught.value)
+
+
+def test_a_bmc_that_does_not_answer_is_unreachable_within_its_timeout() -> None:
+    bmc = IpmiBmc("127.0.0.1", BmcCredentials("swaplab", "x"), free_udp_port(), timeout_s=3.0)
+    started = time.monotonic()
+    with pytest.raises(BmcUnreachable, match="did not answer 'get power'"):
+        bmc.power_state()
+    assert time.monotonic() - started < 8.0
+
+
+def test_the_password_is_in_no_argv_and_no_log(simulator: BmcSimulator) -> None:
+    bmc = bmc_of(simulator)
+    bmc.power_on()
+    password = simulator.bmc.credentials.password.encode()
+    argvs = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argvs.append(cmdline.read_bytes())
+        except OSError:
+            continue  # gone meanwhile
+    assert argvs and not [argv for argv in argvs if password in argv]
+    logs = [p for p in simulator.bmc.workdir.rglob("*") if p.is_file() and p.name != "lan.conf"]
+    assert logs and not [p for p in logs if password in p.read_bytes()]
+    conf = simulator.bmc.workdir / "lan.conf"
+    assert conf.stat().st_mode & 0o077 == 0 and simulator.bmc.workdir.stat().st_mode & 0o077 == 0

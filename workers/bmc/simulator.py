@@ -1,0 +1,148 @@
+"""OpenIPMI's ``ipmi_sim`` as the BMC of one lab-in-a-box machine.
+
+Debian's openipmi ships no sample configuration; this writes one per machine in a
+directory only root reads (the BMC's password is in it, as in a real BMC's flash): a LAN
+channel on one address and port (above 1024, so no privilege is needed to bind it),
+RMCP+ with MD5 for users, one admin user, no anonymous one, and the chassis handed to
+``workers.bmc.chassis`` (power and boot device). ipmi_sim's argv holds paths only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from workers.bmc.base import BmcCredentials, BmcError
+from workers.bmc.chassis import power_off, running_pid
+
+# IPMI 2.0 limits a user name to 16 bytes and a password to 20; ipmi_sim's configuration
+# reads them as quoted words.
+_USER = re.compile(r"^[A-Za-z0-9._-]{1,16}$")
+_PASSWORD = re.compile(r"^[A-Za-z0-9._~-]{1,20}$")
+_START_TIMEOUT_S = 10.0
+
+# The BMC itself: one management controller at the usual address, no sensors.
+EMU = """\
+mc_setbmc 0x20
+mc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02
+mc_enable 0x20
+"""
+
+
+@dataclass(frozen=True)
+class SimulatedBmc:
+    """Where one machine's simulated BMC listens, its user, and its directory."""
+
+    name: str
+    host: str
+    port: int
+    credentials: BmcCredentials
+    workdir: Path
+
+    @property
+    def machine_dir(self) -> Path:
+        return self.workdir / "machine"
+
+
+def lan_conf(bmc: SimulatedBmc) -> str:
+    """ipmi_sim's configuration for ``bmc`` (it contains the password)."""
+    user, password = bmc.credentials.user, bmc.credentials.password
+    if not _USER.match(user) or not _PASSWORD.match(password):
+        raise ValueError("a simulated BMC's user is 1-16 and its password 1-20 of [A-Za-z0-9._~-]")
+    chassis = f"{sys.executable} -m workers.bmc.chassis {bmc.machine_dir}"
+    return f"""\
+name "swaplab-{bmc.name}"
+set_working_mc 0x20
+  startlan 1
+    addr {bmc.host} {bmc.port}
+    priv_limit admin
+    allowed_auths_callback none
+    allowed_auths_user md5
+    allowed_auths_operator md5
+    allowed_auths_admin md5
+    guid {os.urandom(16).hex()}
+  endlan
+  chassis_control "{chassis}"
+  user 1 false "" "" user 1 none
+  user 2 true "{user}" "{password}" admin 4 md5
+"""
+
+
+class BmcSimulator:
+    """One running ``ipmi_sim`` and the machine its chassis powers."""
+
+    def __init__(self, bmc: SimulatedBmc, machine_argv: list[str]) -> None:
+        self.bmc = bmc
+        self.machine_argv = machine_argv
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Write the configuration and start the simulator; return once it answers."""
+        work = self.bmc.workdir
+        (work / "state").mkdir(parents=True, exist_ok=True)
+        self.bmc.machine_dir.mkdir(exist_ok=True)
+        os.chmod(work, 0o700)
+        (self.bmc.machine_dir / "machine.json").write_text(json.dumps({"argv": self.machine_argv}))
+        _write_private(work / "lan.conf", lan_conf(self.bmc))
+        (work / "bmc.emu").write_text(EMU)
+        argv = ["ipmi_sim", "-c", str(work / "lan.conf"), "-f", str(work / "bmc.emu"), "-s", str(work / "state"), "-n"]
+        # The chassis program runs swaplab's own modules: from the repository, whatever the caller's cwd.
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        with open(work / "ipmi_sim.log", "ab") as log:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=work)
+        self._wait_bound()
+
+    def _wait_bound(self) -> None:
+        """Until the simulator's UDP port is bound (or it exited)."""
+        assert self.proc is not None
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while not _udp_bound(self.bmc.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                log = (self.bmc.workdir / "ipmi_sim.log").read_text(errors="replace")[-500:]
+                self.stop()
+                raise BmcError(f"ipmi_sim for {self.bmc.name} did not start on {self.bmc.host}:{self.bmc.port}: {log}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stop the simulator and pull its machine's plug (no machine outlives its BMC)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.bmc.machine_dir.exists():
+            power_off(self.bmc.machine_dir)
+
+    def machine_pid(self) -> int | None:
+        """The machine's pid while its power is on."""
+        return running_pid(self.bmc.machine_dir)
+
+    def actions(self) -> list[str]:
+        """Every chassis command the machine got, oldest first (``power 1``, ``boot pxe``)."""
+        try:
+            lines = (self.bmc.machine_dir / "actions.log").read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [line.split(" ", 1)[1] for line in lines]
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
+def _udp_bound(port: int) -> bool:
+    """Some socket on this host's namespace has UDP ``port`` bound (IPv4)."""
+    suffix = f":{port:04X}"
+    with open("/proc/net/udp") as table:
+        return any(line.split()[1].endswith(suffix) for line in list(table)[1:])
