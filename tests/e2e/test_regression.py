@@ -32,7 +32,7 @@ from tests.conftest import require_tools
 REPO = Path(__file__).resolve().parents[2]
 SWAPLAB = Path(sys.executable).with_name("swaplab")
 CAMPAIGN = REPO / "campaigns" / "ab-page-cluster.yaml"  # the example in the README, run as it is
-# Eight runs, one at a time: ~10 minutes on this host on a good day, 15 on a slow one.
+# Eight runs, one at a time: ~12 minutes on this host on a good day, 20 on a slow one.
 CAMPAIGN_TIMEOUT_S = 1800
 # The campaign is the module fixture's setup: the suite's default per-test limit is shorter.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(CAMPAIGN_TIMEOUT_S + 300)]
