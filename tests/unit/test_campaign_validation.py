@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from model.campaign import load_campaign
-from model.yamlpos import SpecError
 from orchestrator.cli import main
+from tests.campaign_issues import first_issue
 
 REPO = Path(__file__).resolve().parents[2]
 INVENTORY = REPO / "inventory" / "local.yml"
@@ -42,11 +42,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def only_issue(tmp_path: Path, text: str) -> tuple[int | None, str, str]:
-    with pytest.raises(SpecError) as caught:
-        load_campaign(write(tmp_path, text))
-    issue = caught.value.issues[0]
-    assert issue.file.endswith("campaign.yaml")
-    return issue.line, issue.field, issue.message
+    return first_issue(tmp_path, text)
 
 
 def test_good_campaign_loads_with_resolved_sizes(tmp_path: Path) -> None:

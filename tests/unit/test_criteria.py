@@ -12,6 +12,7 @@ from model.campaign import load_campaign, load_criteria
 from model.criteria import BUILTIN_CRITERION_NAMES, SAMPLE_RENDER, check_expr
 from model.yamlpos import SpecError
 from orchestrator.criteria import Criterion, Outcome, Severity, builtin_criteria, judge_values, render
+from tests.campaign_issues import first_issue
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = f"""\
@@ -26,12 +27,7 @@ criteria:
 
 
 def issue_of(tmp_path: Path, criteria_yaml: str) -> tuple[int | None, str, str]:
-    path = tmp_path / "campaign.yaml"
-    path.write_text(BASE + criteria_yaml)
-    with pytest.raises(SpecError) as caught:
-        load_campaign(path)
-    issue = caught.value.issues[0]
-    return issue.line, issue.field, issue.message
+    return first_issue(tmp_path, BASE + criteria_yaml)
 
 
 def test_a_campaign_with_criteria_loads(tmp_path: Path) -> None:

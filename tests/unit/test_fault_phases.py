@@ -11,9 +11,9 @@ import pytest
 from model.campaign import load_campaign
 from model.faults import FaultRecord
 from model.runspec import NodeResult
-from model.yamlpos import SpecError
 from orchestrator.criteria import Criterion, Outcome, Severity
 from orchestrator.evaluation import RunWindow, evaluate_node, run_faults
+from tests.campaign_issues import first_issue
 
 REPO = Path(__file__).resolve().parents[2]
 CAMPAIGN = f"""\
@@ -92,12 +92,7 @@ def test_a_fault_recorded_by_the_node_that_injected_it_times_every_nodes_phase()
 
 
 def _issue(tmp_path: Path, criterion: str) -> tuple[int | None, str, str]:
-    path = tmp_path / "campaign.yaml"
-    path.write_text(CAMPAIGN + criterion)
-    with pytest.raises(SpecError) as caught:
-        load_campaign(path)
-    issue = caught.value.issues[0]
-    return issue.line, issue.field, issue.message
+    return first_issue(tmp_path, CAMPAIGN + criterion)
 
 
 def test_a_phase_names_a_fault_the_campaign_has(tmp_path: Path) -> None:
