@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paramiko
 from fabric import Connection
@@ -86,18 +87,16 @@ class SshTarget:
 
 
 def _connection(target: SshTarget, timeout_s: float) -> Connection:
+    connect_kwargs: dict[str, Any] = {
+        "look_for_keys": False,
+        "allow_agent": target.allow_agent,
+        "banner_timeout": timeout_s,
+        "auth_timeout": timeout_s,
+    }
+    if target.key_file:  # fabric cannot take key_filename=None (an agent-only node)
+        connect_kwargs["key_filename"] = str(target.key_file)
     conn = Connection(
-        target.host,
-        user=target.user,
-        port=target.port,
-        connect_timeout=timeout_s,
-        connect_kwargs={
-            "key_filename": str(target.key_file) if target.key_file else None,
-            "look_for_keys": False,
-            "allow_agent": target.allow_agent,
-            "banner_timeout": timeout_s,
-            "auth_timeout": timeout_s,
-        },
+        target.host, user=target.user, port=target.port, connect_timeout=timeout_s, connect_kwargs=connect_kwargs
     )
     host_keys = conn.client.get_host_keys()
     if target.host_key is not None:

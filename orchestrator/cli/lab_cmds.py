@@ -1,6 +1,7 @@
-"""``swaplab lab status | back | up | down``: a lab's nodes, who holds them, their health;
-putting a node back in the pool once a person repaired it; bringing a lab's long-lived
-parts (its NFS server; for a lab-in-a-box the network and the server VM) up and down."""
+"""``swaplab lab status | back | up | down | check``: a lab's nodes, who holds them, their
+health; putting a node back in the pool once a person repaired it; bringing a lab's
+long-lived parts (its NFS server; for a lab-in-a-box the network and the server VM) up and
+down; probing whether every part is fit to run campaigns."""
 
 from __future__ import annotations
 
@@ -161,6 +162,34 @@ def down(inventory: Path, as_json: bool) -> None:
         click.echo(json.dumps({"lab": the_lab.name, "stopped": stopped}, indent=2))
         return
     click.echo(f"lab {the_lab.name}: " + ("; ".join(f"stopped {what}" for what in stopped) or "nothing was up"))
+
+
+@lab.command()
+@click.argument("inventory", type=click.Path(path_type=Path, dir_okay=False), default=DEFAULT_INVENTORY)
+@click.option("--json", "as_json", is_flag=True)
+def check(inventory: Path, as_json: bool) -> None:
+    """Validate INVENTORY (default inventory/local.yml) and probe every part of its lab,
+    read-only: the NFS server and each node. Exit 2 when a part is not fit, naming it."""
+    from workers.lab.check import check_lab  # SSH: loaded by the commands that use it
+
+    the_lab = load_lab_or_exit(inventory, as_json)
+    probes = check_lab(the_lab, inventory)
+    unfit = [probe for probe in probes if not probe.fit]
+    if as_json:
+        view = {"lab": the_lab.name, "fit": not unfit, "parts": [probe.as_dict() for probe in probes]}
+        click.echo(json.dumps(view, indent=2))
+    else:
+        click.echo(f"lab {the_lab.name} ({inventory}):")
+        for probe in probes:
+            mark = "fit" if probe.fit else "NOT FIT"
+            click.echo(printable(f"  {probe.part:<10} {probe.target:<34} {mark:<8} {probe.detail}"))
+        click.echo(
+            f"lab {the_lab.name} is fit to run campaigns"
+            if not unfit
+            else f"not fit: {', '.join(p.target for p in unfit)}"
+        )
+    if unfit:
+        raise SystemExit(ExitCode.BAD_INPUT_OR_INFRA)
 
 
 def _progress(as_json: bool) -> Callable[[str], None]:

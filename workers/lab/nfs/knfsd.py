@@ -208,11 +208,15 @@ class KnfsdServer:
             f"knfsd {route.server_address}:{route.server_port}"
         )
 
+    def exports_listed(self) -> str:
+        """What ``exportfs -v`` in the server VM lists (each export with its client and options)."""
+        return self._run("exportfs -v", "exportfs -v")
+
     def describe_server(self, node: str) -> dict[str, str]:
         """Which server served ``node``: backend, address, kernel and the export's options."""
         route = self._route(node)
         kernel = self._run("uname -r", "uname").strip()
-        listed = self._run("exportfs -v", "exportfs -v")
+        listed = self.exports_listed()
         return {
             "backend": "knfsd",
             "address": f"{route.server_address}:{route.server_port}",
