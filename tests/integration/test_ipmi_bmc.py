@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from workers.bmc.base import BmcCredentials, BmcError, BmcUnreachable, BootDevic
 from workers.bmc.chassis import start_time
 from workers.bmc.ipmi import IpmiBmc
 from workers.bmc.simulator import BmcSimulator, SimulatedBmc
+from workers.bmc.sol import SolConsole
 
 MACHINE = ["sleep", "1000"]
 
@@ -107,3 +109,50 @@ def test_the_password_is_in_no_argv_and_no_log(simulator: BmcSimulator) -> None:
     assert logs and not [p for p in logs if password in p.read_bytes()]
     conf = simulator.bmc.workdir / "lan.conf"
     assert conf.stat().st_mode & 0o077 == 0 and simulator.bmc.workdir.stat().st_mode & 0o077 == 0
+
+
+class SerialPort:
+    """A machine's serial port as QEMU offers it (a TCP listener): one line every 0.1 s."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.server.getsockname()[1])
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.server.accept()
+        number = 0
+        while not self.stop.is_set():
+            try:
+                conn.sendall(f"[ {number}.000] kernel line {number}\r\n".encode())
+            except OSError:
+                return
+            number += 1
+            time.sleep(0.1)
+
+
+def test_the_serial_console_comes_over_sol(tmp_path: Path) -> None:
+    require_tools(("ipmi_sim",))
+    serial = SerialPort()
+    creds = BmcCredentials("swaplab", secrets.token_urlsafe(12))
+    sim = BmcSimulator(
+        SimulatedBmc("node1", "127.0.0.1", free_udp_port(), creds, tmp_path / "bmc", serial.port), MACHINE
+    )
+    sim.start()
+    received: list[bytes] = []
+    sol = SolConsole(sim.bmc.host, sim.bmc.port, creds, received.append)
+    try:
+        sol.start()
+        deadline = time.monotonic() + 20
+        while b"".join(received).count(b"\n") < 10 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        sol.stop()
+        serial.stop.set()
+        sim.stop()
+    lines = b"".join(received).decode().splitlines()
+    assert len(lines) >= 10 and sol.state == "stopped", (sol.state, lines)
+    numbers = [int(line.split("kernel line ")[1]) for line in lines[1:-1] if "kernel line " in line]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))  # in order, none lost

@@ -45,6 +45,9 @@ class SimulatedBmc:
     port: int
     credentials: BmcCredentials
     workdir: Path
+    # The machine's serial port as a TCP listener on this host (QEMU's ``-serial
+    # telnet:...,server``): the BMC connects to it and serves it as Serial-over-LAN.
+    serial_port: int | None = None
 
     @property
     def machine_dir(self) -> Path:
@@ -57,6 +60,8 @@ def lan_conf(bmc: SimulatedBmc) -> str:
     if not _USER.match(user) or not _PASSWORD.match(password):
         raise ValueError("a simulated BMC's user is 1-16 and its password 1-20 of [A-Za-z0-9._~-]")
     chassis = f"{sys.executable} -m workers.bmc.chassis {bmc.machine_dir}"
+    # This ipmi_sim (2.0.33) connects to a "telnet:" serial port; a "tcp:" one it never opens.
+    sol = f'  sol "telnet:127.0.0.1:{bmc.serial_port}" 115200\n' if bmc.serial_port else ""
     return f"""\
 name "swaplab-{bmc.name}"
 set_working_mc 0x20
@@ -70,7 +75,7 @@ set_working_mc 0x20
     guid {os.urandom(16).hex()}
   endlan
   chassis_control "{chassis}"
-  user 1 false "" "" user 1 none
+{sol}  user 1 false "" "" user 1 none
   user 2 true "{user}" "{password}" admin 4 md5
 """
 
