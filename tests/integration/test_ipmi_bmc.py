@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_tools
+from tests.conftest import free_port, require_tools
 from workers.bmc.base import BmcCredentials, BmcError, BmcUnreachable, BootDevice, PowerState
 from workers.bmc.chassis import start_time
 from workers.bmc.ipmi import IpmiBmc
@@ -112,17 +112,23 @@ def test_the_password_is_in_no_argv_and_no_log(simulator: BmcSimulator) -> None:
 
 
 class SerialPort:
-    """A machine's serial port as QEMU offers it (a TCP listener): one line every 0.1 s."""
+    """A machine's serial port as QEMU's is: a TCP client of the BMC's serial hub, one line every 0.1 s."""
 
-    def __init__(self) -> None:
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.server.getsockname()[1])
+    def __init__(self, port: int) -> None:
+        self.port = port
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread = threading.Thread(target=self._write, daemon=True)
         self.thread.start()
 
-    def _serve(self) -> None:
-        conn, _ = self.server.accept()
+    def _write(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn = socket.create_connection(("127.0.0.1", self.port), timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)  # the hub is not listening yet
+        else:
+            return
         number = 0
         while not self.stop.is_set():
             try:
@@ -135,12 +141,13 @@ class SerialPort:
 
 def test_the_serial_console_comes_over_sol(tmp_path: Path) -> None:
     require_tools(("ipmi_sim",))
-    serial = SerialPort()
     creds = BmcCredentials("swaplab", secrets.token_urlsafe(12))
     sim = BmcSimulator(
-        SimulatedBmc("node1", "127.0.0.1", free_udp_port(), creds, tmp_path / "bmc", serial.port), MACHINE
+        SimulatedBmc("node1", "127.0.0.1", free_udp_port(), creds, tmp_path / "bmc", free_port()), MACHINE
     )
     sim.start()
+    assert sim.bmc.serial_port is not None
+    serial = SerialPort(sim.bmc.serial_port)  # the machine comes up after its BMC
     received: list[bytes] = []
     sol = SolConsole(sim.bmc.host, sim.bmc.port, creds, received.append)
     try:

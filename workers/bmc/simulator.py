@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -45,8 +46,9 @@ class SimulatedBmc:
     port: int
     credentials: BmcCredentials
     workdir: Path
-    # The machine's serial port as a TCP listener on this host (QEMU's ``-serial
-    # telnet:...,server``): the BMC connects to it and serves it as Serial-over-LAN.
+    # Where the machine's serial port connects (QEMU as a TCP client that reconnects after
+    # each power on): a serial hub listening there passes its output to the BMC, which
+    # serves it as Serial-over-LAN.
     serial_port: int | None = None
 
     @property
@@ -54,14 +56,15 @@ class SimulatedBmc:
         return self.workdir / "machine"
 
 
-def lan_conf(bmc: SimulatedBmc) -> str:
-    """ipmi_sim's configuration for ``bmc`` (it contains the password)."""
+def lan_conf(bmc: SimulatedBmc, hub_port: int | None = None) -> str:
+    """ipmi_sim's configuration for ``bmc`` (it contains the password); its SOL reads the
+    serial hub listening on ``hub_port``."""
     user, password = bmc.credentials.user, bmc.credentials.password
     if not _USER.match(user) or not _PASSWORD.match(password):
         raise ValueError("a simulated BMC's user is 1-16 and its password 1-20 of [A-Za-z0-9._~-]")
     chassis = f"{sys.executable} -m workers.bmc.chassis {bmc.machine_dir}"
     # This ipmi_sim (2.0.33) connects to a "telnet:" serial port; a "tcp:" one it never opens.
-    sol = f'  sol "telnet:127.0.0.1:{bmc.serial_port}" 115200\n' if bmc.serial_port else ""
+    sol = f'  sol "telnet:127.0.0.1:{hub_port}" 115200\n' if hub_port else ""
     return f"""\
 name "swaplab-{bmc.name}"
 set_working_mc 0x20
@@ -87,6 +90,7 @@ class BmcSimulator:
         self.bmc = bmc
         self.machine_argv = machine_argv
         self.proc: subprocess.Popen[bytes] | None = None
+        self.hub: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         """Write the configuration and start the simulator; return once it answers."""
@@ -95,14 +99,33 @@ class BmcSimulator:
         self.bmc.machine_dir.mkdir(exist_ok=True)
         os.chmod(work, 0o700)
         (self.bmc.machine_dir / "machine.json").write_text(json.dumps({"argv": self.machine_argv}))
-        _write_private(work / "lan.conf", lan_conf(self.bmc))
+        # The chassis program and the hub run swaplab's own modules: from the repository,
+        # whatever the caller's cwd.
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        hub_port = self._start_hub(env) if self.bmc.serial_port else None
+        _write_private(work / "lan.conf", lan_conf(self.bmc, hub_port))
         (work / "bmc.emu").write_text(EMU)
         argv = ["ipmi_sim", "-c", str(work / "lan.conf"), "-f", str(work / "bmc.emu"), "-s", str(work / "state"), "-n"]
-        # The chassis program runs swaplab's own modules: from the repository, whatever the caller's cwd.
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
         with open(work / "ipmi_sim.log", "ab") as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=work)
         self._wait_bound()
+
+    def _start_hub(self, env: dict[str, str]) -> int:
+        """The serial hub, listening before ipmi_sim starts (which connects to it once)."""
+        assert self.bmc.serial_port is not None
+        hub_port = _free_tcp_port()
+        argv = [sys.executable, "-m", "workers.bmc.serial_hub", str(hub_port), str(self.bmc.serial_port)]
+        with open(self.bmc.workdir / "serial_hub.log", "ab") as log:
+            self.hub = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while not (_tcp_listening(hub_port) and _tcp_listening(self.bmc.serial_port)):
+            if self.hub.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise BmcError(
+                    f"the serial hub of {self.bmc.name} did not listen on {hub_port} and {self.bmc.serial_port}"
+                )
+            time.sleep(0.05)
+        return hub_port
 
     def _wait_bound(self) -> None:
         """Until the simulator's UDP port is bound (or it exited)."""
@@ -126,6 +149,9 @@ class BmcSimulator:
                 self.proc.wait()
         if self.bmc.machine_dir.exists():
             power_off(self.bmc.machine_dir)
+        if self.hub is not None and self.hub.poll() is None:
+            self.hub.terminate()
+            self.hub.wait(10)
 
     def machine_pid(self) -> int | None:
         """The machine's pid while its power is on."""
@@ -151,3 +177,15 @@ def _udp_bound(port: int) -> bool:
     suffix = f":{port:04X}"
     with open("/proc/net/udp") as table:
         return any(line.split()[1].endswith(suffix) for line in list(table)[1:])
+
+
+def _free_tcp_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _tcp_listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex(("127.0.0.1", port)) == 0

@@ -42,8 +42,12 @@ class SolConsole:
     def start(self) -> None:
         """Activate SOL and follow it in a thread until ``stop``."""
         creds = self._credentials
+        # pyghmi hands out an already logged-in session to anyone asking for the same BMC,
+        # user, password and K_G, and a console given a power command's session never hears
+        # that it logged on. K_G equal to the password is what RMCP+ uses when the BMC has
+        # no key of its own (IPMI 2.0, 13.31); naming it makes this console's session its own.
         self._console = pyghmi_console.Console(
-            self.host, creds.user, creds.password, self._received, port=self.port, force=True
+            self.host, creds.user, creds.password, self._received, port=self.port, force=True, kg=creds.password
         )
         self.state = "activating"
         self._thread = threading.Thread(target=self._follow, name=f"sol {self.address}", daemon=True)
