@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port, require_tools
+from workers.bmc import chassis
 from workers.bmc.base import BmcCredentials, BmcError, BmcUnreachable, BootDevice, PowerState
 from workers.bmc.chassis import start_time
 from workers.bmc.ipmi import IpmiBmc
@@ -163,3 +164,18 @@ def test_the_serial_console_comes_over_sol(tmp_path: Path) -> None:
     assert len(lines) >= 10 and sol.state == "stopped", (sol.state, lines)
     numbers = [int(line.split("kernel line ")[1]) for line in lines[1:-1] if "kernel line " in line]
     assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))  # in order, none lost
+
+
+def test_a_recycled_pid_is_not_the_machine(tmp_path: Path) -> None:
+    machine = tmp_path / "machine"
+    machine.mkdir()
+    (machine / "machine.json").write_text('{"argv": ["sleep", "1000"]}')
+    chassis.power_on(machine)
+    pid = chassis.running_pid(machine)
+    assert pid is not None and chassis.get(machine, ["power", "boot"]) == "power:1\nboot:default\n"
+    started = (machine / "pid").read_text().split()[1]
+    (machine / "pid").write_text(f"{pid} {int(started) + 1}\n")  # same pid, another process's start
+    assert chassis.running_pid(machine) is None and chassis.get(machine, ["power"]) == "power:0\n"
+    (machine / "pid").write_text(f"{pid} {started}\n")
+    chassis.apply(machine, ["boot", "pxe", "boot", "floppy", "power", "0"])  # an unknown device is ignored
+    assert chassis.get(machine, ["boot", "power"]) == "boot:pxe\npower:0\n" and start_time(pid) is None
