@@ -12,7 +12,7 @@ its own redis-server and Celery worker, and reports per campaign:
   apart, and the rest = overhead − preparation: scheduling, Celery, barrier, reporting;
 * the 2-node start skew (``start_skew_ms``) and every node's clock offset and uncertainty.
 
-The lab's fixed ports (NFS 12049, guest SSH 47221-47224, Prometheus 19090) are shared with
+The lab's fixed ports (NFS 12049, guest SSH 17221-17224, Prometheus 19090) are shared with
 anyone else running a campaign on this host: the benchmark waits until they are free.
 """
 
@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 SWAPLAB = REPO / ".venv" / "bin" / "swaplab"
 CAMPAIGNS = ["campaigns/smoke.yaml", "campaigns/pair.yaml"]
 NFS_PORT = 12049
-RUN_PORTS = [19090, 47221, 47222, 47223, 47224]  # the embedded Prometheus, guest SSH forwards
+RUN_PORTS = [19090, 17221, 17222, 17223, 17224]  # the embedded Prometheus, guest SSH forwards
 PREP_PHASES = ["kernel", "image", "nfs", "mount", "clock", "collect"]
 CAMPAIGN_TIMEOUT_S = 1200
 

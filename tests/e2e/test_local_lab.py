@@ -495,9 +495,9 @@ def stop_the_hog_once_it_reports(results: Path, done: threading.Event) -> None:
         return
     client = paramiko.SSHClient()
     key_type, blob = keys.host_public.split()[:2]
-    client.get_host_keys().add("[127.0.0.1]:47221", key_type, paramiko.Ed25519Key(data=base64.b64decode(blob)))
+    client.get_host_keys().add("[127.0.0.1]:17221", key_type, paramiko.Ed25519Key(data=base64.b64decode(blob)))
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    client.connect("127.0.0.1", port=47221, username="root", key_filename=str(keys.client_private),
+    client.connect("127.0.0.1", port=17221, username="root", key_filename=str(keys.client_private),
                    look_for_keys=False, allow_agent=False, timeout=20)  # fmt: skip
     # The node image has ps but no pkill: the workload by its command line, never the sampler.
     stop = 'ps -eo pid=,args= | while read pid args; do case "$args" in "/usr/bin/swaplab-node hog"*) kill -STOP $pid && echo $pid;; esac; done'

@@ -97,9 +97,9 @@ def test_an_integer_host_name_is_refused(tmp_path: Path) -> None:
     refused(path, tmp_path / "lab.yml", "4: {", "all.children.nodes.hosts", "read as a number, not as text")
 
 
-@pytest.mark.parametrize("host_vars", ["[47224]", "port47224"])
+@pytest.mark.parametrize("host_vars", ["[17224]", "port17224"])
 def test_host_vars_that_are_not_a_mapping_are_refused(tmp_path: Path, host_vars: str) -> None:
-    path = campaign(tmp_path, inventory=INVENTORY.replace("node4: {ansible_port: 47224}", f"node4: {host_vars}"))
+    path = campaign(tmp_path, inventory=INVENTORY.replace("node4: {ansible_port: 17224}", f"node4: {host_vars}"))
     refused(path, tmp_path / "lab.yml", "node4:", "all.children.nodes.hosts.node4", "must be a mapping")
 
 
@@ -143,8 +143,8 @@ def test_a_second_workloads_key_is_refused_not_kept(tmp_path: Path) -> None:
 
 
 def test_a_duplicate_node_name_is_refused_not_dropped(tmp_path: Path) -> None:
-    path = campaign(tmp_path, inventory=INVENTORY.replace("node4: {ansible_port: 47224}", "node3: {ansible_port: 47224}"))
-    refused(path, tmp_path / "lab.yml", "node3: {ansible_port: 47224}", "all.children.nodes.hosts.node3", "duplicate key 'node3'")
+    path = campaign(tmp_path, inventory=INVENTORY.replace("node4: {ansible_port: 17224}", "node3: {ansible_port: 17224}"))
+    refused(path, tmp_path / "lab.yml", "node3: {ansible_port: 17224}", "all.children.nodes.hosts.node3", "duplicate key 'node3'")
 
 
 def test_a_name_with_a_trailing_newline_is_refused(tmp_path: Path) -> None:
@@ -190,7 +190,7 @@ def test_a_workload_beyond_the_node_tool_is_refused_even_with_allow_oom(tmp_path
 
 
 def test_a_port_beyond_65535_is_refused(tmp_path: Path) -> None:
-    path = campaign(tmp_path, inventory=INVENTORY.replace("ansible_port: 47224", "ansible_port: 70000"))
+    path = campaign(tmp_path, inventory=INVENTORY.replace("ansible_port: 17224", "ansible_port: 70000"))
     refused(path, tmp_path / "lab.yml", "70000", "all.children.nodes.hosts.node4.ansible_port", "65535")
 
 
@@ -212,8 +212,8 @@ def test_a_vmlinuz_that_is_not_a_kernel_is_refused(tmp_path: Path) -> None:
 
 
 def test_two_nodes_on_one_ssh_address_are_refused(tmp_path: Path) -> None:
-    path = campaign(tmp_path, inventory=INVENTORY.replace("ansible_port: 47224", "ansible_port: 47223"))
-    refused(path, tmp_path / "lab.yml", "node4:", "all.children.nodes.hosts.node4", "127.0.0.1:47223 of node3")
+    path = campaign(tmp_path, inventory=INVENTORY.replace("ansible_port: 17224", "ansible_port: 17223"))
+    refused(path, tmp_path / "lab.yml", "node4:", "all.children.nodes.hosts.node4", "127.0.0.1:17223 of node3")
 
 
 def test_duplicate_workload_names_are_refused(tmp_path: Path) -> None:
