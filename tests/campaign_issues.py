@@ -1,4 +1,4 @@
-"""The first issue ``swaplab validate`` finds in a campaign text, for tests of its errors."""
+"""Campaign texts for tests of validation, and the first issue ``swaplab validate`` finds."""
 
 from __future__ import annotations
 
@@ -8,6 +8,17 @@ import pytest
 
 from model.campaign import load_campaign
 from model.yamlpos import SpecError
+
+REPO = Path(__file__).resolve().parents[1]
+# A small valid campaign on the embedded lab; tests append what they check (faults:, criteria:).
+CAMPAIGN_HEAD = f"""\
+name: unit
+lab: {REPO / "inventory" / "local.yml"}
+kernels: [{{package: linux-image-amd64}}]
+node: {{ram_mib: 256}}
+swap: {{size_mib: 512}}
+workloads: [{{name: w, mib: 384}}]
+"""
 
 
 def first_issue(tmp_path: Path, text: str) -> tuple[int | None, str, str]:

@@ -12,18 +12,9 @@ from model.campaign import load_campaign, load_criteria
 from model.criteria import BUILTIN_CRITERION_NAMES, SAMPLE_RENDER, check_expr
 from model.yamlpos import SpecError
 from orchestrator.criteria import Criterion, Outcome, Severity, builtin_criteria, judge_values, render
-from tests.campaign_issues import first_issue
+from tests.campaign_issues import CAMPAIGN_HEAD, first_issue
 
-REPO = Path(__file__).resolve().parents[2]
-BASE = f"""\
-name: unit
-lab: {REPO / "inventory" / "local.yml"}
-kernels: [{{package: linux-image-amd64}}]
-node: {{ram_mib: 256}}
-swap: {{size_mib: 512}}
-workloads: [{{name: w, mib: 384}}]
-criteria:
-"""
+BASE = CAMPAIGN_HEAD + "criteria:\n"
 
 
 def issue_of(tmp_path: Path, criteria_yaml: str) -> tuple[int | None, str, str]:

@@ -13,20 +13,9 @@ from model.faults import FaultRecord
 from model.runspec import NodeResult
 from orchestrator.criteria import Criterion, Outcome, Severity
 from orchestrator.evaluation import RunWindow, evaluate_node, run_faults
-from tests.campaign_issues import first_issue
+from tests.campaign_issues import CAMPAIGN_HEAD, first_issue
 
-REPO = Path(__file__).resolve().parents[2]
-CAMPAIGN = f"""\
-name: unit
-lab: {REPO / "inventory" / "local.yml"}
-kernels: [{{package: linux-image-amd64}}]
-node: {{ram_mib: 256}}
-swap: {{size_mib: 512}}
-workloads: [{{name: w, mib: 384}}]
-faults:
-  - {{kind: server-stall, at_s: 10, for_s: 5}}
-criteria:
-"""
+CAMPAIGN = CAMPAIGN_HEAD + "faults:\n  - {kind: server-stall, at_s: 10, for_s: 5}\ncriteria:\n"
 LABELS = {"lab": "local", "node": "node1", "kernel": "6.1.0-1-amd64", "scenario": "pressure"}
 
 
