@@ -58,7 +58,7 @@ def kernel_copy(base: Path, kernel: str, workdir: Path, inventory: Path | None, 
     # The copy lives elsewhere: its lab by absolute path (a JSON string is YAML).
     text = re.sub(r"^lab:.*$", f"lab: {json.dumps(str(lab))}", text, count=1, flags=re.MULTILINE)
     if loss is not None:
-        text += f"faults:\n  - {{kind: loss, target: node-1, percent: {loss:g}, at_s: 0, for_s: 3600}}\n"
+        text += f"faults:\n  - {{kind: loss, target: node-1, percent: {loss:g}, after_swapped_mib: 1, for_s: 3600}}\n"
     source = workdir / f"{re.sub(r'[^a-z0-9.-]', '-', kernel)}-{base.name}"
     source.write_text(text)
     return source
