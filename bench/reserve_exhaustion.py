@@ -12,7 +12,7 @@ allocation failure"). For each kernel the benchmark runs a copy of the campaign 
 ``bench/campaigns/reserve.yaml``: Debian's default reserves on a 256 MiB node, repeated)
 through ``swaplab run`` on one node of the lab, one run at a time, and counts the runs
 whose console shows each, with a 95 % Wilson interval. ``--loss PCT`` adds loss on the
-node's link for the whole workload (a lab with a lab network: ``--inventory
+node's link from the first MiB swapped out to the end (a lab with a lab network: ``--inventory
 inventory/netlab.yml``). Kernels are Debian packages, ``@suite`` for another release:
 ``linux-image-amd64@bullseye`` (5.10), ``linux-image-amd64`` (bookworm: 6.1),
 ``linux-image-amd64@trixie`` (6.12).
