@@ -32,6 +32,7 @@ import os
 import platform
 import random
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -214,12 +215,18 @@ def _set_top_key(text: str, key: str, value: str) -> str:
     return text.rstrip("\n") + f"\n{line}\n"
 
 
+def _exit_on_sigterm(_signum: int, _frame: object) -> None:
+    raise SystemExit(143)
+
+
 def run_swaplab(campaign_file: Path, results: Path, timeout_s: float) -> dict[str, Any]:
     """``swaplab run --json`` with its own services; its result.json (whatever the exit code)."""
     env = {k: v for k, v in os.environ.items() if k != "SWAPLAB_REDIS_URL"}  # it starts its own
     env["SWAPLAB_RESULTS"] = str(results)
     argv = [str(SWAPLAB), "run", "--json", str(campaign_file)]
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    # A benchmark stopped with SIGTERM stops its run too (below), not only itself.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         out, _ = proc.communicate(timeout=timeout_s)
     except BaseException:
