@@ -49,6 +49,13 @@ def unavailable(message: str) -> None:
     pytest.skip(message)
 
 
+def free_udp_port() -> int:
+    """A UDP port free on 127.0.0.1 right now (a simulated BMC's IPMI-over-LAN port)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now (never Redis's default 6379)."""
     while True:

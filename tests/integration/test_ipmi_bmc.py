@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, require_tools
+from tests.conftest import free_port, free_udp_port, require_tools
 from workers.bmc import chassis
 from workers.bmc.base import BmcCredentials, BmcError, BmcUnreachable, BootDevice, PowerState
 from workers.bmc.chassis import start_time
@@ -26,12 +26,6 @@ from workers.bmc.simulator import BmcSimulator, SimulatedBmc
 from workers.bmc.sol import SolConsole
 
 MACHINE = ["sleep", "1000"]
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from model.lab import Lab, load_lab
-from tests.conftest import free_port, require_tools, unavailable
+from tests.conftest import free_port, free_udp_port, require_tools, unavailable
 from workers.bmc.base import BmcCredentials, BootDevice, PowerState
 from workers.bmc.chassis import start_time
 from workers.bmc.ipmi import IpmiBmc
@@ -31,12 +30,6 @@ from workers.bmc.sol import SolConsole
 from workers.lab import labbox, network
 
 LAB = f"pxe{os.getpid() % 100000}"
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
