@@ -221,6 +221,28 @@ def test_a_failed_provisioning_task_names_the_host_and_the_task(vm: ServerVm, tm
     assert "/srv/swaplab/exports/node1" in _ok(vm, "exportfs -s")  # the lab's exports are untouched
 
 
+def test_provisioning_refuses_a_server_whose_host_key_is_not_the_pinned_one(vm: ServerVm, tmp_path: Path) -> None:
+    # ansible-runner turns host key checking off by default; swaplab turns it back on, so
+    # the known_hosts file the inventory names is what Ansible trusts, not whoever answers.
+    other = tmp_path / "other_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    target = vm.target()
+    wrong = tmp_path / "known_hosts"
+    wrong.write_text(f"[{target.host}]:{target.port} {other.with_suffix('.pub').read_text()}")
+    host = vm.ansible_vars()
+    host["ansible_ssh_common_args"] = host["ansible_ssh_common_args"].replace(str(vm.known_hosts), str(wrong))
+    assert str(wrong) in host["ansible_ssh_common_args"]
+    extravars = {
+        "swaplab_nfs_export_dir": "/srv/swaplab/exports",
+        "swaplab_nfs_nodes": [{"name": "node1", "address": "10.77.0.11"}],
+    }
+    with pytest.raises(ProvisionError) as refused:
+        run_playbook(labbox.PLAYBOOK, {"nfs_server": {"hosts": {"server": host}}}, tmp_path / "artifacts", extravars)
+    assert "Failed to connect to the host via ssh" in str(refused.value), refused.value
+    [stdout] = (tmp_path / "artifacts").glob("nfs_server-*/stdout")
+    assert "Host key verification failed" in stdout.read_text(), stdout.read_text()[-2000:]
+
+
 def test_the_cached_disk_is_not_written_by_the_guest(
     vm: ServerVm, image: ServerImage, disk_before: Fingerprint
 ) -> None:

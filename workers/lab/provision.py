@@ -115,7 +115,15 @@ def run_playbook(
             playbook=playbook.name,
             inventory=dict(inventory),
             extravars=dict(extravars or {}),
-            envvars={**_QUIET_ENV, "PATH": _path_with_ansible(), **(envvars or {})},
+            envvars={
+                **_QUIET_ENV,
+                "PATH": _path_with_ansible(),
+                **(envvars or {}),
+                **_CHECKED_ENV,
+                # ssh's connection master lives with this run: a later run (perhaps to
+                # another machine at the same address) opens its own and checks its host key.
+                "ANSIBLE_SSH_CONTROL_PATH_DIR": str(private / "cp"),
+            },
             event_handler=lambda event: _on_event(event, outcome, progress),
             # Without a cancel callback of its own, ansible-runner takes over SIGTERM and
             # SIGINT in the main thread for the rest of the process: a later Ctrl-C or
@@ -137,7 +145,15 @@ def run_playbook(
 
 
 # Ansible's own output settings: no cows, no colour codes in the kept stdout, no retry files.
-_QUIET_ENV = {"ANSIBLE_NOCOWS": "1", "ANSIBLE_NOCOLOR": "1", "ANSIBLE_RETRY_FILES_ENABLED": "0"}
+# And host keys checked: ansible-runner turns Ansible's host key checking off unless told
+# otherwise, and Ansible then puts StrictHostKeyChecking=no first on ssh's command line,
+# where it beats the =yes of the inventory's ssh arguments (ssh takes an option's first value).
+_QUIET_ENV = {
+    "ANSIBLE_NOCOWS": "1",
+    "ANSIBLE_NOCOLOR": "1",
+    "ANSIBLE_RETRY_FILES_ENABLED": "0",
+}
+_CHECKED_ENV = {"ANSIBLE_HOST_KEY_CHECKING": "True"}  # last: no caller turns it off
 
 
 def _path_with_ansible() -> str:
