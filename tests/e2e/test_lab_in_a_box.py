@@ -123,6 +123,15 @@ def test_a_second_lab_up_finds_it_up_and_changes_nothing(lab_in_a_box: LabInABox
     assert again["server_vm"].split()[1] == lab_in_a_box.report["server_vm"].split()[1]  # the same pid
 
 
+def test_lab_check_finds_every_part_fit(lab_in_a_box: LabInABox) -> None:
+    proc = lab_in_a_box.cli("lab", "check", "--json", str(lab_in_a_box.inventory), timeout=120)
+    view = json.loads(proc.stdout)
+    assert (proc.returncode, view["fit"]) == (0, True), view
+    [server] = [part for part in view["parts"] if part["part"] == "nfs server"]
+    assert "knfsd" in server["target"] and "each to its node's address alone" in server["detail"], server
+    assert [part["target"] for part in view["parts"] if part["part"] == "node"] == ["node1 (qemu)", "node2 (qemu)"]
+
+
 def test_the_manifest_lists_the_server_packages_with_versions(image: ServerImage) -> None:
     manifest = json.loads(image.manifest.read_text())
     assert manifest["builder"] == RECIPE_VERSION
@@ -569,6 +578,14 @@ def test_lab_down_leaves_nothing(
     again = lab_in_a_box.down()
     assert again.returncode == 0 and json.loads(again.stdout)["stopped"] == []
     print("\n  measured: " + "; ".join(f"{k}: {v}" for k, v in measured.items()), flush=True)
+
+
+def test_lab_check_on_a_lab_that_is_down_names_its_server_and_exits_2(lab_in_a_box: LabInABox) -> None:
+    # After test_lab_down_leaves_nothing: the lab is down.
+    proc = lab_in_a_box.cli("lab", "check", str(lab_in_a_box.inventory), timeout=120)
+    assert proc.returncode == 2, proc.stdout
+    [row] = [line for line in proc.stdout.splitlines() if line.startswith("  nfs server")]
+    assert "NOT FIT" in row and "swaplab lab up -i" in row, row
 
 
 def _pids() -> list[int]:

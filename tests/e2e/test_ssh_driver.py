@@ -238,6 +238,14 @@ def test_a_second_run_on_the_same_node_passes_too(two_runs: dict[str, Any]) -> N
     assert (code, _only_node(result)["verdict"]) == (0, "pass")
 
 
+def test_lab_check_finds_the_node_answering_with_its_kernel(stack: Lab, two_runs: dict[str, Any]) -> None:
+    proc = stack.cli("lab", "check", "--json", str(stack.tmp / "inventory.yml"))
+    view = json.loads(proc.stdout)
+    assert (proc.returncode, view["fit"]) == (0, True), view
+    [node] = [part for part in view["parts"] if part["part"] == "node"]
+    assert node["target"] == f"{NODE} (ssh)" and node["detail"].endswith(f"kernel {two_runs['release']}"), node
+
+
 def _health(stack: Lab) -> dict[str, Any]:
     status = json.loads(stack.cli("lab", "status", "--json", "-i", str(stack.tmp / "inventory.yml")).stdout)
     [row] = status["nodes"]
