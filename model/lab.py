@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -34,6 +34,7 @@ _NAME = re.compile(r"[a-z][a-z0-9-]{0,30}")
 _PREFIX = "swaplab_"
 _NODE_GROUP = ("all", "children", "nodes")
 _NFS_GROUP = ("all", "children", "nfs_server")
+_BOOT_GROUP = ("all", "children", "boot_server")
 _GROUP_KEYS = {"hosts", "vars", "children"}
 DEFAULT_SSH_PORT = 22
 DEFAULT_SSH_USER = "root"
@@ -78,6 +79,28 @@ class SshOptions(_Strict):
 
     _paths = field_validator("ssh_key", "known_hosts", "console_file")(_absolute)
     _client = field_validator("nfs_client")(_address)
+
+
+class BootServerSettings(_Strict):
+    """``swaplab_boot_*`` settings of the lab's boot server (group ``boot_server``): dnsmasq
+    answering PXE on the lab network, iPXE scripts per node MAC, kernels over HTTP.
+    """
+
+    # server: dnsmasq hands out each node's address (fixed per MAC). (Proxy-DHCP beside a
+    # lab's own DHCP server is not there yet.)
+    dhcp: Literal["server"] = "server"
+    http_port: int = Field(default=8069, ge=1, le=65535)
+    # The interface dnsmasq serves on (default: the one holding the server's lab address).
+    interface: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,15}$")
+    # Its address on the lab network, where iPXE fetches kernels (default: the NFS server's
+    # on a lab-in-a-box, where one VM is both).
+    address: str | None = None
+    root: str = Field(default="/srv/swaplab/boot", pattern=r"^/[A-Za-z0-9._/-]{1,100}$")
+
+    @field_validator("address")
+    @classmethod
+    def _lab_address(cls, value: str | None) -> str | None:
+        return None if value is None else _address(value)
 
 
 class GaneshaSettings(_Strict):
@@ -150,6 +173,12 @@ class DriverKind:
     nfs_relay: bool = False
     # Can run the guest on an instruction-counted clock (``timing: guest``).
     guest_time: bool = False
+    # Can have its NFS path on a lab network (a link of its own to disturb).
+    lab_network: bool = False
+    # Has no other way to its NFS server than a lab network (a machine with one NIC).
+    lab_network_only: bool = False
+    # Boots from the lab's boot server (group boot_server).
+    boots_from_network: bool = False
 
 
 DRIVER_KINDS: dict[str, DriverKind] = {
@@ -163,10 +192,12 @@ DRIVER_KINDS: dict[str, DriverKind] = {
             QemuOptions,
             nfs_relay=True,
             guest_time=True,
+            lab_network=True,
         ),
         DriverKind("ssh", False, False, ("ansible_host",), SshOptions),
     )
 }
+_LAB_NETWORK_KINDS = " and ".join(name for name, kind in DRIVER_KINDS.items() if kind.lab_network)
 NFS_BACKENDS: dict[str, type[_Strict]] = {"ganesha": GaneshaSettings, "knfsd": KnfsdSettings}
 # The lab network's plan: the server is .1, nodes .11 upward; a node's tap is
 # "tap-<node>", and Linux interface names have at most 15 characters.
@@ -259,6 +290,23 @@ class NodeConfig:
 
 
 @dataclass(frozen=True)
+class BootServer:
+    """The lab's boot server: its inventory host (the NFS server's on a lab-in-a-box,
+    where one VM is both) and its settings, with the address iPXE fetches kernels from."""
+
+    host: str
+    settings: BootServerSettings
+    address: str
+    # The host is the NFS server host of the inventory (the same machine).
+    shared_with_nfs: bool
+
+    @property
+    def http_url(self) -> str:
+        """Where the boot files are served, as iPXE on a node asks for them."""
+        return f"http://{self.address}:{self.settings.http_port}"
+
+
+@dataclass(frozen=True)
 class Lab:
     """One lab: its name, NFS server backend and settings, and node pool."""
 
@@ -270,6 +318,8 @@ class Lab:
     # Where a campaign's local kernel files may lie (``swaplab_kernel_dirs``): a worker
     # reads them as root into node images, so nowhere else.
     kernel_dirs: tuple[Path, ...] = ()
+    # Where pxe nodes boot from (group boot_server); None on labs without them.
+    boot_server: BootServer | None = None
 
     def node(self, name: str) -> NodeConfig:
         """The node called ``name``."""
@@ -353,10 +403,12 @@ def load_lab(path: Path) -> Lab:
     kernel_dirs = _kernel_dirs(doc, top.pop("swaplab_kernel_dirs", []))
     backend, settings, origin = _nfs_server(doc)
     nodes = _nodes(doc, name, top)
-    routes = _nfs_routes(doc, NFS_BACKENDS[backend].model_validate(settings), origin, nodes)
+    nfs = NFS_BACKENDS[backend].model_validate(settings)
+    routes = _nfs_routes(doc, nfs, origin, nodes)
     nodes = tuple(replace(node, nfs_route=routes.get(node.name)) for node in nodes)
+    boot = _boot_server(doc, nodes, nfs)
     # The server backend gets the routes with its settings: one export per node.
-    return Lab(name, path, backend, {**settings, "routes": routes}, nodes, kernel_dirs)
+    return Lab(name, path, backend, {**settings, "routes": routes}, nodes, kernel_dirs, boot)
 
 
 def _kernel_dirs(doc: LocatedYaml, value: Any) -> tuple[Path, ...]:
@@ -375,9 +427,10 @@ def _check_structure(doc: LocatedYaml) -> None:
         for key in doc.data
         if key != "all"
     ]
-    for group in (_NODE_GROUP, _NFS_GROUP):
+    for group in (_NODE_GROUP, _NFS_GROUP, _BOOT_GROUP):
         if not _mapping(doc, group):
-            issues.append(doc.issue(group[:-1], f"the inventory needs a '{group[-1]}' group"))
+            if group != _BOOT_GROUP:  # only labs of pxe nodes have one (checked with the pool)
+                issues.append(doc.issue(group[:-1], f"the inventory needs a '{group[-1]}' group"))
             continue
         issues += [
             doc.issue((*group, key), f"unknown key; allowed here: {', '.join(sorted(_GROUP_KEYS - {'children'}))}")
@@ -518,6 +571,9 @@ def _nfs_routes(
     if not isinstance(settings, GaneshaSettings):
         return {}
     relayed = nodes[0].kind.nfs_relay  # a lab's nodes are all of one kind (checked with the pool)
+    if nodes[0].kind.lab_network_only:
+        why = f"a {nodes[0].driver} node reaches NFS over the lab network only: the lab needs swaplab_nfs: knfsd"
+        raise SpecError([doc.issue(_NFS_GROUP, why)])
     if relayed:
         _check_guest_address(doc, settings.guest_address, origin)
     sources = (str(a) for a in _relay_sources(settings.bind))
@@ -548,8 +604,20 @@ def _lab_network_routes(
         if len(node.name) > LAB_NODE_NAME_MAX:
             why = f"its tap is tap-<name>: at most {LAB_NODE_NAME_MAX} characters on a lab network"
             issues.append(doc.issue(loc, f"node name {node.name!r} is too long ({why})"))
-        if not node.kind.nfs_relay:
-            issues.append(doc.issue(loc, f"a {node.driver} node cannot be put on a lab network (a qemu node can)"))
+        if not node.kind.lab_network:
+            issues.append(
+                doc.issue(loc, f"a {node.driver} node cannot be put on a lab network ({_LAB_NETWORK_KINDS} nodes can)")
+            )
+        elif node.kind.boots_from_network and node.ssh_host != _lab_node_address(subnet, nodes.index(node)):
+            where = _lab_node_address(subnet, nodes.index(node))
+            issues.append(
+                doc.issue(
+                    loc,
+                    f"{node.name} is {where} on the lab network {subnet} (node {nodes.index(node) + 1} of the "
+                    f"inventory; nodes are .{LAB_FIRST_NODE_HOST} upward): its ansible_host must say so, "
+                    f"not {node.ssh_host}",
+                )
+            )
     if len(nodes) > subnet.num_addresses - 1 - LAB_FIRST_NODE_HOST:
         issues.append(doc.issue(_NODE_GROUP, f"{len(nodes)} nodes do not fit in {subnet} from .{LAB_FIRST_NODE_HOST}"))
     if issues:
@@ -561,7 +629,7 @@ def _lab_network_routes(
             export_id=export_id,
             mount_address=server,
             mount_port=NFS_PORT,
-            client_address=str(subnet.network_address + LAB_FIRST_NODE_HOST + export_id - 1),
+            client_address=_lab_node_address(subnet, export_id - 1),
             server_address=server,
             server_port=NFS_PORT,
             relayed=False,
@@ -569,6 +637,58 @@ def _lab_network_routes(
         )
         for export_id, node in enumerate(nodes, start=1)
     }
+
+
+def _lab_node_address(subnet: ipaddress.IPv4Network, index: int) -> str:
+    """The lab-network address of the inventory's node number ``index`` (from 0)."""
+    return str(subnet.network_address + LAB_FIRST_NODE_HOST + index)
+
+
+# -- the boot server -------------------------------------------------------------------------------------------
+def _boot_server(doc: LocatedYaml, nodes: tuple[NodeConfig, ...], nfs: _Strict) -> BootServer | None:
+    """The boot_server group's one host, which labs of pxe nodes need and others must not have."""
+    hosts = _hosts(doc, _BOOT_GROUP)
+    network_booted = nodes[0].kind.boots_from_network
+    if not network_booted:
+        if hosts:
+            _refuse(doc, _BOOT_GROUP, f"a boot server is for pxe nodes; this lab's are {nodes[0].driver} nodes")
+        return None
+    if len(hosts) != 1:
+        why = f"{nodes[0].driver} nodes boot from the lab's boot server: the inventory needs one host under boot_server"
+        _refuse(doc, _BOOT_GROUP if hosts else _NODE_GROUP, why)
+    name, loc, host_vars = hosts[0]
+    merged, origin = _merge([((*_BOOT_GROUP, "vars"), _mapping(doc, (*_BOOT_GROUP, "vars"))), (loc, host_vars)])
+    prefix = "swaplab_boot_"
+    issues = [
+        doc.issue(origin[key], f"unknown key for a boot server; allowed: {prefix}<setting>")
+        for key in merged
+        if key.startswith(_PREFIX) and not key.startswith(prefix)
+    ]
+    connection = {key: merged[key] for key in _ServerHostVars.model_fields if key in merged}
+    _host, host_problems = _validate(doc, _ServerHostVars, connection, origin, loc)
+    values = {key[len(prefix) :]: value for key, value in merged.items() if key.startswith(prefix)}
+    values_origin = {key[len(prefix) :]: where for key, where in origin.items() if key.startswith(prefix)}
+    settings, problems = _validate(doc, BootServerSettings, values, values_origin, loc)
+    if issues or host_problems or problems or not isinstance(settings, BootServerSettings):
+        allowed = ", ".join(prefix + key for key in BootServerSettings.model_fields)
+        raise SpecError(issues + host_problems + [_extra_named(p, allowed) for p in problems])
+    shared = name in {host for host, _loc, _vars in _hosts(doc, _NFS_GROUP)}
+    address = settings.address
+    if address is None and shared and isinstance(nfs, KnfsdSettings):
+        address = str(ipaddress.IPv4Network(nfs.subnet).network_address + LAB_SERVER_HOST)
+    if address is None:
+        _refuse(doc, loc, "needs 'swaplab_boot_address': the boot server's address on the lab network")
+    return BootServer(name, settings, address, shared)
+
+
+def _extra_named(issue: SpecIssue, allowed: str) -> SpecIssue:
+    if not issue.message.startswith("Extra inputs are not permitted"):
+        return issue
+    return SpecIssue(issue.file, issue.line, issue.field, f"unknown setting; allowed: {allowed}")
+
+
+def _refuse(doc: LocatedYaml, loc: FieldPath, message: str) -> NoReturn:
+    raise SpecError([doc.issue(loc, message)])
 
 
 def _relay_sources(bind: str) -> Iterator[ipaddress.IPv4Address | ipaddress.IPv6Address]:
@@ -631,7 +751,9 @@ def _node(
     issues = [doc.issue(loc, f"needs '{key}' (driver {kind.name})") for key in kind.required if key not in merged]
     base, problems = _validate(doc, _NodeVars, ours, origin, loc)
     _opts, option_problems = _validate(doc, kind.options, options, option_origin, loc)
-    issues += problems + [_option_issue(p, kind) for p in option_problems]
+    # A required option that is missing was named above, with its swaplab_ prefix.
+    said = {f"needs '{key.removeprefix(_PREFIX)}'" for key in kind.required if key not in merged}
+    issues += problems + [_option_issue(p, kind) for p in option_problems if p.message not in said]
     if issues or not isinstance(base, _NodeVars):
         return None, issues
     return _node_config(name, lab, kind, base, options), []
@@ -671,4 +793,7 @@ def _pool_issues(doc: LocatedYaml, nodes: list[tuple[FieldPath, NodeConfig]]) ->
     if len({node.kind.boots_kernels for _loc, node in nodes}) > 1:
         # A campaign's kernels are either booted or read back: one lab cannot mix both.
         issues.append(doc.issue(_NODE_GROUP, "a lab's nodes are all booted by swaplab or all already running"))
+    elif len({node.driver for _loc, node in nodes}) > 1:
+        drivers = " and ".join(sorted({node.driver for _loc, node in nodes}))
+        issues.append(doc.issue(_NODE_GROUP, f"a lab's nodes all have one driver (got {drivers})"))
     return issues

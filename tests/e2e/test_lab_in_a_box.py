@@ -28,6 +28,7 @@ import paramiko
 import pytest
 
 from model.kernel import KernelSource
+from model.lab import BootServer, BootServerSettings, NodeConfig
 from tests.conftest import require_tools
 from tests.e2e.conftest import LabInABox
 from tests.e2e.guests import Guest, booted_guest
@@ -36,7 +37,7 @@ from tests.integration.lab_frames import host_rules_and_qdiscs
 from workers.faults import actions
 from workers.image import NodeImage, build_node_image, lab_keys
 from workers.kernel import fetch_kernel
-from workers.lab import labbox, network
+from workers.lab import boot_server, labbox, network
 from workers.lab.labbox import Box
 from workers.lab.nfs import make_nfs_server
 from workers.lab.provision import ProvisionError, run_playbook
@@ -250,6 +251,45 @@ def test_provisioning_refuses_a_server_whose_host_key_is_not_the_pinned_one(vm: 
     assert "Failed to connect to the host via ssh" in str(refused.value), refused.value
     [stdout] = (tmp_path / "artifacts").glob("nfs_server-*/stdout")
     assert "Host key verification failed" in stdout.read_text(), stdout.read_text()[-2000:]
+
+
+def test_the_pxe_playbook_makes_the_server_a_boot_server_and_a_second_run_changes_nothing(
+    vm: ServerVm, box: Box, tmp_path: Path
+) -> None:
+    port = labbox.plan(box).port(labbox.SERVER_PORT)
+    interface = _ok(
+        vm, f'for d in /sys/class/net/*; do [ "$(cat $d/address)" = {port.mac} ] && basename $d; done; true'
+    )
+    boot = BootServer("server", BootServerSettings(), str(port.address), shared_with_nfs=True)
+    # Two machines that do not exist: the playbook only needs their MACs and addresses.
+    nodes = [
+        NodeConfig(f"pxe{i}", "e2ebox", "pxe", 192, None, f"10.77.0.{20 + i}", 22, {"mac": f"52:54:00:aa:00:{i:02x}"})
+        for i in (1, 2)
+    ]
+    extravars = boot_server.playbook_vars(boot, "10.77.0.0/24", interface, nodes)
+    first = boot_server.provision(vm.ansible_vars(), extravars, tmp_path / "artifacts")
+    second = boot_server.provision(vm.ansible_vars(), extravars, tmp_path / "artifacts")
+    measured["pxe playbook, first and second run"] = f"{first.seconds:.0f} s, {second.seconds:.0f} s"
+    assert first.successful and first.changed > 0, first
+    assert second.successful and second.changed == 0, second
+    try:
+        assert _ok(vm, "systemctl is-active dnsmasq swaplab-boot-http").split() == ["active", "active"]
+        conf = _ok(vm, "cat /etc/dnsmasq.d/swaplab-pxe.conf")
+        assert f"interface={interface}" in conf and "port=0" in conf, conf
+        assert "dhcp-host=52:54:00:aa:00:01,10.77.0.21,pxe1" in conf and "dhcp-range=10.77.0.0,static" in conf, conf
+        # Listening where a node's firmware asks: DHCP (67) and TFTP (69) on UDP, HTTP on the lab address.
+        sockets = _ok(vm, "ss -Hlnu; ss -Hlnt")
+        assert re.search(r":67\b", sockets) and re.search(r":69\b", sockets), sockets
+        assert "10.77.0.1:8069" in sockets and ":53 " not in sockets, sockets  # no DNS served
+        fetched = _ok(
+            vm,
+            "python3 -c \"import urllib.request as u; print(u.urlopen('http://10.77.0.1:8069/boot.ipxe').read().decode())\"",
+        )
+        assert fetched.startswith("#!ipxe") and "/mac/${net0/mac:hexhyp}.ipxe" in fetched, fetched
+        assert _ok(vm, "ls /srv/swaplab/boot/tftp").split() == ["ipxe.efi", "undionly.kpxe"]
+    finally:
+        # The rest of the module's lab has no pxe nodes: the boot server is switched off again.
+        _ok(vm, "systemctl disable --now dnsmasq swaplab-boot-http")
 
 
 def test_the_cached_disk_is_not_written_by_the_guest(

@@ -130,3 +130,17 @@ def test_export_options_are_read_from_exportfs_as_it_wraps_long_paths() -> None:
     assert export_options(listed, "/srv/swaplab/exports/node1").startswith("10.77.0.11/32(sync,")
     assert export_options(listed, "/srv/swaplab/exports/node10") == "10.77.0.20/32(async,rw)"
     assert export_options(listed, "/srv/swaplab/exports/node2") == ""
+
+
+def test_a_boot_server_group_on_a_lab_of_qemu_nodes_is_refused(tmp_path: Path) -> None:
+    path = _inventory(tmp_path)
+    text = path.read_text().replace(
+        "  children:\n", "  children:\n    boot_server:\n      hosts:\n        server: {}\n", 1
+    )
+    path.write_text(text)
+    with pytest.raises(SpecError) as err:
+        load_lab(path)
+    [issue] = err.value.issues
+    assert (issue.line, issue.field) == (4, "all.children.boot_server")
+    assert issue.message == "a boot server is for pxe nodes; this lab's are qemu nodes"
+    assert load_lab(_inventory(tmp_path)).boot_server is None

@@ -46,7 +46,7 @@ Progress = Callable[[str], None]
 
 # Bump when the recipe changes in a way the package versions do not show (a config file,
 # an mmdebstrap option): it is part of the cache key.
-RECIPE_VERSION = "swaplab-server-image-1"
+RECIPE_VERSION = "swaplab-server-image-2"
 SUITE = "bookworm"
 PACKAGES = (
     "linux-image-amd64",
@@ -57,6 +57,8 @@ PACKAGES = (
     "python3",  # Ansible's modules run with it
     "python3-apt",  # Ansible's apt module (package state) needs it on the target
     "iproute2",
+    "dnsmasq",  # the boot server of pxe nodes (off until playbooks/pxe_server.yml configures it)
+    "ipxe",  # iPXE for the firmware of pxe nodes, served over TFTP
 )
 HOSTNAME = "swaplab-nfs"
 ROOT_LABEL = "swaplab-root"
@@ -83,6 +85,7 @@ _DPKG_EXCLUDES = (
 # Units the image starts at boot (systemctl in the tree: their [Install] sections decide
 # the links). nfs-server is enabled, unconfigured: Ansible writes its exports later.
 _ENABLED_UNITS = ("systemd-networkd.service", "ssh.service", "nfs-server.service")
+_DISABLED_UNITS = ("dnsmasq.service",)
 _INST_LINE = re.compile(r"^Inst (\S+) (?:\[[^\]]*\] )?\((\S+) ", re.MULTILINE)
 _KEY_DIR = re.compile(r"[0-9a-f]{32}")
 _LOG_TAIL_LINES = 25
@@ -316,6 +319,9 @@ def _mmdebstrap_argv(root: Path, sources: Path, *, simulate: bool) -> list[str]:
         *(f"--dpkgopt={rule}" for rule in _DPKG_EXCLUDES),
         # systemctl in the tree follows each unit's [Install] section (sockets, aliases).
         f'--customize-hook=chroot "$1" systemctl enable {" ".join(_ENABLED_UNITS)}',
+        # Installed enabled, dnsmasq would answer DNS on every NIC at boot: only the boot
+        # server's playbook, with its configuration, starts it.
+        f'--customize-hook=chroot "$1" systemctl disable {" ".join(_DISABLED_UNITS)}',
     ]
     if simulate:
         argv.append("--simulate")

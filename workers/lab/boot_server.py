@@ -1,0 +1,50 @@
+"""The lab's boot server, provisioned by ``playbooks/pxe_server.yml`` through ansible-runner.
+
+On a lab-in-a-box it is the server VM (the NFS server's), serving on its lab NIC: dnsmasq
+hands each pxe node its fixed address by MAC and iPXE over TFTP, and a small HTTP service
+serves ``boot.ipxe``, the per-MAC scripts swaplab publishes for a run, and the run's kernel
+and initrd. The playbook's variables are built here from the lab model, so nothing reaches
+it that the inventory's validation did not see.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from model.lab import BootServer, NodeConfig
+from workers.lab.provision import PlaybookRun, run_playbook
+
+Progress = Callable[[str], None]
+PLAYBOOK = Path(__file__).resolve().parents[2] / "playbooks" / "pxe_server.yml"
+BOOT_HOST = "boot"  # the boot server's name in the inventory ansible-runner is given
+
+
+def playbook_vars(boot: BootServer, subnet: str, interface: str, nodes: list[NodeConfig]) -> dict[str, Any]:
+    """The playbook's variables: the server's place on the lab network and each node's MAC and address."""
+    network = ipaddress.IPv4Network(subnet)
+    settings = boot.settings
+    return {
+        "swaplab_boot_root": settings.root,
+        "swaplab_boot_address": boot.address,
+        "swaplab_boot_network": str(network.network_address),
+        "swaplab_boot_netmask": str(network.netmask),
+        "swaplab_boot_interface": settings.interface or interface,
+        "swaplab_boot_http_port": settings.http_port,
+        "swaplab_boot_nodes": [
+            {"name": node.name, "mac": str(node.options["mac"]), "address": node.ssh_host} for node in nodes
+        ],
+    }
+
+
+def provision(
+    host_vars: Mapping[str, str], extravars: Mapping[str, Any], artifacts: Path, progress: Progress = lambda line: None
+) -> PlaybookRun:
+    """Run the boot server's playbook against the host Ansible reaches with ``host_vars``."""
+    inventory = {"boot_server": {"hosts": {BOOT_HOST: dict(host_vars)}}}
+    progress(f"provisioning the boot server with {PLAYBOOK.name} (ansible-runner)")
+    done = run_playbook(PLAYBOOK, inventory, artifacts, extravars, progress=progress)
+    progress(f"boot server provisioned in {done.seconds:.0f} s ({done.changed} changed)")
+    return done
