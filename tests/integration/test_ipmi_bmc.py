@@ -72,6 +72,17 @@ def test_stopping_the_bmc_pulls_its_machines_plug(simulator: BmcSimulator) -> No
     assert start_time(pid) is None
 
 
+def test_a_bmc_that_forgot_its_sessions_still_answers_the_next_command(simulator: BmcSimulator) -> None:
+    # A worker's driver outlives many BMC sessions: the BMC times an idle one out (ipmi_sim
+    # after about a minute) or restarts. pyghmi would hand the dead session to the next
+    # command, which then never got an answer: a false "BMC unreachable" on a healthy BMC.
+    bmc = bmc_of(simulator, timeout_s=10)
+    assert bmc.power_state() is PowerState.OFF
+    simulator.stop()
+    simulator.start()  # the same address and port, no session of anyone's
+    assert bmc.power_state() is PowerState.OFF
+
+
 def test_a_wrong_password_is_refused_naming_the_bmc_and_user_only(simulator: BmcSimulator) -> None:
     wrong = secrets.token_urlsafe(12)
     bmc = bmc_of(simulator, password=wrong)

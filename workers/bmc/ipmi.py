@@ -8,6 +8,7 @@ again after an error.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +37,6 @@ class IpmiBmc:
     ) -> None:
         self.host, self.port, self.timeout_s = host, port, timeout_s
         self._credentials = credentials
-        self._session: Any = None
         self._lock = threading.Lock()
 
     @property
@@ -81,9 +81,14 @@ class IpmiBmc:
         def attempt() -> None:
             try:
                 with self._lock:
-                    if self._session is None:
-                        self._session = self._login()
-                    outcome["value"] = operation(self._session)
+                    session = self._login()
+                    try:
+                        outcome["value"] = operation(session)
+                    finally:
+                        # One session per command: a session left open dies when the BMC
+                        # times it out or restarts, and pyghmi hands a dead one to the next
+                        # command, which then never gets an answer.
+                        _end_session(session.ipmi_session)
             except BaseException as exc:  # carried to the caller's thread
                 outcome["error"] = exc
 
@@ -91,10 +96,8 @@ class IpmiBmc:
         worker.start()
         worker.join(self.timeout_s)
         if worker.is_alive():
-            self._session = None
             raise BmcUnreachable(f"BMC {self.address} did not answer {what!r} within {self.timeout_s:.0f} s")
         if "error" in outcome:
-            self._session = None
             raise self._translate(what, outcome["error"]) from None
         return outcome["value"]  # type: ignore[no-any-return]
 
@@ -113,3 +116,17 @@ class IpmiBmc:
             # pyghmi gives up on a silent BMC with an empty IpmiException.
             return BmcUnreachable(f"BMC {self.address} did not answer {what!r}")
         return BmcError(f"BMC {self.address}: {what!r} failed: {type(exc).__name__}: {text}"[:500])
+
+
+def _end_session(ipmi_session: Any) -> None:
+    """Log out and make pyghmi forget the session: its ``_mark_broken`` logs out and drops
+    it from most of pyghmi's caches, but misses the one of sessions being set up (that
+    cache's key does not match the one it builds), from which the next command would get
+    it back, broken."""
+    with contextlib.suppress(Exception):
+        ipmi_session._mark_broken()
+    cache = getattr(type(ipmi_session), "initting_sessions", None)
+    if isinstance(cache, dict):
+        for key, value in list(cache.items()):
+            if value is ipmi_session:
+                cache.pop(key, None)
