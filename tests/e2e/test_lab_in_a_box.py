@@ -257,9 +257,7 @@ def test_the_pxe_playbook_makes_the_server_a_boot_server_and_a_second_run_change
     vm: ServerVm, box: Box, tmp_path: Path
 ) -> None:
     port = labbox.plan(box).port(labbox.SERVER_PORT)
-    interface = _ok(
-        vm, f'for d in /sys/class/net/*; do [ "$(cat $d/address)" = {port.mac} ] && basename $d; done; true'
-    )
+    interface = _ok(vm, network.nic_name_command(port.mac))
     boot = BootServer("server", BootServerSettings(), str(port.address), shared_with_nfs=True)
     # Two machines that do not exist: the playbook only needs their MACs and addresses.
     nodes = [

@@ -353,15 +353,21 @@ def clean_leftovers(keep: set[str]) -> list[str]:
 # --- inside a guest ------------------------------------------------------------------
 
 
+def nic_name_command(mac: str) -> str:
+    """A shell command, run in a guest, printing the name of its NIC with ``mac`` (nothing
+    when it has none). The MAC is checked here, so nothing else reaches the shell."""
+    if not MAC_RE.fullmatch(mac):
+        raise LabNetworkError(f"{mac!r} is not a MAC address")
+    return f'for d in /sys/class/net/*; do [ "$(cat $d/address)" = {mac} ] && basename $d; done; true'
+
+
 def guest_link_command(mac: str, address_cidr: str) -> str:
     """Shell lines, run in a guest, giving its NIC with ``mac`` the address ``address_cidr``
     (and no other): how a node or the server takes its place on the lab network. Both
     values are checked here, so nothing but a MAC and an address reaches the shell."""
     ipaddress.IPv4Interface(address_cidr)  # refuses anything but an address/prefix
-    if not MAC_RE.fullmatch(mac):
-        raise LabNetworkError(f"{mac!r} is not a MAC address")
     return (
-        f'dev=$(for d in /sys/class/net/*; do [ "$(cat $d/address)" = {mac} ] && basename $d; done; true)\n'
+        f"dev=$({nic_name_command(mac)})\n"  # which checks the MAC
         f'[ -n "$dev" ] || {{ echo "no NIC with MAC {mac}" >&2; exit 1; }}\n'
         f'ip addr flush dev "$dev"\n'
         f'ip addr add {address_cidr} dev "$dev"\n'
