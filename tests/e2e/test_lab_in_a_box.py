@@ -320,8 +320,10 @@ def campaign_result(stack: Stack, lab_in_a_box: LabInABox, tmp_path_factory: pyt
     campaign = tmp_path_factory.mktemp("labbox-campaign") / "netlab-smoke.yaml"
     # Three faults in the one run, their windows apart: the server VM paused, then loss on
     # the node's link, then its swap-out shaped (what the knfsd lab can do that the
-    # embedded one cannot). 10 % loss for 8 s here got Debian 6.1 OOM-killing the workload
-    # (a kernel fail, as judged): the test wants a run that survives, so its loss is mild.
+    # embedded one cannot). Loss makes swap writeback pile up behind TCP's retransmissions:
+    # 10 % for 8 s, and once in a while 3 % for 6 s, had Debian 6.1 OOM-kill the workload
+    # with 75 MiB of its 140 in writeback (a kernel fail, as judged). The test wants a run that
+    # survives, so its loss is mild: 1 % still retransmits many segments a second.
     # No knfsd restart here: under this pressure Debian 6.1 does not always come back from
     # one (bench/restart_recovery.py measures how often); the restart and its grace period
     # are tested below on an idle guest, and under pressure on the embedded lab (ganesha).
@@ -343,9 +345,9 @@ faults:
     for_s: 4
   - kind: loss
     target: node-1
-    percent: 3
+    percent: 1
     after_swapped_mib: 48
-    for_s: 6
+    for_s: 5
   - kind: bandwidth
     target: node-1
     mbit: 8
@@ -619,7 +621,9 @@ def test_lab_down_leaves_nothing(
 
 
 def test_lab_check_on_a_lab_that_is_down_names_its_server_and_exits_2(lab_in_a_box: LabInABox) -> None:
-    # After test_lab_down_leaves_nothing: the lab is down.
+    # Down already after test_lab_down_leaves_nothing; down again (idempotent) so that a
+    # failure there does not show up here as a second one.
+    assert lab_in_a_box.down().returncode == 0
     proc = lab_in_a_box.cli("lab", "check", str(lab_in_a_box.inventory), timeout=120)
     assert proc.returncode == 2, proc.stdout
     [row] = [line for line in proc.stdout.splitlines() if line.startswith("  nfs server")]
