@@ -2,7 +2,8 @@
 node's clock offset, sysctls, the NFS mount, swapon, and the sampler.
 
 On a node that outlives the run (``ctx.persistent``) every cleanup puts back what its
-step changed; a booted node is powered off instead, so only swapoff is done there.
+step changed; a booted node is powered off instead, so only swapoff and an unmount (which
+hands the server back its NFSv4 state) are done there.
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ from workers.pipeline.step import KernelFault, LabFault, Step
 SAMPLER_FIRST_TICK_S = 15.0
 # The server's log written during a node's run, kept with its result: its last MiB at most.
 SERVER_LOG_MAX = 1 << 20
-CLOCK_ALIVE_PROBE_S = 10.0  # clock-serve went silent: does the node still answer at all?
+CLOCK_ALIVE_PROBE_S = 10.0
+# A node that cannot unmount in this time is powered off anyway (the server then waits out
+# its lease before removing its swap file).
+UMOUNT_BOOTED_TIMEOUT_S = 20.0  # clock-serve went silent: does the node still answer at all?
 
 
 SWAP_FILE_TIMEOUT_S = 900.0
@@ -149,13 +153,21 @@ class MountStep(Step[NodeContext]):
         self.mounted = True
 
     def cleanup(self, ctx: NodeContext) -> None:
-        if self.mounted and ctx.persistent:
-            done = ctx.remote(
-                f"umount {MOUNT_POINT}; rmdir {MOUNT_POINT} 2>/dev/null; ! grep -qF ' {MOUNT_POINT} ' /proc/mounts",
-                timeout=60,
-            )
-            if done is not None and not done.ok:
-                raise RuntimeError(f"umount {MOUNT_POINT} failed: {(done.stderr or done.stdout).strip()}")
+        if not self.mounted:
+            return
+        if not ctx.persistent:
+            # Powered off next, but unmounted first: the client hands back its NFSv4
+            # delegation of the swap file and ends its session. Powered off holding it, the
+            # server (knfsd) waits out the client's lease, 90 s, before the file can go.
+            with contextlib.suppress(NodeUnreachable):
+                ctx.remote(f"umount {MOUNT_POINT}", timeout=UMOUNT_BOOTED_TIMEOUT_S)
+            return
+        done = ctx.remote(
+            f"umount {MOUNT_POINT}; rmdir {MOUNT_POINT} 2>/dev/null; ! grep -qF ' {MOUNT_POINT} ' /proc/mounts",
+            timeout=60,
+        )
+        if done is not None and not done.ok:
+            raise RuntimeError(f"umount {MOUNT_POINT} failed: {(done.stderr or done.stdout).strip()}")
 
     @staticmethod
     def _command(ctx: NodeContext) -> str:
