@@ -81,6 +81,53 @@ class SshOptions(_Strict):
     _client = field_validator("nfs_client")(_address)
 
 
+_MAC = r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$"
+_HOST = r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,252}$"
+# Modules a Linux kernel needs for the NICs diskless nodes commonly have (PXE-capable
+# onboard and add-in cards); a node's inventory may name its own instead.
+DEFAULT_NIC_DRIVERS = ("e1000e", "igb", "ixgbe", "i40e", "ice", "tg3", "bnxt_en", "mlx5_core", "r8169", "virtio_net")
+
+
+def _credentials_source(value: str) -> str:
+    if value != "env" and (not value.startswith("/") or "\0" in value):
+        raise ValueError(f"{value!r} must be 'env' or the absolute path of a credentials file")
+    return value
+
+
+class PxeOptions(_Strict):
+    """``swaplab_*`` options of a ``pxe`` node: a machine that boots from the lab's boot
+    server and is powered through its BMC.
+
+    The BMC's password is never here: ``bmc_credentials`` names where it comes from
+    (``env``: the worker's environment; else an absolute path to a file only the worker's
+    user reads).
+    """
+
+    mac: str = Field(pattern=_MAC)
+    bmc_address: str = Field(pattern=_HOST)
+    bmc_credentials: str
+    bmc: Literal["ipmi"] = "ipmi"
+    bmc_port: int = Field(default=623, ge=1, le=65535)
+    # A BMC that does not answer, and a node that never asks for its boot file, are
+    # infra-errors after this long.
+    bmc_timeout_s: int = Field(default=90, ge=1, le=3600)
+    boot_timeout_s: int = Field(default=90, ge=5, le=3600)
+    # Kernel modules for the node's NIC, put in its image (default: DEFAULT_NIC_DRIVERS).
+    nic_drivers: list[str] = Field(default_factory=list, max_length=32)
+    # Serial-over-LAN through the BMC, or none (the node's kernel log over SSH only).
+    console: Literal["sol", "none"] = "sol"
+
+    _source = field_validator("bmc_credentials")(_credentials_source)
+
+    @field_validator("nic_drivers")
+    @classmethod
+    def _module_names(cls, value: list[str]) -> list[str]:
+        bad = [name for name in value if not re.fullmatch(r"[a-z0-9_-]{1,40}", name)]
+        if bad:
+            raise ValueError(f"NIC drivers must be kernel module names, got {bad!r}")
+        return value
+
+
 class BootServerSettings(_Strict):
     """``swaplab_boot_*`` settings of the lab's boot server (group ``boot_server``): dnsmasq
     answering PXE on the lab network, iPXE scripts per node MAC, kernels over HTTP.
@@ -195,6 +242,16 @@ DRIVER_KINDS: dict[str, DriverKind] = {
             lab_network=True,
         ),
         DriverKind("ssh", False, False, ("ansible_host",), SshOptions),
+        DriverKind(
+            "pxe",
+            True,
+            True,
+            ("swaplab_ram_mib", "ansible_host", "swaplab_mac", "swaplab_bmc_address", "swaplab_bmc_credentials"),
+            PxeOptions,
+            lab_network=True,
+            lab_network_only=True,
+            boots_from_network=True,
+        ),
     )
 }
 _LAB_NETWORK_KINDS = " and ".join(name for name, kind in DRIVER_KINDS.items() if kind.lab_network)
@@ -796,4 +853,25 @@ def _pool_issues(doc: LocatedYaml, nodes: list[tuple[FieldPath, NodeConfig]]) ->
     elif len({node.driver for _loc, node in nodes}) > 1:
         drivers = " and ".join(sorted({node.driver for _loc, node in nodes}))
         issues.append(doc.issue(_NODE_GROUP, f"a lab's nodes all have one driver (got {drivers})"))
+    return issues + _machine_identity_issues(doc, nodes)
+
+
+def _machine_identity_issues(doc: LocatedYaml, nodes: list[tuple[FieldPath, NodeConfig]]) -> list[SpecIssue]:
+    """A MAC or a BMC belongs to one machine: two nodes naming one would power or boot the other."""
+    issues = []
+    macs: dict[str, str] = {}
+    bmcs: dict[str, str] = {}
+    for loc, node in nodes:
+        mac, bmc = node.options.get("mac"), node.options.get("bmc_address")
+        if isinstance(mac, str):
+            if mac in macs:
+                issues.append(doc.issue((*loc, "swaplab_mac"), f"{node.name} has the MAC {mac} of {macs[mac]}"))
+            macs.setdefault(mac, node.name)
+        if isinstance(bmc, str):
+            endpoint = f"{bmc}:{node.options.get('bmc_port', 623)}"
+            if endpoint in bmcs:
+                issues.append(
+                    doc.issue((*loc, "swaplab_bmc_address"), f"{node.name} has the BMC {endpoint} of {bmcs[endpoint]}")
+                )
+            bmcs.setdefault(endpoint, node.name)
     return issues

@@ -42,7 +42,7 @@ def make_driver(node: NodeConfig, workdir: Path) -> NodeAccess:
     return factory(node, workdir)
 
 
-from workers.drivers import qemu, ssh  # noqa: E402,F401  (register the built-in drivers)
+from workers.drivers import pxe, qemu, ssh  # noqa: E402,F401  (register the built-in drivers)
 
 __all__ = [
     "AlreadyRunning",

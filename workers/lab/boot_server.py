@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from model.lab import BootServer, NodeConfig
+from workers.lab.boot_files import BootFilesError, Ran, Runner
 from workers.lab.provision import PlaybookRun, run_playbook
 
 Progress = Callable[[str], None]
@@ -48,3 +49,28 @@ def provision(
     done = run_playbook(PLAYBOOK, inventory, artifacts, extravars, progress=progress)
     progress(f"boot server provisioned in {done.seconds:.0f} s ({done.changed} changed)")
     return done
+
+
+def access(lab_name: str) -> tuple[Runner, str, str]:
+    """How a worker reaches the boot server of the lab it serves: a command runner, the
+    served root and the URL nodes fetch from. A lab-in-a-box's is its server VM."""
+    from workers.lab import labbox  # the lab's VM machinery, only when a pxe node boots
+    from workers.labs import served_lab
+
+    lab = served_lab(lab_name)
+    boot = lab.boot_server
+    if boot is None:
+        raise BootFilesError(f"lab {lab_name} has no boot server")
+    if not (boot.shared_with_nfs and lab.nfs_backend == "knfsd"):
+        raise BootFilesError(
+            f"lab {lab_name}: a boot server on a host of its own is not supported yet (the lab-in-a-box's server VM is)"
+        )
+    vm = labbox.server_vm(labbox.Box.of_lab(lab))
+    if vm is None:
+        raise BootFilesError(f"lab {lab_name} is down: swaplab lab up -i {lab.inventory}")
+
+    def run(command: str, stdin: bytes | None, timeout: float) -> Ran:
+        done = vm.run(command, timeout=timeout, stdin=stdin)
+        return Ran(done.ok, done.stdout, done.stderr)
+
+    return run, boot.settings.root, boot.http_url

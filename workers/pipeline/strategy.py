@@ -58,7 +58,10 @@ class BootStrategy:
     def steps(self, driver: NodeAccess) -> list[Step[NodeContext]]:
         assert isinstance(driver, PowerControl)
         route = driver.node.nfs_route
-        link: list[Step[NodeContext]] = [LabLinkStep()] if route is not None and route.lab_network else []
+        # A pxe node has one NIC, given its lab address by DHCP at boot; a qemu node gets its
+        # second NIC (the lab network's) configured over the first.
+        second_nic = route is not None and route.lab_network and not driver.node.kind.lab_network_only
+        link: list[Step[NodeContext]] = [LabLinkStep()] if second_nic else []
         return [PreparedImageStep(), SwapFileStep(), BootStep(driver), BootedKernelStep(), *link, *_test_steps()]
 
 
