@@ -195,17 +195,24 @@ class _Entry:
 
 
 def build_node_image(
-    kernel: KernelArtifacts, keys: LabKeys, progress: Progress | None = None, *, with_node_tool: bool = True
+    kernel: KernelArtifacts,
+    keys: LabKeys,
+    progress: Progress | None = None,
+    *,
+    with_node_tool: bool = True,
+    nic_modules: tuple[str, ...] = (),
 ) -> NodeImage:
     """The node image for ``kernel`` with the lab's ``keys``; cached by its inputs' hash.
 
     ``with_node_tool=False`` leaves ``swaplab-node`` out: an image like a host swaplab does
-    not provision (the ssh driver copies the tool over itself).
+    not provision (the ssh driver copies the tool over itself). ``nic_modules``: drivers of
+    real NICs to load too (a bare-metal node's; the kernel must have them).
     """
     say = progress or (lambda _msg: None)
     # A kernel with NFS, virtio and sunrpc built in (a swaplab build) has nothing to load.
     has_modules = kernel.modules_dir.is_dir()
-    modules = module_load_order(kernel.modules_dir, kernel.kver, list(NODE_MODULES)) if has_modules else []
+    wanted = [*NODE_MODULES, *(name for name in nic_modules if name not in NODE_MODULES)]
+    modules = module_load_order(kernel.modules_dir, kernel.kver, wanted) if has_modules else []
     entries = _entries(kernel, keys, modules, with_node_tool)
     image_hash = _hash_entries(kernel, entries)
     final = cache_dir("images") / image_hash[:32]

@@ -220,3 +220,37 @@ def test_dropbear_stays_resident_but_sessions_do_not(booted: Guest, keys: LabKey
     assert _vmlck_kib(shell) == 0  # execve dropped the locks: the workload stays swappable
     assert env == "unset"
     assert rng.startswith("virtio_rng")
+
+
+def test_a_bare_metal_image_brings_up_the_nic_its_command_line_names(keys: LabKeys, tmp_path: Path) -> None:
+    # A machine with two NICs: the image must take its address on the one it booted from
+    # (swaplab.mac=), an e1000e whose driver only a bare-metal image carries.
+    kernel = fetch_kernel(KernelSource(package="linux-image-amd64"))
+    image = build_node_image(kernel, keys, nic_modules=("e1000e",))
+    port, mac = free_port(), "52:54:00:5a:1a:b0"
+    console = tmp_path / "console.log"
+    append = f"console=ttyS0 panic=0 swaplab.hostname=t1 swaplab.nfs4_id=t1-pxe swaplab.mac={mac}"
+    argv = [
+        "qemu-system-x86_64", "-accel", "tcg", "-m", "256M", "-smp", "1", "-display", "none", "-no-reboot",
+        "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", append,
+        "-serial", f"file:{console}",
+        "-netdev", "user,id=decoy,restrict=on", "-device", "virtio-net-pci,netdev=decoy,romfile=",
+        "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
+        "-device", f"e1000e,netdev=n0,mac={mac},romfile=",
+        "-device", "virtio-rng-pci",
+    ]  # fmt: skip
+    qemu = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        text = _wait_for_console(console, READY, qemu)
+        assert "swaplab: ERROR" not in text, text[-2000:]
+        client = _ssh(port, keys)
+        try:
+            nic = _exec(client, f"grep -l {mac} /sys/class/net/*/address").split("/")[4]
+            assert _exec(client, f"basename $(readlink /sys/class/net/{nic}/device/driver)").strip() == "e1000e"
+            assert "10.0.2.15/24" in _exec(client, f"ip -4 addr show dev {nic}")
+        finally:
+            client.close()
+    finally:
+        qemu.kill()
+        qemu.wait(timeout=10)
+    assert image.initrd.stat().st_size < 8 * 1024 * 1024

@@ -75,8 +75,9 @@ class PxeDriver:
 
     # -- PowerControl ----------------------------------------------------------------------------
     def kernel_console_args(self) -> str:
-        """The first serial port (what SOL carries), and a panic that waits: no reboot loop."""
-        return "console=ttyS0,115200n8 panic=0"
+        """The first serial port (what SOL carries), a panic that waits (no reboot loop), and
+        the MAC of the NIC the node booted from, which its init brings up."""
+        return f"console=ttyS0,115200n8 panic=0 swaplab.mac={self.options.mac}"
 
     def ssh_address(self) -> tuple[str, int]:
         return (self.node.ssh_host, self.node.ssh_port)

@@ -86,17 +86,33 @@ EOF
     chmod 755 /etc/swaplab/udhcpc.script
 }
 
+# The NIC to bring up: the one with swaplab.mac= (a machine with several NICs, booted by
+# PXE from one of them), else eth0 (a QEMU node's management NIC).
+pick_nic() {
+    mac=$(cmdline_arg swaplab.mac)
+    if [ -z "$mac" ]; then
+        [ -e /sys/class/net/eth0 ] && echo eth0
+        return
+    fi
+    for dev in /sys/class/net/*; do
+        [ "$(cat "$dev/address" 2>/dev/null)" = "$mac" ] && { basename "$dev"; return; }
+    done
+}
+
 bring_up_network() {
     ip link set lo up
-    # virtio_net probes asynchronously after insmod: give eth0 a few seconds to appear.
+    # NIC drivers probe asynchronously after insmod (a real NIC's firmware takes longer
+    # than virtio_net): give the NIC some seconds to appear.
     n=0
-    while [ ! -e /sys/class/net/eth0 ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
-    [ -e /sys/class/net/eth0 ] || { fail "no eth0"; return; }
-    ip link set eth0 up
+    nic=$(pick_nic)
+    while [ -z "$nic" ] && [ $n -lt 200 ]; do sleep 0.1; n=$((n + 1)); nic=$(pick_nic); done
+    [ -n "$nic" ] || { fail "no NIC $(cmdline_arg swaplab.mac)"; return; }
+    ip link set "$nic" up
     write_dhcp_script
-    # -q: keep the address and exit; a lab run never outlives QEMU's 24 h lease.
-    udhcpc -i eth0 -s /etc/swaplab/udhcpc.script -t 20 -T 1 -n -q \
-        || fail "udhcpc on eth0 got no lease"
+    # -q: keep the address and exit; a lab run never outlives QEMU's 24 h lease (or the
+    # boot server's 12 h one).
+    udhcpc -i "$nic" -s /etc/swaplab/udhcpc.script -t 20 -T 1 -n -q \
+        || fail "udhcpc on $nic got no lease"
 }
 
 start_sshd() {

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from model.lab import Lab
+from model.lab import DEFAULT_NIC_DRIVERS, Lab
 from model.runspec import PreparedKernel, RunSetupSpec
 from workers.admission import admit_setup
 from workers.image import ImageError, build_node_image, lab_keys
@@ -117,7 +117,10 @@ class BuildImageStep(Step[RunContext]):
         assert ctx.kernel is not None
         try:
             image = build_node_image(
-                ctx.kernel, lab_keys(ctx.lab.name), progress=lambda text: ctx.note(self.phase, text)
+                ctx.kernel,
+                lab_keys(ctx.lab.name),
+                progress=lambda text: ctx.note(self.phase, text),
+                nic_modules=nic_modules(ctx.lab),
             )
         except (ImageError, KernelError, OSError) as err:
             raise LabFault(f"node image build: {err}") from err
@@ -160,3 +163,17 @@ def prepare_run(spec: RunSetupSpec, note: Note) -> PreparedKernel | None:
     ctx = RunContext(spec, lab, note)
     run_setup_pipeline(lab).run(ctx, _NoteHooks(ctx))
     return ctx.prepared
+
+
+def nic_modules(lab: Lab) -> tuple[str, ...]:
+    """The NIC drivers a lab's machines need beyond virtio: those its pxe nodes name, else a
+    common set (a QEMU node's virtio_net is always in the image)."""
+    wanted: list[str] = []
+    for node in lab.nodes:
+        if not node.kind.boots_from_network:
+            continue
+        named = node.options.get("nic_drivers")
+        for module in named if isinstance(named, list) and named else DEFAULT_NIC_DRIVERS:
+            if module not in wanted:
+                wanted.append(str(module))
+    return tuple(wanted)
