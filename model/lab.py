@@ -89,8 +89,10 @@ DEFAULT_NIC_DRIVERS = ("e1000e", "igb", "ixgbe", "i40e", "ice", "tg3", "bnxt_en"
 
 
 def _credentials_source(value: str) -> str:
-    if value != "env" and (not value.startswith("/") or "\0" in value):
-        raise ValueError(f"{value!r} must be 'env' or the absolute path of a credentials file")
+    if value not in ("env", "lab") and (not value.startswith("/") or "\0" in value):
+        raise ValueError(
+            f"{value!r} must be 'env', 'lab' (a lab-in-a-box's) or the absolute path of a credentials file"
+        )
     return value
 
 
@@ -295,6 +297,8 @@ class NfsRoute:
     # Over the lab network (its subnet, e.g. 10.77.0.0/24): the node's NIC on the lab's
     # bridge carries ``client_address``; None for every other way.
     lab_subnet: str | None = None
+    # That NIC's MAC when the inventory gives it (a machine's own); else the lab plans one.
+    mac: str | None = None
 
     @property
     def lab_network(self) -> bool:
@@ -628,8 +632,8 @@ def _nfs_routes(
     if not isinstance(settings, GaneshaSettings):
         return {}
     relayed = nodes[0].kind.nfs_relay  # a lab's nodes are all of one kind (checked with the pool)
-    if nodes[0].kind.lab_network_only:
-        why = f"a {nodes[0].driver} node reaches NFS over the lab network only: the lab needs swaplab_nfs: knfsd"
+    if only := [node for node in nodes if node.kind.lab_network_only]:
+        why = f"a {only[0].driver} node reaches NFS over the lab network only: the lab needs swaplab_nfs: knfsd"
         raise SpecError([doc.issue(_NFS_GROUP, why)])
     if relayed:
         _check_guest_address(doc, settings.guest_address, origin)
@@ -665,16 +669,6 @@ def _lab_network_routes(
             issues.append(
                 doc.issue(loc, f"a {node.driver} node cannot be put on a lab network ({_LAB_NETWORK_KINDS} nodes can)")
             )
-        elif node.kind.boots_from_network and node.ssh_host != _lab_node_address(subnet, nodes.index(node)):
-            where = _lab_node_address(subnet, nodes.index(node))
-            issues.append(
-                doc.issue(
-                    loc,
-                    f"{node.name} is {where} on the lab network {subnet} (node {nodes.index(node) + 1} of the "
-                    f"inventory; nodes are .{LAB_FIRST_NODE_HOST} upward): its ansible_host must say so, "
-                    f"not {node.ssh_host}",
-                )
-            )
     if len(nodes) > subnet.num_addresses - 1 - LAB_FIRST_NODE_HOST:
         issues.append(doc.issue(_NODE_GROUP, f"{len(nodes)} nodes do not fit in {subnet} from .{LAB_FIRST_NODE_HOST}"))
     if issues:
@@ -691,6 +685,7 @@ def _lab_network_routes(
             server_port=NFS_PORT,
             relayed=False,
             lab_subnet=str(subnet),
+            mac=str(node.options["mac"]) if node.kind.boots_from_network else None,
         )
         for export_id, node in enumerate(nodes, start=1)
     }
@@ -705,13 +700,13 @@ def _lab_node_address(subnet: ipaddress.IPv4Network, index: int) -> str:
 def _boot_server(doc: LocatedYaml, nodes: tuple[NodeConfig, ...], nfs: _Strict) -> BootServer | None:
     """The boot_server group's one host, which labs of pxe nodes need and others must not have."""
     hosts = _hosts(doc, _BOOT_GROUP)
-    network_booted = nodes[0].kind.boots_from_network
-    if not network_booted:
+    booted = [node for node in nodes if node.kind.boots_from_network]
+    if not booted:
         if hosts:
             _refuse(doc, _BOOT_GROUP, f"a boot server is for pxe nodes; this lab's are {nodes[0].driver} nodes")
         return None
     if len(hosts) != 1:
-        why = f"{nodes[0].driver} nodes boot from the lab's boot server: the inventory needs one host under boot_server"
+        why = f"{booted[0].driver} nodes boot from the lab's boot server: the inventory needs one host under boot_server"
         _refuse(doc, _BOOT_GROUP if hosts else _NODE_GROUP, why)
     name, loc, host_vars = hosts[0]
     merged, origin = _merge([((*_BOOT_GROUP, "vars"), _mapping(doc, (*_BOOT_GROUP, "vars"))), (loc, host_vars)])
@@ -850,7 +845,9 @@ def _pool_issues(doc: LocatedYaml, nodes: list[tuple[FieldPath, NodeConfig]]) ->
     if len({node.kind.boots_kernels for _loc, node in nodes}) > 1:
         # A campaign's kernels are either booted or read back: one lab cannot mix both.
         issues.append(doc.issue(_NODE_GROUP, "a lab's nodes are all booted by swaplab or all already running"))
-    elif len({node.driver for _loc, node in nodes}) > 1:
+    elif len({node.driver for _loc, node in nodes}) > 1 and not all(node.kind.lab_network for _loc, node in nodes):
+        # Only on a lab network do nodes of several kinds meet on equal terms (QEMU guests and
+        # machines on one bridge); elsewhere each kind reaches NFS its own way.
         drivers = " and ".join(sorted({node.driver for _loc, node in nodes}))
         issues.append(doc.issue(_NODE_GROUP, f"a lab's nodes all have one driver (got {drivers})"))
     return issues + _machine_identity_issues(doc, nodes)

@@ -4,6 +4,8 @@ The inventory names the source (``swaplab_bmc_credentials``), never the password
 
 - ``env``: ``SWAPLAB_BMC_USER_<NODE>`` / ``SWAPLAB_BMC_PASSWORD_<NODE>`` (the node's name in
   capitals, ``-`` as ``_``), else the lab-wide ``SWAPLAB_BMC_USER`` / ``SWAPLAB_BMC_PASSWORD``;
+- ``lab``: the lab-in-a-box's own simulated BMCs, whose credentials swaplab generated when
+  the lab came up (a file like the one below, in the lab's cache directory);
 - an absolute path: a YAML file ``{default: {user, password}, nodes: {NODE: {user, password}}}``
   (either part optional), a regular file owned by the worker's user that no one else may
   read or write (like an SSH key), refused otherwise.
@@ -14,6 +16,7 @@ Errors name the source and the node; a password is never part of one.
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,9 +24,12 @@ from typing import Any
 
 import yaml
 
+from model.paths import cache_dir
 from workers.bmc.base import BmcCredentials
 
 ENV_SOURCE = "env"
+LAB_SOURCE = "lab"
+LAB_USER = "swaplab"
 ENV_USER = "SWAPLAB_BMC_USER"
 ENV_PASSWORD = "SWAPLAB_BMC_PASSWORD"
 
@@ -32,10 +38,16 @@ class CredentialsError(ValueError):
     """No usable credentials for a node's BMC (the message names where swaplab looked)."""
 
 
-def load_credentials(source: str, node: str, environ: Mapping[str, str] | None = None) -> BmcCredentials:
-    """The credentials of ``node``'s BMC from ``source`` (``env`` or an absolute file path)."""
+def load_credentials(
+    source: str, node: str, environ: Mapping[str, str] | None = None, lab: str | None = None
+) -> BmcCredentials:
+    """The credentials of ``node``'s BMC from ``source`` (``env``, ``lab`` or an absolute file path)."""
     if source == ENV_SOURCE:
         return credentials_from_env(node, os.environ if environ is None else environ)
+    if source == LAB_SOURCE:
+        if lab is None:
+            raise CredentialsError(f"BMC of {node}: the 'lab' source needs the lab's name")
+        return credentials_from_file(lab_credentials_file(lab), node)
     path = Path(source)
     if not path.is_absolute():
         raise CredentialsError(f"BMC credentials source {source!r}: 'env' or an absolute file path")
@@ -103,3 +115,20 @@ def _check_private(path: Path) -> None:
         raise CredentialsError(
             f"{path}: mode {stat.S_IMODE(info.st_mode):04o}; group and others must have no access (chmod 600)"
         )
+
+
+def lab_credentials_file(lab: str) -> Path:
+    """Where a lab-in-a-box keeps the credentials of its simulated BMCs."""
+    return cache_dir("labs", lab) / "bmc-credentials.yml"
+
+
+def ensure_lab_credentials(lab: str) -> BmcCredentials:
+    """The lab-in-a-box's BMC credentials, generated (random, in a 0600 file) the first time."""
+    path = lab_credentials_file(lab)
+    if not path.exists():
+        # ipmi_sim reads a password of at most 20 of [A-Za-z0-9._~-].
+        password = secrets.token_hex(10)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            yaml.safe_dump({"default": {"user": LAB_USER, "password": password}}, out)
+    return credentials_from_file(path, "default")

@@ -9,6 +9,7 @@ RMCP+ with MD5 for users, one admin user, no anonymous one, and the chassis hand
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from workers.bmc.base import BmcCredentials, BmcError
 from workers.bmc.chassis import power_off, running_pid
+from workers.process import start_ticks
 
 # IPMI 2.0 limits a user name to 16 bytes and a password to 20; ipmi_sim's configuration
 # reads them as quoted words.
@@ -86,9 +88,12 @@ set_working_mc 0x20
 class BmcSimulator:
     """One running ``ipmi_sim`` and the machine its chassis powers."""
 
-    def __init__(self, bmc: SimulatedBmc, machine_argv: list[str]) -> None:
+    def __init__(self, bmc: SimulatedBmc, machine_argv: list[str], detach: bool = False) -> None:
         self.bmc = bmc
         self.machine_argv = machine_argv
+        # Detached: in a session of its own, outliving this process (a lab brought up by
+        # one command and used by others); its pids are recorded for ``stop_recorded``.
+        self.detach = detach
         self.proc: subprocess.Popen[bytes] | None = None
         self.hub: subprocess.Popen[bytes] | None = None
 
@@ -107,8 +112,12 @@ class BmcSimulator:
         (work / "bmc.emu").write_text(EMU)
         argv = ["ipmi_sim", "-c", str(work / "lan.conf"), "-f", str(work / "bmc.emu"), "-s", str(work / "state"), "-n"]
         with open(work / "ipmi_sim.log", "ab") as log:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=work)
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=work,
+                start_new_session=self.detach,
+            )  # fmt: skip
         self._wait_bound()
+        _record(work, [proc for proc in (self.proc, self.hub) if proc is not None])
 
     def _start_hub(self, env: dict[str, str]) -> int:
         """The serial hub, listening before ipmi_sim starts (which connects to it once)."""
@@ -116,7 +125,9 @@ class BmcSimulator:
         hub_port = _free_tcp_port()
         argv = [sys.executable, "-m", "workers.bmc.serial_hub", str(hub_port), str(self.bmc.serial_port)]
         with open(self.bmc.workdir / "serial_hub.log", "ab") as log:
-            self.hub = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
+            self.hub = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=self.detach
+            )
         deadline = time.monotonic() + _START_TIMEOUT_S
         while not (_tcp_listening(hub_port) and _tcp_listening(self.bmc.serial_port)):
             if self.hub.poll() is not None or time.monotonic() > deadline:
@@ -164,6 +175,48 @@ class BmcSimulator:
         except FileNotFoundError:
             return []
         return [line.split(" ", 1)[1] for line in lines]
+
+
+def _record(workdir: Path, procs: list[subprocess.Popen[bytes]]) -> None:
+    """pid and start time of the simulator's processes: a later process finds and stops them."""
+    lines = [f"{proc.pid} {start_ticks(proc.pid) or 0}" for proc in procs]
+    (workdir / "pids").write_text("\n".join(lines) + "\n")
+
+
+def recorded_alive(workdir: Path) -> list[int]:
+    """The recorded processes of the simulator in ``workdir`` that still run (not recycled pids)."""
+    try:
+        lines = (workdir / "pids").read_text().split("\n")
+    except OSError:
+        return []
+    alive = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) == 2 and fields[0].isdigit() and fields[1].isdigit():
+            pid = int(fields[0])
+            if start_ticks(pid) == int(fields[1]):
+                alive.append(pid)
+    return alive
+
+
+def stop_recorded(workdir: Path) -> bool:
+    """Stop a simulator another process started (and its machine); True when one ran."""
+    pids = recorded_alive(workdir)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while recorded_alive(workdir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in recorded_alive(workdir):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    machine = workdir / "machine"
+    running = bool(pids) or running_pid(machine) is not None
+    if machine.exists():
+        power_off(machine)
+    (workdir / "pids").unlink(missing_ok=True)
+    return running
 
 
 def _write_private(path: Path, text: str) -> None:

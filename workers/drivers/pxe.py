@@ -61,7 +61,7 @@ class PxeDriver:
 
     def _credentials(self) -> BmcCredentials:
         try:
-            return load_credentials(self.options.bmc_credentials, self.node.name)
+            return load_credentials(self.options.bmc_credentials, self.node.name, lab=self.node.lab)
         except CredentialsError as err:
             raise DriverError(f"node {self.node.name}: {err}") from None
 

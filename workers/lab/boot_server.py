@@ -35,9 +35,15 @@ def playbook_vars(boot: BootServer, subnet: str, interface: str, nodes: list[Nod
         "swaplab_boot_interface": settings.interface or interface,
         "swaplab_boot_http_port": settings.http_port,
         "swaplab_boot_nodes": [
-            {"name": node.name, "mac": str(node.options["mac"]), "address": node.ssh_host} for node in nodes
+            {"name": node.name, "mac": str(node.options["mac"]), "address": _lab_address(node)} for node in nodes
         ],
     }
+
+
+def _lab_address(node: NodeConfig) -> str:
+    if node.nfs_route is None or not node.nfs_route.lab_network:
+        raise ValueError(f"node {node.name} is not on a lab network")
+    return node.nfs_route.client_address
 
 
 def provision(

@@ -87,7 +87,8 @@ class Box:
 def plan(box: Box) -> LabNetwork:
     """The lab network as the inventory's routes describe it: the server at .1, nodes .11 up."""
     subnet = ipaddress.IPv4Network(box.settings.subnet)
-    net = network.lab_network(box.name, list(box.routes), SERVER_PORT, subnet)
+    macs = {node: route.mac for node, route in box.routes.items() if route.mac}
+    net = network.lab_network(box.name, list(box.routes), SERVER_PORT, subnet, macs)
     for node, route in box.routes.items():  # one derivation of the addresses, checked rather than trusted
         if str(net.port(node).address) != route.client_address:
             raise LabBoxError(f"lab {box.name}: node {node}'s lab address disagrees with the network plan")

@@ -34,7 +34,7 @@ import socket
 import struct
 import subprocess
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -168,12 +168,17 @@ def _check_unique(lab: str, what: str, values: list[str]) -> None:
 
 
 def lab_network(
-    lab: str, nodes: Sequence[str], server: str = "server", subnet: ipaddress.IPv4Network = DEFAULT_SUBNET
+    lab: str,
+    nodes: Sequence[str],
+    server: str = "server",
+    subnet: ipaddress.IPv4Network = DEFAULT_SUBNET,
+    macs: Mapping[str, str] | None = None,
 ) -> LabNetwork:
     """The usual plan: the server at .1, the nodes at .11 upward (in ``nodes`` order).
 
     MACs are 02:<3 bytes of the lab name's hash>:<last two bytes of the address>, so a
     guest's MAC is the same on every run and tells, in a capture, which lab it came from.
+    A machine with a MAC of its own (``macs``: a pxe node's, from the inventory) keeps it.
     """
     check_lab_name(lab)
     first = FIRST_NODE_HOST
@@ -186,7 +191,7 @@ def lab_network(
     ]
     for i, node in enumerate(nodes):
         address = subnet.network_address + first + i
-        ports.append(Port(node, "node", port_mac(lab, address), address))
+        ports.append(Port(node, "node", (macs or {}).get(node) or port_mac(lab, address), address))
     return LabNetwork(lab, subnet, tuple(ports))
 
 
@@ -197,7 +202,7 @@ def node_port(lab: str, route: NfsRoute) -> tuple[Port, LabNetwork]:
         raise LabNetworkError(f"node {route.node} is not on a lab network")
     address = ipaddress.IPv4Address(route.client_address)
     net = LabNetwork(lab, ipaddress.IPv4Network(route.lab_subnet))
-    return Port(route.node, "node", port_mac(lab, address), address), net
+    return Port(route.node, "node", route.mac or port_mac(lab, address), address), net
 
 
 def port_mac(lab: str, address: ipaddress.IPv4Address) -> str:
