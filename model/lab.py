@@ -351,6 +351,20 @@ class NodeConfig:
 
 
 @dataclass(frozen=True)
+class LabMachine:
+    """A pxe node as its lab-in-a-box runs it: a QEMU machine on the bridge behind a
+    simulated BMC, its sshd reached through a relay on this host's loopback."""
+
+    node: str
+    mac: str
+    bmc_address: str
+    bmc_port: int
+    ssh_port: int  # the relay's port on 127.0.0.1
+    address: str  # on the lab network
+    ram_mib: int
+
+
+@dataclass(frozen=True)
 class BootServer:
     """The lab's boot server: its inventory host (the NFS server's on a lab-in-a-box,
     where one VM is both) and its settings, with the address iPXE fetches kernels from."""
@@ -469,7 +483,25 @@ def load_lab(path: Path) -> Lab:
     nodes = tuple(replace(node, nfs_route=routes.get(node.name)) for node in nodes)
     boot = _boot_server(doc, nodes, nfs)
     # The server backend gets the routes with its settings: one export per node.
-    return Lab(name, path, backend, {**settings, "routes": routes}, nodes, kernel_dirs, boot)
+    # A lab-in-a-box also starts its machines' BMCs and serves their boot files: they go
+    # with the settings too (nothing when the lab has no pxe nodes).
+    machines = tuple(_machine(node) for node in nodes if node.kind.boots_from_network)
+    extra = {"machines": machines, "boot_server": boot, "inventory": path} if machines else {}
+    return Lab(name, path, backend, {**settings, "routes": routes, **extra}, nodes, kernel_dirs, boot)
+
+
+def _machine(node: NodeConfig) -> LabMachine:
+    route = node.nfs_route
+    assert route is not None  # a pxe node is on a lab network (checked with the routes)
+    return LabMachine(
+        node=node.name,
+        mac=str(node.options["mac"]),
+        bmc_address=str(node.options["bmc_address"]),
+        bmc_port=int(node.options.get("bmc_port", 623)),
+        ssh_port=node.ssh_port,
+        address=route.client_address,
+        ram_mib=node.ram_mib or 0,
+    )
 
 
 def _kernel_dirs(doc: LocatedYaml, value: Any) -> tuple[Path, ...]:

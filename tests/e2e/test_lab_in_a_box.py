@@ -28,7 +28,7 @@ import paramiko
 import pytest
 
 from model.kernel import KernelSource
-from model.lab import BootServer, BootServerSettings, NodeConfig
+from model.lab import BootServer, BootServerSettings
 from tests.conftest import require_tools
 from tests.e2e.conftest import LabInABox
 from tests.e2e.guests import Guest, booted_guest
@@ -260,10 +260,7 @@ def test_the_pxe_playbook_makes_the_server_a_boot_server_and_a_second_run_change
     interface = _ok(vm, network.nic_name_command(port.mac))
     boot = BootServer("server", BootServerSettings(), str(port.address), shared_with_nfs=True)
     # Two machines that do not exist: the playbook only needs their MACs and addresses.
-    nodes = [
-        NodeConfig(f"pxe{i}", "e2ebox", "pxe", 192, None, f"10.77.0.{20 + i}", 22, {"mac": f"52:54:00:aa:00:{i:02x}"})
-        for i in (1, 2)
-    ]
+    nodes = [(f"pxe{i}", f"52:54:00:aa:00:{i:02x}", f"10.77.0.{20 + i}") for i in (1, 2)]
     extravars = boot_server.playbook_vars(boot, "10.77.0.0/24", interface, nodes)
     first = boot_server.provision(vm.ansible_vars(), extravars, tmp_path / "artifacts")
     second = boot_server.provision(vm.ansible_vars(), extravars, tmp_path / "artifacts")

@@ -135,7 +135,8 @@ class PxeDriver:
             self._runner = runner
             self._publication = publish(
                 runner, self.node.lab, self.node.name, self.options.mac, root, url, self.workdir.name,
-                boot.kernel, boot.initrd, boot.cmdline,
+                # A machine has the RAM it has: mem= gives the kernel the run's size of it.
+                boot.kernel, boot.initrd, f"{boot.cmdline} mem={boot.ram_mib}M",
             )  # fmt: skip
         except BootFilesError as err:
             raise DriverError(f"node {self.node.name}: {err}") from None

@@ -10,11 +10,11 @@ it that the inventory's validation did not see.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from model.lab import BootServer, NodeConfig
+from model.lab import BootServer
 from workers.lab.boot_files import BootFilesError, Ran, Runner
 from workers.lab.provision import PlaybookRun, run_playbook
 
@@ -23,8 +23,11 @@ PLAYBOOK = Path(__file__).resolve().parents[2] / "playbooks" / "pxe_server.yml"
 BOOT_HOST = "boot"  # the boot server's name in the inventory ansible-runner is given
 
 
-def playbook_vars(boot: BootServer, subnet: str, interface: str, nodes: list[NodeConfig]) -> dict[str, Any]:
-    """The playbook's variables: the server's place on the lab network and each node's MAC and address."""
+def playbook_vars(
+    boot: BootServer, subnet: str, interface: str, machines: Sequence[tuple[str, str, str]]
+) -> dict[str, Any]:
+    """The playbook's variables: the server's place on the lab network and each machine's
+    (name, MAC, lab address)."""
     network = ipaddress.IPv4Network(subnet)
     settings = boot.settings
     return {
@@ -34,16 +37,8 @@ def playbook_vars(boot: BootServer, subnet: str, interface: str, nodes: list[Nod
         "swaplab_boot_netmask": str(network.netmask),
         "swaplab_boot_interface": settings.interface or interface,
         "swaplab_boot_http_port": settings.http_port,
-        "swaplab_boot_nodes": [
-            {"name": node.name, "mac": str(node.options["mac"]), "address": _lab_address(node)} for node in nodes
-        ],
+        "swaplab_boot_nodes": [{"name": name, "mac": mac, "address": address} for name, mac, address in machines],
     }
-
-
-def _lab_address(node: NodeConfig) -> str:
-    if node.nfs_route is None or not node.nfs_route.lab_network:
-        raise ValueError(f"node {node.name} is not on a lab network")
-    return node.nfs_route.client_address
 
 
 def provision(

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model.lab import KnfsdSettings, Lab, NfsRoute
+from model.lab import BootServer, KnfsdSettings, Lab, LabMachine, NfsRoute
 from model.paths import cache_dir
 from workers.image import lab_keys
-from workers.lab import network
+from workers.lab import boot_server, machines, network
 from workers.lab.network import LabNetwork
 from workers.lab.provision import PlaybookRun, run_playbook
 from workers.lab.server_image import build_server_image
@@ -42,6 +42,8 @@ PLAYBOOK = Path(__file__).resolve().parents[2] / "playbooks" / "nfs_server.yml"
 SERVER_PORT = "server"  # the server's name on the lab network (its tap is tap-server)
 DATA_MOUNT = "/srv/swaplab"  # where the data disk is mounted; the export directory lies under it
 PROVISIONED = "provisioned.json"
+BOOT_PROVISIONED = "boot-provisioned.json"
+_DERIVED = ("routes", "machines", "boot_server", "inventory")  # what load_lab adds to the settings
 
 
 class LabBoxError(RuntimeError):
@@ -69,13 +71,28 @@ class Box:
     name: str
     settings: KnfsdSettings
     routes: dict[str, NfsRoute]
+    # Its pxe nodes' machines, their boot server and the inventory (for the machines'
+    # QEMU, which reads it); none on a lab of QEMU guests only.
+    machines: tuple[LabMachine, ...] = ()
+    boot_server: BootServer | None = None
+    inventory: Path | None = None
 
     @classmethod
     def of(cls, lab: str, settings: Mapping[str, Any]) -> Box:
         """From the NFS settings ``model.lab.load_lab`` made (validated again: cheap)."""
         routes = {name: route for name, route in settings.get("routes", {}).items() if isinstance(route, NfsRoute)}
-        own = {key: value for key, value in settings.items() if key != "routes"}
-        return cls(lab, KnfsdSettings.model_validate(own), routes)
+        own = {key: value for key, value in settings.items() if key not in _DERIVED}
+        machines = tuple(m for m in settings.get("machines", ()) if isinstance(m, LabMachine))
+        boot = settings.get("boot_server")
+        inventory = settings.get("inventory")
+        return cls(
+            lab,
+            KnfsdSettings.model_validate(own),
+            routes,
+            machines,
+            boot if isinstance(boot, BootServer) else None,
+            inventory if isinstance(inventory, Path) else None,
+        )
 
     @classmethod
     def of_lab(cls, lab: Lab) -> Box:
@@ -128,6 +145,10 @@ def up(box: Box, progress: Progress = lambda line: None) -> LabUp:
             vm = _boot(box, net, progress)
         try:
             provisioned = None if _provisioned(vm) else _provision(box, vm, net, progress)
+            if box.machines:
+                _boot_server_up(box, vm, net, progress)
+                assert box.inventory is not None
+                machines.up(box.name, box.inventory, box.machines, progress)
             pid = vm.pid
         finally:
             vm.close()
@@ -147,6 +168,7 @@ def down(box: Box) -> list[str]:
     """Power the server VM off and remove the lab network; what was stopped, for people."""
     stopped = []
     with _locked(box):
+        stopped += machines.down(box.name)
         vm = server_vm(box)
         if vm is not None:
             vm.stop()
@@ -213,6 +235,24 @@ def _configure_lab_side(vm: ServerVm, port: network.Port, net: LabNetwork, setti
 
 
 # -- provisioning ------------------------------------------------------------------------------------
+
+
+def _boot_server_up(box: Box, vm: ServerVm, net: LabNetwork, progress: Progress) -> None:
+    """The server VM as the machines' boot server: its playbook once per VM boot."""
+    marker = vm.run_dir / BOOT_PROVISIONED
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(marker.read_text()).get("pid") == vm.pid:
+            return
+    assert box.boot_server is not None  # a lab with machines has one (checked by the model)
+    port = net.port(SERVER_PORT)
+    found = vm.run(f'for d in /sys/class/net/*; do [ "$(cat $d/address)" = {port.mac} ] && basename $d; done; true')
+    interface = found.stdout.strip()
+    if not found.ok or not interface:
+        raise LabBoxError(f"server VM of lab {box.name}: no NIC with the lab MAC {port.mac}")
+    nodes = [(m.node, m.mac, m.address) for m in box.machines]
+    extravars = boot_server.playbook_vars(box.boot_server, box.settings.subnet, interface, nodes)
+    done = boot_server.provision(vm.ansible_vars(), extravars, logs_dir(box), progress)
+    marker.write_text(json.dumps({"pid": vm.pid, "at": time.time(), "changed": done.changed}) + "\n")
 
 
 def _provisioned(vm: ServerVm) -> bool:
