@@ -83,6 +83,17 @@ class NfsServer(_Part):
     export_options: str | None = None
 
 
+class Boot(_Part):
+    """How a node booted (records before it was kept say nothing)."""
+
+    path: str | None = None
+    mac: str | None = None
+    kernel_sha256: str | None = None
+    served_from: str | None = None
+    bmc: str | None = None
+    bmc_actions: list[str] = []
+
+
 class Fault(_Part):
     """A fault a node's session injected, as it happened (model.faults.FaultRecord)."""
 
@@ -114,6 +125,7 @@ class Node(_Part):
     workload: NodeWorkload = Field(default_factory=NodeWorkload)
     data_path: str = ""
     nfs_server: NfsServer = Field(default_factory=NfsServer)
+    boot: Boot = Field(default_factory=Boot)
     faults: list[Fault] = []
     # The per-tick samples the reports plot (``t`` is the time axis); a null is a gap.
     series: dict[str, list[float | None]] = {}

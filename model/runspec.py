@@ -212,6 +212,21 @@ class WorkloadOutcome(BaseModel):
         return self.started_host_ns / 1e9, self.started_host_ns / 1e9 + self.elapsed_s
 
 
+class BootRecord(BaseModel):
+    """How a node swaplab booted got its kernel: QEMU's -kernel, or the network (PXE) from
+    the lab's boot server, with the MAC that asked, the served kernel's hash and what was
+    done through the machine's BMC."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(default="", max_length=20)
+    mac: str = Field(default="", max_length=17)
+    kernel_sha256: str = Field(default="", max_length=64)
+    served_from: str = Field(default="", max_length=200)
+    bmc: str = Field(default="", max_length=100)
+    bmc_actions: list[str] = Field(default_factory=list, max_length=20)
+
+
 class NfsServerInfo(BaseModel):
     """Which NFS server served a node: backend, address, the server's kernel, the export and
     its options (sync or async, who may mount it) as the server lists them."""
@@ -251,6 +266,7 @@ class NodeResult(BaseModel):
     # How the node's NFS traffic reached the server (relay, addresses): figures depend on it.
     data_path: str = Field(default="", max_length=500)
     nfs_server: NfsServerInfo = Field(default_factory=NfsServerInfo)
+    boot: BootRecord = Field(default_factory=BootRecord)
     # Where console.log came from: the serial port swaplab captured, a file or command the
     # lab gives, or `dmesg -w` over SSH (no output from before the session started).
     console_source: str = ""

@@ -30,6 +30,7 @@ def node_entry(result: NodeResult, verdict: NodeVerdict, figures: dict[str, dict
         "swap_file_nonzero_pages": result.swap_file_nonzero_pages,
         "data_path": result.data_path,
         "nfs_server": result.nfs_server.model_dump(mode="json"),
+        "boot": result.boot.model_dump(mode="json"),
         "phases_s": result.phases,
         "started_at": result.started_at,
         "finished_at": result.finished_at,

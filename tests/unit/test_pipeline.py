@@ -17,7 +17,7 @@ from model.campaign import NfsSpec
 from model.faults import FaultTimes
 from model.kernel import KernelSource
 from model.lab import Lab, NfsRoute, NodeConfig
-from model.runspec import NodeResult, NodeRunSpec, PreparedKernel, WorkloadRef
+from model.runspec import BootRecord, NodeResult, NodeRunSpec, PreparedKernel, WorkloadRef
 from workers import labs, node_session
 from workers.drivers import register_driver
 from workers.drivers.base import BootSpec, ConsoleSpec, MachineState
@@ -293,6 +293,9 @@ class FakeMachine:
 
     def kernel_console_args(self) -> str:
         return "console=ttyS0"
+
+    def boot_record(self) -> BootRecord:
+        return BootRecord(path="fake")
 
     def power_on(self, boot: BootSpec, console_log: Path) -> None:
         FakeMachine.calls.append("power on")

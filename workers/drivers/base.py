@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from model.lab import NodeConfig
+from model.runspec import BootRecord
 from workers.node_ssh import SshTarget
 
 __all__ = ["BootSpec", "ConsoleSpec", "DriverError", "MachineState", "NodeAccess", "NodeConfig", "PowerControl"]
@@ -91,6 +92,9 @@ class PowerControl(NodeAccess, Protocol):
 
     def ssh_address(self) -> tuple[str, int]:
         """Host and port where the booted node's sshd answers, from the orchestrator's side."""
+
+    def boot_record(self) -> BootRecord:
+        """How the node was booted, for its result (what was done so far)."""
 
 
 @runtime_checkable

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from model.lab import NodeConfig, PxeOptions
+from model.runspec import BootRecord
 from workers.bmc.base import Bmc, BmcCredentials, BmcError, BootDevice, PowerState
 from workers.bmc.credentials import CredentialsError, load_credentials
 from workers.bmc.ipmi import IpmiBmc
@@ -74,6 +75,17 @@ class PxeDriver:
         self.bmc_actions.append(what)
 
     # -- PowerControl ----------------------------------------------------------------------------
+    def boot_record(self) -> BootRecord:
+        pub = self._publication
+        return BootRecord(
+            path="pxe",
+            mac=self.options.mac,
+            kernel_sha256=pub.kernel_sha256 if pub else "",
+            served_from=f"{pub.url}/runs/{pub.token}" if pub else "",
+            bmc=f"{self.options.bmc} {self.options.bmc_address}:{self.options.bmc_port}",
+            bmc_actions=list(self.bmc_actions)[:20],
+        )
+
     def kernel_console_args(self) -> str:
         """The first serial port (what SOL carries), a panic that waits (no reboot loop), and
         the MAC of the NIC the node booted from, which its init brings up."""

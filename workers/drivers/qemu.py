@@ -31,6 +31,7 @@ from pathlib import Path
 
 from model.lab import NodeConfig
 from model.paths import private_dir
+from model.runspec import BootRecord
 from workers.console_log import SocketConsole
 from workers.drivers import register_driver
 from workers.drivers.base import BootSpec, DriverError, MachineState
@@ -153,6 +154,10 @@ class QemuDriver:
     def ssh_address(self) -> tuple[str, int]:
         """Where the guest's forwarded sshd answers."""
         return ("127.0.0.1", self.node.ssh_port)
+
+    def boot_record(self) -> BootRecord:
+        """Booted from the host's files with -kernel/-initrd."""
+        return BootRecord(path="qemu -kernel")
 
     def kernel_console_args(self) -> str:
         """Serial console on ttyS0; panic=-1 reboots at once, which -no-reboot turns into QEMU exiting."""

@@ -74,6 +74,8 @@ class BootStep(Step[NodeContext]):
             self.driver.power_on(self._boot_spec(ctx), ctx.console)
         except DriverError as err:
             raise LabFault(str(err)) from err
+        finally:
+            ctx.result.boot = self.driver.boot_record()
         target = self._ssh_target(ctx)
         try:
             ctx.shell = NodeShell.wait_ready(target, deadline, ctx.keep_waiting)

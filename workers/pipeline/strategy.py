@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from model.lab import DRIVER_KINDS
 from workers.drivers.base import AlreadyRunning, NodeAccess, PowerControl
 from workers.pipeline.attach_steps import ConnectStep, ConsoleStep, FitnessStep, IdentifyKernelStep, InstallToolStep
 from workers.pipeline.boot_steps import BootedKernelStep, BootStep, LabLinkStep, PreparedImageStep
@@ -60,7 +61,9 @@ class BootStrategy:
         route = driver.node.nfs_route
         # A pxe node has one NIC, given its lab address by DHCP at boot; a qemu node gets its
         # second NIC (the lab network's) configured over the first.
-        second_nic = route is not None and route.lab_network and not driver.node.kind.lab_network_only
+        kind = DRIVER_KINDS.get(driver.node.driver)
+        one_nic = kind is not None and kind.lab_network_only
+        second_nic = route is not None and route.lab_network and not one_nic
         link: list[Step[NodeContext]] = [LabLinkStep()] if second_nic else []
         return [PreparedImageStep(), SwapFileStep(), BootStep(driver), BootedKernelStep(), *link, *_test_steps()]
 
