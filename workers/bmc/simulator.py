@@ -122,14 +122,14 @@ class BmcSimulator:
     def _start_hub(self, env: dict[str, str]) -> int:
         """The serial hub, listening before ipmi_sim starts (which connects to it once)."""
         assert self.bmc.serial_port is not None
-        hub_port = _free_tcp_port()
+        hub_port = free_tcp_port()
         argv = [sys.executable, "-m", "workers.bmc.serial_hub", str(hub_port), str(self.bmc.serial_port)]
         with open(self.bmc.workdir / "serial_hub.log", "ab") as log:
             self.hub = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=self.detach
             )
         deadline = time.monotonic() + _START_TIMEOUT_S
-        while not (_tcp_listening(hub_port) and _tcp_listening(self.bmc.serial_port)):
+        while not (tcp_listening(hub_port) and tcp_listening(self.bmc.serial_port)):
             if self.hub.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise BmcError(
@@ -232,13 +232,13 @@ def _udp_bound(port: int) -> bool:
         return any(line.split()[1].endswith(suffix) for line in list(table)[1:])
 
 
-def _free_tcp_port() -> int:
+def free_tcp_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def _tcp_listening(port: int) -> bool:
+def tcp_listening(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(1.0)
         return sock.connect_ex(("127.0.0.1", port)) == 0

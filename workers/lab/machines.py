@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,7 +27,14 @@ from model.lab import LabMachine
 from model.paths import cache_dir, private_dir
 from workers.bmc.base import BmcCredentials, BmcError
 from workers.bmc.credentials import ensure_lab_credentials
-from workers.bmc.simulator import BmcSimulator, SimulatedBmc, recorded_alive, stop_recorded
+from workers.bmc.simulator import (
+    BmcSimulator,
+    SimulatedBmc,
+    free_tcp_port,
+    recorded_alive,
+    stop_recorded,
+    tcp_listening,
+)
 from workers.lab import network
 from workers.process import start_ticks
 
@@ -81,7 +87,7 @@ def down(lab: str) -> list[str]:
 
 
 def _start_bmc(lab: str, inventory: Path, machine: LabMachine, where: Path, credentials: BmcCredentials) -> None:
-    serial_port = _free_port()
+    serial_port = free_tcp_port()
     machine_json = where / "machine.json"
     machine_json.write_text(
         json.dumps({"inventory": str(inventory.resolve()), "node": machine.node, "serial_port": serial_port})
@@ -106,7 +112,7 @@ def _start_relay(lab: str, machine: LabMachine, where: Path) -> None:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True)
     (where / "relay.pid").write_text(f"{proc.pid} {start_ticks(proc.pid) or 0}\n")
     deadline = time.monotonic() + _RELAY_START_S
-    while not _listening(machine.ssh_port):
+    while not tcp_listening(machine.ssh_port):
         if proc.poll() is not None or time.monotonic() > deadline:
             raise MachinesError(f"lab {lab}: the SSH relay of {machine.node} did not listen on {machine.ssh_port}")
         time.sleep(0.05)
@@ -136,15 +142,3 @@ def _stop_relay(where: Path) -> bool:
             time.sleep(0.05)
     (where / "relay.pid").unlink(missing_ok=True)
     return pid is not None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(1.0)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
