@@ -126,8 +126,7 @@ def ensure_lab_credentials(lab: str) -> BmcCredentials:
     """The lab-in-a-box's BMC credentials, generated (random, in a 0600 file) the first time."""
     path = lab_credentials_file(lab)
     if not path.exists():
-        # ipmi_sim reads a password of at most 20 of [A-Za-z0-9._~-].
-        password = secrets.token_hex(10)
+        password = secrets.token_hex(8)  # 16: longer ones ipmi_sim's users do not log in with
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
             yaml.safe_dump({"default": {"user": LAB_USER, "password": password}}, out)

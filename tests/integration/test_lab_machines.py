@@ -1,0 +1,55 @@
+"""A lab-in-a-box's machines brought up and down without the server VM: the BMC answers
+with the lab's generated credentials (power off until someone powers it), the relay
+listens on its loopback port, a second ``up`` starts nothing, ``down`` leaves nothing."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from model.lab import LabMachine
+from tests.conftest import free_port, free_udp_port, require_tools
+from workers.bmc.base import PowerState
+from workers.bmc.credentials import lab_credentials_file, load_credentials
+from workers.bmc.ipmi import IpmiBmc
+from workers.bmc.simulator import recorded_alive, tcp_listening
+from workers.lab import machines, network
+
+pytestmark = pytest.mark.integration
+LAB = "machtest"
+
+
+@pytest.fixture
+def lab_network() -> Iterator[None]:
+    require_tools(("ipmi_sim", "ip", "nft"))
+    net = network.lab_network(LAB, ["node1"], "server", ipaddress.IPv4Network("10.79.0.0/24"))
+    network.up(net)
+    lab_credentials_file(LAB).unlink(missing_ok=True)
+    try:
+        yield
+    finally:
+        machines.down(LAB)
+        network.down(LAB)
+        lab_credentials_file(LAB).unlink(missing_ok=True)
+
+
+def test_machines_come_up_once_answer_and_go_away(lab_network: None, tmp_path: Path) -> None:
+    machine = LabMachine("node1", "52:54:00:79:00:11", "127.0.0.1", free_udp_port(), free_port(), "10.79.0.11", 256)
+    inventory = tmp_path / "inventory.yml"  # read by the machine's QEMU on power on only
+    inventory.write_text("")
+    started = machines.up(LAB, inventory, (machine,), progress=lambda line: None)
+    assert started == [
+        f"BMC of node1 on 127.0.0.1:{machine.bmc_port}",
+        f"SSH relay 127.0.0.1:{machine.ssh_port} -> 10.79.0.11:22",
+    ]
+    assert lab_credentials_file(LAB).stat().st_mode & 0o777 == 0o600
+    bmc = IpmiBmc("127.0.0.1", load_credentials("lab", "node1", lab=LAB), machine.bmc_port, timeout_s=10)
+    assert bmc.power_state() is PowerState.OFF
+    assert tcp_listening(machine.ssh_port)
+    assert machines.up(LAB, inventory, (machine,), progress=lambda line: None) == []  # already up
+    where = machines.machine_dir(LAB, "node1")
+    assert machines.down(LAB) == ["BMC and machine of node1", "SSH relay of node1"]
+    assert not recorded_alive(where / "bmc") and not tcp_listening(machine.ssh_port)
