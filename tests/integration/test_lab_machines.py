@@ -7,16 +7,17 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from model.lab import LabMachine
+from model.lab import LabMachine, NodeConfig
 from tests.conftest import free_port, free_udp_port, require_tools
 from workers.bmc.base import PowerState
 from workers.bmc.credentials import lab_credentials_file, load_credentials
 from workers.bmc.ipmi import IpmiBmc
 from workers.bmc.simulator import recorded_alive, tcp_listening
-from workers.lab import machines, network
+from workers.lab import check, machines, network
 
 pytestmark = pytest.mark.integration
 LAB = "machtest"
@@ -53,3 +54,18 @@ def test_machines_come_up_once_answer_and_go_away(lab_network: None, tmp_path: P
     where = machines.machine_dir(LAB, "node1")
     assert machines.down(LAB) == ["BMC and machine of node1", "SSH relay of node1"]
     assert not recorded_alive(where / "bmc") and not tcp_listening(machine.ssh_port)
+
+
+def test_lab_check_names_a_pxe_nodes_bmc_answering_and_not(lab_network: None, tmp_path: Path) -> None:
+    machine = LabMachine("node1", "52:54:00:79:00:11", "127.0.0.1", free_udp_port(), free_port(), "10.79.0.11", 256)
+    node = NodeConfig(
+        "node1", LAB, "pxe", 256, 1, "127.0.0.1", machine.ssh_port,
+        {"mac": machine.mac, "bmc_address": "127.0.0.1", "bmc_port": machine.bmc_port, "bmc_credentials": "lab",
+         "bmc_timeout_s": 3},
+    )  # fmt: skip
+    machines.up(LAB, tmp_path / "inventory.yml", (machine,), progress=lambda line: None)
+    probe = check._node_probe(SimpleNamespace(), node)  # type: ignore[arg-type]
+    assert probe.fit and probe.detail == f"BMC 127.0.0.1:{machine.bmc_port} answers; power off", probe
+    machines.down(LAB)
+    probe = check._node_probe(SimpleNamespace(), node)  # type: ignore[arg-type]
+    assert not probe.fit and probe.detail.startswith(f"BMC 127.0.0.1:{machine.bmc_port}: "), probe

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from model.lab import BootServer
+from model.lab import BootServer, Lab
 from workers.lab.boot_files import BootFilesError, Ran, Runner
 from workers.lab.provision import PlaybookRun, run_playbook
 
@@ -52,13 +52,14 @@ def provision(
     return done
 
 
-def access(lab_name: str) -> tuple[Runner, str, str]:
-    """How a worker reaches the boot server of the lab it serves: a command runner, the
-    served root and the URL nodes fetch from. A lab-in-a-box's is its server VM."""
+def access(lab_name: str, lab: Lab | None = None) -> tuple[Runner, str, str]:
+    """How a worker reaches the boot server of a lab (the one it serves by that name, or
+    ``lab``): a command runner, the served root and the URL nodes fetch from. A
+    lab-in-a-box's is its server VM."""
     from workers.lab import labbox  # the lab's VM machinery, only when a pxe node boots
     from workers.labs import served_lab
 
-    lab = served_lab(lab_name)
+    lab = lab if lab is not None else served_lab(lab_name)
     boot = lab.boot_server
     if boot is None:
         raise BootFilesError(f"lab {lab_name} has no boot server")

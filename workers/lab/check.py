@@ -6,8 +6,11 @@ Then each part is asked, read-only, with a bound on every probe:
 - the NFS server: ganesha installed and, when it runs, serving from a directory it can
   export (a run starts it when it does not); knfsd: the lab-in-a-box is up, knfsd has
   threads, and every node's export is listed for that node's address alone;
+- the boot server (labs of pxe nodes): dnsmasq and the HTTP service active, DHCP and TFTP
+  listening, boot.ipxe served — probed on the server;
 - each node: a QEMU node's emulator and accelerator exist and its RAM fits the host; an
-  SSH node answers over SSH with its own key and pinned host key.
+  SSH node answers over SSH with its own key and pinned host key; a pxe node's BMC
+  answers with its credentials and says the machine's power.
 
 A part that is not fit says what to do about it. Nothing here starts, stops or writes.
 """
@@ -20,11 +23,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from model.lab import Lab, NodeConfig
+from model.lab import Lab, NodeConfig, PxeOptions
+from workers.bmc.base import BmcError
+from workers.bmc.credentials import CredentialsError, load_credentials
+from workers.bmc.ipmi import IpmiBmc
 from workers.drivers import make_driver
 from workers.drivers.ssh import SshDriver
+from workers.lab import boot_server
+from workers.lab.boot_files import BootFilesError
 from workers.lab.nfs import NfsServerError, make_nfs_server
 from workers.lab.nfs.knfsd import KnfsdServer
+from workers.lab.server_vm import ServerVmError
 from workers.node_ssh import NodeShell, NodeUnreachable
 
 PROBE_TIMEOUT_S = 20.0
@@ -44,8 +53,31 @@ class Probe:
 
 
 def check_lab(lab: Lab, inventory: Path) -> list[Probe]:
-    """Every part of ``lab`` probed: its NFS server first, then its nodes in inventory order."""
-    return [_nfs_probe(lab, inventory), *(_node_probe(lab, node) for node in lab.nodes)]
+    """Every part of ``lab`` probed: its NFS server and boot server first, then its nodes in
+    inventory order (a pxe node: its BMC)."""
+    boot = [_boot_probe(lab, inventory)] if lab.boot_server is not None else []
+    return [_nfs_probe(lab, inventory), *boot, *(_node_probe(lab, node) for node in lab.nodes)]
+
+
+def _boot_probe(lab: Lab, inventory: Path) -> Probe:
+    """dnsmasq (DHCP 67, TFTP 69) and the boot files' HTTP service answering, probed on the server."""
+    assert lab.boot_server is not None
+    where = f"{lab.boot_server.host} {lab.boot_server.http_url}"
+    try:
+        run, _root, url = boot_server.access(lab.name, lab)
+        done = run(
+            "systemctl is-active dnsmasq swaplab-boot-http; ss -Hlnu | grep -Ec ':(67|69) '; "
+            f"python3 -c \"import urllib.request as u; u.urlopen('{url}/boot.ipxe', timeout=10)\" && echo http-ok",
+            None,
+            PROBE_TIMEOUT_S,
+        )
+    except (BootFilesError, NfsServerError, ServerVmError, NodeUnreachable) as err:
+        return Probe("boot server", where, False, f"{err} (swaplab lab up -i {inventory})")
+    lines = done.stdout.split()
+    listening = int(lines[2]) if len(lines) > 2 and lines[2].isdigit() else 0
+    if lines[:2] != ["active", "active"] or "http-ok" not in lines or listening < 2:
+        return Probe("boot server", where, False, f"not serving (dnsmasq, TFTP or HTTP): swaplab lab up -i {inventory}")
+    return Probe("boot server", where, True, "DHCP and TFTP listening, boot.ipxe served over HTTP")
 
 
 def _nfs_probe(lab: Lab, inventory: Path) -> Probe:
@@ -110,6 +142,8 @@ def _node_probe(lab: Lab, node: NodeConfig) -> Probe:
         )
     if node.driver == "ssh":
         return _ssh_probe(node, target)
+    if node.driver == "pxe":
+        return _bmc_probe(node, target)
     return Probe("node", target, False, f"no probe for driver {node.driver!r}")
 
 
@@ -150,3 +184,15 @@ def _ssh_probe(node: NodeConfig, target: str) -> Probe:
             "node", target, False, f"SSH at {ssh.where} answers, but `uname -r` failed: {done.stderr.strip()[-200:]}"
         )
     return Probe("node", target, True, f"answers over SSH at {ssh.where}; kernel {done.stdout.strip()}")
+
+
+def _bmc_probe(node: NodeConfig, target: str) -> Probe:
+    """The node's BMC answers with its credentials and says the machine's power."""
+    options = PxeOptions.model_validate(node.options)
+    where = f"BMC {options.bmc_address}:{options.bmc_port}"
+    try:
+        creds = load_credentials(options.bmc_credentials, node.name, lab=node.lab)
+        state = IpmiBmc(options.bmc_address, creds, options.bmc_port, min(options.bmc_timeout_s, 20)).power_state()
+    except (CredentialsError, BmcError) as err:
+        return Probe("node", target, False, f"{where}: {err}")
+    return Probe("node", target, True, f"{where} answers; power {state}")
