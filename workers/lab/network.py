@@ -84,6 +84,8 @@ class Port:
     kind: PortKind
     mac: str
     address: ipaddress.IPv4Address
+    # A machine that takes its address by DHCP (a pxe node's firmware and kernel do).
+    dhcp: bool = False
 
     def __post_init__(self) -> None:
         if not _PORT_NAME.fullmatch(self.name):
@@ -121,10 +123,20 @@ class LabNetwork:
         _check_unique(self.lab, "name", [port.name for port in self.ports])
         _check_unique(self.lab, "address", [str(port.address) for port in self.ports])
         _check_unique(self.lab, "MAC", [port.mac for port in self.ports])
+        if self.management is not None and self.management in {port.address for port in self.ports}:
+            raise ValueError(f"lab {self.lab}: {self.management}, the relay's address, is a port's")
 
     @property
     def namespace(self) -> str:
         return namespace(self.lab)
+
+    @property
+    def management(self) -> ipaddress.IPv4Address | None:
+        """The namespace's own address on the bridge, when it has machines to reach (their
+        sshd, through a relay on this host's loopback): the subnet's last host."""
+        if not any(port.dhcp for port in self.ports):
+            return None
+        return self.subnet.broadcast_address - 1
 
     @property
     def nodes(self) -> tuple[Port, ...]:
@@ -191,7 +203,8 @@ def lab_network(
     ]
     for i, node in enumerate(nodes):
         address = subnet.network_address + first + i
-        ports.append(Port(node, "node", (macs or {}).get(node) or port_mac(lab, address), address))
+        own = (macs or {}).get(node)
+        ports.append(Port(node, "node", own or port_mac(lab, address), address, dhcp=own is not None))
     return LabNetwork(lab, subnet, tuple(ports))
 
 
@@ -202,7 +215,7 @@ def node_port(lab: str, route: NfsRoute) -> tuple[Port, LabNetwork]:
         raise LabNetworkError(f"node {route.node} is not on a lab network")
     address = ipaddress.IPv4Address(route.client_address)
     net = LabNetwork(lab, ipaddress.IPv4Network(route.lab_subnet))
-    return Port(route.node, "node", route.mac or port_mac(lab, address), address), net
+    return Port(route.node, "node", route.mac or port_mac(lab, address), address, dhcp=route.mac is not None), net
 
 
 def port_mac(lab: str, address: ipaddress.IPv4Address) -> str:
@@ -252,6 +265,8 @@ def up(net: LabNetwork) -> None:
     _in_namespace(ns, _disable_ipv6)
     links = _links(ns)
     _ensure_bridge(ns, links.get(BRIDGE))
+    if net.management is not None:
+        _ip(ns, "addr", "replace", f"{net.management}/{net.subnet.prefixlen}", "dev", BRIDGE)
     for port in net.ports:
         _ensure_tap(ns, port, links.get(port.tap))
     _remove_strays(ns, net, links)
@@ -391,8 +406,16 @@ def ruleset(net: LabNetwork) -> str:
     for port in net.ports:
         lines += _port_chain(port)
     lines += _isolate_chain(net)
-    # The namespace's own stack (the bridge device's IGMP, say) has nothing to tell a guest.
-    lines += ["  chain quiet {", "    type filter hook output priority filter; policy drop;", "  }"]
+    # The namespace's own stack (the bridge device's IGMP, say) has nothing to tell a guest
+    # — except, on a lab with machines, the SSH relay's connections to their sshd.
+    lines += ["  chain quiet {", "    type filter hook output priority filter; policy drop;"]
+    if net.management is not None:
+        machines = "{ " + ", ".join(str(port.address) for port in net.ports if port.dhcp) + " }"
+        lines += [
+            f"    ether type arp arp saddr ip {net.management} accept",
+            f"    ether type ip ip saddr {net.management} ip daddr {machines} tcp dport 22 accept",
+        ]
+    lines.append("  }")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -409,10 +432,17 @@ def _admit_chain(net: LabNetwork) -> list[str]:
 
 def _port_chain(port: Port) -> list[str]:
     """Anti-spoofing: only the port's own MAC, IPv4 address and ARP sender; other ether
-    types (IPv6, a VLAN tag that would hide the IPv4 header) are dropped too."""
+    types (IPv6, a VLAN tag that would hide the IPv4 header) are dropped too. A machine
+    that asks DHCP for its address may also send that request (from 0.0.0.0)."""
+    dhcp = (
+        ["    ether type ip ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept"]
+        if port.dhcp
+        else []
+    )
     return [
         f"  chain {_chain(port)} {{",
         f"    ether saddr != {port.mac} drop",
+        *dhcp,
         f"    ether type ip ip saddr {port.address} accept",
         f"    ether type arp arp htype 1 arp ptype ip arp hlen 6 arp plen 4 arp saddr ether {port.mac} arp saddr ip {port.address} accept",
         "    drop",
