@@ -5,6 +5,7 @@ listens on its loopback port, a second ``up`` starts nothing, ``down`` leaves no
 from __future__ import annotations
 
 import ipaddress
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,8 +27,10 @@ LAB = "machtest"
 @pytest.fixture
 def lab_network() -> Iterator[None]:
     require_tools(("ipmi_sim", "ip", "nft"))
-    net = network.lab_network(LAB, ["node1"], "server", ipaddress.IPv4Network("10.79.0.0/24"))
-    network.up(net)
+    net = network.lab_network(
+        LAB, ["node1"], "server", ipaddress.IPv4Network("10.79.0.0/24"), {"node1": "52:54:00:79:00:11"}
+    )
+    network.up(net)  # nft takes the machine's DHCP rule and the relay's own
     lab_credentials_file(LAB).unlink(missing_ok=True)
     try:
         yield
@@ -69,3 +72,14 @@ def test_lab_check_names_a_pxe_nodes_bmc_answering_and_not(lab_network: None, tm
     machines.down(LAB)
     probe = check._node_probe(SimpleNamespace(), node)  # type: ignore[arg-type]
     assert not probe.fit and probe.detail.startswith(f"BMC 127.0.0.1:{machine.bmc_port}: "), probe
+
+
+def test_a_lab_with_a_machine_has_a_management_address_and_rules_for_dhcp_and_the_relay(lab_network: None) -> None:
+    ns = network.namespace(LAB)
+    addresses = subprocess.run(
+        ["ip", "-n", ns, "-4", "-o", "addr", "show", "dev", "br0"], capture_output=True, text=True
+    )
+    assert "10.79.0.254/24" in addresses.stdout, addresses.stdout
+    rules = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "ruleset"], capture_output=True, text=True).stdout
+    assert "ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept" in rules, rules
+    assert "ip saddr 10.79.0.254 ip daddr 10.79.0.11 tcp dport 22 accept" in rules, rules
