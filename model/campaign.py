@@ -446,6 +446,11 @@ def _check_faults(doc: LocatedYaml, spec: CampaignSpec, lab: Lab) -> list[SpecIs
                 "(its nodes reach the server through this host)"
             )
             issues.append(doc.issue(("faults", index, "kind"), message))
+        elif fault.kind in LINK_KINDS and any(node.kind.lab_network_only for node in lab.nodes):
+            # A machine has one NIC: its link carries SSH and samples too, so a link fault
+            # would have to select NFS by port, which swaplab does not do yet.
+            message = f"{fault.kind} on lab {lab.name!r}: its pxe nodes' one NIC carries SSH too (not supported yet)"
+            issues.append(doc.issue(("faults", index, "kind"), message))
         node = fault.node_index
         if node is not None and node >= spec.nodes:
             issues.append(doc.issue(("faults", index, "target"), f"the run has {spec.nodes} node(s)"))

@@ -146,3 +146,21 @@ def test_a_lab_of_qemu_nodes_has_no_boot_server(tmp_path: Path) -> None:
         "      hosts:\n        node1: {ansible_port: 47001}\n"
     )
     assert _problems(path) == ["3: all.children.boot_server: a boot server is for pxe nodes; this lab's are qemu nodes"]
+
+
+def test_a_link_fault_on_a_lab_of_machines_is_refused_until_it_can_spare_their_ssh(tmp_path: Path) -> None:
+    from model.campaign import load_campaign
+
+    inventory = _inventory(tmp_path)
+    campaign = tmp_path / "c.yaml"
+    campaign.write_text(
+        f"name: c\nlab: {inventory}\nkernels:\n  - package: linux-image-amd64\nnode: {{ram_mib: 128}}\n"
+        "swap: {size_mib: 256}\n"
+        "workloads:\n  - {name: w, mib: 192, passes: 1}\n"
+        "faults:\n  - {kind: loss, target: node-1, percent: 2, at_s: 5, for_s: 5}\n"
+    )
+    with pytest.raises(SpecError) as err:
+        load_campaign(campaign)
+    [issue] = err.value.issues
+    assert issue.field.startswith("faults") and issue.field.endswith("kind"), issue
+    assert "pxe nodes' one NIC carries SSH too" in issue.message
