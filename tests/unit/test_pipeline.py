@@ -544,6 +544,21 @@ def test_a_machine_that_runs_but_stops_answering_is_hung(tmp_path: Path) -> None
     assert isinstance(failure, KernelFault) and "hang" in failure.reason and not failure.takes_node_out
 
 
+def test_a_running_machine_whose_link_is_silent_is_hung_only_with_console_evidence(tmp_path: Path) -> None:
+    # Bare metal: a switch or cable can fail where QEMU's tap cannot. Power on and a server
+    # that serves are not enough; the link must answer, or the console must blame the kernel.
+    machine = FakeMachine(_node("fake-machine"), tmp_path)
+    machine.on = True
+    machine.link_alive = lambda: False  # type: ignore[attr-defined]
+    silent = evidence.stopped_answering(_context(tmp_path, machine, "quiet\n"))
+    assert isinstance(silent, LabFault) and "nothing on its console blames the kernel" in silent.reason
+    hung = evidence.stopped_answering(_context(tmp_path, machine, HUNG))
+    assert isinstance(hung, KernelFault) and "blocked for more than" in hung.reason
+    machine.link_alive = lambda: True  # type: ignore[attr-defined]
+    answered = evidence.stopped_answering(_context(tmp_path, machine, "quiet\n"))
+    assert isinstance(answered, KernelFault) and "hang" in answered.reason
+
+
 def test_a_machine_that_exited_is_the_labs_unless_the_console_shows_a_crash(tmp_path: Path) -> None:
     machine = FakeMachine(_node("fake-machine"), tmp_path)
     assert isinstance(evidence.stopped_answering(_context(tmp_path, machine, "quiet\n")), LabFault)

@@ -118,6 +118,20 @@ class PxeDriver:
                 self._console = None
             self._withdraw()
 
+    def link_alive(self) -> bool:
+        """The node's kernel answers a TCP connection to its sshd port from the boot server,
+        over the lab network (even a hung userspace leaves the kernel answering a SYN); False
+        when nothing answers — a dead link or switch, or a kernel gone entirely."""
+        route = self.node.nfs_route
+        if route is None:
+            return False
+        probe = f"import socket; socket.create_connection(('{route.client_address}', 22), 5).close()"
+        try:
+            runner, _root, _url = boot_server.access(self.node.lab)
+            return runner(f'python3 -c "{probe}"', None, 20.0).ok
+        except Exception:  # a probe that cannot even run shows nothing alive
+            return False
+
     def machine_state(self) -> MachineState:
         try:
             state = self.bmc().power_state()

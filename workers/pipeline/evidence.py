@@ -80,12 +80,14 @@ def stopped_answering(ctx: NodeContext) -> StepFailure:
         return gone
     text = ctx.console_text()
     when = _last_sample_time(ctx)
-    if ctx.driver.machine_state() is MachineState.RUNNING:
+    link = _link_probe(ctx)
+    if ctx.driver.machine_state() is MachineState.RUNNING and link is not False:
         return KernelFault(
             "node stopped answering while its machine and the NFS server were up (hang); "
             f"last sample at {when}; last console line: {last_line(text)!r}"
         )
-    # No power control: nothing but the console can say what happened to the machine.
+    # No power control, or a machine whose link did not answer either (a switch or cable
+    # can fail where QEMU's cannot): nothing but the console can say it was the kernel.
     evidence = first_event(text, HANG_KINDS)
     if evidence is not None:
         return KernelFault(
@@ -96,6 +98,13 @@ def stopped_answering(ctx: NodeContext) -> StepFailure:
         f"[console: {ctx.result.console_source or 'none'}]; it is out of the pool until `swaplab lab back {ctx.name}`",
         takes_node_out=True,
     )
+
+
+def _link_probe(ctx: NodeContext) -> bool | None:
+    """Whether the node's link answered a probe from the lab's side (a machine's driver
+    probes it); None when the driver has no such probe (a QEMU guest's link cannot fail)."""
+    probe = getattr(ctx.driver, "link_alive", None)
+    return None if probe is None else bool(probe())
 
 
 def _last_sample_time(ctx: NodeContext) -> str:
