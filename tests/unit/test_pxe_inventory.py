@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from model.campaign import load_campaign
 from model.lab import DEFAULT_NIC_DRIVERS, load_lab
 from model.yamlpos import SpecError
 
@@ -149,8 +150,6 @@ def test_a_lab_of_qemu_nodes_has_no_boot_server(tmp_path: Path) -> None:
 
 
 def test_a_link_fault_on_a_lab_of_machines_is_refused_until_it_can_spare_their_ssh(tmp_path: Path) -> None:
-    from model.campaign import load_campaign
-
     inventory = _inventory(tmp_path)
     campaign = tmp_path / "c.yaml"
     campaign.write_text(
