@@ -51,6 +51,7 @@ from workers.faults.actions import undo_leftovers
 from workers.kbuild.build import BuildError, inputs_digest
 from workers.kbuild.build import build_kernel as build_artifact
 from workers.kernel import KernelError
+from workers.lab import boot_files, boot_server
 from workers.labs import LabNotServed, served_labs, served_node
 from workers.node_session import run_node_session
 from workers.pipeline.run_setup import prepare_run as run_setup
@@ -421,6 +422,10 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
             _clean_orphans_of(client, lab)
     for undone in undo_leftovers():
         log.warning("undid a fault a dead worker left: %s", undone)
+    # A dead worker's machine may still find its boot files: withdraw them before any
+    # machine powers on again, or it could boot a run that no longer exists.
+    for withdrawn in boot_files.withdraw_leftovers(boot_server.leftover_runner):
+        log.warning("withdrew the boot files a dead worker left: %s", withdrawn)
 
 
 def _announce_labs(queues: list[str]) -> None:

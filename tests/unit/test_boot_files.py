@@ -85,6 +85,29 @@ def test_a_dead_workers_publication_is_withdrawn_at_the_next_start(server: Path,
     assert not (server / "www" / "mac" / "52-54-00-aa-00-01.ipxe").exists() and not pub.journal.exists()
 
 
+def _dead_owner(pub: boot_files.Publication) -> None:
+    entry = json.loads(pub.journal.read_text())
+    pub.journal.write_text(json.dumps({**entry, "owner_start": entry["owner_start"] + 1}))
+
+
+def test_a_leftover_of_a_lab_that_is_down_is_only_forgotten(server: Path, tmp_path: Path) -> None:
+    pub = _publish(server, tmp_path)
+    _dead_owner(pub)
+    assert boot_files.withdraw_leftovers(lambda lab: None) == [f"node1 of lab hw (run {pub.token})"]
+    assert not pub.journal.exists()
+
+
+def test_a_leftover_this_worker_cannot_reach_stays_for_one_that_can(server: Path, tmp_path: Path) -> None:
+    pub = _publish(server, tmp_path)
+    _dead_owner(pub)
+
+    def unreachable(lab: str) -> boot_files.Runner | None:
+        raise BootFilesError(f"this worker does not serve lab {lab!r}")
+
+    assert boot_files.withdraw_leftovers(unreachable) == []
+    assert pub.journal.exists() and (server / "www" / "mac" / "52-54-00-aa-00-01.ipxe").exists()
+
+
 def test_a_command_line_cannot_smuggle_ipxe_syntax(server: Path, tmp_path: Path) -> None:
     pub = _publish(server, tmp_path)
     for cmdline in ("a\nshell", "x=${net0/ip}"):

@@ -167,8 +167,8 @@ def withdraw_leftovers(runner_for: Callable[[str], Runner | None]) -> list[str]:
             continue
         if start_ticks(pub.owner_pid) == pub.owner_start:
             continue  # its worker lives and withdraws its own
-        run = runner_for(pub.lab)
         try:
+            run = runner_for(pub.lab)
             if run is not None:
                 withdraw(run, pub)
         except BootFilesError as err:

@@ -76,3 +76,19 @@ def access(lab_name: str, lab: Lab | None = None) -> tuple[Runner, str, str]:
         return Ran(done.ok, done.stdout, done.stderr)
 
     return run, boot.settings.root, boot.http_url
+
+
+def leftover_runner(lab_name: str) -> Runner | None:
+    """The boot server of a lab whose publication a dead worker left: None when the lab is
+    down (the server VM, and what it served, went with it). Raises BootFilesError when this
+    worker cannot tell (a lab it does not serve): the journal entry stays for one that can."""
+    from workers.lab import labbox
+    from workers.labs import LabNotServed, served_lab
+
+    try:
+        lab = served_lab(lab_name)
+    except LabNotServed as err:
+        raise BootFilesError(str(err)) from None
+    if lab.boot_server is not None and labbox.server_vm(labbox.Box.of_lab(lab)) is None:
+        return None
+    return access(lab_name, lab)[0]
