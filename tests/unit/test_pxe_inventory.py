@@ -163,3 +163,12 @@ def test_a_link_fault_on_a_lab_of_machines_is_refused_until_it_can_spare_their_s
     [issue] = err.value.issues
     assert issue.field.startswith("faults") and issue.field.endswith("kind"), issue
     assert "pxe nodes' one NIC carries SSH too" in issue.message
+
+
+def test_the_example_lab_of_real_machines_validates() -> None:
+    lab = load_lab(Path(__file__).resolve().parents[2] / "inventory" / "example-lab.yml")
+    assert [node.driver for node in lab.nodes] == ["pxe", "pxe", "pxe"]
+    assert lab.boot_server is not None and not lab.boot_server.shared_with_nfs
+    assert lab.boot_server.address == "10.20.0.2" and lab.nfs_backend == "knfsd"
+    macs = [node.options["mac"] for node in lab.nodes]
+    assert len(set(macs)) == 3 and all(node.ram_mib for node in lab.nodes)
