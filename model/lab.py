@@ -738,7 +738,9 @@ def _boot_server(doc: LocatedYaml, nodes: tuple[NodeConfig, ...], nfs: _Strict) 
             _refuse(doc, _BOOT_GROUP, f"a boot server is for pxe nodes; this lab's are {nodes[0].driver} nodes")
         return None
     if len(hosts) != 1:
-        why = f"{booted[0].driver} nodes boot from the lab's boot server: the inventory needs one host under boot_server"
+        why = (
+            f"{booted[0].driver} nodes boot from the lab's boot server: the inventory needs one host under boot_server"
+        )
         _refuse(doc, _BOOT_GROUP if hosts else _NODE_GROUP, why)
     name, loc, host_vars = hosts[0]
     merged, origin = _merge([((*_BOOT_GROUP, "vars"), _mapping(doc, (*_BOOT_GROUP, "vars"))), (loc, host_vars)])

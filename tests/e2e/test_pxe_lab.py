@@ -173,7 +173,9 @@ def test_a_machine_that_never_asks_for_its_boot_files_is_an_infra_error(
     assert _bmc_power() is PowerState.OFF
 
 
-def test_a_bmc_that_does_not_answer_is_an_infra_error(stack: Stack, campaign_result: dict[str, Any], tmp_path: Path) -> None:
+def test_a_bmc_that_does_not_answer_is_an_infra_error(
+    stack: Stack, campaign_result: dict[str, Any], tmp_path: Path
+) -> None:
     # A hung BMC: its process lives (so the run's setup, which restarts a BMC that is gone,
     # leaves it) but answers nothing.
     bmc_dir = Path.home() / ".cache" / "swaplab" / "labs" / "e2epxe" / "machines" / "node1" / "bmc"
