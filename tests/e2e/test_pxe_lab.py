@@ -35,6 +35,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 REPO = Path(__file__).resolve().parents[2]
 INVENTORY = REPO / "tests" / "fixtures" / "labs" / "e2e-pxe.yml"
 SWAPLAB = REPO / ".venv" / "bin" / "swaplab"
+BMC_DIR = Path.home() / ".cache" / "swaplab" / "labs" / "e2epxe" / "machines" / "node1" / "bmc"
 measured: dict[str, Any] = {}
 
 CAMPAIGN = f"""\
@@ -173,13 +174,32 @@ def test_a_machine_that_never_asks_for_its_boot_files_is_an_infra_error(
     assert _bmc_power() is PowerState.OFF
 
 
+def test_lab_check_finds_the_lab_fit_and_names_a_bmc_that_does_not_answer(stack: Stack) -> None:
+    proc = stack.cli("lab", "check", str(INVENTORY), timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("  ")]
+    assert len(rows) == 3 and all(" fit " in row for row in rows), rows
+    [boot] = [row for row in rows if row.startswith("  boot server")]
+    assert "DHCP and TFTP listening, boot.ipxe served over HTTP" in boot, boot
+    pids = recorded_alive(BMC_DIR)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        stopped = stack.cli("lab", "check", str(INVENTORY), timeout=180)
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    assert stopped.returncode == 2, stopped.stdout + stopped.stderr
+    [node] = [line for line in stopped.stdout.splitlines() if line.startswith("  node")]
+    assert "NOT FIT" in node and "BMC 127.0.0.1:17261" in node, node
+
+
 def test_a_bmc_that_does_not_answer_is_an_infra_error(
     stack: Stack, campaign_result: dict[str, Any], tmp_path: Path
 ) -> None:
     # A hung BMC: its process lives (so the run's setup, which restarts a BMC that is gone,
     # leaves it) but answers nothing.
-    bmc_dir = Path.home() / ".cache" / "swaplab" / "labs" / "e2epxe" / "machines" / "node1" / "bmc"
-    pids = recorded_alive(bmc_dir)
+    pids = recorded_alive(BMC_DIR)
     assert pids
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
