@@ -3,7 +3,9 @@ again from pid files, and a pid is only trusted when its command line says it is
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -44,12 +46,55 @@ def cmdline(pid: int) -> list[str]:
 
 def start_ticks(pid: int) -> int | None:
     """When ``pid`` started (clock ticks after boot): with the pid, it names one process
-    for good, where a pid alone may be recycled. None when it is gone."""
+    for good, where a pid alone may be recycled. None when it is gone: a zombie whose
+    threads have all exited (the leader of a multi-threaded process is a zombie before its
+    other threads have closed the files they share, its listening sockets among them)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z" and len(_tasks(pid)) <= 1:
+        return None
+    return int(fields[19])  # state, ..., starttime (field 22)
+
+
+def _tasks(pid: int) -> list[str]:
+    try:
+        return os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+
+
+def record_pid(path: Path, pid: int) -> None:
+    """Record ``pid`` with its start time in ``path``, for ``recorded_pid``."""
+    path.write_text(f"{pid} {start_ticks(pid) or 0}\n")
+
+
+def recorded_pid(path: Path) -> int | None:
+    """The process ``path`` records while it runs (None: no record, gone, or its pid recycled)."""
+    try:
+        pid_text, started = path.read_text().split()
+        pid, start = int(pid_text), int(started)
+    except (OSError, ValueError):
+        return None
+    return pid if start_ticks(pid) == start else None
+
+
+def stop_recorded_pid(path: Path, sig: signal.Signals, wait_s: float) -> bool:
+    """Signal the process ``path`` records, wait (at most ``wait_s``) until it is gone, and
+    drop the record; whether it ran."""
+    pid = recorded_pid(path)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + wait_s
+        while start_ticks(pid) is not None and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):  # reap it if this process started it
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.05)
+    path.unlink(missing_ok=True)
+    return pid is not None
 
 
 def owner_uid(pid: int) -> int | None:

@@ -20,10 +20,10 @@ import pytest
 from tests.conftest import free_port, free_udp_port, require_tools
 from workers.bmc import chassis
 from workers.bmc.base import BmcCredentials, BmcError, BmcUnreachable, BootDevice, PowerState
-from workers.bmc.chassis import start_time
 from workers.bmc.ipmi import IpmiBmc
 from workers.bmc.simulator import BmcSimulator, SimulatedBmc
 from workers.bmc.sol import SolConsole
+from workers.process import start_ticks
 
 MACHINE = ["sleep", "1000"]
 
@@ -51,7 +51,7 @@ def test_power_on_starts_the_machine_and_power_off_kills_it(simulator: BmcSimula
     pid = simulator.machine_pid()
     assert pid is not None and bmc.power_state() is PowerState.ON
     bmc.power_off()
-    assert bmc.power_state() is PowerState.OFF and start_time(pid) is None
+    assert bmc.power_state() is PowerState.OFF and start_ticks(pid) is None
     assert simulator.actions() == ["boot pxe", "power 1", "power 0"]
 
 
@@ -61,7 +61,7 @@ def test_a_power_cycle_is_a_new_machine(simulator: BmcSimulator) -> None:
     first = simulator.machine_pid()
     bmc.power_cycle()
     second = simulator.machine_pid()
-    assert first is not None and second is not None and second != first and start_time(first) is None
+    assert first is not None and second is not None and second != first and start_ticks(first) is None
 
 
 def test_stopping_the_bmc_pulls_its_machines_plug(simulator: BmcSimulator) -> None:
@@ -69,7 +69,7 @@ def test_stopping_the_bmc_pulls_its_machines_plug(simulator: BmcSimulator) -> No
     pid = simulator.machine_pid()
     assert pid is not None
     simulator.stop()
-    assert start_time(pid) is None
+    assert start_ticks(pid) is None
 
 
 def test_a_bmc_that_forgot_its_sessions_still_answers_the_next_command(simulator: BmcSimulator) -> None:
@@ -183,4 +183,4 @@ def test_a_recycled_pid_is_not_the_machine(tmp_path: Path) -> None:
     assert chassis.running_pid(machine) is None and chassis.get(machine, ["power"]) == "power:0\n"
     (machine / "pid").write_text(f"{pid} {started}\n")
     chassis.apply(machine, ["boot", "pxe", "boot", "floppy", "power", "0"])  # an unknown device is ignored
-    assert chassis.get(machine, ["boot", "power"]) == "boot:pxe\npower:0\n" and start_time(pid) is None
+    assert chassis.get(machine, ["boot", "power"]) == "boot:pxe\npower:0\n" and start_ticks(pid) is None

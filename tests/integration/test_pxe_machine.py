@@ -23,11 +23,11 @@ import pytest
 from model.lab import Lab, load_lab
 from tests.conftest import free_port, free_udp_port, require_tools, unavailable
 from workers.bmc.base import BmcCredentials, BootDevice, PowerState
-from workers.bmc.chassis import start_time
 from workers.bmc.ipmi import IpmiBmc
 from workers.bmc.simulator import BmcSimulator, SimulatedBmc
 from workers.bmc.sol import SolConsole
 from workers.lab import labbox, network
+from workers.process import start_ticks
 
 LAB = f"pxe{os.getpid() % 100000}"
 
@@ -89,14 +89,14 @@ def test_power_on_boots_the_nics_firmware_seen_over_sol_and_power_off_leaves_not
         assert b"e1000e" in _read(Path(f"/proc/{pid}/cmdline")), (bmc_dir / "machine" / "machine.log").read_text()
         deadline = time.monotonic() + 90
         while b"Configuring (net0" not in b"".join(received) and time.monotonic() < deadline:
-            assert start_time(pid) is not None, (bmc_dir / "machine" / "machine.log").read_text()[-2000:]
+            assert start_ticks(pid) is not None, (bmc_dir / "machine" / "machine.log").read_text()[-2000:]
             time.sleep(0.5)
         console = b"".join(received).decode(errors="replace")
         # The NIC's own firmware, on the lab's bridge with the lab's MAC for the node, asking DHCP.
         assert "iPXE" in console and f"Configuring (net0 {mac})" in console, console[-2000:] or sol.state
         assert bmc.power_state() is PowerState.ON
         bmc.power_off()
-        assert bmc.power_state() is PowerState.OFF and start_time(pid) is None
+        assert bmc.power_state() is PowerState.OFF and start_ticks(pid) is None
         assert sim.actions() == ["boot pxe", "power 1", "power 0"]
     finally:
         sol.stop()

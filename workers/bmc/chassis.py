@@ -20,35 +20,21 @@ Power off is a machine pulled from the wall: SIGKILL, and the pid file gone once
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from workers.process import record_pid, recorded_pid, stop_recorded_pid
+
 BOOT_DEVICES = ("none", "pxe", "default", "cdrom", "bios")
 KILL_WAIT_S = 10.0
 
 
-def start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (/proc), None when it is gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return None if fields[0] == "Z" else fields[19]  # state, ..., starttime (field 22)
-
-
 def running_pid(machine: Path) -> int | None:
     """The machine's pid while it runs (the recorded process, not a recycled pid)."""
-    try:
-        pid_text, started = (machine / "pid").read_text().split()
-    except (OSError, ValueError):
-        return None
-    pid = int(pid_text)
-    return pid if start_time(pid) == started else None
+    return recorded_pid(machine / "pid")
 
 
 def power_on(machine: Path) -> None:
@@ -60,19 +46,12 @@ def power_on(machine: Path) -> None:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=machine
         )
-    started = start_time(proc.pid)
-    (machine / "pid").write_text(f"{proc.pid} {started}\n")
+    record_pid(machine / "pid", proc.pid)
 
 
 def power_off(machine: Path) -> None:
     """Kill the machine (no orderly shutdown) and wait until it is gone."""
-    pid = running_pid(machine)
-    if pid is not None:
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + KILL_WAIT_S
-        while start_time(pid) is not None and time.monotonic() < deadline:
-            time.sleep(0.05)
-    (machine / "pid").unlink(missing_ok=True)
+    stop_recorded_pid(machine / "pid", signal.SIGKILL, KILL_WAIT_S)
 
 
 def next_boot(machine: Path) -> str:

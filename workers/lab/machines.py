@@ -11,7 +11,6 @@ credentials are the lab's own, generated once (``workers.bmc.credentials``, sour
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
 import os
@@ -36,7 +35,7 @@ from workers.bmc.simulator import (
     tcp_listening,
 )
 from workers.lab import network
-from workers.process import start_ticks
+from workers.process import record_pid, recorded_pid, stop_recorded_pid
 
 Progress = Callable[[str], None]
 REPO = Path(__file__).resolve().parents[2]
@@ -110,7 +109,7 @@ def _start_relay(lab: str, machine: LabMachine, where: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with open(where / "relay.log", "ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True)
-    (where / "relay.pid").write_text(f"{proc.pid} {start_ticks(proc.pid) or 0}\n")
+    record_pid(where / "relay.pid", proc.pid)
     deadline = time.monotonic() + _RELAY_START_S
     while not tcp_listening(machine.ssh_port):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -118,27 +117,9 @@ def _start_relay(lab: str, machine: LabMachine, where: Path) -> None:
         time.sleep(0.05)
 
 
-def _relay_pid(where: Path) -> int | None:
-    try:
-        pid_text, started = (where / "relay.pid").read_text().split()
-    except (OSError, ValueError):
-        return None
-    pid = int(pid_text)
-    return pid if start_ticks(pid) == int(started) else None
-
-
 def _relay_alive(where: Path) -> bool:
-    return _relay_pid(where) is not None
+    return recorded_pid(where / "relay.pid") is not None
 
 
 def _stop_relay(where: Path) -> bool:
-    pid = _relay_pid(where)
-    if pid is not None:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        while start_ticks(pid) is not None and time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):  # reap it if this process started it
-                os.waitpid(pid, os.WNOHANG)
-            time.sleep(0.05)
-    (where / "relay.pid").unlink(missing_ok=True)
-    return pid is not None
+    return stop_recorded_pid(where / "relay.pid", signal.SIGTERM, 5.0)
