@@ -28,7 +28,16 @@ from model.yamlpos import SpecError
 from workers.lab import network
 
 DEFAULT_RAM_MIB = 512
-NIC_MODEL = "e1000e"  # a NIC real diskless nodes have; its ROM is iPXE (ipxe-qemu)
+# The NICs a lab-in-a-box machine can have, by the kernel module that drives them: QEMU's
+# model, whose option ROM is iPXE (ipxe-qemu). A machine gets the first its inventory's
+# swaplab_nic_drivers names, else e1000e (a NIC real diskless nodes have).
+NIC_MODELS = {"e1000e": "e1000e", "e1000": "e1000", "virtio_net": "virtio-net-pci"}
+DEFAULT_NIC_MODEL = "e1000e"
+
+
+def nic_model(nic_drivers: list[str]) -> str:
+    """QEMU's NIC for a machine whose inventory names ``nic_drivers``."""
+    return next((NIC_MODELS[name] for name in nic_drivers if name in NIC_MODELS), DEFAULT_NIC_MODEL)
 
 
 class MachineFile(BaseModel):
@@ -40,7 +49,9 @@ class MachineFile(BaseModel):
     serial_port: int = Field(ge=1024, le=65535)
 
 
-def machine_argv(name: str, mac: str, ram_mib: int, cpus: int, serial_port: int, tap_fd: int) -> list[str]:
+def machine_argv(
+    name: str, mac: str, ram_mib: int, cpus: int, serial_port: int, tap_fd: int, nic: str = DEFAULT_NIC_MODEL
+) -> list[str]:
     """QEMU for one machine: network boot first, its serial console a local telnet listener."""
     return [
         "qemu-system-x86_64",
@@ -55,7 +66,7 @@ def machine_argv(name: str, mac: str, ram_mib: int, cpus: int, serial_port: int,
         "-monitor", "none",
         "-boot", "n",
         "-netdev", f"tap,id=lab,fd={tap_fd}",
-        "-device", f"{NIC_MODEL},netdev=lab,mac={mac}",
+        "-device", f"{nic},netdev=lab,mac={mac}",
         # The serial port connects to the BMC's serial hub, and again if the hub restarts.
         "-chardev", f"socket,id=serial0,host=127.0.0.1,port={serial_port},reconnect=1",
         "-serial", "chardev:serial0",
@@ -80,6 +91,7 @@ def main(argv: list[str]) -> int:
         return 2
     port, net = network.node_port(lab.name, route)
     fd = network.open_tap(net, port, inheritable=True)
+    named = node.options.get("nic_drivers")
     args = machine_argv(
         f"swaplab-pxe-{lab.name}-{node.name}",
         port.mac,
@@ -87,6 +99,7 @@ def main(argv: list[str]) -> int:
         node.cpus or 1,
         machine.serial_port,
         fd,
+        nic_model([str(name) for name in named] if isinstance(named, list) else []),
     )
     os.execvp(args[0], args)  # the machine is this process from here on
 
