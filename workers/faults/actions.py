@@ -44,9 +44,10 @@ from pathlib import Path
 from typing import Literal
 
 import paramiko
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from model.paths import private_dir
+from workers.journal import JournalEntry, orphaned_entries, owner
 from workers.lab import network
 from workers.lab.nfs.base import NfsServer, NfsServerError
 from workers.node_ssh import NodeShell, NodeUnreachable
@@ -62,14 +63,10 @@ class FaultActionError(RuntimeError):
     """A fault could not be applied or undone: the lab's fault, an infra-error."""
 
 
-class _Entry(BaseModel):
+class _Entry(JournalEntry):
     """One journal entry: what to undo, and which worker process applied it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
     action: Literal["stall", "drop", "restart", "shape", "squeeze", "delay"]
-    owner_pid: int = Field(gt=0)
-    owner_start: int = Field(ge=0)
     pid: int | None = Field(default=None, gt=1)
     pid_start: int | None = Field(default=None, ge=0)
     namespace: str | None = Field(default=None, pattern=r"^swaplab-[a-z0-9][a-z0-9-]{0,31}$")
@@ -136,7 +133,7 @@ class _ServerCall(Action):
 def delay(name: str, server: NfsServer, address: str, ms: float) -> Action:
     """Delay what ``server`` sends the node at ``address`` by ``ms`` while the fault lasts
     (netem in the server's own kernel)."""
-    owner_pid, owner_start = _owner()
+    owner_pid, owner_start = owner()
     entry = _Entry(action="delay", address=address, owner_pid=owner_pid, owner_start=owner_start)
     return _ServerCall(
         name, entry, lambda: server.delay_to(address, ms), lambda: server.undelay_to(address), "the delay on the server"
@@ -169,7 +166,7 @@ def _stall_entry(pid: int | None) -> _Entry:
     started = start_ticks(pid)
     if started is None:
         raise FaultActionError(f"the NFS server's process {pid} is gone: nothing to stall")
-    owner_pid, owner_start = _owner()
+    owner_pid, owner_start = owner()
     return _Entry(action="stall", pid=pid, pid_start=started, owner_pid=owner_pid, owner_start=owner_start)
 
 
@@ -278,14 +275,14 @@ SQUEEZE_OUTPUT_MAX = 1 << 20
 
 def squeeze(name: str, shell: NodeShell, command: str) -> Squeeze:
     """Run ``command`` (a ``swaplab-node hog``) on the node behind ``shell`` while the fault lasts."""
-    owner_pid, owner_start = _owner()
+    owner_pid, owner_start = owner()
     entry = _Entry(action="squeeze", owner_pid=owner_pid, owner_start=owner_start)
     return Squeeze(name, entry, shell, command)
 
 
 def restart(name: str, server: NfsServer) -> Action:
     """Stop ``server`` while the fault lasts, then start it again with a grace period."""
-    owner_pid, owner_start = _owner()
+    owner_pid, owner_start = owner()
     entry = _Entry(action="restart", owner_pid=owner_pid, owner_start=owner_start)
     return _ServerCall(
         name, entry, server.stop_for_restart, server.start_after_restart, "the restart of the NFS server"
@@ -307,7 +304,7 @@ def shape(name: str, lab: str, tap: str, server_tap: str, address: str, directio
 
 def _link_entry(action: str, lab: str, tap: str, direction: str, **fields: object) -> _Entry:
     """The journal entry of a fault on a node's link in ``lab``'s namespace, owned by this worker."""
-    owner_pid, owner_start = _owner()
+    owner_pid, owner_start = owner()
     return _Entry.model_validate(
         {
             "action": action,
@@ -455,11 +452,6 @@ def _delete_table(namespace: str, table: str) -> None:
 # -- the journal ------------------------------------------------------------------------------
 
 
-def _owner() -> tuple[int, int]:
-    """This worker process, by pid and start time: whose faults an entry's are."""
-    return os.getpid(), start_ticks(os.getpid()) or 0
-
-
 def _journal(name: str, entry: _Entry) -> None:
     directory = private_dir(JOURNAL_DIR)
     payload = entry.model_dump(mode="json")
@@ -475,20 +467,8 @@ def _forget(name: str) -> None:
 def undo_leftovers() -> list[str]:
     """Undo what workers that died mid-fault left (their entries; a live worker's stay):
     what was undone, for the worker's log."""
-    if not JOURNAL_DIR.is_dir():
-        return []
     undone = []
-    for path in sorted(JOURNAL_DIR.glob("*.json")):
-        if not _ENTRY_NAME.fullmatch(path.name):
-            continue
-        try:
-            entry = _Entry.model_validate(json.loads(path.read_text()))
-        except (OSError, ValueError, ValidationError) as err:
-            log.error("fault journal entry %s is unusable (%s); removed", path, err)
-            path.unlink(missing_ok=True)
-            continue
-        if start_ticks(entry.owner_pid) == entry.owner_start:
-            continue  # its worker lives: it undoes its own faults
+    for path, entry in orphaned_entries(JOURNAL_DIR, _Entry, "fault journal entry", _ENTRY_NAME):
         try:
             _do(entry, undo=True)
         except FaultActionError as err:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import secrets
 import shlex
@@ -26,10 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from model.paths import private_dir
-from workers.process import start_ticks
+from workers.journal import JournalEntry, orphaned_entries, owner
 
 log = logging.getLogger(__name__)
 JOURNAL_DIR = Path("/run/swaplab/boot")
@@ -55,10 +54,8 @@ class Ran:
 Runner = Callable[[str, bytes | None, float], Ran]
 
 
-class Publication(BaseModel):
+class Publication(JournalEntry):
     """One node's boot files of one run, as journalled (nothing secret in it)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     lab: str = Field(pattern=r"^[a-z][a-z0-9-]{0,30}$")
     node: str = Field(pattern=r"^[a-z][a-z0-9-]{0,30}$")
@@ -67,8 +64,6 @@ class Publication(BaseModel):
     root: str = Field(pattern=r"^/[A-Za-z0-9._/-]{1,100}$")
     url: str = Field(pattern=r"^http://[0-9.]+:[0-9]{1,5}$")
     kernel_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    owner_pid: int = Field(gt=0)
-    owner_start: int = Field(ge=0)
 
     @property
     def script(self) -> str:
@@ -113,10 +108,10 @@ def publish(
     """Upload the run's kernel and initrd for ``node`` and point its MAC's script at them."""
     token = re.sub(r"[^a-z0-9.-]", "-", f"{run_id}-{node}-{secrets.token_hex(3)}".lower())[:120]
     kernel_bytes = kernel.read_bytes()
-    pid = os.getpid()
+    pid, started = owner()
     pub = Publication(
         lab=lab, node=node, mac=mac, token=token, root=root, url=url,
-        kernel_sha256=hashlib.sha256(kernel_bytes).hexdigest(), owner_pid=pid, owner_start=start_ticks(pid) or 0,
+        kernel_sha256=hashlib.sha256(kernel_bytes).hexdigest(), owner_pid=pid, owner_start=started,
     )  # fmt: skip
     files = shlex.quote(pub.files)
     # Two runs never publish for one machine: a script there is another run's (or a dead
@@ -155,18 +150,8 @@ def withdraw_leftovers(runner_for: Callable[[str], Runner | None]) -> list[str]:
 
     ``runner_for(lab)`` reaches that lab's boot server, or None when the lab is down (its
     boot server, and what it served, are gone with it)."""
-    if not JOURNAL_DIR.is_dir():
-        return []
     withdrawn = []
-    for path in sorted(JOURNAL_DIR.glob("*.json")):
-        try:
-            pub = Publication.model_validate(json.loads(path.read_text()))
-        except (OSError, ValueError, ValidationError) as err:
-            log.error("boot journal entry %s is unusable (%s); removed", path, err)
-            path.unlink(missing_ok=True)
-            continue
-        if start_ticks(pub.owner_pid) == pub.owner_start:
-            continue  # its worker lives and withdraws its own
+    for path, pub in orphaned_entries(JOURNAL_DIR, Publication, "boot journal entry"):
         try:
             run = runner_for(pub.lab)
             if run is not None:
