@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -61,13 +62,14 @@ all:
 
 
 def test_power_on_boots_the_nics_firmware_seen_over_sol_and_power_off_leaves_nothing(lab: Lab, tmp_path: Path) -> None:
-    serial_port = free_port()
+    serial_port, vm_port = free_port(), free_port()
     creds = BmcCredentials("swaplab", secrets.token_urlsafe(12))
     bmc_dir = tmp_path / "bmc"
     machine_file = tmp_path / "machine.json"
-    machine_file.write_text(json.dumps({"inventory": str(lab.inventory), "node": "node1", "serial_port": serial_port}))
+    machine = {"inventory": str(lab.inventory), "node": "node1", "serial_port": serial_port, "vm_port": vm_port}
+    machine_file.write_text(json.dumps(machine))
     sim = BmcSimulator(
-        SimulatedBmc("node1", "127.0.0.1", free_udp_port(), creds, bmc_dir, serial_port),
+        SimulatedBmc("node1", "127.0.0.1", free_udp_port(), creds, bmc_dir, serial_port, vm_port),
         [sys.executable, "-m", "workers.lab.pxe_machine", str(machine_file)],
     )
     sim.start()
@@ -95,6 +97,9 @@ def test_power_on_boots_the_nics_firmware_seen_over_sol_and_power_off_leaves_not
         # The NIC's own firmware, on the lab's bridge with the lab's MAC for the node, asking DHCP.
         assert "iPXE" in console and f"Configuring (net0 {mac})" in console, console[-2000:] or sol.state
         assert bmc.power_state() is PowerState.ON
+        # Its BMC in band too: QEMU's ipmi-bmc-extern is connected to the simulator.
+        assert b"ipmi-bmc-extern" in _read(Path(f"/proc/{pid}/cmdline"))
+        assert _connected(pid, vm_port), f"the machine is not connected to its BMC's port {vm_port}"
         bmc.power_off()
         assert bmc.power_state() is PowerState.OFF and start_ticks(pid) is None
         assert sim.actions() == ["boot pxe", "power 1", "power 0"]
@@ -102,6 +107,14 @@ def test_power_on_boots_the_nics_firmware_seen_over_sol_and_power_off_leaves_not
         sol.stop()
         sim.stop()
     assert not [p for p in Path("/proc").glob("[0-9]*/cmdline") if f"swaplab-pxe-{LAB}-".encode() in _read(p)]
+
+
+def _connected(pid: int, port: int) -> bool:
+    """Whether process ``pid`` has a TCP connection to 127.0.0.1:``port``."""
+    out = subprocess.run(
+        ["ss", "-Htnp", "state", "established", "dst", f"127.0.0.1:{port}"], capture_output=True, text=True, check=False
+    ).stdout
+    return f"pid={pid}," in out
 
 
 def _read(path: Path) -> bytes:

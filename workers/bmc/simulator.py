@@ -52,6 +52,9 @@ class SimulatedBmc:
     # each power on): a serial hub listening there passes its output to the BMC, which
     # serves it as Serial-over-LAN.
     serial_port: int | None = None
+    # Where it listens for the machine's in-band interface: QEMU's ipmi-bmc-extern device
+    # (a KCS BMC the machine's kernel sees, as a server's own) connects there.
+    vm_port: int | None = None
 
     @property
     def machine_dir(self) -> Path:
@@ -67,6 +70,7 @@ def lan_conf(bmc: SimulatedBmc, hub_port: int | None = None) -> str:
     chassis = f"{sys.executable} -m workers.bmc.chassis {bmc.machine_dir}"
     # This ipmi_sim (2.0.33) connects to a "telnet:" serial port; a "tcp:" one it never opens.
     sol = f'  sol "telnet:127.0.0.1:{hub_port}" 115200\n' if hub_port else ""
+    vm = f"  serial kcs 127.0.0.1 {bmc.vm_port} codec VM\n" if bmc.vm_port else ""
     return f"""\
 name "swaplab-{bmc.name}"
 set_working_mc 0x20
@@ -80,7 +84,7 @@ set_working_mc 0x20
     guid {os.urandom(16).hex()}
   endlan
   chassis_control "{chassis}"
-{sol}  user 1 false "" "" user 1 none
+{vm}{sol}  user 1 false "" "" user 1 none
   user 2 true "{user}" "{password}" admin 4 md5
 """
 

@@ -86,14 +86,21 @@ def down(lab: str) -> list[str]:
 
 
 def _start_bmc(lab: str, inventory: Path, machine: LabMachine, where: Path, credentials: BmcCredentials) -> None:
-    serial_port = free_tcp_port()
+    serial_port, vm_port = free_tcp_port(), free_tcp_port()
     machine_json = where / "machine.json"
     machine_json.write_text(
-        json.dumps({"inventory": str(inventory.resolve()), "node": machine.node, "serial_port": serial_port})
+        json.dumps(
+            {
+                "inventory": str(inventory.resolve()),
+                "node": machine.node,
+                "serial_port": serial_port,
+                "vm_port": vm_port,
+            }
+        )
     )
     bmc_dir = where / "bmc"
     shutil.rmtree(bmc_dir / "machine", ignore_errors=True)  # an old power state is not this one's
-    bmc = SimulatedBmc(machine.node, machine.bmc_address, machine.bmc_port, credentials, bmc_dir, serial_port)
+    bmc = SimulatedBmc(machine.node, machine.bmc_address, machine.bmc_port, credentials, bmc_dir, serial_port, vm_port)
     argv = [sys.executable, "-m", "workers.lab.pxe_machine", str(machine_json)]
     try:
         BmcSimulator(bmc, argv, detach=True).start()

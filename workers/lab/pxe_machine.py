@@ -47,13 +47,21 @@ class MachineFile(BaseModel):
     inventory: str = Field(pattern=r"^/.{0,4000}$")
     node: str = Field(pattern=r"^[a-z][a-z0-9-]{0,62}$")
     serial_port: int = Field(ge=1024, le=65535)
+    vm_port: int | None = Field(default=None, ge=1024, le=65535)
 
 
 def machine_argv(
-    name: str, mac: str, ram_mib: int, cpus: int, serial_port: int, tap_fd: int, nic: str = DEFAULT_NIC_MODEL
+    name: str,
+    mac: str,
+    ram_mib: int,
+    cpus: int,
+    serial_port: int,
+    tap_fd: int,
+    nic: str = DEFAULT_NIC_MODEL,
+    vm_port: int | None = None,
 ) -> list[str]:
     """QEMU for one machine: network boot first, its serial console a local telnet listener."""
-    return [
+    argv = [
         "qemu-system-x86_64",
         "-accel", "tcg",
         "-name", name,
@@ -72,6 +80,14 @@ def machine_argv(
         "-serial", "chardev:serial0",
         "-device", "virtio-rng-pci",
     ]  # fmt: skip
+    if vm_port is not None:
+        # The BMC in band, as a server's: a KCS interface whose other end is the simulator.
+        argv += [
+            "-chardev", f"socket,id=ipmi0,host=127.0.0.1,port={vm_port},reconnect=1",
+            "-device", "ipmi-bmc-extern,id=bmc0,chardev=ipmi0",
+            "-device", "isa-ipmi-kcs,bmc=bmc0",
+        ]  # fmt: skip
+    return argv
 
 
 def main(argv: list[str]) -> int:
@@ -100,6 +116,7 @@ def main(argv: list[str]) -> int:
         machine.serial_port,
         fd,
         nic_model([str(name) for name in named] if isinstance(named, list) else []),
+        machine.vm_port,
     )
     os.execvp(args[0], args)  # the machine is this process from here on
 
