@@ -172,6 +172,8 @@ def test_a_machine_that_never_asks_for_its_boot_files_is_an_infra_error(
     assert "never asked the boot server for its boot files within 60 s (MAC 52:54:00:78:00:11" in reason, reason
     assert _server("ls -A /srv/swaplab/boot/www/mac") == ""  # withdrawn
     assert _bmc_power() is PowerState.OFF
+    health = _health(stack)  # a boot that failed for the lab's reasons counts against the node
+    assert health["consecutive_boot_failures"] == 1 and "never asked" in health["last_reason"], health
 
 
 def test_lab_check_finds_the_lab_fit_and_names_a_bmc_that_does_not_answer(stack: Stack) -> None:
@@ -215,6 +217,17 @@ def test_a_bmc_that_does_not_answer_is_an_infra_error(
     assert "BMC 127.0.0.1 did not give the power state" in json.dumps(node), node
     assert took < 180  # the BMC's timeout is 10 s: no hang
     assert _bmc_power() is PowerState.OFF  # it answers again once it runs
+    health = _health(stack)  # its second boot failure in a row: out of the pool until put back
+    assert not health["healthy"] and "BMC 127.0.0.1" in health["last_reason"], health
+    assert stack.cli("lab", "back", "node1", "-i", str(INVENTORY)).returncode == 0
+    assert _health(stack)["healthy"]
+
+
+def _health(stack: Stack) -> dict[str, Any]:
+    proc = stack.cli("lab", "status", "--json", "-i", str(INVENTORY))
+    assert proc.returncode == 0, proc.stderr
+    [node] = json.loads(proc.stdout)["nodes"]
+    return dict(node)
 
 
 def test_no_bmc_password_in_logs_results_or_process_lists(stack: Stack, campaign_result: dict[str, Any]) -> None:
