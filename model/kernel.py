@@ -81,7 +81,19 @@ class BuildSpec(_Strict):
 
     source: GitSource | TarballSource | DebianSource
     patches: Path | None = pydantic.Field(default=None, strict=False)
+    # Only the series' first N patches (0: none, the tree as it is): what a bisection builds.
+    patches_upto: int | None = pydantic.Field(default=None, ge=0, le=10_000)
     config: ConfigSpec = pydantic.Field(default_factory=ConfigSpec)
+
+    @pydantic.model_validator(mode="after")
+    def _upto_needs_a_series(self) -> BuildSpec:
+        if self.patches_upto is not None and self.patches is None:
+            raise ValueError("'patches_upto' takes the first patches of a series: 'patches' names none")
+        return self
+
+    def prefix(self, count: int) -> BuildSpec:
+        """The same build with only the series' first ``count`` patches."""
+        return self.model_copy(update={"patches_upto": count})
 
     def label(self) -> str:
         source = self.source
@@ -91,7 +103,8 @@ class BuildSpec(_Strict):
             name = source.tarball.name
         else:
             name = source.debian
-        return f"build:{name}" + (f"+{self.patches.name}" if self.patches else "")
+        upto = f"[:{self.patches_upto}]" if self.patches_upto is not None else ""
+        return f"build:{name}" + (f"+{self.patches.name}{upto}" if self.patches else "")
 
     def local_paths(self) -> dict[tuple[str | int, ...], Path]:
         """Every file or directory of the submitter's this build reads, by field."""

@@ -42,23 +42,29 @@ class _ProgressLine:
 @click.command()
 @click.argument("campaign_file", type=CAMPAIGN_FILE)
 @click.option("--json", "as_json", is_flag=True, help="Print each kernel's artifact as JSON on stdout.")
-def build(campaign_file: Path, as_json: bool) -> None:
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="Build in a fresh checkout and build directory instead of the last build's of the same "
+    "tree and files (make then recompiles everything; a cached artifact still answers).",
+)
+def build(campaign_file: Path, as_json: bool, fresh: bool) -> None:
     """Build (or find in the cache) CAMPAIGN_FILE's `build` kernels; run nothing else."""
     campaign = load_or_exit(campaign_file, as_json)
     kernels = [kernel for kernel in campaign.spec.kernels if kernel.build is not None]
     if not kernels:
         click.echo(f"{campaign_file}: no `build` kernels to build", err=True)
-    rows = [_build_one(kernel.label(), kernel.build) for kernel in kernels if kernel.build is not None]
+    rows = [_build_one(kernel.label(), kernel.build, fresh) for kernel in kernels if kernel.build is not None]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     failed = [row for row in rows if row["status"] != "ok"]
     sys.exit(ExitCode.BAD_INPUT_OR_INFRA if failed else ExitCode.PASS)
 
 
-def _build_one(label: str, spec: Any) -> dict[str, Any]:
+def _build_one(label: str, spec: Any, fresh: bool) -> dict[str, Any]:
     progress = _ProgressLine(label)
     try:
-        artifact = build_kernel(spec, progress)
+        artifact = build_kernel(spec, progress, fresh=fresh)
     except BuildError as err:
         progress.done()
         click.echo(f"{label}: FAILED ({err.cause}) at {err.stage}:\n{err.reason}", err=True)
@@ -75,7 +81,7 @@ def _build_one(label: str, spec: Any) -> dict[str, Any]:
 
 
 def _public(meta: dict[str, Any]) -> dict[str, Any]:
-    keys = ("release", "uts_version", "compiler", "patches", "size_bytes", "build_seconds", "last_used")
+    keys = ("release", "uts_version", "compiler", "patches", "size_bytes", "build_seconds", "incremental", "last_used")
     return {key: meta.get(key) for key in keys}
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,9 +20,12 @@ from typing import Any
 
 import pytest
 
+from model.campaign import load_campaign
 from model.paths import cache_dir
 from tests.conftest import require_tools
 from tests.e2e.stack import Lab
+from workers.kbuild import artifacts
+from workers.kbuild.build import build_kernel
 from workers.kbuild.tree import GIT_IDENTITY, from_debian, worktree
 
 pytestmark = pytest.mark.e2e
@@ -29,6 +33,8 @@ REPO = Path(__file__).resolve().parents[2]
 LAB = "kbuild"
 MARK = "swaplab-patch: swap activated"
 SWAPON_LINE = re.compile(r'^\s*pr_info\("Adding %uk swap on', re.M)
+SUBJECTS = ["mm: swap: say when swap is activated", "mm: swap: say what swap_setup() sets"]
+COMMENT = "/* swaplab test: the readahead order and the swap cache, set once at boot. */\n"
 
 
 def _git(tree: Path, *args: str) -> str:
@@ -38,7 +44,8 @@ def _git(tree: Path, *args: str) -> str:
 
 
 def make_series(kernels: Path) -> Path:
-    """A one-patch series against today's Debian source (made now: the package moves)."""
+    """A two-patch series against today's Debian source (made now: the package moves): a
+    log line at swap activation, then a comment (a second patch for a prefix to leave out)."""
     tree = from_debian("linux-source-6.1", lambda _text: None)
     with worktree(tree, kernels / "wt") as src:
         swapfile = src / "mm" / "swapfile.c"
@@ -46,18 +53,19 @@ def make_series(kernels: Path) -> Path:
         match = SWAPON_LINE.search(text)
         assert match, "mm/swapfile.c has no swapon message to patch next to"
         swapfile.write_text(text[: match.start()] + f'\tpr_info("{MARK}\\n");\n' + text[match.start() :])
-        _git(
-            src,
-            "commit",
-            "-q",
-            "-a",
-            "--author",
-            "Swap Tester <swap@example.org>",
-            "-m",
-            "mm: swap: say when swap is activated",
+        _commit(src, SUBJECTS[0])
+        swap = src / "mm" / "swap.c"
+        swap.write_text(
+            swap.read_text().replace("void __init swap_setup(void)\n", COMMENT + "void __init swap_setup(void)\n", 1)
         )
-        (kernels / "series.mbox").write_text(_git(src, "format-patch", "--stdout", "HEAD~1"))
+        assert COMMENT in swap.read_text(), "mm/swap.c has no swap_setup() to comment"
+        _commit(src, SUBJECTS[1])
+        (kernels / "series.mbox").write_text(_git(src, "format-patch", "--stdout", "HEAD~2"))
     return kernels / "series.mbox"
+
+
+def _commit(src: Path, subject: str) -> None:
+    _git(src, "commit", "-q", "-a", "--author", "Swap Tester <swap@example.org>", "-m", subject)
 
 
 def series_dir() -> Path:
@@ -127,7 +135,8 @@ criteria:
 def built(stack: Lab, campaign: Path) -> dict[str, Any]:
     """`swaplab build`: the real build, once for the module."""
     began = time.monotonic()
-    proc = stack.cli("build", "--json", str(campaign), timeout=3600)
+    # Fresh: the kernel a clean build makes, which the incremental builds below must equal.
+    proc = stack.cli("build", "--fresh", "--json", str(campaign), timeout=3600)
     assert proc.returncode == 0, proc.stderr
     [row] = json.loads(proc.stdout)
     return {**row, "seconds": time.monotonic() - began}
@@ -142,7 +151,8 @@ def patched_run(stack: Lab, campaign: Path, built: dict[str, Any]) -> dict[str, 
 
 def test_the_build_applies_the_series_and_pins_its_identity(built: dict[str, Any]) -> None:
     assert built["status"] == "ok"
-    assert [p["subject"] for p in built["patches"]] == ["mm: swap: say when swap is activated"]
+    assert [p["subject"] for p in built["patches"]] == SUBJECTS
+    assert built["incremental"] is False
     assert built["patches"][0]["author"] == "Swap Tester <swap@example.org>"
     assert built["release"].endswith(f"-swaplab-{built['hash'][:8]}")
     assert "swaplab@swaplab" not in built["uts_version"] and built["uts_version"].startswith("#1")
@@ -189,7 +199,7 @@ def test_the_run_record_names_the_built_kernel_and_its_patches(
 ) -> None:
     info = patched_run["result"]["runs"][0]["kernel_info"]
     assert info["artifact"] == built["hash"] and info["release"] == built["release"]
-    assert info["patches"] == ["mm: swap: say when swap is activated"]
+    assert info["patches"] == SUBJECTS
 
 
 def test_a_run_window_holds_only_that_runs_series(stack: Lab, patched_run: dict[str, Any]) -> None:
@@ -209,3 +219,50 @@ def test_a_run_window_holds_only_that_runs_series(stack: Lab, patched_run: dict[
     for run in (first, second):
         [criterion] = [c for c in run["nodes"][0]["criteria"] if c["name"] == "swap_out_rate_avg"]
         assert criterion["outcome"] == "pass", criterion
+
+
+def _objects(since: float) -> tuple[int, list[str]]:
+    """The objects in the lineage's kept build directory, and those (re)made since ``since``
+    (the build runs make --silent: its log names none)."""
+    lineages = artifacts.kbuild_dir() / "lineages"
+    lock = max(lineages.glob(".*.lock"), key=lambda path: path.stat().st_mtime)  # touched at each use
+    work = lineages / lock.name.removeprefix(".").removesuffix(".lock") / "work" / "build"
+    objects = list(work.rglob("*.o"))
+    return len(objects), sorted(str(o.relative_to(work)) for o in objects if o.stat().st_mtime >= since)
+
+
+def test_a_prefix_builds_incrementally_and_the_same_kernel_as_a_fresh_build(
+    campaign: Path, built: dict[str, Any]
+) -> None:
+    """A lineage keeps its last build's tree and objects: the series' first patch alone, then
+    the whole series again, each recompile what differs — and the whole series built that way
+    is the very kernel the fresh build made (release, version string, config, bzImage)."""
+    spec = load_campaign(campaign).spec.kernels[0].build
+    assert spec is not None
+    fresh = artifacts.find(built["hash"])
+    assert fresh is not None and fresh.meta["incremental"] is False
+    fresh_files = {name: (fresh.path / name).read_bytes() for name in ("bzImage", "config")}
+
+    began = time.time()
+    first = build_kernel(spec.prefix(1), lambda _text: None)
+    total, remade = _objects(began)
+    assert first.meta["incremental"] is True
+    assert [patch["subject"] for patch in first.meta["patches"]] == SUBJECTS[:1]
+    assert first.meta["release"] != built["release"] and first.meta["uts_version"].startswith("#1 ")
+    # Recompiled: the patched files and what the release string reaches, not the tree.
+    assert "mm/swap.o" in remade and "mm/swapfile.o" in remade and len(remade) < total / 10, remade
+
+    shutil.rmtree(fresh.path)  # the whole series again, on top of the prefix's tree this time
+    began = time.time()
+    again = build_kernel(spec, lambda _text: None)
+    _total, remade_again = _objects(began)
+    assert (again.hash, again.meta["incremental"]) == (built["hash"], True)
+    assert (again.meta["release"], again.meta["uts_version"]) == (built["release"], built["uts_version"])
+    assert (again.path / "config").read_bytes() == fresh_files["config"]
+    assert (again.path / "bzImage").read_bytes() == fresh_files["bzImage"]
+    assert "mm/swap.o" in remade_again and len(remade_again) < total / 10, remade_again
+    print(
+        f"\nfresh build {fresh.meta['build_seconds']} s ({total} objects); incremental: prefix 1 "
+        f"{first.meta['build_seconds']} s ({len(remade)} remade), whole {again.meta['build_seconds']} s "
+        f"({len(remade_again)} remade)"
+    )

@@ -40,7 +40,7 @@ class StubBuilder:
     def __init__(self, tmp: Path) -> None:
         self.tmp, self.builds, self.lock = tmp, 0, threading.Lock()
 
-    def __call__(self, spec: BuildSpec, inputs: Inputs, say: Any, jobs: int) -> artifacts.Artifact:
+    def __call__(self, spec: BuildSpec, inputs: Inputs, say: Any, jobs: int, fresh: bool) -> artifacts.Artifact:
         with self.lock:
             self.builds += 1
         time.sleep(0.5)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_tools
-from workers.kbuild.patches import AppliedPatch, PatchError, apply_series
+from workers.kbuild.patches import AppliedPatch, PatchError, apply_series, messages, read_series
 from workers.kbuild.tree import from_debian, git, worktree
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -126,6 +126,29 @@ def test_a_directory_applies_the_same_commits(clean: Linux, series: Series) -> N
     assert SWAPON_CHECK + PR_INFO in (clean.path / SWAPFILE).read_text()
     # Same base, same series: the same commits (committer and its date are fixed).
     assert _head(clean) == from_mbox
+
+
+def test_a_series_splits_into_its_patches_and_a_prefix_applies_alone(
+    clean: Linux, series: Series, tmp_path: Path
+) -> None:
+    """What a bisection builds: the first patches of an mbox, one file each."""
+    each = messages(read_series(series.mbox), "series.mbox")
+    assert [message.name for message in each] == ["0001.patch", "0002.patch"]
+    assert len(messages(read_series(series.directory), "series")) == 2
+    first, both = tmp_path / "first", tmp_path / "both"
+    for folder, count in ((first, 1), (both, 2)):
+        folder.mkdir()
+        for message in each[:count]:
+            (folder / message.name).write_bytes(message.data)
+
+    assert apply_series(clean.path, first) == [AppliedPatch(SWAP_SUBJECT, ANN)]
+    assert NEW_HEADER not in (clean.path / NFS_FILE).read_text()
+    _reset(clean)
+    apply_series(clean.path, both)
+    split = _head(clean)
+    _reset(clean)
+    apply_series(clean.path, series.mbox)
+    assert _head(clean) == split  # the patches one by one are the series
 
 
 def test_a_patch_that_does_not_apply_names_itself_and_leaves_the_base(clean: Linux, series: Series) -> None:

@@ -103,8 +103,9 @@ class Inputs:
     lineage: str = ""
 
 
-def build_kernel(spec: BuildSpec, say: Progress, jobs: int | None = None) -> Artifact:
-    """The artifact of ``spec``: from the cache, or built now (BuildError if it cannot be)."""
+def build_kernel(spec: BuildSpec, say: Progress, jobs: int | None = None, fresh: bool = False) -> Artifact:
+    """The artifact of ``spec``: from the cache, or built now (BuildError if it cannot be) —
+    in its lineage's last tree and objects when they fit, in a fresh tree with ``fresh``."""
     inputs = _inputs(spec, say)
     cached = artifacts.find(inputs.digest)
     if cached is not None:
@@ -116,7 +117,7 @@ def build_kernel(spec: BuildSpec, say: Progress, jobs: int | None = None) -> Art
         if cached is not None:
             say(f"built meanwhile by another request: {cached.summary()}")
             return _answer(cached)
-        return _answer(_build(spec, inputs, say, jobs or default_jobs()))
+        return _answer(_build(spec, inputs, say, jobs or default_jobs(), fresh))
 
 
 def inputs_digest(spec: BuildSpec, say: Progress) -> str:
@@ -134,6 +135,8 @@ def _inputs(spec: BuildSpec, say: Progress) -> Inputs:
     source_tree = _tree(spec, say)
     try:
         series = patches.read_series(spec.patches) if spec.patches is not None else []
+        if spec.patches_upto is not None:
+            series = _first_patches(series, spec.patches_upto, str(spec.patches))
         base = spec.config.base_file
         base_config = untrusted.read_regular(base, _CONFIG_MAX) if base is not None else None
         fragments = tuple(untrusted.read_regular(fragment, _CONFIG_MAX) for fragment in spec.config.fragments)
@@ -150,6 +153,14 @@ def _inputs(spec: BuildSpec, say: Progress) -> Inputs:
     theirs = [path for field, path in spec.local_paths().items() if field[0] != "source"]
     key = lineage.key(source, theirs)
     return Inputs(source_tree, series, digest.hexdigest(), base_config, fragments, key)
+
+
+def _first_patches(series: list[patches.SeriesFile], count: int, label: str) -> list[patches.SeriesFile]:
+    """The series' first ``count`` patches, one file each (an mbox holds them all)."""
+    each = patches.messages(series, label)
+    if count > len(each):
+        raise patches.PatchError(f"patch series {label} holds {len(each)} patch(es), not the {count} to build with")
+    return each[:count]
 
 
 def _tree(spec: BuildSpec, say: Progress) -> tree.SourceTree:
@@ -189,17 +200,14 @@ def running_guests() -> int:
 
 
 # -- the build itself -----------------------------------------------------------------------------------
-def _build(spec: BuildSpec, inputs: Inputs, say: Progress, jobs: int) -> Artifact:
+def _build(spec: BuildSpec, inputs: Inputs, say: Progress, jobs: int, fresh: bool) -> Artifact:
     began = time.monotonic()
     builder = sandbox.account()  # no build user: an infra-error before anything runs
     staging = Path(tempfile.mkdtemp(prefix=f"build-{inputs.digest[:12]}.", dir=cache_dir("kbuild", "work")))
     try:
         try:
             with lineage.held(inputs.lineage, builder) as place:
-                try:
-                    files, meta = _build_in(place, staging, spec, inputs, say, jobs, began)
-                finally:
-                    place.clean()
+                files, meta = _build_kept(place, staging, spec, inputs, say, jobs, began, fresh)
         finally:
             lineage.evict(keep=inputs.lineage, cap=artifacts.cap_bytes())
         return artifacts.store(inputs.digest, files, meta)
@@ -207,23 +215,67 @@ def _build(spec: BuildSpec, inputs: Inputs, say: Progress, jobs: int) -> Artifac
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _build_kept(
+    place: Lineage,
+    staging: Path,
+    spec: BuildSpec,
+    inputs: Inputs,
+    say: Progress,
+    jobs: int,
+    began: float,
+    fresh: bool,
+) -> tuple[dict[str, Path], dict[str, Any]]:
+    """The build, its work tree kept for the next build of the lineage when it ended on its
+    own (built, or its input failed); removed when the host stopped it half way."""
+    try:
+        built = _build_in(place, staging, spec, inputs, say, jobs, began, fresh)
+    except BuildError as err:
+        if err.cause == "input":
+            place.settle()
+        else:
+            place.clean()
+        raise
+    except BaseException:
+        place.clean()
+        raise
+    place.settle()
+    return built
+
+
+def work_identity(spec: BuildSpec, inputs: Inputs) -> str:
+    """What a kept build directory was made for: the toolchain and every config input but
+    the release's local version (a changed option rebuilds only what it reaches; a new
+    compiler or base config is a fresh tree)."""
+    digest = hashlib.sha256(f"{artifacts.FORMAT}\0{toolchain()}\0".encode())
+    digest.update(b"base\0" + (inputs.base_config if inputs.base_config is not None else spec.config.base.encode()))
+    for fragment in (*inputs.fragments, kconfig.SWAPLAB_FRAGMENT.read_bytes()):
+        digest.update(b"fragment\0" + fragment)
+    return digest.hexdigest()[:32]
+
+
 def _build_in(
-    place: Lineage, staging: Path, spec: BuildSpec, inputs: Inputs, say: Progress, jobs: int, began: float
+    place: Lineage,
+    staging: Path,
+    spec: BuildSpec,
+    inputs: Inputs,
+    say: Progress,
+    jobs: int,
+    began: float,
+    fresh: bool,
 ) -> tuple[dict[str, Path], dict[str, Any]]:
     """The stages, run by the build user in the lineage's directory: the artifact's files
     (copied into ``staging``, root's) and what is known of it."""
     box = _sandbox(place, inputs, _stage_inputs(staging / "inputs", spec, inputs))
     _preflight(box)
     say(f"stage tree (lineage {place.key[:12]})")
-    lineage.checkout(box, inputs.tree)
+    kept = lineage.checkout(box, inputs.tree, work_identity(spec, inputs), fresh)
+    say("tree: the last build's tree and objects, brought to this commit" if kept else "tree: a fresh checkout")
     applied = _stage(inputs, "patches", say, lambda: _apply(box, staging, spec, say))
     config = _stage(inputs, "config", say, lambda: _configure(box, place, staging, spec, inputs, say, jobs))
     targets = ["kernel", "modules"] if config.get("MODULES") == "y" else ["kernel"]
     _stage(inputs, "kernel", say, lambda: _tuxmake(box, staging, spec, inputs, say, jobs, targets))
-    taken: tuple[dict[str, Path], dict[str, Any]] = _stage(
-        inputs, "collect", say, lambda: _take_back(place, staging, spec, inputs, applied, began)
-    )
-    return taken
+    files, meta = _stage(inputs, "collect", say, lambda: _take_back(place, staging, spec, inputs, applied, began))
+    return files, {**meta, "incremental": kept}
 
 
 def _stage(inputs: Inputs, stage: str, say: Progress, action: Callable[[], Any]) -> Any:
@@ -296,7 +348,7 @@ def _preflight(box: sandbox.Sandbox) -> None:
 
 
 def _apply(box: sandbox.Sandbox, staging: Path, spec: BuildSpec, say: Progress) -> list[dict[str, str]]:
-    if spec.patches is None:
+    if spec.patches is None or spec.patches_upto == 0:
         return []
     files = sorted((staging / "inputs" / "patches").glob("*.patch"))
     inside = [str(INPUTS / "patches" / path.name) for path in files]
@@ -362,6 +414,8 @@ def _tuxmake(
         *[arg for fragment in fragments for arg in ("--kconfig-add", str(fragment))],
         "--environment", f"KBUILD_BUILD_TIMESTAMP={_timestamp(inputs.digest)}",
         "--environment", f"KBUILD_BUILD_USER={KBUILD_USER}", "--environment", f"KBUILD_BUILD_HOST={KBUILD_HOST}",
+        # The build number of `uname -v` ("#1"): a kept build directory would count up.
+        "--environment", "KBUILD_BUILD_VERSION=1",
         # Set and empty: no "+" after the release for a tree that is not at a tag.
         "--environment", "LOCALVERSION=",
         *targets,

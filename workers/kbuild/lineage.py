@@ -9,13 +9,16 @@ config files. Builds of one lineage share a directory that belongs to the build 
         repo/                   its git repository (a tarball's objects are borrowed,
                                 read-only, from root's repository of the tarball)
         ccache/                 its compiler cache
-        work/src, build, out    the build in progress (one at a time: a lock per lineage)
+        work/src, build, out    the last build's tree and objects, kept for the next one
+                                (one at a time: a lock per lineage)
 
 Only builds that name the same files share a tree and a ccache: whoever can change those
 files already decides what those builds are, so a build can poison nothing of a lineage
-it does not belong to. Lineages are capped like artifacts (least recently used go first). Root never writes into a lineage's directory: it reads back what a
-finished build made through workers.untrusted, with no build process left alive (the
-sandbox's PID namespace ended them).
+it does not belong to. Lineages are capped like artifacts (least recently used go first).
+Root never writes into a lineage's directory (it only removes: a work directory the host
+stopped a build in, or the mark that a build is in it); it reads back what a finished
+build made through workers.untrusted, with no build process left alive (the sandbox's PID
+namespace ended them).
 """
 
 from __future__ import annotations
@@ -48,13 +51,36 @@ BUILD = WORK / "build"
 OUT = WORK / "out"
 CCACHE = LINEAGE / "ccache"
 
-# Run by the build user: a fresh work directory and the tree's commit checked out in it.
+# Run by the build user: the tree's commit checked out in work/src. The last build's work
+# directory is reused when it was made for the same toolchain and config and its build
+# ended (work/busy gone): the tree is brought to the commit in place, so every file the two
+# commits share keeps its time stamp and make recompiles only what differs (as the kernel's
+# own ktest does). Anything else starts afresh.
 _CHECKOUT = r"""
 set -eu
-kind=$1 commit=$2 origin=$3
+kind=$1 commit=$2 origin=$3 identity=$4 mode=$5
 cd /run/swaplab-build/lineage
-rm -rf work
-mkdir -m 0700 work
+reuse() {  # called in `reuse || fresh`, where set -e does not apply: each step is checked
+  [ "$mode" = reuse ] && [ -e work/src/.git ] && [ ! -e work/busy ] || return 1
+  [ -f work/identity ] && [ "$(cat work/identity)" = "$identity" ] || return 1
+  git -C work/src am --abort >/dev/null 2>&1 || true   # a series that did not apply
+  git -C work/src checkout --quiet --force --detach "$commit" || return 1
+  git -C work/src clean -q -f -d -x || return 1
+  # tuxmake keeps a .config it finds: the config is made anew (make rebuilds only what a
+  # changed option reaches), and nothing of the last build's outputs is taken for this one's.
+  rm -rf work/out work/build/.config
+  echo reused
+}
+fresh() {  # the last of its list: a failure here ends the script (set -e)
+  rm -rf work
+  mkdir -m 0700 work
+  # A build killed inside `worktree add` (a reboot, a lost worker) leaves its entry locked
+  # ("initializing"), and prune keeps locked entries; this lineage's only worktree was
+  # work/src, removed above, and the lineage lock keeps any other build out: forget them all.
+  rm -rf repo/.git/worktrees
+  git -C repo worktree add --quiet --detach /run/swaplab-build/lineage/work/src "$commit"
+  echo fresh
+}
 [ -d repo/.git ] || git init --quiet repo
 if [ "$kind" = tarball ]; then
   echo /run/swaplab-build/base/objects >repo/.git/objects/info/alternates
@@ -62,11 +88,9 @@ else
   case $origin in /*) ;; *) echo "not an absolute path: $origin" >&2; exit 2 ;; esac
   git -C repo fetch --quiet --depth=1 --no-tags "$origin" "$commit"
 fi
-# A build killed inside `worktree add` (a reboot, a lost worker) leaves its entry locked
-# ("initializing"), and prune keeps locked entries; this lineage's only worktree was
-# work/src, removed above, and the lineage lock keeps any other build out: forget them all.
-rm -rf repo/.git/worktrees
-git -C repo worktree add --quiet --detach /run/swaplab-build/lineage/work/src "$commit"
+reuse || fresh
+printf '%s\n' "$identity" >work/identity
+: >work/busy
 """
 
 
@@ -102,9 +126,23 @@ class Lineage:
         return untrusted.open_regular(_relative(inside), dir_fd=self.fd)
 
     def clean(self) -> None:
-        """Remove the finished build's work directory (its tree, objects and outputs)."""
+        """Remove the build's work directory (its tree, objects and outputs): after a build
+        the host stopped, whose half-written objects the next build must not trust."""
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree("work", dir_fd=self.fd)  # fd-based: never follows a link out
+
+    def settle(self) -> None:
+        """Mark the build ended (it built, or its input failed): the next build of the
+        lineage may go on from its tree and objects."""
+        try:
+            work = untrusted.open_dir(Path("work"), dir_fd=self.fd)
+        except OSError:
+            return
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink("busy", dir_fd=work)
+        finally:
+            os.close(work)
 
 
 def key(source: str, paths: Sequence[Path]) -> str:
@@ -158,14 +196,18 @@ def base_binds(tree: SourceTree) -> list[sandbox.Bind]:
     return []
 
 
-def checkout(box: sandbox.Sandbox, tree: SourceTree) -> None:
-    """``work/src``: the tree's commit, checked out by the build user in its own repository."""
+def checkout(box: sandbox.Sandbox, tree: SourceTree, identity: str, fresh: bool) -> bool:
+    """``work/src``: the tree's commit, checked out by the build user in its own repository;
+    whether the last build's tree and objects were kept (same ``identity``: toolchain and
+    config) rather than made afresh (``fresh`` insists on afresh)."""
     kind = "tarball" if tree.identity.startswith("tarball:") else "git"
     origin = "" if kind == "tarball" else str(tree.repo)
-    proc = box.run(["sh", "-c", _CHECKOUT, "swaplab-checkout", kind, tree.commit, origin])
+    mode = "fresh" if fresh else "reuse"
+    proc = box.run(["sh", "-c", _CHECKOUT, "swaplab-checkout", kind, tree.commit, origin, identity, mode])
     if proc.returncode != 0:
         words = (proc.stderr or proc.stdout).strip()[-1500:]
         raise TreeError(f"the build user could not check out {tree.commit[:12]} of {tree.repo}: {words}")
+    return proc.stdout.strip().endswith("reused")
 
 
 def evict(keep: str, cap: int) -> list[str]:

@@ -136,6 +136,31 @@ def read_series(patches: Path) -> list[SeriesFile]:
     return series
 
 
+# What begins each message of an mbox (git format-patch's own line).
+_MBOX_FROM = b"From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n"
+
+
+def messages(series: list[SeriesFile], label: str) -> list[SeriesFile]:
+    """The series one patch a file, in the order git am takes them: an mbox's messages
+    split as git splits them, each an mbox of one."""
+    with tempfile.TemporaryDirectory(prefix="swaplab-series-") as scratch:
+        staged = stage_series(series, Path(scratch) / "files")
+        if not staged:
+            return []
+        into = Path(scratch) / "split"
+        into.mkdir()
+        total = _split(staged, into, label)
+        return [
+            SeriesFile(f"{index:04d}.patch", _as_mbox((into / f"{index:04d}").read_bytes()))
+            for index in range(1, total + 1)
+        ]
+
+
+def _as_mbox(message: bytes) -> bytes:
+    # git mailsplit keeps each message's "From " line; a lone message may have had none.
+    return message if message.startswith(b"From ") else _MBOX_FROM + message
+
+
 def _read_one(path: Path, dir_fd: int | None = None) -> bytes:
     try:
         if dir_fd is None:

@@ -1,0 +1,29 @@
+"""A ``build:`` kernel's first patches only (``patches_upto``): what a bisection builds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydantic
+import pytest
+
+from model.kernel import BuildSpec, DebianSource
+
+SOURCE = DebianSource(debian="linux-source-6.1")
+
+
+def test_a_prefix_is_the_same_build_with_the_first_patches_and_says_so() -> None:
+    whole = BuildSpec(source=SOURCE, patches=Path("/srv/series.mbox"))
+    assert whole.label() == "build:linux-source-6.1+series.mbox"
+    assert whole.prefix(3).label() == "build:linux-source-6.1+series.mbox[:3]"
+    assert whole.prefix(0).patches_upto == 0 and whole.prefix(0).patches == whole.patches
+    assert whole.prefix(2).config == whole.config and whole.patches_upto is None
+
+
+def test_patches_upto_needs_a_series_and_a_count() -> None:
+    with pytest.raises(pydantic.ValidationError, match="'patches' names none"):
+        BuildSpec(source=SOURCE, patches_upto=1)
+    with pytest.raises(pydantic.ValidationError, match="greater than or equal to 0"):
+        BuildSpec(source=SOURCE, patches=Path("/srv/series.mbox"), patches_upto=-1)
+    with pytest.raises(pydantic.ValidationError, match="valid integer"):
+        BuildSpec.model_validate({"source": SOURCE, "patches": "/srv/series.mbox", "patches_upto": "2"})
