@@ -55,6 +55,7 @@ from workers.kbuild.lineage import BUILD, OUT, SRC, Lineage
 from workers.kernel import KernelError
 
 Progress = Callable[[str], None]
+Built = tuple[dict[str, Path], dict[str, Any]]  # the artifact's files and what is known of it
 TUXMAKE = Path(sys.executable).with_name("tuxmake")  # installed beside swaplab (pyproject)
 # The build user runs tuxmake (pure Python) with the system's interpreter: the venv's may
 # live where that user cannot look (under /root). Its package is bound in read-only.
@@ -207,7 +208,7 @@ def _build(spec: BuildSpec, inputs: Inputs, say: Progress, jobs: int, fresh: boo
     try:
         try:
             with lineage.held(inputs.lineage, builder) as place:
-                files, meta = _build_kept(place, staging, spec, inputs, say, jobs, began, fresh)
+                files, meta = _kept(place, lambda: _build_in(place, staging, spec, inputs, say, jobs, began, fresh))
         finally:
             lineage.evict(keep=inputs.lineage, cap=artifacts.cap_bytes())
         return artifacts.store(inputs.digest, files, meta)
@@ -215,20 +216,11 @@ def _build(spec: BuildSpec, inputs: Inputs, say: Progress, jobs: int, fresh: boo
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _build_kept(
-    place: Lineage,
-    staging: Path,
-    spec: BuildSpec,
-    inputs: Inputs,
-    say: Progress,
-    jobs: int,
-    began: float,
-    fresh: bool,
-) -> tuple[dict[str, Path], dict[str, Any]]:
-    """The build, its work tree kept for the next build of the lineage when it ended on its
-    own (built, or its input failed); removed when the host stopped it half way."""
+def _kept(place: Lineage, build: Callable[[], Built]) -> Built:
+    """``build``, the lineage's work tree kept for its next build when the build ended on
+    its own (built, or its input failed); removed when the host stopped it half way."""
     try:
-        built = _build_in(place, staging, spec, inputs, say, jobs, began, fresh)
+        built = build()
     except BuildError as err:
         if err.cause == "input":
             place.settle()
