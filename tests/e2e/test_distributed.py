@@ -83,10 +83,12 @@ def pair(lab: Lab) -> dict[str, Any]:
     return {"code": watch.returncode, "result": json.loads(watch.stdout), "survived": survived}
 
 
-# The first node's session injects it; both nodes are disturbed and each measures it.
+# The first node's session injects it; both nodes are disturbed and each measures it. Not
+# at the first MiB: the other node, a second behind on a busy host, had not yet begun to
+# swap out at 16 MiB once ("not under way on this node"), which this test cannot judge.
 PAIR_STALL = """\
 faults:
-  - {kind: server-stall, after_swapped_mib: 16, for_s: 8}
+  - {kind: server-stall, after_swapped_mib: 64, for_s: 8}
 """
 
 
