@@ -155,7 +155,7 @@ class NodeShell:
         stdout, stderr = _Capped(MAX_STDOUT_BYTES), _Capped(MAX_STDERR_BYTES)
         try:
             channel.settimeout(max(0.0, deadline - time.monotonic()))
-            if stdin is not None:
+            if stdin is not None and not channel.closed:  # closed: the command has already ended
                 channel.sendall(stdin)
             channel.shutdown_write()
             while not channel.exit_status_ready() or channel.recv_ready() or channel.recv_stderr_ready():
@@ -186,18 +186,21 @@ class NodeShell:
         except (OSError, paramiko.SSHException, EOFError) as err:
             raise NodeUnreachable(f"ssh {self.target.where}: no channel: {type(err).__name__}: {err}") from err
         # paramiko waits for the answer to exec without a deadline: closing the channel ends the wait.
-        watchdog = threading.Timer(timeout, channel.close)
+        fired = threading.Event()
+        watchdog = threading.Timer(timeout, lambda: (fired.set(), channel.close()))
         watchdog.daemon = True
         watchdog.start()
         try:
             channel.exec_command(command)
         except (OSError, paramiko.SSHException, EOFError) as err:
             channel.close()
-            late = "" if watchdog.is_alive() else f" within {timeout:g} s"
+            late = f" within {timeout:g} s" if fired.is_set() else ""
             raise NodeUnreachable(f"ssh {self.target.where}: the command did not start{late}: {err}") from err
         finally:
             watchdog.cancel()
-        if channel.closed:  # the watchdog fired as the answer came
+        # Only the watchdog's close means "not started": a quick command may already have
+        # ended and its channel been closed by the node (its output stays readable).
+        if fired.is_set():
             raise NodeUnreachable(f"ssh {self.target.where}: the command did not start within {timeout:g} s")
         return channel
 
