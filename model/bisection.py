@@ -15,9 +15,9 @@ Pure: the judge (builds, runs, statistics) is the caller's.
 from __future__ import annotations
 
 import enum
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class Step(enum.Enum):
@@ -51,15 +51,31 @@ class LoggedStep:
     step: Step
 
 
+@dataclass(frozen=True)
+class Ask:
+    """What to judge next: a prefix (the whole series, for the ends) with this many repeats."""
+
+    prefix: int
+    repeats: int
+    ends: bool = False
+
+
 @dataclass
 class Bisection:
-    """The state of one bisection over a series of ``patches`` patches."""
+    """The state of one bisection over a series of ``patches`` patches.
+
+    A state machine a caller drives across processes: ``ask()`` says what to judge next,
+    ``answer()`` records the judgement, ``result()`` is the answer once there is one; the
+    state round-trips through ``to_json``/``from_json`` (the control plane keeps it between
+    steps and resumes it after a restart). ``run`` drives it with a synchronous judge.
+    """
 
     patches: int
     repeats: int = 1
     max_repeats: int = 3
     known: dict[int, Step] = field(default_factory=dict)
     log: list[LoggedStep] = field(default_factory=list)
+    ends: Step | None = None  # the whole series against the base, once decided
 
     def __post_init__(self) -> None:
         if self.patches < 1:
@@ -95,34 +111,89 @@ class Bisection:
         self.known[prefix] = step
         self.log.append(LoggedStep(prefix, repeats, step))
 
-    # -- running it ---------------------------------------------------------------------------
+    # -- driving it ---------------------------------------------------------------------------
+    def ask(self) -> Ask | None:
+        """What to judge next; None once the bisection has its answer."""
+        if self.result() is not None:
+            return None
+        pending = self._pending()
+        if pending is not None:
+            return pending
+        if self.ends is None:
+            return Ask(self.patches, self.repeats, ends=True)
+        prefix = self.next_prefix()
+        return None if prefix is None else Ask(prefix, self.repeats)
+
+    def answer(self, ask: Ask, step: Step) -> None:
+        """The judgement of ``ask``: recorded, or logged to ask again with more repeats."""
+        if ask != self.ask():
+            raise ValueError(f"{ask} is not what this bisection asked next ({self.ask()})")
+        if step is Step.UNDECIDED and ask.repeats < self.max_repeats:
+            self.log.append(LoggedStep(ask.prefix, ask.repeats, step))  # asked again, more repeats
+            return
+        if ask.ends:
+            self.ends = step
+            self.log.append(LoggedStep(ask.prefix, ask.repeats, step))
+            if step is Step.BAD:
+                self.known[0] = Step.GOOD
+            return
+        self.record(ask.prefix, ask.repeats, step)
+
+    def _pending(self) -> Ask | None:
+        """The last judgement again with more repeats, when it was undecided below the cap."""
+        if not self.log or self.log[-1].step is not Step.UNDECIDED:
+            return None
+        last = self.log[-1]
+        if last.repeats >= self.max_repeats:
+            return None
+        decided = last.prefix in self.known or (last.prefix == self.patches and self.ends is not None)
+        if decided:
+            return None
+        return Ask(last.prefix, min(self.max_repeats, last.repeats * 2), ends=self.ends is None)
+
+    def result(self) -> Result | None:
+        """The answer, once there is one."""
+        if self.ends is None:
+            return None
+        if self.ends is Step.UNDECIDED:
+            return Result(Outcome.UNDECIDED_ENDS, 0, self.patches, self.log)
+        if self.ends is not Step.BAD:
+            return Result(Outcome.NOTHING, 0, self.patches, self.log)
+        if any(step is Step.UNDECIDED for step in self.known.values()):
+            return Result(Outcome.RANGE, self.last_good, self.first_bad, self.log)
+        if self._pending() is not None or self.next_prefix() is not None:
+            return None
+        good, bad = self.last_good, self.first_bad
+        return Result(Outcome.CULPRIT if bad == good + 1 else Outcome.RANGE, good, bad, self.log)
+
     def run(self, judge_ends: Callable[[int], Step], judge: Judge) -> Result:
         """Confirm the ends with ``judge_ends(repeats)`` (BAD: the whole series is worse),
         then bisect with ``judge(prefix, repeats)``."""
-        ends = self._judged(self.patches, judge_ends)
-        if ends is Step.UNDECIDED:
-            return Result(Outcome.UNDECIDED_ENDS, 0, self.patches, self.log)
-        if ends is not Step.BAD:
-            return Result(Outcome.NOTHING, 0, self.patches, self.log)
-        self.known[0] = Step.GOOD
-        while (prefix := self.next_prefix()) is not None:
-            step = self._judged(prefix, functools.partial(judge, prefix))
-            if step is Step.UNDECIDED:
-                return Result(Outcome.RANGE, self.last_good, self.first_bad, self.log)
-        good, bad = self.last_good, self.first_bad
-        outcome = Outcome.CULPRIT if bad == good + 1 else Outcome.RANGE
-        return Result(outcome, good, bad, self.log)
+        while (ask := self.ask()) is not None:
+            self.answer(ask, judge_ends(ask.repeats) if ask.ends else judge(ask.prefix, ask.repeats))
+        result = self.result()
+        assert result is not None  # nothing left to ask: answered
+        return result
 
-    def _judged(self, prefix: int, judge: Callable[[int], Step]) -> Step:
-        """Judge with more repeats while undecided, up to the cap; record the last answer."""
-        repeats = self.repeats
-        while True:
-            step = judge(repeats)
-            if step is not Step.UNDECIDED or repeats >= self.max_repeats:
-                self.record(prefix, repeats, step)
-                return step
-            self.log.append(LoggedStep(prefix, repeats, step))
-            repeats = min(self.max_repeats, repeats * 2)
+    # -- kept between steps -------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "patches": self.patches,
+            "repeats": self.repeats,
+            "max_repeats": self.max_repeats,
+            "ends": self.ends.value if self.ends is not None else None,
+            "log": [[s.prefix, s.repeats, s.step.value] for s in self.log],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Bisection:
+        """The state ``to_json`` kept, replayed: its log is checked as it is read back."""
+        state = cls(int(data["patches"]), int(data["repeats"]), int(data["max_repeats"]))
+        for prefix, repeats, step in data["log"]:
+            state.answer(Ask(int(prefix), int(repeats), ends=state.ends is None), Step(step))
+        if (state.ends.value if state.ends is not None else None) != data["ends"]:
+            raise ValueError("the kept bisection's ends do not follow from its log")
+        return state
 
 
 @dataclass(frozen=True)

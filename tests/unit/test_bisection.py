@@ -3,11 +3,12 @@ cannot decide or do not build, and a series whose ends do not differ."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
-from model.bisection import Bisection, Judge, Outcome, Step
+from model.bisection import Ask, Bisection, Judge, Outcome, Step
 
 
 def _judge_with_culprit(culprit: int, skip: frozenset[int] = frozenset(), calls: list[int] | None = None) -> Judge:
@@ -97,3 +98,34 @@ def test_the_next_prefix_is_the_middle_of_the_open_range_the_lower_on_a_tie() ->
 def test_a_bisection_of_nothing_or_with_impossible_repeats_is_refused(patches: int, repeats: int, cap: int) -> None:
     with pytest.raises(ValueError):
         Bisection(patches, repeats=repeats, max_repeats=cap)
+
+
+def test_a_bisection_kept_between_steps_resumes_where_it_was() -> None:
+    """The control plane keeps the state in Redis between steps and after a restart."""
+
+    def judge(prefix: int, repeats: int) -> Step:
+        if prefix == 4 and repeats < 2:
+            return Step.UNDECIDED
+        return Step.BAD if prefix >= 5 else Step.GOOD
+
+    whole = Bisection(8, max_repeats=3).run(lambda repeats: Step.BAD, judge)
+    state = Bisection(8, max_repeats=3)
+    asked = []
+    while (ask := state.ask()) is not None:
+        asked.append(ask)
+        state.answer(ask, Step.BAD if ask.ends else judge(ask.prefix, ask.repeats))
+        state = Bisection.from_json(json.loads(json.dumps(state.to_json())))  # a restart after every step
+    assert asked[0] == Ask(8, 1, ends=True) and Ask(4, 2) in asked
+    assert state.result() == whole and state.result().culprit == 5  # type: ignore[union-attr]
+
+
+def test_an_answer_to_another_question_or_a_doctored_state_is_refused() -> None:
+    state = Bisection(8)
+    with pytest.raises(ValueError, match="not what this bisection asked next"):
+        state.answer(Ask(4, 1), Step.GOOD)  # the ends come first
+    state.answer(Ask(8, 1, ends=True), Step.BAD)
+    kept = state.to_json()
+    with pytest.raises(ValueError, match="not what this bisection asked next"):
+        Bisection.from_json({**kept, "log": [[8, 1, "bad"], [2, 1, "good"]]})  # 4 is the middle
+    with pytest.raises(ValueError, match="do not follow from its log"):
+        Bisection.from_json({**kept, "ends": "good"})
