@@ -1,0 +1,102 @@
+"""The campaigns a bisection runs and what it reads back from them.
+
+Every question the bisection asks (``model.bisection.Ask``: a prefix of the series, with
+a number of repeats) becomes one child campaign: the bisection's own campaign with its
+kernels replaced by the base (the series' first 0 patches) and the prefix, so a base run
+sits beside every step and drift between steps shows in the pooled base. What comes back
+is read through result.json's schema: per prefix, the primary figure of each passing run
+(the median of its nodes, as a comparison takes it) and each run's verdict.
+
+A step is judged on the figure by ``orchestrator.bisect_judge`` with the base pooled over
+every step so far; on the verdict (``--on verdict``) a prefix is bad when one of its runs
+failed, good when all passed, skipped when it could not be built (its runs invalid), and
+undecided when the lab could not tell (infra-errors).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from model.bisection import Ask, Step
+from model.campaign import CampaignSpec
+from model.kernel import BuildSpec, KernelSource
+from model.result import campaign_of
+from orchestrator.baselines import run_value
+from orchestrator.bisect_judge import judge_ends, judge_step
+from orchestrator.stats import Policy
+
+On = Literal["figure", "verdict"]
+
+
+def child_spec(spec: CampaignSpec, build: BuildSpec, ask: Ask, name: str) -> CampaignSpec:
+    """The campaign of one question: the base and the asked prefix, ``ask.repeats`` each."""
+    kernels = [KernelSource(build=build.prefix(0)), KernelSource(build=build.prefix(ask.prefix))]
+    return spec.model_copy(update={"name": name, "kernels": kernels, "repeats": ask.repeats, "schedule": None})
+
+
+@dataclass
+class Gathered:
+    """What the runs of a bisection said, per prefix: figure values (passing runs) and verdicts."""
+
+    values: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
+    verdicts: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, record: Mapping[str, Any], prefixes: Mapping[str, int], figure: str) -> None:
+        """A finished child campaign's runs, by the prefix their kernel label names."""
+        for run in campaign_of(record).runs:
+            prefix = prefixes.get(run.kernel_label or "")
+            if prefix is None:
+                continue
+            self.verdicts[prefix].append(run.verdict or "infra-error")
+            value = run_value(run).get(figure) if run.verdict == "pass" else None
+            if value is not None:
+                self.values[prefix].append(value)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "values": {str(k): v for k, v in self.values.items()},
+            "verdicts": {str(k): v for k, v in self.verdicts.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Gathered:
+        found = cls()
+        for key, values in data.get("values", {}).items():
+            found.values[int(key)] = [float(v) for v in values]
+        for key, verdicts in data.get("verdicts", {}).items():
+            found.verdicts[int(key)] = [str(v) for v in verdicts]
+        return found
+
+
+def judge(ask: Ask, patches: int, gathered: Gathered, on: On, figure: str, policy: Policy | None) -> tuple[Step, str]:
+    """The answer to ``ask`` from everything gathered so far, and a line saying why."""
+    if on == "verdict":
+        return _by_verdict(gathered.verdicts.get(ask.prefix, []), gathered.verdicts.get(0, []), ask.ends)
+    base, whole = gathered.values.get(0, []), gathered.values.get(patches, [])
+    if ask.ends:
+        step, found = judge_ends(figure, base, whole, policy)
+        return step, f"the whole series against the base: {found.summary()}"
+    if not gathered.values.get(ask.prefix) and _all_invalid(gathered.verdicts.get(ask.prefix, [])):
+        return Step.SKIP, "its runs are invalid: the prefix did not build"
+    judged = judge_step(figure, base, whole, gathered.values.get(ask.prefix, []), policy)
+    return judged.step, judged.summary()
+
+
+def _all_invalid(verdicts: list[str]) -> bool:
+    return bool(verdicts) and all(verdict == "invalid" for verdict in verdicts)
+
+
+def _by_verdict(verdicts: list[str], base: list[str], ends: bool) -> tuple[Step, str]:
+    counts = ", ".join(f"{verdicts.count(v)} {v}" for v in sorted(set(verdicts))) or "no runs"
+    if ends and any(v != "pass" for v in base):
+        return Step.UNDECIDED, f"the base did not pass every run ({', '.join(base)}): nothing to compare with"
+    if _all_invalid(verdicts):
+        return Step.SKIP, "its runs are invalid: the prefix did not build"
+    if "fail" in verdicts:
+        return Step.BAD, f"a run failed ({counts})"
+    if verdicts and all(v == "pass" for v in verdicts):
+        return Step.GOOD, f"every run passed ({counts})"
+    return Step.UNDECIDED, f"the lab could not tell ({counts})"

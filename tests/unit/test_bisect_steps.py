@@ -1,0 +1,105 @@
+"""A bisection's child campaigns and what it reads back from their records: the base beside
+every prefix, figures pooled per prefix, and steps judged on the figure or on the verdict."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from pathlib import Path
+from typing import Any
+
+from model.bisection import Ask, Bisection, Outcome, Step
+from model.campaign import CampaignSpec
+from model.kernel import BuildSpec, DebianSource
+from orchestrator.bisect_steps import Gathered, child_spec, judge
+
+BUILD = BuildSpec(source=DebianSource(debian="linux-source-6.1"), patches=Path("/srv/series.mbox"))
+SPEC = CampaignSpec.model_validate(
+    {
+        "name": "slow-swapin",
+        "kernels": [{"build": BUILD.model_dump(mode="json")}],
+        "swap": {"size_mib": 512},
+        "workloads": [{"name": "small", "mib": 320}],
+        "repeats": 3,
+        "compare": {"primary": "swap_in_mibps"},
+    }
+)
+_IDS = itertools.count(1)
+
+
+def _record(runs: list[tuple[int, str, float]]) -> dict[str, Any]:
+    """A child campaign's record: (prefix, verdict, swap-in MiB/s) per run."""
+    return {
+        "campaign_id": f"c-{next(_IDS)}",
+        "runs": [
+            {
+                "run_id": f"r{index:03d}",
+                "kernel_label": BUILD.prefix(prefix).label(),
+                "verdict": verdict,
+                "nodes": [{"node": "node1", "figures": {"swap_in_mibps": {"value": value}}}],
+            }
+            for index, (prefix, verdict, value) in enumerate(runs, 1)
+        ],
+    }
+
+
+def test_a_child_campaign_runs_the_base_beside_the_asked_prefix() -> None:
+    child = child_spec(SPEC, BUILD, Ask(3, 2), "slow-swapin-b1-p3")
+    assert [kernel.label() for kernel in child.kernels] == [
+        "build:linux-source-6.1+series.mbox[:0]",
+        "build:linux-source-6.1+series.mbox[:3]",
+    ]
+    assert (child.name, child.repeats, child.compare, child.workloads) == (
+        "slow-swapin-b1-p3",
+        2,
+        SPEC.compare,
+        SPEC.workloads,
+    )
+
+
+def test_a_bisection_over_simulated_runs_names_the_patch_that_slowed_swap_in() -> None:
+    """Patch 3 of 4 makes swap-in 58 % slower; runs are noisy (3 %); every step pools the base."""
+    noise = random.Random(7)
+    state, gathered = Bisection(4, repeats=4, max_repeats=8), Gathered()
+    prefixes = {BUILD.prefix(k).label(): k for k in range(5)}
+    while (ask := state.ask()) is not None:
+        rate = 6.0 if ask.prefix >= 3 else 14.0
+        runs = [(0, "pass", 14.0 * noise.gauss(1, 0.03)) for _ in range(ask.repeats)]
+        runs += [(ask.prefix, "pass", rate * noise.gauss(1, 0.03)) for _ in range(ask.repeats)]
+        gathered.add(_record(runs), prefixes, "swap_in_mibps")
+        step, why = judge(ask, 4, gathered, "figure", "swap_in_mibps", None)
+        assert why
+        state.answer(ask, step)
+        gathered = Gathered.from_json(gathered.to_json())  # kept in Redis between steps
+    result = state.result()
+    assert result is not None and result.outcome is Outcome.CULPRIT and result.culprit == 3, result
+    assert len(gathered.values[0]) == 4 * (1 + len([s for s in result.log if s.prefix != 4]))  # pooled base
+
+
+def test_on_the_verdict_a_failed_run_is_bad_an_unbuilt_prefix_skipped_an_infra_error_undecided() -> None:
+    gathered = Gathered()
+    prefixes = {BUILD.prefix(k).label(): k for k in range(5)}
+    gathered.add(
+        _record(
+            [(0, "pass", 1), (4, "fail", 1), (2, "pass", 1), (2, "pass", 1), (3, "invalid", 0), (1, "infra-error", 0)]
+        ),
+        prefixes,
+        "swap_in_mibps",
+    )
+    assert judge(Ask(4, 1, ends=True), 4, gathered, "verdict", "", None)[0] is Step.BAD
+    assert judge(Ask(2, 2), 4, gathered, "verdict", "", None)[0] is Step.GOOD
+    assert judge(Ask(3, 1), 4, gathered, "verdict", "", None) == (
+        Step.SKIP,
+        "its runs are invalid: the prefix did not build",
+    )
+    assert judge(Ask(1, 1), 4, gathered, "verdict", "", None)[0] is Step.UNDECIDED
+    assert gathered.values[4] == []  # a failed run gives no figure
+
+
+def test_ends_whose_base_fails_cannot_be_bisected_on_the_verdict() -> None:
+    gathered = Gathered()
+    gathered.add(
+        _record([(0, "fail", 1), (4, "fail", 1)]), {BUILD.prefix(k).label(): k for k in (0, 4)}, "swap_in_mibps"
+    )
+    step, why = judge(Ask(4, 1, ends=True), 4, gathered, "verdict", "", None)
+    assert step is Step.UNDECIDED and "the base did not pass" in why
