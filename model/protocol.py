@@ -35,11 +35,12 @@ ADVANCE_CAMPAIGN: Final = "swaplab.advance_campaign"
 EVALUATE_RUN: Final = "swaplab.evaluate_run"
 RECORD_RESULTS: Final = "swaplab.record_results"
 SCHEDULE_TICK: Final = "swaplab.schedule_tick"
+ADVANCE_BISECTION: Final = "swaplab.advance_bisection"
 
 # What the control plane sends to a lab's or the build queue: a data-plane worker that does
 # not register one of these leaves runs waiting forever, so a test ties the two together.
 SENT_TO_DATA_PLANE: Final = (BUILD_KERNEL, PREPARE_RUN, RUN_NODE)
-CONTROL_TASKS: Final = (ADVANCE_CAMPAIGN, EVALUATE_RUN, RECORD_RESULTS, SCHEDULE_TICK)
+CONTROL_TASKS: Final = (ADVANCE_CAMPAIGN, EVALUATE_RUN, RECORD_RESULTS, SCHEDULE_TICK, ADVANCE_BISECTION)
 
 
 class CampaignStatus(StrEnum):

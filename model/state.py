@@ -32,6 +32,9 @@ the whole contract.
 | ``swaplab:schedule-log:<name>`` | list | what each firing did: fired, skipped, missed, duplicate (newest first, capped) |
 | ``swaplab:schedule-fired:<name>:<due>`` | string (TTL) | one firing per due minute, whichever beat or tick gets there first |
 | ``swaplab:redbeat:*`` | RedBeat | celery beat's schedule and its lock (one beat sends at a time) |
+| ``swaplab:bisections`` | zset | bisection ids by creation time |
+| ``swaplab:bisection:<bid>`` | hash | a bisection (its campaign, series, state, what its runs said, its steps, the child campaign running, result) |
+| ``swaplab:lock:bisection:<bid>`` | lock | one step of a bisection at a time |
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ CAMPAIGN_STATES = tuple(CampaignStatus)
 RUN_STATES = tuple(RunStatus)
 
 CAMPAIGNS_KEY = "swaplab:campaigns"
+BISECTIONS_KEY = "swaplab:bisections"
 EVENTS_MAXLEN = 20000  # a campaign's progress stream keeps about this many events
 LEASE_PREFIX = "swaplab:lease"
 EXCLUSIVE_PREFIX = "swaplab:lab-exclusive"
@@ -173,6 +177,14 @@ def events_key(cid: str) -> str:
 
 def campaign_lock_key(cid: str) -> str:
     return f"swaplab:lock:campaign:{cid}"
+
+
+def bisection_key(bid: str) -> str:
+    return f"swaplab:bisection:{bid}"
+
+
+def bisection_lock_key(bid: str) -> str:
+    return f"swaplab:lock:bisection:{bid}"
 
 
 def build_lock_key(digest: str) -> str:

@@ -2,8 +2,9 @@
 
 Every question the bisection asks (``model.bisection.Ask``: a prefix of the series, with
 a number of repeats) becomes one child campaign: the bisection's own campaign with its
-kernels replaced by the base (the series' first 0 patches) and the prefix, so a base run
-sits beside every step and drift between steps shows in the pooled base. What comes back
+kernels replaced — by the base (the series' first 0 patches) and the whole series for the
+ends, by the asked prefix for a step — and one base run between two steps, so the base's
+pool follows the host's drift without the base being repeated at every step. What comes back
 is read through result.json's schema: per prefix, the primary figure of each passing run
 (the median of its nodes, as a comparison takes it) and each run's verdict.
 
@@ -32,9 +33,17 @@ On = Literal["figure", "verdict"]
 
 
 def child_spec(spec: CampaignSpec, build: BuildSpec, ask: Ask, name: str) -> CampaignSpec:
-    """The campaign of one question: the base and the asked prefix, ``ask.repeats`` each."""
-    kernels = [KernelSource(build=build.prefix(0)), KernelSource(build=build.prefix(ask.prefix))]
+    """The campaign of one question, ``ask.repeats`` runs a kernel: for the ends the base
+    and the whole series (interleaved, A B B A), for a step the asked prefix alone."""
+    prefixes = [0, ask.prefix] if ask.ends else [ask.prefix]
+    kernels = [KernelSource(build=build.prefix(k)) for k in prefixes]
     return spec.model_copy(update={"name": name, "kernels": kernels, "repeats": ask.repeats, "schedule": None})
+
+
+def base_spec(spec: CampaignSpec, build: BuildSpec, name: str) -> CampaignSpec:
+    """One run of the base, between two steps."""
+    kernels = [KernelSource(build=build.prefix(0))]
+    return spec.model_copy(update={"name": name, "kernels": kernels, "repeats": 1, "schedule": None})
 
 
 @dataclass

@@ -28,12 +28,14 @@ from model.state import (
     RECORD_CHAIN_KEY,
     REDBEAT_PREFIX,
     TERMINAL,
+    as_text,
+    bisection_key,
     campaign_key,
     campaign_lock_key,
     lab_queue,
     redis_url,
 )
-from orchestrator import notify, sinks, timetable
+from orchestrator import bisector, notify, sinks, timetable
 from orchestrator.planner import new_campaign_id, plan_runs
 from orchestrator.results import start_skew_ms
 from orchestrator.scheduler import Scheduler
@@ -141,6 +143,31 @@ def advance_campaign(cid: str, token: str) -> None:
         active = True
     if active:
         advance_campaign.apply_async((cid, token), countdown=TICK_S, queue=CONTROL_QUEUE)
+
+
+def kick_bisection(bid: str, countdown: float = 0.0) -> None:
+    """Start a new chain of steps for bisection ``bid`` (the previous one stops at its next)."""
+    token = secrets.token_hex(8)
+    _redis().hset(bisection_key(bid), "tick", token)
+    advance_bisection.apply_async((bid, token), countdown=countdown, queue=CONTROL_QUEUE)
+
+
+@app.task(name=protocol.ADVANCE_BISECTION, ignore_result=True)
+def advance_bisection(bid: str, token: str) -> None:
+    """One step of a bisection; re-schedules itself while it is active. A step that raises
+    ends the bisection as failed with the reason: it never waits forever on a lost chain."""
+    client = _redis()
+    current = client.hget(bisection_key(bid), "tick")
+    if current is None or as_text(current) != token:
+        return  # a newer chain took over
+    try:
+        active = bisector.advance(client, CampaignStore(client), bid, submit)
+    except Exception as exc:
+        log.exception("bisection %s failed", bid)
+        bisector.fail(client, bid, f"{type(exc).__name__}: {exc}")
+        return
+    if active:
+        advance_bisection.apply_async((bid, token), countdown=TICK_S, queue=CONTROL_QUEUE)
 
 
 @app.task(name=protocol.EVALUATE_RUN, ignore_result=True)
@@ -265,3 +292,5 @@ def _resume_campaigns(sender: Any = None, **_: Any) -> None:
     for cid in store.campaign_ids(limit=200):
         if store.status(cid) not in TERMINAL:
             kick(cid)
+    for bid in bisector.active(client):
+        kick_bisection(bid)

@@ -10,6 +10,7 @@ import click
 from model.display import printable
 from model.exitcode import ExitCode
 from model.hashes import CorruptHash
+from orchestrator.cli.bisect_cmds import bisect
 from orchestrator.cli.build_cmds import build, kernels
 from orchestrator.cli.campaign_cmds import run, validate
 from orchestrator.cli.check_cmds import check
@@ -53,6 +54,7 @@ for command in (
     compare,
     build,
     kernels,
+    bisect,
     lab,
     nfs,
     schedule,

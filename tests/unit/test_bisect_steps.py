@@ -11,7 +11,7 @@ from typing import Any
 from model.bisection import Ask, Bisection, Outcome, Step
 from model.campaign import CampaignSpec
 from model.kernel import BuildSpec, DebianSource
-from orchestrator.bisect_steps import Gathered, child_spec, judge
+from orchestrator.bisect_steps import Gathered, base_spec, child_spec, judge
 
 BUILD = BuildSpec(source=DebianSource(debian="linux-source-6.1"), patches=Path("/srv/series.mbox"))
 SPEC = CampaignSpec.model_validate(
@@ -43,18 +43,22 @@ def _record(runs: list[tuple[int, str, float]]) -> dict[str, Any]:
     }
 
 
-def test_a_child_campaign_runs_the_base_beside_the_asked_prefix() -> None:
-    child = child_spec(SPEC, BUILD, Ask(3, 2), "slow-swapin-b1-p3")
-    assert [kernel.label() for kernel in child.kernels] == [
+def test_the_ends_run_the_base_beside_the_whole_series_and_a_step_its_prefix_alone() -> None:
+    ends = child_spec(SPEC, BUILD, Ask(4, 3, ends=True), "slow-swapin-p4")
+    assert [kernel.label() for kernel in ends.kernels] == [
         "build:linux-source-6.1+series.mbox[:0]",
-        "build:linux-source-6.1+series.mbox[:3]",
+        "build:linux-source-6.1+series.mbox[:4]",
     ]
-    assert (child.name, child.repeats, child.compare, child.workloads) == (
-        "slow-swapin-b1-p3",
+    step = child_spec(SPEC, BUILD, Ask(3, 2), "slow-swapin-p3")
+    assert [kernel.label() for kernel in step.kernels] == ["build:linux-source-6.1+series.mbox[:3]"]
+    assert (step.name, step.repeats, step.compare, step.workloads) == (
+        "slow-swapin-p3",
         2,
         SPEC.compare,
         SPEC.workloads,
     )
+    between = base_spec(SPEC, BUILD, "slow-swapin-base")
+    assert ([k.label() for k in between.kernels], between.repeats) == (["build:linux-source-6.1+series.mbox[:0]"], 1)
 
 
 def test_a_bisection_over_simulated_runs_names_the_patch_that_slowed_swap_in() -> None:
@@ -64,8 +68,8 @@ def test_a_bisection_over_simulated_runs_names_the_patch_that_slowed_swap_in() -
     prefixes = {BUILD.prefix(k).label(): k for k in range(5)}
     while (ask := state.ask()) is not None:
         rate = 6.0 if ask.prefix >= 3 else 14.0
-        runs = [(0, "pass", 14.0 * noise.gauss(1, 0.03)) for _ in range(ask.repeats)]
-        runs += [(ask.prefix, "pass", rate * noise.gauss(1, 0.03)) for _ in range(ask.repeats)]
+        runs = [(ask.prefix, "pass", rate * noise.gauss(1, 0.03)) for _ in range(ask.repeats)]
+        runs += [(0, "pass", 14.0 * noise.gauss(1, 0.03)) for _ in range(ask.repeats if ask.ends else 1)]
         gathered.add(_record(runs), prefixes, "swap_in_mibps")
         step, why = judge(ask, 4, gathered, "figure", "swap_in_mibps", None)
         assert why
@@ -73,7 +77,7 @@ def test_a_bisection_over_simulated_runs_names_the_patch_that_slowed_swap_in() -
         gathered = Gathered.from_json(gathered.to_json())  # kept in Redis between steps
     result = state.result()
     assert result is not None and result.outcome is Outcome.CULPRIT and result.culprit == 3, result
-    assert len(gathered.values[0]) == 4 * (1 + len([s for s in result.log if s.prefix != 4]))  # pooled base
+    assert len(gathered.values[0]) == 4 + len([s for s in result.log if s.prefix != 4])  # pooled base
 
 
 def test_on_the_verdict_a_failed_run_is_bad_an_unbuilt_prefix_skipped_an_infra_error_undecided() -> None:

@@ -156,6 +156,29 @@ def messages(series: list[SeriesFile], label: str) -> list[SeriesFile]:
         ]
 
 
+def describe(message: SeriesFile) -> tuple[str, str, str]:
+    """A patch's subject (as git am commits it), author and diff stat (``git apply --stat``
+    of the copy: git only reads it)."""
+    headers = BytesHeaderParser(policy=default_policy).parsebytes(message.data)
+    with tempfile.NamedTemporaryFile(prefix="swaplab-patch-", suffix=".patch") as copy:
+        copy.write(message.data)
+        copy.flush()
+        proc = subprocess.run(
+            ["git", "apply", "--stat", copy.name],
+            capture_output=True,
+            encoding="utf-8",
+            errors="replace",
+            env=_git_env(),
+            check=False,
+        )
+    stat = (
+        proc.stdout.strip()
+        if proc.returncode == 0
+        else f"(no diff stat: {' '.join(gits_words(proc.stdout, proc.stderr))[:200]})"
+    )
+    return strip_subject(str(headers.get("Subject", ""))), " ".join(str(headers.get("From", "")).split()), stat
+
+
 def _as_mbox(message: bytes) -> bytes:
     # git mailsplit keeps each message's "From " line; a lone message may have had none.
     return message if message.startswith(b"From ") else _MBOX_FROM + message

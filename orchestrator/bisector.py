@@ -1,0 +1,250 @@
+"""``swaplab bisect``, run by the control plane: which patch of a series made it worse.
+
+A bisection lives in Redis (``swaplab:bisection:<bid>``): the campaign it was submitted
+with, the state of ``model.bisection.Bisection`` (its log), what the runs said so far per
+prefix (``orchestrator.bisect_steps.Gathered``), the question being asked and the child
+campaign asking it. ``swaplab.advance_bisection`` moves it one question at a time: while
+the child campaign runs it only looks again later; once the child is finished it reads
+the answer from the child's record, records it, and submits the next question's child
+campaign, or stores the result. Every step is a whole campaign of the usual kind (built,
+run, judged, stored in the results database), named after the bisection. A control worker
+that starts picks up every bisection not finished, so a restart loses nothing but the
+time it was down; a bisection cancelled cancels its running child.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import redis
+
+from model.bisection import Ask, Bisection, Outcome, Step
+from model.campaign import Campaign, campaign_from_json, campaign_to_json
+from model.kernel import BuildSpec
+from model.state import BISECTIONS_KEY, TERMINAL, as_text, bisection_key, bisection_lock_key
+from orchestrator.bisect_steps import Gathered, On, base_spec, child_spec, judge
+from orchestrator.stats import Policy, resolve_policies
+from orchestrator.store import CampaignStore
+
+log = logging.getLogger(__name__)
+ACTIVE = "running"
+FINISHED = ("done", "cancelled", "failed")
+LOCK_S = 60.0
+
+
+@dataclass(frozen=True)
+class Series:
+    """What a bisection shows of each patch of its series (1-based: patch k is prefix k's last)."""
+
+    subjects: list[str]
+    authors: list[str]
+    stats: list[str]  # git's diff stat of each patch
+
+
+def new_bisection_id(name: str) -> str:
+    return f"bisect-{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
+
+
+def create(client: redis.Redis, campaign: Campaign, series: Series, on: On, max_repeats: int) -> str:
+    """Store a new bisection (all of it or nothing); its id. The caller kicks it."""
+    bid = new_bisection_id(campaign.spec.name)
+    state = Bisection(len(series.subjects), repeats=campaign.spec.repeats, max_repeats=max_repeats)
+    now = time.time()
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(
+        bisection_key(bid),
+        mapping={
+            "id": bid,
+            "name": campaign.spec.name,
+            "status": ACTIVE,
+            "created_at": now,
+            "campaign": json.dumps(campaign_to_json(campaign)),
+            "on": on,
+            "figure": campaign.spec.compare.primary,
+            "series": json.dumps({"subjects": series.subjects, "authors": series.authors, "stats": series.stats}),
+            "state": json.dumps(state.to_json()),
+            "gathered": json.dumps(Gathered().to_json()),
+            "steps": "[]",
+            "child": "",
+        },
+    )
+    pipe.zadd(BISECTIONS_KEY, {bid: now})
+    pipe.execute()
+    return bid
+
+
+def active(client: redis.Redis, limit: int = 200) -> list[str]:
+    """The bisections not finished, oldest first (a control worker that starts resumes them)."""
+    found = []
+    for raw in client.zrange(BISECTIONS_KEY, -limit, -1):
+        bid = as_text(raw)
+        if as_text(client.hget(bisection_key(bid), "status") or b"") == ACTIVE:
+            found.append(bid)
+    return found
+
+
+def read(client: redis.Redis, bid: str) -> dict[str, Any] | None:
+    """A bisection as ``--status`` shows it; None when there is none."""
+    fields = {as_text(k): as_text(v) for k, v in client.hgetall(bisection_key(bid)).items()}
+    if not fields:
+        return None
+    shown: dict[str, Any] = {
+        key: fields.get(key, "") for key in ("id", "name", "status", "on", "figure", "child", "error")
+    }
+    shown["steps"] = json.loads(fields.get("steps") or "[]")
+    shown["series"] = json.loads(fields.get("series") or "{}")
+    shown["result"] = json.loads(fields["result"]) if fields.get("result") else None
+    return shown
+
+
+def request_cancel(client: redis.Redis, bid: str) -> None:
+    client.hset(bisection_key(bid), "cancel", "1")
+
+
+def fail(client: redis.Redis, bid: str, reason: str) -> None:
+    client.hset(bisection_key(bid), mapping={"status": "failed", "error": reason[:2000], "finished_at": time.time()})
+
+
+def build_of(campaign: Campaign) -> BuildSpec:
+    """The one ``build:`` kernel with a patch series a bisection campaign names."""
+    [kernel] = campaign.spec.kernels
+    assert kernel.build is not None and kernel.build.patches is not None
+    return kernel.build
+
+
+def advance(client: redis.Redis, store: CampaignStore, bid: str, submit: Any) -> bool:
+    """One step of the bisection; whether it is still active (look again later)."""
+    with client.lock(bisection_lock_key(bid), timeout=LOCK_S, blocking_timeout=30):
+        fields = {as_text(k): as_text(v) for k, v in client.hgetall(bisection_key(bid)).items()}
+        if not fields or fields.get("status") != ACTIVE:
+            return False
+        child = fields.get("child", "")
+        if fields.get("cancel"):
+            if child:
+                store.request_cancel(child)
+            client.hset(bisection_key(bid), mapping={"status": "cancelled", "finished_at": time.time()})
+            return False
+        if child and store.status(child) not in TERMINAL:
+            return True
+        campaign = campaign_from_json(json.loads(fields["campaign"]))
+        state = Bisection.from_json(json.loads(fields["state"]))
+        gathered = Gathered.from_json(json.loads(fields["gathered"]))
+        steps = json.loads(fields["steps"])
+        base_run = fields.get("asked") == "base"
+        if child and base_run:
+            _take_base_run(store, campaign, fields, gathered, steps, child)
+        elif child:
+            _take_answer(store, campaign, fields, state, gathered, steps, child)
+        ask = state.ask()
+        update: dict[Any, Any] = {
+            "state": json.dumps(state.to_json()),
+            "gathered": json.dumps(gathered.to_json()),
+            "steps": json.dumps(steps),
+        }
+        if ask is None:
+            update |= {"status": "done", "child": "", "finished_at": time.time()}
+            update["result"] = json.dumps(result_of(fields, state, gathered))
+            client.hset(bisection_key(bid), mapping=update)
+            return False
+        build = build_of(campaign)
+        if child and not base_run and not steps[-1]["ends"]:
+            # A base run between two steps: the base's pool follows the host's drift.
+            spec = base_spec(campaign.spec, build, f"{campaign.spec.name}-base"[:41])
+            update["asked"] = "base"
+        else:
+            spec = child_spec(campaign.spec, build, ask, f"{campaign.spec.name}-p{ask.prefix}"[:41])
+            update["asked"] = json.dumps([ask.prefix, ask.repeats, ask.ends])
+        update["child"] = submit(store, replace(campaign, spec=spec))
+        client.hset(bisection_key(bid), mapping=update)
+        log.info("bisection %s: %s in campaign %s", bid, update["asked"], update["child"])
+        return True
+
+
+def _take_base_run(
+    store: CampaignStore,
+    campaign: Campaign,
+    fields: dict[str, str],
+    gathered: Gathered,
+    steps: list[dict[str, Any]],
+    child: str,
+) -> None:
+    record = store.record(child) or {}
+    if record:
+        gathered.add(record, {build_of(campaign).prefix(0).label(): 0}, fields["figure"])
+    steps.append(_logged(0, 1, False, "base", "a base run between steps", child, record, gathered))
+
+
+def _logged(
+    prefix: int, repeats: int, ends: bool, step: str, why: str, child: str, record: dict[str, Any], gathered: Gathered
+) -> dict[str, Any]:
+    wall = record.get("wall_s")
+    return {
+        "prefix": prefix,
+        "repeats": repeats,
+        "ends": ends,
+        "step": step,
+        "why": why,
+        "campaign": child,
+        "lab_s": round(float(wall), 1) if isinstance(wall, int | float) else None,
+        "values": gathered.values.get(prefix, []),
+        "verdicts": gathered.verdicts.get(prefix, []),
+    }
+
+
+def _take_answer(
+    store: CampaignStore,
+    campaign: Campaign,
+    fields: dict[str, str],
+    state: Bisection,
+    gathered: Gathered,
+    steps: list[dict[str, Any]],
+    child: str,
+) -> None:
+    prefix, repeats, ends = json.loads(fields["asked"])
+    ask = Ask(int(prefix), int(repeats), bool(ends))
+    record = store.record(child) or {}
+    build = build_of(campaign)
+    labels = {build.prefix(k).label(): k for k in (0, ask.prefix)}
+    if record:
+        gathered.add(record, labels, fields["figure"])
+    on: On = "verdict" if fields["on"] == "verdict" else "figure"
+    step, why = judge(ask, state.patches, gathered, on, fields["figure"], _policy(campaign, fields["figure"]))
+    if not record:
+        step, why = Step.UNDECIDED, f"campaign {child} ended without a record ({store.status(child)})"
+    state.answer(ask, step)
+    steps.append(_logged(ask.prefix, ask.repeats, ask.ends, step.value, why, child, record, gathered))
+
+
+def _policy(campaign: Campaign, figure: str) -> Policy | None:
+    overrides = {name: spec.model_dump(exclude_none=True) for name, spec in campaign.spec.compare.figures.items()}
+    return resolve_policies(overrides).get(figure)
+
+
+def result_of(fields: dict[str, str], state: Bisection, gathered: Gathered) -> dict[str, Any]:
+    """The answer as stored and shown: outcome, the culprit with its subject, author and
+    diff stat, the figure before and after it, and the sentence."""
+    result = state.result()
+    assert result is not None
+    series = json.loads(fields["series"])
+    answer: dict[str, Any] = {
+        "outcome": result.outcome.value,
+        "last_good": result.last_good,
+        "first_bad": result.first_bad,
+        "describe": result.describe(),
+    }
+    if result.outcome is Outcome.CULPRIT:
+        index = result.first_bad - 1
+        answer["culprit"] = {
+            "position": result.first_bad,
+            "subject": series["subjects"][index],
+            "author": series["authors"][index],
+            "stat": series["stats"][index],
+        }
+        answer["before"] = gathered.values.get(result.last_good, [])
+        answer["after"] = gathered.values.get(result.first_bad, [])
+    return answer

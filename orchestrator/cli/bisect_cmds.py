@@ -1,0 +1,215 @@
+"""``swaplab bisect FILE``: which patch of a series made swap over NFS worse.
+
+FILE is a campaign whose one kernel is a ``build:`` with a patch series; its workloads,
+node settings, repeats and ``compare:`` say what "worse" means (the primary figure and its
+tolerance), or ``--on verdict``: the whole series fails where the base passes. The control
+plane runs the bisection (``orchestrator.bisector``); this command submits it and follows
+it, or shows (``--status``) or cancels (``--cancel``) one. Exit 3 when a culprit was found,
+0 when there is nothing to bisect, 4 when it could not decide, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from model.campaign import Campaign
+from model.display import printable
+from model.exitcode import ExitCode
+from model.yamlpos import SpecError, load_located
+from orchestrator import bisector
+from orchestrator.cli.common import CAMPAIGN_FILE, load_lab_or_exit, load_or_exit
+from orchestrator.cli.distributed_cmds import connect
+from orchestrator.services import LocalServices, ServiceError
+from workers.kbuild import patches
+
+POLL_S = 2.0
+EXIT = {"culprit": ExitCode.CRITERIA_FAIL, "nothing": ExitCode.PASS, "range": ExitCode.INVALID}
+
+
+@click.command()
+@click.argument("campaign_file", type=CAMPAIGN_FILE, required=False)
+@click.option(
+    "--on",
+    "on",
+    type=click.Choice(["figure", "verdict"]),
+    default="figure",
+    show_default=True,
+    help="What regressed: the campaign's primary figure, or the verdict (the whole fails, the base passes).",
+)
+@click.option(
+    "--max-repeats",
+    type=click.IntRange(1, 50),
+    help="Cap on repeats for an undecided step (default: twice the campaign's).",
+)
+@click.option("--validate", is_flag=True, help="Check FILE as a bisection, run nothing.")
+@click.option("--status", "status_id", metavar="ID", help="Show bisection ID: its steps and its answer.")
+@click.option("--cancel", "cancel_id", metavar="ID", help="Cancel bisection ID (and its running campaign).")
+@click.option("--json", "as_json", is_flag=True, help="Print the bisection as JSON on stdout.")
+def bisect(
+    campaign_file: Path | None,
+    on: str,
+    max_repeats: int | None,
+    validate: bool,
+    status_id: str | None,
+    cancel_id: str | None,
+    as_json: bool,
+) -> None:
+    """Find the patch of CAMPAIGN_FILE's series that made it worse (exit 3 with it)."""
+    if status_id or cancel_id:
+        _status_or_cancel(status_id, cancel_id, as_json)
+        return
+    if campaign_file is None:
+        raise click.UsageError("a campaign FILE, or --status ID / --cancel ID")
+    campaign = load_or_exit(campaign_file, as_json)
+    series = _series_or_exit(campaign_file, campaign, as_json)
+    if validate:
+        _say_valid(campaign_file, campaign, series, as_json)
+        return
+    lab = load_lab_or_exit(Path(campaign.lab.inventory), as_json)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    os.environ.setdefault("SWAPLAB_RESULTS", str(Path("results").resolve()))
+    try:
+        with LocalServices(lab, len(lab.nodes) + 1, Path(os.environ["SWAPLAB_RESULTS"]) / "services", _note):
+            shown = _submit_and_follow(campaign, series, on, max_repeats or 2 * campaign.spec.repeats)
+    except ServiceError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
+    _finish(shown, as_json)
+
+
+def _series_or_exit(path: Path, campaign: Campaign, as_json: bool) -> bisector.Series:
+    """The series of the campaign's one ``build:`` kernel, each patch described; or exit 2
+    naming the file, line and field."""
+    doc = load_located(path)
+    kernels = campaign.spec.kernels
+    build = kernels[0].build if len(kernels) == 1 else None
+    problem = None
+    if build is None or build.patches is None:
+        problem = "a bisection needs exactly one kernel: a `build:` with a patch series (`patches:`)"
+    elif build.patches_upto is not None:
+        problem = "a bisection takes the whole series: no `patches_upto`"
+    elif campaign.spec.baseline is not None or campaign.spec.schedule is not None:
+        problem = "a bisection compares the series with its own base: no `baseline:` or `schedule:`"
+    if problem is None and build is not None and build.patches is not None:
+        try:
+            messages = patches.messages(patches.read_series(build.patches), str(build.patches))
+        except patches.PatchError as err:
+            problem = str(err)
+        else:
+            if not messages:
+                problem = f"patch series {build.patches} holds no patch"
+            else:
+                described = [patches.describe(message) for message in messages]
+                return bisector.Series(*(list(column) for column in zip(*described, strict=True)))
+    _refuse(SpecError([doc.issue(("kernels",), problem or "no series")]), as_json)
+
+
+def _refuse(err: SpecError, as_json: bool) -> NoReturn:
+    if as_json:
+        click.echo(json.dumps({"valid": False, "issues": [issue.__dict__ for issue in err.issues]}, indent=2))
+    else:
+        for issue in err.issues:
+            click.echo(f"error: {issue}", err=True)
+    sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
+
+
+def _say_valid(path: Path, campaign: Campaign, series: bisector.Series, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"valid": True, "campaign": campaign.spec.name, "patches": series.subjects}, indent=2))
+        return
+    click.echo(
+        f"{path}: valid — bisection of {len(series.subjects)} patch(es) on lab {campaign.lab.name!r}, "
+        f"figure {campaign.spec.compare.primary}, {campaign.spec.repeats} repeat(s) a step"
+    )
+    for index, subject in enumerate(series.subjects, 1):
+        click.echo(printable(f"  {index}. {subject}"))
+
+
+def _submit_and_follow(campaign: Campaign, series: bisector.Series, on: str, max_repeats: int) -> dict[str, Any]:
+    from orchestrator.tasks import kick_bisection  # imported late: the Celery app reads its config here
+
+    client = connect().redis
+    bid = bisector.create(client, campaign, series, "verdict" if on == "verdict" else "figure", max_repeats)
+    kick_bisection(bid)
+    click.echo(f"bisection {bid}: {len(series.subjects)} patch(es) on lab {campaign.lab.name}", err=True)
+    seen = 0
+    try:
+        while True:
+            shown = bisector.read(client, bid) or {}
+            for step in shown.get("steps", [])[seen:]:
+                click.echo(printable(f"  {_step_line(step)}"), err=True)
+            seen = len(shown.get("steps", []))
+            if shown.get("status") != bisector.ACTIVE:
+                return shown
+            time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        bisector.request_cancel(client, bid)
+        click.echo(f"interrupted: bisection {bid} cancelled", err=True)
+        sys.exit(ExitCode.INTERRUPTED)
+
+
+def _step_line(step: dict[str, Any]) -> str:
+    what = "the ends (base and whole series)" if step["ends"] else f"prefix {step['prefix']}"
+    lab = f", lab {step['lab_s']:.0f} s" if step.get("lab_s") is not None else ""
+    values = ", ".join(f"{value:.2f}" for value in step.get("values", []))
+    return f"{what} x{step['repeats']}: {step['step']} — {step['why']} [{values}] ({step['campaign']}{lab})"
+
+
+def _status_or_cancel(status_id: str | None, cancel_id: str | None, as_json: bool) -> None:
+    client = connect().redis
+    bid = cancel_id or status_id or ""
+    shown = bisector.read(client, bid)
+    if shown is None:
+        click.echo(f"error: no bisection {bid!r}", err=True)
+        sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
+    if cancel_id:
+        bisector.request_cancel(client, bid)
+        click.echo(f"bisection {bid}: cancel requested", err=True)
+        return
+    if as_json:
+        click.echo(json.dumps(shown, indent=2))
+        return
+    click.echo(f"bisection {bid}: {shown['status']}")
+    for step in shown["steps"]:
+        click.echo(printable(f"  {_step_line(step)}"))
+    if shown["result"]:
+        click.echo(printable(_answer_lines(shown)))
+
+
+def _answer_lines(shown: dict[str, Any]) -> str:
+    result = shown["result"]
+    lines = [result["describe"]]
+    culprit = result.get("culprit")
+    if culprit:
+        lines.append(f"  patch {culprit['position']}: {culprit['subject']} ({culprit['author']})")
+        lines += [f"    {line}" for line in culprit["stat"].splitlines()]
+        before, after = result.get("before") or [], result.get("after") or []
+        if before and after:
+            lines.append(
+                f"  {shown['figure']}: median {sorted(before)[len(before) // 2]:.2f} before it, "
+                f"{sorted(after)[len(after) // 2]:.2f} with it"
+            )
+    return "\n".join(lines)
+
+
+def _finish(shown: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(shown, indent=2))
+    if shown.get("status") != "done":
+        click.echo(f"bisection {shown.get('id')}: {shown.get('status')} {shown.get('error', '')}".rstrip(), err=True)
+        sys.exit(ExitCode.BAD_INPUT_OR_INFRA if shown.get("status") == "failed" else ExitCode.INTERRUPTED)
+    if not as_json:
+        click.echo(_answer_lines(shown))
+    sys.exit(EXIT.get(shown["result"]["outcome"], ExitCode.INVALID))
+
+
+def _note(text: str) -> None:
+    click.echo(f"swaplab: {text}", err=True)
