@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from model.bisection import Ask, Step
-from model.campaign import CampaignSpec
+from model.campaign import BaselineSide, CampaignSpec
 from model.kernel import BuildSpec, KernelSource
 from model.result import campaign_of
 from orchestrator.baselines import run_value
@@ -34,10 +34,14 @@ On = Literal["figure", "verdict"]
 
 def child_spec(spec: CampaignSpec, build: BuildSpec, ask: Ask, name: str) -> CampaignSpec:
     """The campaign of one question, ``ask.repeats`` runs a kernel: for the ends the base
-    and the whole series (interleaved, A B B A), for a step the asked prefix alone."""
+    and the whole series (a comparison: interleaved, A B B A), for a step the asked prefix
+    alone."""
     prefixes = [0, ask.prefix] if ask.ends else [ask.prefix]
     kernels = [KernelSource(build=build.prefix(k)) for k in prefixes]
-    return spec.model_copy(update={"name": name, "kernels": kernels, "repeats": ask.repeats, "schedule": None})
+    # The ends are a comparison of their own: its baseline is what interleaves the sides.
+    baseline = BaselineSide(kernel=kernels[0].label()) if ask.ends else None
+    update = {"name": name, "kernels": kernels, "repeats": ask.repeats, "schedule": None, "baseline": baseline}
+    return spec.model_copy(update=update)
 
 
 def base_spec(spec: CampaignSpec, build: BuildSpec, name: str) -> CampaignSpec:

@@ -94,7 +94,7 @@ def read(client: redis.Redis, bid: str) -> dict[str, Any] | None:
     if not fields:
         return None
     shown: dict[str, Any] = {
-        key: fields.get(key, "") for key in ("id", "name", "status", "on", "figure", "child", "error")
+        key: fields.get(key, "") for key in ("id", "name", "status", "on", "figure", "child", "asked", "error")
     }
     shown["steps"] = json.loads(fields.get("steps") or "[]")
     shown["series"] = json.loads(fields.get("series") or "{}")

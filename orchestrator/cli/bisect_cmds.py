@@ -140,13 +140,19 @@ def _submit_and_follow(campaign: Campaign, series: bisector.Series, on: str, max
     bid = bisector.create(client, campaign, series, "verdict" if on == "verdict" else "figure", max_repeats)
     kick_bisection(bid)
     click.echo(f"bisection {bid}: {len(series.subjects)} patch(es) on lab {campaign.lab.name}", err=True)
-    seen = 0
+    seen, child = 0, ""
     try:
         while True:
             shown = bisector.read(client, bid) or {}
             for step in shown.get("steps", [])[seen:]:
                 click.echo(printable(f"  {_step_line(step)}"), err=True)
             seen = len(shown.get("steps", []))
+            if shown.get("child") and shown["child"] != child:
+                child = shown["child"]
+                click.echo(
+                    printable(f"  ... {_asked(shown.get('asked', ''))}: campaign {child} (swaplab watch {child})"),
+                    err=True,
+                )
             if shown.get("status") != bisector.ACTIVE:
                 return shown
             time.sleep(POLL_S)
@@ -154,6 +160,13 @@ def _submit_and_follow(campaign: Campaign, series: bisector.Series, on: str, max
         bisector.request_cancel(client, bid)
         click.echo(f"interrupted: bisection {bid} cancelled", err=True)
         sys.exit(ExitCode.INTERRUPTED)
+
+
+def _asked(asked: str) -> str:
+    if asked == "base":
+        return "a base run between steps"
+    prefix, repeats, ends = json.loads(asked) if asked else (0, 0, False)
+    return f"the ends (base and whole series) x{repeats}" if ends else f"prefix {prefix} x{repeats}"
 
 
 def _step_line(step: dict[str, Any]) -> str:

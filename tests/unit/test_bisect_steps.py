@@ -49,7 +49,9 @@ def test_the_ends_run_the_base_beside_the_whole_series_and_a_step_its_prefix_alo
         "build:linux-source-6.1+series.mbox[:0]",
         "build:linux-source-6.1+series.mbox[:4]",
     ]
+    assert ends.baseline is not None and ends.baseline.kernel == "build:linux-source-6.1+series.mbox[:0]"
     step = child_spec(SPEC, BUILD, Ask(3, 2), "slow-swapin-p3")
+    assert step.baseline is None
     assert [kernel.label() for kernel in step.kernels] == ["build:linux-source-6.1+series.mbox[:3]"]
     assert (step.name, step.repeats, step.compare, step.workloads) == (
         "slow-swapin-p3",
