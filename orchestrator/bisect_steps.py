@@ -95,7 +95,7 @@ def judge(ask: Ask, patches: int, gathered: Gathered, on: On, figure: str, polic
     if not gathered.values.get(ask.prefix) and _all_invalid(gathered.verdicts.get(ask.prefix, [])):
         return Step.SKIP, "its runs are invalid: the prefix did not build"
     judged = judge_step(figure, base, whole, gathered.values.get(ask.prefix, []), policy)
-    return judged.step, judged.summary()
+    return judged.step, judged.summary().removeprefix(f"{judged.step.value}: ")
 
 
 def _all_invalid(verdicts: list[str]) -> bool:
