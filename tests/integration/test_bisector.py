@@ -1,0 +1,160 @@
+"""The control plane's bisection against a real redis-server: a child campaign per question,
+the answers read back from their records, a base run between steps, resumable at any step,
+cancellable, and ended as failed (never left waiting) when a child's record is not one.
+
+The child campaigns are stored as the scheduler stores any campaign; their runs are
+written as finished records here (a whole bisection with guests is the e2e's), with patch
+3 of 4 making swap-in 58 % slower.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from model.campaign import Campaign, load_campaign
+from model.state import bisection_key
+from orchestrator import bisector
+from orchestrator.planner import new_campaign_id, plan_runs
+from orchestrator.store import CampaignStore
+from tests.integration.redis_server import RedisServer, redis_server_fixture  # noqa: F401  (the fixture)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+REPO = Path(__file__).resolve().parents[2]
+SERIES = bisector.Series(
+    ["mm: a log line", "mm: a comment", "mm: swap: read swap back one page at a time", "mm: another comment"],
+    ["Swap Tester <swap@example.org>"] * 4,
+    ["mm/swapfile.c | 1 +", "mm/swap.c | 1 +", "mm/swap.c | 4 ++--", "mm/page_io.c | 1 +"],
+)
+_RUNS = itertools.count(1)
+
+
+def _campaign(tmp_path: Path) -> Campaign:
+    series = tmp_path / "series.mbox"
+    series.write_text("From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n")
+    lab = tmp_path / "lab.yml"
+    text = (REPO / "inventory" / "local.yml").read_text()
+    lab.write_text(text.replace("swaplab_lab: local", f"swaplab_lab: local\n    swaplab_kernel_dirs: [{tmp_path}]", 1))
+    path = tmp_path / "pc.yaml"
+    path.write_text(
+        f"""\
+name: pc
+lab: {lab}
+kernels:
+  - build: {{source: {{debian: linux-source-6.1}}, patches: {series}}}
+node: {{ram_mib: 256}}
+swap: {{size_mib: 512}}
+workloads: [{{name: small, mib: 320}}]
+repeats: 4
+compare: {{primary: swap_in_mibps, figures: {{swap_in_mibps: {{tolerance: 0.25}}}}}}
+"""
+    )
+    return load_campaign(path)
+
+
+class Lab:
+    """Stores each child campaign as submitted, and finishes it with runs on demand."""
+
+    def __init__(self, store: CampaignStore) -> None:
+        self.store, self.submitted = store, []  # type: list[str]
+        self.noise = random.Random(3)
+
+    def submit(self, store: CampaignStore, campaign: Campaign) -> str:
+        cid = new_campaign_id(campaign.spec.name)
+        store.create(cid, campaign, plan_runs(campaign))
+        self.submitted.append(cid)
+        return cid
+
+    def finish(self, cid: str) -> list[str]:
+        """The child's runs, each with its kernel's swap-in rate; the labels it ran."""
+        campaign = self.store.campaign_model(cid)
+        runs = []
+        for plan in plan_runs(campaign):
+            label = plan.kernel.label()
+            prefix = int(label.rsplit("[:", 1)[1].rstrip("]"))
+            rate = (6.0 if prefix >= 3 else 14.0) * self.noise.gauss(1, 0.03)
+            runs.append(_run(label, rate))
+        record = {"campaign_id": cid, "wall_s": 42.0, "runs": runs}
+        self.store.set_campaign_status(cid, "done", result=json.dumps(record))
+        return [plan.kernel.label() for plan in plan_runs(campaign)]
+
+
+def _run(label: str, swap_in: float) -> dict[str, Any]:
+    return {
+        "run_id": f"r{next(_RUNS):03d}",
+        "kernel_label": label,
+        "verdict": "pass",
+        "nodes": [{"node": "node1", "figures": {"swap_in_mibps": {"value": swap_in}}}],
+    }
+
+
+def test_a_bisection_asks_campaign_after_campaign_and_names_the_patch(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    client = redis_server.client()
+    store = CampaignStore(client)
+    lab = Lab(store)
+    bid = bisector.create(client, _campaign(tmp_path), SERIES, "figure", max_repeats=8)
+    assert bisector.active(client) == [bid]
+
+    asked: list[list[str]] = []
+    while bisector.advance(client, store, bid, lab.submit):
+        child = lab.submitted[-1]
+        assert bisector.advance(client, store, bid, lab.submit)  # still running: nothing changes
+        assert lab.submitted[-1] == child
+        asked.append(lab.finish(child))
+
+    shown = bisector.read(client, bid)
+    assert shown is not None and shown["status"] == "done" and bisector.active(client) == []
+    result = shown["result"]
+    assert (result["outcome"], result["first_bad"]) == ("culprit", 3), shown
+    assert result["culprit"]["subject"] == "mm: swap: read swap back one page at a time"
+    assert result["describe"] == "patch 3 is the first bad one"
+    base, whole, two, three = (f"build:linux-source-6.1+series.mbox[:{k}]" for k in (0, 4, 2, 3))
+    # The ends interleaved (a comparison: A B B A ...), then prefix 2, a base run, prefix 3.
+    assert asked == [[base, whole, whole, base, base, whole, whole, base], [two] * 4, [base], [three] * 4]
+    assert [step["step"] for step in shown["steps"]] == ["bad", "good", "base", "bad"]
+    assert all(step["lab_s"] == 42.0 for step in shown["steps"])
+    assert len(shown["steps"][-2]["values"]) == 5  # the base's pool: 4 from the ends, 1 between steps
+
+
+def test_a_bisection_resumes_from_redis_alone_and_a_cancel_reaches_its_child(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    client = redis_server.client()
+    store = CampaignStore(client)
+    lab = Lab(store)
+    bid = bisector.create(client, _campaign(tmp_path), SERIES, "figure", max_repeats=8)
+    bisector.advance(client, store, bid, lab.submit)
+    lab.finish(lab.submitted[-1])
+    # A control worker that starts now knows nothing but Redis: the bisection goes on.
+    assert bisector.active(client) == [bid]
+    assert bisector.advance(client, store, bid, Lab(store).submit)
+    child = store.campaign_ids(limit=1)[0]
+    assert json.loads(client.hget(bisection_key(bid), "asked")) == [2, 4, False]
+
+    bisector.request_cancel(client, bid)
+    assert bisector.advance(client, store, bid, lab.submit) is False
+    assert store.cancel_requested(child)
+    shown = bisector.read(client, bid)
+    assert shown is not None and shown["status"] == "cancelled" and bisector.active(client) == []
+
+
+def test_a_child_record_that_is_not_one_ends_the_bisection_as_failed(redis_server: RedisServer, tmp_path: Path) -> None:
+    client = redis_server.client()
+    store = CampaignStore(client)
+    lab = Lab(store)
+    bid = bisector.create(client, _campaign(tmp_path), SERIES, "figure", max_repeats=8)
+    bisector.advance(client, store, bid, lab.submit)
+    store.set_campaign_status(lab.submitted[-1], "done", result=json.dumps({"campaign_id": 7, "runs": "many"}))
+    with pytest.raises(ValueError, match="schema"):
+        bisector.advance(client, store, bid, lab.submit)
+    bisector.fail(client, bid, "RecordError: the record does not match result.json's schema")
+    shown = bisector.read(client, bid)
+    assert shown is not None and shown["status"] == "failed" and "schema" in shown["error"]
+    assert bisector.active(client) == []
