@@ -61,7 +61,8 @@ class Lab:
     """Stores each child campaign as submitted, and finishes it with runs on demand."""
 
     def __init__(self, store: CampaignStore) -> None:
-        self.store, self.submitted = store, []  # type: list[str]
+        self.store = store
+        self.submitted: list[str] = []
         self.noise = random.Random(3)
 
     def submit(self, store: CampaignStore, campaign: Campaign) -> str:
@@ -136,7 +137,7 @@ def test_a_bisection_resumes_from_redis_alone_and_a_cancel_reaches_its_child(
     assert bisector.active(client) == [bid]
     assert bisector.advance(client, store, bid, Lab(store).submit)
     child = store.campaign_ids(limit=1)[0]
-    assert json.loads(client.hget(bisection_key(bid), "asked")) == [2, 4, False]
+    assert json.loads(client.hget(bisection_key(bid), "asked") or "") == [2, 4, False]
 
     bisector.request_cancel(client, bid)
     assert bisector.advance(client, store, bid, lab.submit) is False
