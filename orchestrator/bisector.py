@@ -28,7 +28,7 @@ from model.campaign import Campaign, campaign_from_json, campaign_to_json
 from model.kernel import BuildSpec
 from model.state import BISECTIONS_KEY, TERMINAL, as_text, bisection_key, bisection_lock_key
 from orchestrator.bisect_steps import Gathered, On, base_spec, child_spec, judge
-from orchestrator.stats import Policy, resolve_policies
+from orchestrator.stats import Policy, compare_figure, resolve_policies
 from orchestrator.store import CampaignStore
 
 log = logging.getLogger(__name__)
@@ -152,8 +152,9 @@ def advance(client: redis.Redis, store: CampaignStore, bid: str, submit: Any) ->
             client.hset(bisection_key(bid), mapping=update)
             return False
         build = build_of(campaign)
-        if child and not base_run and not steps[-1]["ends"]:
-            # A base run between two steps: the base's pool follows the host's drift.
+        if child and not base_run and not steps[-1]["ends"] and fields["on"] == "figure":
+            # A base run between two steps: the base's pool follows the host's drift (a
+            # verdict does not drift: none there).
             spec = base_spec(campaign.spec, build, f"{campaign.spec.name}-base"[:41])
             update["asked"] = "base"
         else:
@@ -183,6 +184,8 @@ def _logged(
     prefix: int, repeats: int, ends: bool, step: str, why: str, child: str, record: dict[str, Any], gathered: Gathered
 ) -> dict[str, Any]:
     wall = record.get("wall_s")
+    runs = [run for run in record.get("runs", []) if isinstance(run, dict)]
+    run_s = sum(float(run.get("finished_at") or 0) - float(run.get("started_at") or 0) for run in runs)
     return {
         "prefix": prefix,
         "repeats": repeats,
@@ -190,7 +193,8 @@ def _logged(
         "step": step,
         "why": why,
         "campaign": child,
-        "lab_s": round(float(wall), 1) if isinstance(wall, int | float) else None,
+        "lab_s": round(float(wall), 1) if isinstance(wall, int | float) else None,  # its builds included
+        "runs_s": round(run_s, 1),  # the lab time its runs took, one after the other
         "values": gathered.values.get(prefix, []),
         "verdicts": gathered.verdicts.get(prefix, []),
     }
@@ -245,6 +249,10 @@ def result_of(fields: dict[str, str], state: Bisection, gathered: Gathered) -> d
             "author": series["authors"][index],
             "stat": series["stats"][index],
         }
-        answer["before"] = gathered.values.get(result.last_good, [])
-        answer["after"] = gathered.values.get(result.first_bad, [])
+        before, after = gathered.values.get(result.last_good, []), gathered.values.get(result.first_bad, [])
+        answer["before"], answer["after"] = before, after
+        if before and after:
+            figure = fields["figure"]
+            campaign = campaign_from_json(json.loads(fields["campaign"]))
+            answer["change"] = compare_figure(figure, before, after, _policy(campaign, figure)).summary()
     return answer

@@ -171,7 +171,9 @@ def _asked(asked: str) -> str:
 
 def _step_line(step: dict[str, Any]) -> str:
     what = "the ends (base and whole series)" if step["ends"] else f"prefix {step['prefix']}"
-    lab = f", lab {step['lab_s']:.0f} s" if step.get("lab_s") is not None else ""
+    lab = f", {step['lab_s']:.0f} s" if step.get("lab_s") is not None else ""
+    if step.get("runs_s") is not None:
+        lab += f" of which runs {step['runs_s']:.0f} s"
     values = ", ".join(f"{value:.2f}" for value in step.get("values", []))
     return f"{what} x{step['repeats']}: {step['step']} — {step['why']} [{values}] ({step['campaign']}{lab})"
 
@@ -204,12 +206,8 @@ def _answer_lines(shown: dict[str, Any]) -> str:
     if culprit:
         lines.append(f"  patch {culprit['position']}: {culprit['subject']} ({culprit['author']})")
         lines += [f"    {line}" for line in culprit["stat"].splitlines()]
-        before, after = result.get("before") or [], result.get("after") or []
-        if before and after:
-            lines.append(
-                f"  {shown['figure']}: median {sorted(before)[len(before) // 2]:.2f} before it, "
-                f"{sorted(after)[len(after) // 2]:.2f} with it"
-            )
+        if result.get("change"):
+            lines.append(f"  before it -> with it: {result['change']}")
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import statistics
 import subprocess
 import time
 from collections.abc import Iterator
@@ -48,20 +49,25 @@ def make_series(kernels: Path) -> Path:
     log line at swap activation, then a comment (a second patch for a prefix to leave out)."""
     tree = from_debian("linux-source-6.1", lambda _text: None)
     with worktree(tree, kernels / "wt") as src:
-        swapfile = src / "mm" / "swapfile.c"
-        text = swapfile.read_text()
-        match = SWAPON_LINE.search(text)
-        assert match, "mm/swapfile.c has no swapon message to patch next to"
-        swapfile.write_text(text[: match.start()] + f'\tpr_info("{MARK}\\n");\n' + text[match.start() :])
-        _commit(src, SUBJECTS[0])
-        swap = src / "mm" / "swap.c"
-        swap.write_text(
-            swap.read_text().replace("void __init swap_setup(void)\n", COMMENT + "void __init swap_setup(void)\n", 1)
-        )
-        assert COMMENT in swap.read_text(), "mm/swap.c has no swap_setup() to comment"
-        _commit(src, SUBJECTS[1])
+        _harmless_two(src)
         (kernels / "series.mbox").write_text(_git(src, "format-patch", "--stdout", "HEAD~2"))
     return kernels / "series.mbox"
+
+
+def _harmless_two(src: Path) -> None:
+    """The series' first two patches: a log line at swap activation, a comment (.c files only)."""
+    swapfile = src / "mm" / "swapfile.c"
+    text = swapfile.read_text()
+    match = SWAPON_LINE.search(text)
+    assert match, "mm/swapfile.c has no swapon message to patch next to"
+    swapfile.write_text(text[: match.start()] + f'\tpr_info("{MARK}\\n");\n' + text[match.start() :])
+    _commit(src, SUBJECTS[0])
+    swap = src / "mm" / "swap.c"
+    swap.write_text(
+        swap.read_text().replace("void __init swap_setup(void)\n", COMMENT + "void __init swap_setup(void)\n", 1)
+    )
+    assert COMMENT in swap.read_text(), "mm/swap.c has no swap_setup() to comment"
+    _commit(src, SUBJECTS[1])
 
 
 def _commit(src: Path, subject: str) -> None:
@@ -266,3 +272,178 @@ def test_a_prefix_builds_incrementally_and_the_same_kernel_as_a_fresh_build(
         f"{first.meta['build_seconds']} s ({len(remade)} remade), whole {again.meta['build_seconds']} s "
         f"({len(remade_again)} remade)"
     )
+
+
+# -- swaplab bisect over the prefixes of a series ------------------------------------------------
+# The module's last tests: they write their series where the one above was (a lineage is
+# the files a build names), so each prefix builds incrementally in the tree the builds above
+# left warm.
+
+BISECT_SUBJECTS = [*SUBJECTS, "mm: swap: read swap back one page at a time", "mm: page_io: a comment"]
+REFUSAL = "mm: swap: refuse every swapon"
+READAHEAD = "\t\tpage_cluster = 3;\n"
+ROOT_ONLY = "\tif (!capable(CAP_SYS_ADMIN))\n\t\treturn -EPERM;\n"
+BISECT_CAMPAIGN = """\
+name: NAME
+lab: kbuild.yml
+kernels:
+  - build:
+      source: {debian: linux-source-6.1}
+      patches: SERIES
+      config: {base: tinyconfig}
+nodes: 1
+# The least that still decides: 16 MiB over the node's RAM go out and come back in.
+node: {ram_mib: 144, sysctl: {vm.min_free_kbytes: 16384}}
+swap: {size_mib: 256}
+workloads:
+  - {name: small, mib: 160, timeout_s: 300}
+compare:
+  primary: swap_in_mibps
+  figures: {swap_in_mibps: {tolerance: 0.25}}
+repeats: REPEATS
+"""
+
+
+def make_bisect_series(kernels: Path) -> tuple[str, str]:
+    """Two series of four patches sharing their first three (the very same commits): the
+    harmless two above, then patch 3 sets the kernel's swap readahead (``page_cluster``) to
+    0 in ``swap_setup()``; for the figure patch 4 is a comment, for the verdict patch 4
+    refuses every swapon."""
+    tree = from_debian("linux-source-6.1", lambda _text: None)
+    with worktree(tree, kernels / "wt") as src:
+        _harmless_two(src)
+        swap = src / "mm" / "swap.c"
+        text = swap.read_text()
+        assert READAHEAD in text, "swap_setup() no longer sets page_cluster to 3"
+        swap.write_text(
+            text.replace("\t\tpage_cluster = 2;\n", "\t\tpage_cluster = 0;\n").replace(
+                READAHEAD, "\t\tpage_cluster = 0;\n"
+            )
+        )
+        _commit(src, BISECT_SUBJECTS[2])
+        third = _git(src, "rev-parse", "HEAD").strip()
+        page_io = src / "mm" / "page_io.c"
+        page_io.write_text("/* swaplab test: a comment, nothing more. */\n" + page_io.read_text())
+        _commit(src, BISECT_SUBJECTS[3])
+        figure = _git(src, "format-patch", "--stdout", "HEAD~4")
+        _git(src, "reset", "-q", "--hard", third)
+        swapfile = src / "mm" / "swapfile.c"
+        text = swapfile.read_text()
+        at = text.index(ROOT_ONLY, text.index("SYSCALL_DEFINE2(swapon"))
+        refuse = "\tif (capable(CAP_SYS_ADMIN)) /* swaplab test: root too */\n\t\treturn -EPERM;\n"
+        swapfile.write_text(text[:at] + refuse + text[at + len(ROOT_ONLY) :])
+        _commit(src, REFUSAL)
+        verdict = _git(src, "format-patch", "--stdout", "HEAD~4")
+    return figure, verdict
+
+
+def bisect(stack: Lab, name: str, series: str, repeats: int, *options: str) -> dict[str, Any]:
+    """`swaplab bisect --json` over ``series`` (written where the module's series was)."""
+    (series_dir() / "series.mbox").write_text(series)
+    path = stack.tmp / f"{name}.yaml"
+    path.write_text(
+        BISECT_CAMPAIGN.replace("NAME", name)
+        .replace("SERIES", str(series_dir() / "series.mbox"))
+        .replace("REPEATS", str(repeats))
+    )
+    began = time.monotonic()
+    proc = stack.cli("bisect", "--json", *options, str(path), timeout=2400)
+    shown = json.loads(proc.stdout)
+    records = [
+        json.loads((stack.tmp / "results" / step["campaign"] / "result.json").read_text()) for step in shown["steps"]
+    ]
+    return {"code": proc.returncode, "shown": shown, "stderr": proc.stderr, "records": records,
+            "seconds": time.monotonic() - began}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def bisect_series(stack: Lab) -> tuple[str, str]:
+    return make_bisect_series(series_dir())
+
+
+@pytest.fixture(scope="module")
+def by_figure(stack: Lab, bisect_series: tuple[str, str]) -> dict[str, Any]:
+    return bisect(stack, "readahead", bisect_series[0], 4)
+
+
+@pytest.fixture(scope="module")
+def by_verdict(stack: Lab, bisect_series: tuple[str, str], by_figure: dict[str, Any]) -> dict[str, Any]:
+    return bisect(stack, "refused", bisect_series[1], 1, "--on", "verdict")
+
+
+def _builds(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each kernel the bisection's campaigns ran, by label: its build's meta."""
+    found = {}
+    for record in records:
+        for run in record["runs"]:
+            artifact = artifacts.find(run["kernel_info"]["artifact"])
+            assert artifact is not None
+            found[run["kernel_label"]] = artifact.meta
+    return found
+
+
+def _timing(bisection: dict[str, Any]) -> str:
+    steps = bisection["shown"]["steps"]
+    runs = sum(step["runs_s"] for step in steps)
+    built = _builds(bisection["records"])
+    builds = ", ".join(
+        f"{label.rsplit('[', 1)[-1].rstrip(']')}: {meta['build_seconds']} s{' incremental' if meta['incremental'] else ''}"
+        for label, meta in sorted(built.items())
+    )
+    return f"{bisection['seconds']:.0f} s, of which runs {runs:.0f} s; builds ({builds})"
+
+
+def test_bisect_names_the_patch_that_slowed_swap_in_by_the_figure(by_figure: dict[str, Any]) -> None:
+    shown, result = by_figure["shown"], by_figure["shown"]["result"]
+    assert by_figure["code"] == 3, by_figure["stderr"][-3000:]
+    assert (result["outcome"], result["culprit"]["position"]) == ("culprit", 3), result
+    assert result["culprit"]["subject"] == BISECT_SUBJECTS[2]
+    assert result["culprit"]["author"] == "Swap Tester <swap@example.org>"
+    assert "mm/swap.c" in result["culprit"]["stat"] and "1 file changed" in result["culprit"]["stat"]
+    # Its effect, by the comparison's statistics: before it (prefix 2) against with it (prefix 3).
+    assert result["change"].startswith("swap_in_mibps: ") and result["change"].endswith("regression")
+    assert statistics.median(result["after"]) < 0.7 * statistics.median(result["before"])
+    # The log: the ends, then git's order (the middle, then the half left), a base run between.
+    assert [(s["prefix"], s["step"]) for s in shown["steps"]] == [(4, "bad"), (2, "good"), (0, "base"), (3, "bad")]
+    assert all(s["runs_s"] > 0 and s["lab_s"] >= s["runs_s"] for s in shown["steps"])
+    assert "prefix 3 x4: bad" in by_figure["stderr"]
+    print(f"\nbisection by the figure: {_timing(by_figure)}")
+
+
+def test_each_step_is_a_campaign_of_the_prefix_and_the_ends_interleave(by_figure: dict[str, Any]) -> None:
+    ends, two, base, three = by_figure["records"]
+    labels = [run["kernel_label"] for run in sorted(ends["runs"], key=lambda run: run["started_at"])]
+    zero, whole = (f"build:linux-source-6.1+series.mbox[:{k}]" for k in (0, 4))
+    assert labels == [zero, whole, whole, zero, zero, whole, whole, zero]  # A B B A, counterbalanced
+    for record, prefix, count in ((two, 2, 4), (base, 0, 1), (three, 3, 4)):
+        assert [run["kernel_label"] for run in record["runs"]] == [
+            f"build:linux-source-6.1+series.mbox[:{prefix}]"
+        ] * count
+        assert all(run["verdict"] == "pass" for run in record["runs"])
+    # Each prefix its own kernel with its patches; those of the series built incrementally
+    # (the lineage was warm), each in well under a cold build's time.
+    built = _builds(by_figure["records"])
+    assert [len(meta["patches"]) for _label, meta in sorted(built.items())] == [0, 2, 3, 4]
+    assert len({meta["hash"] for meta in built.values()}) == 4
+    assert all(meta["incremental"] for label, meta in built.items() if not label.endswith("[:0]")), built
+
+
+def test_bisect_on_the_verdict_names_the_patch_that_breaks_swapon(
+    by_figure: dict[str, Any], by_verdict: dict[str, Any]
+) -> None:
+    shown, result = by_verdict["shown"], by_verdict["shown"]["result"]
+    assert by_verdict["code"] == 3, by_verdict["stderr"][-3000:]
+    assert (result["outcome"], result["culprit"]["position"]) == ("culprit", 4), result
+    assert result["culprit"]["subject"] == REFUSAL and "mm/swapfile.c" in result["culprit"]["stat"]
+    # No base run between steps: a verdict does not drift with the host.
+    assert [(s["prefix"], s["step"]) for s in shown["steps"]] == [(4, "bad"), (2, "good"), (3, "good")]
+    [whole] = [run for run in by_verdict["records"][0]["runs"] if run["kernel_label"].endswith("[:4]")]
+    [node] = whole["nodes"]
+    assert whole["verdict"] == "fail" and "swapon" in node["failure"]["reason"], node["failure"]
+
+    # Its first three patches are the figure's very commits: the same kernels, not built again.
+    def artifacts_of(record: dict[str, Any]) -> set[str]:
+        return {run["kernel_info"]["artifact"] for run in record["runs"]}
+
+    assert artifacts_of(by_verdict["records"][2]) == artifacts_of(by_figure["records"][3])  # prefix 3
+    print(f"\nbisection by the verdict: {_timing(by_verdict)}")

@@ -116,6 +116,8 @@ def test_a_bisection_asks_campaign_after_campaign_and_names_the_patch(
     assert (result["outcome"], result["first_bad"]) == ("culprit", 3), shown
     assert result["culprit"]["subject"] == "mm: swap: read swap back one page at a time"
     assert result["describe"] == "patch 3 is the first bad one"
+    # The figure before the culprit (its last good prefix) and with it, by the comparison's statistics.
+    assert result["change"].startswith("swap_in_mibps: ") and result["change"].endswith("regression"), result
     base, whole, two, three = (f"build:linux-source-6.1+series.mbox[:{k}]" for k in (0, 4, 2, 3))
     # The ends interleaved (a comparison: A B B A ...), then prefix 2, a base run, prefix 3.
     assert asked == [[base, whole, whole, base, base, whole, whole, base], [two] * 4, [base], [three] * 4]
