@@ -14,9 +14,9 @@ Fields a model does not name are kept (``extra="allow"``): the times of each sta
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, Final, Self
+from typing import Any, ClassVar, Final, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from model.campaign import Variant, WorkloadSpec
 from model.kernel import KernelSource
@@ -198,3 +198,69 @@ class NodeHash(_Hash):
 
 # The stage fields the run hash types: a stage whose names it lacks would be read as extras.
 STAGES: Final = (BUILD_STAGE, PREPARE_STAGE)
+
+
+class BisectionStep(BaseModel):
+    """One line of a bisection's log: a question, its answer and what its runs said."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prefix: int = Field(ge=0)
+    repeats: int = Field(ge=1)
+    ends: bool
+    step: Literal["good", "bad", "undecided", "skip", "base"]
+    why: str
+    campaign: str  # the child campaign that asked it
+    lab_s: float | None = None  # the child campaign's wall time, its builds included
+    runs_s: float | None = None  # its runs' time, one after the other
+    values: list[float] = []  # the figure of every passing run of the prefix so far
+    verdicts: list[str] = []
+
+
+class SeriesInfo(BaseModel):
+    """What a bisection shows of each patch (1-based: patch k is prefix k's last)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    subjects: list[str]
+    authors: list[str]
+    stats: list[str]  # git's diff stat of each patch
+    commits: list[str] | None = None  # a git range's: the commit of each prefix (0: the good one)
+
+    @model_validator(mode="after")
+    def _one_per_patch(self) -> SeriesInfo:
+        if not self.subjects or not len(self.subjects) == len(self.authors) == len(self.stats):
+            raise ValueError("subjects, authors and stats must name the same patches, at least one")
+        return self
+
+
+class BisectionHash(_Hash):
+    """``swaplab:bisection:<bid>``: a bisection, what it asked and what its runs said.
+
+    The control plane writes all of it (``orchestrator.bisector``); the CLI reads it. Its
+    state is replayed by ``model.bisection.Bisection.from_json`` and its campaign checked
+    by ``model.campaign.campaign_from_json`` before either is acted on.
+    """
+
+    id: str
+    name: str
+    status: Literal["running", "done", "cancelled", "failed"]
+    created_at: float
+    finished_at: float | None = None
+    campaign: dict[str, Any]
+    on: Literal["figure", "verdict"]
+    figure: str
+    series: SeriesInfo
+    state: dict[str, Any]
+    gathered: dict[str, Any]
+    steps: list[BisectionStep] = []
+    child: str = ""  # the child campaign running now
+    asked: str = ""  # what it asks: "base", or JSON [prefix, repeats, ends]
+    cancel: bool = False
+    result: dict[str, Any] | None = None
+    error: str = ""
+
+    @field_validator("cancel", mode="before")
+    @classmethod
+    def _flag(cls, value: Any) -> Any:
+        return value not in ("", "0", 0, None, False)

@@ -269,7 +269,24 @@ def as_text(value: Any) -> str:
 
 # Hash fields holding JSON (everything else is text).
 _JSON_FIELDS = frozenset(
-    {"campaign", "runs", "kernel", "workload", "nodes", "result", "verdicts", "prepared", "prepare_failure", "built", "build_failure", "variant"}
+    {
+        "campaign",
+        "runs",
+        "kernel",
+        "workload",
+        "nodes",
+        "result",
+        "verdicts",
+        "prepared",
+        "prepare_failure",
+        "built",
+        "build_failure",
+        "variant",
+        "series",
+        "state",
+        "gathered",
+        "steps",
+    }
 )
 
 

@@ -25,6 +25,7 @@ import redis
 
 from model.bisection import Ask, Bisection, Outcome, Step
 from model.campaign import Campaign, campaign_from_json, campaign_to_json
+from model.hashes import BisectionHash
 from model.kernel import BuildSpec
 from model.state import BISECTIONS_KEY, TERMINAL, as_text, bisection_key, bisection_lock_key
 from orchestrator.bisect_steps import Gathered, On, base_spec, child_spec, judge
@@ -34,6 +35,21 @@ from orchestrator.store import CampaignStore
 log = logging.getLogger(__name__)
 ACTIVE = "running"
 FINISHED = ("done", "cancelled", "failed")
+SHOWN = {
+    "id",
+    "name",
+    "status",
+    "created_at",
+    "finished_at",
+    "on",
+    "figure",
+    "child",
+    "asked",
+    "error",
+    "steps",
+    "series",
+    "result",
+}
 LOCK_S = 60.0
 
 
@@ -89,16 +105,16 @@ def active(client: redis.Redis, limit: int = 200) -> list[str]:
 
 
 def read(client: redis.Redis, bid: str) -> dict[str, Any] | None:
-    """A bisection as ``--status`` shows it; None when there is none."""
-    fields = {as_text(k): as_text(v) for k, v in client.hgetall(bisection_key(bid)).items()}
-    if not fields:
-        return None
-    shown: dict[str, Any] = {
-        key: fields.get(key, "") for key in ("id", "name", "status", "on", "figure", "child", "asked", "error")
-    }
-    shown["steps"] = json.loads(fields.get("steps") or "[]")
-    shown["series"] = json.loads(fields.get("series") or "{}")
-    shown["result"] = json.loads(fields["result"]) if fields.get("result") else None
+    """A bisection as ``--status`` shows it; None when there is none (CorruptHash when it
+    does not read as swaplab wrote it)."""
+    found = BisectionHash.read(bisection_key(bid), client.hgetall(bisection_key(bid)))
+    return None if found is None else shown_of(found)
+
+
+def shown_of(found: BisectionHash) -> dict[str, Any]:
+    """What ``--status``, ``--json`` and the results database keep of a bisection."""
+    shown = found.model_dump(include=SHOWN)
+    shown["campaigns"] = [step.campaign for step in found.steps]
     return shown
 
 
@@ -120,26 +136,26 @@ def build_of(campaign: Campaign) -> BuildSpec:
 def advance(client: redis.Redis, store: CampaignStore, bid: str, submit: Any) -> bool:
     """One step of the bisection; whether it is still active (look again later)."""
     with client.lock(bisection_lock_key(bid), timeout=LOCK_S, blocking_timeout=30):
-        fields = {as_text(k): as_text(v) for k, v in client.hgetall(bisection_key(bid)).items()}
-        if not fields or fields.get("status") != ACTIVE:
+        found = BisectionHash.read(bisection_key(bid), client.hgetall(bisection_key(bid)))
+        if found is None or found.status != ACTIVE:
             return False
-        child = fields.get("child", "")
-        if fields.get("cancel"):
+        child = found.child
+        if found.cancel:
             if child:
                 store.request_cancel(child)
             client.hset(bisection_key(bid), mapping={"status": "cancelled", "finished_at": time.time()})
             return False
         if child and store.status(child) not in TERMINAL:
             return True
-        campaign = campaign_from_json(json.loads(fields["campaign"]))
-        state = Bisection.from_json(json.loads(fields["state"]))
-        gathered = Gathered.from_json(json.loads(fields["gathered"]))
-        steps = json.loads(fields["steps"])
-        base_run = fields.get("asked") == "base"
+        campaign = campaign_from_json(found.campaign)
+        state = Bisection.from_json(found.state)
+        gathered = Gathered.from_json(found.gathered)
+        steps = [step.model_dump() for step in found.steps]
+        base_run = found.asked == "base"
         if child and base_run:
-            _take_base_run(store, campaign, fields, gathered, steps, child)
+            _take_base_run(store, campaign, found, gathered, steps, child)
         elif child:
-            _take_answer(store, campaign, fields, state, gathered, steps, child)
+            _take_answer(store, campaign, found, state, gathered, steps, child)
         ask = state.ask()
         update: dict[Any, Any] = {
             "state": json.dumps(state.to_json()),
@@ -148,11 +164,11 @@ def advance(client: redis.Redis, store: CampaignStore, bid: str, submit: Any) ->
         }
         if ask is None:
             update |= {"status": "done", "child": "", "finished_at": time.time()}
-            update["result"] = json.dumps(result_of(fields, state, gathered))
+            update["result"] = json.dumps(result_of(found, state, gathered))
             client.hset(bisection_key(bid), mapping=update)
             return False
         build = build_of(campaign)
-        if child and not base_run and not steps[-1]["ends"] and fields["on"] == "figure":
+        if child and not base_run and not steps[-1]["ends"] and found.on == "figure":
             # A base run between two steps: the base's pool follows the host's drift (a
             # verdict does not drift: none there).
             spec = base_spec(campaign.spec, build, f"{campaign.spec.name}-base"[:41])
@@ -169,14 +185,14 @@ def advance(client: redis.Redis, store: CampaignStore, bid: str, submit: Any) ->
 def _take_base_run(
     store: CampaignStore,
     campaign: Campaign,
-    fields: dict[str, str],
+    found: BisectionHash,
     gathered: Gathered,
     steps: list[dict[str, Any]],
     child: str,
 ) -> None:
     record = store.record(child) or {}
     if record:
-        gathered.add(record, {build_of(campaign).prefix(0).label(): 0}, fields["figure"])
+        gathered.add(record, {build_of(campaign).prefix(0).label(): 0}, found.figure)
     steps.append(_logged(0, 1, False, "base", "a base run between steps", child, record, gathered))
 
 
@@ -203,21 +219,20 @@ def _logged(
 def _take_answer(
     store: CampaignStore,
     campaign: Campaign,
-    fields: dict[str, str],
+    found: BisectionHash,
     state: Bisection,
     gathered: Gathered,
     steps: list[dict[str, Any]],
     child: str,
 ) -> None:
-    prefix, repeats, ends = json.loads(fields["asked"])
+    prefix, repeats, ends = json.loads(found.asked)
     ask = Ask(int(prefix), int(repeats), bool(ends))
     record = store.record(child) or {}
     build = build_of(campaign)
     labels = {build.prefix(k).label(): k for k in (0, ask.prefix)}
     if record:
-        gathered.add(record, labels, fields["figure"])
-    on: On = "verdict" if fields["on"] == "verdict" else "figure"
-    step, why = judge(ask, state.patches, gathered, on, fields["figure"], _policy(campaign, fields["figure"]))
+        gathered.add(record, labels, found.figure)
+    step, why = judge(ask, state.patches, gathered, found.on, found.figure, _policy(campaign, found.figure))
     if not record:
         step, why = Step.UNDECIDED, f"campaign {child} ended without a record ({store.status(child)})"
     state.answer(ask, step)
@@ -229,12 +244,11 @@ def _policy(campaign: Campaign, figure: str) -> Policy | None:
     return resolve_policies(overrides).get(figure)
 
 
-def result_of(fields: dict[str, str], state: Bisection, gathered: Gathered) -> dict[str, Any]:
+def result_of(found: BisectionHash, state: Bisection, gathered: Gathered) -> dict[str, Any]:
     """The answer as stored and shown: outcome, the culprit with its subject, author and
     diff stat, the figure before and after it, and the sentence."""
     result = state.result()
     assert result is not None
-    series = json.loads(fields["series"])
     answer: dict[str, Any] = {
         "outcome": result.outcome.value,
         "last_good": result.last_good,
@@ -245,14 +259,13 @@ def result_of(fields: dict[str, str], state: Bisection, gathered: Gathered) -> d
         index = result.first_bad - 1
         answer["culprit"] = {
             "position": result.first_bad,
-            "subject": series["subjects"][index],
-            "author": series["authors"][index],
-            "stat": series["stats"][index],
+            "subject": found.series.subjects[index],
+            "author": found.series.authors[index],
+            "stat": found.series.stats[index],
         }
         before, after = gathered.values.get(result.last_good, []), gathered.values.get(result.first_bad, [])
         answer["before"], answer["after"] = before, after
         if before and after:
-            figure = fields["figure"]
-            campaign = campaign_from_json(json.loads(fields["campaign"]))
-            answer["change"] = compare_figure(figure, before, after, _policy(campaign, figure)).summary()
+            policy = _policy(campaign_from_json(found.campaign), found.figure)
+            answer["change"] = compare_figure(found.figure, before, after, policy).summary()
     return answer
