@@ -84,6 +84,7 @@ class CampaignHash(_Hash):
     result: dict[str, Any] | None = None  # the finished campaign's record (model.result)
     last_pass_baseline: str | None = None  # JSON: the prefetched baseline record, or an error
     error: str = ""  # why it was abandoned without a record (its state in Redis was unreadable)
+    bisection: str = ""  # the bisection that runs it as one of its steps
 
 
 class RunHash(_Hash):
@@ -264,3 +265,25 @@ class BisectionHash(_Hash):
     @classmethod
     def _flag(cls, value: Any) -> Any:
         return value not in ("", "0", 0, None, False)
+
+
+class BisectionRecord(BaseModel):
+    """A bisection as ``swaplab bisect --status --json`` shows it and the results database
+    keeps it once it ended (``orchestrator.bisector.shown_of``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, max_length=200)
+    name: str
+    status: Literal["running", "done", "cancelled", "failed"]
+    created_at: float
+    finished_at: float | None = None
+    on: Literal["figure", "verdict"]
+    figure: str
+    child: str = ""
+    asked: str = ""
+    error: str = ""
+    steps: list[BisectionStep]
+    series: SeriesInfo
+    result: dict[str, Any] | None = None
+    campaigns: list[str]  # each step's child campaign, in order

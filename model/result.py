@@ -328,6 +328,8 @@ class Campaign(_Part):
     skipped_runs: list[SkippedRun] = []
     comparisons: list[Comparison] = []
     reasons: list[str] = []  # why the campaign has its verdict beyond its runs' (a regression)
+    # The bisection (``swaplab bisect``) that ran this campaign as one of its steps.
+    bisection: Annotated[str, StringConstraints(min_length=1, max_length=CAMPAIGN_ID_MAX)] | None = None
 
     @model_validator(mode="after")
     def _runs_unique(self) -> Campaign:

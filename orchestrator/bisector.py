@@ -28,6 +28,7 @@ from model.campaign import Campaign, campaign_from_json, campaign_to_json
 from model.hashes import BisectionHash
 from model.kernel import BuildSpec
 from model.state import BISECTIONS_KEY, TERMINAL, as_text, bisection_key, bisection_lock_key
+from orchestrator import sinks
 from orchestrator.bisect_steps import Gathered, On, base_spec, child_spec, judge
 from orchestrator.stats import Policy, compare_figure, resolve_policies
 from orchestrator.store import CampaignStore
@@ -124,6 +125,7 @@ def request_cancel(client: redis.Redis, bid: str) -> None:
 
 def fail(client: redis.Redis, bid: str, reason: str) -> None:
     client.hset(bisection_key(bid), mapping={"status": "failed", "error": reason[:2000], "finished_at": time.time()})
+    sinks.enqueue_bisection(client, bid)
 
 
 def build_of(campaign: Campaign) -> BuildSpec:
@@ -144,6 +146,7 @@ def advance(client: redis.Redis, store: CampaignStore, bid: str, submit: Any) ->
             if child:
                 store.request_cancel(child)
             client.hset(bisection_key(bid), mapping={"status": "cancelled", "finished_at": time.time()})
+            sinks.enqueue_bisection(client, bid)
             return False
         if child and store.status(child) not in TERMINAL:
             return True
@@ -166,6 +169,7 @@ def advance(client: redis.Redis, store: CampaignStore, bid: str, submit: Any) ->
             update |= {"status": "done", "child": "", "finished_at": time.time()}
             update["result"] = json.dumps(result_of(found, state, gathered))
             client.hset(bisection_key(bid), mapping=update)
+            sinks.enqueue_bisection(client, bid)
             return False
         build = build_of(campaign)
         if child and not base_run and not steps[-1]["ends"] and found.on == "figure":
@@ -176,7 +180,7 @@ def advance(client: redis.Redis, store: CampaignStore, bid: str, submit: Any) ->
         else:
             spec = child_spec(campaign.spec, build, ask, f"{campaign.spec.name}-p{ask.prefix}"[:41])
             update["asked"] = json.dumps([ask.prefix, ask.repeats, ask.ends])
-        update["child"] = submit(store, replace(campaign, spec=spec))
+        update["child"] = submit(store, replace(campaign, spec=spec), bid)
         client.hset(bisection_key(bid), mapping=update)
         log.info("bisection %s: %s in campaign %s", bid, update["asked"], update["child"])
         return True

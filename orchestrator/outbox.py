@@ -77,15 +77,16 @@ def flush(
     key: str,
     sink: Store,
     load: Callable[[str], Mapping[str, Any] | None],
+    id_field: str = "campaign_id",
     ready: Callable[[str], bool] = lambda _cid: True,
 ) -> tuple[int, int]:
     """Store the pending campaigns that are ``ready`` (the others wait, quietly): (how many
-    were stored, how many are still pending)."""
+    were stored, how many are still pending). ``id_field``: where a record names its own id."""
     stored = 0
     for cid, raw in _pending_entries(client, key):
         if not ready(cid):
             continue
-        outcome = _flush_one(client, key, sink, load, cid, raw)
+        outcome = _flush_one(client, key, sink, load, cid, raw, id_field)
         if outcome is _Outcome.UNAVAILABLE:
             break
         stored += outcome is _Outcome.STORED
@@ -108,7 +109,13 @@ def set_aside(client: redis.Redis, key: str) -> dict[str, str]:
 
 
 def _flush_one(
-    client: redis.Redis, key: str, sink: Store, load: Callable[[str], Mapping[str, Any] | None], cid: str, raw: Any
+    client: redis.Redis,
+    key: str,
+    sink: Store,
+    load: Callable[[str], Mapping[str, Any] | None],
+    cid: str,
+    raw: Any,
+    id_field: str,
 ) -> _Outcome:
     try:
         record = load(cid)
@@ -117,10 +124,10 @@ def _flush_one(
     if record is None:
         log.warning("outbox %s: no record of campaign %s to store yet; kept pending", key, cid)
         return _Outcome.KEPT
-    if record.get("campaign_id") != cid:
+    if record.get(id_field) != cid:
         # A record is stored only under its own id: one written under another key would
         # replace that campaign's stored verdict (and the baselines that follow it).
-        claimed = str(record.get("campaign_id"))[:100]
+        claimed = str(record.get(id_field))[:100]
         return _set_aside(client, key, cid, raw, f"the record under {cid} claims to be campaign {claimed!r}")
     try:
         sink.store(record)

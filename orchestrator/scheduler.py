@@ -496,6 +496,7 @@ class Scheduler:
             "runs": runs,
             "skipped_runs": skipped,
             **({"rechecked_at": time.time()} if rechecked else {}),
+            **({"bisection": info.bisection} if info.bisection else {}),
         }
         if not cancelled:
             self._judge_comparisons(cid, result)

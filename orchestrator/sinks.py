@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 REPORTS, DATABASE, CHANGES = "reports", "database", "changes"
 # The sinks with an outbox, in the order they run (the webhook keeps orchestrator.notify's).
 OUTBOXES = {REPORTS: sink_outbox_key(REPORTS), DATABASE: RESULTS_OUTBOX_KEY, CHANGES: sink_outbox_key(CHANGES)}
+# Ended bisections (``swaplab bisect``) wait for the results database in an outbox of their own.
+BISECTIONS, BISECTIONS_OUTBOX = "bisections", sink_outbox_key("bisections")
+_ALL_OUTBOXES = {**OUTBOXES, BISECTIONS: BISECTIONS_OUTBOX}
 Loader = Callable[[str], Mapping[str, Any] | None]
 
 
@@ -73,14 +76,17 @@ def enqueue(client: redis.Redis, cid: str) -> None:
 
 
 def waiting(client: redis.Redis) -> set[tuple[str, str]]:
-    """(sink, campaign id) of every campaign an outbox sink has still to take."""
-    return {(name, cid) for name, key in OUTBOXES.items() for cid in outbox.pending(client, key)}
+    """(sink, campaign id) of every campaign an outbox sink has still to take (and
+    ("bisections", bisection id) of every ended bisection the database has still to take)."""
+    return {(name, cid) for name, key in _ALL_OUTBOXES.items() for cid in outbox.pending(client, key)}
 
 
 def set_aside(client: redis.Redis) -> dict[tuple[str, str], str]:
-    """Every campaign a sink refused: (sink, campaign id) → the error."""
+    """Every campaign (or bisection) a sink refused: (sink, id) → the error."""
     return {
-        (name, cid): error for name, key in OUTBOXES.items() for cid, error in outbox.set_aside(client, key).items()
+        (name, cid): error
+        for name, key in _ALL_OUTBOXES.items()
+        for cid, error in outbox.set_aside(client, key).items()
     }
 
 
@@ -129,8 +135,32 @@ def deliver_to_database(client: redis.Redis, db: Any) -> dict[str, Delivered]:
     load = loader(client)
     stored = Delivered(*outbox.flush(client, OUTBOXES[DATABASE], db, load))
     not_stored = set(outbox.pending(client, OUTBOXES[DATABASE]))
-    changes = outbox.flush(client, OUTBOXES[CHANGES], _ChangePoints(db), load, lambda cid: cid not in not_stored)
+    changes = outbox.flush(client, OUTBOXES[CHANGES], _ChangePoints(db), load, ready=lambda cid: cid not in not_stored)
     return {DATABASE: stored, CHANGES: Delivered(*changes)}
+
+
+def enqueue_bisection(client: redis.Redis, bid: str) -> None:
+    """Put ended bisection ``bid`` in the results database's bisections outbox."""
+    outbox.enqueue(client, BISECTIONS_OUTBOX, bid)
+
+
+def deliver_bisections(client: redis.Redis, db: Any) -> Delivered:
+    """The ended bisections into the results database (kept while it is down, as campaigns are)."""
+    from orchestrator import bisector  # the bisector submits campaigns: not loaded by every sink user
+
+    return Delivered(
+        *outbox.flush(client, BISECTIONS_OUTBOX, _Bisections(db), lambda bid: bisector.read(client, bid), "id")
+    )
+
+
+class _Bisections:
+    """The bisections sink, as an outbox sees it."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+
+    def store(self, record: Mapping[str, Any]) -> None:
+        self.db.store_bisection(record)
 
 
 def deliver_notifications(client: redis.Redis) -> tuple[int, int]:

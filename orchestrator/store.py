@@ -42,8 +42,9 @@ class CampaignStore:
         self.redis = client
 
     # -- submit ------------------------------------------------------------------------
-    def create(self, cid: str, campaign: Campaign, runs: list[RunPlan]) -> None:
-        """Store a campaign and its runs in one transaction: all of it or nothing."""
+    def create(self, cid: str, campaign: Campaign, runs: list[RunPlan], bisection: str = "") -> None:
+        """Store a campaign and its runs in one transaction: all of it or nothing
+        (``bisection``: the bisection it is a step of)."""
         now = time.time()
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(
@@ -58,6 +59,7 @@ class CampaignStore:
                 "queued_at": now,
                 "campaign": json.dumps(campaign_to_json(campaign)),
                 "runs": json.dumps([run.run_id for run in runs]),
+                "bisection": bisection,
             },
         )
         for run in runs:

@@ -106,10 +106,11 @@ def scheduler(client: redis.Redis) -> Scheduler:
     return _MeasuredScheduler(client, CeleryDispatch(), results_root())
 
 
-def submit(store: CampaignStore, campaign: Campaign) -> str:
-    """Store a validated campaign and start scheduling it; on failure nothing stays."""
+def submit(store: CampaignStore, campaign: Campaign, bisection: str = "") -> str:
+    """Store a validated campaign and start scheduling it; on failure nothing stays
+    (``bisection``: the bisection it is a step of)."""
     cid = new_campaign_id(campaign.spec.name)
-    store.create(cid, campaign, plan_runs(campaign))
+    store.create(cid, campaign, plan_runs(campaign), bisection)
     try:
         kick(cid)
     except Exception:
@@ -165,9 +166,11 @@ def advance_bisection(bid: str, token: str) -> None:
     except Exception as exc:
         log.exception("bisection %s failed", bid)
         bisector.fail(client, bid, f"{type(exc).__name__}: {exc}")
-        return
+        active = False
     if active:
         advance_bisection.apply_async((bid, token), countdown=TICK_S, queue=CONTROL_QUEUE)
+    else:  # ended: into the results database (its outbox), with the campaigns' sinks
+        record_results.apply_async(queue=CONTROL_QUEUE)
 
 
 @app.task(name=protocol.EVALUATE_RUN, ignore_result=True)
@@ -235,7 +238,9 @@ def _store(client: redis.Redis) -> int:
     from orchestrator.history.db import ResultsDb  # SQLAlchemy only where it is used
 
     with ResultsDb() as db:
-        return sinks.deliver_to_database(client, db)[sinks.DATABASE].stored
+        stored = sinks.deliver_to_database(client, db)[sinks.DATABASE].stored
+        sinks.deliver_bisections(client, db)
+        return stored
 
 
 def _guarded(sink: str, deliver: Callable[[], T]) -> T | None:

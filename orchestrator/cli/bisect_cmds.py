@@ -24,9 +24,11 @@ from model.campaign import Campaign
 from model.display import printable
 from model.exitcode import ExitCode
 from model.yamlpos import SpecError, load_located
-from orchestrator import bisector
+from orchestrator import bisector, sinks
+from orchestrator.cli.campaign_cmds import SINK_WAIT_S
 from orchestrator.cli.common import CAMPAIGN_FILE, load_lab_or_exit, load_or_exit
 from orchestrator.cli.distributed_cmds import connect
+from orchestrator.cli.history_cmds import query_db
 from orchestrator.services import LocalServices, ServiceError
 from workers.kbuild import patches
 
@@ -79,6 +81,7 @@ def bisect(
     try:
         with LocalServices(lab, len(lab.nodes) + 1, Path(os.environ["SWAPLAB_RESULTS"]) / "services", _note):
             shown = _submit_and_follow(campaign, series, on, max_repeats or 2 * campaign.spec.repeats)
+            _await_stored(str(shown.get("id")))
     except ServiceError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(ExitCode.BAD_INPUT_OR_INFRA)
@@ -178,10 +181,28 @@ def _step_line(step: dict[str, Any]) -> str:
     return f"{what} x{step['repeats']}: {step['step']} — {step['why']} [{values}] ({step['campaign']}{lab})"
 
 
+def _await_stored(bid: str, wait_s: float = SINK_WAIT_S) -> None:
+    """Wait (up to ``wait_s``) for the control worker to store the ended bisection in the
+    results database (its outbox, as a campaign's record); say whether it did."""
+    client = connect().redis
+    deadline = time.monotonic() + wait_s
+    while (waiting := (sinks.BISECTIONS, bid) in sinks.waiting(client)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    refused = sinks.set_aside(client).get((sinks.BISECTIONS, bid))
+    if refused:
+        _note(f"bisection not stored in the results database: {refused}")
+    elif waiting:
+        _note("results database not reached yet: the bisection waits in Redis and is stored when it is back")
+    else:
+        _note(f"stored in the results database (swaplab history --bisection {bid}; swaplab history --bisections)")
+
+
 def _status_or_cancel(status_id: str | None, cancel_id: str | None, as_json: bool) -> None:
     client = connect().redis
     bid = cancel_id or status_id or ""
     shown = bisector.read(client, bid)
+    if shown is None and status_id:  # Redis forgot it (or never had it): the results database may not
+        shown = query_db(lambda db: db.bisection(bid))
     if shown is None:
         click.echo(f"error: no bisection {bid!r}", err=True)
         sys.exit(ExitCode.BAD_INPUT_OR_INFRA)

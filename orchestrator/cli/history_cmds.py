@@ -64,8 +64,22 @@ def query_db(ask: Callable[[ResultsDb], T]) -> T:
 @click.option(
     "--all", "show_all", is_flag=True, help="With --changes: also the changes below their figure's tolerance."
 )
-def history(campaign: str | None, kernel: str | None, limit: int, as_json: bool, changes: bool, show_all: bool) -> None:
+@click.option("--bisections", "bisections", is_flag=True, help="Past bisections (swaplab bisect) and their answers.")
+@click.option("--bisection", "bisection", metavar="ID", help="Only the campaigns bisection ID ran as its steps.")
+def history(
+    campaign: str | None,
+    kernel: str | None,
+    limit: int,
+    as_json: bool,
+    changes: bool,
+    show_all: bool,
+    bisections: bool,
+    bisection: str | None,
+) -> None:
     """Past campaigns (all, or those named CAMPAIGN), newest first, with verdicts and figures."""
+    if bisections:
+        _bisections(limit, as_json)
+        return
     if changes:
         if campaign is None:
             raise click.UsageError("--changes needs a CAMPAIGN name")
@@ -73,7 +87,7 @@ def history(campaign: str | None, kernel: str | None, limit: int, as_json: bool,
 
         history_changes(campaign, as_json, show_all)
         return
-    rows = query_db(lambda db: db.history(campaign=campaign, kernel=kernel, limit=limit))
+    rows = query_db(lambda db: db.history(campaign=campaign, kernel=kernel, limit=limit, bisection=bisection))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -90,7 +104,8 @@ def history_lines(rows: list[dict[str, Any]]) -> list[str]:
     lines = [f"{'campaign / run':<34} {'finished':<16} {'verdict':<12} {heads}"]
     for row in rows:
         finished = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(row["finished_at"] or 0)))
-        lines.append(f"{row['campaign_id']:<34} {finished:<16} {row['verdict']:<12}")
+        step = f"  (a step of bisection {row['bisection']})" if row.get("bisection") else ""
+        lines.append(f"{row['campaign_id']:<34} {finished:<16} {row['verdict']:<12}{step}")
         for run in row["runs"]:
             kernel = str(run.get("release") or run["kernel"])
             redo = f" (attempt {run['attempt']})" if int(run.get("attempt") or 1) > 1 else ""
@@ -98,6 +113,21 @@ def history_lines(rows: list[dict[str, Any]]) -> list[str]:
             shown = " ".join(f"{_shown(figures.get(name), fmt):>10}" for name, _heading, fmt in HISTORY_FIGURES)
             lines.append(f"  {run['run_id']:<5} {kernel[:26]:<26} {'':<16} {run['verdict'] + redo:<12} {shown}")
     return lines
+
+
+def _bisections(limit: int, as_json: bool) -> None:
+    rows = query_db(lambda db: db.bisections(limit=limit))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no finished bisection in the results database")
+        return
+    for row in rows:
+        finished = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(row["finished_at"] or 0)))
+        answer = row["describe"] or row["status"]
+        click.echo(printable(f"{row['id']:<44} {finished:<16} {row['on']:<7} {answer}"))
+        click.echo(printable(f"  steps: {', '.join(row['campaigns']) or 'none'} (swaplab history --bisection {row['id']})"))
 
 
 def _shown(value: Any, fmt: str) -> str:

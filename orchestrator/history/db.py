@@ -37,13 +37,13 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import URL, Connection, CursorResult, Engine, create_engine, delete, event, make_url, or_, select, text
 from sqlalchemy.exc import ArgumentError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.orm import selectinload, sessionmaker
+from sqlalchemy.orm import selectinload, sessionmaker, undefer
 from sqlalchemy.sql.elements import ColumnElement
 
 from model.paths import cache_dir, restrict
 from orchestrator.history.errors import DatabaseUnavailable, InvalidRecord
-from orchestrator.history.models import CampaignRow, NodeRow, RunRow
-from orchestrator.history.rows import campaign_row, parse, storable
+from orchestrator.history.models import BisectionRow, CampaignRow, NodeRow, RunRow
+from orchestrator.history.rows import bisection_row, campaign_row, parse, storable
 
 __all__ = ["DatabaseUnavailable", "InvalidRecord", "ResultsDb", "database_url", "retention_days"]
 
@@ -177,7 +177,31 @@ class ResultsDb:
         with self._reachable(), self._sessions.begin() as session:
             # Runs, nodes, criteria and figures go with it: ON DELETE CASCADE.
             result = session.execute(delete(CampaignRow).where(CampaignRow.finished_at < cutoff))
+            session.execute(delete(BisectionRow).where(BisectionRow.finished_at < cutoff))
             return int(cast(CursorResult[Any], result).rowcount)
+
+    def store_bisection(self, shown: Mapping[str, Any]) -> None:
+        """Store one finished bisection as ``swaplab bisect --status --json`` shows it,
+        replacing what was stored of it before. InvalidRecord when it does not read as one."""
+        row = bisection_row(shown, time.time())
+        self._ensure_schema()
+        with self._reachable(), self._sessions.begin() as session:
+            session.execute(delete(BisectionRow).where(BisectionRow.id == row.id))
+            session.add(row)
+
+    def bisection(self, bid: str) -> dict[str, Any] | None:
+        """The stored bisection ``bid`` as ``--status --json`` showed it when it ended, or None."""
+        self._ensure_schema()
+        with self._reachable(), self._sessions() as session:
+            record = session.scalar(select(BisectionRow.record).where(BisectionRow.id == bid))
+        return dict(record) if record is not None else None
+
+    def bisections(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Past bisections, newest first: each one's answer and its steps' campaigns."""
+        query = select(BisectionRow).order_by(BisectionRow.finished_at.desc()).limit(limit)
+        self._ensure_schema()
+        with self._reachable(), self._sessions() as session:
+            return [_bisection_item(row) for row in session.scalars(query.options(undefer(BisectionRow.record)))]
 
     # -- reading -------------------------------------------------------------------------
     def campaign(self, cid: str) -> dict[str, Any] | None:
@@ -187,13 +211,15 @@ class ResultsDb:
             record = session.scalar(select(CampaignRow.record).where(CampaignRow.id == cid))
         return dict(record) if record is not None else None
 
-    def history(self, campaign: str | None = None, kernel: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    def history(
+        self, campaign: str | None = None, kernel: str | None = None, limit: int = 50, bisection: str | None = None
+    ) -> list[dict[str, Any]]:
         """Past campaigns, newest first: verdicts and, per run, its kernel and figures.
 
         ``campaign``: only instances of the campaign of that name. ``kernel``: only
         campaigns that ran a kernel whose label or release contains it (case-insensitive),
         and of those only the matching runs. Each run's ``figures`` are the mean of its
-        nodes' (per node in ``nodes``).
+        nodes' (per node in ``nodes``). ``bisection``: only the steps of that bisection.
         """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit}")
@@ -207,6 +233,8 @@ class ResultsDb:
             query = query.where(CampaignRow.name == campaign)
         if kernel:
             query = query.where(CampaignRow.runs.any(_kernel_matches(kernel)))
+        if bisection is not None:
+            query = query.where(CampaignRow.bisection == bisection)
         self._ensure_schema()
         with self._reachable(), self._sessions() as session:
             return [_history_item(row, kernel) for row in session.scalars(query)]
@@ -288,7 +316,24 @@ def _history_item(row: CampaignRow, kernel: str | None) -> dict[str, Any]:
         "finished_at": row.finished_at,
         "verdict": row.verdict,
         "exit_code": row.exit_code,
+        **({"bisection": row.bisection} if row.bisection else {}),  # a bisection's step
         "runs": [_run_item(run) for run in runs],
+    }
+
+
+def _bisection_item(row: BisectionRow) -> dict[str, Any]:
+    result = row.record.get("result") or {}
+    return {
+        "id": row.id,
+        "name": row.name,
+        "status": row.status,
+        "on": row.on,
+        "figure": row.figure,
+        "outcome": row.outcome,
+        "culprit": row.culprit,
+        "describe": result.get("describe") if isinstance(result, dict) else None,
+        "finished_at": row.finished_at,
+        "campaigns": row.record.get("campaigns", []),
     }
 
 

@@ -2,6 +2,7 @@
 
     campaigns 1─n runs 1─n nodes 1─n criteria
                                  1─n figures
+    bisections 1─n campaigns (its steps, by ``campaigns.bisection``)
 
 A campaign row also keeps its whole record (result.json) in ``record``, so a report can be
 rebuilt from the database alone; the other tables hold what history and comparisons query.
@@ -56,6 +57,9 @@ class CampaignRow(Base):
     stored_at: Mapped[float] = mapped_column(Float)
     verdict: Mapped[str | None] = mapped_column(String)
     exit_code: Mapped[int | None] = mapped_column(Integer)
+    # The bisection that ran it as one of its steps (not a foreign key: a step is stored
+    # when it ends, its bisection only when the bisection does).
+    bisection: Mapped[str | None] = mapped_column(String, index=True)
     # Loaded only when asked for (``ResultsDb.campaign``): history lists do not need it.
     record: Mapped[dict[str, Any]] = mapped_column(JSON, deferred=True)
 
@@ -198,3 +202,24 @@ class ChangePointRow(Base):
     change_pct: Mapped[float | None] = mapped_column(Float)  # None when the level before was 0
     worse: Mapped[bool] = mapped_column(Boolean)
     detected_at: Mapped[float] = mapped_column(Float)
+
+
+class BisectionRow(Base):
+    """One finished bisection (``swaplab bisect``): its answer and the log of its steps.
+
+    ``record`` is what ``swaplab bisect --status --json`` shows; each step names its child
+    campaign, stored in ``campaigns`` with ``bisection`` set to this id.
+    """
+
+    __tablename__ = "bisections"
+
+    id: Mapped[str] = mapped_column(String(CAMPAIGN_ID_MAX), primary_key=True)
+    name: Mapped[str] = mapped_column(String, index=True)
+    status: Mapped[str] = mapped_column(String)  # done, cancelled, failed
+    on: Mapped[str] = mapped_column(String)  # figure or verdict
+    figure: Mapped[str | None] = mapped_column(String)
+    outcome: Mapped[str | None] = mapped_column(String)  # culprit, range, nothing, undecided-ends
+    culprit: Mapped[int | None] = mapped_column(Integer)  # the first bad patch's position
+    created_at: Mapped[float | None] = mapped_column(Float)
+    finished_at: Mapped[float] = mapped_column(Float, index=True)
+    record: Mapped[dict[str, Any]] = mapped_column(JSON, deferred=True)

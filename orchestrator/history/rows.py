@@ -21,9 +21,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from model.hashes import BisectionRecord
 from model.result import Campaign, Node, Run, SkippedRun, described
 from orchestrator.history.errors import InvalidRecord
-from orchestrator.history.models import CampaignRow, CriterionRow, FigureRow, NodeRow, RunRow
+from orchestrator.history.models import BisectionRow, CampaignRow, CriterionRow, FigureRow, NodeRow, RunRow
 
 
 def storable(value: Any) -> Any:
@@ -66,8 +67,32 @@ def campaign_row(campaign: Campaign, record: dict[str, Any], stored_at: float) -
         stored_at=stored_at,
         verdict=campaign.verdict,
         exit_code=campaign.exit_code,
+        bisection=campaign.bisection,
         record=record,
         runs=runs,
+    )
+
+
+def bisection_row(shown: Mapping[str, Any], stored_at: float) -> BisectionRow:
+    """The row of one finished bisection (``shown``: as ``--status --json`` shows it), or
+    InvalidRecord naming every field that is wrong."""
+    try:
+        record = BisectionRecord.model_validate(dict(shown))
+    except ValidationError as exc:
+        raise InvalidRecord(f"bisection record refused: {described(exc)}") from None
+    result = record.result or {}
+    culprit = result.get("culprit")
+    return BisectionRow(
+        id=record.id,
+        name=record.name,
+        status=record.status,
+        on=record.on,
+        figure=record.figure,
+        outcome=result.get("outcome"),
+        culprit=culprit.get("position") if isinstance(culprit, dict) else None,
+        created_at=record.created_at,
+        finished_at=record.finished_at if record.finished_at is not None else stored_at,
+        record=storable(record.model_dump()),
     )
 
 

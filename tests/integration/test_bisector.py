@@ -18,10 +18,14 @@ from typing import Any
 import pytest
 
 from model.campaign import Campaign, load_campaign
+from model.result import schema_problems
 from model.state import bisection_key
-from orchestrator import bisector
+from orchestrator import bisector, sinks
+from orchestrator.history.db import ResultsDb
 from orchestrator.planner import new_campaign_id, plan_runs
+from orchestrator.scheduler import Scheduler
 from orchestrator.store import CampaignStore
+from tests.integration.dispatch import RecordingDispatch
 from tests.integration.redis_server import RedisServer, redis_server_fixture  # noqa: F401  (the fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -65,9 +69,9 @@ class Lab:
         self.submitted: list[str] = []
         self.noise = random.Random(3)
 
-    def submit(self, store: CampaignStore, campaign: Campaign) -> str:
+    def submit(self, store: CampaignStore, campaign: Campaign, bisection: str) -> str:
         cid = new_campaign_id(campaign.spec.name)
-        store.create(cid, campaign, plan_runs(campaign))
+        store.create(cid, campaign, plan_runs(campaign), bisection)
         self.submitted.append(cid)
         return cid
 
@@ -124,6 +128,28 @@ def test_a_bisection_asks_campaign_after_campaign_and_names_the_patch(
     assert [step["step"] for step in shown["steps"]] == ["bad", "good", "base", "bad"]
     assert all(step["lab_s"] == 42.0 for step in shown["steps"])
     assert len(shown["steps"][-2]["values"]) == 5  # the base's pool: 4 from the ends, 1 between steps
+    # Each child campaign knows it is a step of the bisection (its record will say so).
+    assert all(getattr(store.campaign(cid), "bisection", None) == bid for cid in lab.submitted)
+    assert shown["campaigns"] == lab.submitted
+
+
+def test_an_ended_bisection_goes_into_the_results_database_through_its_outbox(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    client = redis_server.client()
+    store = CampaignStore(client)
+    lab = Lab(store)
+    bid = bisector.create(client, _campaign(tmp_path), SERIES, "figure", max_repeats=8)
+    while bisector.advance(client, store, bid, lab.submit):
+        lab.finish(lab.submitted[-1])
+    assert sinks.waiting(client) >= {(sinks.BISECTIONS, bid)}
+    with ResultsDb(f"sqlite:///{tmp_path / 'results.db'}") as db:
+        assert sinks.deliver_bisections(client, db) == sinks.Delivered(1, 0)
+        assert (sinks.BISECTIONS, bid) not in sinks.waiting(client)
+        assert db.bisection(bid) == bisector.read(client, bid)
+        [listed] = db.bisections()
+        assert (listed["id"], listed["outcome"], listed["culprit"]) == (bid, "culprit", 3)
+        assert listed["describe"] == "patch 3 is the first bad one" and listed["campaigns"] == lab.submitted
 
 
 def test_a_bisection_resumes_from_redis_alone_and_a_cancel_reaches_its_child(
@@ -161,3 +187,23 @@ def test_a_child_record_that_is_not_one_ends_the_bisection_as_failed(redis_serve
     shown = bisector.read(client, bid)
     assert shown is not None and shown["status"] == "failed" and "schema" in shown["error"]
     assert bisector.active(client) == []
+
+
+def test_a_step_campaigns_record_and_its_stored_row_name_the_bisection(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    store = CampaignStore(redis_server.client())
+    campaign, cid, bid = _campaign(tmp_path), "pc-p2-20261205-000000-beef", "bisect-pc-20261205-000000-cafe"
+    runs = plan_runs(campaign)
+    store.create(cid, campaign, runs, bid)
+    for run in runs:
+        judged = {"run_id": run.run_id, "kernel": "k", "verdict": "pass", "exit_code": 0, "nodes": []}
+        store.set_run_status(cid, run.run_id, "done", verdict="pass", result=judged)
+    assert Scheduler(store.redis, RecordingDispatch(), tmp_path / "results").advance(cid) is False
+    written = json.loads((tmp_path / "results" / cid / "result.json").read_text())
+    assert written["bisection"] == bid and schema_problems(written) is None
+    with ResultsDb(f"sqlite:///{tmp_path / 'results.db'}") as db:
+        db.store(written)
+        [row] = db.history(bisection=bid)
+        assert (row["campaign_id"], row["bisection"]) == (cid, bid)
+        assert db.history(bisection="bisect-another-20261205-000000-cafe") == []

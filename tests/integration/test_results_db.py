@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "tests" / "fixtures" / "results"
-TABLES = {"campaigns", "runs", "nodes", "criteria", "figures", "change_points"}
+TABLES = {"campaigns", "runs", "nodes", "criteria", "figures", "change_points", "bisections"}
 ROWS = (CampaignRow, RunRow, NodeRow, CriterionRow, FigureRow)
 DAY = 86400.0
 
