@@ -45,7 +45,12 @@ _LOG = ("log", "--reverse", "--topo-order", "--no-ext-diff", "--no-textconv", "-
 
 
 class RangeError(TreeError):
-    """A range that cannot be bisected: a ref that is not there, not an ancestor, merges."""
+    """A range that cannot be bisected: a ref that is not there, not an ancestor, merges.
+    ``field`` is the source's field it is about (``good`` for the range as a whole)."""
+
+    def __init__(self, message: str, field: str = "good") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,7 @@ class Range:
 def read_range(repo: Path, good: str, bad: str) -> Range:
     """The commits of ``good..bad`` in ``repo``, oldest first; RangeError when the range is
     empty, not linear, or ``good`` is not an ancestor of ``bad``."""
-    good_commit, bad_commit = resolve(repo, good), resolve(repo, bad)
+    good_commit, bad_commit = resolve(repo, good, "good"), resolve(repo, bad, "ref")
     ancestor = _git(repo, "merge-base", "--is-ancestor", good_commit, bad_commit)
     if ancestor.returncode == 1:
         raise RangeError(f"{good} is not an ancestor of {bad} in {repo}: a bisection needs good..bad in one line")
@@ -97,15 +102,15 @@ def read_range(repo: Path, good: str, bad: str) -> Range:
     return Range(good_commit, commits)
 
 
-def resolve(repo: Path, ref: str) -> str:
-    """The commit ``ref`` names in ``repo``; RangeError when there is none."""
+def resolve(repo: Path, ref: str, field: str) -> str:
+    """The commit ``ref`` (the source's ``field``) names in ``repo``; RangeError when there is none."""
     if not _REF.fullmatch(ref) or ".." in ref:
-        raise RangeError(f"ref {ref!r} is not a branch, tag or commit name")
+        raise RangeError(f"{field} {ref!r} is not a branch, tag or commit name", field)
     proc = _git(repo, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}")
     commit = proc.stdout.strip()
     if proc.returncode != 0 or not _COMMIT.fullmatch(commit):
         words = proc.stderr.strip()[-400:]
-        raise RangeError(f"{repo} has no commit {ref!r}" + (f": {words}" if words else ""))
+        raise RangeError(f"{repo} has no commit {ref!r}" + (f": {words}" if words else ""), field)
     return commit
 
 
