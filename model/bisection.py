@@ -211,11 +211,14 @@ class Result:
         """The first bad patch (1-based: patch k is the one prefix k adds), when found."""
         return self.first_bad if self.outcome is Outcome.CULPRIT else None
 
-    def describe(self) -> str:
+    def describe(self, unit: str = "patch") -> str:
+        """The answer in a sentence; ``unit`` is what a prefix adds (a patch, or a commit of a
+        git range: its ends are then the good and the bad commit)."""
+        whole, base = ("the whole series", "the base") if unit == "patch" else ("the bad commit", "the good one")
         if self.outcome is Outcome.CULPRIT:
-            return f"patch {self.first_bad} is the first bad one"
+            return f"{unit} {self.first_bad} is the first bad one"
         if self.outcome is Outcome.NOTHING:
-            return "nothing to bisect: the whole series is not worse than the base"
+            return f"nothing to bisect: {whole} is not worse than {base}"
         if self.outcome is Outcome.UNDECIDED_ENDS:
-            return "cannot tell whether the whole series is worse than the base"
-        return f"the first bad patch is between patch {self.last_good + 1} and patch {self.first_bad}"
+            return f"cannot tell whether {whole} is worse than {base}"
+        return f"the first bad {unit} is between {unit} {self.last_good + 1} and {unit} {self.first_bad}"

@@ -39,12 +39,15 @@ class GitSource(_Strict):
 
     git: Path = pydantic.Field(strict=False)
     ref: str = "HEAD"
+    # The last good commit, for `swaplab bisect`: `ref` is then the bad one. A build
+    # builds `ref` alone, whatever `good` says.
+    good: str | None = None
 
-    @pydantic.field_validator("ref")
+    @pydantic.field_validator("ref", "good")
     @classmethod
-    def _check_ref(cls, value: str) -> str:
-        if not _GIT_REF.fullmatch(value) or ".." in value:
-            raise ValueError(f"ref {value!r} is not a branch, tag or commit name")
+    def _check_ref(cls, value: str | None, info: pydantic.ValidationInfo) -> str | None:
+        if value is not None and (not _GIT_REF.fullmatch(value) or ".." in value):
+            raise ValueError(f"{info.field_name} {value!r} is not a branch, tag or commit name")
         return value
 
 

@@ -12,6 +12,10 @@ A step is judged on the figure by ``orchestrator.bisect_judge`` with the base po
 every step so far; on the verdict (``--on verdict``) a prefix is bad when one of its runs
 failed, good when all passed, skipped when it could not be built (its runs invalid), and
 undecided when the lab could not tell (infra-errors).
+
+A bisection over a git range (``good..ref``) has the same prefixes: prefix k is the
+range's k-th commit (0: ``good``, n: ``ref``), built by its commit id, which the
+bisection keeps (``Series.commits``) so a branch that moves meanwhile changes nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any, Literal
 
 from model.bisection import Ask, Step
 from model.campaign import BaselineSide, CampaignSpec
-from model.kernel import BuildSpec, KernelSource
+from model.kernel import BuildSpec, GitSource, KernelSource
 from model.result import campaign_of
 from orchestrator.baselines import run_value
 from orchestrator.bisect_judge import judge_ends, judge_step
@@ -32,21 +36,65 @@ from orchestrator.stats import Policy
 On = Literal["figure", "verdict"]
 
 
-def child_spec(spec: CampaignSpec, build: BuildSpec, ask: Ask, name: str) -> CampaignSpec:
+@dataclass(frozen=True)
+class Series:
+    """What a bisection shows of each patch of its series, or each commit of its range
+    (1-based: patch k is prefix k's last), and for a range the commit of every prefix."""
+
+    subjects: list[str]
+    authors: list[str]
+    stats: list[str]  # git's diff stat of each patch
+    # A git range's commit per prefix: good first, then the range's, oldest first (n + 1).
+    commits: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        sizes = {len(self.subjects), len(self.authors), len(self.stats)}
+        if self.commits is not None:
+            sizes.add(len(self.commits) - 1)
+        if len(sizes) != 1:
+            raise ValueError(f"a series' subjects, authors, stats and commits do not agree in number ({self})")
+
+    @property
+    def unit(self) -> str:
+        """What a prefix adds: a patch or a commit."""
+        return "patch" if self.commits is None else "commit"
+
+    def to_json(self) -> dict[str, Any]:
+        kept: dict[str, Any] = {"subjects": self.subjects, "authors": self.authors, "stats": self.stats}
+        return kept | ({"commits": self.commits} if self.commits is not None else {})
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Series:
+        subjects, authors, stats = ([str(item) for item in data[key]] for key in ("subjects", "authors", "stats"))
+        commits = data.get("commits")
+        return cls(subjects, authors, stats, None if commits is None else [str(commit) for commit in commits])
+
+
+def prefix_build(build: BuildSpec, series: Series, prefix: int) -> BuildSpec:
+    """What prefix ``prefix`` builds: the series' first patches, or the range's commit (by
+    its id: a label of its own, and what the build resolves whatever the branch does since)."""
+    if series.commits is None:
+        return build.prefix(prefix)
+    assert isinstance(build.source, GitSource)
+    source = GitSource(git=build.source.git, ref=series.commits[prefix])
+    return build.model_copy(update={"source": source})
+
+
+def child_spec(spec: CampaignSpec, build: BuildSpec, series: Series, ask: Ask, name: str) -> CampaignSpec:
     """The campaign of one question, ``ask.repeats`` runs a kernel: for the ends the base
     and the whole series (a comparison: interleaved, A B B A), for a step the asked prefix
     alone."""
     prefixes = [0, ask.prefix] if ask.ends else [ask.prefix]
-    kernels = [KernelSource(build=build.prefix(k)) for k in prefixes]
+    kernels = [KernelSource(build=prefix_build(build, series, k)) for k in prefixes]
     # The ends are a comparison of their own: its baseline is what interleaves the sides.
     baseline = BaselineSide(kernel=kernels[0].label()) if ask.ends else None
     update = {"name": name, "kernels": kernels, "repeats": ask.repeats, "schedule": None, "baseline": baseline}
     return spec.model_copy(update=update)
 
 
-def base_spec(spec: CampaignSpec, build: BuildSpec, name: str) -> CampaignSpec:
+def base_spec(spec: CampaignSpec, build: BuildSpec, series: Series, name: str) -> CampaignSpec:
     """One run of the base, between two steps."""
-    kernels = [KernelSource(build=build.prefix(0))]
+    kernels = [KernelSource(build=prefix_build(build, series, 0))]
     return spec.model_copy(update={"name": name, "kernels": kernels, "repeats": 1, "schedule": None})
 
 

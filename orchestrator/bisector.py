@@ -1,4 +1,5 @@
-"""``swaplab bisect``, run by the control plane: which patch of a series made it worse.
+"""``swaplab bisect``, run by the control plane: which patch of a series (or commit of a
+git range) made it worse.
 
 A bisection lives in Redis (``swaplab:bisection:<bid>``): the campaign it was submitted
 with, the state of ``model.bisection.Bisection`` (its log), what the runs said so far per
@@ -18,7 +19,7 @@ import json
 import logging
 import secrets
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import redis
@@ -29,7 +30,8 @@ from model.hashes import BisectionHash
 from model.kernel import BuildSpec
 from model.state import BISECTIONS_KEY, TERMINAL, as_text, bisection_key, bisection_lock_key
 from orchestrator import sinks
-from orchestrator.bisect_steps import Gathered, On, base_spec, child_spec, judge
+from orchestrator.bisect_steps import Gathered, On, base_spec, child_spec, judge, prefix_build
+from orchestrator.bisect_steps import Series as Series  # what the CLI hands to create()
 from orchestrator.stats import Policy, compare_figure, resolve_policies
 from orchestrator.store import CampaignStore
 
@@ -54,15 +56,6 @@ SHOWN = {
 LOCK_S = 60.0
 
 
-@dataclass(frozen=True)
-class Series:
-    """What a bisection shows of each patch of its series (1-based: patch k is prefix k's last)."""
-
-    subjects: list[str]
-    authors: list[str]
-    stats: list[str]  # git's diff stat of each patch
-
-
 def new_bisection_id(name: str) -> str:
     return f"bisect-{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
 
@@ -83,7 +76,7 @@ def create(client: redis.Redis, campaign: Campaign, series: Series, on: On, max_
             "campaign": json.dumps(campaign_to_json(campaign)),
             "on": on,
             "figure": campaign.spec.compare.primary,
-            "series": json.dumps({"subjects": series.subjects, "authors": series.authors, "stats": series.stats}),
+            "series": json.dumps(series.to_json()),
             "state": json.dumps(state.to_json()),
             "gathered": json.dumps(Gathered().to_json()),
             "steps": "[]",
@@ -129,9 +122,9 @@ def fail(client: redis.Redis, bid: str, reason: str) -> None:
 
 
 def build_of(campaign: Campaign) -> BuildSpec:
-    """The one ``build:`` kernel with a patch series a bisection campaign names."""
+    """The one ``build:`` kernel with a patch series (or a git range) a bisection campaign names."""
     [kernel] = campaign.spec.kernels
-    assert kernel.build is not None and kernel.build.patches is not None
+    assert kernel.build is not None
     return kernel.build
 
 
@@ -171,14 +164,14 @@ def advance(client: redis.Redis, store: CampaignStore, bid: str, submit: Any) ->
             client.hset(bisection_key(bid), mapping=update)
             sinks.enqueue_bisection(client, bid)
             return False
-        build = build_of(campaign)
+        build, series = build_of(campaign), Series.from_json(found.series.model_dump())
         if child and not base_run and not steps[-1]["ends"] and found.on == "figure":
             # A base run between two steps: the base's pool follows the host's drift (a
             # verdict does not drift: none there).
-            spec = base_spec(campaign.spec, build, f"{campaign.spec.name}-base"[:41])
+            spec = base_spec(campaign.spec, build, series, f"{campaign.spec.name}-base"[:41])
             update["asked"] = "base"
         else:
-            spec = child_spec(campaign.spec, build, ask, f"{campaign.spec.name}-p{ask.prefix}"[:41])
+            spec = child_spec(campaign.spec, build, series, ask, f"{campaign.spec.name}-p{ask.prefix}"[:41])
             update["asked"] = json.dumps([ask.prefix, ask.repeats, ask.ends])
         update["child"] = submit(store, replace(campaign, spec=spec), bid)
         client.hset(bisection_key(bid), mapping=update)
@@ -196,7 +189,8 @@ def _take_base_run(
 ) -> None:
     record = store.record(child) or {}
     if record:
-        gathered.add(record, {build_of(campaign).prefix(0).label(): 0}, found.figure)
+        base = prefix_build(build_of(campaign), Series.from_json(found.series.model_dump()), 0)
+        gathered.add(record, {base.label(): 0}, found.figure)
     steps.append(_logged(0, 1, False, "base", "a base run between steps", child, record, gathered))
 
 
@@ -232,8 +226,8 @@ def _take_answer(
     prefix, repeats, ends = json.loads(found.asked)
     ask = Ask(int(prefix), int(repeats), bool(ends))
     record = store.record(child) or {}
-    build = build_of(campaign)
-    labels = {build.prefix(k).label(): k for k in (0, ask.prefix)}
+    build, series = build_of(campaign), Series.from_json(found.series.model_dump())
+    labels = {prefix_build(build, series, k).label(): k for k in (0, ask.prefix)}
     if record:
         gathered.add(record, labels, found.figure)
     step, why = judge(ask, state.patches, gathered, found.on, found.figure, _policy(campaign, found.figure))
@@ -250,23 +244,31 @@ def _policy(campaign: Campaign, figure: str) -> Policy | None:
 
 def result_of(found: BisectionHash, state: Bisection, gathered: Gathered) -> dict[str, Any]:
     """The answer as stored and shown: outcome, the culprit with its subject, author and
-    diff stat, the figure before and after it, and the sentence."""
+    diff stat (and commit id, in a git range), the figure before and after it, and the sentence."""
     result = state.result()
     assert result is not None
+    series = Series.from_json(found.series.model_dump())
     answer: dict[str, Any] = {
         "outcome": result.outcome.value,
         "last_good": result.last_good,
         "first_bad": result.first_bad,
-        "describe": result.describe(),
+        "describe": result.describe(series.unit),
     }
+    if series.commits is not None:
+        answer["commits"] = {
+            "last_good": series.commits[result.last_good],
+            "first_bad": series.commits[result.first_bad],
+        }
     if result.outcome is Outcome.CULPRIT:
         index = result.first_bad - 1
         answer["culprit"] = {
             "position": result.first_bad,
-            "subject": found.series.subjects[index],
-            "author": found.series.authors[index],
-            "stat": found.series.stats[index],
+            "subject": series.subjects[index],
+            "author": series.authors[index],
+            "stat": series.stats[index],
         }
+        if series.commits is not None:
+            answer["culprit"]["commit"] = series.commits[result.first_bad]
         before, after = gathered.values.get(result.last_good, []), gathered.values.get(result.first_bad, [])
         answer["before"], answer["after"] = before, after
         if before and after:

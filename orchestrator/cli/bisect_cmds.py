@@ -1,6 +1,8 @@
-"""``swaplab bisect FILE``: which patch of a series made swap over NFS worse.
+"""``swaplab bisect FILE``: which patch of a series (or commit of a git range) made swap
+over NFS worse.
 
-FILE is a campaign whose one kernel is a ``build:`` with a patch series; its workloads,
+FILE is a campaign whose one kernel is a ``build:`` with a patch series, or a git source
+with a ``good`` commit (its ``ref`` the bad one: the range must be linear); its workloads,
 node settings, repeats and ``compare:`` say what "worse" means (the primary figure and its
 tolerance), or ``--on verdict``: the whole series fails where the base passes. The control
 plane runs the bisection (``orchestrator.bisector``); this command submits it and follows
@@ -23,6 +25,7 @@ import click
 from model.campaign import Campaign
 from model.display import printable
 from model.exitcode import ExitCode
+from model.kernel import BuildSpec, GitSource
 from model.yamlpos import SpecError, load_located
 from orchestrator import bisector, sinks
 from orchestrator.cli.campaign_cmds import SINK_WAIT_S
@@ -30,7 +33,7 @@ from orchestrator.cli.common import CAMPAIGN_FILE, load_lab_or_exit, load_or_exi
 from orchestrator.cli.distributed_cmds import connect
 from orchestrator.cli.history_cmds import query_db
 from orchestrator.services import LocalServices, ServiceError
-from workers.kbuild import patches
+from workers.kbuild import git_range, patches
 
 POLL_S = 2.0
 EXIT = {"culprit": ExitCode.CRITERIA_FAIL, "nothing": ExitCode.PASS, "range": ExitCode.INVALID}
@@ -64,7 +67,8 @@ def bisect(
     cancel_id: str | None,
     as_json: bool,
 ) -> None:
-    """Find the patch of CAMPAIGN_FILE's series that made it worse (exit 3 with it)."""
+    """Find the patch of CAMPAIGN_FILE's series (or the commit of its git range good..ref) that made
+    it worse (exit 3 with it)."""
     if status_id or cancel_id:
         _status_or_cancel(status_id, cancel_id, as_json)
         return
@@ -89,30 +93,55 @@ def bisect(
 
 
 def _series_or_exit(path: Path, campaign: Campaign, as_json: bool) -> bisector.Series:
-    """The series of the campaign's one ``build:`` kernel, each patch described; or exit 2
-    naming the file, line and field."""
+    """The series of the campaign's one ``build:`` kernel, each patch described, or its git
+    range, each commit described; or exit 2 naming the file, line and field."""
     doc = load_located(path)
     kernels = campaign.spec.kernels
     build = kernels[0].build if len(kernels) == 1 else None
     problem = None
-    if build is None or build.patches is None:
-        problem = "a bisection needs exactly one kernel: a `build:` with a patch series (`patches:`)"
+    if build is None or (build.patches is None and _good(build) is None):
+        problem = (
+            "a bisection needs exactly one kernel: a `build:` with a patch series (`patches:`) "
+            "or a git source with a `good:` commit"
+        )
+    elif build.patches is not None and _good(build) is not None:
+        problem = "a bisection runs over a patch series or a git range, not both: drop `patches:` or `good:`"
     elif build.patches_upto is not None:
         problem = "a bisection takes the whole series: no `patches_upto`"
     elif campaign.spec.baseline is not None or campaign.spec.schedule is not None:
         problem = "a bisection compares the series with its own base: no `baseline:` or `schedule:`"
-    if problem is None and build is not None and build.patches is not None:
-        try:
-            messages = patches.messages(patches.read_series(build.patches), str(build.patches))
-        except patches.PatchError as err:
-            problem = str(err)
-        else:
-            if not messages:
-                problem = f"patch series {build.patches} holds no patch"
-            else:
-                described = [patches.describe(message) for message in messages]
-                return bisector.Series(*(list(column) for column in zip(*described, strict=True)))
-    _refuse(SpecError([doc.issue(("kernels",), problem or "no series")]), as_json)
+    if problem is not None or build is None:
+        _refuse(SpecError([doc.issue(("kernels",), problem or "no series")]), as_json)
+    try:
+        return _patch_series(build) if build.patches is not None else _git_range(build)
+    except git_range.RangeError as err:
+        _refuse(SpecError([doc.issue(("kernels", 0, "build", "source", err.field), str(err))]), as_json)
+    except patches.PatchError as err:
+        _refuse(SpecError([doc.issue(("kernels", 0, "build", "patches"), str(err))]), as_json)
+
+
+def _good(build: BuildSpec) -> str | None:
+    return build.source.good if isinstance(build.source, GitSource) else None
+
+
+def _patch_series(build: BuildSpec) -> bisector.Series:
+    assert build.patches is not None
+    messages = patches.messages(patches.read_series(build.patches), str(build.patches))
+    if not messages:
+        raise patches.PatchError(f"patch series {build.patches} holds no patch")
+    described = [patches.describe(message) for message in messages]
+    return bisector.Series(*(list(column) for column in zip(*described, strict=True)))
+
+
+def _git_range(build: BuildSpec) -> bisector.Series:
+    """The commits of ``good..ref``, read by this process (the submitter's) and kept by id."""
+    source = build.source
+    assert isinstance(source, GitSource) and source.good is not None
+    found = git_range.read_range(source.git, source.good, source.ref)
+    subjects = [entry.subject for entry in found.commits]
+    authors = [entry.author for entry in found.commits]
+    stats = [entry.stat for entry in found.commits]
+    return bisector.Series(subjects, authors, stats, commits=found.prefixes)
 
 
 def _refuse(err: SpecError, as_json: bool) -> NoReturn:
@@ -126,14 +155,27 @@ def _refuse(err: SpecError, as_json: bool) -> NoReturn:
 
 def _say_valid(path: Path, campaign: Campaign, series: bisector.Series, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps({"valid": True, "campaign": campaign.spec.name, "patches": series.subjects}, indent=2))
+        shown: dict[str, Any] = {"valid": True, "campaign": campaign.spec.name, "patches": series.subjects}
+        if series.commits is not None:
+            shown["commits"] = series.commits  # the good one first
+        click.echo(json.dumps(shown, indent=2))
         return
     click.echo(
-        f"{path}: valid — bisection of {len(series.subjects)} patch(es) on lab {campaign.lab.name!r}, "
+        f"{path}: valid — bisection of {_count(series)} on lab {campaign.lab.name!r}, "
         f"figure {campaign.spec.compare.primary}, {campaign.spec.repeats} repeat(s) a step"
     )
+    if series.commits is not None:
+        click.echo(f"  0. {series.commits[0][:12]} (good)")
     for index, subject in enumerate(series.subjects, 1):
-        click.echo(printable(f"  {index}. {subject}"))
+        commit = f"{series.commits[index][:12]} " if series.commits is not None else ""
+        click.echo(printable(f"  {index}. {commit}{subject}"))
+
+
+def _count(series: bisector.Series) -> str:
+    """``4 patch(es)``, or ``4 commit(s) after <good>`` for a git range."""
+    if series.commits is None:
+        return f"{len(series.subjects)} patch(es)"
+    return f"{len(series.subjects)} commit(s) after {series.commits[0][:12]}"
 
 
 def _submit_and_follow(campaign: Campaign, series: bisector.Series, on: str, max_repeats: int) -> dict[str, Any]:
@@ -142,7 +184,7 @@ def _submit_and_follow(campaign: Campaign, series: bisector.Series, on: str, max
     client = connect().redis
     bid = bisector.create(client, campaign, series, "verdict" if on == "verdict" else "figure", max_repeats)
     kick_bisection(bid)
-    click.echo(f"bisection {bid}: {len(series.subjects)} patch(es) on lab {campaign.lab.name}", err=True)
+    click.echo(f"bisection {bid}: {_count(series)} on lab {campaign.lab.name}", err=True)
     seen, child = 0, ""
     try:
         while True:
@@ -225,7 +267,12 @@ def _answer_lines(shown: dict[str, Any]) -> str:
     lines = [result["describe"]]
     culprit = result.get("culprit")
     if culprit:
-        lines.append(f"  patch {culprit['position']}: {culprit['subject']} ({culprit['author']})")
+        what = (
+            f"commit {culprit['position']} {culprit['commit'][:12]}"
+            if "commit" in culprit
+            else f"patch {culprit['position']}"
+        )
+        lines.append(f"  {what}: {culprit['subject']} ({culprit['author']})")
         lines += [f"    {line}" for line in culprit["stat"].splitlines()]
         if result.get("change"):
             lines.append(f"  before it -> with it: {result['change']}")

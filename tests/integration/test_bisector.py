@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +62,18 @@ compare: {{primary: swap_in_mibps, figures: {{swap_in_mibps: {{tolerance: 0.25}}
     return load_campaign(path)
 
 
-class Lab:
-    """Stores each child campaign as submitted, and finishes it with runs on demand."""
+def series_prefix(label: str) -> int:
+    """The prefix a series' kernel label names (``...series.mbox[:3]``)."""
+    return int(label.rsplit("[:", 1)[1].rstrip("]"))
 
-    def __init__(self, store: CampaignStore) -> None:
+
+class Lab:
+    """Stores each child campaign as submitted, and finishes it with runs on demand: prefix
+    3 and later swap in 58 % slower."""
+
+    def __init__(self, store: CampaignStore, prefix_of: Callable[[str], int] = series_prefix) -> None:
         self.store = store
+        self.prefix_of = prefix_of
         self.submitted: list[str] = []
         self.noise = random.Random(3)
 
@@ -81,7 +89,7 @@ class Lab:
         runs = []
         for plan in plan_runs(campaign):
             label = plan.kernel.label()
-            prefix = int(label.rsplit("[:", 1)[1].rstrip("]"))
+            prefix = self.prefix_of(label)
             rate = (6.0 if prefix >= 3 else 14.0) * self.noise.gauss(1, 0.03)
             runs.append(_run(label, rate))
         record = {"campaign_id": cid, "wall_s": 42.0, "runs": runs}

@@ -8,10 +8,12 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from model.bisection import Ask, Bisection, Outcome, Step
 from model.campaign import CampaignSpec
-from model.kernel import BuildSpec, DebianSource
-from orchestrator.bisect_steps import Gathered, base_spec, child_spec, judge
+from model.kernel import BuildSpec, DebianSource, GitSource
+from orchestrator.bisect_steps import Gathered, Series, base_spec, child_spec, judge, prefix_build
 
 BUILD = BuildSpec(source=DebianSource(debian="linux-source-6.1"), patches=Path("/srv/series.mbox"))
 SPEC = CampaignSpec.model_validate(
@@ -24,6 +26,7 @@ SPEC = CampaignSpec.model_validate(
         "compare": {"primary": "swap_in_mibps"},
     }
 )
+SERIES = Series(["a", "b", "c", "d"], ["A <a@example.org>"] * 4, ["a | 1 +"] * 4)
 _IDS = itertools.count(1)
 
 
@@ -44,13 +47,13 @@ def _record(runs: list[tuple[int, str, float]]) -> dict[str, Any]:
 
 
 def test_the_ends_run_the_base_beside_the_whole_series_and_a_step_its_prefix_alone() -> None:
-    ends = child_spec(SPEC, BUILD, Ask(4, 3, ends=True), "slow-swapin-p4")
+    ends = child_spec(SPEC, BUILD, SERIES, Ask(4, 3, ends=True), "slow-swapin-p4")
     assert [kernel.label() for kernel in ends.kernels] == [
         "build:linux-source-6.1+series.mbox[:0]",
         "build:linux-source-6.1+series.mbox[:4]",
     ]
     assert ends.baseline is not None and ends.baseline.kernel == "build:linux-source-6.1+series.mbox[:0]"
-    step = child_spec(SPEC, BUILD, Ask(3, 2), "slow-swapin-p3")
+    step = child_spec(SPEC, BUILD, SERIES, Ask(3, 2), "slow-swapin-p3")
     assert step.baseline is None
     assert [kernel.label() for kernel in step.kernels] == ["build:linux-source-6.1+series.mbox[:3]"]
     assert (step.name, step.repeats, step.compare, step.workloads) == (
@@ -59,7 +62,7 @@ def test_the_ends_run_the_base_beside_the_whole_series_and_a_step_its_prefix_alo
         SPEC.compare,
         SPEC.workloads,
     )
-    between = base_spec(SPEC, BUILD, "slow-swapin-base")
+    between = base_spec(SPEC, BUILD, SERIES, "slow-swapin-base")
     assert ([k.label() for k in between.kernels], between.repeats) == (["build:linux-source-6.1+series.mbox[:0]"], 1)
 
 
@@ -109,3 +112,29 @@ def test_ends_whose_base_fails_cannot_be_bisected_on_the_verdict() -> None:
     )
     step, why = judge(Ask(4, 1, ends=True), 4, gathered, "verdict", "", None)
     assert step is Step.UNDECIDED and "the base did not pass" in why
+
+
+def test_a_git_range_builds_the_commit_of_each_prefix_by_its_id() -> None:
+    commits = [f"{k}" * 40 for k in range(5)]  # good, then the range's four, oldest first
+    build = BuildSpec(source=GitSource(git=Path("/srv/linux"), ref="mm-unstable", good="v6.1"))
+    ranged = Series(["a", "b", "c", "d"], ["A <a@example.org>"] * 4, ["a | 1 +"] * 4, commits=commits)
+    assert ranged.unit == "commit" and SERIES.unit == "patch"
+    built = [prefix_build(build, ranged, k) for k in range(5)]
+    assert [b.source for b in built] == [GitSource(git=Path("/srv/linux"), ref=commit) for commit in commits]
+    assert len({b.label() for b in built}) == 5 and built[3].label() == f"build:linux@{'3' * 40}"
+    assert all(b.patches is None and b.patches_upto is None and b.config == build.config for b in built)
+    ends = child_spec(SPEC, build, ranged, Ask(4, 3, ends=True), "range-p4")
+    assert [k.build for k in ends.kernels] == [built[0], built[4]]
+    assert ends.baseline is not None and ends.baseline.kernel == built[0].label()
+    assert [k.build for k in base_spec(SPEC, build, ranged, "range-base").kernels] == [built[0]]
+    assert prefix_build(BUILD, SERIES, 2) == BUILD.prefix(2)  # a series: its first patches, as before
+
+
+def test_a_series_round_trips_through_json_and_its_columns_must_agree() -> None:
+    ranged = Series(["a"], ["A <a@example.org>"], ["a | 1 +"], commits=["0" * 40, "1" * 40])
+    assert Series.from_json(ranged.to_json()) == ranged and "commits" not in SERIES.to_json()
+    assert Series.from_json(SERIES.to_json()) == SERIES
+    with pytest.raises(ValueError, match="do not agree in number"):
+        Series(["a"], ["A <a@example.org>"], ["a | 1 +"], commits=["1" * 40])
+    with pytest.raises(ValueError, match="do not agree in number"):
+        Series(["a", "b"], ["A <a@example.org>"], ["a | 1 +"])

@@ -37,6 +37,7 @@ def test_the_ends_are_confirmed_first_and_a_series_no_worse_is_nothing_to_bisect
     result = Bisection(8).run(lambda repeats: Step.GOOD, _judge_with_culprit(3, calls=calls))
     assert result.outcome is Outcome.NOTHING and result.culprit is None and calls == []
     assert "nothing to bisect" in result.describe()
+    assert result.describe("commit") == "nothing to bisect: the bad commit is not worse than the good one"
 
 
 def test_ends_that_stay_undecided_up_to_the_cap_are_said_so() -> None:
@@ -77,6 +78,7 @@ def test_prefixes_that_do_not_build_are_skipped_and_the_range_named() -> None:
     assert result.outcome is Outcome.RANGE and (result.last_good, result.first_bad) == (3, 5)
     assert Step.SKIP in {s.step for s in result.log}
     assert result.describe() == "the first bad patch is between patch 4 and patch 5"
+    assert result.describe("commit") == "the first bad commit is between commit 4 and commit 5"
 
 
 def test_a_skip_beside_the_culprit_does_not_hide_it_when_the_range_still_splits() -> None:
