@@ -433,15 +433,18 @@ def headline(record: Campaign) -> str:
 
 def facts(record: Campaign) -> list[tuple[str, str]]:
     """The campaign's key facts as (label, value): verdict and why (a comparison campaign's
-    reasons), id, file, lab, time, runs, results."""
+    reasons), id, the bisection it is a step of, file, lab, time, runs, results."""
     wall = number(record.wall_s)
     started = fmt_time(record.started_at) + ("" if wall is None else f", took {wall:.0f} s")
     counted = f"{len(record.runs)} run(s), {len(record.skipped_runs)} skipped"
     redone = [f"{run_id(run)} {line}" for run in record.runs for line in redone_lines(run)]
+    bisection = clean(record.bisection)
+    step_of = [("bisection", f"a step of {bisection} (swaplab bisect --status {bisection})")] if bisection else []
     return [
         ("verdict", f"{(clean(record.verdict) or '?').upper()}, {exit_text(record.exit_code)}"),
         *(("why", reason) for reason in campaign_reasons(record)),
         ("id", clean(record.campaign_id) or "-"),
+        *step_of,
         ("file", clean(record.file) or "-"),
         ("lab", clean(record.lab) or "-"),
         ("started", started),

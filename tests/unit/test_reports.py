@@ -700,3 +700,11 @@ def _orange(pixel: Any) -> bool:
     """ORANGE (#E69F00), alone or blended with up to about a third of white."""
     red, green, blue = pixel[:3]
     return bool(red > 200 and 140 <= green <= 200 and blue < 110)
+
+
+def test_a_bisection_step_says_which_bisection_ran_it(record: dict[str, Any]) -> None:
+    step = {**copy.deepcopy(record), "bisection": "bisect-pc-20261205-033926-a7ac"}
+    said = "a step of bisect-pc-20261205-033926-a7ac (swaplab bisect --status bisect-pc-20261205-033926-a7ac)"
+    assert said in flat(render_text(step))
+    assert escape(said) in render_html(step)
+    assert "a step of" not in flat(render_text(record))  # a campaign of its own says nothing
