@@ -14,9 +14,17 @@ Fields a model does not name are kept (``extra="allow"``): the times of each sta
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, Final, Literal, Self
+from typing import Annotated, Any, ClassVar, Final, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from model.campaign import Variant, WorkloadSpec
 from model.kernel import KernelSource
@@ -214,6 +222,7 @@ class BisectionStep(BaseModel):
     campaign: str  # the child campaign that asked it
     lab_s: float | None = None  # the child campaign's wall time, its builds included
     runs_s: float | None = None  # its runs' time, one after the other
+    reused: list[str] = []  # the stored campaigns whose runs of the same kernel and settings it took
     values: list[float] = []  # the figure of every passing run of the prefix so far
     verdicts: list[str] = []
 
@@ -260,6 +269,11 @@ class BisectionHash(_Hash):
     cancel: bool = False
     result: dict[str, Any] | None = None
     error: str = ""
+    # Each prefix's build hash as the submitter's host computed it ([] when it could not):
+    # a step takes the stored runs of that kernel under the same settings (``settings``).
+    digests: list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]] = []
+    settings: str = ""  # the bisection's own runs' settings (bisect_steps.settings_key), once known
+    reused: list[int] = []  # the prefixes that already took stored runs (once each)
 
     @field_validator("cancel", mode="before")
     @classmethod

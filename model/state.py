@@ -286,6 +286,8 @@ _JSON_FIELDS = frozenset(
         "state",
         "gathered",
         "steps",
+        "digests",
+        "reused",
     }
 )
 

@@ -21,15 +21,15 @@ bisection keeps (``Series.commits``) so a branch that moves meanwhile changes no
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from model.bisection import Ask, Step
 from model.campaign import BaselineSide, CampaignSpec
 from model.kernel import BuildSpec, GitSource, KernelSource
-from model.result import campaign_of
-from orchestrator.baselines import run_value
+from model.result import Run, campaign_of
+from orchestrator.baselines import cell_of, run_value
 from orchestrator.bisect_judge import judge_ends, judge_step
 from orchestrator.stats import Policy
 
@@ -109,12 +109,15 @@ class Gathered:
         """A finished child campaign's runs, by the prefix their kernel label names."""
         for run in campaign_of(record).runs:
             prefix = prefixes.get(run.kernel_label or "")
-            if prefix is None:
-                continue
-            self.verdicts[prefix].append(run.verdict or "infra-error")
-            value = run_value(run).get(figure) if run.verdict == "pass" else None
-            if value is not None:
-                self.values[prefix].append(value)
+            if prefix is not None:
+                self.add_run(prefix, run, figure)
+
+    def add_run(self, prefix: int, run: Run, figure: str) -> None:
+        """One run of ``prefix``: its verdict, and its figure when it passed."""
+        self.verdicts[prefix].append(run.verdict or "infra-error")
+        value = run_value(run).get(figure) if run.verdict == "pass" else None
+        if value is not None:
+            self.values[prefix].append(value)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -130,6 +133,35 @@ class Gathered:
         for key, verdicts in data.get("verdicts", {}).items():
             found.verdicts[int(key)] = [str(v) for v in verdicts]
         return found
+
+
+def settings_key(run: Run) -> str:
+    """What a stored run must share with the bisection's own to stand in for one of its runs:
+    the comparison's cell (variant, workload, NFS, sysctls, sizes, clock, faults)."""
+    return "|".join(cell_of(run))
+
+
+def reusable(records: Iterable[Mapping[str, Any]], artifact: str, settings: str, bisection: str) -> Reused:
+    """The stored runs of the kernel built as ``artifact`` under ``settings``, from
+    campaigns that are not this bisection's own (those are gathered already)."""
+    found = Reused([], [])
+    for record in records:
+        stored = campaign_of(record)
+        if stored.bisection == bisection:
+            continue
+        runs = [r for r in stored.runs if r.kernel_info.artifact == artifact and settings_key(r) == settings]
+        if runs:
+            found.runs.extend(runs)
+            found.campaigns.append(stored.campaign_id)
+    return found
+
+
+@dataclass(frozen=True)
+class Reused:
+    """Stored runs a step takes instead of running them again, and the campaigns they come from."""
+
+    runs: list[Run]
+    campaigns: list[str]
 
 
 def judge(ask: Ask, patches: int, gathered: Gathered, on: On, figure: str, policy: Policy | None) -> tuple[Step, str]:

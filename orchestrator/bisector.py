@@ -19,7 +19,8 @@ import json
 import logging
 import secrets
 import time
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
@@ -28,9 +29,20 @@ from model.bisection import Ask, Bisection, Outcome, Step
 from model.campaign import Campaign, campaign_from_json, campaign_to_json
 from model.hashes import BisectionHash
 from model.kernel import BuildSpec
+from model.result import campaign_of
 from model.state import BISECTIONS_KEY, TERMINAL, as_text, bisection_key, bisection_lock_key
 from orchestrator import sinks
-from orchestrator.bisect_steps import Gathered, On, base_spec, child_spec, judge, prefix_build
+from orchestrator.bisect_steps import (
+    Gathered,
+    On,
+    Reused,
+    base_spec,
+    child_spec,
+    judge,
+    prefix_build,
+    reusable,
+    settings_key,
+)
 from orchestrator.bisect_steps import Series as Series  # what the CLI hands to create()
 from orchestrator.stats import Policy, compare_figure, resolve_policies
 from orchestrator.store import CampaignStore
@@ -60,8 +72,11 @@ def new_bisection_id(name: str) -> str:
     return f"bisect-{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
 
 
-def create(client: redis.Redis, campaign: Campaign, series: Series, on: On, max_repeats: int) -> str:
-    """Store a new bisection (all of it or nothing); its id. The caller kicks it."""
+def create(
+    client: redis.Redis, campaign: Campaign, series: Series, on: On, max_repeats: int, digests: list[str] | None = None
+) -> str:
+    """Store a new bisection (all of it or nothing); its id. The caller kicks it. ``digests``:
+    each prefix's build hash, so a step can take stored runs of its kernel."""
     bid = new_bisection_id(campaign.spec.name)
     state = Bisection(len(series.subjects), repeats=campaign.spec.repeats, max_repeats=max_repeats)
     now = time.time()
@@ -81,6 +96,7 @@ def create(client: redis.Redis, campaign: Campaign, series: Series, on: On, max_
             "gathered": json.dumps(Gathered().to_json()),
             "steps": "[]",
             "child": "",
+            "digests": json.dumps(digests or []),
         },
     )
     pipe.zadd(BISECTIONS_KEY, {bid: now})
@@ -148,15 +164,23 @@ def advance(client: redis.Redis, store: CampaignStore, bid: str, submit: Any) ->
         gathered = Gathered.from_json(found.gathered)
         steps = [step.model_dump() for step in found.steps]
         base_run = found.asked == "base"
+        record: dict[str, Any] = {}
         if child and base_run:
-            _take_base_run(store, campaign, found, gathered, steps, child)
+            record = _take_base_run(store, campaign, found, gathered, steps, child)
         elif child:
-            _take_answer(store, campaign, found, state, gathered, steps, child)
-        ask = state.ask()
+            record = _take_answer(store, campaign, found, state, gathered, steps, child)
+        took_step = bool(child) and not base_run and not steps[-1]["ends"]
+        build = build_of(campaign)
+        digests = _checked_digests(bid, found, record, build)
+        reuse = _Reuse(bid, found, digests, _settings(found, record, build), list(found.reused))
+        ask = reuse.answer_from_stored(campaign, state, gathered, steps)
         update: dict[Any, Any] = {
             "state": json.dumps(state.to_json()),
             "gathered": json.dumps(gathered.to_json()),
             "steps": json.dumps(steps),
+            "settings": reuse.settings,
+            "reused": json.dumps(reuse.prefixes),
+            "digests": json.dumps(digests),
         }
         if ask is None:
             update |= {"status": "done", "child": "", "finished_at": time.time()}
@@ -165,7 +189,7 @@ def advance(client: redis.Redis, store: CampaignStore, bid: str, submit: Any) ->
             sinks.enqueue_bisection(client, bid)
             return False
         build, series = build_of(campaign), Series.from_json(found.series.model_dump())
-        if child and not base_run and not steps[-1]["ends"] and found.on == "figure":
+        if took_step and found.on == "figure":
             # A base run between two steps: the base's pool follows the host's drift (a
             # verdict does not drift: none there).
             spec = base_spec(campaign.spec, build, series, f"{campaign.spec.name}-base"[:41])
@@ -186,16 +210,25 @@ def _take_base_run(
     gathered: Gathered,
     steps: list[dict[str, Any]],
     child: str,
-) -> None:
+) -> dict[str, Any]:
     record = store.record(child) or {}
     if record:
         base = prefix_build(build_of(campaign), Series.from_json(found.series.model_dump()), 0)
         gathered.add(record, {base.label(): 0}, found.figure)
     steps.append(_logged(0, 1, False, "base", "a base run between steps", child, record, gathered))
+    return record
 
 
 def _logged(
-    prefix: int, repeats: int, ends: bool, step: str, why: str, child: str, record: dict[str, Any], gathered: Gathered
+    prefix: int,
+    repeats: int,
+    ends: bool,
+    step: str,
+    why: str,
+    child: str,
+    record: dict[str, Any],
+    gathered: Gathered,
+    reused: list[str] | None = None,
 ) -> dict[str, Any]:
     wall = record.get("wall_s")
     runs = [run for run in record.get("runs", []) if isinstance(run, dict)]
@@ -211,6 +244,7 @@ def _logged(
         "runs_s": round(run_s, 1),  # the lab time its runs took, one after the other
         "values": gathered.values.get(prefix, []),
         "verdicts": gathered.verdicts.get(prefix, []),
+        "reused": reused or [],
     }
 
 
@@ -222,7 +256,7 @@ def _take_answer(
     gathered: Gathered,
     steps: list[dict[str, Any]],
     child: str,
-) -> None:
+) -> dict[str, Any]:
     prefix, repeats, ends = json.loads(found.asked)
     ask = Ask(int(prefix), int(repeats), bool(ends))
     record = store.record(child) or {}
@@ -235,6 +269,88 @@ def _take_answer(
         step, why = Step.UNDECIDED, f"campaign {child} ended without a record ({store.status(child)})"
     state.answer(ask, step)
     steps.append(_logged(ask.prefix, ask.repeats, ask.ends, step.value, why, child, record, gathered))
+    return record
+
+
+def _settings(found: BisectionHash, record: Mapping[str, Any], build: BuildSpec) -> str:
+    """The bisection's own runs' settings (``settings_key``): kept, or read from the base's
+    runs of the first child campaign (the ends)."""
+    if found.settings or not record:
+        return found.settings
+    base = prefix_build(build, Series.from_json(found.series.model_dump()), 0).label()
+    runs = [run for run in campaign_of(record).runs if run.kernel_label == base]
+    return settings_key(runs[0]) if runs else ""
+
+
+@dataclass
+class _Reuse:
+    """A step answered from stored runs of its kernel (its build hash) under the same settings,
+    from other campaigns than this bisection's, when there are as many as it asks for; each
+    prefix takes them once. Never the ends (a comparison of their own, interleaved) nor the
+    base (run in this bisection, never taken from another day)."""
+
+    bid: str
+    found: BisectionHash
+    digests: list[str]
+    settings: str
+    prefixes: list[int]
+
+    def answer_from_stored(
+        self, campaign: Campaign, state: Bisection, gathered: Gathered, steps: list[dict[str, Any]]
+    ) -> Ask | None:
+        """Answer what can be answered from stored runs; what is left to ask the lab."""
+        ask = state.ask()
+        while ask is not None and not ask.ends and ask.prefix not in self.prefixes:
+            stored = self._stored(ask.prefix)
+            if stored is None or len(stored.runs) < ask.repeats:
+                break
+            for run in stored.runs:
+                gathered.add_run(ask.prefix, run, self.found.figure)
+            self.prefixes.append(ask.prefix)
+            policy = _policy(campaign, self.found.figure)
+            step, why = judge(ask, state.patches, gathered, self.found.on, self.found.figure, policy)
+            state.answer(ask, step)
+            why = f"{why} (from {len(stored.runs)} stored run(s) of the same kernel and settings)"
+            steps.append(_logged(ask.prefix, ask.repeats, False, step.value, why, "", {}, gathered, stored.campaigns))
+            ask = state.ask()
+        return ask
+
+    def _stored(self, prefix: int) -> Reused | None:
+        digests = self.digests
+        if not self.settings or len(digests) <= prefix:
+            return None
+        from orchestrator.history.db import ResultsDb  # SQLAlchemy only where it is used
+
+        try:
+            with ResultsDb() as db:
+                records = db.records_with_artifact(digests[prefix], not_of=self.bid)
+            return reusable(records, digests[prefix], self.settings, self.bid)
+        except Exception as err:  # the database is down or a record unreadable: the lab runs it
+            log.warning("bisection %s: no stored runs of prefix %d taken: %s", self.bid, prefix, err)
+            return None
+
+
+def _checked_digests(bid: str, found: BisectionHash, record: Mapping[str, Any], build: BuildSpec) -> list[str]:
+    """The digests, or none once a child's kernel was built under another hash than its
+    digest said (another toolchain or source on the build host): nothing is reused then."""
+    digests = list(found.digests)
+    if not digests or not record:
+        return digests
+    series = Series.from_json(found.series.model_dump())
+    labels = {prefix_build(build, series, k).label(): k for k in range(len(digests))}
+    for run in campaign_of(record).runs:
+        prefix = labels.get(run.kernel_label or "")
+        built = run.kernel_info.artifact
+        if prefix is not None and built and built != digests[prefix]:
+            log.warning(
+                "bisection %s: prefix %d was built as %s, not %s: no stored runs taken",
+                bid,
+                prefix,
+                built,
+                digests[prefix],
+            )
+            return []
+    return digests
 
 
 def _policy(campaign: Campaign, figure: str) -> Policy | None:

@@ -28,12 +28,14 @@ from model.exitcode import ExitCode
 from model.kernel import BuildSpec, GitSource
 from model.yamlpos import SpecError, load_located
 from orchestrator import bisector, sinks
+from orchestrator.bisect_steps import prefix_build
 from orchestrator.cli.campaign_cmds import SINK_WAIT_S
 from orchestrator.cli.common import CAMPAIGN_FILE, load_lab_or_exit, load_or_exit
 from orchestrator.cli.distributed_cmds import connect
 from orchestrator.cli.history_cmds import query_db
 from orchestrator.services import LocalServices, ServiceError
 from workers.kbuild import git_range, patches
+from workers.kbuild.build import inputs_digest
 
 POLL_S = 2.0
 EXIT = {"culprit": ExitCode.CRITERIA_FAIL, "nothing": ExitCode.PASS, "range": ExitCode.INVALID}
@@ -178,11 +180,26 @@ def _count(series: bisector.Series) -> str:
     return f"{len(series.subjects)} commit(s) after {series.commits[0][:12]}"
 
 
+def _digests(campaign: Campaign, series: bisector.Series) -> list[str] | None:
+    """Each prefix's build hash, computed here as ``swaplab build`` would (the source tree,
+    the patches, the config, the toolchain), so a step can take stored runs of its kernel;
+    None, said, when they cannot be (the lab then runs every step)."""
+    build = bisector.build_of(campaign)
+    try:
+        return [
+            inputs_digest(prefix_build(build, series, k), lambda _text: None) for k in range(len(series.subjects) + 1)
+        ]
+    except Exception as err:  # reuse is a saving, never a reason not to bisect
+        _note(f"every step runs in the lab: its kernel's hash could not be computed here ({err})")
+        return None
+
+
 def _submit_and_follow(campaign: Campaign, series: bisector.Series, on: str, max_repeats: int) -> dict[str, Any]:
     from orchestrator.tasks import kick_bisection  # imported late: the Celery app reads its config here
 
     client = connect().redis
-    bid = bisector.create(client, campaign, series, "verdict" if on == "verdict" else "figure", max_repeats)
+    digests = _digests(campaign, series)
+    bid = bisector.create(client, campaign, series, "verdict" if on == "verdict" else "figure", max_repeats, digests)
     kick_bisection(bid)
     click.echo(f"bisection {bid}: {_count(series)} on lab {campaign.lab.name}", err=True)
     seen, child = 0, ""
@@ -220,7 +237,8 @@ def _step_line(step: dict[str, Any]) -> str:
     if step.get("runs_s") is not None:
         lab += f" of which runs {step['runs_s']:.0f} s"
     values = ", ".join(f"{value:.2f}" for value in step.get("values", []))
-    return f"{what} x{step['repeats']}: {step['step']} — {step['why']} [{values}] ({step['campaign']}{lab})"
+    where = step["campaign"] or f"no lab time: stored runs of {', '.join(step.get('reused', []))}"
+    return f"{what} x{step['repeats']}: {step['step']} — {step['why']} [{values}] ({where}{lab})"
 
 
 def _await_stored(bid: str, wait_s: float = SINK_WAIT_S) -> None:

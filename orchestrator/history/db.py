@@ -196,6 +196,21 @@ class ResultsDb:
             record = session.scalar(select(BisectionRow.record).where(BisectionRow.id == bid))
         return dict(record) if record is not None else None
 
+    def records_with_artifact(self, artifact: str, limit: int = 20, not_of: str | None = None) -> list[dict[str, Any]]:
+        """The newest stored records (result.json) with a run of the kernel built as
+        ``artifact``; ``not_of``: leaving out the steps of that bisection."""
+        query = (
+            select(CampaignRow.record)
+            .where(CampaignRow.runs.any(RunRow.artifact == artifact))
+            .order_by(CampaignRow.finished_at.desc())
+            .limit(limit)
+        )
+        if not_of is not None:
+            query = query.where(or_(CampaignRow.bisection.is_(None), CampaignRow.bisection != not_of))
+        self._ensure_schema()
+        with self._reachable(), self._sessions() as session:
+            return [dict(record) for record in session.scalars(query)]
+
     def bisections(self, limit: int = 50) -> list[dict[str, Any]]:
         """Past bisections, newest first: each one's answer and its steps' campaigns."""
         query = select(BisectionRow).order_by(BisectionRow.finished_at.desc()).limit(limit)

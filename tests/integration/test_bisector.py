@@ -71,11 +71,19 @@ class Lab:
     """Stores each child campaign as submitted, and finishes it with runs on demand: prefix
     3 and later swap in 58 % slower."""
 
-    def __init__(self, store: CampaignStore, prefix_of: Callable[[str], int] = series_prefix) -> None:
+    def __init__(
+        self,
+        store: CampaignStore,
+        prefix_of: Callable[[str], int] = series_prefix,
+        built: list[str] | None = None,
+        db: ResultsDb | None = None,
+    ) -> None:
         self.store = store
         self.prefix_of = prefix_of
         self.submitted: list[str] = []
         self.noise = random.Random(3)
+        self.built = built  # the build hash of each prefix's kernel, as the runs record it
+        self.db = db  # where finished records are stored, as the database sink would
 
     def submit(self, store: CampaignStore, campaign: Campaign, bisection: str) -> str:
         cid = new_campaign_id(campaign.spec.name)
@@ -91,16 +99,20 @@ class Lab:
             label = plan.kernel.label()
             prefix = self.prefix_of(label)
             rate = (6.0 if prefix >= 3 else 14.0) * self.noise.gauss(1, 0.03)
-            runs.append(_run(label, rate))
-        record = {"campaign_id": cid, "wall_s": 42.0, "runs": runs}
+            runs.append(_run(label, rate, self.built[prefix] if self.built else None))
+        info = self.store.campaign(cid)
+        record = {"campaign_id": cid, "wall_s": 42.0, "runs": runs, "bisection": getattr(info, "bisection", None)}
         self.store.set_campaign_status(cid, "done", result=json.dumps(record))
+        if self.db is not None:
+            self.db.store(record)
         return [plan.kernel.label() for plan in plan_runs(campaign)]
 
 
-def _run(label: str, swap_in: float) -> dict[str, Any]:
+def _run(label: str, swap_in: float, artifact: str | None = None) -> dict[str, Any]:
     return {
         "run_id": f"r{next(_RUNS):03d}",
         "kernel_label": label,
+        "kernel_info": {"artifact": artifact},
         "verdict": "pass",
         "nodes": [{"node": "node1", "figures": {"swap_in_mibps": {"value": swap_in}}}],
     }
@@ -215,3 +227,61 @@ def test_a_step_campaigns_record_and_its_stored_row_name_the_bisection(
         [row] = db.history(bisection=bid)
         assert (row["campaign_id"], row["bisection"]) == (cid, bid)
         assert db.history(bisection="bisect-another-20261205-000000-cafe") == []
+
+
+DIGESTS = [f"{k:064x}" for k in range(5)]
+
+
+def _bisect(client: Any, store: CampaignStore, lab: Lab, tmp_path: Path, on: str = "figure") -> str:
+    bid = bisector.create(client, _campaign(tmp_path), SERIES, on, max_repeats=8, digests=DIGESTS)  # type: ignore[arg-type]
+    while bisector.advance(client, store, bid, lab.submit):
+        lab.finish(lab.submitted[-1])
+    return bid
+
+
+def test_a_step_takes_stored_runs_of_its_kernel_and_settings_instead_of_the_lab(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    monkeypatch.setenv("SWAPLAB_DB_URL", url)
+    client = redis_server.client()
+    store = CampaignStore(client)
+    with ResultsDb(url) as db:
+        first = Lab(store, built=DIGESTS, db=db)
+        _bisect(client, store, first, tmp_path)
+        assert len(first.submitted) == 4  # the ends, prefix 2, a base run, prefix 3
+        # The same series again (on the verdict, say): the ends in the lab, the steps from storage.
+        again = Lab(store, built=DIGESTS, db=db)
+        bid = _bisect(client, store, again, tmp_path, "verdict")
+    shown = bisector.read(client, bid)
+    assert (
+        shown is not None
+        and shown["result"]["describe"] == "nothing to bisect: the whole series is not worse than the base"
+    )
+    assert len(again.submitted) == 1  # only the ends: every run passed, as the figure's did
+
+    with ResultsDb(url) as db:
+        figure = Lab(store, built=DIGESTS, db=db)
+        bid = _bisect(client, store, figure, tmp_path)
+    shown = bisector.read(client, bid)
+    assert shown is not None and shown["result"]["culprit"]["position"] == 3
+    assert len(figure.submitted) == 1  # the ends: the base is never taken from another campaign
+    _ends, two, three = shown["steps"]
+    assert (two["prefix"], two["step"], two["campaign"], two["runs_s"]) == (2, "good", "", 0.0)
+    assert two["reused"] == [first.submitted[1]] and three["reused"] == [first.submitted[3]]
+    assert "from 4 stored run(s) of the same kernel and settings" in three["why"]
+
+
+def test_a_kernel_built_under_another_hash_than_its_digest_turns_reuse_off(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    monkeypatch.setenv("SWAPLAB_DB_URL", url)
+    client = redis_server.client()
+    store = CampaignStore(client)
+    with ResultsDb(url) as db:
+        _bisect(client, store, Lab(store, built=DIGESTS, db=db), tmp_path)
+        elsewhere = Lab(store, built=[f"{k + 7:064x}" for k in range(5)], db=db)  # another toolchain, say
+        bid = _bisect(client, store, elsewhere, tmp_path)
+    assert len(elsewhere.submitted) == 4  # every step in the lab
+    assert client.hget(bisection_key(bid), "digests") in (b"[]", "[]")
