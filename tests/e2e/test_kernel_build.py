@@ -350,7 +350,9 @@ def bisect(stack: Lab, name: str, series: str, repeats: int, *options: str) -> d
     proc = stack.cli("bisect", "--json", *options, str(path), timeout=2400)
     shown = json.loads(proc.stdout)
     records = [
-        json.loads((stack.tmp / "results" / step["campaign"] / "result.json").read_text()) for step in shown["steps"]
+        json.loads((stack.tmp / "results" / step["campaign"] / "result.json").read_text())
+        for step in shown["steps"]
+        if step["campaign"]  # none: the step took stored runs
     ]
     return {"code": proc.returncode, "shown": shown, "stderr": proc.stderr, "records": records,
             "seconds": time.monotonic() - began}  # fmt: skip
@@ -428,22 +430,42 @@ def test_each_step_is_a_campaign_of_the_prefix_and_the_ends_interleave(by_figure
     assert all(meta["incremental"] for label, meta in built.items() if not label.endswith("[:0]")), built
 
 
-def test_bisect_on_the_verdict_names_the_patch_that_breaks_swapon(
+def test_bisect_on_the_verdict_names_the_patch_that_breaks_swapon_and_reuses_stored_runs(
     by_figure: dict[str, Any], by_verdict: dict[str, Any]
 ) -> None:
     shown, result = by_verdict["shown"], by_verdict["shown"]["result"]
     assert by_verdict["code"] == 3, by_verdict["stderr"][-3000:]
     assert (result["outcome"], result["culprit"]["position"]) == ("culprit", 4), result
     assert result["culprit"]["subject"] == REFUSAL and "mm/swapfile.c" in result["culprit"]["stat"]
-    # No base run between steps: a verdict does not drift with the host.
+    # No base run between steps (a verdict does not drift with the host), and prefixes 2 and
+    # 3 are the figure's very commits: the same kernels (build hashes) under the same
+    # settings, so their stored runs answer those steps without the lab.
     assert [(s["prefix"], s["step"]) for s in shown["steps"]] == [(4, "bad"), (2, "good"), (3, "good")]
-    [whole] = [run for run in by_verdict["records"][0]["runs"] if run["kernel_label"].endswith("[:4]")]
+    figure_campaigns = {step["prefix"]: step["campaign"] for step in by_figure["shown"]["steps"]}
+    for step in shown["steps"][1:]:
+        assert (step["campaign"], step["runs_s"]) == ("", 0.0), step
+        assert step["reused"] == [figure_campaigns[step["prefix"]]]
+    assert "no lab time: stored runs of" in by_verdict["stderr"]
+    [ends] = by_verdict["records"]
+    [whole] = [run for run in ends["runs"] if run["kernel_label"].endswith("[:4]")]
     [node] = whole["nodes"]
     assert whole["verdict"] == "fail" and "swapon" in node["failure"]["reason"], node["failure"]
-
-    # Its first three patches are the figure's very commits: the same kernels, not built again.
-    def artifacts_of(record: dict[str, Any]) -> set[str]:
-        return {run["kernel_info"]["artifact"] for run in record["runs"]}
-
-    assert artifacts_of(by_verdict["records"][2]) == artifacts_of(by_figure["records"][3])  # prefix 3
     print(f"\nbisection by the verdict: {_timing(by_verdict)}")
+
+
+def test_a_bisection_and_its_steps_are_in_the_results_database_and_the_history(
+    stack: Lab, by_figure: dict[str, Any], by_verdict: dict[str, Any]
+) -> None:
+    bid = by_figure["shown"]["id"]
+    assert all(record["bisection"] == bid for record in by_figure["records"])
+    listed = json.loads(stack.cli("history", "--bisections", "--json").stdout)
+    answers = {row["id"]: (row["outcome"], row["culprit"], row["campaigns"]) for row in listed}
+    assert answers[bid] == ("culprit", 3, [step["campaign"] for step in by_figure["shown"]["steps"]])
+    assert answers[by_verdict["shown"]["id"]][:2] == ("culprit", 4)
+    steps = json.loads(stack.cli("history", "--bisection", bid, "--json").stdout)
+    assert sorted(row["campaign_id"] for row in steps) == sorted(r["campaign_id"] for r in by_figure["records"])
+    assert all(row["bisection"] == bid for row in steps)
+    text = stack.cli("report", by_figure["records"][1]["campaign_id"]).stdout
+    assert f"a step of {bid}" in " ".join(text.split())
+    status = stack.cli("bisect", "--status", bid, "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["result"]["culprit"]["position"] == 3
