@@ -13,7 +13,17 @@ import pytest
 from model.bisection import Ask, Bisection, Outcome, Step
 from model.campaign import CampaignSpec
 from model.kernel import BuildSpec, DebianSource, GitSource
-from orchestrator.bisect_steps import Gathered, Series, base_spec, child_spec, judge, prefix_build
+from model.result import campaign_of
+from orchestrator.bisect_steps import (
+    Gathered,
+    Series,
+    base_spec,
+    child_spec,
+    judge,
+    prefix_build,
+    reusable,
+    settings_key,
+)
 
 BUILD = BuildSpec(source=DebianSource(debian="linux-source-6.1"), patches=Path("/srv/series.mbox"))
 SPEC = CampaignSpec.model_validate(
@@ -138,3 +148,33 @@ def test_a_series_round_trips_through_json_and_its_columns_must_agree() -> None:
         Series(["a"], ["A <a@example.org>"], ["a | 1 +"], commits=["1" * 40])
     with pytest.raises(ValueError, match="do not agree in number"):
         Series(["a", "b"], ["A <a@example.org>"], ["a | 1 +"])
+
+
+def _stored(artifact: str, sysctl: dict[str, str], bisection: str | None = None) -> dict[str, Any]:
+    return {
+        "campaign_id": f"c-{next(_IDS)}",
+        **({"bisection": bisection} if bisection else {}),
+        "runs": [
+            {
+                "run_id": "r001",
+                "kernel_label": "build:linux-source-6.1+series.mbox[:2]",
+                "kernel_info": {"artifact": artifact},
+                "settings": {"sysctl": sysctl, "node_ram_mib": 144, "workload": {"mib": 160}},
+                "verdict": "pass",
+                "nodes": [],
+            }
+        ],
+    }
+
+
+def test_only_runs_of_the_same_kernel_and_settings_from_other_campaigns_are_reusable() -> None:
+    same = _stored("a" * 64, {})
+    records = [
+        same,
+        _stored("b" * 64, {}),  # another kernel
+        _stored("a" * 64, {"vm.page-cluster": "0"}),  # other settings
+        _stored("a" * 64, {}, bisection="bisect-pc-1"),  # this bisection's own: gathered already
+    ]
+    settings = settings_key(campaign_of(same).runs[0])
+    found = reusable(records, "a" * 64, settings, "bisect-pc-1")
+    assert found.campaigns == [same["campaign_id"]] and len(found.runs) == 1
