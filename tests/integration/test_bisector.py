@@ -239,14 +239,20 @@ def _bisect(client: Any, store: CampaignStore, lab: Lab, tmp_path: Path, on: str
     return bid
 
 
-def test_a_step_takes_stored_runs_of_its_kernel_and_settings_instead_of_the_lab(
-    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A results database of the test's own, the one the control plane asks."""
     url = f"sqlite:///{tmp_path / 'results.db'}"
     monkeypatch.setenv("SWAPLAB_DB_URL", url)
+    return url
+
+
+def test_a_step_takes_stored_runs_of_its_kernel_and_settings_instead_of_the_lab(
+    redis_server: RedisServer, tmp_path: Path, database: str
+) -> None:
     client = redis_server.client()
     store = CampaignStore(client)
-    with ResultsDb(url) as db:
+    with ResultsDb(database) as db:
         first = Lab(store, built=DIGESTS, db=db)
         _bisect(client, store, first, tmp_path)
         assert len(first.submitted) == 4  # the ends, prefix 2, a base run, prefix 3
@@ -260,7 +266,7 @@ def test_a_step_takes_stored_runs_of_its_kernel_and_settings_instead_of_the_lab(
     )
     assert len(again.submitted) == 1  # only the ends: every run passed, as the figure's did
 
-    with ResultsDb(url) as db:
+    with ResultsDb(database) as db:
         figure = Lab(store, built=DIGESTS, db=db)
         bid = _bisect(client, store, figure, tmp_path)
     shown = bisector.read(client, bid)
@@ -273,13 +279,11 @@ def test_a_step_takes_stored_runs_of_its_kernel_and_settings_instead_of_the_lab(
 
 
 def test_a_kernel_built_under_another_hash_than_its_digest_turns_reuse_off(
-    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    redis_server: RedisServer, tmp_path: Path, database: str
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'results.db'}"
-    monkeypatch.setenv("SWAPLAB_DB_URL", url)
     client = redis_server.client()
     store = CampaignStore(client)
-    with ResultsDb(url) as db:
+    with ResultsDb(database) as db:
         _bisect(client, store, Lab(store, built=DIGESTS, db=db), tmp_path)
         elsewhere = Lab(store, built=[f"{k + 7:064x}" for k in range(5)], db=db)  # another toolchain, say
         bid = _bisect(client, store, elsewhere, tmp_path)
