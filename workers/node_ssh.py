@@ -187,7 +187,12 @@ class NodeShell:
             raise NodeUnreachable(f"ssh {self.target.where}: no channel: {type(err).__name__}: {err}") from err
         # paramiko waits for the answer to exec without a deadline: closing the channel ends the wait.
         fired = threading.Event()
-        watchdog = threading.Timer(timeout, lambda: (fired.set(), channel.close()))
+
+        def give_up() -> None:
+            fired.set()
+            channel.close()
+
+        watchdog = threading.Timer(timeout, give_up)
         watchdog.daemon = True
         watchdog.start()
         try:
