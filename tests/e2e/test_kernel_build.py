@@ -14,6 +14,7 @@ import re
 import shutil
 import statistics
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ import pytest
 
 from model.campaign import load_campaign
 from model.paths import cache_dir
+from model.state import run_key
 from tests.conftest import require_tools
 from tests.e2e.stack import Lab
 from workers.kbuild import artifacts
@@ -364,9 +366,34 @@ def bisect_series(stack: Lab) -> tuple[str, str]:
     return make_bisect_series(series_dir())
 
 
+def restart_the_worker_in_the_first_step(stack: Lab, done: threading.Event) -> None:
+    """Once the first step's campaign (after the ends) is running its first run, the control
+    worker is stopped (warm: that run ends) and a new one started: it must resume both."""
+    while not done.wait(0.5):
+        for key in stack.client.scan_iter("swaplab:bisection:*"):
+            child = str(stack.client.hget(key, "child") or "")
+            steps = json.loads(stack.client.hget(key, "steps") or "[]")
+            if len(steps) == 1 and child and stack.client.hget(run_key(child, "r001"), "status") == "running":
+                assert stack.worker is not None
+                stack.worker.stop(timeout_s=120)
+                stack.start_worker()
+                RESTARTED.append(child)
+                return
+
+
+RESTARTED: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def by_figure(stack: Lab, bisect_series: tuple[str, str]) -> dict[str, Any]:
-    return bisect(stack, "readahead", bisect_series[0], 4)
+    done = threading.Event()
+    restarter = threading.Thread(target=restart_the_worker_in_the_first_step, args=(stack, done), daemon=True)
+    restarter.start()
+    try:
+        return bisect(stack, "readahead", bisect_series[0], 4)
+    finally:
+        done.set()
+        restarter.join(150)
 
 
 @pytest.fixture(scope="module")
@@ -399,6 +426,8 @@ def _timing(bisection: dict[str, Any]) -> str:
 def test_bisect_names_the_patch_that_slowed_swap_in_by_the_figure(by_figure: dict[str, Any]) -> None:
     shown, result = by_figure["shown"], by_figure["shown"]["result"]
     assert by_figure["code"] == 3, by_figure["stderr"][-3000:]
+    # The control worker was restarted in the middle of the first step: the bisection went on.
+    assert [shown["steps"][1]["campaign"]] == RESTARTED
     assert (result["outcome"], result["culprit"]["position"]) == ("culprit", 3), result
     assert result["culprit"]["subject"] == BISECT_SUBJECTS[2]
     assert result["culprit"]["author"] == "Swap Tester <swap@example.org>"
