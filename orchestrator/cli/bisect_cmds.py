@@ -234,7 +234,7 @@ def _asked(asked: str) -> str:
 def _step_line(step: dict[str, Any]) -> str:
     what = "the ends (base and whole series)" if step["ends"] else f"prefix {step['prefix']}"
     lab = f", {step['lab_s']:.0f} s" if step.get("lab_s") is not None else ""
-    if step.get("runs_s") is not None:
+    if step.get("runs_s") is not None and step["campaign"]:
         lab += f" of which runs {step['runs_s']:.0f} s"
     values = ", ".join(f"{value:.2f}" for value in step.get("values", []))
     where = step["campaign"] or f"no lab time: stored runs of {', '.join(step.get('reused', []))}"
