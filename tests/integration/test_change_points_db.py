@@ -144,8 +144,8 @@ def test_a_database_at_0001_is_migrated_to_head_and_keeps_its_campaigns(url: str
 
         db.upgrade()
 
-        assert db.revision() == head_revision() == "0004"
-        assert set(inspect(db.engine).get_table_names()) == TABLES_0001 | {"change_points", "alembic_version"}
+        assert db.revision() == head_revision() == "0005"
+        assert set(inspect(db.engine).get_table_names()) == TABLES_0001 | {"change_points", "bisections", "alembic_version"}
         with db.engine.connect() as conn:  # the migrations build exactly what the models say
             assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
         assert db.campaign(night["campaign_id"]) == night
@@ -153,6 +153,7 @@ def test_a_database_at_0001_is_migrated_to_head_and_keeps_its_campaigns(url: str
         assert item["campaign_id"] == night["campaign_id"]
         assert [run["timing"] for run in item["runs"]] == ["host"]  # runs before 0003 ran on host time
         assert [run["faults"] for run in item["runs"]] == [[]]  # and before 0004 without faults
+        assert "bisection" not in item  # and before 0005 no campaign was a bisection's step
 
 
 def test_a_run_keeps_its_clock(url: str) -> None:
