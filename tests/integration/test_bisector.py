@@ -118,6 +118,19 @@ def _run(label: str, swap_in: float, artifact: str | None = None) -> dict[str, A
     }
 
 
+DIGESTS = [f"{k:064x}" for k in range(5)]
+
+
+def _bisect(
+    client: Any, store: CampaignStore, lab: Lab, tmp_path: Path, on: str = "figure", digests: list[str] | None = DIGESTS
+) -> str:
+    """A whole bisection on the fake lab, each child finished as soon as it is submitted."""
+    bid = bisector.create(client, _campaign(tmp_path), SERIES, on, max_repeats=8, digests=digests)  # type: ignore[arg-type]
+    while bisector.advance(client, store, bid, lab.submit):
+        lab.finish(lab.submitted[-1])
+    return bid
+
+
 def test_a_bisection_asks_campaign_after_campaign_and_names_the_patch(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -159,9 +172,7 @@ def test_an_ended_bisection_goes_into_the_results_database_through_its_outbox(
     client = redis_server.client()
     store = CampaignStore(client)
     lab = Lab(store)
-    bid = bisector.create(client, _campaign(tmp_path), SERIES, "figure", max_repeats=8)
-    while bisector.advance(client, store, bid, lab.submit):
-        lab.finish(lab.submitted[-1])
+    bid = _bisect(client, store, lab, tmp_path, digests=None)  # no digests: no database asked while it runs
     assert sinks.waiting(client) >= {(sinks.BISECTIONS, bid)}
     with ResultsDb(f"sqlite:///{tmp_path / 'results.db'}") as db:
         assert sinks.deliver_bisections(client, db) == sinks.Delivered(1, 0)
@@ -227,16 +238,6 @@ def test_a_step_campaigns_record_and_its_stored_row_name_the_bisection(
         [row] = db.history(bisection=bid)
         assert (row["campaign_id"], row["bisection"]) == (cid, bid)
         assert db.history(bisection="bisect-another-20261205-000000-cafe") == []
-
-
-DIGESTS = [f"{k:064x}" for k in range(5)]
-
-
-def _bisect(client: Any, store: CampaignStore, lab: Lab, tmp_path: Path, on: str = "figure") -> str:
-    bid = bisector.create(client, _campaign(tmp_path), SERIES, on, max_repeats=8, digests=DIGESTS)  # type: ignore[arg-type]
-    while bisector.advance(client, store, bid, lab.submit):
-        lab.finish(lab.submitted[-1])
-    return bid
 
 
 @pytest.fixture
