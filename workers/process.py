@@ -10,6 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
+_KILL_WAIT_S = 5.0  # after SIGKILL, only a process stuck in the kernel is still there
+
 
 def pid_alive(pid: int) -> bool:
     """True when ``pid`` exists and is not a zombie (a reaped-late daemon is dead)."""
@@ -82,19 +84,29 @@ def recorded_pid(path: Path) -> int | None:
 
 
 def stop_recorded_pid(path: Path, sig: signal.Signals, wait_s: float) -> bool:
-    """Signal the process ``path`` records, wait (at most ``wait_s``) until it is gone, and
-    drop the record; whether it ran."""
+    """Signal the process ``path`` records, wait (at most ``wait_s``) until it is gone, then
+    kill it if it is not, and drop the record; whether it ran. A stopper that gave up after
+    ``wait_s`` would report a process stopped that still holds its ports."""
     pid = recorded_pid(path)
     if pid is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        deadline = time.monotonic() + wait_s
-        while start_ticks(pid) is not None and time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):  # reap it if this process started it
-                os.waitpid(pid, os.WNOHANG)
-            time.sleep(0.05)
+        for signum, wait in ((sig, wait_s), (signal.SIGKILL, _KILL_WAIT_S)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+            if _reaped_within(pid, wait):
+                break
     path.unlink(missing_ok=True)
     return pid is not None
+
+
+def _reaped_within(pid: int, wait_s: float) -> bool:
+    deadline = time.monotonic() + wait_s
+    while start_ticks(pid) is not None:
+        if time.monotonic() >= deadline:
+            return False
+        with contextlib.suppress(ChildProcessError):  # reap it if this process started it
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.05)
+    return True
 
 
 def owner_uid(pid: int) -> int | None:

@@ -19,6 +19,7 @@ from workers.bmc.credentials import lab_credentials_file, load_credentials
 from workers.bmc.ipmi import IpmiBmc
 from workers.bmc.simulator import recorded_alive, tcp_listening
 from workers.lab import check, machines, network
+from workers.process import recorded_pid, start_ticks
 
 pytestmark = pytest.mark.integration
 LAB = "machtest"
@@ -55,8 +56,16 @@ def test_machines_come_up_once_answer_and_go_away(lab_network: None, tmp_path: P
     assert tcp_listening(machine.ssh_port)
     assert machines.up(LAB, inventory, (machine,), progress=lambda line: None) == []  # already up
     where = machines.machine_dir(LAB, "node1")
+    relay = recorded_pid(where / "relay.pid")
+    assert relay is not None
     assert machines.down(LAB) == ["BMC and machine of node1", "SSH relay of node1"]
-    assert not recorded_alive(where / "bmc") and not tcp_listening(machine.ssh_port)
+    assert not recorded_alive(where / "bmc") and start_ticks(relay) is None
+    assert not tcp_listening(machine.ssh_port), _listener(machine.ssh_port)
+
+
+def _listener(port: int) -> str:
+    """Who listens on ``port``: what a failure shows when it is not the relay it stopped."""
+    return subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True).stdout
 
 
 def test_lab_check_names_a_pxe_nodes_bmc_answering_and_not(lab_network: None, tmp_path: Path) -> None:
