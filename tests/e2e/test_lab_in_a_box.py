@@ -42,7 +42,8 @@ from workers.lab.labbox import Box
 from workers.lab.nfs import make_nfs_server
 from workers.lab.provision import ProvisionError, run_playbook
 from workers.lab.server_image import HOSTNAME, RECIPE_VERSION, ServerImage, build_server_image
-from workers.lab.server_vm import ServerVm, port_free
+from workers.lab.server_vm import ServerVm
+from workers.loopback import port_free
 from workers.process import cmdline, pid_alive
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]

@@ -28,8 +28,9 @@ from tests.e2e.stack import Lab as Stack
 from workers.bmc.base import PowerState
 from workers.bmc.credentials import lab_credentials_file, load_credentials
 from workers.bmc.ipmi import IpmiBmc
-from workers.bmc.simulator import recorded_alive, tcp_listening
+from workers.bmc.simulator import recorded_alive
 from workers.lab import labbox
+from workers.loopback import tcp_listening
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 REPO = Path(__file__).resolve().parents[2]

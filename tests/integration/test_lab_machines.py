@@ -17,8 +17,9 @@ from tests.conftest import free_port, free_udp_port, require_tools
 from workers.bmc.base import PowerState
 from workers.bmc.credentials import lab_credentials_file, load_credentials
 from workers.bmc.ipmi import IpmiBmc
-from workers.bmc.simulator import recorded_alive, tcp_listening
+from workers.bmc.simulator import recorded_alive
 from workers.lab import check, machines, network
+from workers.loopback import tcp_listening
 from workers.process import recorded_pid, start_ticks
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from workers.bmc.base import BmcCredentials, BmcError
 from workers.bmc.chassis import power_off, running_pid
+from workers.loopback import free_tcp_port, tcp_listening
 from workers.process import start_ticks
 
 # IPMI 2.0 limits a user name to 16 bytes and a password to 20; ipmi_sim's configuration
@@ -234,15 +234,3 @@ def _udp_bound(port: int) -> bool:
     suffix = f":{port:04X}"
     with open("/proc/net/udp") as table:
         return any(line.split()[1].endswith(suffix) for line in list(table)[1:])
-
-
-def free_tcp_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def tcp_listening(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(1.0)
-        return sock.connect_ex(("127.0.0.1", port)) == 0

@@ -23,7 +23,6 @@ import itertools
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from workers.drivers import register_driver
 from workers.drivers.base import BootSpec, DriverError, MachineState
 from workers.lab import network
 from workers.lab.nfs.relay import RelayError, relay_command
+from workers.loopback import port_free
 from workers.process import cmdline, pid_alive, wait_gone
 
 DEFAULT_BINARY = "qemu-system-x86_64"
@@ -46,18 +46,6 @@ EARLY_EXIT_S = 1.0
 TERM_TIMEOUT_S = 5.0
 POLL_S = 0.05
 QMP_ROOT = Path("/run/swaplab/qmp")  # short: a unix socket path has at most 107 bytes
-
-
-def _port_free(port: int) -> bool:
-    """True when 127.0.0.1:``port`` can be listened on (as QEMU's hostfwd will)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # Same option slirp sets, so a TIME_WAIT leftover does not count as taken.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -244,7 +232,7 @@ class QemuDriver:
         if "," in str(console_log):
             # QEMU's option parser would split -serial file:<path> at the comma.
             raise DriverError(f"node {node}: console log path {console_log} contains ','")
-        if not _port_free(port):
+        if not port_free(port):
             raise DriverError(
                 f"node {node}: SSH port 127.0.0.1:{port} is already in use; give the node a free ssh_port"
             )

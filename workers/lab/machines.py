@@ -26,15 +26,9 @@ from model.lab import LabMachine
 from model.paths import cache_dir, private_dir
 from workers.bmc.base import BmcCredentials, BmcError
 from workers.bmc.credentials import ensure_lab_credentials
-from workers.bmc.simulator import (
-    BmcSimulator,
-    SimulatedBmc,
-    free_tcp_port,
-    recorded_alive,
-    stop_recorded,
-    tcp_listening,
-)
+from workers.bmc.simulator import BmcSimulator, SimulatedBmc, recorded_alive, stop_recorded
 from workers.lab import network
+from workers.loopback import free_tcp_port, tcp_listening
 from workers.process import record_pid, recorded_pid, stop_recorded_pid
 
 Progress = Callable[[str], None]

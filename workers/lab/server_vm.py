@@ -37,7 +37,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -47,6 +46,7 @@ from types import TracebackType
 from model.paths import cache_dir, private_dir
 from workers.image import LabKeys
 from workers.lab.server_image import MGMT_MAC, ServerImage, load_server_image
+from workers.loopback import free_tcp_port
 from workers.node_ssh import CommandResult, NodeShell, NodeUnreachable, SshTarget
 from workers.process import cmdline, pid_alive, wait_gone
 
@@ -75,24 +75,6 @@ def _tail(path: Path, lines: int = _CONSOLE_TAIL_LINES) -> str:
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
-
-
-def _free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (the kernel's choice)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def port_free(port: int) -> bool:
-    """True when 127.0.0.1:``port`` can be listened on (QEMU's forward has let it go)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 class ServerVm:
@@ -193,7 +175,7 @@ class ServerVm:
         self._make_data_disk()
         self.console_log.unlink(missing_ok=True)
         for attempt in range(1, START_ATTEMPTS + 1):
-            self.ssh_port = _free_port()
+            self.ssh_port = free_tcp_port()
             self._write_known_hosts()
             if self._launch(qemu):
                 self._write_state()
