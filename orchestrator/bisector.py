@@ -26,7 +26,7 @@ from typing import Any
 import redis
 
 from model.bisection import Ask, Bisection, Outcome, Step
-from model.campaign import Campaign, campaign_from_json, campaign_to_json
+from model.campaign import Campaign, CampaignSpec, campaign_from_json, campaign_to_json
 from model.hashes import BisectionHash
 from model.kernel import BuildSpec
 from model.result import campaign_of
@@ -150,73 +150,123 @@ def advance(client: redis.Redis, store: CampaignStore, bid: str, submit: Any) ->
         found = BisectionHash.read(bisection_key(bid), client.hgetall(bisection_key(bid)))
         if found is None or found.status != ACTIVE:
             return False
-        child = found.child
         if found.cancel:
-            if child:
-                store.request_cancel(child)
-            client.hset(bisection_key(bid), mapping={"status": "cancelled", "finished_at": time.time()})
-            sinks.enqueue_bisection(client, bid)
+            _cancel(client, store, bid, found.child)
             return False
-        if child and store.status(child) not in TERMINAL:
+        if found.child and store.status(found.child) not in TERMINAL:
             return True
-        campaign = campaign_from_json(found.campaign)
-        state = Bisection.from_json(found.state)
-        gathered = Gathered.from_json(found.gathered)
-        steps = [step.model_dump() for step in found.steps]
-        base_run = found.asked == "base"
-        record: dict[str, Any] = {}
-        if child and base_run:
-            record = _take_base_run(store, campaign, found, gathered, steps, child)
-        elif child:
-            record = _take_answer(store, campaign, found, state, gathered, steps, child)
-        took_step = bool(child) and not base_run and not steps[-1]["ends"]
-        build = build_of(campaign)
-        digests = _checked_digests(bid, found, record, build)
-        reuse = _Reuse(bid, found, digests, _settings(found, record, build), list(found.reused))
-        ask = reuse.answer_from_stored(campaign, state, gathered, steps)
-        update: dict[Any, Any] = {
-            "state": json.dumps(state.to_json()),
-            "gathered": json.dumps(gathered.to_json()),
-            "steps": json.dumps(steps),
+        return _next_question(client, store, bid, found, submit)
+
+
+def _cancel(client: redis.Redis, store: CampaignStore, bid: str, child: str) -> None:
+    if child:
+        store.request_cancel(child)
+    client.hset(bisection_key(bid), mapping={"status": "cancelled", "finished_at": time.time()})
+    sinks.enqueue_bisection(client, bid)
+
+
+def _next_question(client: redis.Redis, store: CampaignStore, bid: str, found: BisectionHash, submit: Any) -> bool:
+    """Take the finished child's answer, answer what stored runs can, then submit the next
+    child campaign (True) or store the result (False)."""
+    progress = _Progress.of(found)
+    record, took_step = progress.take_child(store)
+    build = build_of(progress.campaign)
+    digests = _checked_digests(bid, found, record, build)
+    reuse = _Reuse(bid, found, digests, _settings(found, record, build), list(found.reused))
+    ask = reuse.answer_from_stored(progress.campaign, progress.state, progress.gathered, progress.steps)
+    update = progress.update(reuse, digests)
+    if ask is None:
+        update |= {"status": "done", "child": "", "finished_at": time.time()}
+        update["result"] = json.dumps(result_of(found, progress.state, progress.gathered))
+        client.hset(bisection_key(bid), mapping=update)
+        sinks.enqueue_bisection(client, bid)
+        return False
+    spec, update["asked"] = progress.next_spec(ask, base_run=took_step and found.on == "figure")
+    update["child"] = submit(store, replace(progress.campaign, spec=spec), bid)
+    client.hset(bisection_key(bid), mapping=update)
+    log.info("bisection %s: %s in campaign %s", bid, update["asked"], update["child"])
+    return True
+
+
+@dataclass
+class _Progress:
+    """A bisection as read from its hash, while one question's answer is taken in."""
+
+    found: BisectionHash
+    campaign: Campaign
+    state: Bisection
+    gathered: Gathered
+    steps: list[dict[str, Any]]
+
+    @classmethod
+    def of(cls, found: BisectionHash) -> _Progress:
+        return cls(
+            found,
+            campaign_from_json(found.campaign),
+            Bisection.from_json(found.state),
+            Gathered.from_json(found.gathered),
+            [step.model_dump() for step in found.steps],
+        )
+
+    @property
+    def series(self) -> Series:
+        return Series.from_json(self.found.series.model_dump())
+
+    def take_child(self, store: CampaignStore) -> tuple[dict[str, Any], bool]:
+        """The finished child's record (empty when there was none) and whether it answered a
+        step between the ends (after which a figure bisection runs the base once)."""
+        child = self.found.child
+        if not child:
+            return {}, False
+        if self.found.asked == "base":
+            return self._take_base_run(store, child), False
+        return self._take_answer(store, child), not self.steps[-1]["ends"]
+
+    def _take_base_run(self, store: CampaignStore, child: str) -> dict[str, Any]:
+        record = store.record(child) or {}
+        if record:
+            base = prefix_build(build_of(self.campaign), self.series, 0)
+            self.gathered.add(record, {base.label(): 0}, self.found.figure)
+        self.steps.append(_logged(0, 1, False, "base", "a base run between steps", child, record, self.gathered))
+        return record
+
+    def _take_answer(self, store: CampaignStore, child: str) -> dict[str, Any]:
+        found, gathered = self.found, self.gathered
+        prefix, repeats, ends = json.loads(found.asked)
+        ask = Ask(int(prefix), int(repeats), bool(ends))
+        record = store.record(child) or {}
+        build, series = build_of(self.campaign), self.series
+        labels = {prefix_build(build, series, k).label(): k for k in (0, ask.prefix)}
+        if record:
+            gathered.add(record, labels, found.figure)
+        policy = _policy(self.campaign, found.figure)
+        step, why = judge(ask, self.state.patches, gathered, found.on, found.figure, policy)
+        if not record:
+            step, why = Step.UNDECIDED, f"campaign {child} ended without a record ({store.status(child)})"
+        self.state.answer(ask, step)
+        self.steps.append(_logged(ask.prefix, ask.repeats, ask.ends, step.value, why, child, record, gathered))
+        return record
+
+    def update(self, reuse: _Reuse, digests: list[str]) -> dict[Any, Any]:
+        """The hash's fields this question changed."""
+        return {
+            "state": json.dumps(self.state.to_json()),
+            "gathered": json.dumps(self.gathered.to_json()),
+            "steps": json.dumps(self.steps),
             "settings": reuse.settings,
             "reused": json.dumps(reuse.prefixes),
             "digests": json.dumps(digests),
         }
-        if ask is None:
-            update |= {"status": "done", "child": "", "finished_at": time.time()}
-            update["result"] = json.dumps(result_of(found, state, gathered))
-            client.hset(bisection_key(bid), mapping=update)
-            sinks.enqueue_bisection(client, bid)
-            return False
-        build, series = build_of(campaign), Series.from_json(found.series.model_dump())
-        if took_step and found.on == "figure":
+
+    def next_spec(self, ask: Ask, base_run: bool) -> tuple[CampaignSpec, str]:
+        """The next child campaign's spec and the question it asks (its ``asked`` field)."""
+        build, name = build_of(self.campaign), self.campaign.spec.name
+        if base_run:
             # A base run between two steps: the base's pool follows the host's drift (a
             # verdict does not drift: none there).
-            spec = base_spec(campaign.spec, build, series, f"{campaign.spec.name}-base"[:41])
-            update["asked"] = "base"
-        else:
-            spec = child_spec(campaign.spec, build, series, ask, f"{campaign.spec.name}-p{ask.prefix}"[:41])
-            update["asked"] = json.dumps([ask.prefix, ask.repeats, ask.ends])
-        update["child"] = submit(store, replace(campaign, spec=spec), bid)
-        client.hset(bisection_key(bid), mapping=update)
-        log.info("bisection %s: %s in campaign %s", bid, update["asked"], update["child"])
-        return True
-
-
-def _take_base_run(
-    store: CampaignStore,
-    campaign: Campaign,
-    found: BisectionHash,
-    gathered: Gathered,
-    steps: list[dict[str, Any]],
-    child: str,
-) -> dict[str, Any]:
-    record = store.record(child) or {}
-    if record:
-        base = prefix_build(build_of(campaign), Series.from_json(found.series.model_dump()), 0)
-        gathered.add(record, {base.label(): 0}, found.figure)
-    steps.append(_logged(0, 1, False, "base", "a base run between steps", child, record, gathered))
-    return record
+            return base_spec(self.campaign.spec, build, self.series, f"{name}-base"[:41]), "base"
+        spec = child_spec(self.campaign.spec, build, self.series, ask, f"{name}-p{ask.prefix}"[:41])
+        return spec, json.dumps([ask.prefix, ask.repeats, ask.ends])
 
 
 def _logged(
@@ -246,30 +296,6 @@ def _logged(
         "verdicts": gathered.verdicts.get(prefix, []),
         "reused": reused or [],
     }
-
-
-def _take_answer(
-    store: CampaignStore,
-    campaign: Campaign,
-    found: BisectionHash,
-    state: Bisection,
-    gathered: Gathered,
-    steps: list[dict[str, Any]],
-    child: str,
-) -> dict[str, Any]:
-    prefix, repeats, ends = json.loads(found.asked)
-    ask = Ask(int(prefix), int(repeats), bool(ends))
-    record = store.record(child) or {}
-    build, series = build_of(campaign), Series.from_json(found.series.model_dump())
-    labels = {prefix_build(build, series, k).label(): k for k in (0, ask.prefix)}
-    if record:
-        gathered.add(record, labels, found.figure)
-    step, why = judge(ask, state.patches, gathered, found.on, found.figure, _policy(campaign, found.figure))
-    if not record:
-        step, why = Step.UNDECIDED, f"campaign {child} ended without a record ({store.status(child)})"
-    state.answer(ask, step)
-    steps.append(_logged(ask.prefix, ask.repeats, ask.ends, step.value, why, child, record, gathered))
-    return record
 
 
 def _settings(found: BisectionHash, record: Mapping[str, Any], build: BuildSpec) -> str:
