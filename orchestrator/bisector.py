@@ -170,9 +170,8 @@ def _next_question(client: redis.Redis, store: CampaignStore, bid: str, found: B
     child campaign (True) or store the result (False)."""
     progress = _Progress.of(found)
     record, took_step = progress.take_child(store)
-    build = build_of(progress.campaign)
-    digests = _checked_digests(bid, found, record, build)
-    reuse = _Reuse(bid, found, digests, _settings(found, record, build), list(found.reused))
+    digests = _checked_digests(bid, found, record, progress.build)
+    reuse = _Reuse(bid, found, digests, _settings(found, record, progress.build), list(found.reused))
     ask = reuse.answer_from_stored(progress.campaign, progress.state, progress.gathered, progress.steps)
     update = progress.update(reuse, digests)
     if ask is None:
@@ -197,20 +196,21 @@ class _Progress:
     state: Bisection
     gathered: Gathered
     steps: list[dict[str, Any]]
+    build: BuildSpec
+    series: Series
 
     @classmethod
     def of(cls, found: BisectionHash) -> _Progress:
+        campaign = campaign_from_json(found.campaign)
         return cls(
             found,
-            campaign_from_json(found.campaign),
+            campaign,
             Bisection.from_json(found.state),
             Gathered.from_json(found.gathered),
             [step.model_dump() for step in found.steps],
+            build_of(campaign),
+            Series.from_json(found.series.model_dump()),
         )
-
-    @property
-    def series(self) -> Series:
-        return Series.from_json(self.found.series.model_dump())
 
     def take_child(self, store: CampaignStore) -> tuple[dict[str, Any], bool]:
         """The finished child's record (empty when there was none) and whether it answered a
@@ -225,7 +225,7 @@ class _Progress:
     def _take_base_run(self, store: CampaignStore, child: str) -> dict[str, Any]:
         record = store.record(child) or {}
         if record:
-            base = prefix_build(build_of(self.campaign), self.series, 0)
+            base = prefix_build(self.build, self.series, 0)
             self.gathered.add(record, {base.label(): 0}, self.found.figure)
         self.steps.append(_logged(0, 1, False, "base", "a base run between steps", child, record, self.gathered))
         return record
@@ -235,8 +235,7 @@ class _Progress:
         prefix, repeats, ends = json.loads(found.asked)
         ask = Ask(int(prefix), int(repeats), bool(ends))
         record = store.record(child) or {}
-        build, series = build_of(self.campaign), self.series
-        labels = {prefix_build(build, series, k).label(): k for k in (0, ask.prefix)}
+        labels = {prefix_build(self.build, self.series, k).label(): k for k in (0, ask.prefix)}
         if record:
             gathered.add(record, labels, found.figure)
         policy = _policy(self.campaign, found.figure)
@@ -260,12 +259,12 @@ class _Progress:
 
     def next_spec(self, ask: Ask, base_run: bool) -> tuple[CampaignSpec, str]:
         """The next child campaign's spec and the question it asks (its ``asked`` field)."""
-        build, name = build_of(self.campaign), self.campaign.spec.name
+        name = self.campaign.spec.name
         if base_run:
             # A base run between two steps: the base's pool follows the host's drift (a
             # verdict does not drift: none there).
-            return base_spec(self.campaign.spec, build, self.series, f"{name}-base"[:41]), "base"
-        spec = child_spec(self.campaign.spec, build, self.series, ask, f"{name}-p{ask.prefix}"[:41])
+            return base_spec(self.campaign.spec, self.build, self.series, f"{name}-base"[:41]), "base"
+        spec = child_spec(self.campaign.spec, self.build, self.series, ask, f"{name}-p{ask.prefix}"[:41])
         return spec, json.dumps([ask.prefix, ask.repeats, ask.ends])
 
 

@@ -10,6 +10,8 @@ import tempfile
 import pytest
 from hypothesis import settings
 
+from workers.loopback import free_tcp_port
+
 # Property-based tests: CI explores the same examples every run (a failure reproduces) and
 # bounds their number to keep the suite's time; a developer's run explores new ones.
 settings.register_profile("ci", derandomize=True, max_examples=400, deadline=None, print_blob=True)
@@ -59,8 +61,6 @@ def free_udp_port() -> int:
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now (never Redis's default 6379)."""
     while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
+        port = free_tcp_port()
         if port != 6379:
             return port

@@ -92,13 +92,13 @@ def stop_recorded_pid(path: Path, sig: signal.Signals, wait_s: float) -> bool:
         for signum, wait in ((sig, wait_s), (signal.SIGKILL, _KILL_WAIT_S)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
-            if _reaped_within(pid, wait):
+            if _gone_within(pid, wait):
                 break
     path.unlink(missing_ok=True)
     return pid is not None
 
 
-def _reaped_within(pid: int, wait_s: float) -> bool:
+def _gone_within(pid: int, wait_s: float) -> bool:
     deadline = time.monotonic() + wait_s
     while start_ticks(pid) is not None:
         if time.monotonic() >= deadline:
